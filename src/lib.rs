@@ -1,3 +1,12 @@
+//! gpu-slicer: a Kubernetes device plugin that shares NVIDIA GPUs.
+//!
+//! A pure core (config, gpu model, plan, allocate, placement) inside a thin
+//! shell (plugin server, kubelet client, daemon life cycle).
+
+pub mod config;
+pub mod gpu;
+
+/// The kubelet DevicePlugin API v1beta1 (generated from `proto/`).
 pub mod api {
     tonic::include_proto!("v1beta1");
 }

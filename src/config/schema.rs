@@ -1,0 +1,383 @@
+//! The validated configuration, in NVIDIA's `version: v1` schema.
+//!
+//! These types are what the rest of gpu-slicer reads. They are produced only
+//! by [`super::load`] (file → checked → validated) plus command-line/env
+//! overrides, so every value here has already been checked.
+
+use std::fmt;
+
+/// How MIG devices are advertised (`flags.migStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MigStrategy {
+    /// Whole GPUs only, as `nvidia.com/gpu`, even when MIG is enabled.
+    #[default]
+    None,
+    /// Every MIG device as `nvidia.com/gpu` (one profile per node).
+    Single,
+    /// One resource per MIG profile: `nvidia.com/mig-<profile>`.
+    Mixed,
+}
+
+impl MigStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigStrategy::None => "none",
+            MigStrategy::Single => "single",
+            MigStrategy::Mixed => "mixed",
+        }
+    }
+}
+
+impl fmt::Display for MigStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a container is told which devices it got (`flags.plugin.deviceListStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceListStrategy {
+    Envvar,
+    VolumeMounts,
+    CdiAnnotations,
+    CdiCri,
+}
+
+impl DeviceListStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceListStrategy::Envvar => "envvar",
+            DeviceListStrategy::VolumeMounts => "volume-mounts",
+            DeviceListStrategy::CdiAnnotations => "cdi-annotations",
+            DeviceListStrategy::CdiCri => "cdi-cri",
+        }
+    }
+
+    pub fn is_cdi(self) -> bool {
+        matches!(
+            self,
+            DeviceListStrategy::CdiAnnotations | DeviceListStrategy::CdiCri
+        )
+    }
+}
+
+/// Which id of a device the container receives (`flags.plugin.deviceIDStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceIdStrategy {
+    #[default]
+    Uuid,
+    Index,
+}
+
+impl DeviceIdStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceIdStrategy::Uuid => "uuid",
+            DeviceIdStrategy::Index => "index",
+        }
+    }
+}
+
+/// How shared devices (replicas, MIG devices) are preferred
+/// (`flags.plugin.sharedDevicesAllocationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocationPolicy {
+    /// Spread over distinct physical GPUs (least used first).
+    #[default]
+    Distributed,
+    /// Fill one physical GPU before the next (most used first).
+    Packed,
+}
+
+impl AllocationPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationPolicy::Distributed => "distributed",
+            AllocationPolicy::Packed => "packed",
+        }
+    }
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub flags: Flags,
+    /// User-supplied `resources` patterns; `None` = NVIDIA's generated defaults.
+    pub resources: Option<ResourcePatterns>,
+    pub sharing: Sharing,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flags {
+    pub mig_strategy: MigStrategy,
+    pub fail_on_init_error: bool,
+    pub nvidia_driver_root: String,
+    /// `None` = same as `nvidia_driver_root`.
+    pub nvidia_dev_root: Option<String>,
+    pub mps_root: String,
+    pub gdrcopy_enabled: bool,
+    pub gds_enabled: bool,
+    pub mofed_enabled: bool,
+    pub device_discovery_strategy: String,
+    pub plugin: PluginFlags,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            mig_strategy: MigStrategy::None,
+            fail_on_init_error: true,
+            nvidia_driver_root: "/".into(),
+            nvidia_dev_root: None,
+            mps_root: String::new(),
+            gdrcopy_enabled: false,
+            gds_enabled: false,
+            mofed_enabled: false,
+            device_discovery_strategy: "auto".into(),
+            plugin: PluginFlags::default(),
+        }
+    }
+}
+
+impl Flags {
+    /// Host root of `/dev`, prefixed to `DeviceSpec.host_path`.
+    pub fn dev_root(&self) -> &str {
+        self.nvidia_dev_root
+            .as_deref()
+            .unwrap_or(&self.nvidia_driver_root)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginFlags {
+    pub pass_device_specs: bool,
+    /// Never empty; de-duplicated, in the order given.
+    pub device_list_strategy: Vec<DeviceListStrategy>,
+    pub device_id_strategy: DeviceIdStrategy,
+    pub cdi_annotation_prefix: String,
+    pub nvidia_ctk_path: String,
+    pub container_driver_root: String,
+    pub shared_devices_allocation_policy: AllocationPolicy,
+}
+
+impl Default for PluginFlags {
+    fn default() -> Self {
+        PluginFlags {
+            pass_device_specs: false,
+            device_list_strategy: vec![DeviceListStrategy::Envvar],
+            device_id_strategy: DeviceIdStrategy::Uuid,
+            cdi_annotation_prefix: "cdi.k8s.io/".into(),
+            nvidia_ctk_path: "/usr/bin/nvidia-ctk".into(),
+            container_driver_root: "/driver-root".into(),
+            shared_devices_allocation_policy: AllocationPolicy::Distributed,
+        }
+    }
+}
+
+/// `resources.gpus[]` / `resources.mig[]`: which devices become which resource.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResourcePatterns {
+    pub gpus: Vec<ResourcePattern>,
+    pub mig: Vec<ResourcePattern>,
+}
+
+/// A wildcard pattern (only `*` is special, anchored at both ends) and the
+/// resource name devices matching it get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourcePattern {
+    pub pattern: String,
+    pub name: ResourceName,
+}
+
+impl ResourcePattern {
+    /// Does `value` (a GPU product name or a MIG profile) match this pattern?
+    pub fn matches(&self, value: &str) -> bool {
+        wildcard_match(&self.pattern, value)
+    }
+}
+
+/// Anchored glob where only `*` is special.
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || value.len() < first.len() + last.len() {
+        return false;
+    }
+    if !value[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `sharing`: at most one of time-slicing and MPS is active.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sharing {
+    pub time_slicing: ReplicatedResources,
+    pub mps: Option<ReplicatedResources>,
+}
+
+/// Which sharing mechanism is in effect, as NVIDIA decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharingStrategy {
+    None,
+    TimeSlicing,
+    Mps,
+}
+
+impl SharingStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharingStrategy::None => "none",
+            SharingStrategy::TimeSlicing => "time-slicing",
+            SharingStrategy::Mps => "mps",
+        }
+    }
+}
+
+impl Sharing {
+    /// `mps` if it has any replicas > 1, else `time-slicing` if it does, else none.
+    pub fn strategy(&self) -> SharingStrategy {
+        if let Some(mps) = &self.mps
+            && mps.resources.iter().any(|r| r.replicas > 1)
+        {
+            return SharingStrategy::Mps;
+        }
+        if self.time_slicing.resources.iter().any(|r| r.replicas > 1) {
+            return SharingStrategy::TimeSlicing;
+        }
+        SharingStrategy::None
+    }
+
+    /// The replicated-resources block of the active strategy, if any.
+    pub fn active(&self) -> Option<&ReplicatedResources> {
+        match self.strategy() {
+            SharingStrategy::None => None,
+            SharingStrategy::TimeSlicing => Some(&self.time_slicing),
+            SharingStrategy::Mps => self.mps.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplicatedResources {
+    pub rename_by_default: bool,
+    /// Already resolved: time-slicing defaults to false, MPS to true.
+    pub fail_requests_greater_than_one: bool,
+    pub resources: Vec<ReplicatedResource>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicatedResource {
+    pub name: ResourceName,
+    pub rename: Option<ResourceName>,
+    pub devices: DeviceSelection,
+    pub replicas: u32,
+}
+
+/// `resources[].devices`: which devices of the resource are replicated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum DeviceSelection {
+    #[default]
+    All,
+    /// The first N devices (in index order).
+    Count(u32),
+    List(Vec<DeviceRef>),
+}
+
+/// One entry of a `devices` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceRef {
+    /// GPU index `0`.
+    Index(u32),
+    /// MIG device `i:j` (GPU index, MIG handle index).
+    MigIndex(u32, u32),
+    /// `GPU-<uuid>`, `MIG-<uuid>` or legacy `MIG-GPU-<uuid>/<gi>/<ci>`.
+    Uuid(String),
+}
+
+/// A fully-qualified, validated extended resource name (`nvidia.com/gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceName(String);
+
+impl ResourceName {
+    /// Wraps a name already known to be valid (used for generated names).
+    pub fn new_unchecked(full: impl Into<String>) -> Self {
+        ResourceName(full.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Part after the `/`: `gpu`, `mig-1g.5gb`.
+    pub fn short(&self) -> &str {
+        self.0.split_once('/').map(|(_, s)| s).unwrap_or(&self.0)
+    }
+
+    /// Socket file name NVIDIA's plugin uses: `nvidia-<short>.sock`.
+    pub fn socket_file_name(&self) -> String {
+        format!("nvidia-{}.sock", self.short())
+    }
+}
+
+impl fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_is_anchored_and_only_star_is_special() {
+        for (pattern, value, expected) in [
+            ("*", "anything", true),
+            ("1g.24gb", "1g.24gb", true),
+            ("1g.24gb", "1g.24gb-me", false),
+            ("1g.*", "1g.5gb", true),
+            ("*gb", "1g.5gb", true),
+            ("*A100*", "NVIDIA A100-SXM4-40GB", true),
+            ("*A100*", "NVIDIA H100 80GB HBM3", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "acb", false),
+            ("1g.?gb", "1g.5gb", false),
+        ] {
+            assert_eq!(
+                wildcard_match(pattern, value),
+                expected,
+                "{pattern} vs {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn sharing_strategy_follows_replicas() {
+        let mut sharing = Sharing::default();
+        assert_eq!(sharing.strategy(), SharingStrategy::None);
+        sharing.time_slicing.resources.push(ReplicatedResource {
+            name: ResourceName::new_unchecked("nvidia.com/gpu"),
+            rename: None,
+            devices: DeviceSelection::All,
+            replicas: 4,
+        });
+        assert_eq!(sharing.strategy(), SharingStrategy::TimeSlicing);
+    }
+
+    #[test]
+    fn socket_names_follow_nvidia() {
+        let name = ResourceName::new_unchecked("nvidia.com/mig-1g.10gb.me");
+        assert_eq!(name.socket_file_name(), "nvidia-mig-1g.10gb.me.sock");
+    }
+}

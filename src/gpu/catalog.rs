@@ -1,0 +1,1 @@
+//! Built-in catalog: GPU models, MIG geometry, named layouts, cloud instances.
