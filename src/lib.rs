@@ -10,3 +10,4 @@ pub mod gpu;
 pub mod api {
     tonic::include_proto!("v1beta1");
 }
+pub mod plan;

@@ -84,7 +84,9 @@ impl MigDevice {
 pub fn profile_gpu_slices(profile: &str) -> Option<u32> {
     let base = profile.split(['+', '-']).next()?;
     let parts: Vec<&str> = base.split('.').collect();
-    let gi = parts.iter().find(|p| p.ends_with('g') && !p.ends_with("gb"))?;
+    let gi = parts
+        .iter()
+        .find(|p| p.ends_with('g') && !p.ends_with("gb"))?;
     gi.trim_end_matches('g').parse().ok()
 }
 
