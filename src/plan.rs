@@ -774,7 +774,7 @@ mod tests {
         assert!(
             errors[0]
                 .message
-                .contains("advertising the 16 × MIG 1g.5gb devices as nvidia.com/gpu and leaving out 1 × full GPU (NVIDIA A100-SXM4-40GB), 1 × MIG 2g.10gb, 1 × MIG 3g.20gb"),
+                .contains("advertising the 16 × MIG 1g.5gb devices as nvidia.com/gpu and leaving out 1 × MIG 2g.10gb, 1 × MIG 3g.20gb, 1 × full GPU (NVIDIA A100-SXM4-40GB)"),
             "{}",
             errors[0].message
         );
