@@ -10,4 +10,6 @@ pub mod gpu;
 pub mod api {
     tonic::include_proto!("v1beta1");
 }
+pub mod allocate;
+pub mod placement;
 pub mod plan;

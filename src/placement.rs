@@ -1,0 +1,454 @@
+//! Preferred allocation: which of the available devices a container should get.
+//!
+//! Pure and cheap: the kubelet asks during pod admission, so the answer must
+//! come in microseconds even for 10,000 replicas. Two policies:
+//! - whole GPUs: keep the set tightly linked (NVLink count, then NUMA node);
+//! - replicas and MIG devices: spread over (or pack onto) physical GPUs,
+//!   counting MIG devices by their parent GPU, which NVIDIA's plugin ignores.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use crate::config::AllocationPolicy;
+use crate::gpu::Inventory;
+use crate::plan::Resource;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("not enough available devices to satisfy allocation")]
+    NotEnoughDevices,
+}
+
+/// Pairwise link strength between GPUs, by GPU index.
+#[derive(Debug, Clone, Default)]
+pub struct LinkScores {
+    scores: HashMap<(u32, u32), u32>,
+}
+
+impl LinkScores {
+    /// NVLink links count 100 each; sharing a NUMA node adds 20, crossing adds 10
+    /// (the weights of NVIDIA's go-gpuallocator, restricted to what we know).
+    pub fn from_inventory(inventory: &Inventory) -> Self {
+        let mut scores = HashMap::new();
+        for a in &inventory.gpus {
+            for b in &inventory.gpus {
+                if a.index >= b.index {
+                    continue;
+                }
+                let links = a
+                    .nvlinks
+                    .iter()
+                    .find(|l| l.peer_index == b.index)
+                    .map_or(0, |l| l.links);
+                let numa = match (a.numa_node, b.numa_node) {
+                    (Some(x), Some(y)) if x == y => 20,
+                    _ => 10,
+                };
+                scores.insert((a.index, b.index), links * 100 + numa);
+            }
+        }
+        LinkScores { scores }
+    }
+
+    fn pair(&self, a: u32, b: u32) -> u32 {
+        let key = if a < b { (a, b) } else { (b, a) };
+        self.scores.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// Chooses `size` ids from `available`, always including `must_include`.
+/// Ids that are not devices of `resource` are ignored.
+pub fn preferred(
+    resource: &Resource,
+    available: &[String],
+    must_include: &[String],
+    size: usize,
+    policy: AllocationPolicy,
+    links: &LinkScores,
+) -> Result<Vec<String>, PlacementError> {
+    let mut chosen: Vec<&str> = Vec::with_capacity(size);
+    let mut taken: HashSet<&str> = HashSet::with_capacity(size);
+    for id in must_include {
+        if resource.device(id).is_some() && taken.insert(id.as_str()) {
+            chosen.push(id.as_str());
+        }
+    }
+    let candidates: Vec<&str> = available
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !taken.contains(id) && resource.device(id).is_some())
+        .collect();
+    let needed = size.saturating_sub(chosen.len());
+    if candidates.len() < needed {
+        return Err(PlacementError::NotEnoughDevices);
+    }
+    let shared = resource
+        .devices
+        .iter()
+        .any(|d| d.replica.is_some() || d.physical.mig.is_some());
+    let picks = if shared {
+        by_gpu_load(resource, available, &chosen, &candidates, needed, policy)
+    } else {
+        tightly_linked(resource, &chosen, &candidates, needed, links)
+    };
+    chosen.extend(picks);
+    Ok(chosen.into_iter().map(str::to_owned).collect())
+}
+
+fn gpu_of(resource: &Resource, id: &str) -> u32 {
+    resource
+        .device(id)
+        .map_or(u32::MAX, |d| d.physical.gpu_index)
+}
+
+/// Greedy over physical GPUs. A GPU's load is its devices of this resource
+/// that are already in use (total − available) plus those picked in this
+/// call: `distributed` takes from the least loaded GPU, `packed` from the
+/// most loaded one (ties: lower GPU index), so a 2-replica request lands on
+/// two GPUs when spread and on one when packed.
+fn by_gpu_load<'a>(
+    resource: &Resource,
+    available: &[String],
+    chosen: &[&str],
+    candidates: &[&'a str],
+    needed: usize,
+    policy: AllocationPolicy,
+) -> Vec<&'a str> {
+    if needed == 0 {
+        return Vec::new();
+    }
+    let mut total: HashMap<u32, usize> = HashMap::new();
+    for device in &resource.devices {
+        *total.entry(device.physical.gpu_index).or_default() += 1;
+    }
+    let mut free: HashMap<u32, usize> = HashMap::new();
+    for id in available {
+        if resource.device(id).is_some() {
+            *free.entry(gpu_of(resource, id)).or_default() += 1;
+        }
+    }
+    let mut per_gpu: HashMap<u32, Vec<&'a str>> = HashMap::new();
+    for &id in candidates {
+        per_gpu.entry(gpu_of(resource, id)).or_default().push(id);
+    }
+    let mut load: HashMap<u32, usize> = total
+        .iter()
+        .map(|(&gpu, &n)| (gpu, n - free.get(&gpu).copied().unwrap_or(0).min(n)))
+        .collect();
+    for id in chosen {
+        *load.entry(gpu_of(resource, id)).or_default() += 1;
+    }
+
+    // Heap entries: (priority, Reverse(gpu)); the top is the GPU to take from.
+    let priority = |l: usize| match policy {
+        AllocationPolicy::Distributed => usize::MAX - l,
+        AllocationPolicy::Packed => l,
+    };
+    let mut heap: BinaryHeap<(usize, Reverse<u32>)> = per_gpu
+        .keys()
+        .map(|&gpu| (priority(load.get(&gpu).copied().unwrap_or(0)), Reverse(gpu)))
+        .collect();
+    // Take ids in their natural order within a GPU (replica 0 first).
+    for ids in per_gpu.values_mut() {
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    let mut picks = Vec::with_capacity(needed);
+    while picks.len() < needed {
+        let Some((_, Reverse(gpu))) = heap.pop() else {
+            break;
+        };
+        let Some(id) = per_gpu.get_mut(&gpu).and_then(Vec::pop) else {
+            continue;
+        };
+        picks.push(id);
+        let l = load.entry(gpu).or_default();
+        *l += 1;
+        if per_gpu.get(&gpu).is_some_and(|ids| !ids.is_empty()) {
+            heap.push((priority(*l), Reverse(gpu)));
+        }
+    }
+    picks
+}
+
+/// Whole GPUs: grow the set one GPU at a time, each time adding the GPU with
+/// the strongest links to those already chosen. Without must-include GPUs,
+/// every candidate is tried as the seed and the best-scoring set wins.
+fn tightly_linked<'a>(
+    resource: &Resource,
+    chosen: &[&str],
+    candidates: &[&'a str],
+    needed: usize,
+    links: &LinkScores,
+) -> Vec<&'a str> {
+    if needed == 0 {
+        return Vec::new();
+    }
+    let gpus_of =
+        |ids: &[&str]| -> Vec<u32> { ids.iter().map(|id| gpu_of(resource, id)).collect() };
+    let grow = |mut set: Vec<u32>, mut pool: Vec<(u32, &'a str)>, count: usize| {
+        let mut picks = Vec::with_capacity(count);
+        while picks.len() < count && !pool.is_empty() {
+            let best = pool
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, (gpu, _))| {
+                    let score: u32 = set.iter().map(|&s| links.pair(s, *gpu)).sum();
+                    (score, Reverse(*i))
+                })
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let (gpu, id) = pool.remove(best);
+            set.push(gpu);
+            picks.push(id);
+        }
+        let score: u32 = set
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| set[i + 1..].iter().map(move |b| (*a, *b)))
+            .map(|(a, b)| links.pair(a, b))
+            .sum();
+        (score, picks)
+    };
+    let pool: Vec<(u32, &'a str)> = candidates
+        .iter()
+        .map(|id| (gpu_of(resource, id), *id))
+        .collect();
+    if !chosen.is_empty() || candidates.len() > 64 {
+        return grow(gpus_of(chosen), pool, needed).1;
+    }
+    let mut best: Option<(u32, Vec<&'a str>)> = None;
+    for seed in 0..pool.len() {
+        let mut rest = pool.clone();
+        let (gpu, id) = rest.remove(seed);
+        let (score, mut picks) = grow(vec![gpu], rest, needed - 1);
+        picks.insert(0, id);
+        if best.as_ref().is_none_or(|(s, _)| score > *s) {
+            best = Some((score, picks));
+        }
+    }
+    best.map(|(_, picks)| picks).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
+    use crate::gpu::{Gpu, MigDevice, NvLinkPeer};
+    use crate::plan::plan;
+    use proptest::prelude::*;
+
+    /// 8 GPUs in two NVLink islands of four (0-3, 4-7), NUMA node per island.
+    fn islands(mig_profiles: &[&str]) -> Inventory {
+        let gpus = (0..8u32)
+            .map(|index| Gpu {
+                index,
+                model: "NVIDIA A100-SXM4-40GB".into(),
+                uuid: format!("GPU-{index}"),
+                memory_mib: 40960,
+                pci_bus_id: String::new(),
+                pci_device_id: 0,
+                numa_node: Some(i64::from(index / 4)),
+                minor: index,
+                mig_capable: true,
+                mig_enabled: !mig_profiles.is_empty(),
+                mig_devices: mig_profiles
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| MigDevice {
+                        index: j as u32,
+                        profile: (*p).into(),
+                        uuid: format!("MIG-{index}-{j}"),
+                        gpu_instance_id: j as u32,
+                        compute_instance_id: 0,
+                        memory_mib: 4864,
+                    })
+                    .collect(),
+                nvlinks: (0..8u32)
+                    .filter(|p| *p != index && p / 4 == index / 4)
+                    .map(|peer_index| NvLinkPeer {
+                        peer_index,
+                        links: 4,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Inventory { gpus }
+    }
+
+    fn resource_for(inventory: &Inventory, config: &Config, name: &str) -> Resource {
+        plan(inventory, config)
+            .resource(name)
+            .cloned()
+            .expect("resource planned")
+    }
+
+    fn ids(resource: &Resource) -> Vec<String> {
+        resource.devices.iter().map(|d| d.id.clone()).collect()
+    }
+
+    fn strings(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn whole_gpus_stay_within_an_nvlink_island() {
+        let inventory = islands(&[]);
+        let resource = resource_for(&inventory, &Config::default(), "nvidia.com/gpu");
+        let links = LinkScores::from_inventory(&inventory);
+        // GPUs 0 and 5 are busy: island A has 3 free, island B has 3 free.
+        let available = strings(&["GPU-1", "GPU-2", "GPU-3", "GPU-4", "GPU-6", "GPU-7"]);
+        let got = preferred(
+            &resource,
+            &available,
+            &[],
+            3,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        let island: HashSet<u32> = got.iter().map(|id| gpu_of(&resource, id) / 4).collect();
+        assert_eq!(island.len(), 1, "{got:?}");
+
+        // A must-include GPU pulls the rest into its island.
+        let got = preferred(
+            &resource,
+            &available,
+            &strings(&["GPU-6"]),
+            2,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        assert_eq!(got[0], "GPU-6");
+        assert_eq!(gpu_of(&resource, &got[1]) / 4, 1, "{got:?}");
+    }
+
+    fn shared_config(replicas: u32) -> Config {
+        let mut config = Config::default();
+        config
+            .sharing
+            .time_slicing
+            .resources
+            .push(ReplicatedResource {
+                name: ResourceName::new_unchecked("nvidia.com/gpu"),
+                rename: None,
+                devices: DeviceSelection::All,
+                replicas,
+            });
+        config
+    }
+
+    #[test]
+    fn replicas_spread_or_pack_as_asked() {
+        let inventory = islands(&[]);
+        let resource = resource_for(&inventory, &shared_config(4), "nvidia.com/gpu");
+        let links = LinkScores::from_inventory(&inventory);
+        // GPU 0 already has one replica in use.
+        let available: Vec<String> = ids(&resource)
+            .into_iter()
+            .filter(|id| id != "GPU-0::0")
+            .collect();
+
+        let spread = preferred(
+            &resource,
+            &available,
+            &[],
+            3,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        let gpus: HashSet<u32> = spread.iter().map(|id| gpu_of(&resource, id)).collect();
+        assert_eq!(gpus.len(), 3, "distinct GPUs: {spread:?}");
+        assert!(!gpus.contains(&0), "the busy GPU is avoided: {spread:?}");
+
+        let packed = preferred(
+            &resource,
+            &available,
+            &[],
+            3,
+            AllocationPolicy::Packed,
+            &links,
+        )
+        .expect("ok");
+        assert_eq!(packed, strings(&["GPU-0::1", "GPU-0::2", "GPU-0::3"]));
+    }
+
+    #[test]
+    fn mig_devices_spread_by_parent_gpu() {
+        let inventory = islands(&["1g.5gb"; 7]);
+        let mut config = Config::default();
+        config.flags.mig_strategy = MigStrategy::Mixed;
+        let resource = resource_for(&inventory, &config, "nvidia.com/mig-1g.5gb");
+        let links = LinkScores::from_inventory(&inventory);
+        let got = preferred(
+            &resource,
+            &ids(&resource),
+            &[],
+            8,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        let parents: HashSet<u32> = got.iter().map(|id| gpu_of(&resource, id)).collect();
+        assert_eq!(parents.len(), 8, "{got:?}");
+    }
+
+    #[test]
+    fn too_few_devices_is_an_error() {
+        let inventory = islands(&[]);
+        let resource = resource_for(&inventory, &Config::default(), "nvidia.com/gpu");
+        let err = preferred(
+            &resource,
+            &strings(&["GPU-0"]),
+            &[],
+            2,
+            AllocationPolicy::Packed,
+            &LinkScores::default(),
+        )
+        .expect_err("too few");
+        assert_eq!(
+            err.to_string(),
+            "not enough available devices to satisfy allocation"
+        );
+    }
+
+    proptest! {
+        /// Whatever the inputs, the answer has the requested size, contains
+        /// every must-include id, only available ids, and no duplicates.
+        #[test]
+        fn answers_are_well_formed(
+            replicas in 2u32..6,
+            free_mask in proptest::collection::vec(any::<bool>(), 40),
+            must in 0usize..3,
+            size in 1usize..10,
+            packed in any::<bool>(),
+        ) {
+            let inventory = islands(&[]);
+            let resource = resource_for(&inventory, &shared_config(replicas), "nvidia.com/gpu");
+            let available: Vec<String> = ids(&resource)
+                .into_iter()
+                .zip(free_mask.iter().cycle())
+                .filter(|(_, free)| **free)
+                .map(|(id, _)| id)
+                .collect();
+            let must_include: Vec<String> = available.iter().take(must.min(size)).cloned().collect();
+            let policy = if packed { AllocationPolicy::Packed } else { AllocationPolicy::Distributed };
+            let result = preferred(&resource, &available, &must_include, size, policy, &LinkScores::default());
+            if available.len() < size {
+                prop_assert!(result.is_err());
+            } else {
+                let got = result.expect("enough devices");
+                prop_assert_eq!(got.len(), size);
+                let unique: HashSet<&String> = got.iter().collect();
+                prop_assert_eq!(unique.len(), size);
+                for id in &must_include {
+                    prop_assert!(got.contains(id));
+                }
+                for id in &got {
+                    prop_assert!(available.contains(id));
+                }
+            }
+        }
+    }
+}
