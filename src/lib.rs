@@ -11,5 +11,8 @@ pub mod api {
     tonic::include_proto!("v1beta1");
 }
 pub mod allocate;
+pub mod daemon;
+pub mod kubelet;
 pub mod placement;
 pub mod plan;
+pub mod plugin;

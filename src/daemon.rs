@@ -1,0 +1,386 @@
+//! The daemon's life cycle: serve every planned resource, register it with
+//! the kubelet, re-register when the kubelet restarts, reload on SIGHUP, and
+//! remove every socket on the way out.
+//!
+//! One task owns all state and reacts to events (directory changes, signals,
+//! a registration retry timer); there is no polling and no shared mutable
+//! global state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::allocate::NodeDeviceFiles;
+use crate::config::{Config, ResourceName};
+use crate::gpu::Inventory;
+use crate::kubelet::{DirEvent, register, socket_identity, watch_dir};
+use crate::placement::LinkScores;
+use crate::plan::{Plan, Severity, plan};
+use crate::plugin::{PluginService, ResourceHandle, ResourceState, RunningServer, serve};
+
+/// What the daemon serves: discovered devices plus the effective config.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub inventory: Inventory,
+    pub config: Config,
+    pub files: NodeDeviceFiles,
+}
+
+/// Produces a fresh [`Setup`] (at start and on every reload). It may block
+/// (reads files, talks to the driver): it runs off the async runtime.
+pub type SetupSource = Arc<dyn Fn() -> Result<Setup, String> + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Where plugin sockets go: the kubelet's device-plugin directory.
+    pub device_plugin_dir: PathBuf,
+    /// `kubelet.sock`; `None` serves without registering.
+    pub kubelet_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(
+        "cannot watch the device-plugin directory {dir}: {source}; check that it exists and is mounted into the pod"
+    )]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot serve on {socket}: {source}")]
+    Serve {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Plugin {
+    handle: ResourceHandle,
+    server: Option<RunningServer>,
+    needs_registration: bool,
+}
+
+struct Daemon {
+    paths: Paths,
+    plugins: BTreeMap<ResourceName, Plugin>,
+    /// Identity of the `kubelet.sock` every plugin last registered with.
+    registered_with: Option<(u64, u64)>,
+    retry_delay: Duration,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown` is cancelled (SIGTERM/SIGINT in `main`). `reload`
+/// fires a configuration reload (SIGHUP in `main`).
+pub async fn run(
+    paths: Paths,
+    source: SetupSource,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let setup = load(&source).await.map_err(DaemonError::Setup)?;
+    std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::Serve {
+        socket: paths.device_plugin_dir.clone(),
+        source,
+    })?;
+    // Watch first, so that no event between start-up and registration is lost.
+    let (_watcher, mut events) =
+        watch_dir(&paths.device_plugin_dir).map_err(|source| DaemonError::Watch {
+            dir: paths.device_plugin_dir.clone(),
+            source,
+        })?;
+    let mut daemon = Daemon {
+        paths,
+        plugins: BTreeMap::new(),
+        registered_with: None,
+        retry_delay: FIRST_RETRY,
+    };
+    daemon.apply(&setup)?;
+    daemon.register_pending().await;
+
+    loop {
+        let retry = daemon.retry_pending();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(event) = events.recv() => daemon.on_dir_event(event).await?,
+            Some(()) = reload.recv() => {
+                tracing::info!("Received SIGHUP, reloading configuration.");
+                match load(&source).await {
+                    Ok(setup) => daemon.apply(&setup)?,
+                    Err(e) => tracing::error!("configuration reload refused, keeping the running configuration: {e}"),
+                }
+                daemon.register_pending().await;
+            }
+            _ = sleep_if(retry) => daemon.register_pending().await,
+        }
+    }
+    daemon.stop_all().await;
+    Ok(())
+}
+
+async fn sleep_if(delay: Option<Duration>) {
+    match delay {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn load(source: &SetupSource) -> Result<Setup, String> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || source())
+        .await
+        .map_err(|e| format!("device discovery panicked: {e}"))?
+}
+
+/// Logs the plan the way an operator reads it.
+pub fn log_plan(plan: &Plan) {
+    for d in &plan.diagnostics {
+        match d.severity {
+            Severity::Warning => tracing::warn!("{}", d.message),
+            Severity::Error => tracing::error!("{}", d.message),
+        }
+    }
+    if plan.resources.is_empty() {
+        tracing::warn!("No devices found. Waiting indefinitely.");
+    }
+    for r in &plan.resources {
+        tracing::info!(resource = %r.name, devices = r.devices.len(), gpus = r.gpu_count(), "planned");
+    }
+}
+
+impl Daemon {
+    fn socket_path(&self, name: &ResourceName) -> PathBuf {
+        self.paths.device_plugin_dir.join(name.socket_file_name())
+    }
+
+    /// Brings the running plugins in line with a new setup: unchanged
+    /// resources keep serving, changed ones re-send their list, new ones
+    /// start, removed ones send an empty list and stop.
+    fn apply(&mut self, setup: &Setup) -> Result<(), DaemonError> {
+        let plan = plan(&setup.inventory, &setup.config);
+        log_plan(&plan);
+        let files = Arc::new(setup.files.clone());
+        let links = Arc::new(LinkScores::from_inventory(&setup.inventory));
+        let mut wanted = BTreeMap::new();
+        for resource in plan.resources {
+            wanted.insert(resource.name.clone(), resource);
+        }
+        let removed: Vec<ResourceName> = self
+            .plugins
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(mut plugin) = self.plugins.remove(&name) {
+                tracing::info!("Stopping to serve '{name}': no longer in the plan");
+                let state = plugin.handle.state();
+                plugin.handle.update(ResourceState {
+                    resource: crate::plan::Resource::new(name.clone(), Vec::new(), None),
+                    flags: state.flags.clone(),
+                    files: state.files.clone(),
+                    links: state.links.clone(),
+                });
+                if let Some(server) = plugin.server.take() {
+                    // Give the kubelet a moment to read the empty list.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        server.stop().await;
+                    });
+                }
+            }
+        }
+        for (name, resource) in wanted {
+            let state = ResourceState {
+                resource,
+                flags: setup.config.flags.clone(),
+                files: files.clone(),
+                links: links.clone(),
+            };
+            if let Some(plugin) = self.plugins.get(&name) {
+                plugin.handle.update(state);
+                continue;
+            }
+            let handle = ResourceHandle::new(state);
+            let server = self.start_server(&name, &handle)?;
+            self.plugins.insert(
+                name,
+                Plugin {
+                    handle,
+                    server: Some(server),
+                    needs_registration: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn start_server(
+        &self,
+        name: &ResourceName,
+        handle: &ResourceHandle,
+    ) -> Result<RunningServer, DaemonError> {
+        let socket = self.socket_path(name);
+        let server = serve(&socket, PluginService::new(handle.clone())).map_err(|source| {
+            DaemonError::Serve {
+                socket: socket.clone(),
+                source,
+            }
+        })?;
+        tracing::info!("Starting to serve '{name}' on {}", socket.display());
+        Ok(server)
+    }
+
+    async fn on_dir_event(&mut self, event: DirEvent) -> Result<(), DaemonError> {
+        let Some(kubelet) = self.paths.kubelet_socket.clone() else {
+            return Ok(());
+        };
+        match event {
+            DirEvent::Created(path) if path == kubelet => {
+                if socket_identity(&kubelet) != self.registered_with {
+                    tracing::info!("inotify: {} created, restarting.", kubelet.display());
+                    self.mark_all_unregistered();
+                }
+            }
+            DirEvent::Removed(path) if path == kubelet => {
+                // The kubelet we registered with is gone; its successor may
+                // reuse the inode number, so forget it rather than compare.
+                self.registered_with = None;
+            }
+            DirEvent::Removed(path) => {
+                let owner = self
+                    .plugins
+                    .keys()
+                    .find(|name| self.socket_path(name) == path)
+                    .cloned();
+                if let Some(name) = owner {
+                    tracing::info!("socket {} removed, serving it again", path.display());
+                    self.restart_server(&name).await?;
+                }
+            }
+            DirEvent::Created(_) => {}
+            DirEvent::Error(e) => {
+                tracing::warn!("inotify: {e}; re-registering every resource");
+                self.mark_all_unregistered();
+            }
+        }
+        self.register_pending().await;
+        Ok(())
+    }
+
+    fn mark_all_unregistered(&mut self) {
+        for plugin in self.plugins.values_mut() {
+            plugin.needs_registration = true;
+        }
+        self.retry_delay = FIRST_RETRY;
+    }
+
+    async fn restart_server(&mut self, name: &ResourceName) -> Result<(), DaemonError> {
+        let socket = self.socket_path(name);
+        let Some(plugin) = self.plugins.get_mut(name) else {
+            return Ok(());
+        };
+        if let Some(old) = plugin.server.take() {
+            old.stop().await;
+        }
+        let handle = plugin.handle.clone();
+        let server =
+            serve(&socket, PluginService::new(handle)).map_err(|source| DaemonError::Serve {
+                socket: socket.clone(),
+                source,
+            })?;
+        if let Some(plugin) = self.plugins.get_mut(name) {
+            plugin.server = Some(server);
+            plugin.needs_registration = true;
+        }
+        self.retry_delay = FIRST_RETRY;
+        Ok(())
+    }
+
+    /// Registers every plugin that needs it, concurrently. Failures are
+    /// retried on a back-off timer, or at once when `kubelet.sock` appears.
+    async fn register_pending(&mut self) {
+        let Some(kubelet) = self.paths.kubelet_socket.clone() else {
+            return;
+        };
+        let pending: Vec<ResourceName> = self
+            .plugins
+            .iter()
+            .filter(|(_, p)| p.needs_registration)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let Some(identity) = socket_identity(&kubelet) else {
+            tracing::info!(
+                "waiting for the kubelet: {} does not exist yet",
+                kubelet.display()
+            );
+            return;
+        };
+        let mut calls = JoinSet::new();
+        for name in pending {
+            let kubelet = kubelet.clone();
+            calls.spawn(async move {
+                let result = register(&kubelet, &name.socket_file_name(), &name).await;
+                (name, result)
+            });
+        }
+        let mut all_ok = true;
+        while let Some(joined) = calls.join_next().await {
+            let Ok((name, result)) = joined else {
+                all_ok = false;
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!("Registered device plugin for '{name}' with Kubelet");
+                    if let Some(plugin) = self.plugins.get_mut(&name) {
+                        plugin.needs_registration = false;
+                    }
+                }
+                Err(e) => {
+                    all_ok = false;
+                    tracing::warn!("Could not register device plugin: {e}");
+                }
+            }
+        }
+        if all_ok {
+            self.registered_with = Some(identity);
+            self.retry_delay = FIRST_RETRY;
+        } else {
+            self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// When to retry registration, if anything is pending and the kubelet
+    /// socket exists (otherwise its CREATE event wakes us).
+    fn retry_pending(&self) -> Option<Duration> {
+        let kubelet = self.paths.kubelet_socket.as_deref()?;
+        let pending = self.plugins.values().any(|p| p.needs_registration);
+        (pending && exists(kubelet)).then_some(self.retry_delay)
+    }
+
+    async fn stop_all(&mut self) {
+        for (name, mut plugin) in std::mem::take(&mut self.plugins) {
+            if let Some(server) = plugin.server.take() {
+                tracing::info!("Stopping to serve '{name}' on {}", server.socket.display());
+                server.stop().await;
+            }
+        }
+    }
+}
+
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

@@ -1,0 +1,286 @@
+//! One DevicePlugin gRPC server: one resource, one Unix socket.
+//!
+//! The handlers are thin: they look up the current state and call the pure
+//! core ([`crate::allocate`], [`crate::placement`]). The device list lives in
+//! a `watch` channel so that ListAndWatch re-sends the full list the moment
+//! it changes, with no polling.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::allocate::{NodeDeviceFiles, allocate};
+use crate::api::device_plugin_server::{DevicePlugin, DevicePluginServer};
+use crate::api::{
+    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device,
+    DevicePluginOptions, Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest,
+    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
+    TopologyInfo,
+};
+use crate::config::Flags;
+use crate::placement::{LinkScores, preferred};
+use crate::plan::Resource;
+
+pub const HEALTHY: &str = "Healthy";
+pub const UNHEALTHY: &str = "Unhealthy";
+
+/// Options sent both in `RegisterRequest.options` and from
+/// GetDevicePluginOptions (kubelets ≥ 1.25 read only the latter).
+pub fn options() -> DevicePluginOptions {
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+/// Everything a resource's handlers read, swapped as a whole on change.
+#[derive(Debug)]
+pub struct ResourceState {
+    pub resource: Resource,
+    pub flags: Flags,
+    pub files: Arc<NodeDeviceFiles>,
+    pub links: Arc<LinkScores>,
+}
+
+/// The shared, live state of one resource: what the handlers answer from,
+/// and the device list ListAndWatch streams.
+#[derive(Debug, Clone)]
+pub struct ResourceHandle {
+    state: watch::Sender<Arc<ResourceState>>,
+    list: watch::Sender<Arc<ListAndWatchResponse>>,
+}
+
+impl ResourceHandle {
+    pub fn new(state: ResourceState) -> Self {
+        let list = device_list(&state.resource);
+        ResourceHandle {
+            state: watch::Sender::new(Arc::new(state)),
+            list: watch::Sender::new(Arc::new(list)),
+        }
+    }
+
+    pub fn state(&self) -> Arc<ResourceState> {
+        self.state.borrow().clone()
+    }
+
+    /// Replaces the state; the device list is re-sent only if it changed.
+    pub fn update(&self, state: ResourceState) {
+        let list = device_list(&state.resource);
+        self.state.send_replace(Arc::new(state));
+        self.list.send_if_modified(|current| {
+            if **current == list {
+                false
+            } else {
+                *current = Arc::new(list);
+                true
+            }
+        });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<ListAndWatchResponse>> {
+        self.list.subscribe()
+    }
+}
+
+fn device_list(resource: &Resource) -> ListAndWatchResponse {
+    ListAndWatchResponse {
+        devices: resource
+            .devices
+            .iter()
+            .map(|d| Device {
+                id: d.id.clone(),
+                health: HEALTHY.into(),
+                topology: d.physical.numa_node.map(|id| TopologyInfo {
+                    nodes: vec![NumaNode { id }],
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The gRPC service of one resource.
+#[derive(Debug, Clone)]
+pub struct PluginService {
+    handle: ResourceHandle,
+    responses: Arc<AtomicU64>,
+}
+
+impl PluginService {
+    pub fn new(handle: ResourceHandle) -> Self {
+        PluginService {
+            handle,
+            responses: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A UUIDv4-shaped id per Allocate response (the CDI annotation key
+    /// suffix), unique within and across processes.
+    fn response_id(&self) -> String {
+        use std::hash::{BuildHasher, RandomState};
+        let n = self.responses.fetch_add(1, Ordering::Relaxed);
+        let seed = RandomState::new();
+        let a = seed.hash_one((n, std::process::id()));
+        let b = seed.hash_one((a, n));
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            0x8000 | (b >> 48) & 0x3fff,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+type ListAndWatchStream =
+    Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = ListAndWatchStream;
+
+    /// Sends the full list now and again on every change. The stream never
+    /// ends on its own: the kubelet treats an ended stream as a dead plugin.
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let stream = WatchStream::new(self.handle.subscribe())
+            .map(|list| Ok(ListAndWatchResponse::clone(&list)))
+            .chain(tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let state = self.handle.state();
+        let policy = state.flags.plugin.shared_devices_allocation_policy;
+        let mut container_responses = Vec::new();
+        for req in request.into_inner().container_requests {
+            let size = usize::try_from(req.allocation_size).unwrap_or(0);
+            let ids = preferred(
+                &state.resource,
+                &req.available_device_i_ds,
+                &req.must_include_device_i_ds,
+                size,
+                policy,
+                &state.links,
+            )
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "error getting list of preferred allocation devices: {e}"
+                ))
+            })?;
+            container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
+        }
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let state = self.handle.state();
+        let mut container_responses = Vec::new();
+        for req in request.into_inner().container_requests {
+            let response = allocate(
+                &state.resource,
+                &req.devices_ids,
+                &state.flags,
+                &state.files,
+                &self.response_id(),
+            )
+            .map_err(|e| {
+                tracing::warn!(resource = %state.resource.name, error = %e, "Allocate refused");
+                Status::invalid_argument(e.to_string())
+            })?;
+            tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");
+            container_responses.push(response);
+        }
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+/// A running server on a socket; dropping it does not stop it: call [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub socket: PathBuf,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Requests listing every available id may be large (thousands of replicas).
+const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// Binds `socket` (replacing a stale file) and serves `service` on it. The
+/// listener is bound before this returns, so a kubelet dialing back during
+/// Register always finds it.
+pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningServer> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    let stop = CancellationToken::new();
+    let incoming = UnixListenerStream::new(listener);
+    let shutdown = stop.clone().cancelled_owned();
+    let path = socket.to_path_buf();
+    let task = tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(
+                DevicePluginServer::new(service).max_decoding_message_size(MAX_DECODE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(socket = %path.display(), error = %e, "gRPC server failed");
+        }
+    });
+    Ok(RunningServer {
+        socket: socket.to_path_buf(),
+        stop,
+        task,
+    })
+}
+
+impl RunningServer {
+    /// Stops serving and removes the socket file if it is still ours.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        // Open ListAndWatch streams never end by themselves, so a graceful
+        // shutdown would wait forever: abort once the listener is closed.
+        self.task.abort();
+        let _ = self.task.await;
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
