@@ -256,3 +256,246 @@ impl ConfigFlags {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        AllocationPolicy, DeviceIdStrategy, DeviceListStrategy, MigStrategy, parse,
+    };
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(flatten)]
+        f: ConfigFlags,
+    }
+
+    fn flags(args: &[&str]) -> ConfigFlags {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        match T::try_parse_from(argv) {
+            Ok(t) => t.f,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn clap_err(args: &[&str]) -> String {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        match T::try_parse_from(argv) {
+            Ok(t) => panic!("{args:?} parsed as {:?}", t.f),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn apply(f: &ConfigFlags, file: &str) -> Result<Config, String> {
+        let config = parse(file, "config.yaml").map_err(|e| e.to_string())?;
+        f.apply_with_env(config, no_env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn go_bools() {
+        for v in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_go_bool(v), Ok(true), "{v}");
+        }
+        for v in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_go_bool(v), Ok(false), "{v}");
+        }
+        for v in ["yes", "tRUE", "", "2", "on"] {
+            assert!(parse_go_bool(v).is_err(), "{v}");
+        }
+        assert_eq!(flags(&[]).fail_on_init_error, None);
+        assert_eq!(
+            flags(&["--fail-on-init-error"]).fail_on_init_error,
+            Some(true)
+        );
+        assert_eq!(
+            flags(&["--fail-on-init-error=false"]).fail_on_init_error,
+            Some(false)
+        );
+        assert_eq!(
+            flags(&["--pass-device-specs=T"]).pass_device_specs,
+            Some(true)
+        );
+        assert_eq!(flags(&["--gdrcopy-enabled=0"]).gdrcopy_enabled, Some(false));
+        assert_eq!(flags(&["--gds-enabled"]).gds_enabled, Some(true));
+        assert_eq!(flags(&["--mofed-enabled=True"]).mofed_enabled, Some(true));
+        assert_eq!(flags(&["--imex-required"]).imex_required, Some(true));
+        let e = clap_err(&["--fail-on-init-error=yes"]);
+        assert!(e.contains("'yes'"), "{e}");
+        assert!(e.contains("--fail-on-init-error"), "{e}");
+        // Like Go's flag package, a bool flag's value must be attached with '='.
+        assert!(clap_err(&["--pass-device-specs", "false"]).contains("false"));
+    }
+
+    #[test]
+    fn string_and_list_flags_and_aliases() {
+        let f = flags(&[
+            "--mig-strategy=mixed",
+            "--nvidia-driver-root",
+            "/run/nvidia/driver",
+            "--nvidia-dev-root=/",
+            "--device-list-strategy=envvar,cdi-cri",
+            "--device-list-strategy",
+            "volume-mounts",
+            "--device-id-strategy=index",
+            "--cdi-annotation-prefix=cdi.example.com/",
+            "--nvidia-ctk-path=/ctk",
+            "--container-driver-root=/drv",
+            "--mps-root=/mps",
+            "--shared-devices-allocation-policy=packed",
+            "--device-discovery-strategy=nvml",
+            "--imex-channel-ids=0",
+        ]);
+        assert_eq!(
+            f,
+            ConfigFlags {
+                mig_strategy: Some("mixed".into()),
+                nvidia_driver_root: Some("/run/nvidia/driver".into()),
+                nvidia_dev_root: Some("/".into()),
+                device_list_strategy: Some(vec![
+                    "envvar".into(),
+                    "cdi-cri".into(),
+                    "volume-mounts".into()
+                ]),
+                device_id_strategy: Some("index".into()),
+                cdi_annotation_prefix: Some("cdi.example.com/".into()),
+                nvidia_cdi_hook_path: Some("/ctk".into()),
+                driver_root_ctr_path: Some("/drv".into()),
+                mps_root: Some("/mps".into()),
+                shared_devices_allocation_policy: Some("packed".into()),
+                device_discovery_strategy: Some("nvml".into()),
+                imex_channel_ids: Some(vec![0]),
+                ..ConfigFlags::default()
+            }
+        );
+        let c = apply(&f, "").unwrap();
+        assert_eq!(c.flags.mig_strategy, MigStrategy::Mixed);
+        assert_eq!(c.flags.nvidia_driver_root, "/run/nvidia/driver");
+        assert_eq!(c.flags.dev_root(), "/");
+        assert_eq!(c.flags.mps_root, "/mps");
+        assert_eq!(c.flags.device_discovery_strategy, "nvml");
+        let p = &c.flags.plugin;
+        assert_eq!(
+            p.device_list_strategy,
+            vec![
+                DeviceListStrategy::Envvar,
+                DeviceListStrategy::CdiCri,
+                DeviceListStrategy::VolumeMounts
+            ]
+        );
+        assert_eq!(p.device_id_strategy, DeviceIdStrategy::Index);
+        assert_eq!(p.cdi_annotation_prefix, "cdi.example.com/");
+        assert_eq!(p.nvidia_ctk_path, "/ctk");
+        assert_eq!(p.container_driver_root, "/drv");
+        assert_eq!(p.shared_devices_allocation_policy, AllocationPolicy::Packed);
+        let canonical = flags(&[
+            "--driver-root=/a",
+            "--dev-root=/b",
+            "--nvidia-cdi-hook-path=/c",
+            "--driver-root-ctr-path=/d",
+        ]);
+        assert_eq!(canonical.nvidia_driver_root.as_deref(), Some("/a"));
+        assert_eq!(canonical.nvidia_dev_root.as_deref(), Some("/b"));
+        assert_eq!(canonical.nvidia_cdi_hook_path.as_deref(), Some("/c"));
+        assert_eq!(canonical.driver_root_ctr_path.as_deref(), Some("/d"));
+    }
+
+    #[test]
+    fn precedence_flag_over_file_over_default() {
+        let file = "flags: {migStrategy: mixed, failOnInitError: false, plugin: {deviceIDStrategy: index}}";
+        let c = apply(&flags(&["--mig-strategy=single"]), file).unwrap();
+        assert_eq!(c.flags.mig_strategy, MigStrategy::Single);
+        assert!(!c.flags.fail_on_init_error, "file value kept");
+        assert_eq!(c.flags.plugin.device_id_strategy, DeviceIdStrategy::Index);
+        let c = apply(&flags(&[]), file).unwrap();
+        assert_eq!(c.flags.mig_strategy, MigStrategy::Mixed);
+        let c = apply(&flags(&["--fail-on-init-error"]), file).unwrap();
+        assert!(c.flags.fail_on_init_error);
+        let c = apply(&flags(&[]), "").unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn env_fallbacks_only_when_unset() {
+        let env = |k: &str| match k {
+            "NVIDIA_CTK_PATH" => Some("/env/ctk".to_string()),
+            "CONTAINER_DRIVER_ROOT" => Some("/env/root".to_string()),
+            _ => None,
+        };
+        let c = flags(&[]).apply_with_env(Config::default(), env).unwrap();
+        assert_eq!(c.flags.plugin.nvidia_ctk_path, "/env/ctk");
+        assert_eq!(c.flags.plugin.container_driver_root, "/env/root");
+        let c = flags(&["--nvidia-cdi-hook-path=/flag/ctk"])
+            .apply_with_env(Config::default(), env)
+            .unwrap();
+        assert_eq!(c.flags.plugin.nvidia_ctk_path, "/flag/ctk");
+        let empty = |_: &str| Some(String::new());
+        let c = flags(&[]).apply_with_env(Config::default(), empty).unwrap();
+        assert_eq!(c.flags.plugin.nvidia_ctk_path, "/usr/bin/nvidia-ctk");
+    }
+
+    #[test]
+    fn invalid_override_values() {
+        let mps = "sharing: {mps: {resources: [{name: gpu, replicas: 2}]}}";
+        for (args, file, expected) in [
+            (
+                &["--mig-strategy=all"][..],
+                "",
+                "--mig-strategy: unknown MIG strategy: all",
+            ),
+            (
+                &["--device-list-strategy=envvar,bogus"][..],
+                "",
+                "--device-list-strategy: invalid --device-list-strategy option: invalid strategy: bogus",
+            ),
+            (
+                &["--device-id-strategy=serial"][..],
+                "",
+                "--device-id-strategy: invalid --device-id-strategy option: serial",
+            ),
+            (
+                &["--shared-devices-allocation-policy=spread"][..],
+                "",
+                "--shared-devices-allocation-policy: invalid --shared-devices-allocation-policy option: spread",
+            ),
+            (
+                &["--device-discovery-strategy=cuda"][..],
+                "",
+                "--device-discovery-strategy: invalid --device-discovery-strategy option cuda",
+            ),
+            (
+                &["--imex-channel-ids=1,2"][..],
+                "",
+                "--imex-channel-ids: invalid IMEX channel IDs: invalid IMEX config: channelIDs must be [] or [0]; found [1 2]",
+            ),
+            (
+                &["--mig-strategy=mixed", "--mps-root=/mps"][..],
+                mps,
+                "unable to validate flags: using --mig-strategy=mixed is not supported with MPS",
+            ),
+            (
+                &[][..],
+                mps,
+                "unable to validate flags: using MPS requires --mps-root to be specified",
+            ),
+        ] {
+            assert_eq!(apply(&flags(args), file).unwrap_err(), expected, "{args:?}");
+        }
+        // The cross checks see the overridden values.
+        assert!(apply(&flags(&["--mps-root=/mps"]), mps).is_ok());
+        let mixed_file = format!("flags: {{migStrategy: mixed}}\n{mps}");
+        assert!(
+            apply(
+                &flags(&["--mig-strategy=single", "--mps-root=/m"]),
+                &mixed_file
+            )
+            .is_ok()
+        );
+    }
+}
