@@ -6,6 +6,22 @@
 //! hint saying where a misplaced key belongs or which key was probably meant.
 //! Values are checked with NVIDIA's own messages, prefixed by where they are:
 //! `<source>: <path>: <message>`.
+//!
+//! Deliberate differences from NVIDIA's loader:
+//! - unknown/misplaced keys and duplicate keys are errors;
+//! - `replicas >= 2` is required under both `sharing.timeSlicing` and
+//!   `sharing.mps` (as NVIDIA does; `replicas: 1` under MPS is rejected too);
+//! - user `resources`, `rename` and `devices` are kept as given (NVIDIA
+//!   neutralises them on load); `renameByDefault` is not resolved into
+//!   `rename` either: the consumers decide;
+//! - both `timeSlicing` and `mps` are kept when present; see
+//!   [`super::schema::Sharing::strategy`] for which one is in effect;
+//! - boolean keys also accept the YAML 1.1 spellings (`yes`, `on`, …) that
+//!   NVIDIA's YAML-to-JSON conversion turns into booleans; `null` anywhere
+//!   means "not set";
+//! - `devices` list strings must be an index, `i:j`, `GPU-…` or `MIG-…`;
+//! - GFD-only keys (`flags.gfd.*`, `flags.useNodeFeatureAPI`) and `imex` are
+//!   type-checked, then discarded.
 
 use std::io;
 use std::path::{Path, PathBuf};
