@@ -1,7 +1,7 @@
 //! Strict loading of NVIDIA's `version: v1` config file.
 //!
 //! The text (YAML, or JSON, which is YAML) is first parsed into a generic
-//! tree, then walked against [`ROOT`], a table of the known keys per path:
+//! tree, then walked against `ROOT`, a table of the known keys per path:
 //! unknown or misplaced keys are errors (NVIDIA silently ignores them), with a
 //! hint saying where a misplaced key belongs or which key was probably meant.
 //! Values are checked with NVIDIA's own messages, prefixed by where they are:
