@@ -655,6 +655,10 @@ pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
     } else {
         return Err(unknown());
     };
+    if instances.is_empty() {
+        // A custom list of zero counts: MIG on, nothing created.
+        return Ok(MigLayout::EnabledEmpty);
+    }
     place_named(model, name, &instances)?;
     Ok(MigLayout::Instances(instances))
 }
@@ -1160,6 +1164,7 @@ mod tests {
                 &[("3g.20gb", 1), ("4g.20gb", 1)],
             ),
             ("A100-40GB", "all-enabled", &[]),
+            ("A100-40GB", "1g.5gb=0", &[]),
             ("A100-40GB", "all-disabled", &[]),
         ];
         for &(model, name, want) in cases {
@@ -1167,6 +1172,10 @@ mod tests {
         }
         assert_eq!(
             layout(m("A100-40GB"), "all-enabled").unwrap(),
+            MigLayout::EnabledEmpty
+        );
+        assert_eq!(
+            layout(m("A30"), " 1g.6gb=0 ").unwrap(),
             MigLayout::EnabledEmpty
         );
         assert_eq!(
