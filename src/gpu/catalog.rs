@@ -1,1 +1,1332 @@
 //! Built-in catalog: GPU models, MIG geometry, named layouts, cloud instances.
+//!
+//! Pure data and lookups, no I/O. Values come from
+//! `shared/reference/mig-and-instances.md`; the ones marked `DER` there (or here)
+//! are derived from the common slice structure and the naming rule, not read off
+//! real hardware. Production code discovers profiles through NVML; this catalog
+//! feeds the simulated backend, tests and documentation.
+//!
+//! Placement model: every GPU instance occupies `placement_size` consecutive
+//! memory slices starting at one of its profile's `placement_starts`, and the
+//! compute slices of all instances must not exceed the GPU's. [`place`] finds a
+//! deterministic placement (largest instances first, as mig-parted creates
+//! them) and [`gpu_instance_id`] turns a placement into the GPU-instance id the
+//! driver assigns to it.
+
+use std::collections::BTreeMap;
+
+/// One GPU model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuModel {
+    /// Catalog key, e.g. `A100-40GB`.
+    pub key: &'static str,
+    /// Product name as NVML reports it, e.g. `NVIDIA A100-SXM4-40GB`.
+    pub product_name: &'static str,
+    /// Total framebuffer memory in MiB, as NVML reports it.
+    pub memory_mib: u64,
+    /// PCI device id as `0xDDDDVVVV` (vendor `10DE`), as mig-parted's `device-filter`.
+    pub pci_device_id: u32,
+    /// MIG geometry; `None` for GPUs without MIG support.
+    pub mig: Option<MigGeometry>,
+}
+
+/// How a MIG-capable GPU can be partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigGeometry {
+    pub compute_slices: u32,
+    pub memory_slices: u32,
+    pub profiles: &'static [MigProfile],
+    /// The `all-balanced` layout of mig-parted for this model: `(profile, count)`.
+    pub balanced: &'static [(&'static str, u32)],
+}
+
+/// One GPU-instance profile (a GI whose single CI spans it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigProfile {
+    /// `1g.5gb`, `1g.5gb+me`.
+    pub name: &'static str,
+    /// Profile id as `nvidia-smi mig -cgi` takes it (differs per model).
+    pub id: u32,
+    /// Most instances of this profile on one GPU.
+    pub max_count: u32,
+    /// Memory of one instance in MiB.
+    pub memory_mib: u64,
+    /// GPU-instance (compute) slices: the `<G>` of `<G>g.<GB>gb`.
+    pub compute_slices: u32,
+    /// Possible placement starts, in memory slices.
+    pub placement_starts: &'static [u32],
+    /// Placement size, in memory slices.
+    pub placement_size: u32,
+    /// Streaming multiprocessors of one instance.
+    pub multiprocessors: u32,
+}
+
+impl GpuModel {
+    /// The model supports MIG.
+    pub fn mig_capable(&self) -> bool {
+        self.mig.is_some()
+    }
+
+    /// Total memory in bytes (what MIG profile names derive from).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib * MIB
+    }
+
+    /// A profile of this model by name; `+` may be written as `.` (`1g.5gb.me`).
+    pub fn mig_profile(&self, name: &str) -> Option<&'static MigProfile> {
+        self.mig.as_ref().and_then(|g| g.profile(name))
+    }
+}
+
+impl MigGeometry {
+    /// A profile by name; `+` may be written as `.` (`1g.5gb.me` = `1g.5gb+me`).
+    pub fn profile(&self, name: &str) -> Option<&'static MigProfile> {
+        let wanted = name.trim().replace('+', ".");
+        self.profiles
+            .iter()
+            .find(|p| p.name.replace('+', ".") == wanted)
+    }
+}
+
+impl MigProfile {
+    /// The profile name with `+` written as `.`, as mig-parted names layouts
+    /// and NVIDIA's plugin names resources (`1g.5gb+me` → `1g.5gb.me`).
+    pub fn dotted_name(&self) -> String {
+        self.name.replace('+', ".")
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+// Placement starts (memory slices) shared by the 7-compute / 8-memory-slice parts.
+const P1: &[u32] = &[0, 1, 2, 3, 4, 5, 6];
+const P1_DOUBLE: &[u32] = &[0, 2, 4, 6];
+const P2: &[u32] = &[0, 2, 4];
+const P3: &[u32] = &[0, 4];
+const P0: &[u32] = &[0];
+// 4 / 4 slice parts (A30).
+const Q1: &[u32] = &[0, 1, 2, 3];
+const Q2: &[u32] = &[0, 2];
+
+#[allow(clippy::too_many_arguments)]
+const fn prof(
+    name: &'static str,
+    id: u32,
+    max_count: u32,
+    memory_mib: u64,
+    compute_slices: u32,
+    placement_starts: &'static [u32],
+    placement_size: u32,
+    multiprocessors: u32,
+) -> MigProfile {
+    MigProfile {
+        name,
+        id,
+        max_count,
+        memory_mib,
+        compute_slices,
+        placement_starts,
+        placement_size,
+        multiprocessors,
+    }
+}
+
+/// A100-SXM4-40GB (§4.2, DOC). Memory: 4.75 / 9.62 / 19.62 / 39.25 GiB.
+const A100_40GB_PROFILES: &[MigProfile] = &[
+    prof("1g.5gb", 19, 7, 4864, 1, P1, 1, 14),
+    prof("1g.5gb+me", 20, 1, 4864, 1, P1, 1, 14),
+    prof("1g.10gb", 15, 4, 9856, 1, P1_DOUBLE, 2, 14),
+    prof("2g.10gb", 14, 3, 9856, 2, P2, 2, 28),
+    prof("3g.20gb", 9, 2, 20096, 3, P3, 4, 42),
+    prof("4g.20gb", 5, 1, 20096, 4, P0, 4, 56),
+    prof("7g.40gb", 0, 1, 40192, 7, P0, 8, 98),
+];
+
+/// A100-SXM4-80GB (§4.3, DOC). Memory: 9.50 / 19.50 / 39.25 / 79.00 GiB.
+const A100_80GB_PROFILES: &[MigProfile] = &[
+    prof("1g.10gb", 19, 7, 9728, 1, P1, 1, 14),
+    prof("1g.10gb+me", 20, 1, 9728, 1, P1, 1, 14),
+    prof("1g.20gb", 15, 4, 19968, 1, P1_DOUBLE, 2, 14),
+    prof("2g.20gb", 14, 3, 19968, 2, P2, 2, 28),
+    prof("3g.40gb", 9, 2, 40192, 3, P3, 4, 42),
+    prof("4g.40gb", 5, 1, 40192, 4, P0, 4, 56),
+    prof("7g.80gb", 0, 1, 80896, 7, P0, 8, 98),
+];
+
+/// A30-24GB (§4.4, DOC; IDs differ from A100). Memory: 5.81 / 11.69 / 23.44 GiB.
+const A30_PROFILES: &[MigProfile] = &[
+    prof("1g.6gb", 14, 4, 5952, 1, Q1, 1, 14),
+    prof("1g.6gb+me", 21, 1, 5952, 1, Q1, 1, 14), // placements DER
+    prof("2g.12gb", 5, 2, 11968, 2, Q2, 2, 28),
+    prof("2g.12gb+me", 6, 1, 11968, 2, Q2, 2, 28),
+    prof("4g.24gb", 0, 1, 24000, 4, P0, 4, 56),
+];
+
+/// H100 80GB HBM3 (§4.1, HW). Memory: 9.75 / 19.62 / 39.50 / 79.25 GiB.
+const H100_80GB_PROFILES: &[MigProfile] = &[
+    prof("1g.10gb", 19, 7, 9984, 1, P1, 1, 16),
+    prof("1g.10gb+me", 20, 1, 9984, 1, P1, 1, 16),
+    prof("1g.20gb", 15, 4, 20096, 1, P1_DOUBLE, 2, 26),
+    prof("2g.20gb", 14, 3, 20096, 2, P2, 2, 32),
+    prof("3g.40gb", 9, 2, 40448, 3, P3, 4, 60),
+    prof("4g.40gb", 5, 1, 40448, 4, P0, 4, 64),
+    prof("7g.80gb", 0, 1, 81152, 7, P0, 8, 132),
+];
+
+/// H100 NVL 94GB (§4.5, DOC for IDs, counts, placements, 4g/7g memory and SMs).
+/// DER: 1g/2g memory (11.5 / 23.0 GiB), 3g memory (as 4g), SMs other than 4g/7g (as H100 80GB).
+const H100_NVL_PROFILES: &[MigProfile] = &[
+    prof("1g.12gb", 19, 7, 11776, 1, P1, 1, 16),
+    prof("1g.12gb+me", 20, 1, 11776, 1, P1, 1, 16),
+    prof("1g.24gb", 15, 4, 23552, 1, P1_DOUBLE, 2, 26),
+    prof("2g.24gb", 14, 3, 23552, 2, P2, 2, 32),
+    prof("3g.47gb", 9, 2, 47493, 3, P3, 4, 60),
+    prof("4g.47gb", 5, 1, 47493, 4, P0, 4, 64),
+    prof("7g.94gb", 0, 1, 95355, 7, P0, 8, 132),
+];
+
+/// H200 141GB (§4.6: names and counts DOC; IDs, placements DER as H100).
+/// DER: memory 16.25 / 32.5 / 66.0 / 132.5 GiB; SMs as H100 80GB.
+const H200_PROFILES: &[MigProfile] = &[
+    prof("1g.18gb", 19, 7, 16640, 1, P1, 1, 16),
+    prof("1g.18gb+me", 20, 1, 16640, 1, P1, 1, 16),
+    prof("1g.35gb", 15, 4, 33280, 1, P1_DOUBLE, 2, 26),
+    prof("2g.35gb", 14, 3, 33280, 2, P2, 2, 32),
+    prof("3g.71gb", 9, 2, 67584, 3, P3, 4, 60),
+    prof("4g.71gb", 5, 1, 67584, 4, P0, 4, 64),
+    prof("7g.141gb", 0, 1, 135680, 7, P0, 8, 132),
+];
+
+/// B200 180GB (§4.6: names and counts DOC, 1g 18 SMs DOC; IDs, placements DER as H100).
+/// DER: memory 21.5 / 43.0 / 87.0 / 174.0 GiB; SMs 18 per compute slice, 148 for 7g.
+const B200_PROFILES: &[MigProfile] = &[
+    prof("1g.23gb", 19, 7, 22016, 1, P1, 1, 18),
+    prof("1g.23gb+me", 20, 1, 22016, 1, P1, 1, 18),
+    prof("1g.45gb", 15, 4, 44032, 1, P1_DOUBLE, 2, 18),
+    prof("2g.45gb", 14, 3, 44032, 2, P2, 2, 36),
+    prof("3g.90gb", 9, 2, 89088, 3, P3, 4, 54),
+    prof("4g.90gb", 5, 1, 89088, 4, P0, 4, 72),
+    prof("7g.180gb", 0, 1, 178176, 7, P0, 8, 148),
+];
+
+const fn seven_slices(
+    profiles: &'static [MigProfile],
+    balanced: &'static [(&'static str, u32)],
+) -> Option<MigGeometry> {
+    Some(MigGeometry {
+        compute_slices: 7,
+        memory_slices: 8,
+        profiles,
+        balanced,
+    })
+}
+
+static MODELS: &[GpuModel] = &[
+    GpuModel {
+        key: "A100-40GB",
+        product_name: "NVIDIA A100-SXM4-40GB",
+        memory_mib: 40960,
+        pci_device_id: 0x20B0_10DE,
+        mig: seven_slices(
+            A100_40GB_PROFILES,
+            &[("1g.5gb", 2), ("2g.10gb", 1), ("3g.20gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "A100-80GB",
+        product_name: "NVIDIA A100-SXM4-80GB",
+        memory_mib: 81920,
+        pci_device_id: 0x20B2_10DE,
+        mig: seven_slices(
+            A100_80GB_PROFILES,
+            &[("1g.10gb", 2), ("2g.20gb", 1), ("3g.40gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "A30",
+        product_name: "NVIDIA A30",
+        memory_mib: 24576,
+        pci_device_id: 0x20B7_10DE,
+        mig: Some(MigGeometry {
+            compute_slices: 4,
+            memory_slices: 4,
+            profiles: A30_PROFILES,
+            balanced: &[("1g.6gb", 2), ("2g.12gb", 1)],
+        }),
+    },
+    GpuModel {
+        key: "H100-80GB",
+        product_name: "NVIDIA H100 80GB HBM3",
+        memory_mib: 81559,
+        pci_device_id: 0x2330_10DE,
+        mig: seven_slices(
+            H100_80GB_PROFILES,
+            &[("1g.10gb", 2), ("2g.20gb", 1), ("3g.40gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "H100-NVL",
+        product_name: "NVIDIA H100 NVL",
+        memory_mib: 95830, // DER: NVML total of a 94GB part
+        pci_device_id: 0x2321_10DE,
+        mig: seven_slices(
+            H100_NVL_PROFILES,
+            &[("1g.12gb", 2), ("2g.24gb", 1), ("3g.47gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "H200",
+        product_name: "NVIDIA H200",
+        memory_mib: 143771, // DER: NVML total of a 141GB part
+        pci_device_id: 0x2335_10DE,
+        mig: seven_slices(
+            H200_PROFILES,
+            &[("1g.18gb", 2), ("2g.35gb", 1), ("3g.71gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "B200",
+        product_name: "NVIDIA B200",
+        memory_mib: 183359, // DER: NVML total of a 180GB part
+        pci_device_id: 0x2901_10DE,
+        mig: seven_slices(
+            B200_PROFILES,
+            &[("1g.23gb", 2), ("2g.45gb", 1), ("3g.90gb", 1)],
+        ),
+    },
+    // Non-MIG parts (time-slicing only). Memory totals are what NVML
+    // typically reports (slightly under the marketing size; DER).
+    GpuModel {
+        key: "A10G",
+        product_name: "NVIDIA A10G",
+        memory_mib: 23028,
+        pci_device_id: 0x2237_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "L4",
+        product_name: "NVIDIA L4",
+        memory_mib: 23034,
+        pci_device_id: 0x27B8_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "L40S",
+        product_name: "NVIDIA L40S",
+        memory_mib: 46068,
+        pci_device_id: 0x26B9_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "T4",
+        product_name: "Tesla T4",
+        memory_mib: 15360,
+        pci_device_id: 0x1EB8_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "V100",
+        product_name: "Tesla V100-SXM2-16GB",
+        memory_mib: 16160,
+        pci_device_id: 0x1DB1_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "V100-32GB",
+        product_name: "Tesla V100-SXM2-32GB",
+        memory_mib: 32510,
+        pci_device_id: 0x1DB5_10DE,
+        mig: None,
+    },
+];
+
+/// Every GPU model of the catalog (MIG-capable ones first).
+pub fn models() -> &'static [GpuModel] {
+    MODELS
+}
+
+/// A model by catalog key (case-insensitive, e.g. `a100-40gb`) or by NVML
+/// product name (with or without the `NVIDIA ` / `Tesla ` prefix).
+pub fn model(name: &str) -> Option<&'static GpuModel> {
+    let name = name.trim();
+    let bare = |s: &str| {
+        let s = s.trim();
+        let lower = s.to_ascii_lowercase();
+        for prefix in ["nvidia ", "tesla "] {
+            if let Some(rest) = lower.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+        lower
+    };
+    MODELS
+        .iter()
+        .find(|m| m.key.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            let wanted = bare(name);
+            MODELS.iter().find(|m| bare(m.product_name) == wanted)
+        })
+}
+
+/// A model by PCI device id (`0xDDDDVVVV`, as NVML's `pci_device_id`).
+pub fn model_by_pci_device_id(pci_device_id: u32) -> Option<&'static GpuModel> {
+    MODELS.iter().find(|m| m.pci_device_id == pci_device_id)
+}
+
+/// Families of MIG-capable models, for messages: `A100/A30/H100/H200/B200`.
+pub fn mig_families() -> String {
+    let mut families: Vec<&str> = Vec::new();
+    for m in MODELS.iter().filter(|m| m.mig_capable()) {
+        let family = m.key.split('-').next().unwrap_or(m.key);
+        if !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    families.join("/")
+}
+
+// ---------------------------------------------------------------------------
+// Profile naming rule (§3)
+
+/// NVIDIA's MIG profile name for a profile of `profile_memory_mib` on a GPU
+/// with `gpu_total_bytes` of memory (go-nvlib's rule, §3 of the reference):
+/// memory fraction rounded up to eighths, times the GPU's total in whole GB
+/// (rounded up), rounded half away from zero. `ci_slices < gi_slices` adds the
+/// `<C>c.` prefix; `suffix` (`+me`, `-me`, `+gfx`, ...) is appended verbatim.
+pub fn mig_profile_name(
+    gi_slices: u32,
+    ci_slices: u32,
+    profile_memory_mib: u64,
+    gpu_total_bytes: u64,
+    suffix: &str,
+) -> String {
+    const GIB: u128 = 1 << 30;
+    let total = u128::from(gpu_total_bytes);
+    let gb = if total == 0 {
+        0
+    } else {
+        // frac in eighths, rounded up: ceil(mem * 8 / total).
+        let eighths = (u128::from(profile_memory_mib) * u128::from(MIB) * 8).div_ceil(total);
+        let total_gb = total.div_ceil(GIB);
+        // round(eighths * total_gb / 8), half away from zero (all values ≥ 0).
+        (eighths * total_gb + 4) / 8
+    };
+    let prefix = if ci_slices < gi_slices {
+        format!("{ci_slices}c.")
+    } else {
+        String::new()
+    };
+    format!("{prefix}{gi_slices}g.{gb}gb{suffix}")
+}
+
+// ---------------------------------------------------------------------------
+// Layouts
+
+/// A MIG configuration for one GPU, as mig-parted's named configs describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigLayout {
+    /// MIG mode off (`all-disabled`).
+    Disabled,
+    /// MIG mode on, no instances (`all-enabled`).
+    EnabledEmpty,
+    /// MIG mode on with these instances, in the order the layout lists them.
+    Instances(Vec<&'static MigProfile>),
+}
+
+impl MigLayout {
+    /// MIG mode is on under this layout.
+    pub fn mig_enabled(&self) -> bool {
+        !matches!(self, MigLayout::Disabled)
+    }
+
+    /// The instances (empty unless [`MigLayout::Instances`]).
+    pub fn profiles(&self) -> &[&'static MigProfile] {
+        match self {
+            MigLayout::Instances(p) => p,
+            _ => &[],
+        }
+    }
+
+    /// Instance count per profile name, sorted by name.
+    pub fn counts(&self) -> BTreeMap<&'static str, u32> {
+        let mut counts = BTreeMap::new();
+        for p in self.profiles() {
+            *counts.entry(p.name).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Context used by catalog errors until the caller names the GPU (see
+/// [`CatalogError::in_context`]).
+pub const DEFAULT_CONTEXT: &str = "this GPU";
+
+/// Why a layout cannot be used. Every message names the layout, the GPU and
+/// what to do; `context` says where the GPU is (an instance type, a topology
+/// entry) and is set with [`CatalogError::in_context`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "MIG layout '{layout}' needs a MIG-capable GPU, but {context} has {product} (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with {families} GPUs"
+    )]
+    MigUnsupported {
+        layout: String,
+        context: String,
+        product: String,
+        families: String,
+    },
+    #[error(
+        "unknown MIG layout '{layout}' for {context} ({product}); valid layouts: {valid}; or a custom list of profile=count such as '{example}'"
+    )]
+    UnknownLayout {
+        layout: String,
+        context: String,
+        product: String,
+        valid: String,
+        example: String,
+    },
+    #[error(
+        "MIG layout '{layout}' names profile '{profile}', which {context} ({product}) does not have; its profiles are: {valid}"
+    )]
+    UnknownProfile {
+        layout: String,
+        profile: String,
+        context: String,
+        product: String,
+        valid: String,
+    },
+    #[error(
+        "MIG layout '{layout}' for {context} is malformed: {reason}; write a named layout (e.g. all-balanced) or profile=count pairs separated by commas, e.g. '{example}'"
+    )]
+    Malformed {
+        layout: String,
+        reason: String,
+        context: String,
+        example: String,
+    },
+    #[error(
+        "MIG layout '{layout}' asks for {count} × {profile}, but {context} ({product}) supports at most {max}; lower the count"
+    )]
+    TooMany {
+        layout: String,
+        profile: String,
+        count: u32,
+        max: u32,
+        context: String,
+        product: String,
+    },
+    #[error(
+        "MIG layout '{layout}' does not fit on {context} ({product}): {detail}; remove or shrink instances"
+    )]
+    DoesNotFit {
+        layout: String,
+        context: String,
+        product: String,
+        detail: String,
+    },
+}
+
+impl CatalogError {
+    /// The same error, naming the GPU's whereabouts (`g5.xlarge`,
+    /// `GPU 3 (gpus[1] in topo.yaml)`) instead of "this GPU".
+    pub fn in_context(mut self, new: impl Into<String>) -> Self {
+        let new = new.into();
+        match &mut self {
+            CatalogError::MigUnsupported { context, .. }
+            | CatalogError::UnknownLayout { context, .. }
+            | CatalogError::UnknownProfile { context, .. }
+            | CatalogError::Malformed { context, .. }
+            | CatalogError::TooMany { context, .. }
+            | CatalogError::DoesNotFit { context, .. } => *context = new,
+        }
+        self
+    }
+
+    /// The layout the error is about.
+    pub fn layout(&self) -> &str {
+        match self {
+            CatalogError::MigUnsupported { layout, .. }
+            | CatalogError::UnknownLayout { layout, .. }
+            | CatalogError::UnknownProfile { layout, .. }
+            | CatalogError::Malformed { layout, .. }
+            | CatalogError::TooMany { layout, .. }
+            | CatalogError::DoesNotFit { layout, .. } => layout,
+        }
+    }
+}
+
+/// The named layouts a model accepts: `all-disabled` for every model; for
+/// MIG-capable ones also `all-enabled`, `all-<profile>` (with `+` written as
+/// `.`, as mig-parted names them) and `all-balanced`.
+pub fn layout_names(model: &GpuModel) -> Vec<String> {
+    let mut names = vec!["all-disabled".to_string()];
+    if let Some(geo) = &model.mig {
+        names.push("all-enabled".to_string());
+        names.extend(
+            geo.profiles
+                .iter()
+                .map(|p| format!("all-{}", p.dotted_name())),
+        );
+        if !geo.balanced.is_empty() {
+            names.push("all-balanced".to_string());
+        }
+    }
+    names
+}
+
+fn custom_example(model: &GpuModel) -> String {
+    match &model.mig {
+        Some(geo) if !geo.balanced.is_empty() => render_counts(geo.balanced.iter().copied()),
+        Some(geo) => geo
+            .profiles
+            .first()
+            .map(|p| format!("{}=1", p.name))
+            .unwrap_or_default(),
+        None => "1g.5gb=2,2g.10gb=1".to_string(),
+    }
+}
+
+fn render_counts<'a>(counts: impl IntoIterator<Item = (&'a str, u32)>) -> String {
+    counts
+        .into_iter()
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn profile_list(geo: &MigGeometry) -> String {
+    geo.profiles
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Resolves a layout name for a model and checks that it fits.
+///
+/// Accepts `all-disabled`, `all-enabled`, `all-<profile>` (`+` may be written
+/// as `.`: `all-1g.5gb.me`), `all-balanced`, and custom lists of
+/// `profile=count` pairs (`1g.5gb=2,2g.10gb=1`). Errors name "this GPU";
+/// callers add where the GPU is with [`CatalogError::in_context`].
+pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
+    let name = name.trim();
+    if name == "all-disabled" {
+        return Ok(MigLayout::Disabled);
+    }
+    let Some(geo) = &model.mig else {
+        return Err(CatalogError::MigUnsupported {
+            layout: name.to_string(),
+            context: DEFAULT_CONTEXT.to_string(),
+            product: model.product_name.to_string(),
+            families: mig_families(),
+        });
+    };
+    let unknown = || CatalogError::UnknownLayout {
+        layout: name.to_string(),
+        context: DEFAULT_CONTEXT.to_string(),
+        product: model.product_name.to_string(),
+        valid: layout_names(model).join(", "),
+        example: custom_example(model),
+    };
+    let instances: Vec<&'static MigProfile> = if name == "all-enabled" {
+        return Ok(MigLayout::EnabledEmpty);
+    } else if name == "all-balanced" {
+        if geo.balanced.is_empty() {
+            return Err(unknown());
+        }
+        let mut out = Vec::new();
+        for &(profile, count) in geo.balanced {
+            let p = geo
+                .profile(profile)
+                .ok_or_else(|| CatalogError::UnknownProfile {
+                    layout: name.to_string(),
+                    profile: profile.to_string(),
+                    context: DEFAULT_CONTEXT.to_string(),
+                    product: model.product_name.to_string(),
+                    valid: profile_list(geo),
+                })?;
+            out.extend(std::iter::repeat_n(p, count as usize));
+        }
+        out
+    } else if let Some(p) = name.strip_prefix("all-").and_then(|p| geo.profile(p)) {
+        vec![p; p.max_count as usize]
+    } else if name.contains('=') {
+        parse_custom(model, geo, name)?
+    } else {
+        return Err(unknown());
+    };
+    if instances.is_empty() {
+        // A custom list of zero counts: MIG on, nothing created.
+        return Ok(MigLayout::EnabledEmpty);
+    }
+    place_named(model, name, &instances)?;
+    Ok(MigLayout::Instances(instances))
+}
+
+fn parse_custom(
+    model: &GpuModel,
+    geo: &MigGeometry,
+    name: &str,
+) -> Result<Vec<&'static MigProfile>, CatalogError> {
+    let malformed = |reason: String| CatalogError::Malformed {
+        layout: name.to_string(),
+        reason,
+        context: DEFAULT_CONTEXT.to_string(),
+        example: custom_example(model),
+    };
+    let mut out = Vec::new();
+    for item in name.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(malformed("empty entry between commas".to_string()));
+        }
+        let Some((profile, count)) = item.split_once('=') else {
+            return Err(malformed(format!("'{item}' has no '=count'")));
+        };
+        let (profile, count) = (profile.trim(), count.trim());
+        let count: u32 = count.parse().map_err(|_| {
+            malformed(format!(
+                "count '{count}' of '{profile}' is not a non-negative whole number"
+            ))
+        })?;
+        let p = geo
+            .profile(profile)
+            .ok_or_else(|| CatalogError::UnknownProfile {
+                layout: name.to_string(),
+                profile: profile.to_string(),
+                context: DEFAULT_CONTEXT.to_string(),
+                product: model.product_name.to_string(),
+                valid: profile_list(geo),
+            })?;
+        out.extend(std::iter::repeat_n(p, count as usize));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Placement
+
+/// Where one GPU instance of a layout goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub profile: &'static MigProfile,
+    /// First memory slice.
+    pub start: u32,
+    /// GPU-instance id the driver assigns to this placement ([`gpu_instance_id`]).
+    pub gpu_instance_id: u32,
+}
+
+/// The slice footprint of one GPU instance, for [`fit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceShape<'a> {
+    /// Possible starts, in memory slices.
+    pub starts: &'a [u32],
+    /// Size in memory slices.
+    pub size: u32,
+    /// Compute slices it takes.
+    pub compute: u32,
+}
+
+/// Finds a start for each shape so that no two overlap in memory slices and
+/// compute slices suffice. Deterministic: the largest shapes are placed first
+/// (as mig-parted creates them), each at its lowest free start, backtracking
+/// when a later shape does not fit. Returns the starts in input order.
+pub fn fit(memory_slices: u32, compute_slices: u32, shapes: &[SliceShape<'_>]) -> Option<Vec<u32>> {
+    let compute: u64 = shapes.iter().map(|s| u64::from(s.compute)).sum();
+    if compute > u64::from(compute_slices) || memory_slices > 63 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..shapes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (sa, sb) = (&shapes[a], &shapes[b]);
+        sb.size
+            .cmp(&sa.size)
+            .then(sb.compute.cmp(&sa.compute))
+            .then(sa.starts.cmp(sb.starts))
+            .then(a.cmp(&b))
+    });
+    let mut starts = vec![0; shapes.len()];
+    fit_dfs(&order, 0, 0, shapes, memory_slices, &mut starts).then_some(starts)
+}
+
+fn fit_dfs(
+    order: &[usize],
+    k: usize,
+    used: u64,
+    shapes: &[SliceShape<'_>],
+    memory_slices: u32,
+    starts: &mut [u32],
+) -> bool {
+    let Some(&i) = order.get(k) else {
+        return true;
+    };
+    let shape = &shapes[i];
+    // Identical shapes are interchangeable: keep their starts increasing.
+    let min_start = match k.checked_sub(1).map(|j| order[j]) {
+        Some(prev) if shapes[prev] == *shape => Some(starts[prev]),
+        _ => None,
+    };
+    for &start in shape.starts {
+        if min_start.is_some_and(|m| start <= m)
+            || shape.size == 0
+            || start + shape.size > memory_slices
+        {
+            continue;
+        }
+        let mask = ((1u64 << shape.size) - 1) << start;
+        if used & mask != 0 {
+            continue;
+        }
+        starts[i] = start;
+        if fit_dfs(order, k + 1, used | mask, shapes, memory_slices, starts) {
+            return true;
+        }
+    }
+    false
+}
+
+/// GPU-instance id of a placement, as the driver numbers them: a binary tree
+/// over the memory slices (8 slices: the 8-slice instance is 0, 4-slice ones
+/// 1–2, 2-slice ones 3–6, 1-slice ones 7–14; so 7 × 1g.5gb are GI 7..13 and
+/// a 3g.20gb at slice 4 is GI 2, as NVIDIA's MIG guide shows).
+pub fn gpu_instance_id(memory_slices: u32, start: u32, size: u32) -> u32 {
+    if size == 0 || memory_slices < size {
+        return start;
+    }
+    (memory_slices / size - 1) + start / size
+}
+
+/// Places the instances of a layout on a model. Returns one [`Placement`] per
+/// input profile, in input order. Errors when a profile exceeds its maximum
+/// count or the set does not fit.
+pub fn place(
+    model: &GpuModel,
+    profiles: &[&'static MigProfile],
+) -> Result<Vec<Placement>, CatalogError> {
+    let mut counts: Vec<(&str, u32)> = Vec::new();
+    for p in profiles {
+        match counts.iter_mut().find(|(n, _)| *n == p.name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((p.name, 1)),
+        }
+    }
+    place_named(model, &render_counts(counts), profiles)
+}
+
+fn place_named(
+    model: &GpuModel,
+    layout_name: &str,
+    profiles: &[&'static MigProfile],
+) -> Result<Vec<Placement>, CatalogError> {
+    let Some(geo) = &model.mig else {
+        return Err(CatalogError::MigUnsupported {
+            layout: layout_name.to_string(),
+            context: DEFAULT_CONTEXT.to_string(),
+            product: model.product_name.to_string(),
+            families: mig_families(),
+        });
+    };
+    let mut counts: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for p in profiles {
+        counts.entry(p.name).or_insert((0, p.max_count)).0 += 1;
+    }
+    if let Some((profile, (count, max))) = counts.iter().find(|(_, (c, m))| c > m) {
+        return Err(CatalogError::TooMany {
+            layout: layout_name.to_string(),
+            profile: profile.to_string(),
+            count: *count,
+            max: *max,
+            context: DEFAULT_CONTEXT.to_string(),
+            product: model.product_name.to_string(),
+        });
+    }
+    let shapes: Vec<SliceShape<'_>> = profiles
+        .iter()
+        .map(|p| SliceShape {
+            starts: p.placement_starts,
+            size: p.placement_size,
+            compute: p.compute_slices,
+        })
+        .collect();
+    let starts = fit(geo.memory_slices, geo.compute_slices, &shapes).ok_or_else(|| {
+        let compute: u32 = profiles.iter().map(|p| p.compute_slices).sum();
+        let memory: u32 = profiles.iter().map(|p| p.placement_size).sum();
+        let detail = if compute > geo.compute_slices {
+            format!(
+                "it needs {compute} compute slices and the GPU has {}",
+                geo.compute_slices
+            )
+        } else if memory > geo.memory_slices {
+            format!(
+                "it needs {memory} memory slices and the GPU has {}",
+                geo.memory_slices
+            )
+        } else {
+            "no placement of its instances avoids overlapping memory slices".to_string()
+        };
+        CatalogError::DoesNotFit {
+            layout: layout_name.to_string(),
+            context: DEFAULT_CONTEXT.to_string(),
+            product: model.product_name.to_string(),
+            detail,
+        }
+    })?;
+    Ok(profiles
+        .iter()
+        .zip(starts)
+        .map(|(&profile, start)| Placement {
+            profile,
+            start,
+            gpu_instance_id: gpu_instance_id(geo.memory_slices, start, profile.placement_size),
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------
+// Cloud instances
+
+/// A cloud instance type with GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceType {
+    pub name: &'static str,
+    /// Catalog key of the GPU model.
+    pub model: &'static str,
+    pub gpus: u32,
+    pub numa_nodes: u32,
+    /// GPUs are connected by NVLink (NVSwitch on p4/p5/p6, hybrid cube mesh on p3).
+    pub nvlink: bool,
+}
+
+impl InstanceType {
+    /// The GPU model of this instance.
+    pub fn gpu_model(&self) -> Option<&'static GpuModel> {
+        model(self.model)
+    }
+}
+
+const fn inst(
+    name: &'static str,
+    model: &'static str,
+    gpus: u32,
+    numa_nodes: u32,
+    nvlink: bool,
+) -> InstanceType {
+    InstanceType {
+        name,
+        model,
+        gpus,
+        numa_nodes,
+        nvlink,
+    }
+}
+
+static INSTANCES: &[InstanceType] = &[
+    inst("p4d.24xlarge", "A100-40GB", 8, 2, true),
+    inst("p4de.24xlarge", "A100-80GB", 8, 2, true),
+    inst("p5.48xlarge", "H100-80GB", 8, 2, true),
+    inst("p5e.48xlarge", "H200", 8, 2, true),
+    inst("p5en.48xlarge", "H200", 8, 2, true),
+    inst("p6-b200.48xlarge", "B200", 8, 2, true),
+    inst("g5.xlarge", "A10G", 1, 1, false),
+    inst("g5.2xlarge", "A10G", 1, 1, false),
+    inst("g5.4xlarge", "A10G", 1, 1, false),
+    inst("g5.8xlarge", "A10G", 1, 1, false),
+    inst("g5.16xlarge", "A10G", 1, 1, false),
+    inst("g5.12xlarge", "A10G", 4, 1, false),
+    inst("g5.24xlarge", "A10G", 4, 1, false),
+    inst("g5.48xlarge", "A10G", 8, 2, false),
+    inst("g6.xlarge", "L4", 1, 1, false),
+    inst("g6.2xlarge", "L4", 1, 1, false),
+    inst("g6.4xlarge", "L4", 1, 1, false),
+    inst("g6.8xlarge", "L4", 1, 1, false),
+    inst("g6.16xlarge", "L4", 1, 1, false),
+    inst("g6.12xlarge", "L4", 4, 1, false),
+    inst("g6.24xlarge", "L4", 4, 1, false),
+    inst("g6.48xlarge", "L4", 8, 2, false),
+    inst("g6e.xlarge", "L40S", 1, 1, false),
+    inst("g6e.2xlarge", "L40S", 1, 1, false),
+    inst("g6e.4xlarge", "L40S", 1, 1, false),
+    inst("g6e.8xlarge", "L40S", 1, 1, false),
+    inst("g6e.16xlarge", "L40S", 1, 1, false),
+    inst("g6e.12xlarge", "L40S", 4, 1, false),
+    inst("g6e.24xlarge", "L40S", 4, 1, false),
+    inst("g6e.48xlarge", "L40S", 8, 2, false),
+    inst("g4dn.xlarge", "T4", 1, 1, false),
+    inst("g4dn.2xlarge", "T4", 1, 1, false),
+    inst("g4dn.4xlarge", "T4", 1, 1, false),
+    inst("g4dn.8xlarge", "T4", 1, 1, false),
+    inst("g4dn.16xlarge", "T4", 1, 1, false),
+    inst("g4dn.12xlarge", "T4", 4, 1, false),
+    inst("g4dn.metal", "T4", 8, 2, false),
+    inst("p3.2xlarge", "V100", 1, 1, false),
+    inst("p3.8xlarge", "V100", 4, 1, true),
+    inst("p3.16xlarge", "V100", 8, 2, true),
+    inst("p3dn.24xlarge", "V100-32GB", 8, 2, true),
+];
+
+/// Every cloud instance preset.
+pub fn instances() -> &'static [InstanceType] {
+    INSTANCES
+}
+
+/// An instance preset by name (case-insensitive).
+pub fn instance(name: &str) -> Option<&'static InstanceType> {
+    let name = name.trim();
+    INSTANCES.iter().find(|i| i.name.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(key: &str) -> &'static GpuModel {
+        model(key).unwrap()
+    }
+
+    #[test]
+    fn naming_rule_worked_checks() {
+        let gib = |g: f64| (g * 1024.0).round() as u64;
+        let cases: &[(u64, u32, u64, &str)] = &[
+            // (total MiB, GI slices, profile MiB, expected)
+            (81559, 1, gib(9.75), "1g.10gb"),
+            (81559, 1, gib(19.62), "1g.20gb"),
+            (81559, 2, gib(19.62), "2g.20gb"),
+            (81559, 3, gib(39.50), "3g.40gb"),
+            (81559, 4, gib(39.50), "4g.40gb"),
+            (81559, 7, gib(79.25), "7g.80gb"),
+            (40960, 1, gib(4.75), "1g.5gb"),
+            // Eighths of the total: 1/8, 2/8, 4/8.
+            (141 * 1024, 1, 141 * 1024 / 8, "1g.18gb"),
+            (141 * 1024, 2, 141 * 1024 / 4, "2g.35gb"),
+            (141 * 1024, 3, 141 * 1024 / 2, "3g.71gb"),
+            (180 * 1024, 1, 180 * 1024 / 8, "1g.23gb"),
+            (269 * 1024, 3, 269 * 1024 / 2, "3g.135gb"),
+            (94 * 1024, 1, 94 * 1024 / 8, "1g.12gb"),
+            (94 * 1024, 2, 94 * 1024 / 4, "2g.24gb"),
+        ];
+        for &(total, gi, mem, want) in cases {
+            assert_eq!(
+                mig_profile_name(gi, gi, mem, total * MIB, ""),
+                want,
+                "{total} MiB, {gi}g, {mem} MiB"
+            );
+        }
+        assert_eq!(
+            mig_profile_name(3, 1, gib(19.62), 40960 * MIB, ""),
+            "1c.3g.20gb"
+        );
+        assert_eq!(
+            mig_profile_name(1, 1, gib(9.75), 81559 * MIB, "+me"),
+            "1g.10gb+me"
+        );
+        assert_eq!(mig_profile_name(1, 1, 100, 0, ""), "1g.0gb");
+    }
+
+    #[test]
+    fn every_catalog_profile_agrees_with_the_naming_rule() {
+        for model in models() {
+            let Some(geo) = &model.mig else { continue };
+            for p in geo.profiles {
+                let suffix = p.name.find(['+', '-']).map_or("", |i| &p.name[i..]);
+                assert_eq!(
+                    mig_profile_name(
+                        p.compute_slices,
+                        p.compute_slices,
+                        p.memory_mib,
+                        model.memory_bytes(),
+                        suffix
+                    ),
+                    p.name,
+                    "{}",
+                    model.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn catalog_is_consistent() {
+        for model in models() {
+            assert_eq!(model.pci_device_id & 0xFFFF, 0x10DE, "{}", model.key);
+            let Some(geo) = &model.mig else { continue };
+            assert!(
+                geo.profiles
+                    .iter()
+                    .any(|p| p.compute_slices == geo.compute_slices)
+            );
+            for p in geo.profiles {
+                // Placements follow the common structure: aligned to their size,
+                // inside memory, compute fits from the start.
+                let expected: Vec<u32> = (0..geo.memory_slices)
+                    .step_by(p.placement_size as usize)
+                    .filter(|s| s + p.compute_slices <= geo.compute_slices)
+                    .collect();
+                assert_eq!(p.placement_starts, expected, "{} {}", model.key, p.name);
+                // Every `all-<profile>` layout (max_count instances) fits.
+                assert!(
+                    place(model, &vec![p; p.max_count as usize]).is_ok(),
+                    "{} {}",
+                    model.key,
+                    p.name
+                );
+            }
+            for (name, _) in geo.balanced {
+                assert!(geo.profile(name).is_some(), "{} {}", model.key, name);
+            }
+        }
+    }
+
+    #[test]
+    fn model_lookup_by_key_or_product_name() {
+        for (query, key) in [
+            ("A100-40GB", Some("A100-40GB")),
+            ("a100-40gb", Some("A100-40GB")),
+            ("NVIDIA A100-SXM4-40GB", Some("A100-40GB")),
+            ("A100-SXM4-80GB", Some("A100-80GB")),
+            ("NVIDIA H100 80GB HBM3", Some("H100-80GB")),
+            ("h100-nvl", Some("H100-NVL")),
+            ("Tesla T4", Some("T4")),
+            ("NVIDIA B200", Some("B200")),
+            ("V100-32gb", Some("V100-32GB")),
+            ("RTX 4090", None),
+        ] {
+            assert_eq!(model(query).map(|m| m.key), key, "{query}");
+        }
+        assert_eq!(
+            model_by_pci_device_id(0x2335_10DE).map(|m| m.key),
+            Some("H200")
+        );
+        assert_eq!(mig_families(), "A100/A30/H100/H200/B200");
+    }
+
+    fn counts(model: &str, name: &str) -> Vec<(&'static str, u32)> {
+        layout(m(model), name)
+            .unwrap()
+            .counts()
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn named_layouts() {
+        type Case = (&'static str, &'static str, &'static [(&'static str, u32)]);
+        let cases: &[Case] = &[
+            ("A100-40GB", "all-1g.5gb", &[("1g.5gb", 7)]),
+            ("A100-40GB", "all-1g.5gb.me", &[("1g.5gb+me", 1)]),
+            ("A100-40GB", "all-1g.5gb+me", &[("1g.5gb+me", 1)]),
+            ("A100-40GB", "all-1g.10gb", &[("1g.10gb", 4)]),
+            ("A100-80GB", "all-1g.10gb", &[("1g.10gb", 7)]),
+            ("A100-40GB", "all-2g.10gb", &[("2g.10gb", 3)]),
+            ("A100-40GB", "all-3g.20gb", &[("3g.20gb", 2)]),
+            ("A100-40GB", "all-7g.40gb", &[("7g.40gb", 1)]),
+            (
+                "A100-40GB",
+                "all-balanced",
+                &[("1g.5gb", 2), ("2g.10gb", 1), ("3g.20gb", 1)],
+            ),
+            (
+                "A100-80GB",
+                "all-balanced",
+                &[("1g.10gb", 2), ("2g.20gb", 1), ("3g.40gb", 1)],
+            ),
+            (
+                "H100-80GB",
+                "all-balanced",
+                &[("1g.10gb", 2), ("2g.20gb", 1), ("3g.40gb", 1)],
+            ),
+            (
+                "H100-NVL",
+                "all-balanced",
+                &[("1g.12gb", 2), ("2g.24gb", 1), ("3g.47gb", 1)],
+            ),
+            (
+                "H200",
+                "all-balanced",
+                &[("1g.18gb", 2), ("2g.35gb", 1), ("3g.71gb", 1)],
+            ),
+            (
+                "B200",
+                "all-balanced",
+                &[("1g.23gb", 2), ("2g.45gb", 1), ("3g.90gb", 1)],
+            ),
+            ("A30", "all-balanced", &[("1g.6gb", 2), ("2g.12gb", 1)]),
+            ("A30", "all-1g.6gb", &[("1g.6gb", 4)]),
+            ("H200", "all-1g.35gb", &[("1g.35gb", 4)]),
+            ("B200", "all-7g.180gb", &[("7g.180gb", 1)]),
+            (
+                "A100-40GB",
+                "1g.5gb=2, 2g.10gb=1",
+                &[("1g.5gb", 2), ("2g.10gb", 1)],
+            ),
+            (
+                "A100-40GB",
+                "4g.20gb=1,3g.20gb=1",
+                &[("3g.20gb", 1), ("4g.20gb", 1)],
+            ),
+            ("A100-40GB", "all-enabled", &[]),
+            ("A100-40GB", "1g.5gb=0", &[]),
+            ("A100-40GB", "all-disabled", &[]),
+        ];
+        for &(model, name, want) in cases {
+            assert_eq!(counts(model, name), want, "{model} {name}");
+        }
+        assert_eq!(
+            layout(m("A100-40GB"), "all-enabled").unwrap(),
+            MigLayout::EnabledEmpty
+        );
+        assert_eq!(
+            layout(m("A30"), " 1g.6gb=0 ").unwrap(),
+            MigLayout::EnabledEmpty
+        );
+        assert_eq!(
+            layout(m("T4"), "all-disabled").unwrap(),
+            MigLayout::Disabled
+        );
+    }
+
+    #[test]
+    fn layout_names_per_model() {
+        assert_eq!(layout_names(m("T4")), vec!["all-disabled"]);
+        assert_eq!(
+            layout_names(m("A100-40GB")),
+            vec![
+                "all-disabled",
+                "all-enabled",
+                "all-1g.5gb",
+                "all-1g.5gb.me",
+                "all-1g.10gb",
+                "all-2g.10gb",
+                "all-3g.20gb",
+                "all-4g.20gb",
+                "all-7g.40gb",
+                "all-balanced",
+            ]
+        );
+        for model in models() {
+            for name in layout_names(model) {
+                assert!(layout(model, &name).is_ok(), "{} {name}", model.key);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_errors_are_actionable() {
+        let a10g = m("A10G");
+        let err = layout(a10g, "all-balanced").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "MIG layout 'all-balanced' needs a MIG-capable GPU, but this GPU has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+        );
+        assert_eq!(
+            err.in_context("g5.xlarge").to_string(),
+            "MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+        );
+        assert!(matches!(
+            layout(a10g, "all-enabled"),
+            Err(CatalogError::MigUnsupported { .. })
+        ));
+
+        let a30 = m("A30");
+        let cases: &[(&str, &str)] = &[
+            (
+                "all-3g.20gb",
+                "unknown MIG layout 'all-3g.20gb' for this GPU (NVIDIA A30); valid layouts: all-disabled, all-enabled, all-1g.6gb, all-1g.6gb.me, all-2g.12gb, all-2g.12gb.me, all-4g.24gb, all-balanced; or a custom list of profile=count such as '1g.6gb=2,2g.12gb=1'",
+            ),
+            (
+                "1g.6gb=5",
+                "MIG layout '1g.6gb=5' asks for 5 × 1g.6gb, but this GPU (NVIDIA A30) supports at most 4; lower the count",
+            ),
+            (
+                "1g.5gb=1",
+                "MIG layout '1g.5gb=1' names profile '1g.5gb', which this GPU (NVIDIA A30) does not have; its profiles are: 1g.6gb, 1g.6gb+me, 2g.12gb, 2g.12gb+me, 4g.24gb",
+            ),
+            (
+                "1g.6gb=two",
+                "MIG layout '1g.6gb=two' for this GPU is malformed: count 'two' of '1g.6gb' is not a non-negative whole number; write a named layout (e.g. all-balanced) or profile=count pairs separated by commas, e.g. '1g.6gb=2,2g.12gb=1'",
+            ),
+            (
+                "4g.24gb=1,1g.6gb=1",
+                "MIG layout '4g.24gb=1,1g.6gb=1' does not fit on this GPU (NVIDIA A30): it needs 5 compute slices and the GPU has 4; remove or shrink instances",
+            ),
+            (
+                "2g.12gb=2,1g.6gb+me=1",
+                "MIG layout '2g.12gb=2,1g.6gb+me=1' does not fit on this GPU (NVIDIA A30): it needs 5 compute slices and the GPU has 4; remove or shrink instances",
+            ),
+        ];
+        for &(name, want) in cases {
+            assert_eq!(layout(a30, name).unwrap_err().to_string(), want, "{name}");
+        }
+        // Memory overlap although compute would suffice: 4g.20gb takes slices 0-3,
+        // the 1g.10gb (double memory) ones need 0/2/4/6, two are left.
+        let err = layout(m("A100-40GB"), "4g.20gb=1,1g.10gb=3").unwrap_err();
+        assert!(matches!(err, CatalogError::DoesNotFit { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "MIG layout '4g.20gb=1,1g.10gb=3' does not fit on this GPU (NVIDIA A100-SXM4-40GB): it needs 10 memory slices and the GPU has 8; remove or shrink instances"
+        );
+    }
+
+    #[test]
+    fn placement_is_deterministic_and_largest_first() {
+        let a100 = m("A100-40GB");
+        let MigLayout::Instances(profiles) = layout(a100, "all-balanced").unwrap() else {
+            panic!("balanced has instances");
+        };
+        let placed: Vec<(&str, u32, u32)> = place(a100, &profiles)
+            .unwrap()
+            .iter()
+            .map(|p| (p.profile.name, p.start, p.gpu_instance_id))
+            .collect();
+        // 3g.20gb first: at slice 0 the 1g.5gb ones would find no room (slice 7
+        // takes no 1-slice instance), so it moves to 4, as the driver places it.
+        assert_eq!(
+            placed,
+            vec![
+                ("1g.5gb", 2, 9),
+                ("1g.5gb", 3, 10),
+                ("2g.10gb", 0, 3),
+                ("3g.20gb", 4, 2),
+            ]
+        );
+        // A first-come 1g.10gb at slice 0 would block the third 2g.10gb.
+        let p = a100.mig_profile("1g.10gb").unwrap();
+        let q = a100.mig_profile("2g.10gb").unwrap();
+        let starts: Vec<u32> = place(a100, &[p, q, q, q])
+            .unwrap()
+            .iter()
+            .map(|x| x.start)
+            .collect();
+        assert_eq!(starts, vec![6, 0, 2, 4]);
+        // GI ids follow the driver's tree numbering.
+        let ones: Vec<u32> = place(a100, &[a100.mig_profile("1g.5gb").unwrap(); 7])
+            .unwrap()
+            .iter()
+            .map(|x| x.gpu_instance_id)
+            .collect();
+        assert_eq!(ones, (7..14).collect::<Vec<_>>());
+        assert_eq!(gpu_instance_id(8, 0, 8), 0);
+        assert_eq!(gpu_instance_id(8, 4, 4), 2);
+        assert_eq!(gpu_instance_id(8, 2, 2), 4);
+        assert_eq!(gpu_instance_id(4, 2, 2), 2);
+    }
+
+    #[test]
+    fn instance_presets_resolve() {
+        assert!(instances().len() >= 40);
+        for i in instances() {
+            let model = i.gpu_model().unwrap_or_else(|| panic!("{}", i.name));
+            assert!(i.gpus >= 1 && i.numa_nodes >= 1, "{}", i.name);
+            if i.name.starts_with("p4") || i.name.starts_with("p5") || i.name.starts_with("p6") {
+                assert!(model.mig_capable() && i.nvlink && i.gpus == 8, "{}", i.name);
+            }
+        }
+        assert_eq!(instance("P4D.24xlarge").map(|i| i.model), Some("A100-40GB"));
+        assert_eq!(instance("g6e.48xlarge").map(|i| i.gpus), Some(8));
+        assert_eq!(instance("g4dn.12xlarge").map(|i| i.gpus), Some(4));
+        assert_eq!(
+            instance("p3dn.24xlarge").map(|i| i.model),
+            Some("V100-32GB")
+        );
+        assert!(instance("p9.mega").is_none());
+    }
+}
