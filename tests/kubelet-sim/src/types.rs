@@ -1,0 +1,332 @@
+//! Public data types: options, observations and pods.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::api;
+
+/// The emulated kubelet version (only major.minor matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KubeletVersion {
+    /// Major version (1).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+}
+
+impl KubeletVersion {
+    /// A version `major.minor`.
+    pub const fn new(major: u32, minor: u32) -> Self {
+        KubeletVersion { major, minor }
+    }
+
+    /// Whether this version is `major.minor` or newer.
+    pub fn at_least(self, major: u32, minor: u32) -> bool {
+        self >= KubeletVersion::new(major, minor)
+    }
+
+    /// ≥1.25: synchronous Register that dials back and calls GetDevicePluginOptions.
+    pub fn sync_register(self) -> bool {
+        self.at_least(1, 25)
+    }
+
+    /// Whether `cdi_devices` reach the container with default feature gates (≥1.29).
+    pub fn cdi_enabled(self) -> bool {
+        self.at_least(1, 29)
+    }
+}
+
+impl Default for KubeletVersion {
+    /// 1.31.
+    fn default() -> Self {
+        KubeletVersion::new(1, 31)
+    }
+}
+
+impl fmt::Display for KubeletVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// Simulator configuration. Build with [`Options::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The device-plugin directory (`/var/lib/kubelet/device-plugins` on a node). Keep it
+    /// short: socket paths inside it are limited to 107 bytes.
+    pub dir: PathBuf,
+    /// Emulated kubelet version (default 1.31).
+    pub version: KubeletVersion,
+    /// Call GetPreferredAllocation when the plugin's options ask for it (default true).
+    pub preferred_allocation: bool,
+    /// How long Register (≥1.25) or the background dial (≤1.24) waits for the plugin's
+    /// socket to accept a connection (kubelet: 10 s).
+    pub dial_timeout: Duration,
+    /// Fault injection: every dial-back fails with `context deadline exceeded` at once.
+    pub fail_dial: bool,
+    /// Pause between deleting the sockets and recreating `kubelet.sock` in
+    /// [`Kubelet::restart`](crate::Kubelet::restart) (default 100 ms).
+    pub restart_delay: Duration,
+    /// Apply the kubelet's resource-fit admission check before the device manager
+    /// (`OutOf<resource>` when a resource in node status cannot hold the pod's request).
+    /// Default true. Turn off to reach device-manager errors such as
+    /// `no healthy devices present; ...`, which real kubelets show while node status lags.
+    pub fit_check: bool,
+}
+
+impl Options {
+    /// Defaults for a simulator using `dir` as device-plugin directory.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Options {
+            dir: dir.into(),
+            version: KubeletVersion::default(),
+            preferred_allocation: true,
+            dial_timeout: Duration::from_secs(10),
+            fail_dial: false,
+            restart_delay: Duration::from_millis(100),
+            fit_check: true,
+        }
+    }
+}
+
+/// Node status of one extended resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capacity {
+    /// Healthy plus unhealthy devices.
+    pub capacity: usize,
+    /// Healthy devices (not reduced by devices in use).
+    pub allocatable: usize,
+}
+
+/// A device as last reported by ListAndWatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Device id.
+    pub id: String,
+    /// Whether `health` was exactly `"Healthy"` (and the stream is still alive).
+    pub healthy: bool,
+    /// The raw health string of the last message.
+    pub health: String,
+    /// NUMA nodes of `topology` (empty: no affinity).
+    pub numa_nodes: Vec<i64>,
+}
+
+/// One Register call as the kubelet saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationRecord {
+    /// `RegisterRequest.resource_name`.
+    pub resource_name: String,
+    /// `RegisterRequest.endpoint` as sent.
+    pub endpoint: String,
+    /// The path the kubelet dials: cleaned `join(dir, endpoint)`.
+    pub endpoint_path: PathBuf,
+    /// `RegisterRequest.version`.
+    pub version: String,
+    /// Whether Register returned OK.
+    pub accepted: bool,
+    /// Error text returned to the plugin (gRPC status `Unknown`); for ≤1.24 kubelets also a
+    /// background dial failure that was only logged (then `accepted` stays true).
+    pub error: Option<String>,
+    /// `RegisterRequest.options`.
+    pub request_options: Option<api::DevicePluginOptions>,
+    /// The reply of GetDevicePluginOptions (≥1.25 only).
+    pub plugin_options: Option<api::DevicePluginOptions>,
+}
+
+/// The kubelet's current endpoint for a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointInfo {
+    /// Socket path dialled.
+    pub path: PathBuf,
+    /// Options in effect (from GetDevicePluginOptions on ≥1.25, the request on ≤1.24).
+    pub options: api::DevicePluginOptions,
+    /// Whether the ListAndWatch stream has ended (endpoint stopped).
+    pub stopped: bool,
+    /// Why the stream ended (`EOF` or the gRPC error), when it did.
+    pub stream_error: Option<String>,
+    /// Number of ListAndWatch messages received.
+    pub updates: u64,
+}
+
+/// One (pod, container, resource) device assignment held by the kubelet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocationRecord {
+    /// Pod name (used as pod UID).
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Resource name.
+    pub resource: String,
+    /// Device ids, sorted.
+    pub device_ids: Vec<String>,
+}
+
+/// A pod to admit. Pod names act as UIDs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// Pod name (unique among admitted pods).
+    pub name: String,
+    /// Init containers (treated as regular, non-restartable init containers).
+    pub init_containers: Vec<Container>,
+    /// App containers.
+    pub containers: Vec<Container>,
+}
+
+impl Pod {
+    /// A pod without containers.
+    pub fn new(name: impl Into<String>) -> Self {
+        Pod {
+            name: name.into(),
+            ..Pod::default()
+        }
+    }
+
+    /// Adds an app container.
+    pub fn container(mut self, c: Container) -> Self {
+        self.containers.push(c);
+        self
+    }
+
+    /// Adds an init container.
+    pub fn init_container(mut self, c: Container) -> Self {
+        self.init_containers.push(c);
+        self
+    }
+
+    /// Effective request of `resource`: max(largest init container, sum of app containers).
+    pub fn effective_request(&self, resource: &str) -> u64 {
+        let get = |c: &Container| c.limits.get(resource).copied().unwrap_or(0);
+        let init = self.init_containers.iter().map(get).max().unwrap_or(0);
+        let app: u64 = self.containers.iter().map(get).sum();
+        init.max(app)
+    }
+}
+
+/// A container and its resource limits (extended resources: requests equal limits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Container {
+    /// Container name.
+    pub name: String,
+    /// Resource name → count.
+    pub limits: BTreeMap<String, u64>,
+}
+
+impl Container {
+    /// A container without limits.
+    pub fn new(name: impl Into<String>) -> Self {
+        Container {
+            name: name.into(),
+            limits: BTreeMap::new(),
+        }
+    }
+
+    /// Sets a limit.
+    pub fn limit(mut self, resource: impl Into<String>, count: u64) -> Self {
+        self.limits.insert(resource.into(), count);
+        self
+    }
+}
+
+/// Result of a successful admission.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Admission {
+    /// Init containers first, then app containers, in pod order.
+    pub containers: Vec<ContainerAllocation>,
+}
+
+impl Admission {
+    /// The allocation of the container called `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerAllocation> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}
+
+/// Device assignments and merged runtime configuration of one container.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerAllocation {
+    /// Container name.
+    pub name: String,
+    /// Whether it is an init container.
+    pub init: bool,
+    /// Device-plugin resources of the container.
+    pub resources: BTreeMap<String, ResourceAllocation>,
+    /// What the runtime would get (§5.4 merge).
+    pub merged: MergedConfig,
+}
+
+/// One resource's devices and the plugin's answer for a container.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResourceAllocation {
+    /// Device ids, sorted (the Allocate RPC received them in random order).
+    pub device_ids: Vec<String>,
+    /// `AllocateResponse.container_responses[0]`.
+    pub response: api::ContainerAllocateResponse,
+}
+
+/// The merge of all responses of a container: envs and annotations by key, mounts and
+/// devices by container path, CDI devices by name; the first value wins (resources are
+/// visited in name order). CDI devices only with kubelet ≥1.29 (feature gate default).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MergedConfig {
+    /// Environment variables.
+    pub envs: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub mounts: Vec<api::Mount>,
+    /// Device nodes.
+    pub devices: Vec<api::DeviceSpec>,
+    /// CRI annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Fully qualified CDI device names.
+    pub cdi_devices: Vec<String>,
+}
+
+impl MergedConfig {
+    pub(crate) fn merge(&mut self, r: &api::ContainerAllocateResponse, cdi: bool) {
+        for (k, v) in &r.envs {
+            self.envs.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        for (k, v) in &r.annotations {
+            self.annotations
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
+        }
+        for m in &r.mounts {
+            if !self
+                .mounts
+                .iter()
+                .any(|x| x.container_path == m.container_path)
+            {
+                self.mounts.push(m.clone());
+            }
+        }
+        for d in &r.devices {
+            if !self
+                .devices
+                .iter()
+                .any(|x| x.container_path == d.container_path)
+            {
+                self.devices.push(d.clone());
+            }
+        }
+        if cdi {
+            for c in &r.cdi_devices {
+                if !self.cdi_devices.contains(&c.name) {
+                    self.cdi_devices.push(c.name.clone());
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn socket_path_ok(path: &Path) -> Result<(), crate::SimError> {
+    let len = path.as_os_str().len();
+    if len > 107 {
+        return Err(crate::SimError::PathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
