@@ -11,6 +11,7 @@ pub mod api {
     tonic::include_proto!("v1beta1");
 }
 pub mod allocate;
+pub mod commands;
 pub mod daemon;
 pub mod kubelet;
 pub mod placement;

@@ -1,1 +1,167 @@
-fn main() {}
+//! gpu-slicer command line: parse, set up logging, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gpu_slicer::commands::{self, demo::DemoOptions, run::RunOptions};
+use gpu_slicer::config::ConfigFlags;
+use gpu_slicer::gpu::simulated;
+use gpu_slicer::plan::plan;
+
+#[derive(Parser)]
+#[command(
+    name = "gpu-slicer",
+    version,
+    about = "Share NVIDIA GPUs in Kubernetes: MIG slices and time-sliced replicas"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the device plugin daemon.
+    Run {
+        /// Configuration file (NVIDIA's `version: v1` schema).
+        #[arg(long, env = "CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+        /// The kubelet's registration socket; empty: do not register.
+        #[arg(long, env = "KUBELET_SOCKET")]
+        kubelet_socket: Option<PathBuf>,
+        /// Directory for the plugin sockets (the kubelet's device-plugin directory).
+        #[arg(
+            long,
+            env = "DEVICE_PLUGIN_PATH",
+            default_value = "/var/lib/kubelet/device-plugins"
+        )]
+        device_plugin_path: PathBuf,
+        /// Simulate GPUs: a cloud instance type (p4d.24xlarge) or a topology file.
+        #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
+        simulate: Option<String>,
+        /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
+        #[arg(long, value_name = "NAME")]
+        mig_config: Option<String>,
+        #[command(flatten)]
+        flags: ConfigFlags,
+    },
+    /// Show the whole path on a simulated node with a stand-in kubelet.
+    Demo {
+        #[arg(long, default_value = "p4d.24xlarge")]
+        instance: String,
+        #[arg(long, default_value = "all-balanced")]
+        mig_config: String,
+        #[arg(long, env = "CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+        #[command(flatten)]
+        flags: ConfigFlags,
+    },
+    /// Print what a node would advertise, without starting anything.
+    Plan {
+        /// A cloud instance type (p4d.24xlarge) or a topology file.
+        #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
+        instance: String,
+        #[arg(long, value_name = "NAME")]
+        mig_config: Option<String>,
+        #[arg(long, env = "CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+        #[command(flatten)]
+        flags: ConfigFlags,
+    },
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan {
+            instance,
+            mig_config,
+            config_file,
+            flags,
+        } => {
+            init_tracing(cli.log_format, "warn");
+            commands::config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
+                .and_then(|config| {
+                    let inventory = simulated::load(&instance, mig_config.as_deref())
+                        .map_err(|e| e.to_string())?;
+                    let plan = plan(&inventory, &config);
+                    for d in &plan.diagnostics {
+                        eprintln!("{d}");
+                    }
+                    print!("{}", commands::plan::render(&plan, &inventory));
+                    Ok(())
+                })
+        }
+        Command::Run {
+            config_file,
+            kubelet_socket,
+            device_plugin_path,
+            simulate,
+            mig_config,
+            flags,
+        } => {
+            init_tracing(cli.log_format, "info");
+            block_on(commands::run::run(RunOptions {
+                config_file,
+                kubelet_socket,
+                device_plugin_path,
+                simulate,
+                mig_config,
+                flags,
+            }))
+        }
+        Command::Demo {
+            instance,
+            mig_config,
+            config_file,
+            flags,
+        } => {
+            init_tracing(cli.log_format, "warn");
+            block_on(commands::demo::run(DemoOptions {
+                instance,
+                mig_config,
+                config_file,
+                flags,
+            }))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A small multi-threaded runtime: the daemon's work is I/O and tiny.
+fn block_on<F: std::future::Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(future)
+}

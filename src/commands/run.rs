@@ -1,0 +1,101 @@
+//! `gpu-slicer run`: the daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::allocate::NodeDeviceFiles;
+use crate::config::ConfigFlags;
+use crate::daemon::{self, Paths, Setup, SetupSource};
+use crate::gpu::simulated;
+
+pub struct RunOptions {
+    pub config_file: Option<PathBuf>,
+    pub kubelet_socket: Option<PathBuf>,
+    pub device_plugin_path: PathBuf,
+    pub simulate: Option<String>,
+    pub mig_config: Option<String>,
+    pub flags: ConfigFlags,
+}
+
+/// Where the devices come from. The NVML backend is a separate piece of
+/// work; until it lands, `run` needs `--simulate`.
+pub fn setup_source(
+    config_file: Option<PathBuf>,
+    flags: ConfigFlags,
+    simulate: Option<String>,
+    mig_config: Option<String>,
+) -> Result<SetupSource, String> {
+    let Some(spec) = simulate else {
+        return Err(
+            "no GPU backend available: NVML discovery is not part of this build yet; \
+             run with --simulate INSTANCE|TOPOLOGY.yaml (e.g. --simulate p4d.24xlarge)"
+                .into(),
+        );
+    };
+    Ok(Arc::new(move || {
+        let config =
+            super::config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())?;
+        let inventory = simulated::load(&spec, mig_config.as_deref()).map_err(|e| e.to_string())?;
+        let files = NodeDeviceFiles {
+            control: Vec::new(),
+            mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+        };
+        Ok(Setup {
+            inventory,
+            config,
+            files,
+        })
+    }))
+}
+
+pub async fn run(options: RunOptions) -> Result<(), String> {
+    let source = setup_source(
+        options.config_file,
+        options.flags,
+        options.simulate,
+        options.mig_config,
+    )?;
+    let kubelet_socket = match options.kubelet_socket {
+        // NVIDIA: an empty --kubelet-socket means "do not register".
+        Some(path) if path.as_os_str().is_empty() => {
+            tracing::info!("Skipping registration with Kubelet");
+            None
+        }
+        Some(path) => Some(path),
+        None => Some(options.device_plugin_path.join("kubelet.sock")),
+    };
+    let paths = Paths {
+        device_plugin_dir: options.device_plugin_path,
+        kubelet_socket,
+    };
+
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = quit.recv() => "SIGQUIT",
+                _ = hup.recv() => {
+                    let _ = reload_tx.try_send(());
+                    continue;
+                }
+            };
+            tracing::info!("Received signal \"{name}\", shutting down.");
+            stop.cancel();
+            break;
+        }
+    });
+    daemon::run(paths, source, reload_rx, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
