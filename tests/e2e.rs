@@ -26,7 +26,7 @@ impl Daemon {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("start gpu-slicer");
         Daemon { child }
@@ -504,44 +504,57 @@ fn plan_time_slicing_examples() {
 #[test]
 fn bad_inputs_are_refused_with_a_clear_message() {
     let dir = temp_dir();
+    // (config file content, what the user sees after "error: unable to load config: <file>: ")
     let cases: Vec<(&str, &str)> = vec![
         (
             "version: v1\nflags:\n  renameByDefault: true\n",
-            "unknown key 'flags.renameByDefault': renameByDefault belongs under sharing.timeSlicing",
+            "unknown key 'flags.renameByDefault': renameByDefault belongs under sharing.timeSlicing (or sharing.mps)",
+        ),
+        (
+            "version: v1\nflags:\n  migstrategy: mixed\n",
+            "unknown key 'flags.migstrategy': did you mean 'migStrategy'? valid keys under flags: migStrategy, failOnInitError, mpsRoot, nvidiaDriverRoot, nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, useNodeFeatureAPI, deviceDiscoveryStrategy, plugin, gfd",
         ),
         (
             "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 1\n",
             "sharing.timeSlicing.resources[0].replicas: number of replicas must be >= 2",
         ),
-        ("version: v2\n", "unknown version: v2"),
         (
-            "version: v1\nflags:\n  migStrategy: auto\n",
-            "unknown MIG strategy: auto",
+            "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n      devices: none\n",
+            "sharing.timeSlicing.resources[0].devices: devices set as 'none' but the only valid string input is 'all'",
         ),
+        ("version: v2\n", "version: unknown version: v2"),
+        ("version: v1\nflags:\n  migStrategy: auto\n", "flags.migStrategy: unknown MIG strategy: auto"),
     ];
     for (text, message) in cases {
         let config = write_config(dir.path(), text);
-        let (ok, _, stderr) = plan(&[
-            "--instance",
-            "g5.xlarge",
-            "--config-file",
-            config.to_str().expect("utf-8"),
-        ]);
+        let path = config.to_str().expect("utf-8");
+        let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--config-file", path]);
         assert!(!ok, "accepted: {text}");
-        assert!(
-            stderr.contains(message),
-            "for {text:?}\nexpected: {message}\ngot: {stderr}"
+        assert_eq!(
+            stderr.trim_end(),
+            format!("error: unable to load config: {path}: {message}"),
+            "for {text:?}"
         );
     }
 
+    let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--mig-strategy", "bogus"]);
+    assert!(!ok);
+    assert_eq!(stderr.trim_end(), "error: --mig-strategy: unknown MIG strategy: bogus");
+
     let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--mig-config", "all-balanced"]);
     assert!(!ok);
-    assert!(stderr.contains("MIG layout 'all-balanced'"), "{stderr}");
-    assert!(stderr.contains("NVIDIA A10G"), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); \
+         use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+    );
 
     let (ok, _, stderr) = plan(&["--instance", "p9.huge"]);
     assert!(!ok);
-    assert!(stderr.contains("p9.huge"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unknown instance type 'p9.huge'; known instance types: p4d.24xlarge, "),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -556,6 +569,14 @@ fn run_refuses_a_bad_config_at_start() {
         .output()
         .expect("run");
     assert!(!out.status.success());
+    // The daemon logs to stderr too; the last line is the refusal.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("did you mean 'migStrategy'?"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: unable to load config: {}: unknown key 'flags.migstrategy': did you mean 'migStrategy'?",
+            config.display()
+        )),
+        "{stderr}"
+    );
 }
