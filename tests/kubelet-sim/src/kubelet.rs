@@ -12,7 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::api::registration_server::RegistrationServer;
-use crate::error::{AdmissionError, SimError};
+use crate::error::{AdmissionError, SimError, StartError};
 use crate::state::{RegistrationService, Shared};
 use crate::types::{
     Admission, AllocationRecord, Capacity, DeviceState, EndpointInfo, Options, Pod,
@@ -189,6 +189,14 @@ impl Kubelet {
     /// message is returned. Resources unknown to the device manager are ignored.
     pub async fn admit(&self, pod: &Pod) -> Result<Admission, AdmissionError> {
         admission::admit(&self.shared, pod).await
+    }
+
+    /// Starts (or restarts) a container of an admitted pod: calls PreStartContainer with the
+    /// container's device ids for every resource whose plugin set `pre_start_required`
+    /// (30 s timeout). Skipped for resources whose plugin has not re-registered since a
+    /// kubelet restart.
+    pub async fn start_container(&self, pod_name: &str, container: &str) -> Result<(), StartError> {
+        admission::start_container(&self.shared, pod_name, container).await
     }
 
     /// Deletes a pod: its devices become free for later admissions.

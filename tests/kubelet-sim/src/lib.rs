@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Not modelled: topology-manager NUMA alignment, sidecar (restartable init) containers,
-//! PreStartContainer, the plugin-watcher registration path, checkpoint files, the 1.25–1.35
+//! the plugin-watcher registration path, checkpoint files, the 1.25–1.35
 //! re-registration race, and path-derived `:authority` of kubelets before 1.26 (the simulator
 //! always sends `localhost`).
 
@@ -41,7 +41,7 @@ mod state;
 mod types;
 mod util;
 
-pub use error::{AdmissionError, SimError};
+pub use error::{AdmissionError, SimError, StartError};
 pub use kubelet::Kubelet;
 pub use types::{
     Admission, AllocationRecord, Capacity, Container, ContainerAllocation, DeviceState,
