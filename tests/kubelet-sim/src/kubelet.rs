@@ -293,3 +293,21 @@ fn serve(shared: &Arc<Shared>, epoch: u64) -> Result<ServerHandle, SimError> {
     });
     Ok(ServerHandle { shutdown, task })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+
+    /// The handle and its futures can move across tasks (e.g. `tokio::spawn` in a demo).
+    #[allow(dead_code)]
+    fn futures_are_send(k: &Kubelet, pod: &Pod) {
+        assert_send_sync(k);
+        fn send<T: Send>(_: T) {}
+        send(k.admit(pod));
+        send(k.start_container("p", "c"));
+        send(k.wait_until(|_| true, Duration::from_secs(1)));
+        send(Kubelet::start(Options::new("/tmp/x")));
+    }
+}
