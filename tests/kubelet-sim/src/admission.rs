@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::api;
-use crate::error::AdmissionError;
+use crate::error::{AdmissionError, StartError};
 use crate::state::{Allocation, PluginClient, Shared};
 use crate::types::{Admission, Container, ContainerAllocation, Pod, ResourceAllocation};
 use crate::util::{grpc_error_string, shuffled};
@@ -46,23 +46,17 @@ pub(crate) async fn admit(shared: &Arc<Shared>, pod: &Pod) -> Result<Admission, 
             Ok(ca) => admission.containers.push(ca),
             Err(e) => {
                 tracing::warn!(pod = %pod.name, container = %container.name, error = %e, "pod rejected");
-                shared.lock().allocations.retain(|a| a.pod != pod.name);
+                {
+                    let mut st = shared.lock();
+                    st.allocations.retain(|a| a.pod != pod.name);
+                    st.pods.remove(&pod.name);
+                }
                 shared.notify();
                 return Err(AdmissionError::Unexpected(e));
             }
         }
     }
-    {
-        let mut st = shared.lock();
-        let requests: BTreeMap<String, u64> = pod
-            .init_containers
-            .iter()
-            .chain(&pod.containers)
-            .flat_map(|c| c.limits.keys())
-            .map(|r| (r.clone(), pod.effective_request(r)))
-            .collect();
-        st.pods.insert(pod.name.clone(), requests);
-    }
+    shared.lock().pods.insert(pod.name.clone(), pod.clone());
     shared.notify();
     Ok(admission)
 }
@@ -80,7 +74,7 @@ fn fit_check(shared: &Shared, pod: &Pod) -> Result<(), AdmissionError> {
             .pods
             .iter()
             .filter(|(name, _)| **name != pod.name)
-            .filter_map(|(_, reqs)| reqs.get(&resource))
+            .map(|(_, p)| p.effective_request(&resource))
             .sum();
         let capacity = cap.allocatable as u64;
         if used + requested > capacity {
@@ -381,3 +375,79 @@ async fn call_allocate(
         ),
     }
 }
+
+/// PreStartContainer for every device-plugin resource of the container (§7).
+pub(crate) async fn start_container(
+    shared: &Shared,
+    pod_name: &str,
+    container_name: &str,
+) -> Result<(), StartError> {
+    let calls = {
+        let st = shared.lock();
+        let pod = st
+            .pods
+            .get(pod_name)
+            .ok_or_else(|| StartError(format!("pod {pod_name:?} is not admitted")))?;
+        let container = pod
+            .init_containers
+            .iter()
+            .chain(&pod.containers)
+            .find(|c| c.name == container_name)
+            .ok_or_else(|| {
+                StartError(format!(
+                    "pod {pod_name:?} has no container {container_name:?}"
+                ))
+            })?;
+        let mut calls = Vec::new();
+        for (resource, &count) in &container.limits {
+            let res = st.resources.get(resource);
+            let known = res.is_some_and(|r| r.in_status)
+                || st.allocations.iter().any(|a| a.resource == *resource);
+            if !known || count == 0 {
+                continue;
+            }
+            // A restart placeholder has no options: skipped.
+            let Some(ep) = res.and_then(|r| r.endpoint.as_ref()) else {
+                continue;
+            };
+            if !ep.options.pre_start_required {
+                continue;
+            }
+            let Some(alloc) = st.allocations.iter().find(|a| {
+                a.pod == pod_name && a.container == container_name && a.resource == *resource
+            }) else {
+                return Err(StartError(format!(
+                    "no devices found allocated in local cache for pod {pod_name}, container {container_name}, resource {resource}"
+                )));
+            };
+            let ids = shuffled(alloc.ids.iter().cloned());
+            match &ep.client {
+                Some(c) => calls.push((c.clone(), ids)),
+                None => {
+                    return Err(StartError(format!(
+                        "device plugin PreStartContainer rpc failed with err: endpoint {} has been stopped",
+                        ep.path.display()
+                    )));
+                }
+            }
+        }
+        calls
+    };
+    for (mut client, ids) in calls {
+        let call = client.pre_start_container(api::PreStartContainerRequest { devices_ids: ids });
+        let result = tokio::time::timeout(PRE_START_TIMEOUT, call)
+            .await
+            .map_err(|_| {
+                "rpc error: code = DeadlineExceeded desc = context deadline exceeded".to_string()
+            })
+            .and_then(|r| r.map_err(|s| grpc_error_string(&s)));
+        if let Err(e) = result {
+            return Err(StartError(format!(
+                "device plugin PreStartContainer rpc failed with err: {e}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+const PRE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -81,3 +81,9 @@ impl AdmissionError {
         }
     }
 }
+
+/// A container-start failure (reason `CreateContainerConfigError`; the kubelet retries with
+/// backoff). The payload is the kubelet's error text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);

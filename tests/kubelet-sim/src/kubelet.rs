@@ -12,7 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::api::registration_server::RegistrationServer;
-use crate::error::{AdmissionError, SimError};
+use crate::error::{AdmissionError, SimError, StartError};
 use crate::state::{RegistrationService, Shared};
 use crate::types::{
     Admission, AllocationRecord, Capacity, DeviceState, EndpointInfo, Options, Pod,
@@ -191,6 +191,14 @@ impl Kubelet {
         admission::admit(&self.shared, pod).await
     }
 
+    /// Starts (or restarts) a container of an admitted pod: calls PreStartContainer with the
+    /// container's device ids for every resource whose plugin set `pre_start_required`
+    /// (30 s timeout). Skipped for resources whose plugin has not re-registered since a
+    /// kubelet restart.
+    pub async fn start_container(&self, pod_name: &str, container: &str) -> Result<(), StartError> {
+        admission::start_container(&self.shared, pod_name, container).await
+    }
+
     /// Deletes a pod: its devices become free for later admissions.
     pub fn release(&self, pod_name: &str) {
         {
@@ -284,4 +292,22 @@ fn serve(shared: &Arc<Shared>, epoch: u64) -> Result<ServerHandle, SimError> {
             .await
     });
     Ok(ServerHandle { shutdown, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+
+    /// The handle and its futures can move across tasks (e.g. `tokio::spawn` in a demo).
+    #[allow(dead_code)]
+    fn futures_are_send(k: &Kubelet, pod: &Pod) {
+        assert_send_sync(k);
+        fn send<T: Send>(_: T) {}
+        send(k.admit(pod));
+        send(k.start_container("p", "c"));
+        send(k.wait_until(|_| true, Duration::from_secs(1)));
+        send(Kubelet::start(Options::new("/tmp/x")));
+    }
 }

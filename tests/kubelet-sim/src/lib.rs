@@ -23,10 +23,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A newer registration for a resource replaces its endpoint and closes the previous
+//! plugin connection (no "already registered" error); messages of the old stream are ignored.
+//!
 //! Not modelled: topology-manager NUMA alignment, sidecar (restartable init) containers,
-//! PreStartContainer, the plugin-watcher registration path, checkpoint files, the 1.25–1.35
-//! re-registration race, and path-derived `:authority` of kubelets before 1.26 (the simulator
-//! always sends `localhost`).
+//! the plugin-watcher registration path, checkpoint files, the 1.25–1.35 re-registration
+//! race, the periodic (10 s) node-status lag, automatic 5-minute expiry of stopped endpoints
+//! (see [`Kubelet::expire_stopped_endpoints`]), and the path-derived `:authority` of kubelets
+//! before 1.26 (the simulator always sends `localhost`).
 
 /// Generated DevicePlugin API v1beta1 (messages, `Registration` server, `DevicePlugin` client
 /// and server).
@@ -41,7 +45,7 @@ mod state;
 mod types;
 mod util;
 
-pub use error::{AdmissionError, SimError};
+pub use error::{AdmissionError, SimError, StartError};
 pub use kubelet::Kubelet;
 pub use types::{
     Admission, AllocationRecord, Capacity, Container, ContainerAllocation, DeviceState,

@@ -17,7 +17,7 @@ use crate::api::device_plugin_client::DevicePluginClient;
 use crate::api::registration_server::Registration;
 use crate::api::{self, DevicePluginOptions};
 use crate::types::{
-    Capacity, DeviceState, EndpointInfo, KubeletVersion, Options, RegistrationRecord,
+    Capacity, DeviceState, EndpointInfo, KubeletVersion, Options, Pod, RegistrationRecord,
 };
 use crate::util::{grpc_error_string, is_extended_resource_name, join_clean};
 use crate::{HEALTHY, MAX_RECV_MESSAGE_SIZE, VERSION};
@@ -74,8 +74,8 @@ pub(crate) struct State {
     pub resources: BTreeMap<String, ResourceState>,
     pub registrations: Vec<RegistrationRecord>,
     pub allocations: Vec<Allocation>,
-    /// Admitted pods → effective requests per resource.
-    pub pods: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Admitted pods by name.
+    pub pods: BTreeMap<String, Pod>,
 }
 
 impl State {

@@ -60,6 +60,7 @@ struct PluginState {
     preferred_calls: Mutex<Vec<api::ContainerPreferredAllocationRequest>>,
     preferred_answer: Mutex<Vec<String>>,
     allocate_error: Mutex<Option<Status>>,
+    pre_start_calls: Mutex<Vec<Vec<String>>>,
     /// Set to end every ListAndWatch stream with an error.
     kill: watch::Sender<bool>,
     /// Number of ListAndWatch streams that ended.
@@ -153,8 +154,11 @@ impl DevicePlugin for FakePlugin {
 
     async fn pre_start_container(
         &self,
-        _: Request<api::PreStartContainerRequest>,
+        request: Request<api::PreStartContainerRequest>,
     ) -> Result<Response<api::PreStartContainerResponse>, Status> {
+        let mut ids = request.into_inner().devices_ids;
+        ids.sort();
+        self.0.pre_start_calls.lock().unwrap().push(ids);
         Ok(Response::new(api::PreStartContainerResponse {}))
     }
 }
@@ -169,17 +173,28 @@ struct Plugin {
 
 impl Plugin {
     async fn start(dir: &Path, name: &str, devices: Vec<api::Device>, preferred: bool) -> Self {
+        let options = api::DevicePluginOptions {
+            pre_start_required: false,
+            get_preferred_allocation_available: preferred,
+        };
+        Self::start_with(dir, name, devices, options).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        name: &str,
+        devices: Vec<api::Device>,
+        options: api::DevicePluginOptions,
+    ) -> Self {
         let state = Arc::new(PluginState {
             devices: watch::channel(devices).0,
-            options: api::DevicePluginOptions {
-                pre_start_required: false,
-                get_preferred_allocation_available: preferred,
-            },
+            options,
             options_calls: AtomicUsize::new(0),
             allocate_calls: Mutex::default(),
             preferred_calls: Mutex::default(),
             preferred_answer: Mutex::default(),
             allocate_error: Mutex::default(),
+            pre_start_calls: Mutex::default(),
             kill: watch::channel(false).0,
             streams_closed: watch::channel(0).0,
         });
@@ -616,4 +631,54 @@ async fn old_kubelet_registers_asynchronously() {
         Some("Failed to dial device plugin with request: context deadline exceeded")
     );
     assert!(!kubelet.node_status().contains_key("example.com/other"));
+}
+
+#[tokio::test]
+async fn init_container_devices_are_reused_and_pre_start_is_called() {
+    let dir = TempDir::new();
+    let kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    let options = api::DevicePluginOptions {
+        pre_start_required: true,
+        get_preferred_allocation_available: false,
+    };
+    let plugin = Plugin::start_with(
+        &dir.0,
+        "gpu.sock",
+        vec![dev("a", "Healthy"), dev("b", "Healthy")],
+        options,
+    )
+    .await;
+    plugin.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+
+    let pod = Pod::new("p")
+        .init_container(Container::new("init").limit(GPU, 1))
+        .container(Container::new("main").limit(GPU, 1));
+    let admission = kubelet.admit(&pod).await.unwrap();
+    let init_ids = &admission.container("init").unwrap().resources[GPU].device_ids;
+    let main_ids = &admission.container("main").unwrap().resources[GPU].device_ids;
+    assert_eq!(
+        init_ids, main_ids,
+        "app container reuses the init container's device"
+    );
+    assert_eq!(plugin.state.allocate_calls.lock().unwrap().len(), 2);
+    assert_eq!(kubelet.allocated(GPU).len(), 1);
+
+    kubelet.start_container("p", "main").await.unwrap();
+    assert_eq!(
+        *plugin.state.pre_start_calls.lock().unwrap(),
+        vec![main_ids.clone()]
+    );
+
+    // Re-admitting with a different count is refused.
+    let changed = Pod::new("p")
+        .init_container(Container::new("init").limit(GPU, 1))
+        .container(Container::new("main").limit(GPU, 2));
+    let err = kubelet.admit(&changed).await.unwrap_err();
+    assert_eq!(
+        err.inner().unwrap(),
+        format!(r#"pod "p" container "main" changed request for resource "{GPU}" from 1 to 2"#)
+    );
+    // A rejected pod holds nothing.
+    assert!(kubelet.allocations().is_empty());
 }
