@@ -11,16 +11,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::allocate::NodeDeviceFiles;
 use crate::config::{Config, ResourceName};
 use crate::gpu::Inventory;
 use crate::kubelet::{DirEvent, register, socket_identity, watch_dir};
+use crate::metrics::Metrics;
 use crate::placement::LinkScores;
 use crate::plan::{Plan, Severity, plan};
-use crate::plugin::{PluginService, ResourceHandle, ResourceState, RunningServer, serve};
+use crate::plugin::{
+    PluginEvent, PluginService, ResourceHandle, ResourceState, RunningServer, serve,
+};
 
 /// What the daemon serves: discovered devices plus the effective config.
 #[derive(Debug, Clone)]
@@ -66,6 +71,11 @@ struct Plugin {
     handle: ResourceHandle,
     server: Option<RunningServer>,
     needs_registration: bool,
+    /// Open ListAndWatch streams from the kubelet.
+    streams: usize,
+    /// Set when the last stream closed: if no new one opens by then, the
+    /// kubelet lost us (crash, or its re-registration race) and we register again.
+    stream_lost_at: Option<Instant>,
 }
 
 struct Daemon {
@@ -74,17 +84,23 @@ struct Daemon {
     /// Identity of the `kubelet.sock` every plugin last registered with.
     registered_with: Option<(u64, u64)>,
     retry_delay: Duration,
+    metrics: Metrics,
+    events: mpsc::UnboundedSender<PluginEvent>,
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
+/// How long a resource may have no ListAndWatch stream before we re-register.
+/// Long enough for a kubelet restart's own signals to arrive first.
+const STREAM_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT in `main`). `reload`
 /// fires a configuration reload (SIGHUP in `main`).
 pub async fn run(
     paths: Paths,
     source: SetupSource,
-    mut reload: tokio::sync::mpsc::Receiver<()>,
+    mut reload: mpsc::Receiver<()>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let setup = load(&source).await.map_err(DaemonError::Setup)?;
@@ -98,29 +114,41 @@ pub async fn run(
             dir: paths.device_plugin_dir.clone(),
             source,
         })?;
+    let (plugin_tx, mut plugin_events) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         paths,
         plugins: BTreeMap::new(),
         registered_with: None,
         retry_delay: FIRST_RETRY,
+        metrics,
+        events: plugin_tx,
     };
     daemon.apply(&setup)?;
     daemon.register_pending().await;
 
     loop {
         let retry = daemon.retry_pending();
+        let lost = daemon.next_stream_deadline();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = events.recv() => daemon.on_dir_event(event).await?,
+            Some(event) = plugin_events.recv() => daemon.on_plugin_event(event),
             Some(()) = reload.recv() => {
-                tracing::info!("Received SIGHUP, reloading configuration.");
+                tracing::info!("Reloading configuration.");
                 match load(&source).await {
-                    Ok(setup) => daemon.apply(&setup)?,
-                    Err(e) => tracing::error!("configuration reload refused, keeping the running configuration: {e}"),
+                    Ok(setup) => {
+                        daemon.apply(&setup)?;
+                        daemon.metrics.count_reload(true);
+                    }
+                    Err(e) => {
+                        daemon.metrics.count_reload(false);
+                        tracing::error!("configuration reload refused, keeping the running configuration: {e}");
+                    }
                 }
                 daemon.register_pending().await;
             }
             _ = sleep_if(retry) => daemon.register_pending().await,
+            _ = sleep_until_if(lost) => daemon.on_streams_lost().await,
         }
     }
     daemon.stop_all().await;
@@ -130,6 +158,13 @@ pub async fn run(
 async fn sleep_if(delay: Option<Duration>) {
     match delay {
         Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_if(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -183,6 +218,9 @@ impl Daemon {
         for name in removed {
             if let Some(mut plugin) = self.plugins.remove(&name) {
                 tracing::info!("Stopping to serve '{name}': no longer in the plan");
+                let label = self.metrics.resource(name.as_str());
+                self.metrics.devices.get_or_create(&label).set(0);
+                self.metrics.healthy_devices.get_or_create(&label).set(0);
                 let state = plugin.handle.state();
                 plugin.handle.update(ResourceState {
                     resource: crate::plan::Resource::new(name.clone(), Vec::new(), None),
@@ -200,6 +238,13 @@ impl Daemon {
             }
         }
         for (name, resource) in wanted {
+            let label = self.metrics.resource(name.as_str());
+            let count = i64::try_from(resource.devices.len()).unwrap_or(i64::MAX);
+            self.metrics.devices.get_or_create(&label).set(count);
+            self.metrics
+                .healthy_devices
+                .get_or_create(&label)
+                .set(count);
             let state = ResourceState {
                 resource,
                 flags: setup.config.flags.clone(),
@@ -218,10 +263,69 @@ impl Daemon {
                     handle,
                     server: Some(server),
                     needs_registration: true,
+                    streams: 0,
+                    stream_lost_at: None,
                 },
             );
         }
+        self.update_readiness();
         Ok(())
+    }
+
+    fn service(&self, name: &ResourceName, handle: &ResourceHandle) -> PluginService {
+        PluginService::new(
+            name.clone(),
+            handle.clone(),
+            self.metrics.clone(),
+            self.events.clone(),
+        )
+    }
+
+    fn update_readiness(&self) {
+        self.metrics
+            .set_ready(self.plugins.values().all(|p| !p.needs_registration));
+    }
+
+    fn on_plugin_event(&mut self, event: PluginEvent) {
+        match event {
+            PluginEvent::StreamOpened(name) => {
+                if let Some(plugin) = self.plugins.get_mut(&name) {
+                    plugin.streams += 1;
+                    plugin.stream_lost_at = None;
+                }
+            }
+            PluginEvent::StreamClosed(name) => {
+                if let Some(plugin) = self.plugins.get_mut(&name) {
+                    plugin.streams = plugin.streams.saturating_sub(1);
+                    if plugin.streams == 0 && !plugin.needs_registration {
+                        plugin.stream_lost_at = Some(Instant::now() + STREAM_GRACE);
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_stream_deadline(&self) -> Option<Instant> {
+        self.plugins.values().filter_map(|p| p.stream_lost_at).min()
+    }
+
+    /// The kubelet dropped a resource's only stream and nothing else told us
+    /// why: register that resource again.
+    async fn on_streams_lost(&mut self) {
+        let now = Instant::now();
+        for (name, plugin) in &mut self.plugins {
+            if plugin.stream_lost_at.is_some_and(|at| at <= now) {
+                plugin.stream_lost_at = None;
+                if plugin.streams == 0 {
+                    tracing::info!(
+                        "the kubelet closed the ListAndWatch stream of '{name}'; registering again"
+                    );
+                    plugin.needs_registration = true;
+                }
+            }
+        }
+        self.retry_delay = FIRST_RETRY;
+        self.register_pending().await;
     }
 
     fn start_server(
@@ -230,12 +334,11 @@ impl Daemon {
         handle: &ResourceHandle,
     ) -> Result<RunningServer, DaemonError> {
         let socket = self.socket_path(name);
-        let server = serve(&socket, PluginService::new(handle.clone())).map_err(|source| {
-            DaemonError::Serve {
+        let server =
+            serve(&socket, self.service(name, handle)).map_err(|source| DaemonError::Serve {
                 socket: socket.clone(),
                 source,
-            }
-        })?;
+            })?;
         tracing::info!("Starting to serve '{name}' on {}", socket.display());
         Ok(server)
     }
@@ -248,6 +351,7 @@ impl Daemon {
             DirEvent::Created(path) if path == kubelet => {
                 if socket_identity(&kubelet) != self.registered_with {
                     tracing::info!("inotify: {} created, restarting.", kubelet.display());
+                    self.metrics.kubelet_restarts.inc();
                     self.mark_all_unregistered();
                 }
             }
@@ -280,12 +384,13 @@ impl Daemon {
     fn mark_all_unregistered(&mut self) {
         for plugin in self.plugins.values_mut() {
             plugin.needs_registration = true;
+            plugin.stream_lost_at = None;
         }
         self.retry_delay = FIRST_RETRY;
+        self.update_readiness();
     }
 
     async fn restart_server(&mut self, name: &ResourceName) -> Result<(), DaemonError> {
-        let socket = self.socket_path(name);
         let Some(plugin) = self.plugins.get_mut(name) else {
             return Ok(());
         };
@@ -293,16 +398,13 @@ impl Daemon {
             old.stop().await;
         }
         let handle = plugin.handle.clone();
-        let server =
-            serve(&socket, PluginService::new(handle)).map_err(|source| DaemonError::Serve {
-                socket: socket.clone(),
-                source,
-            })?;
+        let server = self.start_server(name, &handle)?;
         if let Some(plugin) = self.plugins.get_mut(name) {
             plugin.server = Some(server);
             plugin.needs_registration = true;
         }
         self.retry_delay = FIRST_RETRY;
+        self.update_readiness();
         Ok(())
     }
 
@@ -345,16 +447,19 @@ impl Daemon {
             match result {
                 Ok(()) => {
                     tracing::info!("Registered device plugin for '{name}' with Kubelet");
+                    self.metrics.count_registration(name.as_str(), true);
                     if let Some(plugin) = self.plugins.get_mut(&name) {
                         plugin.needs_registration = false;
                     }
                 }
                 Err(e) => {
                     all_ok = false;
+                    self.metrics.count_registration(name.as_str(), false);
                     tracing::warn!("Could not register device plugin: {e}");
                 }
             }
         }
+        self.update_readiness();
         if all_ok {
             self.registered_with = Some(identity);
             self.retry_delay = FIRST_RETRY;

@@ -1,19 +1,37 @@
 //! gpu-slicer: a Kubernetes device plugin that shares NVIDIA GPUs.
 //!
-//! A pure core (config, gpu model, plan, allocate, placement) inside a thin
-//! shell (plugin server, kubelet client, daemon life cycle).
+//! A pure core decides; a thin shell does I/O.
+//!
+//! | Pure core | |
+//! |---|---|
+//! | [`config`] | NVIDIA's `version: v1` schema, strict loading, flags |
+//! | [`gpu`] | the inventory model, the catalog, the simulated backend |
+//! | [`plan`] | inventory + config → resources and device ids |
+//! | [`allocate`] | what a container receives |
+//! | [`placement`] | which devices to prefer |
+//!
+//! | Shell | |
+//! |---|---|
+//! | [`plugin`] | one DevicePlugin gRPC server per resource |
+//! | [`kubelet`] | registration, socket-directory watch |
+//! | [`daemon`] | life cycle: start, reload, re-register, stop |
+//! | [`metrics`] | Prometheus metrics, health and readiness |
+//! | [`reload`] | signals and config-file changes |
+//! | [`commands`] | the `run`, `demo` and `plan` subcommands |
 
+pub mod allocate;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod gpu;
+pub mod kubelet;
+pub mod metrics;
+pub mod placement;
+pub mod plan;
+pub mod plugin;
+pub mod reload;
 
 /// The kubelet DevicePlugin API v1beta1 (generated from `proto/`).
 pub mod api {
     tonic::include_proto!("v1beta1");
 }
-pub mod allocate;
-pub mod commands;
-pub mod daemon;
-pub mod kubelet;
-pub mod placement;
-pub mod plan;
-pub mod plugin;

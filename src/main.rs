@@ -52,6 +52,9 @@ enum Command {
         /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
         #[arg(long, value_name = "NAME")]
         mig_config: Option<String>,
+        /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9400); off when unset.
+        #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
+        metrics_address: Option<std::net::SocketAddr>,
         #[command(flatten)]
         flags: ConfigFlags,
     },
@@ -93,8 +96,37 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
+/// NVIDIA's config-manager signals the process whose argv[0] is exactly
+/// `nvidia-device-plugin`, and NVIDIA's manifests run it without a
+/// subcommand: under that name, `run` is implied.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as_nvidia = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "nvidia-device-plugin");
+    let has_subcommand = args.get(1).is_some_and(|a| {
+        [
+            "run",
+            "demo",
+            "plan",
+            "help",
+            "--help",
+            "-h",
+            "--version",
+            "-V",
+        ]
+        .iter()
+        .any(|c| a == *c)
+    });
+    if invoked_as_nvidia && !has_subcommand {
+        args.insert(1, "run".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     let result = match cli.command {
         Command::Plan {
             instance,
@@ -121,6 +153,7 @@ fn main() -> ExitCode {
             device_plugin_path,
             simulate,
             mig_config,
+            metrics_address,
             flags,
         } => {
             init_tracing(cli.log_format, "info");
@@ -130,6 +163,7 @@ fn main() -> ExitCode {
                 device_plugin_path,
                 simulate,
                 mig_config,
+                metrics_address,
                 flags,
             }))
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
@@ -26,7 +26,8 @@ use crate::api::{
     PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
     TopologyInfo,
 };
-use crate::config::Flags;
+use crate::config::{Flags, ResourceName};
+use crate::metrics::Metrics;
 use crate::placement::{LinkScores, preferred};
 use crate::plan::Resource;
 
@@ -107,17 +108,51 @@ fn device_list(resource: &Resource) -> ListAndWatchResponse {
     }
 }
 
+/// What a plugin tells the daemon: the kubelet's ListAndWatch streams
+/// coming and going are a sign of kubelet restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginEvent {
+    StreamOpened(ResourceName),
+    StreamClosed(ResourceName),
+}
+
 /// The gRPC service of one resource.
 #[derive(Debug, Clone)]
 pub struct PluginService {
+    name: ResourceName,
     handle: ResourceHandle,
+    metrics: Metrics,
+    events: mpsc::UnboundedSender<PluginEvent>,
     responses: Arc<AtomicU64>,
 }
 
+/// Reports the end of a ListAndWatch stream when the stream is dropped,
+/// which is what happens when the kubelet goes away or closes it.
+struct StreamGuard {
+    name: ResourceName,
+    events: mpsc::UnboundedSender<PluginEvent>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .events
+            .send(PluginEvent::StreamClosed(self.name.clone()));
+    }
+}
+
 impl PluginService {
-    pub fn new(handle: ResourceHandle) -> Self {
+    pub fn new(
+        name: ResourceName,
+        handle: ResourceHandle,
+        metrics: Metrics,
+        events: mpsc::UnboundedSender<PluginEvent>,
+    ) -> Self {
         PluginService {
+            name,
             handle,
+            metrics,
+            events,
             responses: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -161,8 +196,18 @@ impl DevicePlugin for PluginService {
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let _ = self
+            .events
+            .send(PluginEvent::StreamOpened(self.name.clone()));
+        let guard = StreamGuard {
+            name: self.name.clone(),
+            events: self.events.clone(),
+        };
         let stream = WatchStream::new(self.handle.subscribe())
-            .map(|list| Ok(ListAndWatchResponse::clone(&list)))
+            .map(move |list| {
+                let _alive = &guard;
+                Ok(ListAndWatchResponse::clone(&list))
+            })
             .chain(tokio_stream::pending());
         Ok(Response::new(Box::pin(stream)))
     }
@@ -212,8 +257,10 @@ impl DevicePlugin for PluginService {
             )
             .map_err(|e| {
                 tracing::warn!(resource = %state.resource.name, error = %e, "Allocate refused");
+                self.metrics.count_allocation(self.name.as_str(), false);
                 Status::invalid_argument(e.to_string())
             })?;
+            self.metrics.count_allocation(self.name.as_str(), true);
             tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");
             container_responses.push(response);
         }
@@ -234,6 +281,8 @@ impl DevicePlugin for PluginService {
 #[derive(Debug)]
 pub struct RunningServer {
     pub socket: PathBuf,
+    /// Identity of the socket file we bound: only that file is removed on stop.
+    identity: Option<(u64, u64)>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -251,6 +300,7 @@ pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningSe
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(socket)?;
+    let identity = crate::kubelet::socket_identity(socket);
     let stop = CancellationToken::new();
     let incoming = UnixListenerStream::new(listener);
     let shutdown = stop.clone().cancelled_owned();
@@ -268,19 +318,24 @@ pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningSe
     });
     Ok(RunningServer {
         socket: socket.to_path_buf(),
+        identity,
         stop,
         task,
     })
 }
 
 impl RunningServer {
-    /// Stops serving and removes the socket file if it is still ours.
+    /// Stops serving and removes the socket file if it is still the one we
+    /// bound (a newer server may already listen on the same path).
     pub async fn stop(self) {
         self.stop.cancel();
         // Open ListAndWatch streams never end by themselves, so a graceful
         // shutdown would wait forever: abort once the listener is closed.
         self.task.abort();
         let _ = self.task.await;
-        let _ = std::fs::remove_file(&self.socket);
+        if self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }

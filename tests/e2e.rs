@@ -1,95 +1,13 @@
 //! End-to-end: the real `gpu-slicer` binary against the stand-in kubelet,
 //! each test in its own temporary device-plugin directory.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
-use kubelet_sim::{Capacity, Container, Kubelet, Options, Pod};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gpu-slicer");
-/// Generous: CI machines are slow and shared; nothing here is a timing test.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running daemon, stopped with SIGTERM when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(dir: &Path, args: &[&str]) -> Daemon {
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--device-plugin-path")
-            .arg(dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start gpu-slicer");
-        Daemon { child }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().expect("wait for gpu-slicer")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    // Short paths: Unix socket paths are limited to 107 bytes.
-    tempfile::Builder::new()
-        .prefix("gs")
-        .tempdir_in("/tmp")
-        .expect("temp dir")
-}
-
-async fn kubelet(dir: &Path) -> Kubelet {
-    Kubelet::start(Options::new(dir))
-        .await
-        .expect("stand-in kubelet")
-}
-
-fn counts(status: &BTreeMap<String, Capacity>) -> BTreeMap<String, usize> {
-    status
-        .iter()
-        .filter(|(_, c)| c.capacity > 0)
-        .map(|(k, c)| (k.clone(), c.allocatable))
-        .collect()
-}
-
-fn expect(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
-
-/// Waits until the node advertises exactly `want` (all healthy).
-async fn wait_for(kubelet: &Kubelet, want: &BTreeMap<String, usize>) {
-    let target = want.clone();
-    kubelet
-        .wait_until(move |status| counts(status) == target, TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("node never advertised {want:?}: {e}"));
-}
-
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
+use common::{BIN, Daemon, expect, kubelet, temp_dir, wait_for, write_config};
+use kubelet_sim::{Container, Pod};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p4d_all_1g_mixed_and_single() {

@@ -109,6 +109,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         paths,
         Arc::new(move || Ok(setup.clone())),
         reload_rx,
+        crate::metrics::Metrics::default(),
         shutdown.clone(),
     ));
 

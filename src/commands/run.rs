@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::allocate::NodeDeviceFiles;
 use crate::config::ConfigFlags;
 use crate::daemon::{self, Paths, Setup, SetupSource};
 use crate::gpu::simulated;
+use crate::metrics::{self, Metrics};
+use crate::reload;
 
 pub struct RunOptions {
     pub config_file: Option<PathBuf>,
@@ -17,6 +18,8 @@ pub struct RunOptions {
     pub device_plugin_path: PathBuf,
     pub simulate: Option<String>,
     pub mig_config: Option<String>,
+    /// Serve metrics and health endpoints here; `None` = off.
+    pub metrics_address: Option<std::net::SocketAddr>,
     pub flags: ConfigFlags,
 }
 
@@ -53,7 +56,7 @@ pub fn setup_source(
 
 pub async fn run(options: RunOptions) -> Result<(), String> {
     let source = setup_source(
-        options.config_file,
+        options.config_file.clone(),
         options.flags,
         options.simulate,
         options.mig_config,
@@ -74,28 +77,24 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
 
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut quit = signal(SignalKind::quit()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = quit.recv() => "SIGQUIT",
-                _ = hup.recv() => {
-                    let _ = reload_tx.try_send(());
-                    continue;
-                }
-            };
-            tracing::info!("Received signal \"{name}\", shutting down.");
-            stop.cancel();
-            break;
-        }
-    });
-    daemon::run(paths, source, reload_rx, shutdown)
+    reload::handle_signals(reload_tx.clone(), shutdown.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let _config_watch = match &options.config_file {
+        Some(file) => Some(
+            reload::watch_config_file(file, reload_tx)
+                .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+        ),
+        None => None,
+    };
+
+    let metrics = Metrics::default();
+    if let Some(address) = options.metrics_address {
+        let bound = metrics::serve(address, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+        tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+    daemon::run(paths, source, reload_rx, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

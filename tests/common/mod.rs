@@ -1,0 +1,104 @@
+//! Shared by the end-to-end tests: the real binary, a temp directory, the
+//! stand-in kubelet, and waiting on node status (events, not sleeps).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kubelet_sim::{Capacity, Kubelet, Options};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gpu-slicer");
+/// Generous: CI machines are slow and shared; nothing here is a timing test.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running daemon, stopped with SIGTERM when dropped.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--device-plugin-path")
+            .arg(dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            // GPU_SLICER_TEST_LOGS=1 shows the daemon's logs when debugging.
+            .stderr(if std::env::var_os("GPU_SLICER_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start gpu-slicer");
+        Daemon { child }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().expect("wait for gpu-slicer")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    // Short paths: Unix socket paths are limited to 107 bytes.
+    tempfile::Builder::new()
+        .prefix("gs")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+}
+
+pub async fn kubelet(dir: &Path) -> Kubelet {
+    Kubelet::start(Options::new(dir))
+        .await
+        .expect("stand-in kubelet")
+}
+
+pub fn counts(status: &BTreeMap<String, Capacity>) -> BTreeMap<String, usize> {
+    status
+        .iter()
+        .filter(|(_, c)| c.capacity > 0)
+        .map(|(k, c)| (k.clone(), c.allocatable))
+        .collect()
+}
+
+pub fn expect(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// Waits until the node advertises exactly `want` (all healthy).
+pub async fn wait_for(kubelet: &Kubelet, want: &BTreeMap<String, usize>) {
+    let target = want.clone();
+    kubelet
+        .wait_until(move |status| counts(status) == target, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("node never advertised {want:?}: {e}"));
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
