@@ -45,6 +45,8 @@ pub struct Paths {
     pub device_plugin_dir: PathBuf,
     /// `kubelet.sock`; `None` serves without registering.
     pub kubelet_socket: Option<PathBuf>,
+    /// Node Feature Discovery feature file to write node labels to; `None` = off.
+    pub feature_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +205,12 @@ impl Daemon {
     fn apply(&mut self, setup: &Setup) -> Result<(), DaemonError> {
         let plan = plan(&setup.inventory, &setup.config);
         log_plan(&plan);
+        if let Some(path) = &self.paths.feature_file {
+            let labels = crate::labels::labels(&setup.inventory, &setup.config, &plan);
+            if let Err(e) = crate::labels::write_feature_file(path, &labels) {
+                tracing::warn!("cannot write node labels to {}: {e}", path.display());
+            }
+        }
         let files = Arc::new(setup.files.clone());
         let links = Arc::new(LinkScores::from_inventory(&setup.inventory));
         let mut wanted = BTreeMap::new();

@@ -9,6 +9,7 @@
 //! | [`plan`] | inventory + config → resources and device ids |
 //! | [`allocate`] | what a container receives |
 //! | [`placement`] | which devices to prefer |
+//! | [`labels`] | node labels (GPU Feature Discovery names) |
 //!
 //! | Shell | |
 //! |---|---|
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod gpu;
 pub mod kubelet;
+pub mod labels;
 pub mod metrics;
 pub mod placement;
 pub mod plan;

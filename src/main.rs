@@ -52,6 +52,10 @@ enum Command {
         /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
         #[arg(long, value_name = "NAME")]
         mig_config: Option<String>,
+        /// Write node labels (GPU Feature Discovery names) to this Node Feature Discovery
+        /// feature file, e.g. /etc/kubernetes/node-feature-discovery/features.d/gpu-slicer.
+        #[arg(long, env = "FEATURE_FILE", value_name = "PATH")]
+        feature_file: Option<PathBuf>,
         /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9400); off when unset.
         #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
         metrics_address: Option<std::net::SocketAddr>,
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
             device_plugin_path,
             simulate,
             mig_config,
+            feature_file,
             metrics_address,
             flags,
         } => {
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
                 device_plugin_path,
                 simulate,
                 mig_config,
+                feature_file,
                 metrics_address,
                 flags,
             }))

@@ -49,7 +49,10 @@ async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
     let dir = temp_dir();
     let config = write_config(dir.path(), MIXED);
     let kubelet = kubelet(dir.path()).await;
-    let _daemon = Daemon::start(dir.path(), &args(&p4d_balanced(&config)));
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut daemon_args = p4d_balanced(&config);
+    daemon_args.extend(["--metrics-address".to_string(), address.clone()]);
+    let _daemon = Daemon::start(dir.path(), &args(&daemon_args));
     let before = expect(&[
         ("nvidia.com/mig-1g.5gb", 16),
         ("nvidia.com/mig-2g.10gb", 8),
@@ -89,8 +92,19 @@ async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
 
     // A config that does not validate is refused; the running one stays.
     swap_config(dir.path(), "version: v1\nflags:\n  migStrategy: sideways\n");
-    // SIGHUP-free: the file watch saw it. Prove the daemon is still serving
-    // the last good plan by changing back to a valid config afterwards.
+    wait_for_metric(
+        &address,
+        "gpu_slicer_config_reloads_total{result=\"rejected\"} 1",
+    )
+    .await;
+    let status = kubelet.node_status();
+    for (name, count) in &after {
+        assert_eq!(
+            status[name].allocatable, *count,
+            "{name} changed after a rejected config"
+        );
+    }
+    // And a good config after a bad one applies again.
     swap_config(dir.path(), MIXED);
     wait_for(&kubelet, &before).await;
     assert_eq!(registrations_of(&kubelet, "nvidia.com/mig-2g.10gb"), 1);
@@ -136,6 +150,21 @@ fn http_get(address: &str, path: &str) -> (String, String) {
         head.lines().next().unwrap_or("").to_string(),
         body.to_string(),
     )
+}
+
+/// Scrapes `/metrics` until a line equals `line` (the daemon is another
+/// process: there is no event to wait on).
+async fn wait_for_metric(address: &str, line: &str) {
+    for _ in 0..600 {
+        if TcpStream::connect(address).is_ok() {
+            let (_, body) = http_get(address, "/metrics");
+            if body.lines().any(|l| l == line) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("metric line {line:?} never appeared");
 }
 
 fn free_port() -> u16 {

@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub device_plugin_path: PathBuf,
     pub simulate: Option<String>,
     pub mig_config: Option<String>,
+    /// Write node labels here (NFD feature file); `None` = off.
+    pub feature_file: Option<PathBuf>,
     /// Serve metrics and health endpoints here; `None` = off.
     pub metrics_address: Option<std::net::SocketAddr>,
     pub flags: ConfigFlags,
@@ -73,6 +75,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
     let paths = Paths {
         device_plugin_dir: options.device_plugin_path,
         kubelet_socket,
+        feature_file: options.feature_file,
     };
 
     let shutdown = CancellationToken::new();
