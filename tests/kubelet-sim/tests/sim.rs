@@ -1,6 +1,5 @@
 //! End-to-end tests of the simulator against a tiny in-process fake device plugin.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -557,15 +556,17 @@ async fn restart_deletes_sockets_and_recreates_kubelet_sock() {
     kubelet.admit(&gpu_pod("p1", 1)).await.unwrap();
     std::fs::write(dir.0.join("kubelet_internal_checkpoint"), "{}").unwrap();
     std::fs::write(dir.0.join("notes.txt"), "keep").unwrap();
-    let inode_before = std::fs::metadata(kubelet.socket_path()).unwrap().ino();
 
     kubelet.restart().await.unwrap();
 
     assert!(!plugin.socket.exists(), "plugin socket must be deleted");
     assert!(dir.0.join("kubelet_internal_checkpoint").exists());
     assert!(dir.0.join("notes.txt").exists());
-    let inode_after = std::fs::metadata(kubelet.socket_path()).unwrap().ino();
-    assert_ne!(inode_before, inode_after);
+    // kubelet.sock is a new file (deleted, then bound again). Its inode
+    // number may be reused by the file system, as with a real kubelet, so
+    // only its existence as a socket is checked, not a new inode.
+    let meta = std::fs::metadata(kubelet.socket_path()).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
     assert_eq!(kubelet.node_status().get(GPU), Some(&cap(0, 0)));
     assert_eq!(kubelet.allocations().len(), 1);
     plugin.wait_streams_closed(1).await;
