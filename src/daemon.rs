@@ -6,7 +6,7 @@
 //! a registration retry timer); there is no polling and no shared mutable
 //! global state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub struct Paths {
     pub kubelet_socket: Option<PathBuf>,
     /// Node Feature Discovery feature file to write node labels to; `None` = off.
     pub feature_file: Option<PathBuf>,
+    /// Directory to write a CDI spec into when a CDI strategy is on; `None` = off.
+    pub cdi_spec_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +215,32 @@ impl Daemon {
         }
         let files = Arc::new(setup.files.clone());
         let links = Arc::new(LinkScores::from_inventory(&setup.inventory));
+        let mut owners = HashMap::new();
+        for resource in &plan.resources {
+            for device in &resource.devices {
+                owners.insert(device.id.clone(), resource.name.clone());
+            }
+        }
+        let owners = Arc::new(owners);
+        if let Some(dir) = &self.paths.cdi_spec_dir
+            && setup
+                .config
+                .flags
+                .plugin
+                .device_list_strategy
+                .iter()
+                .any(|s| s.is_cdi())
+        {
+            let spec = crate::cdi::spec(
+                &setup.inventory,
+                &setup.files,
+                setup.config.flags.dev_root(),
+            );
+            match crate::cdi::write_spec(dir, &spec) {
+                Ok(path) => tracing::info!("wrote CDI spec {}", path.display()),
+                Err(e) => tracing::error!("cannot write the CDI spec into {}: {e}", dir.display()),
+            }
+        }
         let mut wanted = BTreeMap::new();
         for resource in plan.resources {
             wanted.insert(resource.name.clone(), resource);
@@ -235,6 +263,7 @@ impl Daemon {
                     flags: state.flags.clone(),
                     files: state.files.clone(),
                     links: state.links.clone(),
+                    owners: owners.clone(),
                 });
                 if let Some(server) = plugin.server.take() {
                     // Give the kubelet a moment to read the empty list.
@@ -258,6 +287,7 @@ impl Daemon {
                 flags: setup.config.flags.clone(),
                 files: files.clone(),
                 links: links.clone(),
+                owners: owners.clone(),
             };
             if let Some(plugin) = self.plugins.get(&name) {
                 plugin.handle.update(state);

@@ -14,6 +14,7 @@
 //! | Shell | |
 //! |---|---|
 //! | [`plugin`] | one DevicePlugin gRPC server per resource |
+//! | [`cdi`] | CDI spec files (optional) |
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`daemon`] | life cycle: start, reload, re-register, stop |
 //! | [`metrics`] | Prometheus metrics, health and readiness |
@@ -21,6 +22,7 @@
 //! | [`commands`] | the `run`, `demo` and `plan` subcommands |
 
 pub mod allocate;
+pub mod cdi;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -52,6 +52,10 @@ enum Command {
         /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
         #[arg(long, value_name = "NAME")]
         mig_config: Option<String>,
+        /// Write a CDI spec for every GPU and MIG device into this directory (e.g. /var/run/cdi)
+        /// when a CDI device-list strategy is on; off when unset.
+        #[arg(long, env = "CDI_SPEC_DIR", value_name = "DIR")]
+        cdi_spec_dir: Option<PathBuf>,
         /// Write node labels (GPU Feature Discovery names) to this Node Feature Discovery
         /// feature file, e.g. /etc/kubernetes/node-feature-discovery/features.d/gpu-slicer.
         #[arg(long, env = "FEATURE_FILE", value_name = "PATH")]
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
             device_plugin_path,
             simulate,
             mig_config,
+            cdi_spec_dir,
             feature_file,
             metrics_address,
             flags,
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
                 device_plugin_path,
                 simulate,
                 mig_config,
+                cdi_spec_dir,
                 feature_file,
                 metrics_address,
                 flags,

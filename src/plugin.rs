@@ -18,7 +18,9 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::allocate::{NodeDeviceFiles, allocate};
+use std::collections::HashMap;
+
+use crate::allocate::{AllocateError, NodeDeviceFiles, allocate};
 use crate::api::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use crate::api::{
     AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device,
@@ -50,6 +52,23 @@ pub struct ResourceState {
     pub flags: Flags,
     pub files: Arc<NodeDeviceFiles>,
     pub links: Arc<LinkScores>,
+    /// Which resource each advertised id belongs to, node-wide: lets a
+    /// request that mixes resources be told apart from an unknown id.
+    pub owners: Arc<HashMap<String, ResourceName>>,
+}
+
+/// The gRPC status for a refused Allocate: a code that fits, NVIDIA's words.
+fn allocate_status(error: AllocateError, owners: &HashMap<String, ResourceName>) -> Status {
+    match &error {
+        AllocateError::UnknownDevice { resource, id } => match owners.get(id) {
+            Some(owner) => Status::invalid_argument(format!(
+                "invalid allocation request for \"{resource}\": invalid request: device {id} belongs to \
+                 resource {owner}; one request cannot mix resources"
+            )),
+            None => Status::not_found(error.to_string()),
+        },
+        AllocateError::TooManySharedDevices { .. } => Status::invalid_argument(error.to_string()),
+    }
 }
 
 /// The shared, live state of one resource: what the handlers answer from,
@@ -230,7 +249,7 @@ impl DevicePlugin for PluginService {
                 &state.links,
             )
             .map_err(|e| {
-                Status::failed_precondition(format!(
+                Status::resource_exhausted(format!(
                     "error getting list of preferred allocation devices: {e}"
                 ))
             })?;
@@ -258,7 +277,7 @@ impl DevicePlugin for PluginService {
             .map_err(|e| {
                 tracing::warn!(resource = %state.resource.name, error = %e, "Allocate refused");
                 self.metrics.count_allocation(self.name.as_str(), false);
-                Status::invalid_argument(e.to_string())
+                allocate_status(e, &state.owners)
             })?;
             self.metrics.count_allocation(self.name.as_str(), true);
             tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");

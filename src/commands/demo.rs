@@ -102,6 +102,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         device_plugin_dir: dir.path().to_path_buf(),
         kubelet_socket: Some(kubelet.socket_path()),
         feature_file: None,
+        cdi_spec_dir: None,
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);

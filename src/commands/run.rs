@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub device_plugin_path: PathBuf,
     pub simulate: Option<String>,
     pub mig_config: Option<String>,
+    /// Write a CDI spec here when a CDI strategy is on; `None` = off.
+    pub cdi_spec_dir: Option<PathBuf>,
     /// Write node labels here (NFD feature file); `None` = off.
     pub feature_file: Option<PathBuf>,
     /// Serve metrics and health endpoints here; `None` = off.
@@ -76,6 +78,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         device_plugin_dir: options.device_plugin_path,
         kubelet_socket,
         feature_file: options.feature_file,
+        cdi_spec_dir: options.cdi_spec_dir,
     };
 
     let shutdown = CancellationToken::new();
