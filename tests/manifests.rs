@@ -58,8 +58,8 @@ fn manifest_files() -> Vec<PathBuf> {
 
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
@@ -95,8 +95,8 @@ fn strs(v: &Value) -> Vec<&str> {
 /// returns it; `None` (after a loud message) only when python3 or pip is
 /// missing.
 fn validator_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{VALIDATOR}-{VALIDATOR_VERSION}"));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{VALIDATOR}-{VALIDATOR_VERSION}"));
     if dir.join("kubernetes_validate").is_dir() {
         return Some(dir);
     }
@@ -162,7 +162,10 @@ fn static_manifests_validate_against_kubernetes_schemas() {
     );
     // A kind without a schema is only a warning for the validator; it is
     // acceptable only for the custom resources checked structurally below.
-    for line in report.lines().filter(|l| l.contains("Couldn't find schema")) {
+    for line in report
+        .lines()
+        .filter(|l| l.contains("Couldn't find schema"))
+    {
         assert!(
             CRD_KINDS
                 .iter()
@@ -187,7 +190,10 @@ fn static_manifests_validate_against_kubernetes_schemas() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "validator accepted an invalid object");
+    assert!(
+        !out.status.success(),
+        "validator accepted an invalid object"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -207,7 +213,10 @@ fn every_daemonset_is_hardened() {
         let tolerated = pod["tolerations"].as_array().unwrap().iter().any(|t| {
             t["key"] == "nvidia.com/gpu" && t["operator"] == "Exists" && t["effect"] == "NoSchedule"
         });
-        assert!(tolerated, "{at}: no toleration nvidia.com/gpu Exists NoSchedule");
+        assert!(
+            tolerated,
+            "{at}: no toleration nvidia.com/gpu Exists NoSchedule"
+        );
 
         let containers: Vec<&Value> = ["initContainers", "containers"]
             .iter()
@@ -220,11 +229,17 @@ fn every_daemonset_is_hardened() {
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{cat}");
             assert_ne!(sc["privileged"], true, "{cat}");
             assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"], "{cat}");
-            assert!(sc["capabilities"]["add"].is_null(), "{cat}: adds capabilities");
+            assert!(
+                sc["capabilities"]["add"].is_null(),
+                "{cat}: adds capabilities"
+            );
             let res = &c["resources"];
             assert!(res["requests"]["cpu"].is_string(), "{cat}: no cpu request");
             assert!(res["requests"]["memory"].is_string(), "{cat}");
-            assert!(res["limits"]["memory"].is_string(), "{cat}: no memory limit");
+            assert!(
+                res["limits"]["memory"].is_string(),
+                "{cat}: no memory limit"
+            );
         }
 
         // The plugin container: `run --config-file /config/config.yaml`, the
@@ -250,7 +265,10 @@ fn every_daemonset_is_hardened() {
             .iter()
             .find(|v| v["name"] == mount["name"])
             .unwrap();
-        assert_eq!(volume["hostPath"]["path"], "/var/lib/kubelet/device-plugins");
+        assert_eq!(
+            volume["hostPath"]["path"],
+            "/var/lib/kubelet/device-plugins"
+        );
         assert_eq!(volume["hostPath"]["type"], "Directory", "{at}");
 
         // The config-manager variant follows NVIDIA's sidecar contract.
@@ -293,7 +311,11 @@ fn configs() -> BTreeMap<String, gpu_slicer::config::Config> {
     out
 }
 
-fn counts(instance: &str, layout: &str, config: &gpu_slicer::config::Config) -> Vec<(String, usize)> {
+fn counts(
+    instance: &str,
+    layout: &str,
+    config: &gpu_slicer::config::Config,
+) -> Vec<(String, usize)> {
     let inventory = simulated::from_instance(instance, Some(layout)).unwrap();
     let plan = gpu_slicer::plan::plan(&inventory, config);
     assert_eq!(plan.errors().count(), 0, "{instance} {layout}");
@@ -315,17 +337,30 @@ fn every_config_loads_and_plans_as_documented() {
         ("nvidia.com/mig-2g.10gb", 8),
         ("nvidia.com/mig-3g.20gb", 8),
     ]);
-    for k in ["mig-mixed.yaml:config.yaml", "gpu-slicer-config-manager.yaml:mig-mixed"] {
-        assert_eq!(counts("p4d.24xlarge", "all-balanced", get(k)), balanced_p4d, "{k}");
+    for k in [
+        "mig-mixed.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:mig-mixed",
+    ] {
+        assert_eq!(
+            counts("p4d.24xlarge", "all-balanced", get(k)),
+            balanced_p4d,
+            "{k}"
+        );
     }
-    for k in ["mig-single.yaml:config.yaml", "gpu-slicer-config-manager.yaml:mig-single"] {
+    for k in [
+        "mig-single.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:mig-single",
+    ] {
         assert_eq!(
             counts("p4d.24xlarge", "all-1g.5gb", get(k)),
             pairs(&[("nvidia.com/gpu", 56)]),
             "{k}"
         );
     }
-    for k in ["time-slicing.yaml:config.yaml", "gpu-slicer-config-manager.yaml:time-slicing-4"] {
+    for k in [
+        "time-slicing.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:time-slicing-4",
+    ] {
         assert_eq!(
             counts("g5.48xlarge", "all-disabled", get(k)),
             pairs(&[("nvidia.com/gpu", 32)]),
@@ -354,7 +389,11 @@ fn every_config_loads_and_plans_as_documented() {
     }
     // The default of the config-manager variant is harmless without MIG.
     assert_eq!(
-        counts("g5.48xlarge", "all-disabled", get("gpu-slicer-config-manager.yaml:default")),
+        counts(
+            "g5.48xlarge",
+            "all-disabled",
+            get("gpu-slicer-config-manager.yaml:default")
+        ),
         pairs(&[("nvidia.com/gpu", 8)])
     );
 }
@@ -395,11 +434,21 @@ fn karpenter_examples_are_correct() {
     for (n, class) in &classes {
         assert_eq!(class["apiVersion"], "karpenter.k8s.aws/v1", "{n}");
         let spec = &class["spec"];
-        assert!(spec["role"].is_string() || spec["instanceProfile"].is_string(), "{n}");
-        for k in ["subnetSelectorTerms", "securityGroupSelectorTerms", "amiSelectorTerms"] {
+        assert!(
+            spec["role"].is_string() || spec["instanceProfile"].is_string(),
+            "{n}"
+        );
+        for k in [
+            "subnetSelectorTerms",
+            "securityGroupSelectorTerms",
+            "amiSelectorTerms",
+        ] {
             assert!(!spec[k].as_array().unwrap().is_empty(), "{n}: {k}");
         }
-        assert_ne!(spec["amiFamily"], "Custom", "{n}: Custom needs its own bootstrap");
+        assert_ne!(
+            spec["amiFamily"], "Custom",
+            "{n}: Custom needs its own bootstrap"
+        );
         let alias = spec["amiSelectorTerms"][0]["alias"].as_str().unwrap();
         let family = alias.split('@').next().unwrap();
         assert!(matches!(family, "al2023" | "bottlerocket"), "{n}: {alias}");
@@ -412,7 +461,10 @@ fn karpenter_examples_are_correct() {
                 .nth(1)
                 .unwrap_or_else(|| panic!("{n}: built-in plugin not disabled"));
             let table = table.split("\n[").next().unwrap();
-            assert!(table.lines().any(|l| l.replace(' ', "") == "enabled=false"), "{n}");
+            assert!(
+                table.lines().any(|l| l.replace(' ', "") == "enabled=false"),
+                "{n}"
+            );
         }
     }
     assert_eq!(aliases.len(), 2, "one AL2023 and one Bottlerocket class");
@@ -420,7 +472,14 @@ fn karpenter_examples_are_correct() {
     let config_names: BTreeSet<String> = of_kind("ConfigMap")
         .into_iter()
         .filter(|(f, _)| f.ends_with("gpu-slicer-config-manager.yaml"))
-        .flat_map(|(_, cm)| cm["data"].as_object().unwrap().keys().cloned().collect::<Vec<_>>())
+        .flat_map(|(_, cm)| {
+            cm["data"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .collect();
 
     let pools = of_kind("NodePool");
@@ -433,11 +492,17 @@ fn karpenter_examples_are_correct() {
         let class_ref = &spec["nodeClassRef"];
         assert_eq!(class_ref["group"], "karpenter.k8s.aws", "{n}");
         assert_eq!(class_ref["kind"], "EC2NodeClass", "{n}");
-        assert!(classes.contains_key(class_ref["name"].as_str().unwrap()), "{n}");
+        assert!(
+            classes.contains_key(class_ref["name"].as_str().unwrap()),
+            "{n}"
+        );
 
         for r in spec["requirements"].as_array().unwrap() {
             let key = r["key"].as_str().unwrap();
-            assert!(!is_resource_name(key), "{n}: requirement key {key} is a resource");
+            assert!(
+                !is_resource_name(key),
+                "{n}: requirement key {key} is a resource"
+            );
             assert!(r["operator"].is_string(), "{n}");
             if key == "karpenter.k8s.aws/instance-size" {
                 for v in strs(&r["values"]) {
@@ -445,9 +510,11 @@ fn karpenter_examples_are_correct() {
                 }
             }
         }
-        let tainted = spec["taints"].as_array().unwrap().iter().any(|t| {
-            t["key"] == "nvidia.com/gpu" && t["effect"] == "NoSchedule"
-        });
+        let tainted = spec["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "nvidia.com/gpu" && t["effect"] == "NoSchedule");
         assert!(tainted, "{n}: GPU pool not tainted nvidia.com/gpu");
         if let Some(limits) = pool["spec"]["limits"].as_object() {
             for key in limits.keys() {
@@ -487,15 +554,18 @@ fn karpenter_examples_are_correct() {
             pool_layouts.insert(n.to_string(), layout.to_string());
         } else {
             for f in &families {
-                assert!(!MIG_FAMILIES.contains(&f.as_str()), "{n}: time-slicing on {f}");
+                assert!(
+                    !MIG_FAMILIES.contains(&f.as_str()),
+                    "{n}: time-slicing on {f}"
+                );
             }
         }
     }
     assert_eq!(pool_layouts.len(), 1, "one MIG pool");
 
     // Overlays: scoped by pool, counts equal to what gpu-slicer plans.
-    let mixed = gpu_slicer::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed")
-        .unwrap();
+    let mixed =
+        gpu_slicer::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed").unwrap();
     let overlays = of_kind("NodeOverlay");
     assert_eq!(overlays.len(), 1);
     for (_, overlay) in &overlays {
@@ -586,7 +656,12 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for required in ["daemonset.yaml", "configmap.yaml", "_helpers.tpl", "NOTES.txt"] {
+    for required in [
+        "daemonset.yaml",
+        "configmap.yaml",
+        "_helpers.tpl",
+        "NOTES.txt",
+    ] {
         assert!(names.contains(required), "templates/{required} missing");
     }
     let mut used = 0;
@@ -635,7 +710,10 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
         chart_yaml["appVersion"].as_str().unwrap()
     );
     assert_eq!(container["image"], image.as_str());
-    assert_eq!(values["metrics"]["enabled"], false, "metrics off by default");
+    assert_eq!(
+        values["metrics"]["enabled"], false,
+        "metrics off by default"
+    );
 }
 
 #[test]
