@@ -62,7 +62,12 @@ pub const LIBRARY_DIRS: &[&str] = &[
 ];
 
 /// Control device nodes handed to every container when present.
-pub const CONTROL_NODES: &[&str] = &["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"];
+pub const CONTROL_NODES: &[&str] = &[
+    "nvidiactl",
+    "nvidia-uvm",
+    "nvidia-uvm-tools",
+    "nvidia-modeset",
+];
 
 /// Default location of the MIG capability minors.
 pub const MIG_MINORS_PATH: &str = "/proc/driver/nvidia-caps/mig-minors";
@@ -239,7 +244,9 @@ static LOADED: Mutex<Vec<(PathBuf, &'static Nvml)>> = Mutex::new(Vec::new());
 pub fn nvml(opts: &NvmlOptions) -> Result<(&'static Nvml, String), NvmlError> {
     let choice = find_library(opts);
     let library = choice.path.display().to_string();
-    let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((_, nvml)) = loaded.iter().find(|(path, _)| *path == choice.path) {
         return Ok((nvml, library));
     }
@@ -312,11 +319,14 @@ impl Ctx<'_> {
 
     /// A raw `NvmlLib` field: the function, or [`NvmlError::MissingSymbol`].
     fn sym<T: Copy, E: Display>(&self, field: &Result<T, E>, call: &str) -> Result<T, NvmlError> {
-        field.as_ref().copied().map_err(|e| NvmlError::MissingSymbol {
-            call: call.to_string(),
-            library: self.library.to_string(),
-            detail: e.to_string(),
-        })
+        field
+            .as_ref()
+            .copied()
+            .map_err(|e| NvmlError::MissingSymbol {
+                call: call.to_string(),
+                library: self.library.to_string(),
+                detail: e.to_string(),
+            })
     }
 }
 
@@ -487,7 +497,10 @@ fn mig_device(
         .map_err(ctx.err("nvmlDeviceGetMemoryInfo_v2", &at))?;
     let lib = mig.nvml().lib();
 
-    let get_gi = ctx.sym(&lib.nvmlDeviceGetGpuInstanceId, "nvmlDeviceGetGpuInstanceId")?;
+    let get_gi = ctx.sym(
+        &lib.nvmlDeviceGetGpuInstanceId,
+        "nvmlDeviceGetGpuInstanceId",
+    )?;
     let get_ci = ctx.sym(
         &lib.nvmlDeviceGetComputeInstanceId,
         "nvmlDeviceGetComputeInstanceId",
@@ -610,7 +623,10 @@ fn nvlink_peers(
 /// NVML's bus id (`00000000:0A:00.0`) as sysfs names the device
 /// (`0000:0a:00.0`): 4-digit domain, lower case.
 pub fn sysfs_bus_id(nvml_bus_id: &str) -> String {
-    let id = nvml_bus_id.trim().trim_end_matches('\0').to_ascii_lowercase();
+    let id = nvml_bus_id
+        .trim()
+        .trim_end_matches('\0')
+        .to_ascii_lowercase();
     match id.split_once(':') {
         Some((domain, rest)) if domain.len() > 4 => {
             format!("{}:{rest}", &domain[domain.len() - 4..])
@@ -734,7 +750,10 @@ mod tests {
             p == Path::new("/driver-root/lib64/libnvidia-ml.so.1")
                 || p == Path::new("/driver-root/usr/local/nvidia/lib64/libnvidia-ml.so.1")
         });
-        assert_eq!(choice.path, PathBuf::from("/driver-root/lib64/libnvidia-ml.so.1"));
+        assert_eq!(
+            choice.path,
+            PathBuf::from("/driver-root/lib64/libnvidia-ml.so.1")
+        );
         assert_eq!(choice.source, LibrarySource::DriverRoot);
         assert_eq!(choice.tried.len(), 4);
         assert_eq!(
@@ -785,13 +804,26 @@ mod tests {
         let dev = dir.path().join("bus/pci/devices/0000:10:1c.0");
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("numa_node"), "1\n").unwrap();
-        assert_eq!(read_numa_node(dir.path(), "00000000:10:1C.0").unwrap(), Some(1));
+        assert_eq!(
+            read_numa_node(dir.path(), "00000000:10:1C.0").unwrap(),
+            Some(1)
+        );
         std::fs::write(dev.join("numa_node"), "-1\n").unwrap();
-        assert_eq!(read_numa_node(dir.path(), "00000000:10:1C.0").unwrap(), None);
-        assert_eq!(read_numa_node(dir.path(), "00000000:20:00.0").unwrap(), None);
+        assert_eq!(
+            read_numa_node(dir.path(), "00000000:10:1C.0").unwrap(),
+            None
+        );
+        assert_eq!(
+            read_numa_node(dir.path(), "00000000:20:00.0").unwrap(),
+            None
+        );
         std::fs::write(dev.join("numa_node"), "one\n").unwrap();
         let err = read_numa_node(dir.path(), "00000000:10:1C.0").unwrap_err();
-        assert!(err.to_string().contains("error parsing value for NUMA node"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("error parsing value for NUMA node"),
+            "{err}"
+        );
     }
 
     const GIB: u64 = 1 << 30;
