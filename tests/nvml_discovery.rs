@@ -240,6 +240,9 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
     }
 }
 
+/// `((gpu minor, GI, CI), (GI cap minor, CI cap minor))`.
+type MigCap = ((u32, u32, u32), (u32, u32));
+
 const A100: &str = "NVIDIA A100-SXM4-40GB";
 
 #[test]
@@ -294,8 +297,7 @@ fn eight_a100_all_balanced() {
         ok["control"],
         json!(["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"])
     );
-    let caps: Vec<((u32, u32, u32), (u32, u32))> =
-        serde_json::from_value(ok["mig_caps"].clone()).expect("mig caps");
+    let caps: Vec<MigCap> = serde_json::from_value(ok["mig_caps"].clone()).expect("mig caps");
     let mut want_caps: Vec<_> = NodeDeviceFiles::synthetic_mig_minors(8)
         .into_iter()
         .collect();
