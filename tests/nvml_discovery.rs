@@ -496,3 +496,106 @@ fn missing_library_lists_what_was_tried() {
     assert!(e.contains("--nvml-lib"), "{e}");
     assert!(e.contains("`nvidia` runtime"), "{e}");
 }
+
+const EVENTS_CHILD: &str = "NVML_EVENTS_CHILD";
+
+/// The child side of [`xid_events_reach_the_registered_gpus`].
+#[test]
+fn child_events() {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enums::event::XidError;
+    use nvml_wrapper::error::NvmlError as Raw;
+
+    let Some(events) = std::env::var_os(EVENTS_CHILD) else {
+        return;
+    };
+    let append = |line: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .expect("events file");
+        writeln!(f, "{line}").expect("append event");
+    };
+    let opts = NvmlOptions {
+        lib_path: std::env::var_os("NVML_TEST_LIB").map(PathBuf::from),
+        ..NvmlOptions::default()
+    };
+    let (nvml, _) = gpu_slicer::gpu::nvml::nvml(&opts).expect("nvml");
+    let gpu0 = nvml.device_by_index(0).expect("gpu 0");
+    let set = nvml.create_event_set().expect("event set");
+    let supported = gpu0.supported_event_types().expect("supported");
+    assert!(supported.contains(EventTypes::CRITICAL_XID_ERROR));
+    let set = gpu0
+        .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+        .expect("register");
+    let timeout = matches!(set.wait(50), Err(Raw::Timeout));
+
+    // GPU 1 is not registered: its event is skipped.
+    append("GPU-00000000-0000-4000-8000-000000000001 48");
+    append("GPU-00000000-0000-4000-8000-000000000000 79");
+    let event = set.wait(1000).expect("first event");
+    let first = json!({
+        "uuid": event.device.uuid().expect("uuid"),
+        "xid": match event.event_data { Some(XidError::Value(v)) => v, _ => 0 },
+    });
+
+    append("MIG-00000000-0000-4000-8000-000000000001 31");
+    // The wrapper drops GI/CI; read them through the raw call.
+    let wait = nvml.lib().nvmlEventSetWait_v2.as_ref().expect("symbol");
+    // SAFETY: an all-zero nvmlEventData_t (pointer and integers) is valid.
+    let mut data: nvml_wrapper_sys::bindings::nvmlEventData_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set handle is live (owned by `set`) and `data` is writable.
+    let ret = unsafe { wait(set.handle(), &mut data, 1000) };
+    let second = json!({ "ret": ret, "xid": data.eventData, "gi": data.gpuInstanceId, "ci": data.computeInstanceId });
+    println!(
+        "{MARK}{}",
+        json!([{ "timeout": timeout, "first": first, "second": second }])
+    );
+}
+
+#[test]
+fn xid_events_reach_the_registered_gpus() {
+    let node = Node::new();
+    let mut g0 = gpu(0, A100, 40960);
+    g0.mig_enabled = true;
+    g0.mig_devices = vec![
+        mig(0, 0, "3g.20gb", 1, 0, 19968),
+        mig(0, 1, "3g.20gb", 2, 0, 19968),
+    ];
+    let topology = node.topology(&Inventory {
+        gpus: vec![g0, gpu(1, A100, 40960)],
+    });
+    let events = node.path("events");
+    std::fs::write(&events, "").expect("events file");
+    let exe = std::env::current_exe().expect("test executable path");
+    let out = Command::new(exe)
+        .args(["--exact", "child_events", "--nocapture", "--test-threads=1"])
+        .env(EVENTS_CHILD, &events)
+        .env("FAKE_NVML_EVENTS", &events)
+        .env("FAKE_NVML_TOPOLOGY", &topology)
+        .env("NVML_TEST_LIB", fake_library())
+        .env_remove("FAKE_NVML_FAIL")
+        .env_remove("FAKE_NVML_INIT_ERROR")
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.find(MARK).map(|at| &l[at + MARK.len()..]))
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no result\nstdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let got: Value = serde_json::from_str(line).expect("child JSON");
+    assert_eq!(
+        got,
+        json!([{
+            "timeout": true,
+            "first": { "uuid": "GPU-00000000-0000-4000-8000-000000000000", "xid": 79 },
+            "second": { "ret": 0, "xid": 31, "gi": 2, "ci": 0 },
+        }])
+    );
+}

@@ -9,6 +9,15 @@
 //! | `FAKE_NVML_FAIL` | `nvmlDeviceGetMemoryInfo_v2:NVML_ERROR_UNKNOWN,nvmlDeviceGetUUID:NO_PERMISSION`: those calls return those errors |
 //! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
 //! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
+//! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
+//!
+//! Events: `nvmlEventSetWait_v2` returns the next line of `FAKE_NVML_EVENTS`
+//! not yet consumed by that event set whose device is registered in the set
+//! (lines for other devices are consumed silently), as an
+//! `nvmlEventTypeXidCriticalError` on the parent GPU; a MIG uuid sets that MIG
+//! device's GI/CI ids, explicit `gi ci` override them, a GPU uuid without
+//! them gives `0xFFFFFFFF` for both. With no line it polls the file until the
+//! timeout and returns `NVML_ERROR_TIMEOUT`. Regular files only (not FIFOs).
 //!
 //! Error names are NVML's, with or without the `NVML_ERROR_` prefix.
 //! Functions that are not exported make nvml-wrapper report `FailedToLoadSymbol`.
@@ -40,9 +49,10 @@ use gpu_slicer::gpu::{Gpu, Inventory, MigDevice};
 use nvml_wrapper_sys::bindings::{
     nvmlDevice_st, nvmlDevice_t, nvmlDeviceAttributes_t,
     nvmlEnableState_enum_NVML_FEATURE_DISABLED, nvmlEnableState_enum_NVML_FEATURE_ENABLED,
-    nvmlEnableState_t, nvmlGpuInstance_st, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t,
-    nvmlGpuInstancePlacement_t, nvmlGpuInstanceProfileInfo_t, nvmlMemory_v2_t, nvmlPciInfo_t,
-    nvmlReturn_t,
+    nvmlEnableState_t, nvmlEventData_t, nvmlEventSet_st, nvmlEventSet_t,
+    nvmlEventTypeDoubleBitEccError, nvmlEventTypeSingleBitEccError, nvmlEventTypeXidCriticalError,
+    nvmlGpuInstance_st, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
+    nvmlGpuInstanceProfileInfo_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
 };
 
 const SUCCESS: nvmlReturn_t = 0;
@@ -51,6 +61,7 @@ const INVALID_ARGUMENT: nvmlReturn_t = 2;
 const NOT_SUPPORTED: nvmlReturn_t = 3;
 const NOT_FOUND: nvmlReturn_t = 6;
 const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+const TIMEOUT: nvmlReturn_t = 10;
 const UNKNOWN: nvmlReturn_t = 999;
 
 const ERROR_NAMES: &[(&str, nvmlReturn_t)] = &[
@@ -865,4 +876,179 @@ pub unsafe extern "C" fn nvmlDeviceGetAttributes_v2(
         // SAFETY: NVML contract: `attributes` is null or writable.
         unsafe { put(attributes, value) }
     })
+}
+
+// ---- Events ----
+
+/// One event set: registered GPUs (list positions) and event lines consumed.
+#[derive(Default)]
+struct EventSet {
+    gpus: Vec<usize>,
+    consumed: usize,
+}
+
+static EVENT_SETS: Mutex<Vec<Option<EventSet>>> = Mutex::new(Vec::new());
+const EVENT_SET_BASE: usize = 0x3000_0000;
+
+fn event_sets() -> MutexGuard<'static, Vec<Option<EventSet>>> {
+    EVENT_SETS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn event_set_index(set: nvmlEventSet_t) -> Result<usize, nvmlReturn_t> {
+    set.addr()
+        .checked_sub(EVENT_SET_BASE)
+        .ok_or(INVALID_ARGUMENT)
+}
+
+/// An event line resolved against the inventory: (GPU position, xid, gi, ci).
+fn parse_event(s: &State, line: &str) -> Option<(usize, u64, u32, u32)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (uuid, xid) = (fields.first()?, fields.get(1)?.parse().ok()?);
+    let explicit = match (fields.get(2), fields.get(3)) {
+        (Some(gi), Some(ci)) => Some((gi.parse().ok()?, ci.parse().ok()?)),
+        _ => None,
+    };
+    for (i, gpu) in s.inventory.gpus.iter().enumerate() {
+        if gpu.uuid == *uuid {
+            let (gi, ci) = explicit.unwrap_or((u32::MAX, u32::MAX));
+            return Some((i, xid, gi, ci));
+        }
+        if let Some(dev) = gpu.mig_devices.iter().find(|d| d.uuid == *uuid) {
+            let (gi, ci) = explicit.unwrap_or((dev.gpu_instance_id, dev.compute_instance_id));
+            return Some((i, xid, gi, ci));
+        }
+    }
+    None
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
+    call("nvmlEventSetCreate", |_| {
+        let mut sets = event_sets();
+        sets.push(Some(EventSet::default()));
+        let handle =
+            std::ptr::without_provenance_mut::<nvmlEventSet_st>(EVENT_SET_BASE + sets.len() - 1);
+        // SAFETY: NVML contract: `set` is null or writable.
+        unsafe { put(set, handle) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
+    call("nvmlEventSetFree", |_| {
+        let index = event_set_index(set)?;
+        let mut sets = event_sets();
+        let slot = sets.get_mut(index).ok_or(INVALID_ARGUMENT)?;
+        slot.take().ok_or(INVALID_ARGUMENT)?;
+        Ok(())
+    })
+}
+
+const SUPPORTED_EVENTS: c_ulonglong = (nvmlEventTypeXidCriticalError
+    | nvmlEventTypeSingleBitEccError
+    | nvmlEventTypeDoubleBitEccError) as c_ulonglong;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    device: nvmlDevice_t,
+    event_types: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetSupportedEventTypes", |s| {
+        gpu_of(s, device)?;
+        // SAFETY: NVML contract: `event_types` is null or writable.
+        unsafe { put(event_types, SUPPORTED_EVENTS) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlDeviceRegisterEvents(
+    device: nvmlDevice_t,
+    event_types: c_ulonglong,
+    set: nvmlEventSet_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceRegisterEvents", |s| {
+        let (gpu, _) = gpu_of(s, device)?;
+        if event_types & !SUPPORTED_EVENTS != 0 {
+            return Err(NOT_SUPPORTED);
+        }
+        let index = event_set_index(set)?;
+        let mut sets = event_sets();
+        let entry = sets
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or(INVALID_ARGUMENT)?;
+        if !entry.gpus.contains(&gpu) {
+            entry.gpus.push(gpu);
+        }
+        Ok(())
+    })
+}
+
+/// The next unconsumed event of a set, consuming the lines read.
+fn next_event(s: &State, index: usize) -> Result<Option<(usize, u64, u32, u32)>, nvmlReturn_t> {
+    let Ok(path) = std::env::var("FAKE_NVML_EVENTS") else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut sets = event_sets();
+    let entry = sets
+        .get_mut(index)
+        .and_then(Option::as_mut)
+        .ok_or(INVALID_ARGUMENT)?;
+    // Only complete lines count: a writer may be mid-line.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in complete.lines().skip(entry.consumed) {
+        entry.consumed += 1;
+        if let Some(event) = parse_event(s, line)
+            && entry.gpus.contains(&event.0)
+        {
+            return Ok(Some(event));
+        }
+    }
+    Ok(None)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    timeout_ms: c_uint,
+) -> nvmlReturn_t {
+    let index = match event_set_index(set) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+    loop {
+        // The state lock is released between polls, so other threads' calls proceed.
+        let mut found = None;
+        let code = call("nvmlEventSetWait_v2", |s| {
+            found = next_event(s, index)?;
+            Ok(())
+        });
+        if code != SUCCESS {
+            return code;
+        }
+        if let Some((gpu, xid, gi, ci)) = found {
+            let event = nvmlEventData_t {
+                device: device_handle(gpu, 0),
+                eventType: c_ulonglong::from(nvmlEventTypeXidCriticalError),
+                eventData: xid,
+                gpuInstanceId: gi,
+                computeInstanceId: ci,
+            };
+            // SAFETY: NVML contract: `data` is null or writable.
+            return match unsafe { put(data, event) } {
+                Ok(()) => SUCCESS,
+                Err(code) => code,
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return TIMEOUT;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
