@@ -37,7 +37,21 @@ pub struct Setup {
 
 /// Produces a fresh [`Setup`] (at start and on every reload). It may block
 /// (reads files, talks to the driver): it runs off the async runtime.
-pub type SetupSource = Arc<dyn Fn() -> Result<Setup, String> + Send + Sync>;
+pub type SetupSource = Arc<dyn Fn() -> Result<Setup, SetupError> + Send + Sync>;
+
+/// Why no [`Setup`] could be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// A bad configuration, or discovery failing with `failOnInitError:
+    /// true`: refused at start (exit 1), kept out on reload.
+    #[error("{0}")]
+    Fatal(String),
+    /// Discovery failed with `failOnInitError: false`: stay alive, advertise
+    /// nothing, and try again on a back-off, so a driver installed later is
+    /// picked up without a restart.
+    #[error("{0}")]
+    NotReady(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -54,7 +68,7 @@ pub struct Paths {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
-    Setup(String),
+    Setup(SetupError),
     #[error(
         "cannot watch the device-plugin directory {dir}: {source}; check that it exists and is mounted into the pod"
     )]
@@ -90,7 +104,12 @@ struct Daemon {
     retry_delay: Duration,
     metrics: Metrics,
     events: mpsc::UnboundedSender<PluginEvent>,
+    /// When to retry device discovery, and the delay after that.
+    discovery: Option<(Instant, Duration)>,
 }
+
+const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(1);
+const MAX_DISCOVERY_RETRY: Duration = Duration::from_secs(300);
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
@@ -107,7 +126,15 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let setup = load(&source).await.map_err(DaemonError::Setup)?;
+    let first = match load(&source).await {
+        Ok(setup) => Some(setup),
+        Err(e @ SetupError::Fatal(_)) => return Err(DaemonError::Setup(e)),
+        Err(SetupError::NotReady(e)) => {
+            tracing::warn!("{e}");
+            tracing::warn!("No devices found. Waiting indefinitely.");
+            None
+        }
+    };
     std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::Serve {
         socket: paths.device_plugin_dir.clone(),
         source,
@@ -126,13 +153,18 @@ pub async fn run(
         retry_delay: FIRST_RETRY,
         metrics,
         events: plugin_tx,
+        discovery: None,
     };
-    daemon.apply(&setup)?;
+    match &first {
+        Some(setup) => daemon.apply(setup)?,
+        None => daemon.schedule_discovery(),
+    }
     daemon.register_pending().await;
 
     loop {
         let retry = daemon.retry_pending();
         let lost = daemon.next_stream_deadline();
+        let rediscover = daemon.discovery.map(|(at, _)| at);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = events.recv() => daemon.on_dir_event(event).await?,
@@ -141,12 +173,27 @@ pub async fn run(
                 tracing::info!("Reloading configuration.");
                 match load(&source).await {
                     Ok(setup) => {
+                        daemon.discovery = None;
                         daemon.apply(&setup)?;
                         daemon.metrics.count_reload(true);
                     }
                     Err(e) => {
                         daemon.metrics.count_reload(false);
                         tracing::error!("configuration reload refused, keeping the running configuration: {e}");
+                    }
+                }
+                daemon.register_pending().await;
+            }
+            _ = sleep_until_if(rediscover) => {
+                match load(&source).await {
+                    Ok(setup) => {
+                        tracing::info!("device discovery succeeded");
+                        daemon.discovery = None;
+                        daemon.apply(&setup)?;
+                    }
+                    Err(e) => {
+                        tracing::warn!("device discovery failed again: {e}");
+                        daemon.schedule_discovery();
                     }
                 }
                 daemon.register_pending().await;
@@ -173,11 +220,11 @@ async fn sleep_until_if(deadline: Option<Instant>) {
     }
 }
 
-async fn load(source: &SetupSource) -> Result<Setup, String> {
+async fn load(source: &SetupSource) -> Result<Setup, SetupError> {
     let source = source.clone();
     tokio::task::spawn_blocking(move || source())
         .await
-        .map_err(|e| format!("device discovery panicked: {e}"))?
+        .map_err(|e| SetupError::Fatal(format!("device discovery panicked: {e}")))?
 }
 
 /// Logs the plan the way an operator reads it.
@@ -320,8 +367,20 @@ impl Daemon {
     }
 
     fn update_readiness(&self) {
-        self.metrics
-            .set_ready(self.plugins.values().all(|p| !p.needs_registration));
+        self.metrics.set_ready(
+            self.discovery.is_none() && self.plugins.values().all(|p| !p.needs_registration),
+        );
+    }
+
+    /// Arms (or backs off) the next discovery attempt.
+    fn schedule_discovery(&mut self) {
+        let delay = match self.discovery {
+            None => FIRST_DISCOVERY_RETRY,
+            Some((_, last)) => (last * 2).min(MAX_DISCOVERY_RETRY),
+        };
+        tracing::info!("retrying device discovery in {delay:?}");
+        self.discovery = Some((Instant::now() + delay, delay));
+        self.update_readiness();
     }
 
     fn on_plugin_event(&mut self, event: PluginEvent) {

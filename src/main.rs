@@ -47,11 +47,16 @@ enum Command {
         )]
         device_plugin_path: PathBuf,
         /// Simulate GPUs: a cloud instance type (p4d.24xlarge) or a topology file.
+        /// Without it, GPUs are discovered through NVML.
         #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
         simulate: Option<String>,
         /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
         #[arg(long, value_name = "NAME")]
         mig_config: Option<String>,
+        /// NVML library to load (default: libnvidia-ml.so.1 under the container driver root,
+        /// then the dynamic loader's search path).
+        #[arg(long, env = "NVML_LIB", value_name = "PATH")]
+        nvml_lib: Option<PathBuf>,
         /// Write a CDI spec for every GPU and MIG device into this directory (e.g. /var/run/cdi)
         /// when a CDI device-list strategy is on; off when unset.
         #[arg(long, env = "CDI_SPEC_DIR", value_name = "DIR")]
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
             device_plugin_path,
             simulate,
             mig_config,
+            nvml_lib,
             cdi_spec_dir,
             feature_file,
             metrics_address,
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
                 device_plugin_path,
                 simulate,
                 mig_config,
+                nvml_lib,
                 cdi_spec_dir,
                 feature_file,
                 metrics_address,

@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::allocate::NodeDeviceFiles;
 use crate::config::ConfigFlags;
-use crate::daemon::{self, Paths, Setup, SetupSource};
+use crate::daemon::{self, Paths, Setup, SetupError, SetupSource};
+use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::simulated;
 use crate::metrics::{self, Metrics};
 use crate::reload;
@@ -18,6 +19,8 @@ pub struct RunOptions {
     pub device_plugin_path: PathBuf,
     pub simulate: Option<String>,
     pub mig_config: Option<String>,
+    /// NVML library to load instead of searching for `libnvidia-ml.so.1`.
+    pub nvml_lib: Option<PathBuf>,
     /// Write a CDI spec here when a CDI strategy is on; `None` = off.
     pub cdi_spec_dir: Option<PathBuf>,
     /// Write node labels here (NFD feature file); `None` = off.
@@ -27,35 +30,68 @@ pub struct RunOptions {
     pub flags: ConfigFlags,
 }
 
-/// Where the devices come from. The NVML backend is a separate piece of
-/// work; until it lands, `run` needs `--simulate`.
+/// Where the devices come from: the simulated backend with `--simulate`,
+/// NVML otherwise. Config errors are always fatal; a discovery failure is
+/// fatal only with `failOnInitError: true` (NVIDIA's default).
 pub fn setup_source(
     config_file: Option<PathBuf>,
     flags: ConfigFlags,
     simulate: Option<String>,
     mig_config: Option<String>,
-) -> Result<SetupSource, String> {
-    let Some(spec) = simulate else {
-        return Err(
-            "no GPU backend available: NVML discovery is not part of this build yet; \
-             run with --simulate INSTANCE|TOPOLOGY.yaml (e.g. --simulate p4d.24xlarge)"
-                .into(),
-        );
-    };
-    Ok(Arc::new(move || {
+    nvml_lib: Option<PathBuf>,
+) -> SetupSource {
+    Arc::new(move || {
         let config =
-            super::config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())?;
-        let inventory = simulated::load(&spec, mig_config.as_deref()).map_err(|e| e.to_string())?;
-        let files = NodeDeviceFiles {
-            control: Vec::new(),
-            mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+            super::config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
+                .map_err(SetupError::Fatal)?;
+        if let Some(spec) = &simulate {
+            let inventory = simulated::load(spec, mig_config.as_deref())
+                .map_err(|e| SetupError::Fatal(e.to_string()))?;
+            let files = NodeDeviceFiles {
+                control: Vec::new(),
+                mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+            };
+            return Ok(Setup {
+                inventory,
+                config,
+                files,
+            });
+        }
+        let options = NvmlOptions {
+            lib_path: nvml_lib.clone(),
+            driver_root: PathBuf::from(&config.flags.plugin.container_driver_root),
+            ..NvmlOptions::default()
         };
-        Ok(Setup {
-            inventory,
-            config,
-            files,
-        })
-    }))
+        match nvml::discover(&options) {
+            Ok(found) => {
+                tracing::info!(
+                    library = %found.library,
+                    driver = found.driver_version.as_deref().unwrap_or("unknown"),
+                    gpus = found.inventory.gpus.len(),
+                    "discovered GPUs through NVML"
+                );
+                Ok(Setup {
+                    inventory: found.inventory,
+                    config,
+                    files: found.files,
+                })
+            }
+            Err(e) => {
+                let message = format!(
+                    "Failed to initialize NVML: {e}. If this is a GPU node, did you set the default container \
+                     runtime to `nvidia`, or mount the driver root and pass --driver-root-ctr-path / --nvml-lib? \
+                     If this is not a GPU node, use a toleration or nodeSelector to keep gpu-slicer off it."
+                );
+                if config.flags.fail_on_init_error {
+                    Err(SetupError::Fatal(message))
+                } else {
+                    Err(SetupError::NotReady(format!(
+                        "{message} (failOnInitError is false: staying up)"
+                    )))
+                }
+            }
+        }
+    })
 }
 
 pub async fn run(options: RunOptions) -> Result<(), String> {
@@ -64,7 +100,8 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         options.flags,
         options.simulate,
         options.mig_config,
-    )?;
+        options.nvml_lib,
+    );
     let kubelet_socket = match options.kubelet_socket {
         // NVIDIA: an empty --kubelet-socket means "do not register".
         Some(path) if path.as_os_str().is_empty() => {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use kubelet_sim::{Capacity, Kubelet, Options};
@@ -101,4 +102,54 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// The fake NVML library (tests/fake-nvml). `cargo test` does not rebuild a
+/// cdylib that no test target depends on, so this runs `cargo build -p
+/// fake-nvml` once per test process (a no-op when it is fresh).
+pub fn fake_nvml() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let deps = exe.parent().expect("deps dir");
+        let profile = deps.parent().expect("profile dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
+            .arg(profile.parent().expect("target dir"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build -p fake-nvml");
+        assert!(status.success(), "cargo build -p fake-nvml failed");
+        let lib = profile.join("libfake_nvml.so");
+        assert!(lib.exists(), "{} not found", lib.display());
+        lib
+    })
+    .clone()
+}
+
+/// Starts the daemon with extra environment variables.
+pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let mut command = Command::new(BIN);
+    command
+        .arg("run")
+        .arg("--device-plugin-path")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("GPU_SLICER_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Daemon {
+        child: command.spawn().expect("start gpu-slicer"),
+    }
 }
