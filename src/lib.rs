@@ -10,6 +10,7 @@
 //! | [`allocate`] | what a container receives |
 //! | [`placement`] | which devices to prefer |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
+//! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
 //!
 //! | Shell | |
 //! |---|---|
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod gpu;
+pub mod health;
 pub mod kubelet;
 pub mod labels;
 pub mod metrics;

@@ -23,6 +23,9 @@
 //! - GFD-only keys (`flags.gfd.*`, `flags.useNodeFeatureAPI`) and `imex` are
 //!   type-checked, then discarded.
 
+use std::time::Duration;
+
+use crate::health::{HealthConfig, XidAction};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -177,6 +180,10 @@ const SHARING: &[Field] = &[
 
 const IMEX: &[Field] = &[leaf("channelIDs"), leaf("required")];
 
+/// gpu-slicer's extension (NVIDIA's non-strict parser ignores it, so a
+/// config with it still loads there). `xids` maps XID numbers to actions.
+const HEALTH: &[Field] = &[leaf("recoverAfter"), leaf("xids")];
+
 /// The whole v1 schema: every key the loader accepts, per level.
 pub(crate) const ROOT: &[Field] = &[
     leaf("version"),
@@ -195,6 +202,10 @@ pub(crate) const ROOT: &[Field] = &[
     Field {
         key: "imex",
         kind: Kind::Map(IMEX),
+    },
+    Field {
+        key: "health",
+        kind: Kind::Map(HEALTH),
     },
 ];
 
@@ -649,7 +660,59 @@ impl Cx<'_> {
         if let Some(imex) = self.map(root, "imex", "", IMEX)? {
             self.imex(imex)?;
         }
+        if let Some(health) = self.map(root, "health", "", HEALTH)? {
+            config.health = self.health(health)?;
+        }
         Ok(config)
+    }
+
+    fn health(&self, m: &Map<String, Value>) -> Result<HealthConfig, ConfigError> {
+        let mut health = HealthConfig::default();
+        match m.get("recoverAfter") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                health.recover_after = n.as_u64().map(Duration::from_secs);
+            }
+            Some(Value::String(s)) => {
+                health.recover_after = Some(
+                    parse_duration(s).map_err(|e| self.invalid("health.recoverAfter", e))?,
+                );
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "health.recoverAfter",
+                    format!("expected a duration such as 300s or 5m, found {}", describe(other)),
+                ));
+            }
+        }
+        match m.get("xids") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(xids)) => {
+                for (key, value) in xids {
+                    let path = format!("health.xids.{key}");
+                    let xid: u64 = key.parse().map_err(|_| {
+                        self.invalid(&path, format!("'{key}' is not an XID number"))
+                    })?;
+                    let action = match value {
+                        Value::String(s) => XidAction::parse(s).map_err(|e| self.invalid(&path, e))?,
+                        other => {
+                            return Err(self.invalid(
+                                &path,
+                                format!("expected ignore, recover or reset, found {}", describe(other)),
+                            ));
+                        }
+                    };
+                    health.xids.insert(xid, action);
+                }
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    "health.xids",
+                    format!("expected a mapping of XID to action, found {}", describe(other)),
+                ));
+            }
+        }
+        Ok(health)
     }
 
     fn flags(&self, m: &Map<String, Value>) -> Result<Flags, ConfigError> {
@@ -977,6 +1040,24 @@ impl Cx<'_> {
     }
 }
 
+/// `300`, `300s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |at| s.split_at(at));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 300s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("'{s}' is not a duration such as 300s, 5m or 1h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
 fn yaml11_bool(s: &str) -> Option<bool> {
     match s {
         "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
@@ -1096,7 +1177,7 @@ mod tests {
             (
                 "flag: {}".into(),
                 "config.yaml: unknown key 'flag': did you mean 'flags'? valid top-level keys: \
-                 version, flags, resources, sharing, imex"
+                 version, flags, resources, sharing, imex, health"
                     .into(),
             ),
             (

@@ -105,6 +105,8 @@ pub struct Config {
     /// User-supplied `resources` patterns; `None` = NVIDIA's generated defaults.
     pub resources: Option<ResourcePatterns>,
     pub sharing: Sharing,
+    /// gpu-slicer's extension: per-XID health policy (NVIDIA has none).
+    pub health: crate::health::HealthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,6 +5,7 @@
 //! only this model, so backends can be swapped without touching decisions.
 
 pub mod catalog;
+pub mod events;
 pub mod nvml;
 pub mod simulated;
 
