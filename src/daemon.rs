@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::allocate::NodeDeviceFiles;
 use crate::config::{Config, ResourceName};
 use crate::gpu::Inventory;
+use crate::health::{HealthPolicy, HealthState, XidAction, XidEvent, affected};
 use crate::kubelet::{DirEvent, register, socket_identity, watch_dir};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, XidLabel};
 use crate::placement::LinkScores;
 use crate::plan::{Plan, Severity, plan};
 use crate::plugin::{
@@ -63,6 +64,24 @@ pub struct Paths {
     pub feature_file: Option<PathBuf>,
     /// Directory to write a CDI spec into when a CDI strategy is on; `None` = off.
     pub cdi_spec_dir: Option<PathBuf>,
+    /// NVIDIA's `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS`.
+    pub health_env: HealthEnv,
+}
+
+/// Raw values of NVIDIA's health-check environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct HealthEnv {
+    pub disable: Option<String>,
+    pub enable: Option<String>,
+}
+
+impl HealthEnv {
+    pub fn from_process() -> Self {
+        HealthEnv {
+            disable: std::env::var("DP_DISABLE_HEALTHCHECKS").ok(),
+            enable: std::env::var("DP_ENABLE_HEALTHCHECKS").ok(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +125,8 @@ struct Daemon {
     events: mpsc::UnboundedSender<PluginEvent>,
     /// When to retry device discovery, and the delay after that.
     discovery: Option<(Instant, Duration)>,
+    health: HealthState,
+    policy: HealthPolicy,
 }
 
 const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(1);
@@ -123,6 +144,7 @@ pub async fn run(
     paths: Paths,
     source: SetupSource,
     mut reload: mpsc::Receiver<()>,
+    mut xids: mpsc::UnboundedReceiver<XidEvent>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -154,6 +176,8 @@ pub async fn run(
         metrics,
         events: plugin_tx,
         discovery: None,
+        health: HealthState::default(),
+        policy: HealthPolicy::new(&Default::default(), None, None),
     };
     match &first {
         Some(setup) => daemon.apply(setup)?,
@@ -165,7 +189,10 @@ pub async fn run(
         let retry = daemon.retry_pending();
         let lost = daemon.next_stream_deadline();
         let rediscover = daemon.discovery.map(|(at, _)| at);
+        let recovery = daemon.health.next_recovery();
         tokio::select! {
+            Some(event) = xids.recv() => daemon.on_xid(event),
+            _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             _ = shutdown.cancelled() => break,
             Some(event) = events.recv() => daemon.on_dir_event(event).await?,
             Some(event) = plugin_events.recv() => daemon.on_plugin_event(event),
@@ -269,6 +296,12 @@ impl Daemon {
             }
         }
         let owners = Arc::new(owners);
+        self.policy = HealthPolicy::new(
+            &setup.config.health,
+            self.paths.health_env.disable.as_deref(),
+            self.paths.health_env.enable.as_deref(),
+        );
+        let health = Arc::new(self.health.clone());
         if let Some(dir) = &self.paths.cdi_spec_dir
             && setup
                 .config
@@ -306,7 +339,8 @@ impl Daemon {
                 self.metrics.healthy_devices.get_or_create(&label).set(0);
                 let state = plugin.handle.state();
                 plugin.handle.update(ResourceState {
-                    resource: crate::plan::Resource::new(name.clone(), Vec::new(), None),
+                    resource: Arc::new(crate::plan::Resource::new(name.clone(), Vec::new(), None)),
+                    health: state.health.clone(),
                     flags: state.flags.clone(),
                     files: state.files.clone(),
                     links: state.links.clone(),
@@ -330,7 +364,8 @@ impl Daemon {
                 .get_or_create(&label)
                 .set(count);
             let state = ResourceState {
-                resource,
+                resource: Arc::new(resource),
+                health: health.clone(),
                 flags: setup.config.flags.clone(),
                 files: files.clone(),
                 links: links.clone(),
@@ -353,8 +388,90 @@ impl Daemon {
                 },
             );
         }
+        self.update_health_gauges();
         self.update_readiness();
         Ok(())
+    }
+
+    /// An XID event: mark the devices it affects, per the policy.
+    fn on_xid(&mut self, event: XidEvent) {
+        self.metrics
+            .health_events
+            .get_or_create(&XidLabel {
+                xid: event.xid.to_string(),
+            })
+            .inc();
+        let action = self.policy.action(event.xid);
+        if action == XidAction::Ignore {
+            tracing::info!(xid = event.xid, gpu = %event.gpu_uuid, "Skipping event: XID ignored by the health policy");
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut changed = false;
+        for (name, plugin) in &self.plugins {
+            let state = plugin.handle.state();
+            let hit = affected(&event, &state.resource);
+            for device in &hit {
+                tracing::warn!(
+                    "XidCriticalError: Xid={} on Device={device}; marking device as unhealthy ({action:?}).",
+                    event.xid
+                );
+                tracing::warn!("'{name}' device marked unhealthy: {device}");
+            }
+            changed |= self
+                .health
+                .record(&hit, event.xid, action, now, &self.policy);
+        }
+        if changed {
+            self.push_health();
+        }
+    }
+
+    /// Devices whose quiet period is over turn healthy again.
+    fn on_recovery_due(&mut self) {
+        let recovered = self.health.recover(std::time::Instant::now());
+        for device in &recovered {
+            tracing::info!("device healthy again after a quiet period: {device}");
+        }
+        if !recovered.is_empty() {
+            self.push_health();
+        }
+    }
+
+    /// Re-sends every resource's list with the current health.
+    fn push_health(&mut self) {
+        let health = Arc::new(self.health.clone());
+        for plugin in self.plugins.values() {
+            let state = plugin.handle.state();
+            plugin.handle.update(ResourceState {
+                resource: state.resource.clone(),
+                health: health.clone(),
+                flags: state.flags.clone(),
+                files: state.files.clone(),
+                links: state.links.clone(),
+                owners: state.owners.clone(),
+            });
+        }
+        self.update_health_gauges();
+    }
+
+    fn update_health_gauges(&self) {
+        for (name, plugin) in &self.plugins {
+            let state = plugin.handle.state();
+            let healthy = state
+                .resource
+                .devices
+                .iter()
+                .filter(|d| {
+                    self.health.is_healthy(&d.physical.uuid)
+                        && self.health.is_healthy(&d.physical.gpu_uuid)
+                })
+                .count();
+            self.metrics
+                .healthy_devices
+                .get_or_create(&self.metrics.resource(name.as_str()))
+                .set(i64::try_from(healthy).unwrap_or(i64::MAX));
+        }
     }
 
     fn service(&self, name: &ResourceName, handle: &ResourceHandle) -> PluginService {

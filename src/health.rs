@@ -125,7 +125,10 @@ impl HealthPolicy {
         if !self.enabled {
             return XidAction::Ignore;
         }
-        self.actions.get(&xid).copied().unwrap_or(XidAction::Recover)
+        self.actions
+            .get(&xid)
+            .copied()
+            .unwrap_or(XidAction::Recover)
     }
 }
 
@@ -151,7 +154,9 @@ pub fn affected<'r>(event: &XidEvent, resource: &'r Resource) -> Vec<&'r str> {
         let hit = match (p.mig, event.gpu_instance) {
             (Some(ids), Some(gi)) => {
                 ids.gpu_instance == gi
-                    && event.compute_instance.is_none_or(|ci| ci == ids.compute_instance)
+                    && event
+                        .compute_instance
+                        .is_none_or(|ci| ci == ids.compute_instance)
             }
             // A whole-GPU event affects everything on that GPU; a MIG event
             // on a GPU advertised whole affects the whole GPU.
@@ -180,7 +185,14 @@ pub struct HealthState {
 
 impl HealthState {
     /// Records an event on `devices`; returns true if any health changed.
-    pub fn record(&mut self, devices: &[&str], xid: u64, action: XidAction, now: Instant, policy: &HealthPolicy) -> bool {
+    pub fn record(
+        &mut self,
+        devices: &[&str],
+        xid: u64,
+        action: XidAction,
+        now: Instant,
+        policy: &HealthPolicy,
+    ) -> bool {
         let until = match action {
             XidAction::Ignore => return false,
             XidAction::Recover => Some(now + policy.recover_after),
@@ -261,7 +273,11 @@ mod tests {
             (Some("13,junk"), Some("31"), 31, XidAction::Recover),
         ];
         for (disable, enable, xid, want) in cases {
-            assert_eq!(policy(disable, enable).action(xid), want, "{disable:?} {enable:?} xid {xid}");
+            assert_eq!(
+                policy(disable, enable).action(xid),
+                want,
+                "{disable:?} {enable:?} xid {xid}"
+            );
         }
     }
 
@@ -279,7 +295,8 @@ mod tests {
 
     #[test]
     fn gpu_events_reach_every_replica_and_mig_events_only_their_instance() {
-        let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+        let inventory =
+            simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
         let mut config = Config::default();
         config.flags.mig_strategy = MigStrategy::Mixed;
         let planned = plan(&inventory, &config);
@@ -297,17 +314,33 @@ mod tests {
             compute_instance: Some(target.compute_instance_id),
         };
         let hit = affected(&event, one_g);
-        assert_eq!(hit, vec![target.uuid.as_str()], "exactly the MIG device with those ids");
-        let whole = XidEvent { gpu_instance: None, compute_instance: None, ..event };
-        assert_eq!(affected(&whole, one_g).len(), 2, "both 1g devices of the GPU");
+        assert_eq!(
+            hit,
+            vec![target.uuid.as_str()],
+            "exactly the MIG device with those ids"
+        );
+        let whole = XidEvent {
+            gpu_instance: None,
+            compute_instance: None,
+            ..event
+        };
+        assert_eq!(
+            affected(&whole, one_g).len(),
+            2,
+            "both 1g devices of the GPU"
+        );
 
         let mut config = Config::default();
-        config.sharing.time_slicing.resources.push(ReplicatedResource {
-            name: ResourceName::new_unchecked("nvidia.com/gpu"),
-            rename: None,
-            devices: DeviceSelection::All,
-            replicas: 4,
-        });
+        config
+            .sharing
+            .time_slicing
+            .resources
+            .push(ReplicatedResource {
+                name: ResourceName::new_unchecked("nvidia.com/gpu"),
+                rename: None,
+                devices: DeviceSelection::All,
+                replicas: 4,
+            });
         let inventory = simulated::from_instance("g5.12xlarge", None).expect("sim");
         let planned = plan(&inventory, &config);
         let resource = &planned.resources[0];
@@ -330,7 +363,10 @@ mod tests {
     #[test]
     fn recoverable_devices_come_back_after_a_quiet_period() {
         let policy = HealthPolicy::new(
-            &HealthConfig { recover_after: Some(Duration::from_secs(60)), xids: BTreeMap::new() },
+            &HealthConfig {
+                recover_after: Some(Duration::from_secs(60)),
+                xids: BTreeMap::new(),
+            },
             None,
             None,
         );
@@ -339,11 +375,23 @@ mod tests {
         assert!(state.record(&["GPU-a"], 94, XidAction::Recover, t0, &policy));
         assert!(state.record(&["GPU-b"], 79, XidAction::Reset, t0, &policy));
         // A second event restarts the quiet period.
-        assert!(!state.record(&["GPU-a"], 94, XidAction::Recover, t0 + Duration::from_secs(30), &policy));
+        assert!(!state.record(
+            &["GPU-a"],
+            94,
+            XidAction::Recover,
+            t0 + Duration::from_secs(30),
+            &policy
+        ));
         assert!(state.recover(t0 + Duration::from_secs(61)).is_empty());
-        assert_eq!(state.recover(t0 + Duration::from_secs(91)), vec!["GPU-a".to_string()]);
+        assert_eq!(
+            state.recover(t0 + Duration::from_secs(91)),
+            vec!["GPU-a".to_string()]
+        );
         assert!(state.is_healthy("GPU-a"));
-        assert!(!state.is_healthy("GPU-b"), "reset-class XIDs do not time out");
+        assert!(
+            !state.is_healthy("GPU-b"),
+            "reset-class XIDs do not time out"
+        );
         assert_eq!(state.next_recovery(), None);
     }
 }

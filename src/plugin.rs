@@ -29,6 +29,7 @@ use crate::api::{
     TopologyInfo,
 };
 use crate::config::{Flags, ResourceName};
+use crate::health::HealthState;
 use crate::metrics::Metrics;
 use crate::placement::{LinkScores, preferred};
 use crate::plan::Resource;
@@ -48,7 +49,9 @@ pub fn options() -> DevicePluginOptions {
 /// Everything a resource's handlers read, swapped as a whole on change.
 #[derive(Debug)]
 pub struct ResourceState {
-    pub resource: Resource,
+    pub resource: Arc<Resource>,
+    /// Health of physical devices, shared by every resource of the node.
+    pub health: Arc<HealthState>,
     pub flags: Flags,
     pub files: Arc<NodeDeviceFiles>,
     pub links: Arc<LinkScores>,
@@ -81,7 +84,7 @@ pub struct ResourceHandle {
 
 impl ResourceHandle {
     pub fn new(state: ResourceState) -> Self {
-        let list = device_list(&state.resource);
+        let list = device_list(&state.resource, &state.health);
         ResourceHandle {
             state: watch::Sender::new(Arc::new(state)),
             list: watch::Sender::new(Arc::new(list)),
@@ -94,7 +97,7 @@ impl ResourceHandle {
 
     /// Replaces the state; the device list is re-sent only if it changed.
     pub fn update(&self, state: ResourceState) {
-        let list = device_list(&state.resource);
+        let list = device_list(&state.resource, &state.health);
         self.state.send_replace(Arc::new(state));
         self.list.send_if_modified(|current| {
             if **current == list {
@@ -111,14 +114,22 @@ impl ResourceHandle {
     }
 }
 
-fn device_list(resource: &Resource) -> ListAndWatchResponse {
+/// The full list the kubelet gets. A device is unhealthy when its physical
+/// device (MIG device or GPU) or its parent GPU is.
+fn device_list(resource: &Resource, health: &HealthState) -> ListAndWatchResponse {
     ListAndWatchResponse {
         devices: resource
             .devices
             .iter()
             .map(|d| Device {
                 id: d.id.clone(),
-                health: HEALTHY.into(),
+                health: if health.is_healthy(&d.physical.uuid)
+                    && health.is_healthy(&d.physical.gpu_uuid)
+                {
+                    HEALTHY.into()
+                } else {
+                    UNHEALTHY.into()
+                },
                 topology: d.physical.numa_node.map(|id| TopologyInfo {
                     nodes: vec![NumaNode { id }],
                 }),

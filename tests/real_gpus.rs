@@ -99,3 +99,155 @@ async fn without_fail_on_init_error_a_late_driver_is_picked_up() {
     assert!(daemon.terminate().success());
     kubelet.shutdown().await;
 }
+
+fn append(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("events file");
+    writeln!(file, "{line}").expect("append event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xid_events_mark_every_replica_and_recoverable_ones_come_back() {
+    let dir = temp_dir();
+    let inventory = simulated::from_instance("g5.12xlarge", None).expect("simulated");
+    let topology = dir.path().join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events file");
+    let config = common::write_config(
+        dir.path(),
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\nhealth:\n  recoverAfter: 2s\n  xids:\n    \"94\": recover\n",
+    );
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--config-file",
+            config.to_str().expect("utf-8"),
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            ("FAKE_NVML_EVENTS", events.to_str().expect("utf-8")),
+        ],
+    );
+    let status = |allocatable: usize| {
+        move |s: &std::collections::BTreeMap<String, kubelet_sim::Capacity>| {
+            s.get("nvidia.com/gpu")
+                .is_some_and(|c| c.capacity == 16 && c.allocatable == allocatable)
+        }
+    };
+    let timeout = common::TIMEOUT;
+    kubelet
+        .wait_until(status(16), timeout)
+        .await
+        .expect("16 healthy");
+
+    // XID 79 (fallen off the bus) needs a reset: all four replicas of GPU 1 go.
+    append(&events, &format!("{} 79", inventory.gpus[1].uuid));
+    kubelet
+        .wait_until(status(12), timeout)
+        .await
+        .expect("GPU 1 unhealthy");
+    // An ignored XID (13) changes nothing; a recoverable one (94) takes GPU 2
+    // away, then gives it back after the 2 s quiet period.
+    append(&events, &format!("{} 13", inventory.gpus[0].uuid));
+    append(&events, &format!("{} 94", inventory.gpus[2].uuid));
+    kubelet
+        .wait_until(status(8), timeout)
+        .await
+        .expect("GPU 2 unhealthy");
+    kubelet
+        .wait_until(status(12), timeout)
+        .await
+        .expect("GPU 2 recovered");
+    let unhealthy: Vec<String> = kubelet
+        .devices("nvidia.com/gpu")
+        .into_iter()
+        .filter(|d| !d.healthy)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(unhealthy.len(), 4);
+    assert!(
+        unhealthy
+            .iter()
+            .all(|id| id.starts_with(&inventory.gpus[1].uuid))
+    );
+    kubelet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mig_xid_marks_only_its_instance() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events file");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            ("FAKE_NVML_EVENTS", events.to_str().expect("utf-8")),
+        ],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    let gpu = &inventory.gpus[3];
+    let target = gpu
+        .mig_devices
+        .iter()
+        .find(|m| m.profile == "1g.5gb")
+        .expect("a 1g.5gb device");
+    append(
+        &events,
+        &format!(
+            "{} 48 {} {}",
+            gpu.uuid, target.gpu_instance_id, target.compute_instance_id
+        ),
+    );
+    kubelet
+        .wait_until(
+            |s| {
+                s.get("nvidia.com/mig-1g.5gb")
+                    .is_some_and(|c| c.allocatable == 15)
+            },
+            common::TIMEOUT,
+        )
+        .await
+        .expect("one 1g device unhealthy");
+    let status = kubelet.node_status();
+    assert_eq!(
+        status["nvidia.com/mig-2g.10gb"].allocatable, 8,
+        "other instances untouched"
+    );
+    assert_eq!(status["nvidia.com/mig-3g.20gb"].allocatable, 8);
+    let sick: Vec<String> = kubelet
+        .devices("nvidia.com/mig-1g.5gb")
+        .into_iter()
+        .filter(|d| !d.healthy)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(sick, vec![target.uuid.clone()]);
+    kubelet.shutdown().await;
+}

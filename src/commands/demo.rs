@@ -103,6 +103,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         kubelet_socket: Some(kubelet.socket_path()),
         feature_file: None,
         cdi_spec_dir: None,
+        health_env: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -111,6 +112,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         paths,
         Arc::new(move || Ok(setup.clone())),
         reload_rx,
+        tokio::sync::mpsc::unbounded_channel().1,
         crate::metrics::Metrics::default(),
         shutdown.clone(),
     ));

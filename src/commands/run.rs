@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::allocate::NodeDeviceFiles;
 use crate::config::ConfigFlags;
-use crate::daemon::{self, Paths, Setup, SetupError, SetupSource};
+use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource};
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::simulated;
 use crate::metrics::{self, Metrics};
@@ -98,9 +98,9 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
     let source = setup_source(
         options.config_file.clone(),
         options.flags,
-        options.simulate,
+        options.simulate.clone(),
         options.mig_config,
-        options.nvml_lib,
+        options.nvml_lib.clone(),
     );
     let kubelet_socket = match options.kubelet_socket {
         // NVIDIA: an empty --kubelet-socket means "do not register".
@@ -116,6 +116,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         kubelet_socket,
         feature_file: options.feature_file,
         cdi_spec_dir: options.cdi_spec_dir,
+        health_env: HealthEnv::from_process(),
     };
 
     let shutdown = CancellationToken::new();
@@ -137,7 +138,19 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
             .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
         tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
-    daemon::run(paths, source, reload_rx, metrics, shutdown)
+    // Health events come from NVML; simulated nodes have none.
+    let (xid_tx, xid_rx) = tokio::sync::mpsc::unbounded_channel();
+    if options.simulate.is_none() {
+        let nvml_options = NvmlOptions {
+            lib_path: options.nvml_lib.clone(),
+            ..NvmlOptions::default()
+        };
+        crate::gpu::events::spawn_xid_watcher(nvml_options, xid_tx)
+            .map_err(|e| format!("cannot start the health-check thread: {e}"))?;
+    } else {
+        drop(xid_tx);
+    }
+    daemon::run(paths, source, reload_rx, xid_rx, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

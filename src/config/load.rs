@@ -674,14 +674,16 @@ impl Cx<'_> {
                 health.recover_after = n.as_u64().map(Duration::from_secs);
             }
             Some(Value::String(s)) => {
-                health.recover_after = Some(
-                    parse_duration(s).map_err(|e| self.invalid("health.recoverAfter", e))?,
-                );
+                health.recover_after =
+                    Some(parse_duration(s).map_err(|e| self.invalid("health.recoverAfter", e))?);
             }
             Some(other) => {
                 return Err(self.invalid(
                     "health.recoverAfter",
-                    format!("expected a duration such as 300s or 5m, found {}", describe(other)),
+                    format!(
+                        "expected a duration such as 300s or 5m, found {}",
+                        describe(other)
+                    ),
                 ));
             }
         }
@@ -694,11 +696,16 @@ impl Cx<'_> {
                         self.invalid(&path, format!("'{key}' is not an XID number"))
                     })?;
                     let action = match value {
-                        Value::String(s) => XidAction::parse(s).map_err(|e| self.invalid(&path, e))?,
+                        Value::String(s) => {
+                            XidAction::parse(s).map_err(|e| self.invalid(&path, e))?
+                        }
                         other => {
                             return Err(self.invalid(
                                 &path,
-                                format!("expected ignore, recover or reset, found {}", describe(other)),
+                                format!(
+                                    "expected ignore, recover or reset, found {}",
+                                    describe(other)
+                                ),
                             ));
                         }
                     };
@@ -708,7 +715,10 @@ impl Cx<'_> {
             Some(other) => {
                 return Err(self.invalid(
                     "health.xids",
-                    format!("expected a mapping of XID to action, found {}", describe(other)),
+                    format!(
+                        "expected a mapping of XID to action, found {}",
+                        describe(other)
+                    ),
                 ));
             }
         }

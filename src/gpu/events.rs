@@ -36,7 +36,9 @@ pub fn spawn_xid_watcher(
                 match watch(&options, &events) {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!("Failed to start health check: {e}; retrying in {backoff:?}");
+                        tracing::warn!(
+                            "Failed to start health check: {e}; retrying in {backoff:?}"
+                        );
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                     }
@@ -62,7 +64,11 @@ fn watch(options: &NvmlOptions, events: &mpsc::UnboundedSender<XidEvent>) -> Res
                 tracing::warn!("Device {uuid} is too old to support healthchecking.");
                 continue;
             }
-            Err(e) => return Err(format!("unable to determine the supported events for {uuid}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "unable to determine the supported events for {uuid}: {e}"
+                ));
+            }
         }
         set = device
             .register_events(EventTypes::CRITICAL_XID_ERROR, set)
@@ -72,12 +78,13 @@ fn watch(options: &NvmlOptions, events: &mpsc::UnboundedSender<XidEvent>) -> Res
         let handle = unsafe { device.handle() } as usize;
         uuids.insert(handle, uuid);
     }
-    let wait = nvml
-        .lib()
-        .nvmlEventSetWait_v2
-        .as_ref()
-        .map_err(|e| format!("nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {e}"))?;
-    tracing::info!(gpus = uuids.len(), "health checks started (critical XID events)");
+    let wait = nvml.lib().nvmlEventSetWait_v2.as_ref().map_err(|e| {
+        format!("nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {e}")
+    })?;
+    tracing::info!(
+        gpus = uuids.len(),
+        "health checks started (critical XID events)"
+    );
     while !events.is_closed() {
         // SAFETY: all-zero is a valid nvmlEventData_t (a null pointer and integers).
         let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
@@ -94,7 +101,10 @@ fn watch(options: &NvmlOptions, events: &mpsc::UnboundedSender<XidEvent>) -> Res
             continue;
         }
         let Some(gpu_uuid) = uuids.get(&(data.device as usize)).cloned() else {
-            tracing::warn!(xid = data.eventData, "XID event from an unknown device; ignored");
+            tracing::warn!(
+                xid = data.eventData,
+                "XID event from an unknown device; ignored"
+            );
             continue;
         };
         let instance = |id: u32| (id != NO_INSTANCE).then_some(id);
