@@ -180,6 +180,31 @@ fn base_devices(
     let mut single_groups: BTreeMap<String, Vec<Named>> = BTreeMap::new();
     let mut single_order: Vec<String> = Vec::new();
 
+    // NVIDIA says nothing when a MIG strategy meets GPUs without MIG; one
+    // clear line saves an operator from wondering where the slices went.
+    let without_mig: Vec<String> = inventory
+        .gpus
+        .iter()
+        .filter(|g| !g.mig_capable)
+        .map(|g| g.index.to_string())
+        .collect();
+    if strategy != MigStrategy::None && !without_mig.is_empty() {
+        let models: std::collections::BTreeSet<&str> = inventory
+            .gpus
+            .iter()
+            .filter(|g| !g.mig_capable)
+            .map(|g| g.model.as_str())
+            .collect();
+        diagnostics.push(warning(format!(
+            "migStrategy {strategy} has no effect on GPU{} {} ({}): {} no MIG support and {} advertised as whole GPUs",
+            if without_mig.len() == 1 { "" } else { "s" },
+            without_mig.join(", "),
+            models.into_iter().collect::<Vec<_>>().join(", "),
+            if without_mig.len() == 1 { "it has" } else { "they have" },
+            if without_mig.len() == 1 { "is" } else { "are" },
+        )));
+    }
+
     for gpu in &inventory.gpus {
         let partitioned = gpu.mig_enabled && strategy != MigStrategy::None;
         if gpu.mig_enabled && strategy == MigStrategy::None {
@@ -743,6 +768,26 @@ mod tests {
             assert_eq!(counts(&plan), expected, "{label}");
             assert_eq!(plan.errors().count(), 0, "{label}: {:?}", plan.diagnostics);
         }
+    }
+
+    #[test]
+    fn mig_strategy_on_gpus_without_mig_warns_once() {
+        let mut gpus: Vec<Gpu> = (0..4).map(|i| gpu(i, false, &[])).collect();
+        for g in &mut gpus {
+            g.mig_capable = false;
+            g.model = "NVIDIA A10G".into();
+        }
+        let plan = plan(&node(gpus), &with_strategy(MigStrategy::Mixed));
+        assert_eq!(counts(&plan), vec![("nvidia.com/gpu", 4)]);
+        assert_eq!(
+            plan.diagnostics,
+            vec![Diagnostic {
+                severity: Severity::Warning,
+                message: "migStrategy mixed has no effect on GPUs 0, 1, 2, 3 (NVIDIA A10G): they have no MIG \
+                          support and are advertised as whole GPUs"
+                    .into()
+            }]
+        );
     }
 
     #[test]
