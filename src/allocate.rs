@@ -268,6 +268,7 @@ mod tests {
                 vec![]
             },
             nvlinks: vec![],
+            pcie: vec![],
         };
         Inventory {
             gpus: vec![gpu(0, false), gpu(1, false), gpu(2, true)],

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use crate::config::AllocationPolicy;
-use crate::gpu::Inventory;
+use crate::gpu::{Inventory, PcieLevel};
 use crate::plan::Resource;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,8 +26,10 @@ pub struct LinkScores {
 }
 
 impl LinkScores {
-    /// NVLink links count 100 each; sharing a NUMA node adds 20, crossing adds 10
-    /// (the weights of NVIDIA's go-gpuallocator, restricted to what we know).
+    /// The weights of NVIDIA's go-gpuallocator: 100 per NVLink, plus the PCIe
+    /// path (same board 60, one switch 50, several switches 40, host bridge
+    /// 30, same NUMA node 20, across nodes 10); without PCIe information,
+    /// the NUMA nodes decide (20 or 10).
     pub fn from_inventory(inventory: &Inventory) -> Self {
         let mut scores = HashMap::new();
         for a in &inventory.gpus {
@@ -40,11 +42,21 @@ impl LinkScores {
                     .iter()
                     .find(|l| l.peer_index == b.index)
                     .map_or(0, |l| l.links);
-                let numa = match (a.numa_node, b.numa_node) {
-                    (Some(x), Some(y)) if x == y => 20,
-                    _ => 10,
+                let path = match a.pcie.iter().find(|p| p.peer_index == b.index) {
+                    Some(peer) => match peer.level {
+                        PcieLevel::Board => 60,
+                        PcieLevel::SingleSwitch => 50,
+                        PcieLevel::MultipleSwitches => 40,
+                        PcieLevel::HostBridge => 30,
+                        PcieLevel::Node => 20,
+                        PcieLevel::System => 10,
+                    },
+                    None => match (a.numa_node, b.numa_node) {
+                        (Some(x), Some(y)) if x == y => 20,
+                        _ => 10,
+                    },
                 };
-                scores.insert((a.index, b.index), links * 100 + numa);
+                scores.insert((a.index, b.index), links * 100 + path);
             }
         }
         LinkScores { scores }
@@ -233,7 +245,7 @@ fn tightly_linked<'a>(
 mod tests {
     use super::*;
     use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
-    use crate::gpu::{Gpu, MigDevice, NvLinkPeer};
+    use crate::gpu::{Gpu, MigDevice, NvLinkPeer, PciePeer};
     use crate::plan::plan;
     use proptest::prelude::*;
 
@@ -270,6 +282,7 @@ mod tests {
                         links: 4,
                     })
                     .collect(),
+                pcie: vec![],
             })
             .collect();
         Inventory { gpus }
@@ -321,6 +334,57 @@ mod tests {
         .expect("ok");
         assert_eq!(got[0], "GPU-6");
         assert_eq!(gpu_of(&resource, &got[1]) / 4, 1, "{got:?}");
+    }
+
+    #[test]
+    fn without_nvlink_the_pcie_switch_decides() {
+        // g5.48xlarge-like: 8 GPUs, no NVLink, pairs behind one PCIe switch.
+        let mut inventory = islands(&[]);
+        for gpu in &mut inventory.gpus {
+            gpu.nvlinks.clear();
+            let me = gpu.index;
+            gpu.pcie = (0..8u32)
+                .filter(|p| *p != me)
+                .map(|peer_index| PciePeer {
+                    peer_index,
+                    level: if peer_index / 2 == me / 2 {
+                        PcieLevel::SingleSwitch
+                    } else if peer_index / 4 == me / 4 {
+                        PcieLevel::Node
+                    } else {
+                        PcieLevel::System
+                    },
+                })
+                .collect();
+        }
+        let resource = resource_for(&inventory, &Config::default(), "nvidia.com/gpu");
+        let links = LinkScores::from_inventory(&inventory);
+        // GPU 2 is busy, so its switch partner 3 is alone; 6 and 7 share a switch.
+        let available = strings(&["GPU-0", "GPU-3", "GPU-5", "GPU-6", "GPU-7"]);
+        let got = preferred(
+            &resource,
+            &available,
+            &[],
+            2,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        assert_eq!(got, strings(&["GPU-6", "GPU-7"]));
+        let got = preferred(
+            &resource,
+            &available,
+            &strings(&["GPU-3"]),
+            2,
+            AllocationPolicy::Distributed,
+            &links,
+        )
+        .expect("ok");
+        assert_eq!(
+            got,
+            strings(&["GPU-3", "GPU-0"]),
+            "same NUMA node beats crossing it"
+        );
     }
 
     fn shared_config(replicas: u32) -> Config {

@@ -677,6 +677,7 @@ mod tests {
                 })
                 .collect(),
             nvlinks: vec![],
+            pcie: vec![],
         }
     }
 

@@ -226,6 +226,7 @@ fn gpu(index: u32, model: &str, memory_mib: u64) -> Gpu {
         mig_enabled: false,
         mig_devices: Vec::new(),
         nvlinks: Vec::new(),
+        pcie: Vec::new(),
     }
 }
 

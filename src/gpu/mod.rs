@@ -45,6 +45,35 @@ pub struct Gpu {
     /// Number of NVLinks to each other GPU, by that GPU's index (empty: none known).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nvlinks: Vec<NvLinkPeer>,
+    /// PCIe path to each other GPU (empty: not known).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcie: Vec<PciePeer>,
+}
+
+/// The closest common PCIe ancestor of two GPUs, nearest first (NVML's
+/// topology levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PcieLevel {
+    /// Same board (multi-GPU card).
+    Board,
+    /// Behind one PCIe switch.
+    SingleSwitch,
+    /// Behind several PCIe switches.
+    MultipleSwitches,
+    /// Same host bridge.
+    HostBridge,
+    /// Same NUMA node, through the CPU.
+    Node,
+    /// Across NUMA nodes.
+    System,
+}
+
+/// PCIe connectivity from one GPU to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciePeer {
+    pub peer_index: u32,
+    pub level: PcieLevel,
 }
 
 /// NVLink connectivity from one GPU to a peer.

@@ -42,7 +42,7 @@ use nvml_wrapper_sys::bindings::{
     nvmlGpuInstanceInfo_t,
 };
 
-use super::{Gpu, Inventory, MigDevice, NvLinkPeer};
+use super::{Gpu, Inventory, MigDevice, NvLinkPeer, PcieLevel, PciePeer};
 use crate::allocate::NodeDeviceFiles;
 
 /// File name of the NVML library.
@@ -364,6 +364,10 @@ pub fn discover(opts: &NvmlOptions) -> Result<Discovery, NvmlError> {
     for (gpu, device) in gpus.iter_mut().zip(&devices) {
         gpu.nvlinks = nvlink_peers(device, gpu.index, &by_bus_id);
     }
+    let indices: Vec<u32> = gpus.iter().map(|g| g.index).collect();
+    for (i, gpu) in gpus.iter_mut().enumerate() {
+        gpu.pcie = pcie_peers(nvml, &devices, &indices, i);
+    }
 
     let files = device_files(opts)?;
     Ok(Discovery {
@@ -416,6 +420,7 @@ fn full_gpu(
         mig_enabled,
         mig_devices,
         nvlinks: Vec::new(),
+        pcie: Vec::new(),
     })
 }
 
@@ -580,6 +585,42 @@ fn mig_device(
         compute_instance_id,
         memory_mib: memory.total / MIB,
     })
+}
+
+/// The PCIe path from GPU `me` to every other GPU. A placement hint: when
+/// NVML cannot say (old driver, not supported), the pair is left out and
+/// the NUMA nodes decide.
+fn pcie_peers(
+    nvml: &Nvml,
+    devices: &[Device<'static>],
+    indices: &[u32],
+    me: usize,
+) -> Vec<PciePeer> {
+    use nvml_wrapper::enum_wrappers::device::TopologyLevel;
+    let mut peers = Vec::new();
+    for (j, other) in devices.iter().enumerate() {
+        if j == me {
+            continue;
+        }
+        match nvml.topology_common_ancestor(&devices[me], other) {
+            Ok(level) => peers.push(PciePeer {
+                peer_index: indices[j],
+                level: match level {
+                    TopologyLevel::Internal => PcieLevel::Board,
+                    TopologyLevel::Single => PcieLevel::SingleSwitch,
+                    TopologyLevel::Multiple => PcieLevel::MultipleSwitches,
+                    TopologyLevel::HostBridge => PcieLevel::HostBridge,
+                    TopologyLevel::Node => PcieLevel::Node,
+                    TopologyLevel::System => PcieLevel::System,
+                },
+            }),
+            Err(e) => {
+                tracing::debug!(gpu = indices[me], peer = indices[j], error = %e, "PCIe topology unavailable");
+                return Vec::new();
+            }
+        }
+    }
+    peers
 }
 
 /// Active NVLinks by peer GPU; links to non-GPUs (NVSwitches) and errors are

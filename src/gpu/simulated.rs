@@ -54,7 +54,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::catalog::{self, CatalogError, GpuModel, MigGeometry, MigLayout, SliceShape};
-use super::{Gpu, Inventory, MigDevice, NvLinkPeer};
+use super::{Gpu, Inventory, MigDevice, NvLinkPeer, PcieLevel, PciePeer};
 
 /// A topology file (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -409,12 +409,36 @@ fn build_inner(topology: &Topology, file: Option<&str>) -> Result<Inventory, Sim
             mig_enabled: instances.is_some(),
             mig_devices,
             nvlinks: Vec::new(),
+            pcie: Vec::new(),
         });
     }
     if nvlink {
         connect_nvlinks(&mut gpus, &slots, src)?;
     }
+    connect_pcie(&mut gpus);
     Ok(Inventory { gpus })
+}
+
+/// PCIe paths as on AWS's multi-GPU instances: GPUs in pairs behind one PCIe
+/// switch, then through the CPU within a NUMA node, then across nodes.
+fn connect_pcie(gpus: &mut [Gpu]) {
+    let places: Vec<(u32, Option<i64>)> = gpus.iter().map(|g| (g.index, g.numa_node)).collect();
+    for gpu in gpus.iter_mut() {
+        gpu.pcie = places
+            .iter()
+            .filter(|(index, _)| *index != gpu.index)
+            .map(|&(peer_index, numa)| PciePeer {
+                peer_index,
+                level: if peer_index / 2 == gpu.index / 2 {
+                    PcieLevel::SingleSwitch
+                } else if numa == gpu.numa_node {
+                    PcieLevel::Node
+                } else {
+                    PcieLevel::System
+                },
+            })
+            .collect();
+    }
 }
 
 /// One MIG device to place.

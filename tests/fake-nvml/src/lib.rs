@@ -45,14 +45,18 @@ use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_uint, c_ulonglong};
 use std::sync::{Mutex, MutexGuard};
 
-use gpu_slicer::gpu::{Gpu, Inventory, MigDevice};
+use gpu_slicer::gpu::{Gpu, Inventory, MigDevice, PcieLevel};
 use nvml_wrapper_sys::bindings::{
     nvmlDevice_st, nvmlDevice_t, nvmlDeviceAttributes_t,
     nvmlEnableState_enum_NVML_FEATURE_DISABLED, nvmlEnableState_enum_NVML_FEATURE_ENABLED,
     nvmlEnableState_t, nvmlEventData_t, nvmlEventSet_st, nvmlEventSet_t,
     nvmlEventTypeDoubleBitEccError, nvmlEventTypeSingleBitEccError, nvmlEventTypeXidCriticalError,
     nvmlGpuInstance_st, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
-    nvmlGpuInstanceProfileInfo_t, nvmlMemory_v2_t, nvmlPciInfo_t, nvmlReturn_t,
+    nvmlGpuInstanceProfileInfo_t, nvmlGpuLevel_enum_NVML_TOPOLOGY_HOSTBRIDGE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_INTERNAL, nvmlGpuLevel_enum_NVML_TOPOLOGY_MULTIPLE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_NODE, nvmlGpuLevel_enum_NVML_TOPOLOGY_SINGLE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_SYSTEM, nvmlGpuTopologyLevel_t, nvmlMemory_v2_t, nvmlPciInfo_t,
+    nvmlReturn_t,
 };
 
 const SUCCESS: nvmlReturn_t = 0;
@@ -662,6 +666,34 @@ pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo_v2(
         let remote = s.inventory.gpus.get(peer).ok_or(NOT_SUPPORTED)?;
         // SAFETY: NVML contract: `pci` is null or writable.
         unsafe { put(pci, pci_info(remote)) }
+    })
+}
+
+/// From the inventory's `pcie` peers; a pair it does not list is "not supported".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTopologyCommonAncestor(
+    device1: nvmlDevice_t,
+    device2: nvmlDevice_t,
+    path: *mut nvmlGpuTopologyLevel_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetTopologyCommonAncestor", |s| {
+        let (_, a) = gpu_of(s, device1)?;
+        let (_, b) = gpu_of(s, device2)?;
+        let peer = a
+            .pcie
+            .iter()
+            .find(|p| p.peer_index == b.index)
+            .ok_or(NOT_SUPPORTED)?;
+        let level = match peer.level {
+            PcieLevel::Board => nvmlGpuLevel_enum_NVML_TOPOLOGY_INTERNAL,
+            PcieLevel::SingleSwitch => nvmlGpuLevel_enum_NVML_TOPOLOGY_SINGLE,
+            PcieLevel::MultipleSwitches => nvmlGpuLevel_enum_NVML_TOPOLOGY_MULTIPLE,
+            PcieLevel::HostBridge => nvmlGpuLevel_enum_NVML_TOPOLOGY_HOSTBRIDGE,
+            PcieLevel::Node => nvmlGpuLevel_enum_NVML_TOPOLOGY_NODE,
+            PcieLevel::System => nvmlGpuLevel_enum_NVML_TOPOLOGY_SYSTEM,
+        };
+        // SAFETY: NVML contract: `path` is null or writable.
+        unsafe { put(path, level) }
     })
 }
 
