@@ -523,7 +523,10 @@ fn bad_inputs_are_refused_with_a_clear_message() {
             "sharing.timeSlicing.resources[0].devices: devices set as 'none' but the only valid string input is 'all'",
         ),
         ("version: v2\n", "version: unknown version: v2"),
-        ("version: v1\nflags:\n  migStrategy: auto\n", "flags.migStrategy: unknown MIG strategy: auto"),
+        (
+            "version: v1\nflags:\n  migStrategy: auto\n",
+            "flags.migStrategy: unknown MIG strategy: auto",
+        ),
     ];
     for (text, message) in cases {
         let config = write_config(dir.path(), text);
@@ -539,7 +542,10 @@ fn bad_inputs_are_refused_with_a_clear_message() {
 
     let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--mig-strategy", "bogus"]);
     assert!(!ok);
-    assert_eq!(stderr.trim_end(), "error: --mig-strategy: unknown MIG strategy: bogus");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: --mig-strategy: unknown MIG strategy: bogus"
+    );
 
     let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--mig-config", "all-balanced"]);
     assert!(!ok);
@@ -552,7 +558,9 @@ fn bad_inputs_are_refused_with_a_clear_message() {
     let (ok, _, stderr) = plan(&["--instance", "p9.huge"]);
     assert!(!ok);
     assert!(
-        stderr.starts_with("error: unknown instance type 'p9.huge'; known instance types: p4d.24xlarge, "),
+        stderr.starts_with(
+            "error: unknown instance type 'p9.huge'; known instance types: p4d.24xlarge, "
+        ),
         "{stderr}"
     );
 }
