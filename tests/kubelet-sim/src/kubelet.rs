@@ -78,6 +78,12 @@ impl Kubelet {
         self.shared.opts.dir.join(KUBELET_SOCKET)
     }
 
+    /// When `kubelet.sock` was last bound: by [`start`](Self::start) or the latest
+    /// [`restart`](Self::restart). The inotify CREATE a plugin waits for happens here.
+    pub fn socket_bound_at(&self) -> Option<std::time::Instant> {
+        self.shared.lock().socket_bound_at
+    }
+
     /// Every Register call so far (accepted or not), oldest first.
     pub fn registrations(&self) -> Vec<RegistrationRecord> {
         self.shared.lock().registrations.clone()
@@ -278,6 +284,7 @@ fn serve(shared: &Arc<Shared>, epoch: u64) -> Result<ServerHandle, SimError> {
         path: path.clone(),
         source,
     })?;
+    shared.lock().socket_bound_at = Some(std::time::Instant::now());
     let (shutdown, rx) = oneshot::channel::<()>();
     let service = RegistrationServer::new(RegistrationService {
         shared: Arc::clone(shared),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub next_id: u64,
     pub resources: BTreeMap<String, ResourceState>,
     pub registrations: Vec<RegistrationRecord>,
+    /// When `kubelet.sock` was last bound (start or restart).
+    pub socket_bound_at: Option<Instant>,
     pub allocations: Vec<Allocation>,
     /// Admitted pods by name.
     pub pods: BTreeMap<String, Pod>,
@@ -177,6 +179,7 @@ impl Shared {
         epoch: u64,
         req: api::RegisterRequest,
     ) -> Result<(), String> {
+        let received_at = Instant::now();
         let endpoint_path = join_clean(&self.opts.dir, &req.endpoint);
         let mut rec = RegistrationRecord {
             resource_name: req.resource_name.clone(),
@@ -187,6 +190,9 @@ impl Shared {
             error: None,
             request_options: req.options,
             plugin_options: None,
+            generation: epoch,
+            received_at,
+            answered_at: received_at,
         };
         let outcome = self
             .register_inner(epoch, &req, &endpoint_path, &mut rec)
@@ -201,6 +207,7 @@ impl Shared {
                 rec.error = Some(e.clone());
             }
         }
+        rec.answered_at = Instant::now();
         let idx = self.record(rec);
         if outcome.is_ok() && !self.version().sync_register() {
             // ≤1.24: dial asynchronously after answering, use the request's options.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api;
 
@@ -133,6 +133,13 @@ pub struct RegistrationRecord {
     pub request_options: Option<api::DevicePluginOptions>,
     /// The reply of GetDevicePluginOptions (≥1.25 only).
     pub plugin_options: Option<api::DevicePluginOptions>,
+    /// Which start of the kubelet took the call: 0 for [`Kubelet::start`](crate::Kubelet::start),
+    /// then +1 per [`Kubelet::restart`](crate::Kubelet::restart).
+    pub generation: u64,
+    /// When the Register call reached the kubelet.
+    pub received_at: Instant,
+    /// When the kubelet answered it (≥1.25: after dialing back and GetDevicePluginOptions).
+    pub answered_at: Instant,
 }
 
 /// The kubelet's current endpoint for a resource.
