@@ -10,6 +10,7 @@ use crate::config::ConfigFlags;
 use crate::daemon::{self, Paths, Setup, SetupSource};
 use crate::gpu::simulated;
 use crate::metrics::{self, Metrics};
+use crate::node::{self, LabelSelectedConfig};
 use crate::reload;
 
 pub struct RunOptions {
@@ -23,12 +24,41 @@ pub struct RunOptions {
     /// Serve metrics and health endpoints here; `None` = off.
     pub metrics_address: Option<std::net::SocketAddr>,
     pub flags: ConfigFlags,
+    pub node: NodeOptions,
+}
+
+/// Per-node configuration by node label, and the start-up taint (see
+/// [`crate::node`] for the contract and the RBAC they need).
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// This node's name (`NODE_NAME` from the downward API).
+    pub node_name: Option<String>,
+    /// A directory of named configs (a mounted ConfigMap, one key each);
+    /// the node label picks one. Replaces `config_file`.
+    pub config_dir: Option<PathBuf>,
+    /// The label naming the config (NVIDIA's `nvidia.com/device-plugin.config`).
+    pub config_label: String,
+    /// The config to use when the node has no label (`DEFAULT_CONFIG`).
+    pub default_config: Option<String>,
+    /// Talk to this API server URL instead of the in-cluster one (tests).
+    pub kube_api_url: Option<String>,
+    /// Remove this taint from the Node once every resource is registered.
+    pub startup_taint: Option<String>,
+}
+
+/// Which config file a (re)load reads.
+#[derive(Clone)]
+pub enum ConfigChoice {
+    /// `--config-file`, or none: defaults and flags.
+    File(Option<PathBuf>),
+    /// `--config-dir`: the one the node label selects, at each load.
+    Selected(Arc<LabelSelectedConfig>),
 }
 
 /// Where the devices come from. The NVML backend is a separate piece of
 /// work; until it lands, `run` needs `--simulate`.
 pub fn setup_source(
-    config_file: Option<PathBuf>,
+    config: ConfigChoice,
     flags: ConfigFlags,
     simulate: Option<String>,
     mig_config: Option<String>,
@@ -41,6 +71,10 @@ pub fn setup_source(
         );
     };
     Ok(Arc::new(move || {
+        let config_file = match &config {
+            ConfigChoice::File(file) => file.clone(),
+            ConfigChoice::Selected(selector) => selector.resolve()?,
+        };
         let config =
             super::config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())?;
         let inventory = simulated::load(&spec, mig_config.as_deref()).map_err(|e| e.to_string())?;
@@ -57,12 +91,13 @@ pub fn setup_source(
 }
 
 pub async fn run(options: RunOptions) -> Result<(), String> {
-    let source = setup_source(
-        options.config_file.clone(),
-        options.flags,
-        options.simulate,
-        options.mig_config,
-    )?;
+    let node_options = options.node;
+    if options.config_file.is_some() && node_options.config_dir.is_some() {
+        return Err("--config-file and --config-dir exclude each other".into());
+    }
+    if node_options.startup_taint.is_some() && node_options.node_name.is_none() {
+        return Err("--startup-taint needs --node-name (NODE_NAME from the downward API)".into());
+    }
     let kubelet_socket = match options.kubelet_socket {
         // NVIDIA: an empty --kubelet-socket means "do not register".
         Some(path) if path.as_os_str().is_empty() => {
@@ -82,13 +117,6 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     reload::handle_signals(reload_tx.clone(), shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let _config_watch = match &options.config_file {
-        Some(file) => Some(
-            reload::watch_config_file(file, reload_tx)
-                .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
-        ),
-        None => None,
-    };
 
     let metrics = Metrics::default();
     if let Some(address) = options.metrics_address {
@@ -97,7 +125,103 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
             .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
         tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
+
+    let needs_api = node_options.node_name.is_some()
+        && (node_options.config_dir.is_some() || node_options.startup_taint.is_some());
+    let client = if needs_api {
+        Some(
+            node::client(node_options.kube_api_url.as_deref())
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+
+    let (choice, _config_watch) = match node_options.config_dir.clone() {
+        None => {
+            let watch = match &options.config_file {
+                Some(file) => Some(
+                    reload::watch_config_file(file, reload_tx.clone())
+                        .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+                ),
+                None => None,
+            };
+            (ConfigChoice::File(options.config_file), watch)
+        }
+        Some(dir) => {
+            let watch = reload::watch_config_dir(&dir, reload_tx.clone())
+                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            let Some(label) =
+                follow_label(&node_options, client.clone(), &reload_tx, &shutdown).await?
+            else {
+                return Ok(()); // shut down while waiting for the node
+            };
+            let selector = LabelSelectedConfig::new(
+                dir,
+                node_options.config_label.clone(),
+                node_options.default_config.clone(),
+                label,
+            );
+            (ConfigChoice::Selected(Arc::new(selector)), Some(watch))
+        }
+    };
+    let source = setup_source(choice, options.flags, options.simulate, options.mig_config)?;
+
+    if let (Some(taint), Some(name), Some(client)) =
+        (node_options.startup_taint, node_options.node_name, client)
+    {
+        tokio::spawn(node::remove_taint_when_ready(
+            client,
+            name,
+            taint,
+            metrics.readiness(),
+            shutdown.clone(),
+        ));
+    }
     daemon::run(paths, source, reload_rx, metrics, shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Starts following the node label (when there is a node to read) and
+/// waits for its first value, so the first load already uses the right
+/// config; every later change asks for a reload. `Ok(None)`: shut down
+/// while waiting.
+async fn follow_label(
+    options: &NodeOptions,
+    client: Option<kube::Client>,
+    reload: &tokio::sync::mpsc::Sender<()>,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::sync::watch::Receiver<Option<String>>>, String> {
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let (Some(name), Some(client)) = (options.node_name.clone(), client) else {
+        tracing::warn!(
+            "--config-dir without --node-name (NODE_NAME): the node label {} is not read; \
+             the default config applies",
+            options.config_label
+        );
+        return Ok(Some(rx));
+    };
+    tracing::info!("reading the label {} of node {name}", options.config_label);
+    tokio::spawn(node::watch_node_label(
+        client,
+        name,
+        options.config_label.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        first = rx.changed() => first.map_err(|_| "the node label watch stopped".to_string())?,
+    }
+    let mut changes = rx.clone();
+    let reload = reload.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            // A full channel already holds a reload, which reads the latest label.
+            let _ = reload.try_send(());
+        }
+    });
+    Ok(Some(rx))
 }
