@@ -34,6 +34,8 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the device plugin daemon.
     Run {
@@ -54,7 +56,12 @@ enum Command {
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
         /// The node label whose value names the config in --config-dir.
-        #[arg(long, default_value = gpu_slicer::node::CONFIG_LABEL, value_name = "LABEL")]
+        #[arg(
+            long,
+            env = "NODE_LABEL",
+            default_value = gpu_slicer::node::CONFIG_LABEL,
+            value_name = "LABEL"
+        )]
         node_config_label: String,
         /// The config in --config-dir to use when the node has no label; without it:
         /// the config named `default`, else the only config, else none.

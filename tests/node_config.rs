@@ -72,6 +72,21 @@ async fn the_node_label_selects_the_config_and_changes_are_followed() {
     stub.set_label(LABEL, Some("ts-4"));
     wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 32)])).await;
 
+    // The server ends the watch (its timeout): the daemon watches again.
+    stub.end_watches();
+    stub.set_label(LABEL, Some("ts-2"));
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 16)])).await;
+    // A change the watch cannot report (history compacted, 410 Gone): the
+    // daemon gets the Node again and sees it.
+    stub.set_label_unseen(LABEL, Some("ts-4"));
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 32)])).await;
+    let gets = stub
+        .requests()
+        .iter()
+        .filter(|r| *r == "GET /api/v1/nodes/n1")
+        .count();
+    assert_eq!(gets, 2, "one get at start, one after 410 Gone");
+
     // A value that names no config is refused; the running config stays.
     stub.set_label(LABEL, Some("ts-8"));
     wait_for_metric_line(
@@ -181,4 +196,39 @@ async fn the_startup_taint_is_removed_only_after_every_resource_is_registered() 
     )
     .await;
     assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_taint_keeps_other_taints_and_retries_conflicts() {
+    const TAINT: &str = "example.com/pending";
+    let other = json!({ "key": "example.com/other", "effect": "NoExecute" });
+    let stub = KubeStub::start(
+        "n1",
+        &[],
+        json!([other, { "key": TAINT, "effect": "NoSchedule" }]),
+    )
+    .await;
+    let client = gpu_slicer::node::client(Some(&stub.url))
+        .await
+        .expect("client");
+
+    // Someone else changes the Node twice meanwhile: read again, retry.
+    stub.conflict_next_patches(2);
+    let removed = gpu_slicer::node::remove_taint(&client, "n1", TAINT).await;
+    assert!(removed.expect("removed"));
+    assert_eq!(stub.patches().len(), 3);
+    assert_eq!(stub.node()["spec"]["taints"], json!([other]));
+
+    // Not there (any more): nothing to do, no patch.
+    let removed = gpu_slicer::node::remove_taint(&client, "n1", TAINT).await;
+    assert!(!removed.expect("no error"));
+    assert_eq!(stub.patches().len(), 3);
+
+    // The last taint: the field goes away.
+    assert!(
+        gpu_slicer::node::remove_taint(&client, "n1", "example.com/other")
+            .await
+            .expect("removed")
+    );
+    assert_eq!(stub.node()["spec"].get("taints"), None);
 }

@@ -40,12 +40,18 @@ struct Inner {
     /// Request lines, in order ("GET /api/v1/nodes/n1").
     requests: Vec<String>,
     hook: Option<PatchHook>,
+    /// Watches from a resourceVersion below this get 410 Gone (history compacted).
+    compacted: u64,
+    /// Answer the next PATCHes with 409 Conflict.
+    conflicts: usize,
 }
 
 struct State {
     inner: Mutex<Inner>,
     /// Bumped on every change (node or patch list): watches and waiters wake.
     changed: watch::Sender<u64>,
+    /// Bumped to end every open watch (as the server does at its timeout).
+    ends: watch::Sender<u64>,
     name: String,
 }
 
@@ -82,8 +88,11 @@ impl KubeStub {
                 patches: Vec::new(),
                 requests: Vec::new(),
                 hook: None,
+                compacted: 0,
+                conflicts: 0,
             }),
             changed: watch::channel(1).0,
+            ends: watch::channel(0).0,
             name: name.to_string(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
@@ -117,6 +126,28 @@ impl KubeStub {
                 None => labels.remove(key),
             };
         });
+    }
+
+    /// Ends every open watch cleanly (the server's watch timeout).
+    pub fn end_watches(&self) {
+        self.state.ends.send_modify(|n| *n += 1);
+    }
+
+    /// Changes a label so that no watch reports it: the history before is
+    /// compacted and open watches end, so a client learns of the change only
+    /// by getting the Node again after its watch fails with 410 Gone.
+    pub fn set_label_unseen(&self, key: &str, value: Option<&str>) {
+        self.set_label(key, value);
+        let mut inner = self.state.inner.lock().expect("stub");
+        inner.compacted = inner.version;
+        inner.events.clear();
+        drop(inner);
+        self.end_watches();
+    }
+
+    /// The next `n` PATCHes get 409 Conflict (someone else changed the Node).
+    pub fn conflict_next_patches(&self, n: usize) {
+        self.state.inner.lock().expect("stub").conflicts = n;
     }
 
     pub fn on_patch(&self, hook: PatchHook) {
@@ -347,22 +378,26 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
             };
             let hook = state.inner.lock().expect("stub").hook.clone();
             let seen = hook.map(|h| h()).unwrap_or_default();
-            let current = {
+            let (current, conflict) = {
                 let mut inner = state.inner.lock().expect("stub");
                 inner.patches.push(RecordedPatch {
                     content_type: request.content_type.clone(),
                     body: patch.clone(),
                     seen,
                 });
-                inner.version
+                let conflict = inner.conflicts > 0;
+                inner.conflicts = inner.conflicts.saturating_sub(1);
+                (inner.version, conflict)
             };
             state.changed.send_modify(|_| {});
-            if let Some(want) = patch["metadata"]["resourceVersion"].as_str() {
-                if want != current.to_string() {
-                    let body = status(409, "Conflict", "the object has been modified");
-                    respond(&mut stream, "409 Conflict", &body).await;
-                    return;
-                }
+            if conflict
+                || patch["metadata"]["resourceVersion"]
+                    .as_str()
+                    .is_some_and(|want| want != current.to_string())
+            {
+                let body = status(409, "Conflict", "the object has been modified");
+                respond(&mut stream, "409 Conflict", &body).await;
+                return;
             }
             if request.content_type != "application/merge-patch+json" {
                 let body = status(415, "UnsupportedMediaType", "the stub only merges");
@@ -391,6 +426,15 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
         return;
     }
     let mut changed = state.changed.subscribe();
+    let mut ends = state.ends.subscribe();
+    let compacted = state.inner.lock().expect("stub").compacted;
+    if from < compacted {
+        let gone = json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") });
+        let line = format!("{gone}\n");
+        let chunk = format!("{:x}\r\n{line}\r\n0\r\n\r\n", line.len());
+        let _ = stream.write_all(chunk.as_bytes()).await;
+        return;
+    }
     let mut sent = from;
     loop {
         let pending: Vec<(u64, String)> = state
@@ -413,6 +457,10 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
         let _ = stream.flush().await;
         tokio::select! {
             _ = stop.cancelled() => {
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+                return;
+            }
+            _ = ends.changed() => {
                 let _ = stream.write_all(b"0\r\n\r\n").await;
                 return;
             }
