@@ -155,7 +155,12 @@ async fn the_startup_taint_is_removed_only_after_every_resource_is_registered() 
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(stub.patches().is_empty(), "patched before registration");
 
-    let kubelet = Arc::new(kubelet(dir.path()).await);
+    // A short dial timeout: the starting kubelet removes the daemon's sockets
+    // (as a real one does), and a registration racing that removal waits
+    // for the dial to time out before the daemon serves again.
+    let mut options = kubelet_sim::Options::new(dir.path());
+    options.dial_timeout = std::time::Duration::from_secs(1);
+    let kubelet = Arc::new(kubelet_sim::Kubelet::start(options).await.expect("kubelet"));
     let seen_by_hook = kubelet.clone();
     stub.on_patch(Arc::new(move || {
         let mut names: Vec<String> = seen_by_hook
