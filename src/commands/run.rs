@@ -138,7 +138,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         None
     };
 
-    let (choice, _config_watch) = match node_options.config_dir.clone() {
+    let (choice, _config_watch, label) = match node_options.config_dir.clone() {
         None => {
             let watch = match &options.config_file {
                 Some(file) => Some(
@@ -147,26 +147,28 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
                 ),
                 None => None,
             };
-            (ConfigChoice::File(options.config_file), watch)
+            (ConfigChoice::File(options.config_file), watch, None)
         }
         Some(dir) => {
             let watch = reload::watch_config_dir(&dir, reload_tx.clone())
                 .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-            let Some(label) =
-                follow_label(&node_options, client.clone(), &reload_tx, &shutdown).await?
-            else {
-                return Ok(()); // shut down while waiting for the node
-            };
+            let (tx, rx) = tokio::sync::watch::channel(None);
             let selector = LabelSelectedConfig::new(
                 dir,
                 node_options.config_label.clone(),
                 node_options.default_config.clone(),
-                label,
+                rx.clone(),
             );
-            (ConfigChoice::Selected(Arc::new(selector)), Some(watch))
+            let choice = ConfigChoice::Selected(Arc::new(selector));
+            (choice, Some(watch), Some((tx, rx)))
         }
     };
     let source = setup_source(choice, options.flags, options.simulate, options.mig_config)?;
+    if let Some((tx, rx)) = label
+        && !follow_label(&node_options, client.clone(), tx, rx, &reload_tx, &shutdown).await?
+    {
+        return Ok(()); // shut down while waiting for the node
+    }
 
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)
@@ -186,22 +188,23 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
 
 /// Starts following the node label (when there is a node to read) and
 /// waits for its first value, so the first load already uses the right
-/// config; every later change asks for a reload. `Ok(None)`: shut down
+/// config; every later change asks for a reload. `Ok(false)`: shut down
 /// while waiting.
 async fn follow_label(
     options: &NodeOptions,
     client: Option<kube::Client>,
+    tx: tokio::sync::watch::Sender<Option<String>>,
+    mut rx: tokio::sync::watch::Receiver<Option<String>>,
     reload: &tokio::sync::mpsc::Sender<()>,
     shutdown: &CancellationToken,
-) -> Result<Option<tokio::sync::watch::Receiver<Option<String>>>, String> {
-    let (tx, mut rx) = tokio::sync::watch::channel(None);
+) -> Result<bool, String> {
     let (Some(name), Some(client)) = (options.node_name.clone(), client) else {
         tracing::warn!(
             "--config-dir without --node-name (NODE_NAME): the node label {} is not read; \
              the default config applies",
             options.config_label
         );
-        return Ok(Some(rx));
+        return Ok(true);
     };
     tracing::info!("reading the label {} of node {name}", options.config_label);
     tokio::spawn(node::watch_node_label(
@@ -212,16 +215,15 @@ async fn follow_label(
         shutdown.clone(),
     ));
     tokio::select! {
-        _ = shutdown.cancelled() => return Ok(None),
+        _ = shutdown.cancelled() => return Ok(false),
         first = rx.changed() => first.map_err(|_| "the node label watch stopped".to_string())?,
     }
-    let mut changes = rx.clone();
     let reload = reload.clone();
     tokio::spawn(async move {
-        while changes.changed().await.is_ok() {
+        while rx.changed().await.is_ok() {
             // A full channel already holds a reload, which reads the latest label.
             let _ = reload.try_send(());
         }
     });
-    Ok(Some(rx))
+    Ok(true)
 }
