@@ -214,9 +214,17 @@ async fn follow_label(
         tx,
         shutdown.clone(),
     ));
-    tokio::select! {
+    let first = tokio::select! {
         _ = shutdown.cancelled() => return Ok(false),
-        first = rx.changed() => first.map_err(|_| "the node label watch stopped".to_string())?,
+        first = rx.changed() => first,
+    };
+    if first.is_err() {
+        // The watch task only ends on shutdown.
+        return if shutdown.is_cancelled() {
+            Ok(false)
+        } else {
+            Err("the node label watch stopped".into())
+        };
     }
     let reload = reload.clone();
     tokio::spawn(async move {
