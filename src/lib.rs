@@ -19,6 +19,7 @@
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`daemon`] | life cycle: start, reload, re-register, stop |
 //! | [`metrics`] | Prometheus metrics, health and readiness |
+//! | [`node`] | per-node config by node label, start-up taint (Kubernetes API) |
 //! | [`reload`] | signals and config-file changes |
 //! | [`commands`] | the `run`, `demo` and `plan` subcommands |
 
@@ -32,6 +33,7 @@ pub mod health;
 pub mod kubelet;
 pub mod labels;
 pub mod metrics;
+pub mod node;
 pub mod placement;
 pub mod plan;
 pub mod plugin;

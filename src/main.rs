@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gpu_slicer::commands::{self, demo::DemoOptions, run::RunOptions};
+use gpu_slicer::commands::{
+    self,
+    demo::DemoOptions,
+    run::{NodeOptions, RunOptions},
+};
 use gpu_slicer::config::ConfigFlags;
 use gpu_slicer::gpu::simulated;
 use gpu_slicer::plan::plan;
@@ -30,12 +34,47 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the device plugin daemon.
     Run {
         /// Configuration file (NVIDIA's `version: v1` schema).
         #[arg(long, env = "CONFIG_FILE")]
         config_file: Option<PathBuf>,
+        /// Directory of named configs (a mounted ConfigMap, one key per config, e.g.
+        /// /available-configs); the node label --node-config-label picks one, as with
+        /// NVIDIA's config-manager. Needs --node-name to read the label.
+        #[arg(
+            long,
+            env = "CONFIG_DIR",
+            value_name = "DIR",
+            conflicts_with = "config_file"
+        )]
+        config_dir: Option<PathBuf>,
+        /// This node's name (from the downward API: spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// The node label whose value names the config in --config-dir.
+        #[arg(
+            long,
+            env = "NODE_LABEL",
+            default_value = gpu_slicer::node::CONFIG_LABEL,
+            value_name = "LABEL"
+        )]
+        node_config_label: String,
+        /// The config in --config-dir to use when the node has no label; without it:
+        /// the config named `default`, else the only config, else none.
+        #[arg(long, env = "DEFAULT_CONFIG", value_name = "NAME")]
+        default_config: Option<String>,
+        /// Remove this taint from the node once every resource is registered with the
+        /// kubelet (a Karpenter start-up taint). Needs --node-name and `patch` on nodes.
+        #[arg(long, env = "STARTUP_TAINT", value_name = "KEY")]
+        startup_taint: Option<String>,
+        /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
+        /// default: the in-cluster service account or a kubeconfig.
+        #[arg(long, env = "KUBE_API_URL", value_name = "URL", hide_short_help = true)]
+        kube_api_url: Option<String>,
         /// The kubelet's registration socket; empty: do not register.
         #[arg(long, env = "KUBELET_SOCKET")]
         kubelet_socket: Option<PathBuf>,
@@ -162,6 +201,12 @@ fn main() -> ExitCode {
         }
         Command::Run {
             config_file,
+            config_dir,
+            node_name,
+            node_config_label,
+            default_config,
+            startup_taint,
+            kube_api_url,
             kubelet_socket,
             device_plugin_path,
             simulate,
@@ -184,6 +229,14 @@ fn main() -> ExitCode {
                 feature_file,
                 metrics_address,
                 flags,
+                node: NodeOptions {
+                    node_name,
+                    config_dir,
+                    config_label: node_config_label,
+                    default_config,
+                    kube_api_url,
+                    startup_taint,
+                },
             }))
         }
         Command::Demo {

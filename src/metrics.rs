@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,7 +48,8 @@ pub struct Metrics {
     pub kubelet_restarts: Counter,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub health_events: Family<XidLabel, Counter>,
-    ready: Arc<AtomicBool>,
+    /// Readiness, observable: the start-up taint waits on it.
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Metrics {
@@ -127,11 +127,20 @@ impl Metrics {
 
     /// Ready = every planned resource is registered with the kubelet.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.ready.send_if_modified(|current| {
+            let changed = *current != ready;
+            *current = ready;
+            changed
+        });
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        *self.ready.borrow()
+    }
+
+    /// Follows readiness (e.g. `wait_for(|ready| *ready)`).
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 }
 

@@ -70,3 +70,41 @@ pub fn watch_config_file(
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
+
+/// Watches a directory of named configs (a mounted ConfigMap, see
+/// [`crate::node`]) and asks for a reload whenever a config is added,
+/// removed or changed: any of those can change which one is selected, or
+/// what it says. The returned watcher must be kept alive.
+pub fn watch_config_dir(
+    dir: &Path,
+    reload: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir_path = dir.to_path_buf();
+    let mut last = snapshot(&dir_path);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_err() {
+            return;
+        }
+        let now = snapshot(&dir_path);
+        if now != last {
+            tracing::info!("{} changed, reloading.", dir_path.display());
+            last = now;
+            let _ = reload.try_send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Every config's name and content (unreadable ones as `None`).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    crate::node::list_configs(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| {
+            let content = std::fs::read(dir.join(&name)).ok();
+            (name, content)
+        })
+        .collect()
+}

@@ -153,3 +153,34 @@ pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon
         child: command.spawn().expect("start gpu-slicer"),
     }
 }
+
+/// A free TCP port on 127.0.0.1 (for `--metrics-address`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// GET `/metrics` on `address`; the body, or `None` when nothing listens yet.
+pub fn scrape(address: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Scrapes until a metric line equals `line` (the daemon is another
+/// process: there is no event to wait on).
+pub async fn wait_for_metric_line(address: &str, line: &str) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if scrape(address).is_some_and(|body| body.lines().any(|l| l == line)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("metric line {line:?} never appeared");
+}
