@@ -108,6 +108,11 @@ struct Plugin {
     handle: ResourceHandle,
     server: Option<RunningServer>,
     needs_registration: bool,
+    /// A Register call for this plugin is in flight.
+    in_flight: bool,
+    /// Bumped whenever the plugin must register again, so that the answer
+    /// to an older, still running Register call is recognised as stale.
+    generation: u64,
     /// Open ListAndWatch streams from the kubelet.
     streams: usize,
     /// Set when the last stream closed: if no new one opens by then, the
@@ -115,11 +120,33 @@ struct Plugin {
     stream_lost_at: Option<Instant>,
 }
 
+/// The answer to one Register call.
+struct Registered {
+    name: ResourceName,
+    generation: u64,
+    identity: (u64, u64),
+    result: Result<(), crate::kubelet::RegisterError>,
+}
+
+impl Plugin {
+    /// The plugin must register (again); any Register call in flight is stale.
+    fn unregister(&mut self) {
+        self.needs_registration = true;
+        self.in_flight = false;
+        self.generation += 1;
+    }
+}
+
 struct Daemon {
     paths: Paths,
     plugins: BTreeMap<ResourceName, Plugin>,
     /// Identity of the `kubelet.sock` every plugin last registered with.
     registered_with: Option<(u64, u64)>,
+    /// Identity of the `kubelet.sock` that in-flight Register calls target.
+    registering_with: Option<(u64, u64)>,
+    /// Register calls run here, off the event loop: a kubelet may take up to
+    /// its 10 s dial timeout to answer, and nothing else should wait on that.
+    registrations: JoinSet<Registered>,
     retry_delay: Duration,
     metrics: Metrics,
     events: mpsc::UnboundedSender<PluginEvent>,
@@ -172,6 +199,8 @@ pub async fn run(
         paths,
         plugins: BTreeMap::new(),
         registered_with: None,
+        registering_with: None,
+        registrations: JoinSet::new(),
         retry_delay: FIRST_RETRY,
         metrics,
         events: plugin_tx,
@@ -226,6 +255,11 @@ pub async fn run(
                 daemon.register_pending().await;
             }
             _ = sleep_if(retry) => daemon.register_pending().await,
+            Some(joined) = daemon.registrations.join_next(), if !daemon.registrations.is_empty() => {
+                if let Ok(done) = joined {
+                    daemon.on_registered(done);
+                }
+            }
             _ = sleep_until_if(lost) => daemon.on_streams_lost().await,
         }
     }
@@ -383,6 +417,8 @@ impl Daemon {
                     handle,
                     server: Some(server),
                     needs_registration: true,
+                    in_flight: false,
+                    generation: 0,
                     streams: 0,
                     stream_lost_at: None,
                 },
@@ -563,7 +599,8 @@ impl Daemon {
         };
         match event {
             DirEvent::Created(path) if path == kubelet => {
-                if socket_identity(&kubelet) != self.registered_with {
+                let current = socket_identity(&kubelet);
+                if current != self.registered_with && current != self.registering_with {
                     tracing::info!("inotify: {} created, restarting.", kubelet.display());
                     self.metrics.kubelet_restarts.inc();
                     self.mark_all_unregistered();
@@ -573,6 +610,7 @@ impl Daemon {
                 // The kubelet we registered with is gone; its successor may
                 // reuse the inode number, so forget it rather than compare.
                 self.registered_with = None;
+                self.registering_with = None;
             }
             DirEvent::Removed(path) => {
                 let owner = self
@@ -580,7 +618,11 @@ impl Daemon {
                     .keys()
                     .find(|name| self.socket_path(name) == path)
                     .cloned();
-                if let Some(name) = owner {
+                // Events can be stale: the socket may have been served
+                // again already (restarting it then would delete it anew).
+                if let Some(name) = owner
+                    && !exists(&path)
+                {
                     tracing::info!("socket {} removed, serving it again", path.display());
                     self.restart_server(&name).await?;
                 }
@@ -597,7 +639,7 @@ impl Daemon {
 
     fn mark_all_unregistered(&mut self) {
         for plugin in self.plugins.values_mut() {
-            plugin.needs_registration = true;
+            plugin.unregister();
             plugin.stream_lost_at = None;
         }
         self.retry_delay = FIRST_RETRY;
@@ -615,15 +657,17 @@ impl Daemon {
         let server = self.start_server(name, &handle)?;
         if let Some(plugin) = self.plugins.get_mut(name) {
             plugin.server = Some(server);
-            plugin.needs_registration = true;
+            plugin.unregister();
         }
         self.retry_delay = FIRST_RETRY;
         self.update_readiness();
         Ok(())
     }
 
-    /// Registers every plugin that needs it, concurrently. Failures are
-    /// retried on a back-off timer, or at once when `kubelet.sock` appears.
+    /// Starts a Register call for every plugin that needs one (concurrently,
+    /// in the background); [`Self::on_registered`] takes the answers.
+    /// Failures are retried on a back-off timer, or at once when
+    /// `kubelet.sock` appears.
     async fn register_pending(&mut self) {
         let Some(kubelet) = self.paths.kubelet_socket.clone() else {
             return;
@@ -631,7 +675,7 @@ impl Daemon {
         let pending: Vec<ResourceName> = self
             .plugins
             .iter()
-            .filter(|(_, p)| p.needs_registration)
+            .filter(|(_, p)| p.needs_registration && !p.in_flight)
             .map(|(name, _)| name.clone())
             .collect();
         if pending.is_empty() {
@@ -644,49 +688,66 @@ impl Daemon {
             );
             return;
         };
-        let mut calls = JoinSet::new();
+        self.registering_with = Some(identity);
         for name in pending {
-            let kubelet = kubelet.clone();
-            calls.spawn(async move {
-                let result = register(&kubelet, &name.socket_file_name(), &name).await;
-                (name, result)
-            });
-        }
-        let mut all_ok = true;
-        while let Some(joined) = calls.join_next().await {
-            let Ok((name, result)) = joined else {
-                all_ok = false;
+            // A starting kubelet deletes every socket: serve again first, or
+            // the kubelet's dial-back would wait for nothing.
+            if !exists(&self.socket_path(&name))
+                && let Err(e) = self.restart_server(&name).await
+            {
+                tracing::error!("{e}");
+                continue;
+            }
+            let Some(plugin) = self.plugins.get_mut(&name) else {
                 continue;
             };
-            match result {
-                Ok(()) => {
-                    tracing::info!("Registered device plugin for '{name}' with Kubelet");
-                    self.metrics.count_registration(name.as_str(), true);
-                    if let Some(plugin) = self.plugins.get_mut(&name) {
-                        plugin.needs_registration = false;
-                    }
+            plugin.in_flight = true;
+            let generation = plugin.generation;
+            let kubelet = kubelet.clone();
+            self.registrations.spawn(async move {
+                let result = register(&kubelet, &name.socket_file_name(), &name).await;
+                Registered {
+                    name,
+                    generation,
+                    identity,
+                    result,
                 }
-                Err(e) => {
-                    all_ok = false;
-                    self.metrics.count_registration(name.as_str(), false);
-                    tracing::warn!("Could not register device plugin: {e}");
-                }
+            });
+        }
+    }
+
+    fn on_registered(&mut self, done: Registered) {
+        let Some(plugin) = self.plugins.get_mut(&done.name) else {
+            return;
+        };
+        if plugin.generation != done.generation {
+            return; // superseded: the plugin has been marked for another registration
+        }
+        plugin.in_flight = false;
+        match done.result {
+            Ok(()) => {
+                plugin.needs_registration = false;
+                tracing::info!("Registered device plugin for '{}' with Kubelet", done.name);
+                self.metrics.count_registration(done.name.as_str(), true);
+                self.registered_with = Some(done.identity);
+            }
+            Err(e) => {
+                self.metrics.count_registration(done.name.as_str(), false);
+                tracing::warn!("Could not register device plugin: {e}");
+                self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
             }
         }
         self.update_readiness();
-        if all_ok {
-            self.registered_with = Some(identity);
-            self.retry_delay = FIRST_RETRY;
-        } else {
-            self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
-        }
     }
 
     /// When to retry registration, if anything is pending and the kubelet
     /// socket exists (otherwise its CREATE event wakes us).
     fn retry_pending(&self) -> Option<Duration> {
         let kubelet = self.paths.kubelet_socket.as_deref()?;
-        let pending = self.plugins.values().any(|p| p.needs_registration);
+        let pending = self
+            .plugins
+            .values()
+            .any(|p| p.needs_registration && !p.in_flight);
         (pending && exists(kubelet)).then_some(self.retry_delay)
     }
 

@@ -42,33 +42,68 @@ pub fn handle_signals(
     Ok(())
 }
 
-/// Watches `file` and asks for a reload whenever its content changes.
-/// The returned watcher must be kept alive.
+/// How long the watched files must stay quiet before they are read: a
+/// writer that is not atomic (an editor, `cp`) produces several events and,
+/// in between, a truncated file that must not be applied.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// Watches `dir`; after each burst of events has settled, reads `state` and
+/// asks for a reload when it differs from the last one seen. Must be called
+/// inside the tokio runtime. The returned watcher must be kept alive.
+fn watch_settled<S, F>(
+    dir: &Path,
+    state: F,
+    what: String,
+    reload: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher>
+where
+    S: PartialEq + Send + 'static,
+    F: Fn() -> S + Send + 'static,
+{
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let mut last = state();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Wait until no event has come for SETTLE.
+            loop {
+                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let now = state();
+            if now != last {
+                tracing::info!("{what} changed, reloading.");
+                last = now;
+                let _ = reload.try_send(());
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+/// Watches `file` and asks for a reload whenever its content changes. Its
+/// directory is watched, so a ConfigMap's symlink swap is seen.
 pub fn watch_config_file(
     file: &Path,
     reload: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let file: PathBuf = file.to_path_buf();
-    let mut last = std::fs::read(&file).ok();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_err() {
-            return;
-        }
-        let now = std::fs::read(&file).ok();
-        if now.is_some() && now != last {
-            tracing::info!("{} changed, reloading.", file.display());
-            last = now;
-            let _ = reload.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+    let path: PathBuf = file.to_path_buf();
+    let what = path.display().to_string();
+    watch_settled(&dir, move || std::fs::read(&path).ok(), what, reload)
 }
 
 /// Watches a directory of named configs (a mounted ConfigMap, see
@@ -79,22 +114,9 @@ pub fn watch_config_dir(
     dir: &Path,
     reload: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
     let dir_path = dir.to_path_buf();
-    let mut last = snapshot(&dir_path);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_err() {
-            return;
-        }
-        let now = snapshot(&dir_path);
-        if now != last {
-            tracing::info!("{} changed, reloading.", dir_path.display());
-            last = now;
-            let _ = reload.try_send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+    let what = dir_path.display().to_string();
+    watch_settled(dir, move || snapshot(&dir_path), what, reload)
 }
 
 /// Every config's name and content (unreadable ones as `None`).

@@ -234,7 +234,7 @@ async fn metrics_and_health_endpoints_answer() {
     assert_eq!(http_get(&address, "/nope").0, "HTTP/1.1 404 Not Found");
 
     // SIGHUP with an invalid file: refused and counted.
-    std::fs::write(&config, "version: v1\nflags: {migStrategy: sideways}\n").expect("write");
+    swap_config(dir.path(), "version: v1\nflags: {migStrategy: sideways}\n");
     daemon.signal("HUP");
     let mut rejected = false;
     for _ in 0..300 {
