@@ -10,6 +10,7 @@
 //! | [`allocate`] | what a container receives |
 //! | [`placement`] | which devices to prefer |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
+//! | [`karpenter`] | NodeOverlays, the NodePool linter, prices and cost ranking |
 //!
 //! | Shell | |
 //! |---|---|
@@ -19,7 +20,7 @@
 //! | [`daemon`] | life cycle: start, reload, re-register, stop |
 //! | [`metrics`] | Prometheus metrics, health and readiness |
 //! | [`reload`] | signals and config-file changes |
-//! | [`commands`] | the `run`, `demo` and `plan` subcommands |
+//! | [`commands`] | the `run`, `demo`, `plan`, `karpenter overlays` and `lint` subcommands |
 
 pub mod allocate;
 pub mod cdi;
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod gpu;
+pub mod karpenter;
 pub mod kubelet;
 pub mod labels;
 pub mod metrics;
