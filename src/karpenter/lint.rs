@@ -287,6 +287,20 @@ fn build_pool<'a>(
     pool
 }
 
+/// `NVIDIA A10G, Tesla V100-SXM2-16GB` for families `g5, p3`.
+fn gpus_of(families: &[String]) -> String {
+    let names: BTreeSet<&str> = catalog::instances()
+        .iter()
+        .filter(|i| families.iter().any(|f| f == family(i.name)))
+        .filter_map(|i| i.gpu_model().map(|m| m.product_name))
+        .collect();
+    if names.is_empty() {
+        "GPUs without MIG".to_string()
+    } else {
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    }
+}
+
 fn requirement_path(i: usize) -> String {
     format!("spec.template.spec.requirements[{i}]")
 }
@@ -382,10 +396,11 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                 Severity::Error,
                 "mig-on-non-mig-family",
                 format!(
-                    "MIG layout '{layout}' on a pool that can launch {}: their GPUs (T4, A10G, L4, L40S, V100) have no MIG, MIG Manager \
-                     does not run there and no nvidia.com/mig-* resource ever appears. Restrict MIG pools to p4d, p4de, p5, p5e, p5en, \
-                     p6-b200 and put time-slicing on the others in a separate pool",
-                    bad.join(", ")
+                    "MIG layout '{layout}' on a pool that can launch {} ({}): no MIG on those GPUs, MIG Manager does not run there \
+                     and no nvidia.com/mig-* resource ever appears. Restrict MIG pools to p4d, p4de, p5, p5e, p5en, p6-b200 and put \
+                     time-slicing on the others in a separate pool",
+                    bad.join(", "),
+                    gpus_of(bad)
                 ),
             );
         }
@@ -886,7 +901,7 @@ fn lint_workload(
                             };
                             let names: Vec<&str> = advertised.keys().map(String::as_str).collect();
                             sink.add(doc, path, Severity::Error, "unadvertised-request", format!(
-                                "requests {key}, which {} never advertise (they advertise {}){}. The pod stays Pending (Karpenter: \
+                                "requests {key}, which the nodes of {} never advertise (they advertise {}){}. The pod stays Pending (Karpenter: \
                                  \"no instance type has enough resources\"; kube-scheduler: \"Insufficient {key}\")",
                                 sources.join(", "),
                                 if names.is_empty() { "nothing".to_string() } else { names.join(", ") },
