@@ -37,10 +37,10 @@ pub struct OverlayOptions {
 pub fn load_configs(path: &Path) -> Result<BTreeMap<String, Config>, String> {
     let docs = karpenter::load_documents(path)?;
     for doc in &docs {
-        if doc.kind() == "ConfigMap" {
-            if let Some(configs) = karpenter::configs_of(doc) {
-                return configs;
-            }
+        if doc.kind() == "ConfigMap"
+            && let Some(configs) = karpenter::configs_of(doc)
+        {
+            return configs;
         }
     }
     let config = crate::config::load_file(path).map_err(|e| {

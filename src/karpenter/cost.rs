@@ -161,7 +161,7 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, Str
         match (&item.slice, item.shared_gpu) {
             (Some(_), None) => {}
             (None, Some(n)) if n >= 1 => {
-                if item.memory_gib.is_none_or(|m| !(m > 0.0)) {
+                if item.memory_gib.is_none_or(|m| m.is_nan() || m <= 0.0) {
                     return Err(format!(
                         "{source}: pod '{}' shares GPUs but has no memoryGiB: say how much GPU memory each pod needs",
                         item.name

@@ -517,8 +517,7 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                         ),
                     ),
                     Some((max, min, _)) => {
-                        if overlay_declares(key) {
-                            if let Some(l) = limit {
+                        if let Some(l) = limit.filter(|_| overlay_declares(key)) {
                                 if l < *min {
                                     sink.add(doc, &path, Severity::Error, "slice-limit-below-node", format!(
                                         "limit {l} is below one node's {min} x {key}: every instance type is excluded \
@@ -528,7 +527,6 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                                         "limit {l} is not a multiple of one node's {max} x {key}: the last node can only launch while usage \
                                          stays at or below the limit; prefer a multiple, or limits.nodes"));
                                 }
-                            }
                         }
                     }
                 }

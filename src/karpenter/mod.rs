@@ -186,10 +186,10 @@ pub fn pick_config<'a>(
                 )
             });
     }
-    if configs.len() == 1 {
-        if let Some((k, c)) = configs.iter().next() {
-            return Ok((k.as_str(), c));
-        }
+    if configs.len() == 1
+        && let Some((k, c)) = configs.iter().next()
+    {
+        return Ok((k.as_str(), c));
     }
     for key in ["config.yaml", "default"] {
         if let Some((k, c)) = configs.get_key_value(key) {
