@@ -22,6 +22,7 @@
 //! | `slice-limit-below-node` | error/warning | limit below one node's slices, or not a multiple |
 //! | `gpu-limit` | warning | `nvidia.com/gpu` limit that excludes types or measures nothing under MIG |
 //! | `no-overlay` | warning | slices or shared replicas with no NodeOverlay for the pool |
+//! | `overlay-coverage` | warning | instance types of the pool that no overlay covers |
 //! | `gpu-pool-untainted` | warning | GPU pool without a taint |
 //! | `nodepool-config-missing` | error | the pool's config label names no config |
 //! | `custom-ami-without-user-data` | error | `amiFamily: Custom` without `userData` |
@@ -598,6 +599,46 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                 pool.name
             ),
         );
+    }
+
+    // Instance types the pool can launch that no overlay covers.
+    if !pool_overlays.is_empty() && (sliced || layout.is_some()) {
+        let uncovered: Vec<&str> = pool
+            .plans
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(i, _)| i.name)
+            .filter(|name| {
+                !pool_overlays.iter().any(|o| {
+                    let own: Vec<Requirement> = o.value["spec"]["requirements"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Requirement::from_value)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|r: &Requirement| r.key != "karpenter.sh/nodepool")
+                        .collect();
+                    instances_matching(&own).iter().any(|i| i.name == *name)
+                })
+            })
+            .collect();
+        if !uncovered.is_empty() {
+            sink.add(
+                doc,
+                "spec.template.spec.requirements",
+                Severity::Warning,
+                "overlay-coverage",
+                format!(
+                    "no NodeOverlay covers {} of NodePool {}: Karpenter cannot launch those for slice requests. Generate the missing \
+                     overlays with `gpu-slicer karpenter overlays --nodepool-file FILE`, or narrow the pool's instance types",
+                    uncovered.join(", "),
+                    pool.name
+                ),
+            );
+        }
     }
 
     // Taint.
