@@ -11,6 +11,7 @@
 //! | [`placement`] | which devices to prefer |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
 //! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
+//! | [`karpenter`] | NodeOverlays, the NodePool linter, prices and cost ranking |
 //!
 //! | Shell | |
 //! |---|---|
@@ -21,7 +22,7 @@
 //! | [`metrics`] | Prometheus metrics, health and readiness |
 //! | [`node`] | per-node config by node label, start-up taint (Kubernetes API) |
 //! | [`reload`] | signals and config-file changes |
-//! | [`commands`] | the `run`, `demo` and `plan` subcommands |
+//! | [`commands`] | the `run`, `demo`, `plan`, `karpenter overlays` and `lint` subcommands |
 
 pub mod allocate;
 pub mod cdi;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod gpu;
 pub mod health;
+pub mod karpenter;
 pub mod kubelet;
 pub mod labels;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! on the core and the daemon.
 
 pub mod demo;
+pub mod karpenter;
 pub mod plan;
 pub mod run;
 

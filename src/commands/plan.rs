@@ -73,3 +73,28 @@ fn describe(resource: &Resource, inventory: &Inventory) -> String {
     );
     text
 }
+
+/// `plan --output json`: resources, counts, and costs when priced.
+pub fn render_json(
+    instance: &str,
+    plan: &Plan,
+    inventory: &Inventory,
+    table: &crate::karpenter::prices::PriceTable,
+) -> String {
+    let price = table.price(instance);
+    let costs =
+        price.map(|p| crate::karpenter::cost::resource_costs(plan, inventory, p.usd_per_hour));
+    let value = serde_json::json!({
+        "instance": instance,
+        "resources": plan.resources.iter().map(|r| serde_json::json!({
+            "name": r.name.as_str(),
+            "count": r.devices.len(),
+            "description": describe(r, inventory),
+            "usdPerSliceHour": costs.as_ref().and_then(|c| c.iter().find(|c| c.resource == r.name.as_str())).map(|c| c.usd_per_slice_hour),
+        })).collect::<Vec<_>>(),
+        "diagnostics": plan.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "price": price,
+        "priceTable": {"origin": table.origin, "date": table.date, "currency": table.currency},
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
