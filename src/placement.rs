@@ -7,7 +7,7 @@
 //!   counting MIG devices by their parent GPU, which NVIDIA's plugin ignores.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::config::AllocationPolicy;
 use crate::gpu::{Inventory, PcieLevel};
@@ -70,6 +70,9 @@ impl LinkScores {
 
 /// Chooses `size` ids from `available`, always including `must_include`.
 /// Ids that are not devices of `resource` are ignored.
+///
+/// Each id is looked up once; everything after works on positions in
+/// `resource.devices`, so a call costs one hash lookup per available id.
 pub fn preferred(
     resource: &Resource,
     available: &[String],
@@ -78,18 +81,22 @@ pub fn preferred(
     policy: AllocationPolicy,
     links: &LinkScores,
 ) -> Result<Vec<String>, PlacementError> {
-    let mut chosen: Vec<&str> = Vec::with_capacity(size);
-    let mut taken: HashSet<&str> = HashSet::with_capacity(size);
+    let mut chosen: Vec<usize> = Vec::with_capacity(size);
     for id in must_include {
-        if resource.device(id).is_some() && taken.insert(id.as_str()) {
-            chosen.push(id.as_str());
+        if let Some(p) = resource.position(id)
+            && !chosen.contains(&p)
+        {
+            chosen.push(p);
         }
     }
-    let candidates: Vec<&str> = available
-        .iter()
-        .map(String::as_str)
-        .filter(|id| !taken.contains(id) && resource.device(id).is_some())
-        .collect();
+    let mut candidates: Vec<usize> = Vec::with_capacity(available.len());
+    for id in available {
+        if let Some(p) = resource.position(id)
+            && !chosen.contains(&p)
+        {
+            candidates.push(p);
+        }
+    }
     let needed = size.saturating_sub(chosen.len());
     if candidates.len() < needed {
         return Err(PlacementError::NotEnoughDevices);
@@ -99,56 +106,58 @@ pub fn preferred(
         .iter()
         .any(|d| d.replica.is_some() || d.physical.mig.is_some());
     let picks = if shared {
-        by_gpu_load(resource, available, &chosen, &candidates, needed, policy)
+        by_gpu_load(resource, &chosen, &candidates, needed, policy)
     } else {
         tightly_linked(resource, &chosen, &candidates, needed, links)
     };
     chosen.extend(picks);
-    Ok(chosen.into_iter().map(str::to_owned).collect())
+    Ok(chosen
+        .into_iter()
+        .map(|p| resource.devices[p].id.clone())
+        .collect())
 }
 
-fn gpu_of(resource: &Resource, id: &str) -> u32 {
-    resource
-        .device(id)
-        .map_or(u32::MAX, |d| d.physical.gpu_index)
+fn gpu_at(resource: &Resource, position: usize) -> u32 {
+    resource.devices[position].physical.gpu_index
 }
 
 /// Greedy over physical GPUs. A GPU's load is its devices of this resource
 /// that are already in use (total − available) plus those picked in this
 /// call: `distributed` takes from the least loaded GPU, `packed` from the
 /// most loaded one (ties: lower GPU index), so a 2-replica request lands on
-/// two GPUs when spread and on one when packed.
-fn by_gpu_load<'a>(
+/// two GPUs when spread and on one when packed. Within a GPU all devices
+/// are equivalent and are taken in the order the kubelet listed them.
+fn by_gpu_load(
     resource: &Resource,
-    available: &[String],
-    chosen: &[&str],
-    candidates: &[&'a str],
+    chosen: &[usize],
+    candidates: &[usize],
     needed: usize,
     policy: AllocationPolicy,
-) -> Vec<&'a str> {
+) -> Vec<usize> {
     if needed == 0 {
         return Vec::new();
     }
-    let mut total: HashMap<u32, usize> = HashMap::new();
-    for device in &resource.devices {
-        *total.entry(device.physical.gpu_index).or_default() += 1;
-    }
-    let mut free: HashMap<u32, usize> = HashMap::new();
-    for id in available {
-        if resource.device(id).is_some() {
-            *free.entry(gpu_of(resource, id)).or_default() += 1;
-        }
-    }
-    let mut per_gpu: HashMap<u32, Vec<&'a str>> = HashMap::new();
-    for &id in candidates {
-        per_gpu.entry(gpu_of(resource, id)).or_default().push(id);
-    }
-    let mut load: HashMap<u32, usize> = total
+    // GPU indices are small: plain vectors indexed by GPU beat hash maps.
+    let gpus = resource
+        .devices
         .iter()
-        .map(|(&gpu, &n)| (gpu, n - free.get(&gpu).copied().unwrap_or(0).min(n)))
-        .collect();
-    for id in chosen {
-        *load.entry(gpu_of(resource, id)).or_default() += 1;
+        .map(|d| d.physical.gpu_index as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut per_gpu: Vec<Vec<usize>> = vec![Vec::new(); gpus];
+    for &p in candidates {
+        per_gpu[gpu_at(resource, p) as usize].push(p);
+    }
+    let mut load: Vec<usize> = vec![0; gpus];
+    let mut chosen_on: Vec<usize> = vec![0; gpus];
+    for &p in chosen {
+        chosen_on[gpu_at(resource, p) as usize] += 1;
+    }
+    for (gpu, slot) in load.iter_mut().enumerate() {
+        let total = resource.devices_on_gpu(gpu as u32);
+        // Must-include devices are available too (the kubelet lists them).
+        let free = per_gpu[gpu].len() + chosen_on[gpu];
+        *slot = total.saturating_sub(free) + chosen_on[gpu];
     }
 
     // Heap entries: (priority, Reverse(gpu)); the top is the GPU to take from.
@@ -156,27 +165,24 @@ fn by_gpu_load<'a>(
         AllocationPolicy::Distributed => usize::MAX - l,
         AllocationPolicy::Packed => l,
     };
-    let mut heap: BinaryHeap<(usize, Reverse<u32>)> = per_gpu
-        .keys()
-        .map(|&gpu| (priority(load.get(&gpu).copied().unwrap_or(0)), Reverse(gpu)))
+    let mut heap: BinaryHeap<(usize, Reverse<usize>)> = (0..gpus)
+        .filter(|&gpu| !per_gpu[gpu].is_empty())
+        .map(|gpu| (priority(load[gpu]), Reverse(gpu)))
         .collect();
-    // Take ids in their natural order within a GPU (replica 0 first).
-    for ids in per_gpu.values_mut() {
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-    }
+    let mut next: Vec<usize> = vec![0; gpus];
     let mut picks = Vec::with_capacity(needed);
     while picks.len() < needed {
         let Some((_, Reverse(gpu))) = heap.pop() else {
             break;
         };
-        let Some(id) = per_gpu.get_mut(&gpu).and_then(Vec::pop) else {
+        let Some(&p) = per_gpu[gpu].get(next[gpu]) else {
             continue;
         };
-        picks.push(id);
-        let l = load.entry(gpu).or_default();
-        *l += 1;
-        if per_gpu.get(&gpu).is_some_and(|ids| !ids.is_empty()) {
-            heap.push((priority(*l), Reverse(gpu)));
+        next[gpu] += 1;
+        picks.push(p);
+        load[gpu] += 1;
+        if next[gpu] < per_gpu[gpu].len() {
+            heap.push((priority(load[gpu]), Reverse(gpu)));
         }
     }
     picks
@@ -185,19 +191,17 @@ fn by_gpu_load<'a>(
 /// Whole GPUs: grow the set one GPU at a time, each time adding the GPU with
 /// the strongest links to those already chosen. Without must-include GPUs,
 /// every candidate is tried as the seed and the best-scoring set wins.
-fn tightly_linked<'a>(
+fn tightly_linked(
     resource: &Resource,
-    chosen: &[&str],
-    candidates: &[&'a str],
+    chosen: &[usize],
+    candidates: &[usize],
     needed: usize,
     links: &LinkScores,
-) -> Vec<&'a str> {
+) -> Vec<usize> {
     if needed == 0 {
         return Vec::new();
     }
-    let gpus_of =
-        |ids: &[&str]| -> Vec<u32> { ids.iter().map(|id| gpu_of(resource, id)).collect() };
-    let grow = |mut set: Vec<u32>, mut pool: Vec<(u32, &'a str)>, count: usize| {
+    let grow = |mut set: Vec<u32>, mut pool: Vec<(u32, usize)>, count: usize| {
         let mut picks = Vec::with_capacity(count);
         while picks.len() < count && !pool.is_empty() {
             let best = pool
@@ -209,9 +213,9 @@ fn tightly_linked<'a>(
                 })
                 .map(|(i, _)| i)
                 .unwrap_or(0);
-            let (gpu, id) = pool.remove(best);
+            let (gpu, p) = pool.remove(best);
             set.push(gpu);
-            picks.push(id);
+            picks.push(p);
         }
         let score: u32 = set
             .iter()
@@ -221,19 +225,20 @@ fn tightly_linked<'a>(
             .sum();
         (score, picks)
     };
-    let pool: Vec<(u32, &'a str)> = candidates
+    let pool: Vec<(u32, usize)> = candidates
         .iter()
-        .map(|id| (gpu_of(resource, id), *id))
+        .map(|&p| (gpu_at(resource, p), p))
         .collect();
     if !chosen.is_empty() || candidates.len() > 64 {
-        return grow(gpus_of(chosen), pool, needed).1;
+        let set = chosen.iter().map(|&p| gpu_at(resource, p)).collect();
+        return grow(set, pool, needed).1;
     }
-    let mut best: Option<(u32, Vec<&'a str>)> = None;
+    let mut best: Option<(u32, Vec<usize>)> = None;
     for seed in 0..pool.len() {
         let mut rest = pool.clone();
-        let (gpu, id) = rest.remove(seed);
+        let (gpu, p) = rest.remove(seed);
         let (score, mut picks) = grow(vec![gpu], rest, needed - 1);
-        picks.insert(0, id);
+        picks.insert(0, p);
         if best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, picks));
         }
@@ -244,6 +249,13 @@ fn tightly_linked<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    fn gpu_of(resource: &Resource, id: &str) -> u32 {
+        resource
+            .device(id)
+            .map_or(u32::MAX, |d| d.physical.gpu_index)
+    }
     use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
     use crate::gpu::{Gpu, MigDevice, NvLinkPeer, PciePeer};
     use crate::plan::plan;

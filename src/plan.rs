@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::BuildHasherDefault;
 
 use crate::config::{
     Config, DeviceRef, DeviceSelection, MigStrategy, ReplicatedResources, ResourceName,
@@ -32,7 +33,38 @@ pub struct Resource {
     pub devices: Vec<Device>,
     /// Set when the devices are shared replicas.
     pub sharing: Option<SharingInfo>,
-    index: HashMap<String, usize>,
+    /// Advertised id → position in `devices`: every Allocate and preferred
+    /// allocation looks ids up here, so it uses a cheap hash (ids are not
+    /// attacker-chosen: the kubelet only sends ids we advertised).
+    index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
+    /// Devices per physical GPU (by GPU index), for placement.
+    per_gpu: HashMap<u32, usize>,
+}
+
+/// The Firefox/rustc hash: a multiply and a rotate per word, far cheaper
+/// than SipHash for the 40-odd-byte device ids looked up on the admission path.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.hash = (self.hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &byte in chunks.remainder() {
+            self.hash = (self.hash.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
 }
 
 /// How a shared resource was built.
@@ -106,12 +138,27 @@ impl Resource {
             .enumerate()
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
+        let mut per_gpu = HashMap::new();
+        for device in &devices {
+            *per_gpu.entry(device.physical.gpu_index).or_insert(0) += 1;
+        }
         Resource {
             name,
             devices,
             sharing,
             index,
+            per_gpu,
         }
+    }
+
+    /// Position of `id` in [`Self::devices`].
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// How many of this resource's devices sit on GPU `gpu_index`.
+    pub fn devices_on_gpu(&self, gpu_index: u32) -> usize {
+        self.per_gpu.get(&gpu_index).copied().unwrap_or(0)
     }
 
     /// The device advertised under `id`, if any.
