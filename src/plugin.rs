@@ -319,6 +319,7 @@ pub struct RunningServer {
 
 /// Requests listing every available id may be large (thousands of replicas).
 const MAX_DECODE_BYTES: usize = 64 << 20;
+const WINDOW_BYTES: u32 = 4 << 20;
 
 /// Binds `socket` (replacing a stale file) and serves `service` on it. The
 /// listener is bound before this returns, so a kubelet dialing back during
@@ -336,7 +337,12 @@ pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningSe
     let shutdown = stop.clone().cancelled_owned();
     let path = socket.to_path_buf();
     let task = tokio::spawn(async move {
+        // Large HTTP/2 windows: a GetPreferredAllocation request lists every
+        // available id (~460 KB for 10,000 replicas); with the 64 KiB default
+        // the kubelet would wait on several window updates per call.
         let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(WINDOW_BYTES))
+            .initial_connection_window_size(Some(WINDOW_BYTES))
             .add_service(
                 DevicePluginServer::new(service).max_decoding_message_size(MAX_DECODE_BYTES),
             )
