@@ -78,7 +78,7 @@ enum Command {
         kube_api_url: Option<String>,
         /// The kubelet's registration socket; empty: do not register.
         #[arg(long, env = "KUBELET_SOCKET")]
-        kubelet_socket: Option<PathBuf>,
+        kubelet_socket: Option<String>,
         /// Directory for the plugin sockets (the kubelet's device-plugin directory).
         #[arg(
             long,
@@ -364,7 +364,7 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format, "info");
             block_on(commands::run::run(RunOptions {
                 config_file,
-                kubelet_socket,
+                kubelet_socket: kubelet_socket.map(PathBuf::from),
                 device_plugin_path,
                 simulate,
                 mig_config,
@@ -407,10 +407,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// A small multi-threaded runtime: the daemon's work is I/O and tiny.
+/// One runtime thread: the daemon's work is I/O and microseconds of
+/// decisions, and every extra thread costs resident memory on every GPU node
+/// (blocking work, NVML, still runs on tokio's blocking pool).
 fn block_on<F: std::future::Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?
