@@ -416,6 +416,175 @@ mod tests {
         }
     }
 
+    /// Every combination of the four device-list strategies × both id
+    /// strategies × the three kinds of device, against NVIDIA's table
+    /// (nvidia-compatibility.md §5.3), restated here rule by rule.
+    #[test]
+    fn every_strategy_combination_for_every_kind_of_device() {
+        use DeviceListStrategy::*;
+        const ALL: [DeviceListStrategy; 4] = [Envvar, VolumeMounts, CdiAnnotations, CdiCri];
+        // (resource, requested id, uuid form, index form, device nodes)
+        let kinds = [
+            (
+                "nvidia.com/gpu",
+                "GPU-1::2",
+                "GPU-1",
+                "1",
+                vec!["/dev/nvidia1"],
+            ),
+            (
+                "nvidia.com/mig-3g.20gb",
+                "MIG-2-0",
+                "MIG-2-0",
+                "2:0",
+                // GPU minor 2, GI 1, CI 0 → 3 + 270 + 9 = 282, 283.
+                vec![
+                    "/dev/nvidia2",
+                    "/dev/nvidia-caps/nvidia-cap282",
+                    "/dev/nvidia-caps/nvidia-cap283",
+                ],
+            ),
+        ];
+        let mut cases = 0;
+        for mask in 1u8..16 {
+            let strategies: Vec<DeviceListStrategy> = (0..4)
+                .filter(|b| mask & (1 << b) != 0)
+                .map(|b| ALL[b])
+                .collect();
+            for id_strategy in [DeviceIdStrategy::Uuid, DeviceIdStrategy::Index] {
+                for pass_specs in [false, true] {
+                    for (replicas, (resource, requested, uuid, index, nodes)) in
+                        [(4, &kinds[0]), (1, &kinds[1]), (1, &kinds[2])]
+                    {
+                        let mut config = config(replicas, false);
+                        config.flags.plugin.device_list_strategy = strategies.clone();
+                        config.flags.plugin.device_id_strategy = id_strategy;
+                        config.flags.plugin.pass_device_specs = pass_specs;
+                        let got = run(&config, resource, &[requested]).expect("allocated");
+                        let label = format!(
+                            "{strategies:?} {id_strategy:?} specs={pass_specs} {requested}"
+                        );
+
+                        let id = match id_strategy {
+                            DeviceIdStrategy::Uuid => *uuid,
+                            DeviceIdStrategy::Index => *index,
+                        };
+                        let uses = |s| strategies.contains(&s);
+                        let all_cdi = strategies.iter().all(|s| s.is_cdi());
+                        let cdi_name = format!("k8s.device-plugin.nvidia.com/gpu={id}");
+
+                        let mut envs = BTreeMap::new();
+                        if !all_cdi && uses(VolumeMounts) {
+                            envs.insert(
+                                "NVIDIA_VISIBLE_DEVICES".to_string(),
+                                "/var/run/nvidia-container-devices".to_string(),
+                            );
+                        } else if !all_cdi && uses(Envvar) {
+                            envs.insert("NVIDIA_VISIBLE_DEVICES".to_string(), id.to_string());
+                        }
+                        let got_envs: BTreeMap<String, String> =
+                            got.envs.clone().into_iter().collect();
+                        assert_eq!(got_envs, envs, "envs: {label}");
+
+                        let mounts: Vec<(String, String)> = if !all_cdi && uses(VolumeMounts) {
+                            vec![(
+                                format!("/var/run/nvidia-container-devices/{id}"),
+                                "/dev/null".to_string(),
+                            )]
+                        } else {
+                            vec![]
+                        };
+                        let got_mounts: Vec<(String, String)> = got
+                            .mounts
+                            .iter()
+                            .map(|m| (m.container_path.clone(), m.host_path.clone()))
+                            .collect();
+                        assert_eq!(got_mounts, mounts, "mounts: {label}");
+
+                        let annotations: BTreeMap<String, String> = if uses(CdiAnnotations) {
+                            [(
+                                "cdi.k8s.io/nvidia-device-plugin_fixed".to_string(),
+                                cdi_name.clone(),
+                            )]
+                            .into()
+                        } else {
+                            BTreeMap::new()
+                        };
+                        let got_annotations: BTreeMap<String, String> =
+                            got.annotations.clone().into_iter().collect();
+                        assert_eq!(got_annotations, annotations, "annotations: {label}");
+
+                        let cdi: Vec<String> = if uses(CdiCri) {
+                            vec![cdi_name.clone()]
+                        } else {
+                            vec![]
+                        };
+                        let got_cdi: Vec<String> =
+                            got.cdi_devices.iter().map(|d| d.name.clone()).collect();
+                        assert_eq!(got_cdi, cdi, "cdi devices: {label}");
+
+                        let mut specs: Vec<String> = Vec::new();
+                        if pass_specs && !all_cdi {
+                            specs.extend([
+                                "/dev/nvidiactl".to_string(),
+                                "/dev/nvidia-uvm".to_string(),
+                            ]);
+                            specs.extend(nodes.iter().map(|n| n.to_string()));
+                        }
+                        let got_specs: Vec<String> = got
+                            .devices
+                            .iter()
+                            .map(|d| d.container_path.clone())
+                            .collect();
+                        assert_eq!(got_specs, specs, "device specs: {label}");
+                        assert!(
+                            got.devices
+                                .iter()
+                                .all(|d| d.host_path == d.container_path && d.permissions == "rw")
+                        );
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 15 * 2 * 2 * 3);
+    }
+
+    #[test]
+    fn whole_gpus_in_both_id_forms() {
+        let mut config = config(1, false);
+        config.flags.plugin.device_id_strategy = DeviceIdStrategy::Index;
+        let got = run(&config, "nvidia.com/gpu", &["GPU-1", "GPU-0"]).expect("ok");
+        assert_eq!(got.envs["NVIDIA_VISIBLE_DEVICES"], "1,0");
+        config.flags.plugin.device_id_strategy = DeviceIdStrategy::Uuid;
+        let got = run(&config, "nvidia.com/gpu", &["GPU-1", "GPU-0"]).expect("ok");
+        assert_eq!(got.envs["NVIDIA_VISIBLE_DEVICES"], "GPU-1,GPU-0");
+    }
+
+    #[test]
+    fn gdrcopy_gds_and_mofed_add_env_and_cdi_names() {
+        let mut config = config(1, false);
+        config.flags.gdrcopy_enabled = true;
+        config.flags.gds_enabled = true;
+        config.flags.mofed_enabled = true;
+        config.flags.plugin.device_list_strategy =
+            vec![DeviceListStrategy::Envvar, DeviceListStrategy::CdiCri];
+        let got = run(&config, "nvidia.com/gpu", &["GPU-0"]).expect("ok");
+        for key in ["NVIDIA_GDRCOPY", "NVIDIA_GDS", "NVIDIA_MOFED"] {
+            assert_eq!(got.envs[key], "enabled", "{key}");
+        }
+        let names: Vec<&str> = got.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "k8s.device-plugin.nvidia.com/gpu=GPU-0",
+                "k8s.device-plugin.nvidia.com/gdrcopy=all",
+                "k8s.device-plugin.nvidia.com/gds=all",
+                "k8s.device-plugin.nvidia.com/mofed=all",
+            ]
+        );
+    }
+
     #[test]
     fn device_specs_cover_control_gpu_and_mig_capability_nodes() {
         let mut config = config(1, false);

@@ -97,6 +97,16 @@ enum Command {
         /// then the dynamic loader's search path).
         #[arg(long, env = "NVML_LIB", value_name = "PATH")]
         nvml_lib: Option<PathBuf>,
+        /// The driver's MIG capability minors, read to find each MIG device's
+        /// /dev/nvidia-caps nodes.
+        #[arg(
+            long,
+            env = "MIG_MINORS_FILE",
+            value_name = "PATH",
+            default_value = "/proc/driver/nvidia-caps/mig-minors",
+            hide_short_help = true
+        )]
+        mig_minors: PathBuf,
         /// Write a CDI spec for every GPU and MIG device into this directory (e.g. /var/run/cdi)
         /// when a CDI device-list strategy is on; off when unset.
         #[arg(long, env = "CDI_SPEC_DIR", value_name = "DIR")]
@@ -356,6 +366,7 @@ fn main() -> ExitCode {
             simulate,
             mig_config,
             nvml_lib,
+            mig_minors,
             cdi_spec_dir,
             feature_file,
             metrics_address,
@@ -369,6 +380,7 @@ fn main() -> ExitCode {
                 simulate,
                 mig_config,
                 nvml_lib,
+                mig_minors: Some(mig_minors),
                 cdi_spec_dir,
                 feature_file,
                 metrics_address,

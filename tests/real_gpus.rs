@@ -251,3 +251,92 @@ async fn a_mig_xid_marks_only_its_instance() {
     assert_eq!(sick, vec![target.uuid.clone()]);
     kubelet.shutdown().await;
 }
+
+/// The driver's pre-assigned capability minors (GI = 3 + 135·G + 9·I,
+/// CI = GI + 1 + C), as `/proc/driver/nvidia-caps/mig-minors` lists them.
+fn mig_minors(gpus: u32) -> String {
+    let mut text = String::from("config 1\nmonitor 2\n");
+    for g in 0..gpus {
+        for i in 0..15 {
+            let gi = 3 + 135 * g + 9 * i;
+            text.push_str(&format!("gpu{g}/gi{i}/access {gi}\n"));
+            for c in 0..8 {
+                text.push_str(&format!("gpu{g}/gi{i}/ci{c}/access {}\n", gi + 1 + c));
+            }
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mig_device_gets_its_parent_and_capability_nodes() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+    let minors = dir.path().join("mig-minors");
+    std::fs::write(&minors, mig_minors(8)).expect("mig-minors");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--pass-device-specs",
+            "--dev-root",
+            "/host",
+            "--mig-minors",
+            minors.to_str().expect("utf-8"),
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    for resource in ["nvidia.com/mig-1g.5gb", "nvidia.com/mig-3g.20gb"] {
+        let pod = kubelet_sim::Pod::new(format!("p-{}", resource.len()))
+            .container(kubelet_sim::Container::new("main").limit(resource, 2));
+        let admission = kubelet.admit(&pod).await.expect("admitted");
+        let container = &admission.containers[0];
+        let mut want: Vec<String> = Vec::new();
+        for id in &container.resources[resource].device_ids {
+            let (gpu, mig) = inventory
+                .gpus
+                .iter()
+                .find_map(|g| g.mig_devices.iter().find(|m| &m.uuid == id).map(|m| (g, m)))
+                .expect("a MIG device of the node");
+            let gi = 3 + 135 * gpu.minor + 9 * mig.gpu_instance_id;
+            let ci = gi + 1 + mig.compute_instance_id;
+            want.push(format!("/host/dev/nvidia{}", gpu.minor));
+            want.push(format!("/host/dev/nvidia-caps/nvidia-cap{gi}"));
+            want.push(format!("/host/dev/nvidia-caps/nvidia-cap{ci}"));
+        }
+        let mut got: Vec<String> = container
+            .merged
+            .devices
+            .iter()
+            .map(|d| d.host_path.clone())
+            .filter(|p| !p.ends_with("ctl") && !p.contains("uvm"))
+            .collect();
+        got.sort();
+        want.sort();
+        want.dedup();
+        assert_eq!(got, want, "{resource}");
+        assert!(
+            container
+                .merged
+                .devices
+                .iter()
+                .all(|d| d.permissions == "rw")
+        );
+    }
+    kubelet.shutdown().await;
+}

@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub mig_config: Option<String>,
     /// NVML library to load instead of searching for `libnvidia-ml.so.1`.
     pub nvml_lib: Option<PathBuf>,
+    /// The driver's MIG capability minors (default `/proc/driver/nvidia-caps/mig-minors`).
+    pub mig_minors: Option<PathBuf>,
     /// Write a CDI spec here when a CDI strategy is on; `None` = off.
     pub cdi_spec_dir: Option<PathBuf>,
     /// Write node labels here (NFD feature file); `None` = off.
@@ -69,6 +71,7 @@ pub fn setup_source(
     simulate: Option<String>,
     mig_config: Option<String>,
     nvml_lib: Option<PathBuf>,
+    mig_minors: Option<PathBuf>,
 ) -> SetupSource {
     Arc::new(move || {
         let config_file = match &config {
@@ -91,11 +94,14 @@ pub fn setup_source(
                 files,
             });
         }
-        let options = NvmlOptions {
+        let mut options = NvmlOptions {
             lib_path: nvml_lib.clone(),
             driver_root: PathBuf::from(&config.flags.plugin.container_driver_root),
             ..NvmlOptions::default()
         };
+        if let Some(path) = &mig_minors {
+            options.mig_minors = path.clone();
+        }
         match nvml::discover(&options) {
             Ok(found) => {
                 tracing::info!(
@@ -209,6 +215,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         options.simulate.clone(),
         options.mig_config,
         options.nvml_lib.clone(),
+        options.mig_minors,
     );
     if let Some((tx, rx)) = label
         && !follow_label(&node_options, client.clone(), tx, rx, &reload_tx, &shutdown).await?
