@@ -444,6 +444,13 @@ mod tests {
                     "/dev/nvidia-caps/nvidia-cap283",
                 ],
             ),
+            (
+                "nvidia.com/gpu",
+                "GPU-0",
+                "GPU-0",
+                "0",
+                vec!["/dev/nvidia0"],
+            ),
         ];
         let mut cases = 0;
         for mask in 1u8..16 {
