@@ -6,10 +6,11 @@
 //! `--exact child_discover`, which calls `discover` and prints the result as
 //! one JSON line.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use gpu_slicer::allocate::NodeDeviceFiles;
 use gpu_slicer::gpu::nvml::{NvmlOptions, discover};
@@ -58,39 +59,9 @@ fn child_discover() {
     println!("{MARK}{}", Value::Array(results));
 }
 
-/// The fake library. `cargo test` does not rebuild a cdylib that no test
-/// target depends on, so this runs `cargo build -p fake-nvml` once per test
-/// process (a no-op when it is fresh) into this executable's target dir.
+/// The fake library, built fresh once per test process (see `common`).
 fn fake_library() -> PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let deps = exe.parent().expect("deps dir");
-        let profile = deps.parent().expect("profile dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
-            .arg(profile.parent().expect("target dir"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        match build.status() {
-            Ok(status) => assert!(status.success(), "cargo build -p fake-nvml failed"),
-            Err(e) => eprintln!("cannot run cargo ({e}); using the fake library as built"),
-        }
-        let candidates = [
-            profile.join("libfake_nvml.so"),
-            deps.join("libfake_nvml.so"),
-        ];
-        candidates
-            .iter()
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("libfake_nvml.so not found next to {}", exe.display()))
-            .clone()
-    })
-    .clone()
+    common::fake_nvml()
 }
 
 /// A node's directories: sysfs, dev and mig-minors, under one temp dir.
