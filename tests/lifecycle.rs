@@ -253,3 +253,31 @@ async fn metrics_and_health_endpoints_answer() {
     assert!(daemon.terminate().success());
     kubelet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_list_and_watch_stream_alone_leads_to_re_registration() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), MIXED);
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = Daemon::start(dir.path(), &args(&p4d_balanced(&config)));
+    let want = expect(&[
+        ("nvidia.com/mig-1g.5gb", 16),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    wait_for(&kubelet, &want).await;
+    // No socket removed, no kubelet.sock re-created: only the stream ends.
+    assert!(kubelet.drop_stream("nvidia.com/mig-2g.10gb"));
+    assert_eq!(
+        kubelet.node_status()["nvidia.com/mig-2g.10gb"].allocatable,
+        0
+    );
+    wait_for(&kubelet, &want).await;
+    assert_eq!(registrations_of(&kubelet, "nvidia.com/mig-2g.10gb"), 2);
+    assert_eq!(
+        registrations_of(&kubelet, "nvidia.com/mig-1g.5gb"),
+        1,
+        "others untouched"
+    );
+    kubelet.shutdown().await;
+}

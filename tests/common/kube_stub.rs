@@ -137,9 +137,23 @@ impl KubeStub {
     /// compacted and open watches end, so a client learns of the change only
     /// by getting the Node again after its watch fails with 410 Gone.
     pub fn set_label_unseen(&self, key: &str, value: Option<&str>) {
-        self.set_label(key, value);
+        // One critical section, and no event pushed or announced: an open
+        // watch must not see this change before the history is compacted.
         let mut inner = self.state.inner.lock().expect("stub");
-        inner.compacted = inner.version;
+        let labels = &mut inner.node["metadata"]["labels"];
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            match value {
+                Some(v) => labels.insert(key.into(), v.into()),
+                None => labels.remove(key),
+            };
+        }
+        inner.version += 1;
+        let version = inner.version;
+        inner.node["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        inner.compacted = version;
         inner.events.clear();
         drop(inner);
         self.end_watches();

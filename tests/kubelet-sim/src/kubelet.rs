@@ -238,6 +238,32 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Drops the ListAndWatch stream of `resource` without a restart, as a
+    /// kubelet does when it tears a client down (the 1.25–1.35 re-registration
+    /// race, a connection error): the endpoint stops and every device turns
+    /// unhealthy (§4.3); only a new registration brings it back. Returns
+    /// whether there was a stream to drop.
+    pub fn drop_stream(&self, resource: &str) -> bool {
+        let dropped = {
+            let mut st = self.shared.lock();
+            match st.resources.get_mut(resource) {
+                Some(r) => match r.endpoint.as_mut() {
+                    Some(ep) if ep.client.is_some() => {
+                        ep.stop();
+                        for d in r.devices.values_mut() {
+                            d.healthy = false;
+                        }
+                        true
+                    }
+                    _ => false,
+                },
+                None => false,
+            }
+        };
+        self.shared.notify();
+        dropped
+    }
+
     /// Forces the 5-minute expiry of stopped endpoints now: their resources drop to 0/0
     /// (the key stays in node status).
     pub fn expire_stopped_endpoints(&self) {

@@ -37,7 +37,7 @@ pub(crate) struct PluginEndpoint {
 }
 
 impl PluginEndpoint {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.client = None;
         if let Some(t) = self.task.take() {
             t.abort();
