@@ -23,9 +23,7 @@ use std::sync::LazyLock;
 
 use divan::{Bencher, black_box};
 use gpu_slicer::allocate::{NodeDeviceFiles, allocate};
-use gpu_slicer::config::{
-    AllocationPolicy, Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName,
-};
+use gpu_slicer::config::{AllocationPolicy, Config, MigStrategy, ReplicatedResource};
 use gpu_slicer::gpu::{Inventory, simulated};
 use gpu_slicer::placement::{LinkScores, preferred};
 use gpu_slicer::plan::{Resource, plan};
@@ -50,12 +48,8 @@ struct Node {
 
 fn time_sliced(replicas: u32) -> Config {
     let mut config = Config::default();
-    config.sharing.time_slicing.resources = vec![ReplicatedResource {
-        name: ResourceName::new_unchecked("nvidia.com/gpu"),
-        rename: None,
-        devices: DeviceSelection::All,
-        replicas,
-    }];
+    config.sharing.time_slicing.resources =
+        vec![ReplicatedResource::every("nvidia.com/gpu", replicas)];
     config
 }
 

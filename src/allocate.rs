@@ -239,7 +239,7 @@ fn join_root(root: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
+    use crate::config::{Config, MigStrategy, ReplicatedResource};
     use crate::gpu::{Gpu, Inventory, MigDevice};
     use crate::plan::plan;
 
@@ -284,12 +284,7 @@ mod tests {
                 .sharing
                 .time_slicing
                 .resources
-                .push(ReplicatedResource {
-                    name: ResourceName::new_unchecked("nvidia.com/gpu"),
-                    rename: None,
-                    devices: DeviceSelection::All,
-                    replicas,
-                });
+                .push(ReplicatedResource::every("nvidia.com/gpu", replicas));
         }
         config
     }

@@ -250,7 +250,7 @@ impl HealthState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
+    use crate::config::{Config, MigStrategy, ReplicatedResource};
     use crate::gpu::simulated;
     use crate::plan::plan;
 
@@ -335,12 +335,7 @@ mod tests {
             .sharing
             .time_slicing
             .resources
-            .push(ReplicatedResource {
-                name: ResourceName::new_unchecked("nvidia.com/gpu"),
-                rename: None,
-                devices: DeviceSelection::All,
-                replicas: 4,
-            });
+            .push(ReplicatedResource::every("nvidia.com/gpu", 4));
         let inventory = simulated::from_instance("g5.12xlarge", None).expect("sim");
         let planned = plan(&inventory, &config);
         let resource = &planned.resources[0];

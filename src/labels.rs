@@ -148,7 +148,7 @@ pub fn write_feature_file(path: &Path, labels: &BTreeMap<String, String>) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DeviceSelection, ReplicatedResource, ResourceName};
+    use crate::config::ReplicatedResource;
     use crate::gpu::simulated;
     use crate::plan::plan;
 
@@ -192,12 +192,7 @@ mod tests {
             .sharing
             .time_slicing
             .resources
-            .push(ReplicatedResource {
-                name: ResourceName::new_unchecked("nvidia.com/gpu"),
-                rename: None,
-                devices: DeviceSelection::All,
-                replicas: 4,
-            });
+            .push(ReplicatedResource::every("nvidia.com/gpu", 4));
         let got = labels_for("g5.12xlarge", None, &config);
         assert_eq!(got["nvidia.com/gpu.product"], "NVIDIA-A10G-SHARED");
         assert_eq!(got["nvidia.com/gpu.replicas"], "4");

@@ -256,7 +256,7 @@ mod tests {
             .device(id)
             .map_or(u32::MAX, |d| d.physical.gpu_index)
     }
-    use crate::config::{Config, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName};
+    use crate::config::{Config, MigStrategy, ReplicatedResource};
     use crate::gpu::{Gpu, MigDevice, NvLinkPeer, PciePeer};
     use crate::plan::plan;
     use proptest::prelude::*;
@@ -405,12 +405,7 @@ mod tests {
             .sharing
             .time_slicing
             .resources
-            .push(ReplicatedResource {
-                name: ResourceName::new_unchecked("nvidia.com/gpu"),
-                rename: None,
-                devices: DeviceSelection::All,
-                replicas,
-            });
+            .push(ReplicatedResource::every("nvidia.com/gpu", replicas));
         config
     }
 

@@ -747,12 +747,7 @@ mod tests {
             .sharing
             .time_slicing
             .resources
-            .push(ReplicatedResource {
-                name: ResourceName::new_unchecked(name),
-                rename: None,
-                devices: DeviceSelection::All,
-                replicas,
-            });
+            .push(ReplicatedResource::every(name, replicas));
         config
             .sharing
             .time_slicing
@@ -1028,12 +1023,7 @@ mod tests {
         config.sharing.mps = Some(ReplicatedResources {
             rename_by_default: false,
             fail_requests_greater_than_one: true,
-            resources: vec![ReplicatedResource {
-                name: ResourceName::new_unchecked("nvidia.com/mig-1g.5gb"),
-                rename: None,
-                devices: DeviceSelection::All,
-                replicas: 2,
-            }],
+            resources: vec![ReplicatedResource::every("nvidia.com/mig-1g.5gb", 2)],
         });
         let plan = plan(&node(vec![gpu(0, true, BALANCED)]), &config);
         assert_eq!(

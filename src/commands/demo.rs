@@ -13,9 +13,7 @@ use kubelet_sim::{Container, Kubelet, Options, Pod};
 use tokio_util::sync::CancellationToken;
 
 use crate::allocate::NodeDeviceFiles;
-use crate::config::{
-    Config, ConfigFlags, DeviceSelection, MigStrategy, ReplicatedResource, ResourceName,
-};
+use crate::config::{Config, ConfigFlags, MigStrategy, ReplicatedResource};
 use crate::daemon::{self, Paths, Setup};
 use crate::gpu::{Inventory, simulated};
 use crate::plan::plan;
@@ -47,12 +45,8 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             simulated::load(&options.instance, Some("all-disabled")).map_err(|e| e.to_string())?;
         let mut config = super::effective_config(None, &options.flags)?;
         config.flags.mig_strategy = MigStrategy::None;
-        config.sharing.time_slicing.resources = vec![ReplicatedResource {
-            name: ResourceName::new_unchecked("nvidia.com/gpu"),
-            rename: None,
-            devices: DeviceSelection::All,
-            replicas: 4,
-        }];
+        config.sharing.time_slicing.resources =
+            vec![ReplicatedResource::every("nvidia.com/gpu", 4)];
         let title = format!(
             "Time-slicing: {} with MIG disabled and 4 replicas per GPU",
             options.instance

@@ -286,6 +286,19 @@ pub struct ReplicatedResource {
     pub replicas: u32,
 }
 
+impl ReplicatedResource {
+    /// Every device of `name`, `replicas` times, under the same name: the
+    /// common case (`{name: nvidia.com/gpu, replicas: 4}`).
+    pub fn every(name: &str, replicas: u32) -> Self {
+        ReplicatedResource {
+            name: ResourceName::new_unchecked(name),
+            rename: None,
+            devices: DeviceSelection::All,
+            replicas,
+        }
+    }
+}
+
 /// `resources[].devices`: which devices of the resource are replicated.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum DeviceSelection {
@@ -368,12 +381,10 @@ mod tests {
     fn sharing_strategy_follows_replicas() {
         let mut sharing = Sharing::default();
         assert_eq!(sharing.strategy(), SharingStrategy::None);
-        sharing.time_slicing.resources.push(ReplicatedResource {
-            name: ResourceName::new_unchecked("nvidia.com/gpu"),
-            rename: None,
-            devices: DeviceSelection::All,
-            replicas: 4,
-        });
+        sharing
+            .time_slicing
+            .resources
+            .push(ReplicatedResource::every("nvidia.com/gpu", 4));
         assert_eq!(sharing.strategy(), SharingStrategy::TimeSlicing);
     }
 
