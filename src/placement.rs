@@ -138,12 +138,7 @@ fn by_gpu_load(
         return Vec::new();
     }
     // GPU indices are small: plain vectors indexed by GPU beat hash maps.
-    let gpus = resource
-        .devices
-        .iter()
-        .map(|d| d.physical.gpu_index as usize + 1)
-        .max()
-        .unwrap_or(0);
+    let gpus = resource.gpu_slots();
     let mut per_gpu: Vec<Vec<usize>> = vec![Vec::new(); gpus];
     for &p in candidates {
         per_gpu[gpu_at(resource, p) as usize].push(p);

@@ -39,6 +39,8 @@ pub struct Resource {
     index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
     /// Devices per physical GPU (by GPU index), for placement.
     per_gpu: HashMap<u32, usize>,
+    /// One past the highest GPU index behind this resource.
+    gpu_slots: usize,
 }
 
 /// The Firefox/rustc hash: a multiply and a rotate per word, far cheaper
@@ -139,8 +141,10 @@ impl Resource {
             .map(|(i, d)| (d.id.clone(), i))
             .collect();
         let mut per_gpu = HashMap::new();
+        let mut gpu_slots = 0;
         for device in &devices {
             *per_gpu.entry(device.physical.gpu_index).or_insert(0) += 1;
+            gpu_slots = gpu_slots.max(device.physical.gpu_index as usize + 1);
         }
         Resource {
             name,
@@ -148,7 +152,14 @@ impl Resource {
             sharing,
             index,
             per_gpu,
+            gpu_slots,
         }
+    }
+
+    /// One past the highest GPU index behind this resource (0 when empty):
+    /// the size of a vector indexed by GPU.
+    pub fn gpu_slots(&self) -> usize {
+        self.gpu_slots
     }
 
     /// Position of `id` in [`Self::devices`].
