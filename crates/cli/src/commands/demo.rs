@@ -1,0 +1,185 @@
+//! `gpu-slicer demo`: the whole path, with no GPU and no cluster.
+//!
+//! Starts the stand-in kubelet in a temporary directory, runs the daemon on
+//! a simulated instance against it, and prints what `kubectl describe node`
+//! would show and what an admitted pod's container receives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kubelet_sim::{Container, Kubelet, Options, Pod};
+use tokio_util::sync::CancellationToken;
+
+use gpu_slicer_core::allocate::NodeDeviceFiles;
+use gpu_slicer_core::config::{Config, ConfigFlags, MigStrategy, ReplicatedResource};
+use gpu_slicer_core::gpu::Inventory;
+use gpu_slicer_core::plan::plan;
+use gpu_slicer_daemon::config_file::{config_for_layout, effective_config};
+use gpu_slicer_daemon::daemon::{self, Paths, Setup};
+use gpu_slicer_daemon::simulate;
+
+pub struct DemoOptions {
+    pub instance: String,
+    pub mig_config: String,
+    pub config_file: Option<PathBuf>,
+    pub flags: ConfigFlags,
+}
+
+/// How long to wait for every resource to reach the kubelet.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub async fn run(options: DemoOptions) -> Result<(), String> {
+    let layout = Some(options.mig_config.as_str());
+    let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
+        .map_err(|e| e.to_string())?;
+    let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let title = format!(
+        "MIG: {} with layout {} under migStrategy {}",
+        options.instance, options.mig_config, config.flags.mig_strategy
+    );
+    scene(&title, inventory, config).await?;
+
+    // Without a config file of the user's, also show time-slicing: the same
+    // instance with MIG off and every GPU shared four ways.
+    if options.config_file.is_none() {
+        let inventory =
+            simulate::load(&options.instance, Some("all-disabled")).map_err(|e| e.to_string())?;
+        let mut config = effective_config(None, &options.flags).map_err(|e| e.to_string())?;
+        config.flags.mig_strategy = MigStrategy::None;
+        config.sharing.time_slicing.resources =
+            vec![ReplicatedResource::every("nvidia.com/gpu", 4)];
+        let title = format!(
+            "Time-slicing: {} with MIG disabled and 4 replicas per GPU",
+            options.instance
+        );
+        scene(&title, inventory, config).await?;
+    }
+    Ok(())
+}
+
+async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), String> {
+    println!("=== {title}");
+    let gpus = inventory.gpus.len();
+    let model = inventory
+        .gpus
+        .first()
+        .map(|g| g.model.clone())
+        .unwrap_or_default();
+    println!("simulated node: {gpus} × {model}");
+
+    let planned = plan(&inventory, &config);
+    for d in &planned.diagnostics {
+        println!("  {d}");
+    }
+    let expected: BTreeMap<String, usize> = planned.counts().into_iter().collect();
+
+    let dir = tempfile::Builder::new()
+        .prefix("gpu-slicer-demo")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let kubelet = Kubelet::start(Options::new(dir.path()))
+        .await
+        .map_err(|e| format!("stand-in kubelet failed to start: {e}"))?;
+    println!(
+        "stand-in kubelet listening on {}",
+        kubelet.socket_path().display()
+    );
+
+    let setup = Setup {
+        files: NodeDeviceFiles {
+            control: Vec::new(),
+            mig_caps: NodeDeviceFiles::synthetic_mig_minors(gpus as u32),
+        },
+        inventory,
+        config,
+    };
+    let paths = Paths {
+        device_plugin_dir: dir.path().to_path_buf(),
+        kubelet_socket: Some(kubelet.socket_path()),
+        feature_file: None,
+        cdi_spec_dir: None,
+        health_env: Default::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let started = Instant::now();
+    let daemon = tokio::spawn(daemon::run(
+        paths,
+        Arc::new(move || Ok(setup.clone())),
+        reload_rx,
+        tokio::sync::mpsc::unbounded_channel().1,
+        gpu_slicer_daemon::metrics::Metrics::default(),
+        shutdown.clone(),
+    ));
+
+    let want = expected.clone();
+    let registered = kubelet
+        .wait_until(
+            move |status| {
+                want.iter().all(|(name, count)| {
+                    status
+                        .get(name)
+                        .is_some_and(|c| c.allocatable == *count && c.capacity == *count)
+                })
+            },
+            REGISTRATION_TIMEOUT,
+        )
+        .await;
+    if let Err(e) = registered {
+        shutdown.cancel();
+        let _ = daemon.await;
+        return Err(format!("resources did not reach the kubelet: {e}"));
+    }
+    println!(
+        "all {} resources registered and listed in {:.1} ms\n",
+        expected.len(),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+
+    let status = kubelet.node_status();
+    let width = status.keys().map(String::len).max().unwrap_or(0) + 1;
+    println!("$ kubectl describe node   (as the stand-in kubelet reports it)");
+    for (heading, pick) in [("Capacity:", true), ("Allocatable:", false)] {
+        println!("{heading}");
+        for (name, c) in &status {
+            let value = if pick { c.capacity } else { c.allocatable };
+            println!("  {:<width$} {value}", format!("{name}:"));
+        }
+    }
+
+    println!("\nPods admitted (one per resource):");
+    for name in expected.keys() {
+        let short = name.rsplit('/').next().unwrap_or(name).replace('.', "-");
+        let pod = Pod::new(format!("demo-{short}"))
+            .container(Container::new("main").limit(name.clone(), 1));
+        match kubelet.admit(&pod).await {
+            Ok(admission) => {
+                let Some(container) = admission.containers.first() else {
+                    continue;
+                };
+                let devices: Vec<String> = container
+                    .resources
+                    .values()
+                    .flat_map(|r| r.device_ids.clone())
+                    .collect();
+                println!("  pod {} ({name}: 1)", pod.name);
+                println!("    device: {}", devices.join(", "));
+                for (key, value) in &container.merged.envs {
+                    println!("    env {key}={value}");
+                }
+            }
+            Err(e) => println!("  pod {}: {e}", pod.name),
+        }
+    }
+    println!();
+
+    shutdown.cancel();
+    daemon
+        .await
+        .map_err(|e| format!("daemon task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    kubelet.shutdown().await;
+    Ok(())
+}

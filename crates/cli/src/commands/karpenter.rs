@@ -1,0 +1,200 @@
+//! `gpu-slicer karpenter overlays`, `gpu-slicer lint`, and the price /
+//! workload parts of `gpu-slicer plan`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::karpenter::{
+    self, CONFIG_LABEL, Document, MIG_CONFIG_LABEL, cost, lint, overlays, prices::PriceTable,
+};
+use gpu_slicer_core::config::Config;
+use gpu_slicer_core::gpu::catalog::{self, InstanceType};
+
+/// Output format of the Karpenter commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Options of `gpu-slicer karpenter overlays`.
+#[derive(Debug, Clone, Default)]
+pub struct OverlayOptions {
+    /// gpu-slicer config: a `version: v1` file or a ConfigMap manifest.
+    pub config_file: Option<PathBuf>,
+    /// Which config of a ConfigMap with several.
+    pub config_name: Option<String>,
+    /// MIG layout; default: the NodePool's `nvidia.com/mig.config` label.
+    pub mig_config: Option<String>,
+    pub nodepools: Vec<String>,
+    /// File(s) holding the NodePool(s).
+    pub nodepool_files: Vec<PathBuf>,
+    pub instance_types: Vec<String>,
+}
+
+/// The configs of a `--config-file`: a ConfigMap (several keys allowed) or
+/// a bare `version: v1` file.
+pub fn load_configs(path: &Path) -> Result<BTreeMap<String, Config>, String> {
+    let docs = karpenter::load_documents(path)?;
+    for doc in &docs {
+        if doc.kind() == "ConfigMap"
+            && let Some(configs) = karpenter::configs_of(doc)
+        {
+            return configs;
+        }
+    }
+    let config = gpu_slicer_daemon::config_file::load_file(path).map_err(|e| {
+        format!(
+            "{e}; --config-file takes a gpu-slicer config (version: v1) or a ConfigMap holding one"
+        )
+    })?;
+    Ok(BTreeMap::from([("config.yaml".to_string(), config)]))
+}
+
+fn instance_preset(name: &str) -> Result<&'static InstanceType, String> {
+    catalog::instance(name).ok_or_else(|| {
+        format!(
+            "unknown instance type '{name}'; known: {}",
+            catalog::instances()
+                .iter()
+                .map(|i| i.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Generates the overlays and renders them as YAML (or JSON).
+pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String, String> {
+    let mut pool_docs: Vec<Document> = Vec::new();
+    for f in &opts.nodepool_files {
+        pool_docs.extend(
+            karpenter::load_documents(f)?
+                .into_iter()
+                .filter(|d| d.kind() == "NodePool"),
+        );
+    }
+    let mut nodepools = opts.nodepools.clone();
+    if nodepools.is_empty() {
+        nodepools = pool_docs.iter().map(|d| d.name().to_string()).collect();
+    }
+    if nodepools.is_empty() {
+        return Err(
+            "name the NodePool(s) the overlays are for: --nodepool NAME (or --nodepool-file FILE)"
+                .into(),
+        );
+    }
+    let configs = match &opts.config_file {
+        Some(path) => Some((path.display().to_string(), load_configs(path)?)),
+        None => None,
+    };
+    let mut all = Vec::new();
+    let mut header = String::new();
+    for pool in &nodepools {
+        let doc = pool_docs.iter().find(|d| d.name() == pool);
+        if doc.is_none() && !opts.nodepool_files.is_empty() {
+            return Err(format!(
+                "NodePool {pool} is not in {}; check --nodepool",
+                opts.nodepool_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let layout = opts.mig_config.clone().or_else(|| {
+            doc.and_then(|d| karpenter::nodepool_label(&d.value, MIG_CONFIG_LABEL))
+                .map(str::to_string)
+        });
+        let layout = layout.as_deref().filter(|l| *l != "all-disabled");
+        let wanted_name = opts.config_name.clone().or_else(|| {
+            doc.and_then(|d| karpenter::nodepool_label(&d.value, CONFIG_LABEL))
+                .map(str::to_string)
+        });
+        let (config_name, config) = match &configs {
+            Some((source, map)) => {
+                let (n, c) = karpenter::pick_config(map, wanted_name.as_deref(), source)?;
+                (Some(n.to_string()), c.clone())
+            }
+            None => (None, karpenter::default_config(layout)),
+        };
+        let instances: Vec<&'static InstanceType> = if opts.instance_types.is_empty() {
+            let reqs = doc.map(|d| karpenter::nodepool_requirements(&d.value));
+            // MIG-capable presets get the layout; the others only when MIG is off.
+            overlays::default_instances(reqs.as_deref(), layout)
+        } else {
+            opts.instance_types
+                .iter()
+                .map(|t| instance_preset(t))
+                .collect::<Result<_, _>>()?
+        };
+        if instances.is_empty() {
+            return Err(format!(
+                "no instance preset fits NodePool {pool} with MIG layout {}; pass --instance-type",
+                layout.unwrap_or("all-disabled")
+            ));
+        }
+        let request = overlays::Request {
+            nodepools: vec![pool.clone()],
+            instances,
+            layout,
+            config: &config,
+            config_name: config_name.as_deref(),
+        };
+        all.extend(overlays::overlays(&request)?);
+        if header.is_empty() {
+            header = overlays::header(layout, config_name.as_deref());
+        }
+    }
+    match output {
+        Output::Json => serde_json::to_string_pretty(&all)
+            .map(|s| s + "\n")
+            .map_err(|e| format!("cannot render JSON: {e}")),
+        Output::Text => overlays::to_yaml(&all, &header),
+    }
+}
+
+/// Lints files; returns the rendering and whether any error was found.
+pub fn lint_command(files: &[PathBuf], output: Output) -> Result<(String, bool), String> {
+    if files.is_empty() {
+        return Err("name the files to lint: gpu-slicer lint FILE...".into());
+    }
+    let findings = lint::lint_files(files)?;
+    let failed = findings.iter().any(|f| f.severity == lint::Severity::Error);
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&findings)
+            .map(|s| s + "\n")
+            .map_err(|e| format!("cannot render JSON: {e}"))?,
+        Output::Text => lint::render(&findings),
+    };
+    Ok((text, failed))
+}
+
+/// The price table: `--prices FILE` or the built-in one.
+pub fn price_table(prices: Option<&Path>) -> Result<PriceTable, String> {
+    match prices {
+        Some(p) => PriceTable::load(p),
+        None => Ok(karpenter::prices::builtin()),
+    }
+}
+
+/// `gpu-slicer plan --workload FILE`.
+pub fn workload_command(
+    workload: &Path,
+    prices: Option<&Path>,
+    nodepool: &str,
+    output: Output,
+) -> Result<String, String> {
+    let table = price_table(prices)?;
+    let source = workload.display().to_string();
+    let text = std::fs::read_to_string(workload)
+        .map_err(|e| format!("cannot read the workload file {source}: {e}; check --workload"))?;
+    let items = cost::parse_workload(&text, &source)?;
+    let ranking = cost::rank(&items, &table, nodepool)?;
+    match output {
+        Output::Json => serde_json::to_string_pretty(&ranking)
+            .map(|s| s + "\n")
+            .map_err(|e| format!("cannot render JSON: {e}")),
+        Output::Text => cost::render_ranking(&ranking, 10),
+    }
+}

@@ -1,0 +1,6 @@
+//! The subcommands behind `main.rs`: each turns parsed options into calls
+//! on the core and the daemon.
+
+pub mod demo;
+pub mod karpenter;
+pub mod plan;

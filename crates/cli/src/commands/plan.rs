@@ -1,0 +1,100 @@
+//! `gpu-slicer plan`: what a node would advertise, without starting anything.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use gpu_slicer_core::gpu::Inventory;
+use gpu_slicer_core::plan::{Plan, Resource};
+
+/// One line per resource: name, count, then what stands behind it.
+pub fn render(plan: &Plan, inventory: &Inventory) -> String {
+    let width = plan
+        .resources
+        .iter()
+        .map(|r| r.name.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for resource in &plan.resources {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>5}  {}",
+            resource.name.as_str(),
+            resource.devices.len(),
+            describe(resource, inventory)
+        );
+    }
+    if plan.resources.is_empty() {
+        out.push_str("(nothing to advertise)\n");
+    }
+    out
+}
+
+/// E.g. `1g.5gb MIG slices, 4864 MiB each, on 8 GPUs (NVIDIA A100-SXM4-40GB)`.
+fn describe(resource: &Resource, inventory: &Inventory) -> String {
+    let mut kinds = BTreeSet::new();
+    let mut models = BTreeSet::new();
+    for device in &resource.devices {
+        let Some(gpu) = inventory.gpus.get(device.physical.gpu_index as usize) else {
+            continue;
+        };
+        models.insert(gpu.model.as_str());
+        let kind = match device.physical.mig {
+            Some(_) => gpu
+                .mig_devices
+                .iter()
+                .find(|m| m.uuid == device.physical.uuid)
+                .map(|m| format!("{} MIG slices, {} MiB each", m.profile, m.memory_mib))
+                .unwrap_or_else(|| "MIG slices".into()),
+            None => format!("whole GPUs, {} MiB each", gpu.memory_mib),
+        };
+        kinds.insert(kind);
+    }
+    let mut text = kinds.into_iter().collect::<Vec<_>>().join(" + ");
+    if let Some(sharing) = resource.sharing {
+        let _ = write!(
+            text,
+            ", {} {} replicas each{}",
+            sharing.replicas,
+            sharing.strategy.as_str(),
+            if sharing.fail_requests_greater_than_one {
+                ", at most 1 per container"
+            } else {
+                ""
+            }
+        );
+    }
+    let gpus = resource.gpu_count();
+    let _ = write!(
+        text,
+        ", on {gpus} GPU{} ({})",
+        if gpus == 1 { "" } else { "s" },
+        models.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    text
+}
+
+/// `plan --output json`: resources, counts, and costs when priced.
+pub fn render_json(
+    instance: &str,
+    plan: &Plan,
+    inventory: &Inventory,
+    table: &crate::karpenter::prices::PriceTable,
+) -> String {
+    let price = table.price(instance);
+    let costs =
+        price.map(|p| crate::karpenter::cost::resource_costs(plan, inventory, p.usd_per_hour));
+    let value = serde_json::json!({
+        "instance": instance,
+        "resources": plan.resources.iter().map(|r| serde_json::json!({
+            "name": r.name.as_str(),
+            "count": r.devices.len(),
+            "description": describe(r, inventory),
+            "usdPerSliceHour": costs.as_ref().and_then(|c| c.iter().find(|c| c.resource == r.name.as_str())).map(|c| c.usd_per_slice_hour),
+        })).collect::<Vec<_>>(),
+        "diagnostics": plan.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "price": price,
+        "priceTable": {"origin": table.origin, "date": table.date, "currency": table.currency},
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}

@@ -1,0 +1,586 @@
+//! Cost per slice-hour, and instance/layout choices for a mix of pods.
+//!
+//! A slice's price is its share of the instance price: the instance price is
+//! split evenly over its GPUs, a MIG-enabled GPU's price over its GPU
+//! instances by compute slices (unused slices are paid for by the used
+//! ones), and a time-shared device's price over its replicas. Summed over
+//! every advertised device this gives back the instance price.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use gpu_slicer_core::config::{self, Config};
+use gpu_slicer_core::gpu::Inventory;
+use gpu_slicer_core::gpu::catalog::{self, InstanceType};
+use gpu_slicer_core::gpu::simulated;
+use gpu_slicer_core::plan::{Plan, plan};
+
+use super::overlays;
+use super::prices::{self, PriceTable};
+
+/// The price of one device (slice or replica) of a resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceCost {
+    pub resource: String,
+    pub count: usize,
+    /// Average over the resource's devices.
+    pub usd_per_slice_hour: f64,
+}
+
+/// Each advertised resource's price per device-hour, for an instance that
+/// costs `usd_per_hour`.
+pub fn resource_costs(plan: &Plan, inventory: &Inventory, usd_per_hour: f64) -> Vec<ResourceCost> {
+    let gpus = inventory.gpus.len().max(1) as f64;
+    let per_gpu = usd_per_hour / gpus;
+    plan.resources
+        .iter()
+        .map(|resource| {
+            let replicas = f64::from(resource.sharing.map_or(1, |s| s.replicas.max(1)));
+            let total: f64 = resource
+                .devices
+                .iter()
+                .map(|device| {
+                    let share = inventory
+                        .gpus
+                        .get(device.physical.gpu_index as usize)
+                        .map_or(1.0, |gpu| match device.physical.mig {
+                            None => 1.0,
+                            Some(ids) => {
+                                // Compute slices per GPU instance, and how many
+                                // devices (compute instances) share each one.
+                                let mut instances: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+                                for m in &gpu.mig_devices {
+                                    let e = instances.entry(m.gpu_instance_id).or_insert((0, 0));
+                                    e.0 = m.gpu_instance_slices().unwrap_or(1);
+                                    e.1 += 1;
+                                }
+                                let used: u32 = instances.values().map(|(s, _)| *s).sum();
+                                let (slices, sharing) =
+                                    instances.get(&ids.gpu_instance).copied().unwrap_or((1, 1));
+                                f64::from(slices)
+                                    / f64::from(used.max(1))
+                                    / f64::from(sharing.max(1))
+                            }
+                        });
+                    per_gpu * share / replicas
+                })
+                .sum();
+            let count = resource.devices.len();
+            ResourceCost {
+                resource: resource.name.to_string(),
+                count,
+                usd_per_slice_hour: if count == 0 {
+                    0.0
+                } else {
+                    total / count as f64
+                },
+            }
+        })
+        .collect()
+}
+
+/// Cost lines for `gpu-slicer plan`. They start with `#` so that no line
+/// reads as `<resource> <count>`.
+pub fn render_costs(
+    instance: &str,
+    plan: &Plan,
+    inventory: &Inventory,
+    table: &PriceTable,
+) -> String {
+    let mut out = String::new();
+    let Some(price) = table.price(instance) else {
+        let _ = writeln!(
+            out,
+            "# price: no price for {instance} in the {}; add it with --prices FILE",
+            table.describe()
+        );
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "# price: {instance} {} from the {}",
+        prices::describe_price(price),
+        table.describe()
+    );
+    let costs = resource_costs(plan, inventory, price.usd_per_hour);
+    let width = costs.iter().map(|c| c.resource.len()).max().unwrap_or(0);
+    for c in costs {
+        let _ = writeln!(
+            out,
+            "# cost:  {:<width$}  ${} per slice-hour",
+            c.resource,
+            prices::money(c.usd_per_slice_hour)
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Workload mixes
+
+/// One line of a workload file: `count` pods, each asking for one MIG
+/// `slice` (`1g.10gb`), or for `sharedGpu` time-shared replicas with
+/// `memoryGiB` of GPU memory each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadItem {
+    pub name: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub slice: Option<String>,
+    #[serde(default)]
+    pub shared_gpu: Option<u32>,
+    #[serde(default, rename = "memoryGiB")]
+    pub memory_gib: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Parses a workload file (a YAML list, or `pods:` holding one).
+pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, String> {
+    let hint = "expected a list of {name, count, slice: \"1g.10gb\"} or {name, count, sharedGpu: 1, memoryGiB: 8}";
+    let value: Value =
+        serde_saphyr::from_str(text).map_err(|e| format!("{source}: {e}; {hint}"))?;
+    let list = match value.get("pods") {
+        Some(pods) => pods.clone(),
+        None => value,
+    };
+    let items: Vec<WorkloadItem> =
+        serde_json::from_value(list).map_err(|e| format!("{source}: {e}; {hint}"))?;
+    if items.is_empty() {
+        return Err(format!("{source}: no pods; {hint}"));
+    }
+    for item in &items {
+        match (&item.slice, item.shared_gpu) {
+            (Some(_), None) => {}
+            (None, Some(n)) if n >= 1 => {
+                if item.memory_gib.is_none_or(|m| m.is_nan() || m <= 0.0) {
+                    return Err(format!(
+                        "{source}: pod '{}' shares GPUs but has no memoryGiB: say how much GPU memory each pod needs",
+                        item.name
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{source}: pod '{}' needs exactly one of `slice` (a MIG profile such as 1g.10gb) or `sharedGpu` (replicas, at least 1)",
+                    item.name
+                ));
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// One way to run a group of pods: a NodePool of one instance type.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Choice {
+    pub instance: String,
+    /// MIG layout (`all-disabled` for time-slicing).
+    pub layout: String,
+    /// Time-slicing replicas per GPU (1: whole GPUs).
+    pub replicas: u32,
+    pub nodes: u64,
+    pub usd_per_hour: f64,
+    pub usd_per_node_hour: f64,
+    pub price_source: String,
+    /// What one node advertises (all resources, as the overlay declares).
+    pub per_node: BTreeMap<String, u64>,
+    /// NodePool `limits` in slice units for the demanded resources, plus `nodes`.
+    pub limits: BTreeMap<String, String>,
+    /// The overlay to apply for this NodePool and instance type.
+    pub overlay: Value,
+}
+
+/// Pods that go to one kind of pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    /// `mig` or `time-slicing`.
+    pub kind: String,
+    pub nodepool: String,
+    pub pods: Vec<String>,
+    /// Resource → devices the pods need in total.
+    pub demand: BTreeMap<String, u64>,
+    /// Cheapest first.
+    pub choices: Vec<Choice>,
+    /// Instance types that would fit but have no price.
+    pub unpriced: Vec<String>,
+}
+
+/// The ranking of a workload mix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ranking {
+    pub price_table: String,
+    pub price_table_date: String,
+    pub currency: String,
+    pub groups: Vec<Group>,
+}
+
+fn mixed_config() -> Result<Config, String> {
+    config::parse(
+        "version: v1\nflags:\n  migStrategy: mixed\n",
+        "built-in mixed config",
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn time_slicing_config(replicas: u32) -> Result<Config, String> {
+    let text = if replicas >= 2 {
+        format!(
+            "version: v1\nflags:\n  migStrategy: none\nsharing:\n  timeSlicing:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}\n"
+        )
+    } else {
+        "version: v1\nflags:\n  migStrategy: none\n".to_string()
+    };
+    config::parse(&text, "built-in time-slicing config").map_err(|e| e.to_string())
+}
+
+/// Ranks instance/layout choices for `items`, cheapest first, in one group
+/// per pool kind (MIG slices; time-shared GPUs). `nodepool` prefixes the
+/// NodePool names of the overlays (`<nodepool>-mig`, `<nodepool>-shared`).
+pub fn rank(items: &[WorkloadItem], table: &PriceTable, nodepool: &str) -> Result<Ranking, String> {
+    let mut groups = Vec::new();
+    let slices: Vec<&WorkloadItem> = items.iter().filter(|i| i.slice.is_some()).collect();
+    let shared: Vec<&WorkloadItem> = items.iter().filter(|i| i.shared_gpu.is_some()).collect();
+    if !slices.is_empty() {
+        let mut demand = BTreeMap::new();
+        for i in &slices {
+            let profile = i
+                .slice
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches("mig-");
+            *demand
+                .entry(format!("nvidia.com/mig-{profile}"))
+                .or_insert(0) += u64::from(i.count);
+        }
+        let config = mixed_config()?;
+        let pool = format!("{nodepool}-mig");
+        let mut candidates = Vec::new();
+        for instance in catalog::instances() {
+            let Some(model) = instance.gpu_model().filter(|m| m.mig_capable()) else {
+                continue;
+            };
+            for layout in catalog::layout_names(model) {
+                if layout == "all-disabled" || layout == "all-enabled" {
+                    continue;
+                }
+                candidates.push((instance, layout, 1, config.clone()));
+            }
+        }
+        groups.push(group("mig", &pool, &slices, demand, candidates, table)?);
+    }
+    if !shared.is_empty() {
+        let demand = BTreeMap::from([(
+            "nvidia.com/gpu".to_string(),
+            shared
+                .iter()
+                .map(|i| u64::from(i.count) * u64::from(i.shared_gpu.unwrap_or(1)))
+                .sum(),
+        )]);
+        let pool = format!("{nodepool}-shared");
+        let mut candidates = Vec::new();
+        for instance in catalog::instances() {
+            let Some(model) = instance.gpu_model() else {
+                continue;
+            };
+            let gib = model.memory_mib as f64 / 1024.0;
+            let replicas = shared
+                .iter()
+                .map(|i| (gib / i.memory_gib.unwrap_or(gib)).floor() as u32)
+                .min()
+                .unwrap_or(1)
+                .clamp(0, 48);
+            if replicas == 0 {
+                continue; // a pod needs more memory than one GPU has
+            }
+            candidates.push((
+                instance,
+                "all-disabled".to_string(),
+                replicas,
+                time_slicing_config(replicas)?,
+            ));
+        }
+        groups.push(group(
+            "time-slicing",
+            &pool,
+            &shared,
+            demand,
+            candidates,
+            table,
+        )?);
+    }
+    Ok(Ranking {
+        price_table: table.origin.clone(),
+        price_table_date: table.date.clone(),
+        currency: table.currency.clone(),
+        groups,
+    })
+}
+
+fn group(
+    kind: &str,
+    pool: &str,
+    items: &[&WorkloadItem],
+    demand: BTreeMap<String, u64>,
+    candidates: Vec<(&'static InstanceType, String, u32, Config)>,
+    table: &PriceTable,
+) -> Result<Group, String> {
+    let mut choices = Vec::new();
+    let mut unpriced = BTreeSet::new();
+    for (instance, layout, replicas, config) in candidates {
+        let layout_arg = (layout != "all-disabled").then_some(layout.as_str());
+        let Ok(inventory) = simulated::from_instance(instance.name, layout_arg) else {
+            continue;
+        };
+        let node_plan = plan(&inventory, &config);
+        if node_plan.errors().next().is_some() {
+            continue;
+        }
+        let cap = overlays::capacity_of(&node_plan);
+        let fits = demand
+            .keys()
+            .all(|r| cap.counts.get(r).copied().unwrap_or(0) > 0);
+        if !fits {
+            continue;
+        }
+        let Some(price) = table.price(instance.name) else {
+            unpriced.insert(instance.name.to_string());
+            continue;
+        };
+        let nodes = demand
+            .iter()
+            .map(|(r, n)| n.div_ceil(cap.counts[r]))
+            .max()
+            .unwrap_or(0);
+        let mut limits: BTreeMap<String, String> = demand
+            .keys()
+            .map(|r| (r.clone(), (nodes * cap.counts[r]).to_string()))
+            .collect();
+        limits.insert("nodes".into(), nodes.to_string());
+        choices.push(Choice {
+            instance: instance.name.to_string(),
+            layout: layout.clone(),
+            replicas,
+            nodes,
+            usd_per_hour: nodes as f64 * price.usd_per_hour,
+            usd_per_node_hour: price.usd_per_hour,
+            price_source: format!("{}, {}", price.source, price.date),
+            overlay: overlays::overlay(pool, instance.name, Some(&layout), None, &cap),
+            per_node: cap.counts,
+            limits,
+        });
+    }
+    choices.sort_by(|a, b| {
+        a.usd_per_hour
+            .total_cmp(&b.usd_per_hour)
+            .then(a.nodes.cmp(&b.nodes))
+            .then(a.instance.cmp(&b.instance))
+            .then(a.layout.cmp(&b.layout))
+    });
+    Ok(Group {
+        kind: kind.to_string(),
+        nodepool: pool.to_string(),
+        pods: items
+            .iter()
+            .map(|i| match (&i.slice, i.shared_gpu) {
+                (Some(s), _) => format!("{} ({} x {s})", i.name, i.count),
+                (None, Some(n)) => format!(
+                    "{} ({} x {n} shared GPU, {} GiB)",
+                    i.name,
+                    i.count,
+                    i.memory_gib.unwrap_or(0.0)
+                ),
+                _ => i.name.clone(),
+            })
+            .collect(),
+        demand,
+        choices,
+        unpriced: unpriced.into_iter().collect(),
+    })
+}
+
+/// The ranking as terminal tables: the best `top` choices per group, then
+/// the NodePool limits and overlay of the cheapest.
+pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Prices: {} (dated {}, {}, on-demand; each price names its source and date)",
+        ranking.price_table, ranking.price_table_date, ranking.currency
+    );
+    for g in &ranking.groups {
+        let _ = writeln!(
+            out,
+            "\n== {} pool '{}': {}",
+            g.kind,
+            g.nodepool,
+            g.pods.join(", ")
+        );
+        let demand: Vec<String> = g.demand.iter().map(|(r, n)| format!("{n} x {r}")).collect();
+        let _ = writeln!(out, "   needs {}", demand.join(", "));
+        if g.choices.is_empty() {
+            let _ = writeln!(
+                out,
+                "   no priced instance type provides this{}",
+                if g.unpriced.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (without a price: {}; add them with --prices FILE)",
+                        g.unpriced.join(", ")
+                    )
+                }
+            );
+            continue;
+        }
+        let rows: Vec<[String; 6]> = g
+            .choices
+            .iter()
+            .take(top)
+            .enumerate()
+            .map(|(i, c)| {
+                let layout = if c.replicas > 1 {
+                    format!("time-slicing x{}", c.replicas)
+                } else {
+                    c.layout.clone()
+                };
+                let provides: Vec<String> = c
+                    .per_node
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(r, n)| format!("{n} {}", r.trim_start_matches("nvidia.com/")))
+                    .collect();
+                [
+                    (i + 1).to_string(),
+                    c.instance.clone(),
+                    layout,
+                    c.nodes.to_string(),
+                    format!("${}", prices::money(c.usd_per_hour)),
+                    provides.join(", "),
+                ]
+            })
+            .collect();
+        let header = [
+            "rank", "instance", "layout", "nodes", "per hour", "per node",
+        ]
+        .map(String::from);
+        let mut widths = [0usize; 6];
+        for row in std::iter::once(&header).chain(rows.iter()) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        for row in std::iter::once(&header).chain(rows.iter()) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            let _ = writeln!(out, "   {}", line.join("  ").trim_end());
+        }
+        if g.choices.len() > top {
+            let _ = writeln!(
+                out,
+                "   ... {} more (--output json lists all)",
+                g.choices.len() - top
+            );
+        }
+        if !g.unpriced.is_empty() {
+            let _ = writeln!(out, "   not ranked, no price: {}", g.unpriced.join(", "));
+        }
+        if let Some(best) = g.choices.first() {
+            let limits: Vec<String> = best
+                .limits
+                .iter()
+                .map(|(k, v)| format!("{k}: \"{v}\""))
+                .collect();
+            let _ = writeln!(
+                out,
+                "   cheapest: {} nodes of {} at ${}/h each ({}); NodePool limits (slice units): {}",
+                best.nodes,
+                best.instance,
+                prices::money(best.usd_per_node_hour),
+                best.price_source,
+                limits.join(", ")
+            );
+            let _ = writeln!(out, "   overlay to apply:");
+            let yaml = overlays::to_yaml(std::slice::from_ref(&best.overlay), "")?;
+            for line in yaml.lines() {
+                let _ = writeln!(out, "     {line}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::karpenter::{default_config, prices::builtin};
+
+    #[test]
+    fn slice_costs_add_up_to_the_instance_price() {
+        let inv = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).unwrap();
+        let p = plan(&inv, &default_config(Some("all-balanced")));
+        let costs = resource_costs(&p, &inv, 21.97);
+        let total: f64 = costs
+            .iter()
+            .map(|c| c.usd_per_slice_hour * c.count as f64)
+            .sum();
+        assert!((total - 21.97).abs() < 1e-9, "{total}");
+        let one_g = costs
+            .iter()
+            .find(|c| c.resource == "nvidia.com/mig-1g.5gb")
+            .unwrap();
+        assert!((one_g.usd_per_slice_hour - 21.97 / 8.0 / 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ranking_prefers_the_cheapest() {
+        let items = parse_workload(
+            "- {name: asr, count: 20, slice: 1g.10gb}\n- {name: nb, count: 6, sharedGpu: 1, memoryGiB: 8}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let r = rank(&items, &builtin(), "gpu").unwrap();
+        assert_eq!(r.groups.len(), 2);
+        let mig = &r.groups[0];
+        assert_eq!(mig.demand["nvidia.com/mig-1g.10gb"], 20);
+        let best = &mig.choices[0];
+        // 4 x 1g.10gb per A100-40GB: 32 per p4d.24xlarge, the cheapest.
+        assert_eq!(best.instance, "p4d.24xlarge");
+        assert_eq!(best.layout, "all-1g.10gb");
+        assert_eq!(best.nodes, 1);
+        let shared = &r.groups[1];
+        assert_eq!(shared.choices[0].instance, "g5.xlarge");
+        assert_eq!(shared.choices[0].replicas, 2);
+        assert_eq!(shared.choices[0].nodes, 3);
+        let text = render_ranking(&r, 5).unwrap();
+        assert!(text.contains("dated 2026-09-01"), "{text}");
+    }
+
+    #[test]
+    fn workload_errors_say_what_to_do() {
+        assert!(
+            parse_workload("- {name: a}", "w")
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        assert!(
+            parse_workload("- {name: a, sharedGpu: 1}", "w")
+                .unwrap_err()
+                .contains("memoryGiB")
+        );
+    }
+}

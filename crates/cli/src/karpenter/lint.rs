@@ -1,0 +1,997 @@
+//! `gpu-slicer lint`: NodePools, EC2NodeClasses, NodeOverlays, gpu-slicer
+//! ConfigMaps and workloads, checked together.
+//!
+//! What a NodePool's nodes advertise is computed, not guessed: the instance
+//! presets its requirements allow, the MIG layout of its template label
+//! `nvidia.com/mig.config` (on MIG-capable GPUs only, as the GPU Operator's
+//! MIG Manager does), and the gpu-slicer config its label
+//! `nvidia.com/device-plugin.config` picks (without a ConfigMap: NVIDIA's
+//! defaults, `mixed` under a MIG layout), run through [`gpu_slicer_core::plan`].
+//!
+//! Rules (each finding carries one):
+//!
+//! | Rule | Severity | What |
+//! |---|---|---|
+//! | `mig-on-non-mig-family` | error | MIG layout on a pool that can launch GPUs without MIG |
+//! | `layout-profile-missing` | error | the layout's profiles do not exist on that GPU's memory size |
+//! | `mig-config-label` | warning | layout set at launch without a startup taint (scale-from-zero race, drift) |
+//! | `resource-as-requirement-key` | error | `nvidia.com/gpu`, `nvidia.com/mig-*` ... used as a label key |
+//! | `instance-size-with-dot` | error | `instance-size: g5.xlarge` matches nothing |
+//! | `slice-not-produced` | error | a limit names a slice no instance type of the pool advertises |
+//! | `slice-limit-without-overlay` | error | limits on slices Karpenter cannot see before launch |
+//! | `slice-limit-below-node` | error/warning | limit below one node's slices, or not a multiple |
+//! | `gpu-limit` | warning | `nvidia.com/gpu` limit that excludes types or measures nothing under MIG |
+//! | `no-overlay` | warning | slices or shared replicas with no NodeOverlay for the pool |
+//! | `overlay-coverage` | warning | instance types of the pool that no overlay covers |
+//! | `gpu-pool-untainted` | warning | GPU pool without a taint |
+//! | `nodepool-config-missing` | error | the pool's config label names no config |
+//! | `custom-ami-without-user-data` | error | `amiFamily: Custom` without `userData` |
+//! | `custom-ami-root-device` | warning | `/dev/xvda` assumed on a custom AMI |
+//! | `bottlerocket-plugin-enabled` | error | Bottlerocket's own NVIDIA plugin left on |
+//! | `overlay-unscoped` | warning | NodeOverlay without `karpenter.sh/nodepool` |
+//! | `overlay-unknown-nodepool` | warning | NodeOverlay for a pool not in the files |
+//! | `overlay-custom-key` | warning | requirement on a key the pool does not define: never matches |
+//! | `overlay-price-and-adjustment` | error | `price` and `priceAdjustment` together |
+//! | `overlay-capacity-mismatch` | error/warning | capacity differs from what gpu-slicer advertises |
+//! | `selects-mig-config` | warning | workload selects `nvidia.com/mig.config` |
+//! | `unadvertised-request` | error | workload requests a name no pool/config advertises |
+//! | `request-greater-than-one` | error | request above 1 under `failRequestsGreaterThanOne` |
+//! | `config-invalid` | error | a gpu-slicer ConfigMap does not parse |
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use gpu_slicer_core::config::Config;
+use gpu_slicer_core::gpu::catalog::{self, InstanceType};
+use gpu_slicer_core::plan::Plan;
+
+use super::overlays::{self, layout_fits};
+use super::{
+    CONFIG_LABEL, Document, MIG_CONFIG_LABEL, NON_MIG_FAMILIES, Requirement, configs_of,
+    default_config, family, instances_matching, is_resource_name, is_slice_resource,
+    nodepool_label, nodepool_requirements, quantity, strings,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// One problem, where it is and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub file: String,
+    /// 0-based document index in the file.
+    pub document: usize,
+    /// `NodePool/gpu-nodepool`.
+    pub object: String,
+    /// YAML path inside the object: `spec.template.spec.requirements[2].key`.
+    pub path: String,
+    pub severity: Severity,
+    pub rule: &'static str,
+    pub message: String,
+}
+
+/// Path segment for a map key: `.name` or `["nvidia.com/gpu"]`.
+fn key_segment(key: &str) -> String {
+    if key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        format!(".{key}")
+    } else {
+        format!("[\"{key}\"]")
+    }
+}
+
+struct Sink<'a> {
+    findings: Vec<Finding>,
+    _docs: &'a [Document],
+}
+
+impl Sink<'_> {
+    fn add(
+        &mut self,
+        doc: &Document,
+        path: impl Into<String>,
+        severity: Severity,
+        rule: &'static str,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            file: doc.file.clone(),
+            document: doc.index,
+            object: format!("{}/{}", doc.kind(), doc.name()),
+            path: path.into(),
+            severity,
+            rule,
+            message: message.into(),
+        });
+    }
+}
+
+/// What a NodePool's nodes advertise, per instance preset.
+struct Pool<'a> {
+    doc: &'a Document,
+    name: String,
+    requirements: Vec<Requirement>,
+    layout: Option<String>,
+    config_name: Option<String>,
+    config: Config,
+    instances: Vec<&'static InstanceType>,
+    /// `None`: the layout does not exist on that GPU.
+    plans: Vec<(&'static InstanceType, Option<Plan>)>,
+}
+
+impl Pool<'_> {
+    /// MIG layout in effect on a preset: only MIG-capable GPUs get one.
+    fn layout_on(&self, instance: &InstanceType) -> Option<&str> {
+        let mig = instance.gpu_model().is_some_and(|m| m.mig_capable());
+        self.layout
+            .as_deref()
+            .filter(|l| mig && *l != "all-disabled")
+    }
+
+    /// Resource → (largest count per node, smallest nonzero count per node,
+    /// fails requests > 1).
+    fn advertised(&self) -> BTreeMap<String, (u64, u64, bool)> {
+        let mut out: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+        for (_, plan) in &self.plans {
+            let Some(plan) = plan else { continue };
+            for r in &plan.resources {
+                let n = r.devices.len() as u64;
+                if n == 0 {
+                    continue;
+                }
+                let e = out
+                    .entry(r.name.to_string())
+                    .or_insert((0, u64::MAX, false));
+                e.0 = e.0.max(n);
+                e.1 = e.1.min(n);
+                e.2 |= r.sharing.is_some_and(|s| s.fail_requests_greater_than_one);
+            }
+        }
+        out
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "NodePool {} (MIG layout {}, config {})",
+            self.name,
+            self.layout.as_deref().unwrap_or("none"),
+            self.config_name.as_deref().unwrap_or("gpu-slicer defaults")
+        )
+    }
+}
+
+/// Reads the files and lints them together.
+pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
+    let mut docs = Vec::new();
+    for path in paths {
+        docs.extend(super::load_documents(path.as_ref())?);
+    }
+    Ok(lint(&docs))
+}
+
+/// Lints documents together; findings sorted by file, document and path.
+pub fn lint(docs: &[Document]) -> Vec<Finding> {
+    let mut sink = Sink {
+        findings: Vec::new(),
+        _docs: docs,
+    };
+    // gpu-slicer configs: name → config, first ConfigMap wins.
+    let mut configs: BTreeMap<String, Config> = BTreeMap::new();
+    let mut any_configmap = false;
+    for doc in docs {
+        match configs_of(doc) {
+            Some(Ok(map)) => {
+                any_configmap = true;
+                for (k, c) in map {
+                    configs.entry(k).or_insert(c);
+                }
+            }
+            Some(Err(e)) => sink.add(doc, "data", Severity::Error, "config-invalid", e),
+            None => {}
+        }
+    }
+    let overlays: Vec<&Document> = docs.iter().filter(|d| d.kind() == "NodeOverlay").collect();
+    let mut pools = Vec::new();
+    for doc in docs.iter().filter(|d| d.kind() == "NodePool") {
+        pools.push(build_pool(doc, &configs, any_configmap, &mut sink));
+    }
+    for pool in &pools {
+        lint_pool(pool, &overlays, &mut sink);
+    }
+    for doc in docs.iter().filter(|d| d.kind() == "EC2NodeClass") {
+        lint_node_class(doc, &mut sink);
+    }
+    for doc in &overlays {
+        lint_overlay(doc, &pools, &mut sink);
+    }
+    for doc in docs {
+        if let Some((prefix, spec)) = pod_spec(&doc.value) {
+            lint_workload(doc, &prefix, spec, &pools, &configs, &mut sink);
+        }
+    }
+    let mut findings = sink.findings;
+    findings.sort_by(|a, b| {
+        (&a.file, a.document, &a.path, a.rule).cmp(&(&b.file, b.document, &b.path, b.rule))
+    });
+    findings.dedup();
+    findings
+}
+
+fn build_pool<'a>(
+    doc: &'a Document,
+    configs: &BTreeMap<String, Config>,
+    any_configmap: bool,
+    sink: &mut Sink<'_>,
+) -> Pool<'a> {
+    let requirements = nodepool_requirements(&doc.value);
+    let layout = nodepool_label(&doc.value, MIG_CONFIG_LABEL).map(str::to_string);
+    let label = nodepool_label(&doc.value, CONFIG_LABEL);
+    let (config_name, config) = match label {
+        Some(name) if configs.contains_key(name) => (Some(name.to_string()), configs[name].clone()),
+        Some(name) if any_configmap => {
+            sink.add(
+                doc,
+                format!("spec.template.metadata.labels{}", key_segment(CONFIG_LABEL)),
+                Severity::Error,
+                "nodepool-config-missing",
+                format!(
+                    "selects gpu-slicer config '{name}', but no gpu-slicer ConfigMap in these files has that key (they have: {}); \
+                     add it to the ConfigMap or fix the label, or the config manager keeps the previous config",
+                    configs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            (None, default_config(layout.as_deref()))
+        }
+        _ => match super::pick_config(configs, None, "the gpu-slicer ConfigMap") {
+            Ok((n, c)) if any_configmap => (Some(n.to_string()), c.clone()),
+            _ => (None, default_config(layout.as_deref())),
+        },
+    };
+    let instances = instances_matching(&requirements);
+    let mut pool = Pool {
+        doc,
+        name: doc.name().to_string(),
+        requirements,
+        layout,
+        config_name,
+        config,
+        instances: instances.clone(),
+        plans: Vec::new(),
+    };
+    for instance in instances {
+        let layout = pool.layout_on(instance);
+        let plan = match layout {
+            Some(l) if !layout_fits(instance, l) => None,
+            _ => overlays::plan_instance(instance.name, layout, &pool.config).ok(),
+        };
+        pool.plans.push((instance, plan));
+    }
+    pool
+}
+
+/// `NVIDIA A10G, Tesla V100-SXM2-16GB` for families `g5, p3`.
+fn gpus_of(families: &[String]) -> String {
+    let names: BTreeSet<&str> = catalog::instances()
+        .iter()
+        .filter(|i| families.iter().any(|f| f == family(i.name)))
+        .filter_map(|i| i.gpu_model().map(|m| m.product_name))
+        .collect();
+    if names.is_empty() {
+        "GPUs without MIG".to_string()
+    } else {
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn requirement_path(i: usize) -> String {
+    format!("spec.template.spec.requirements[{i}]")
+}
+
+fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
+    let doc = pool.doc;
+    let v = &doc.value;
+    let raw_reqs = v["spec"]["template"]["spec"]["requirements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let label_path = |key: &str| format!("spec.template.metadata.labels{}", key_segment(key));
+
+    // Requirement keys and values.
+    for (i, r) in raw_reqs.iter().enumerate() {
+        let key = r["key"].as_str().unwrap_or_default();
+        if is_resource_name(key) {
+            sink.add(
+                doc,
+                format!("{}.key", requirement_path(i)),
+                Severity::Error,
+                "resource-as-requirement-key",
+                format!(
+                    "'{key}' is a resource name, not a node label: as a requirement key it becomes a user-defined label \
+                     (with Exists Karpenter labels nodes {key}=<random number>) and does not restrict the pool to GPU instances. \
+                     Use karpenter.k8s.aws/instance-gpu-manufacturer In [nvidia] or karpenter.k8s.aws/instance-gpu-count Gt 0, \
+                     and request the resource in the pod"
+                ),
+            );
+        }
+        if key == "karpenter.k8s.aws/instance-size" {
+            let dotted: Vec<String> = strings(&r["values"])
+                .into_iter()
+                .filter(|s| s.contains('.'))
+                .collect();
+            if !dotted.is_empty() {
+                sink.add(
+                    doc,
+                    format!("{}.values", requirement_path(i)),
+                    Severity::Error,
+                    "instance-size-with-dot",
+                    format!(
+                        "instance-size values are the part after the dot (xlarge, 2xlarge): {} match no instance type, so the pool \
+                         launches nothing (NodePool event NoCompatibleInstanceTypes: \"NodePool requirements filtered out all compatible \
+                         available instance types\"). List full names under node.kubernetes.io/instance-type instead",
+                        dotted.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    // MIG intent.
+    let layout = pool.layout.as_deref().filter(|l| *l != "all-disabled");
+    if let Some(layout) = layout {
+        let mut named: Vec<(usize, Vec<String>)> = Vec::new();
+        for (i, r) in raw_reqs.iter().enumerate() {
+            let key = r["key"].as_str().unwrap_or_default();
+            if r["operator"].as_str().unwrap_or("In") != "In" {
+                continue;
+            }
+            let fams: Vec<String> = match key {
+                "karpenter.k8s.aws/instance-family" => strings(&r["values"]),
+                "node.kubernetes.io/instance-type" => strings(&r["values"])
+                    .iter()
+                    .map(|t| family(t).to_string())
+                    .collect(),
+                _ => continue,
+            };
+            let bad: BTreeSet<String> = fams
+                .into_iter()
+                .filter(|f| {
+                    NON_MIG_FAMILIES.contains(&f.as_str())
+                        || catalog::instances().iter().any(|i| {
+                            family(i.name) == f && !i.gpu_model().is_some_and(|m| m.mig_capable())
+                        })
+                })
+                .collect();
+            if !bad.is_empty() {
+                named.push((i, bad.into_iter().collect()));
+            }
+        }
+        let restricted = raw_reqs.iter().any(|r| {
+            matches!(
+                r["key"].as_str(),
+                Some("karpenter.k8s.aws/instance-family" | "node.kubernetes.io/instance-type")
+            )
+        });
+        for (i, bad) in &named {
+            sink.add(
+                doc,
+                format!("{}.values", requirement_path(*i)),
+                Severity::Error,
+                "mig-on-non-mig-family",
+                format!(
+                    "MIG layout '{layout}' on a pool that can launch {} ({}): no MIG on those GPUs, MIG Manager does not run there \
+                     and no nvidia.com/mig-* resource ever appears. Restrict MIG pools to p4d, p4de, p5, p5e, p5en, p6-b200 and put \
+                     time-slicing on the others in a separate pool",
+                    bad.join(", "),
+                    gpus_of(bad)
+                ),
+            );
+        }
+        if !restricted {
+            let bad: Vec<&str> = pool
+                .instances
+                .iter()
+                .filter(|i| !i.gpu_model().is_some_and(|m| m.mig_capable()))
+                .map(|i| family(i.name))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !bad.is_empty() {
+                sink.add(
+                    doc,
+                    "spec.template.spec.requirements",
+                    Severity::Error,
+                    "mig-on-non-mig-family",
+                    format!(
+                        "MIG layout '{layout}' but no instance-family or instance-type requirement: the pool can launch {}, whose GPUs \
+                         have no MIG. Add karpenter.k8s.aws/instance-family In [p4d, p4de, p5, p5e, p5en, p6-b200]",
+                        bad.join(", ")
+                    ),
+                );
+            }
+        }
+        // Profiles that do not exist on a GPU's memory size.
+        let mut by_model: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (instance, plan) in &pool.plans {
+            if plan.is_none() {
+                by_model
+                    .entry(instance.model)
+                    .or_default()
+                    .push(instance.name);
+            }
+        }
+        for (model, names) in by_model {
+            let Some(m) = catalog::model(model) else {
+                continue;
+            };
+            let reason = catalog::layout(m, layout)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            sink.add(
+                doc,
+                label_path(MIG_CONFIG_LABEL),
+                Severity::Error,
+                "layout-profile-missing",
+                format!(
+                    "MIG layout '{layout}' does not exist on {} ({}): {reason}. Layouts there: {}. Use a layout of that GPU or \
+                     narrow the pool's instance types",
+                    names.join(", "),
+                    m.product_name,
+                    catalog::layout_names(m).join(", ")
+                ),
+            );
+        }
+        let startup_tainted = v["spec"]["template"]["spec"]["startupTaints"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if !startup_tainted {
+            sink.add(
+                doc,
+                label_path(MIG_CONFIG_LABEL),
+                Severity::Warning,
+                "mig-config-label",
+                format!(
+                    "{MIG_CONFIG_LABEL}={layout} is read only by the GPU Operator's MIG Manager, and only on MIG-capable nodes. Set at launch, \
+                     every new node reconfigures (and may reboot) before its slices appear, and pods can land first (NVIDIA/gpu-operator#2670); \
+                     changing the value later drifts and replaces every node. Add a startup taint that gpu-slicer removes once its slices are \
+                     registered (spec.template.spec.startupTaints, gpu-slicer run --startup-taint KEY)"
+                ),
+            );
+        }
+    }
+
+    // Limits.
+    let advertised = pool.advertised();
+    let pool_overlays: Vec<&Document> = overlays
+        .iter()
+        .copied()
+        .filter(|o| overlay_pools(o).is_none_or(|p| p.iter().any(|n| n == &pool.name)))
+        .collect();
+    let overlay_declares = |r: &str| {
+        pool_overlays
+            .iter()
+            .any(|o| o.value["spec"]["capacity"].get(r).is_some())
+    };
+    let describe_advertised = || {
+        let names: Vec<&str> = advertised.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            "nothing".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(limits) = v["spec"]["limits"].as_object() {
+        for (key, value) in limits {
+            let path = format!("spec.limits{}", key_segment(key));
+            let limit = quantity(value);
+            if is_slice_resource(key) {
+                match advertised.get(key) {
+                    None => sink.add(
+                        doc,
+                        &path,
+                        Severity::Error,
+                        "slice-not-produced",
+                        format!(
+                            "no instance type this pool can launch advertises {key} under {}: they advertise {}. The slice names depend on \
+                             the GPU's memory (all-balanced: 1g.5gb/2g.10gb/3g.20gb on A100-40GB p4d, 1g.10gb/2g.20gb/3g.40gb on 80 GB p4de/p5)",
+                            pool.describe(),
+                            describe_advertised()
+                        ),
+                    ),
+                    Some((max, min, _)) => {
+                        if let Some(l) = limit.filter(|_| overlay_declares(key)) {
+                                if l < *min {
+                                    sink.add(doc, &path, Severity::Error, "slice-limit-below-node", format!(
+                                        "limit {l} is below one node's {min} x {key}: every instance type is excluded \
+                                         (\"all available instance types exceed limits for nodepool\"); use a multiple of {max}, or limits.nodes"));
+                                } else if l % max != 0 && l % min != 0 {
+                                    sink.add(doc, &path, Severity::Warning, "slice-limit-below-node", format!(
+                                        "limit {l} is not a multiple of one node's {max} x {key}: the last node can only launch while usage \
+                                         stays at or below the limit; prefer a multiple, or limits.nodes"));
+                                }
+                        }
+                    }
+                }
+                if !overlay_declares(key) {
+                    sink.add(
+                        doc,
+                        &path,
+                        Severity::Error,
+                        "slice-limit-without-overlay",
+                        format!(
+                            "a limit on {key} does not stop a launch: without a NodeOverlay declaring {key} Karpenter's capacity for it is 0, \
+                             so no instance type is filtered before launch and only registered slices count. Cap the pool with limits.nodes, \
+                             or apply the overlay from `gpu-slicer karpenter overlays --nodepool {}` and give the limit in slice units",
+                            pool.name
+                        ),
+                    );
+                }
+            } else if key == "nvidia.com/gpu" {
+                let max_gpus = pool.instances.iter().map(|i| i.gpus).max().unwrap_or(0);
+                if layout.is_some() {
+                    sink.add(doc, &path, Severity::Warning, "gpu-limit", format!(
+                        "under MIG (layout {}) registered nodes report 0 nvidia.com/gpu, so this limit measures nothing after launch; \
+                         before launch Karpenter counts physical GPUs{}. Cap the pool with limits.nodes",
+                        layout.unwrap_or_default(),
+                        limit.filter(|l| u64::from(max_gpus) > *l).map(|l| format!(
+                            " and excludes every type with more than {l} GPUs ({})",
+                            pool.instances.iter().filter(|i| u64::from(i.gpus) > l).map(|i| i.name).collect::<Vec<_>>().join(", ")
+                        )).unwrap_or_default()
+                    ));
+                } else if let Some(l) = limit.filter(|l| u64::from(max_gpus) > *l) {
+                    sink.add(doc, &path, Severity::Warning, "gpu-limit", format!(
+                        "limit {l} excludes every instance type with more {} than that before launch ({}){}",
+                        if advertised.get(key).is_some_and(|a| a.2 || a.0 > u64::from(max_gpus)) { "replicas" } else { "GPUs" },
+                        pool.instances.iter().filter(|i| u64::from(i.gpus) > l).map(|i| i.name).collect::<Vec<_>>().join(", "),
+                        if l <= 1 { "; once one node exists every GPU type is excluded" } else { "" }
+                    ));
+                }
+            }
+        }
+    }
+
+    // Overlays for slices and shared replicas.
+    let sliced = advertised.iter().any(|(r, (max, _, _))| {
+        is_slice_resource(r)
+            || (r == "nvidia.com/gpu"
+                && pool.plans.iter().any(|(i, p)| {
+                    p.as_ref().is_some_and(|p| {
+                        p.resource(r).is_some_and(|res| {
+                            res.sharing.is_some() && res.devices.len() as u64 > u64::from(i.gpus)
+                        })
+                    })
+                })
+                && *max > 0)
+    });
+    let limits_slices = v["spec"]["limits"]
+        .as_object()
+        .is_some_and(|l| l.keys().any(|k| is_slice_resource(k)));
+    if (sliced || layout.is_some() || limits_slices) && pool_overlays.is_empty() {
+        sink.add(
+            doc,
+            "metadata.name",
+            Severity::Warning,
+            "no-overlay",
+            format!(
+                "no NodeOverlay for NodePool {0} in these files: Karpenter knows only nvidia.com/gpu (physical GPUs) per instance type, so a \
+                 pending pod requesting nvidia.com/mig-* or nvidia.com/gpu.shared never causes a launch (\"no instance type has enough \
+                 resources\"), and time-sliced nvidia.com/gpu is counted as whole GPUs. Generate overlays with `gpu-slicer karpenter overlays \
+                 --nodepool {0} --nodepool-file FILE` and enable the NodeOverlay feature gate",
+                pool.name
+            ),
+        );
+    }
+
+    // Instance types the pool can launch that no overlay covers.
+    if !pool_overlays.is_empty() && (sliced || layout.is_some()) {
+        let uncovered: Vec<&str> = pool
+            .plans
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(i, _)| i.name)
+            .filter(|name| {
+                !pool_overlays.iter().any(|o| {
+                    let own: Vec<Requirement> = o.value["spec"]["requirements"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Requirement::from_value)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|r: &Requirement| r.key != "karpenter.sh/nodepool")
+                        .collect();
+                    instances_matching(&own).iter().any(|i| i.name == *name)
+                })
+            })
+            .collect();
+        if !uncovered.is_empty() {
+            sink.add(
+                doc,
+                "spec.template.spec.requirements",
+                Severity::Warning,
+                "overlay-coverage",
+                format!(
+                    "no NodeOverlay covers {} of NodePool {}: Karpenter cannot launch those for slice requests. Generate the missing \
+                     overlays with `gpu-slicer karpenter overlays --nodepool-file FILE`, or narrow the pool's instance types",
+                    uncovered.join(", "),
+                    pool.name
+                ),
+            );
+        }
+    }
+
+    // Taint.
+    let tainted = v["spec"]["template"]["spec"]["taints"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    let gpu_pool = layout.is_some()
+        || pool.requirements.iter().any(|r| {
+            r.key.starts_with("karpenter.k8s.aws/instance-gpu")
+                || (r.key == "karpenter.k8s.aws/instance-family"
+                    && r.values.iter().any(|f| {
+                        NON_MIG_FAMILIES.contains(&f.as_str())
+                            || super::MIG_FAMILIES.contains(&f.as_str())
+                    }))
+        });
+    if gpu_pool && !tainted {
+        sink.add(
+            doc,
+            "spec.template.spec.taints",
+            Severity::Warning,
+            "gpu-pool-untainted",
+            "GPU pool without taints: any pod can be packed onto these expensive nodes, and pods' nvidia.com/gpu tolerations do nothing. \
+             Add taints: [{key: nvidia.com/gpu, effect: NoSchedule}]",
+        );
+    }
+}
+
+fn lint_node_class(doc: &Document, sink: &mut Sink<'_>) {
+    let spec = &doc.value["spec"];
+    let user_data = spec["userData"].as_str().unwrap_or_default();
+    if spec["amiFamily"] == "Custom" {
+        if user_data.trim().is_empty() {
+            sink.add(
+                doc,
+                "spec.amiFamily",
+                Severity::Error,
+                "custom-ami-without-user-data",
+                "amiFamily Custom without userData: Karpenter generates no bootstrap, so nodes never join (or register without the \
+                 karpenter.sh/unregistered:NoExecute taint: UnregisteredTaintMissing) and NodeClaims are deleted after 15 minutes. Use \
+                 amiSelectorTerms: [{alias: al2023@<version>}] (Karpenter picks the NVIDIA variant) or bottlerocket@<version>",
+            );
+        }
+        if let Some(devices) = spec["blockDeviceMappings"].as_array() {
+            for (i, d) in devices.iter().enumerate() {
+                if d["deviceName"] == "/dev/xvda" {
+                    sink.add(
+                        doc,
+                        format!("spec.blockDeviceMappings[{i}].deviceName"),
+                        Severity::Warning,
+                        "custom-ami-root-device",
+                        "/dev/xvda is the root device of AL2023 and Bottlerocket, not of every custom AMI (Ubuntu images use /dev/sda1): \
+                         a mapping for another name adds a volume instead of growing the root disk. Check the AMI's root device name",
+                    );
+                }
+            }
+        }
+    }
+    let bottlerocket = spec["amiFamily"] == "Bottlerocket"
+        || spec["amiSelectorTerms"].as_array().is_some_and(|t| {
+            t.iter().any(|t| {
+                t["alias"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("bottlerocket"))
+            })
+        });
+    if bottlerocket {
+        let disabled = user_data
+            .split("[settings.kubelet-device-plugins.nvidia]")
+            .nth(1)
+            .and_then(|t| t.split("\n[").next())
+            .is_some_and(|t| {
+                t.lines()
+                    .any(|l| l.replace([' ', '\t'], "") == "enabled=false")
+            });
+        if !disabled {
+            sink.add(
+                doc,
+                "spec.userData",
+                Severity::Error,
+                "bottlerocket-plugin-enabled",
+                "Bottlerocket's NVIDIA variants run their own device plugin: next to gpu-slicer the same GPU can be handed out twice. \
+                 Disable it in userData (Bottlerocket >= 1.63.0): [settings.kubelet-device-plugins.nvidia] enabled = false",
+            );
+        }
+    }
+}
+
+/// The NodePools an overlay is scoped to (`None`: unscoped).
+fn overlay_pools(doc: &Document) -> Option<Vec<String>> {
+    let reqs = doc.value["spec"]["requirements"].as_array()?;
+    let pools: Vec<String> = reqs
+        .iter()
+        .filter(|r| {
+            r["key"] == "karpenter.sh/nodepool" && r["operator"].as_str().unwrap_or("In") == "In"
+        })
+        .flat_map(|r| strings(&r["values"]))
+        .collect();
+    (!pools.is_empty()).then_some(pools)
+}
+
+fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
+    let spec = &doc.value["spec"];
+    if spec.get("price").is_some() && spec.get("priceAdjustment").is_some() {
+        sink.add(
+            doc,
+            "spec.price",
+            Severity::Error,
+            "overlay-price-and-adjustment",
+            "cannot set both 'price' and 'priceAdjustment' (the CRD rejects it): keep one",
+        );
+    }
+    let reqs: Vec<Requirement> = spec["requirements"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Requirement::from_value).collect())
+        .unwrap_or_default();
+    let Some(pool_names) = overlay_pools(doc) else {
+        sink.add(
+            doc,
+            "spec.requirements",
+            Severity::Warning,
+            "overlay-unscoped",
+            "no karpenter.sh/nodepool requirement: the overlay changes Karpenter's view of the matching instance types in every NodePool, \
+             including pools whose nodes are not sliced. Add {key: karpenter.sh/nodepool, operator: In, values: [<pool>]}",
+        );
+        return;
+    };
+    let Some(capacity) = spec["capacity"].as_object() else {
+        return;
+    };
+    for name in pool_names {
+        let Some(pool) = pools.iter().find(|p| p.name == name) else {
+            sink.add(doc, "spec.requirements", Severity::Warning, "overlay-unknown-nodepool", format!(
+                "NodePool {name} is not among the linted files: its capacity cannot be checked; lint the overlay with its NodePool"));
+            continue;
+        };
+        let template_labels = pool.doc.value["spec"]["template"]["metadata"]["labels"].as_object();
+        for (i, r) in reqs.iter().enumerate() {
+            let known = r.key.starts_with("karpenter.sh/")
+                || r.key.starts_with("karpenter.k8s.aws/")
+                || r.key.starts_with("node.kubernetes.io/")
+                || r.key.starts_with("topology.kubernetes.io/")
+                || r.key.starts_with("kubernetes.io/")
+                || template_labels.is_some_and(|l| l.contains_key(&r.key));
+            if !known {
+                sink.add(doc, format!("spec.requirements[{i}].key"), Severity::Warning, "overlay-custom-key", format!(
+                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined and the \
+                     overlay silently never matches. Use node.kubernetes.io/instance-type or karpenter.k8s.aws/instance-gpu-*", r.key));
+            }
+        }
+        let own: Vec<Requirement> = reqs
+            .iter()
+            .filter(|r| r.key != "karpenter.sh/nodepool")
+            .cloned()
+            .collect();
+        let matched = instances_matching(&own);
+        for (instance, plan) in &pool.plans {
+            if !matched.iter().any(|m| m.name == instance.name) {
+                continue;
+            }
+            let Some(plan) = plan else { continue };
+            let expected = overlays::capacity_of(plan).counts;
+            let context = format!("{} on {}", pool.describe(), instance.name);
+            for (key, want) in &expected {
+                let path = format!("spec.capacity{}", key_segment(key));
+                match capacity.get(key).and_then(quantity) {
+                    Some(got) if got == *want => {}
+                    Some(got) => sink.add(doc, path, Severity::Error, "overlay-capacity-mismatch", format!(
+                        "declares {got} x {key}, but gpu-slicer advertises {want} under {context}: Karpenter would plan with the wrong count. \
+                         Regenerate with `gpu-slicer karpenter overlays --nodepool {name} --instance-type {}`", instance.name)),
+                    None if *want == 0 => sink.add(doc, "spec.capacity", Severity::Warning, "overlay-capacity-mismatch", format!(
+                        "no {key}: \"0\": gpu-slicer advertises none under {context}, but Karpenter keeps its own count of physical GPUs \
+                         (overlay keys replace, they do not add), so pods asking for {key} can be sent to a node that never registers it")),
+                    None => sink.add(doc, "spec.capacity", Severity::Error, "overlay-capacity-mismatch", format!(
+                        "missing {key}: \"{want}\" (gpu-slicer advertises it under {context}): pods requesting it cannot make Karpenter launch")),
+                }
+            }
+            for (key, got) in capacity {
+                if !expected.contains_key(key) && quantity(got) != Some(0) {
+                    sink.add(doc, format!("spec.capacity{}", key_segment(key)), Severity::Error, "overlay-capacity-mismatch", format!(
+                        "declares {key}, which gpu-slicer does not advertise under {context}: the NodeClaim would wait forever with \
+                         \"Resource \\\"{key}\\\" was requested but not registered\""));
+                }
+            }
+        }
+    }
+}
+
+/// The pod spec of a workload and the path prefix to it.
+fn pod_spec(v: &Value) -> Option<(String, &Value)> {
+    match v["kind"].as_str()? {
+        "Pod" => Some(("spec".into(), &v["spec"])),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => {
+            Some(("spec.template.spec".into(), &v["spec"]["template"]["spec"]))
+        }
+        "CronJob" => Some((
+            "spec.jobTemplate.spec.template.spec".into(),
+            &v["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        )),
+        _ => None,
+    }
+}
+
+fn lint_workload(
+    doc: &Document,
+    prefix: &str,
+    spec: &Value,
+    pools: &[Pool<'_>],
+    configs: &BTreeMap<String, Config>,
+    sink: &mut Sink<'_>,
+) {
+    let selector = &spec["nodeSelector"];
+    if let Some(value) = selector[MIG_CONFIG_LABEL].as_str() {
+        sink.add(
+            doc,
+            format!("{prefix}.nodeSelector{}", key_segment(MIG_CONFIG_LABEL)),
+            Severity::Warning,
+            "selects-mig-config",
+            format!(
+                "selects the desired MIG config ({MIG_CONFIG_LABEL}={value}), not slices that exist (nvidia.com/mig.config.state may be \
+                 pending or failed), and couples the pod to a config name. The resource request already places the pod; to pick a pool \
+                 select karpenter.sh/nodepool"
+            ),
+        );
+    }
+    // Where the pod can go, and what is advertised there.
+    let chosen_pool = selector["karpenter.sh/nodepool"].as_str();
+    let mut advertised: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    let mut sources = Vec::new();
+    let candidates: Vec<&Pool<'_>> = pools
+        .iter()
+        .filter(|p| chosen_pool.is_none_or(|c| c == p.name))
+        .collect();
+    if !candidates.is_empty() {
+        for p in &candidates {
+            for (k, v) in p.advertised() {
+                let e = advertised.entry(k).or_insert((0, u64::MAX, false));
+                e.0 = e.0.max(v.0);
+                e.2 |= v.2;
+            }
+            sources.push(format!("NodePool {}", p.name));
+        }
+    } else if !configs.is_empty() && pools.is_empty() {
+        for (name, config) in configs {
+            for instance in catalog::instances() {
+                let Some(model) = instance.gpu_model() else {
+                    continue;
+                };
+                for layout in catalog::layout_names(model) {
+                    let l = (layout != "all-disabled").then_some(layout.as_str());
+                    if let Ok(plan) = overlays::plan_instance(instance.name, l, config) {
+                        for r in &plan.resources {
+                            let e = advertised.entry(r.name.to_string()).or_insert((
+                                0,
+                                u64::MAX,
+                                false,
+                            ));
+                            e.2 |= r.sharing.is_some_and(|s| s.fail_requests_greater_than_one);
+                        }
+                    }
+                }
+            }
+            sources.push(format!("config {name}"));
+        }
+    } else {
+        return;
+    }
+    let containers = ["initContainers", "containers"];
+    for list in containers {
+        let Some(cs) = spec[list].as_array() else {
+            continue;
+        };
+        for (ci, c) in cs.iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            for part in ["limits", "requests"] {
+                let Some(map) = c["resources"][part].as_object() else {
+                    continue;
+                };
+                for (key, value) in map {
+                    if !key.starts_with("nvidia.com/") || !seen.insert(key.clone()) {
+                        continue;
+                    }
+                    let path =
+                        format!("{prefix}.{list}[{ci}].resources.{part}{}", key_segment(key));
+                    match advertised.get(key) {
+                        None => {
+                            let other = if let Some(base) = key.strip_suffix(".shared") {
+                                advertised.contains_key(base).then(|| format!(
+                                    "; {base} is advertised instead (renameByDefault is off): request {base}"))
+                            } else {
+                                let shared = format!("{key}.shared");
+                                advertised.contains_key(&shared).then(|| format!(
+                                    "; the config advertises {shared} (renameByDefault: true, Bottlerocket's default): request {shared}, \
+                                     or turn renameByDefault off"))
+                            };
+                            let names: Vec<&str> = advertised.keys().map(String::as_str).collect();
+                            sink.add(doc, path, Severity::Error, "unadvertised-request", format!(
+                                "requests {key}, which the nodes of {} never advertise (they advertise {}){}. The pod stays Pending (Karpenter: \
+                                 \"no instance type has enough resources\"; kube-scheduler: \"Insufficient {key}\")",
+                                sources.join(", "),
+                                if names.is_empty() { "nothing".to_string() } else { names.join(", ") },
+                                other.unwrap_or_default()));
+                        }
+                        Some((_, _, fail_gt_one)) => {
+                            if *fail_gt_one && quantity(value).is_some_and(|n| n > 1) {
+                                sink.add(doc, path, Severity::Error, "request-greater-than-one", format!(
+                                    "requests {} x {key}, but the config sets failRequestsGreaterThanOne: kubelet rejects the pod with \
+                                     UnexpectedAdmissionError (\"request for '{key}: {}' too large: maximum request size for shared resources \
+                                     is 1\"), and N replicas would not buy N times the compute anyway. Request 1",
+                                    quantity(value).unwrap_or_default(), quantity(value).unwrap_or_default()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Human-readable findings, then a summary line.
+pub fn render(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "{} (document {}) {} at {}\n  {}[{}]: {}",
+            f.file,
+            f.document + 1,
+            f.object,
+            f.path,
+            f.severity.as_str(),
+            f.rule,
+            f.message
+        );
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let _ = writeln!(
+        out,
+        "{errors} error{}, {} warning{}",
+        if errors == 1 { "" } else { "s" },
+        findings.len() - errors,
+        if findings.len() - errors == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    out
+}

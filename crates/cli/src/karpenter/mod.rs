@@ -1,0 +1,467 @@
+//! Karpenter on EKS: what gpu-slicer's planner knows, turned into the pieces
+//! Karpenter lacks. Pure functions over parsed YAML (`serde_json::Value`).
+//!
+//! | | |
+//! |---|---|
+//! | [`overlays`] | `NodeOverlay` objects whose `capacity` is exactly what [`gpu_slicer_core::plan`] advertises |
+//! | [`lint`] | checks NodePools, EC2NodeClasses, NodeOverlays, gpu-slicer ConfigMaps and workloads together |
+//! | [`prices`] | a dated on-demand price table, overridable from a file |
+//! | [`cost`] | cost per slice-hour, and instance/layout choices for a workload mix |
+//!
+//! Karpenter facts used here (replace-not-add overlay capacity, well-known
+//! labels, the `NodeOverlay` feature gate) are documented in
+//! `docs/karpenter.md`.
+
+pub mod cost;
+pub mod lint;
+pub mod overlays;
+pub mod prices;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use gpu_slicer_core::config::{self, Config};
+use gpu_slicer_core::gpu::catalog::{self, InstanceType};
+
+/// The node label NVIDIA's config-manager (and gpu-slicer) read to pick a
+/// named config out of a ConfigMap with several.
+pub const CONFIG_LABEL: &str = "nvidia.com/device-plugin.config";
+/// The node label the GPU Operator's MIG Manager reads.
+pub const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
+/// The label (and overlay annotation) holding the hash of what a node advertises.
+pub const CONFIG_HASH_LABEL: &str = "gpu-slicer.io/config-hash";
+
+/// One YAML document of a file.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The file it came from, as given.
+    pub file: String,
+    /// 0-based position among the file's documents (and, in Markdown, its
+    /// ```yaml blocks).
+    pub index: usize,
+    pub value: Value,
+}
+
+impl Document {
+    pub fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+
+    pub fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+}
+
+/// Parses every YAML document of `text` (`---` separated); empty documents
+/// are skipped. `file` names the source in errors.
+pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, String> {
+    parse_documents_from(text, file, 0)
+}
+
+fn parse_documents_from(text: &str, file: &str, first: usize) -> Result<Vec<Document>, String> {
+    let values: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        format!("{file}: not valid YAML: {e}; fix the YAML (or pass only Kubernetes manifests)")
+    })?;
+    Ok(values
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .enumerate()
+        .map(|(i, value)| Document {
+            file: file.to_string(),
+            index: first + i,
+            value,
+        })
+        .collect())
+}
+
+/// The fenced ```yaml blocks of a Markdown text, with the line each starts on.
+pub fn markdown_yaml_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match &mut current {
+            None => {
+                let info = trimmed.strip_prefix("```").map(str::trim);
+                if matches!(info, Some("yaml" | "yml")) {
+                    current = Some((n + 2, String::new()));
+                }
+            }
+            Some((_, body)) => {
+                if trimmed.starts_with("```") {
+                    if let Some(block) = current.take() {
+                        blocks.push(block);
+                    }
+                } else {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// Reads a manifest file: YAML (several documents allowed) or Markdown, whose
+/// ```yaml blocks are read in order.
+pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {file}: {e}; check the path and permissions"))?;
+    let is_markdown = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("md"));
+    if !is_markdown {
+        return parse_documents(&text, &file);
+    }
+    let mut docs = Vec::new();
+    for (line, block) in markdown_yaml_blocks(&text) {
+        let more = parse_documents_from(&block, &file, docs.len())
+            .map_err(|e| format!("{e} (in the ```yaml block starting on line {line})"))?;
+        docs.extend(more);
+    }
+    Ok(docs)
+}
+
+/// The gpu-slicer configs held by a document: a ConfigMap whose data values
+/// are NVIDIA `version: v1` configs (key → config), or a bare config.
+/// `None` when the document is neither.
+pub fn configs_of(doc: &Document) -> Option<Result<BTreeMap<String, Config>, String>> {
+    if doc.kind() == "ConfigMap" {
+        let data = doc.value["data"].as_object()?;
+        let looks_like_config = data.values().any(|v| {
+            v.as_str().is_some_and(|t| {
+                serde_saphyr::from_str::<Value>(t)
+                    .ok()
+                    .is_some_and(|v| v["version"] == "v1")
+            })
+        });
+        if !looks_like_config {
+            return None;
+        }
+        let mut out = BTreeMap::new();
+        for (key, text) in data {
+            let Some(text) = text.as_str() else { continue };
+            let source = format!("{} (ConfigMap {}, key {key})", doc.file, doc.name());
+            match config::parse(text, &source) {
+                Ok(c) => {
+                    out.insert(key.clone(), c);
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        return Some(Ok(out));
+    }
+    if doc.value.get("kind").is_none() && doc.value["version"] == "v1" {
+        let source = doc.file.clone();
+        let text = serde_json::to_string(&doc.value).unwrap_or_default();
+        return Some(
+            config::parse(&text, &source)
+                .map(|c| BTreeMap::from([("config.yaml".to_string(), c)]))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    None
+}
+
+/// Picks one config out of several: `wanted` when given, else the only one,
+/// else `config.yaml`, else `default` (NVIDIA config-manager's rule).
+pub fn pick_config<'a>(
+    configs: &'a BTreeMap<String, Config>,
+    wanted: Option<&str>,
+    source: &str,
+) -> Result<(&'a str, &'a Config), String> {
+    let names = || configs.keys().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(w) = wanted {
+        return configs
+            .get_key_value(w)
+            .map(|(k, c)| (k.as_str(), c))
+            .ok_or_else(|| {
+                format!(
+                    "{source} has no config named '{w}' (it has: {}); pass one of those names",
+                    names()
+                )
+            });
+    }
+    if configs.len() == 1
+        && let Some((k, c)) = configs.iter().next()
+    {
+        return Ok((k.as_str(), c));
+    }
+    for key in ["config.yaml", "default"] {
+        if let Some((k, c)) = configs.get_key_value(key) {
+            return Ok((k.as_str(), c));
+        }
+    }
+    Err(format!(
+        "{source} holds several configs ({}); choose one with --config-name (or the NodePool label {CONFIG_LABEL})",
+        names()
+    ))
+}
+
+/// NVIDIA's defaults, with the `mixed` strategy when a MIG layout is in use
+/// (what `gpu-slicer plan --mig-config` assumes without a config file).
+pub fn default_config(layout: Option<&str>) -> Config {
+    let mut config = Config::default();
+    if layout.is_some_and(|l| l != "all-disabled") {
+        config.flags.mig_strategy = config::MigStrategy::Mixed;
+    }
+    config
+}
+
+// ---------------------------------------------------------------------------
+// Instance types and Karpenter requirements
+
+/// Families whose GPUs cannot do MIG (EKS MIG page; NVIDIA's MIG list),
+/// including families the catalog has no preset for.
+pub const NON_MIG_FAMILIES: &[&str] = &[
+    "g4dn", "g4ad", "g5", "g5g", "g6", "g6e", "g6f", "gr6", "gr6f", "p3", "p3dn",
+];
+/// MIG-capable families on EKS.
+pub const MIG_FAMILIES: &[&str] = &[
+    "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200", "p6-b300", "g7", "g7e",
+];
+
+/// `p4d` of `p4d.24xlarge`.
+pub fn family(instance: &str) -> &str {
+    instance.split_once('.').map_or(instance, |(f, _)| f)
+}
+
+/// `24xlarge` of `p4d.24xlarge`.
+pub fn size(instance: &str) -> &str {
+    instance.split_once('.').map_or("", |(_, s)| s)
+}
+
+/// The well-known Karpenter labels of an instance preset that gpu-slicer
+/// can derive (AWS provider names).
+pub fn instance_labels(instance: &InstanceType) -> BTreeMap<&'static str, String> {
+    let fam = family(instance.name);
+    let category: String = fam
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    let generation: String = fam
+        .chars()
+        .skip_while(|c| c.is_ascii_alphabetic())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let gpu_name = instance
+        .model
+        .split('-')
+        .next()
+        .unwrap_or(instance.model)
+        .to_ascii_lowercase();
+    BTreeMap::from([
+        (
+            "node.kubernetes.io/instance-type",
+            instance.name.to_string(),
+        ),
+        ("karpenter.k8s.aws/instance-family", fam.to_string()),
+        (
+            "karpenter.k8s.aws/instance-size",
+            size(instance.name).to_string(),
+        ),
+        ("karpenter.k8s.aws/instance-category", category),
+        ("karpenter.k8s.aws/instance-generation", generation),
+        ("karpenter.k8s.aws/instance-gpu-name", gpu_name),
+        (
+            "karpenter.k8s.aws/instance-gpu-manufacturer",
+            "nvidia".to_string(),
+        ),
+        (
+            "karpenter.k8s.aws/instance-gpu-count",
+            instance.gpus.to_string(),
+        ),
+        ("kubernetes.io/arch", "amd64".to_string()),
+        ("kubernetes.io/os", "linux".to_string()),
+    ])
+}
+
+/// One `{key, operator, values}` entry.
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: String,
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    pub fn from_value(v: &Value) -> Option<Requirement> {
+        Some(Requirement {
+            key: v["key"].as_str()?.to_string(),
+            operator: v["operator"].as_str().unwrap_or("In").to_string(),
+            values: strings(&v["values"]),
+        })
+    }
+
+    /// Whether a label value (absent: `None`) satisfies the requirement.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let number = |s: &str| s.parse::<i64>().ok();
+        let bound = self.values.first().and_then(|b| number(b));
+        let cmp = |f: fn(i64, i64) -> bool| match (value.and_then(number), bound) {
+            (Some(v), Some(b)) => f(v, b),
+            _ => false,
+        };
+        match self.operator.as_str() {
+            "In" => value.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            "NotIn" => value.is_none_or(|v| !self.values.iter().any(|x| x == v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            "Gt" => cmp(|v, b| v > b),
+            "Lt" => cmp(|v, b| v < b),
+            "Gte" => cmp(|v, b| v >= b),
+            "Lte" => cmp(|v, b| v <= b),
+            _ => true,
+        }
+    }
+}
+
+/// The strings of a YAML sequence (numbers and booleans as text).
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| match x {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a requirement key is one gpu-slicer can evaluate on a preset.
+fn evaluable(key: &str) -> bool {
+    key == "node.kubernetes.io/instance-type"
+        || key == "kubernetes.io/arch"
+        || key == "kubernetes.io/os"
+        || (key.starts_with("karpenter.k8s.aws/instance-")
+            && !key.starts_with("karpenter.k8s.aws/instance-gpu-memory")
+            && !key.starts_with("karpenter.k8s.aws/instance-accelerator"))
+}
+
+/// The instance presets that satisfy `requirements`. Keys gpu-slicer cannot
+/// evaluate (zones, capacity types, custom labels) do not filter; neither do
+/// `instance-size` values with a dot (`g5.xlarge`), which [`lint`] reports:
+/// the remaining checks then assume the full names were meant.
+pub fn instances_matching(requirements: &[Requirement]) -> Vec<&'static InstanceType> {
+    catalog::instances()
+        .iter()
+        .filter(|instance| {
+            let labels = instance_labels(instance);
+            requirements.iter().all(|r| {
+                if !evaluable(&r.key) {
+                    return true;
+                }
+                if r.key == "karpenter.k8s.aws/instance-size"
+                    && r.values.iter().any(|v| v.contains('.'))
+                {
+                    let names: Vec<&str> = r.values.iter().map(|v| size(v)).collect();
+                    return names.contains(&size(instance.name))
+                        && r.values
+                            .iter()
+                            .any(|v| !v.contains('.') || family(v) == family(instance.name));
+                }
+                r.matches(labels.get(r.key.as_str()).map(String::as_str))
+            })
+        })
+        .collect()
+}
+
+/// A NodePool's requirements (`spec.template.spec.requirements`).
+pub fn nodepool_requirements(pool: &Value) -> Vec<Requirement> {
+    pool["spec"]["template"]["spec"]["requirements"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Requirement::from_value).collect())
+        .unwrap_or_default()
+}
+
+/// A NodePool template label.
+pub fn nodepool_label<'a>(pool: &'a Value, key: &str) -> Option<&'a str> {
+    pool["spec"]["template"]["metadata"]["labels"][key].as_str()
+}
+
+/// A Kubernetes quantity as a whole number (`2`, `"16"`), if it is one.
+pub fn quantity(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether a name is a device-plugin (extended) resource name that users
+/// confuse with labels.
+pub fn is_resource_name(key: &str) -> bool {
+    key == "nvidia.com/gpu"
+        || key == "nvidia.com/gpu.shared"
+        || key.starts_with("nvidia.com/mig-")
+        || key == "amd.com/gpu"
+        || key.starts_with("aws.amazon.com/neuron")
+        || key == "habana.ai/gaudi"
+        || key == "vpc.amazonaws.com/efa"
+}
+
+/// A slice resource: a MIG profile or shared replicas, unknown to Karpenter
+/// without an overlay.
+pub fn is_slice_resource(key: &str) -> bool {
+    key.starts_with("nvidia.com/mig-")
+        || (key.starts_with("nvidia.com/") && key.ends_with(".shared"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_labels_follow_the_aws_provider() {
+        let p5 = catalog::instance("p5.48xlarge").unwrap();
+        let l = instance_labels(p5);
+        assert_eq!(l["karpenter.k8s.aws/instance-family"], "p5");
+        assert_eq!(l["karpenter.k8s.aws/instance-size"], "48xlarge");
+        assert_eq!(l["karpenter.k8s.aws/instance-gpu-name"], "h100");
+        assert_eq!(l["karpenter.k8s.aws/instance-category"], "p");
+        assert_eq!(l["karpenter.k8s.aws/instance-generation"], "5");
+        let b = instance_labels(catalog::instance("p6-b200.48xlarge").unwrap());
+        assert_eq!(b["karpenter.k8s.aws/instance-family"], "p6-b200");
+        assert_eq!(b["karpenter.k8s.aws/instance-gpu-name"], "b200");
+    }
+
+    #[test]
+    fn requirements_select_presets() {
+        let reqs = vec![
+            Requirement {
+                key: "karpenter.k8s.aws/instance-family".into(),
+                operator: "In".into(),
+                values: vec!["g5".into()],
+            },
+            Requirement {
+                key: "karpenter.k8s.aws/instance-gpu-count".into(),
+                operator: "Gt".into(),
+                values: vec!["1".into()],
+            },
+            Requirement {
+                key: "topology.kubernetes.io/zone".into(),
+                operator: "In".into(),
+                values: vec!["eu-west-1a".into()],
+            },
+        ];
+        let names: Vec<&str> = instances_matching(&reqs).iter().map(|i| i.name).collect();
+        assert_eq!(names, ["g5.12xlarge", "g5.24xlarge", "g5.48xlarge"]);
+    }
+
+    #[test]
+    fn markdown_blocks() {
+        let md = "text\n```yaml\na: 1\n```\n```sh\nls\n```\n```yaml\nb: 2\n---\nc: 3\n```\n";
+        let blocks = markdown_yaml_blocks(md);
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[0], (3, "a: 1\n".to_string()));
+        let docs = parse_documents(&blocks[1].1, "x").unwrap();
+        assert_eq!(docs.len(), 2);
+    }
+}

@@ -1,0 +1,282 @@
+//! gpu-slicer command line: parse, set up logging, dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
+use gpu_slicer::commands::{self, demo::DemoOptions};
+use gpu_slicer_core::config::ConfigFlags;
+use gpu_slicer_core::plan::plan;
+use gpu_slicer_daemon::args::RunArgs;
+use gpu_slicer_daemon::config_file::config_for_layout;
+use gpu_slicer_daemon::process::{
+    LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
+};
+use gpu_slicer_daemon::simulate;
+
+#[derive(Parser)]
+#[command(
+    name = "gpu-slicer",
+    version,
+    about = "Share NVIDIA GPUs in Kubernetes: MIG slices and time-sliced replicas"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+// Parsed once per process: boxing variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    /// Run the device plugin daemon (the DaemonSet runs the same code as
+    /// the leaner `gpu-slicer-daemon` binary).
+    Run(RunArgs),
+    /// Show the whole path on a simulated node with a stand-in kubelet.
+    Demo {
+        #[arg(long, default_value = "p4d.24xlarge")]
+        instance: String,
+        #[arg(long, default_value = "all-balanced")]
+        mig_config: String,
+        #[arg(long, env = "CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+        #[command(flatten)]
+        flags: ConfigFlags,
+    },
+    /// Print what a node would advertise, without starting anything; with
+    /// prices, the cost per slice-hour; with --workload, rank instance types
+    /// and layouts for a mix of pods by cost.
+    Plan {
+        /// A cloud instance type (p4d.24xlarge) or a topology file.
+        #[arg(
+            long,
+            value_name = "INSTANCE|TOPOLOGY.yaml",
+            required_unless_present = "workload"
+        )]
+        instance: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        mig_config: Option<String>,
+        #[arg(long, env = "CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+        /// On-demand price table replacing the built-in one (see docs/karpenter.md).
+        #[arg(long, value_name = "FILE")]
+        prices: Option<PathBuf>,
+        /// A mix of pods to place (list of {name, count, slice} or {name, count, sharedGpu, memoryGiB}):
+        /// ranks instance/layout choices by cost.
+        #[arg(long, value_name = "FILE", conflicts_with = "instance")]
+        workload: Option<PathBuf>,
+        /// NodePool name prefix used in the overlays that --workload prints.
+        #[arg(long, value_name = "NAME", default_value = "gpu-slices")]
+        nodepool: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+        #[command(flatten)]
+        flags: ConfigFlags,
+    },
+    /// Karpenter helpers.
+    Karpenter {
+        #[command(subcommand)]
+        command: KarpenterCommand,
+    },
+    /// Check NodePools, EC2NodeClasses, NodeOverlays, gpu-slicer ConfigMaps and
+    /// workloads together (YAML files, or Markdown files' ```yaml blocks).
+    /// Exits non-zero when there are errors.
+    Lint {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum KarpenterCommand {
+    /// Print NodeOverlays (karpenter.sh/v1alpha1) declaring exactly what gpu-slicer advertises.
+    Overlays {
+        /// gpu-slicer config: a `version: v1` file or a ConfigMap manifest (one or several configs).
+        #[arg(long, value_name = "FILE")]
+        config_file: Option<PathBuf>,
+        /// Which config of a ConfigMap with several (default: the NodePool's
+        /// nvidia.com/device-plugin.config label, else config.yaml / default / the only one).
+        #[arg(long, value_name = "NAME")]
+        config_name: Option<String>,
+        /// MIG layout (default: the NodePool's nvidia.com/mig.config label; none: MIG off).
+        #[arg(long, value_name = "LAYOUT")]
+        mig_config: Option<String>,
+        /// NodePool name(s) (default: every NodePool of --nodepool-file).
+        #[arg(long, value_name = "NAME")]
+        nodepool: Vec<String>,
+        /// File(s) holding the NodePool(s): their requirements choose the instance types.
+        #[arg(long, value_name = "FILE")]
+        nodepool_file: Vec<PathBuf>,
+        /// Instance type(s) (default: every preset the NodePool allows, else every preset with the layout).
+        #[arg(long, value_name = "TYPE")]
+        instance_type: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+impl From<OutputFormat> for Output {
+    fn from(o: OutputFormat) -> Output {
+        match o {
+            OutputFormat::Text => Output::Text,
+            OutputFormat::Json => Output::Json,
+        }
+    }
+}
+
+/// NVIDIA's config-manager signals the process whose argv[0] is exactly
+/// `nvidia-device-plugin`, and NVIDIA's manifests run it without a
+/// subcommand: under that name, `run` is implied.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as_nvidia = invoked_as_nvidia_device_plugin(args.first().map(|a| a.as_os_str()));
+    let has_subcommand = args.get(1).is_some_and(|a| {
+        [
+            "run",
+            "demo",
+            "plan",
+            "karpenter",
+            "lint",
+            "help",
+            "--help",
+            "-h",
+            "--version",
+            "-V",
+        ]
+        .iter()
+        .any(|c| a == *c)
+    });
+    if invoked_as_nvidia && !has_subcommand {
+        args.insert(1, "run".into());
+    }
+    args
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(args());
+    let result = match cli.command {
+        Command::Plan {
+            instance,
+            mig_config,
+            config_file,
+            prices,
+            workload,
+            nodepool,
+            output,
+            flags,
+        } => {
+            init_tracing(cli.log_format, "warn");
+            if let Some(workload) = workload {
+                karpenter_cmd::workload_command(
+                    &workload,
+                    prices.as_deref(),
+                    &nodepool,
+                    output.into(),
+                )
+                .map(|text| print!("{text}"))
+            } else {
+                let instance = instance.unwrap_or_default();
+                config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
+                    .map_err(|e| e.to_string())
+                    .and_then(|config| {
+                        let table = karpenter_cmd::price_table(prices.as_deref())?;
+                        let inventory = simulate::load(&instance, mig_config.as_deref())
+                            .map_err(|e| e.to_string())?;
+                        let plan = plan(&inventory, &config);
+                        for d in &plan.diagnostics {
+                            eprintln!("{d}");
+                        }
+                        match output {
+                            OutputFormat::Text => {
+                                print!("{}", commands::plan::render(&plan, &inventory));
+                                print!(
+                                    "{}",
+                                    gpu_slicer::karpenter::cost::render_costs(
+                                        &instance, &plan, &inventory, &table
+                                    )
+                                );
+                            }
+                            OutputFormat::Json => println!(
+                                "{}",
+                                commands::plan::render_json(&instance, &plan, &inventory, &table)
+                            ),
+                        }
+                        Ok(())
+                    })
+            }
+        }
+        Command::Karpenter {
+            command:
+                KarpenterCommand::Overlays {
+                    config_file,
+                    config_name,
+                    mig_config,
+                    nodepool,
+                    nodepool_file,
+                    instance_type,
+                    output,
+                },
+        } => {
+            init_tracing(cli.log_format, "warn");
+            let options = OverlayOptions {
+                config_file,
+                config_name,
+                mig_config,
+                nodepools: nodepool,
+                nodepool_files: nodepool_file,
+                instance_types: instance_type,
+            };
+            karpenter_cmd::overlays_command(&options, output.into()).map(|text| print!("{text}"))
+        }
+        Command::Lint { files, output } => {
+            init_tracing(cli.log_format, "warn");
+            match karpenter_cmd::lint_command(&files, output.into()) {
+                Ok((text, failed)) => {
+                    print!("{text}");
+                    if failed {
+                        return ExitCode::FAILURE;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Run(args) => {
+            init_tracing(cli.log_format, "info");
+            block_on(gpu_slicer_daemon::run::run(args.into_options()))
+        }
+        Command::Demo {
+            instance,
+            mig_config,
+            config_file,
+            flags,
+        } => {
+            init_tracing(cli.log_format, "warn");
+            block_on(commands::demo::run(DemoOptions {
+                instance,
+                mig_config,
+                config_file,
+                flags,
+            }))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

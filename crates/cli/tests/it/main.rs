@@ -1,0 +1,22 @@
+//! Tests of the people's binary (`gpu-slicer`): `plan`, `lint`, `karpenter
+//! overlays`, the deploy files, and `gpu-slicer run` (the same daemon library
+//! the daemon binary runs) where a test compares overlays with what a running
+//! daemon advertises. One test binary: one link step for all of them.
+
+use std::path::PathBuf;
+
+/// The binary under test; `common` starts the daemon as `BIN run ...`.
+pub const BIN: &str = env!("CARGO_BIN_EXE_gpu-slicer");
+
+/// The repository's root (deploy files, docs).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// The daemon's test harness, shared rather than copied.
+#[path = "../../../daemon/tests/it/common/mod.rs"]
+mod common;
+
+mod karpenter;
+mod manifests;
+mod plan;

@@ -1,0 +1,618 @@
+//! The deployment files under `deploy/`: structural checks of the Karpenter
+//! custom resources (their CRDs are not in the core schemas), the hardening
+//! of every DaemonSet, the configs in every ConfigMap (loaded and planned by
+//! gpu-slicer itself), and the Helm chart's values. Schema validation against
+//! the Kubernetes API is a CI step (`.ci/validate-manifests`): it installs a
+//! validator, which a test must not do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use gpu_slicer_core::gpu::{catalog, simulated};
+use serde_json::Value;
+
+/// Instance families whose GPUs have MIG (mig-and-instances.md §7).
+const MIG_FAMILIES: [&str; 6] = ["p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"];
+
+fn root() -> PathBuf {
+    crate::repo_root()
+}
+
+fn yaml_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if recursive {
+                yaml_files(&path, true, out);
+            }
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+/// Every static manifest: deploy/*.yaml, deploy/static/**, deploy/karpenter/**.
+fn manifest_files() -> Vec<PathBuf> {
+    let deploy = root().join("deploy");
+    let mut files = Vec::new();
+    yaml_files(&deploy, false, &mut files);
+    yaml_files(&deploy.join("static"), true, &mut files);
+    yaml_files(&deploy.join("karpenter"), true, &mut files);
+    assert!(files.len() >= 10, "too few manifests found: {files:?}");
+    files
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// (file, document) for every object of every manifest.
+fn objects() -> Vec<(PathBuf, Value)> {
+    manifest_files()
+        .into_iter()
+        .flat_map(|f| documents(&f).into_iter().map(move |d| (f.clone(), d)))
+        .collect()
+}
+
+fn of_kind(kind: &str) -> Vec<(PathBuf, Value)> {
+    objects()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == kind)
+        .collect()
+}
+
+fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("?")
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// DaemonSets: hardening
+
+#[test]
+fn every_daemonset_is_hardened() {
+    let daemonsets = of_kind("DaemonSet");
+    assert!(daemonsets.len() >= 2);
+    for (file, ds) in &daemonsets {
+        let at = format!("{} ({})", file.display(), name(ds));
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(ds["metadata"]["namespace"], "kube-system", "{at}");
+        assert_eq!(pod["priorityClassName"], "system-node-critical", "{at}");
+        assert_ne!(pod["hostNetwork"], true, "{at}");
+        assert_ne!(pod["hostPID"], true, "{at}");
+        let tolerated = pod["tolerations"].as_array().unwrap().iter().any(|t| {
+            t["key"] == "nvidia.com/gpu" && t["operator"] == "Exists" && t["effect"] == "NoSchedule"
+        });
+        assert!(
+            tolerated,
+            "{at}: no toleration nvidia.com/gpu Exists NoSchedule"
+        );
+
+        let containers: Vec<&Value> = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod[*k].as_array().into_iter().flatten())
+            .collect();
+        for c in &containers {
+            let cat = format!("{at} container {}", c["name"]);
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{cat}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{cat}");
+            assert_ne!(sc["privileged"], true, "{cat}");
+            assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"], "{cat}");
+            assert!(
+                sc["capabilities"]["add"].is_null(),
+                "{cat}: adds capabilities"
+            );
+            let res = &c["resources"];
+            assert!(res["requests"]["cpu"].is_string(), "{cat}: no cpu request");
+            assert!(res["requests"]["memory"].is_string(), "{cat}");
+            assert!(
+                res["limits"]["memory"].is_string(),
+                "{cat}: no memory limit"
+            );
+        }
+
+        // The plugin container: `run --config-file /config/config.yaml`, the
+        // device-plugin directory mounted as a directory.
+        let plugin = containers
+            .iter()
+            .find(|c| c["name"] == "gpu-slicer")
+            .unwrap_or_else(|| panic!("{at}: no gpu-slicer container"));
+        assert_eq!(
+            strs(&plugin["args"]),
+            ["run", "--config-file", "/config/config.yaml"],
+            "{at}"
+        );
+        let mount = plugin["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/var/lib/kubelet/device-plugins")
+            .unwrap_or_else(|| panic!("{at}: device-plugins directory not mounted"));
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["hostPath"]["path"],
+            "/var/lib/kubelet/device-plugins"
+        );
+        assert_eq!(volume["hostPath"]["type"], "Directory", "{at}");
+
+        // The config-manager variant follows NVIDIA's sidecar contract.
+        if !pod["initContainers"].is_null() {
+            assert_eq!(pod["shareProcessNamespace"], true, "{at}");
+            assert_eq!(strs(&plugin["command"]), ["nvidia-device-plugin"], "{at}");
+            let sidecar = containers
+                .iter()
+                .find(|c| c["name"] == "config-manager")
+                .unwrap();
+            let env: BTreeMap<&str, &str> = sidecar["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+                .collect();
+            assert_eq!(env["SIGNAL"], "1", "{at}: SIGHUP");
+            assert_eq!(env["PROCESS_TO_SIGNAL"], "nvidia-device-plugin");
+            assert_eq!(env["NODE_LABEL"], "nvidia.com/device-plugin.config");
+            assert_eq!(env["CONFIG_FILE_SRCDIR"], "/available-configs");
+            assert_eq!(env["CONFIG_FILE_DST"], "/config/config.yaml");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ConfigMaps: every config loads and advertises what its comment says
+
+/// Every config text in the static ConfigMaps, by `file:key`.
+fn configs() -> BTreeMap<String, gpu_slicer_core::config::Config> {
+    let mut out = BTreeMap::new();
+    for (file, cm) in of_kind("ConfigMap") {
+        for (key, text) in cm["data"].as_object().unwrap() {
+            let source = format!("{}:{key}", file.file_name().unwrap().to_string_lossy());
+            let config = gpu_slicer_core::config::parse(text.as_str().unwrap(), &source)
+                .unwrap_or_else(|e| panic!("{source}: {e}"));
+            out.insert(source, config);
+        }
+    }
+    out
+}
+
+fn counts(
+    instance: &str,
+    layout: &str,
+    config: &gpu_slicer_core::config::Config,
+) -> Vec<(String, usize)> {
+    let inventory = simulated::from_instance(instance, Some(layout)).unwrap();
+    let plan = gpu_slicer_core::plan::plan(&inventory, config);
+    assert_eq!(plan.errors().count(), 0, "{instance} {layout}");
+    plan.counts()
+}
+
+fn pairs(list: &[(&str, usize)]) -> Vec<(String, usize)> {
+    list.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+#[test]
+fn every_config_loads_and_plans_as_documented() {
+    let configs = configs();
+    assert!(configs.len() >= 10, "{:?}", configs.keys());
+    let get = |k: &str| configs.get(k).unwrap_or_else(|| panic!("no config {k}"));
+
+    let balanced_p4d = pairs(&[
+        ("nvidia.com/mig-1g.5gb", 16),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    for k in [
+        "mig-mixed.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:mig-mixed",
+    ] {
+        assert_eq!(
+            counts("p4d.24xlarge", "all-balanced", get(k)),
+            balanced_p4d,
+            "{k}"
+        );
+    }
+    for k in [
+        "mig-single.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:mig-single",
+    ] {
+        assert_eq!(
+            counts("p4d.24xlarge", "all-1g.5gb", get(k)),
+            pairs(&[("nvidia.com/gpu", 56)]),
+            "{k}"
+        );
+    }
+    for k in [
+        "time-slicing.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:time-slicing-4",
+    ] {
+        assert_eq!(
+            counts("g5.48xlarge", "all-disabled", get(k)),
+            pairs(&[("nvidia.com/gpu", 32)]),
+            "{k}"
+        );
+    }
+    for k in [
+        "time-slicing-shared.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:time-slicing-4-shared",
+    ] {
+        assert_eq!(
+            counts("g5.48xlarge", "all-disabled", get(k)),
+            pairs(&[("nvidia.com/gpu.shared", 32)]),
+            "{k}"
+        );
+    }
+    for k in [
+        "mig-mixed-time-slicing.yaml:config.yaml",
+        "gpu-slicer-config-manager.yaml:mig-mixed-1g.10gb-x2",
+    ] {
+        assert_eq!(
+            counts("p5.48xlarge", "all-1g.10gb", get(k)),
+            pairs(&[("nvidia.com/mig-1g.10gb", 112)]),
+            "{k}"
+        );
+    }
+    // The default of the config-manager variant is harmless without MIG.
+    assert_eq!(
+        counts(
+            "g5.48xlarge",
+            "all-disabled",
+            get("gpu-slicer-config-manager.yaml:default")
+        ),
+        pairs(&[("nvidia.com/gpu", 8)])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Karpenter custom resources (not in the core schemas)
+
+fn nodepool_families(pool: &Value) -> Vec<String> {
+    pool["spec"]["template"]["spec"]["requirements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key"] == "karpenter.k8s.aws/instance-family")
+        .inspect(|r| assert_eq!(r["operator"], "In", "{}", name(pool)))
+        .flat_map(|r| strs(&r["values"]).into_iter().map(str::to_string))
+        .collect()
+}
+
+/// Resource names (never valid as requirement keys, which are labels).
+fn is_resource_name(key: &str) -> bool {
+    key == "nvidia.com/gpu"
+        || key.starts_with("nvidia.com/gpu.shared")
+        || key.starts_with("nvidia.com/mig-")
+        || matches!(
+            key,
+            "amd.com/gpu" | "aws.amazon.com/neuron" | "vpc.amazonaws.com/efa" | "cpu" | "memory"
+        )
+}
+
+#[test]
+fn karpenter_examples_are_correct() {
+    let classes: BTreeMap<String, Value> = of_kind("EC2NodeClass")
+        .into_iter()
+        .map(|(_, d)| (name(&d).to_string(), d))
+        .collect();
+    assert_eq!(classes.len(), 2);
+    let mut aliases = BTreeSet::new();
+    for (n, class) in &classes {
+        assert_eq!(class["apiVersion"], "karpenter.k8s.aws/v1", "{n}");
+        let spec = &class["spec"];
+        assert!(
+            spec["role"].is_string() || spec["instanceProfile"].is_string(),
+            "{n}"
+        );
+        for k in [
+            "subnetSelectorTerms",
+            "securityGroupSelectorTerms",
+            "amiSelectorTerms",
+        ] {
+            assert!(!spec[k].as_array().unwrap().is_empty(), "{n}: {k}");
+        }
+        assert_ne!(
+            spec["amiFamily"], "Custom",
+            "{n}: Custom needs its own bootstrap"
+        );
+        let alias = spec["amiSelectorTerms"][0]["alias"].as_str().unwrap();
+        let family = alias.split('@').next().unwrap();
+        assert!(matches!(family, "al2023" | "bottlerocket"), "{n}: {alias}");
+        aliases.insert(family.to_string());
+        if family == "bottlerocket" {
+            // Bottlerocket's own NVIDIA plugin must be off (>= 1.63.0).
+            let user_data = spec["userData"].as_str().unwrap_or_default();
+            let table = user_data
+                .split("[settings.kubelet-device-plugins.nvidia]")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{n}: built-in plugin not disabled"));
+            let table = table.split("\n[").next().unwrap();
+            assert!(
+                table.lines().any(|l| l.replace(' ', "") == "enabled=false"),
+                "{n}"
+            );
+        }
+    }
+    assert_eq!(aliases.len(), 2, "one AL2023 and one Bottlerocket class");
+
+    let config_names: BTreeSet<String> = of_kind("ConfigMap")
+        .into_iter()
+        .filter(|(f, _)| f.ends_with("gpu-slicer-config-manager.yaml"))
+        .flat_map(|(_, cm)| {
+            cm["data"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    let pools = of_kind("NodePool");
+    assert_eq!(pools.len(), 2);
+    let mut pool_layouts = BTreeMap::new();
+    for (file, pool) in &pools {
+        let n = name(pool);
+        assert_eq!(pool["apiVersion"], "karpenter.sh/v1", "{n}");
+        let spec = &pool["spec"]["template"]["spec"];
+        let class_ref = &spec["nodeClassRef"];
+        assert_eq!(class_ref["group"], "karpenter.k8s.aws", "{n}");
+        assert_eq!(class_ref["kind"], "EC2NodeClass", "{n}");
+        assert!(
+            classes.contains_key(class_ref["name"].as_str().unwrap()),
+            "{n}"
+        );
+
+        for r in spec["requirements"].as_array().unwrap() {
+            let key = r["key"].as_str().unwrap();
+            assert!(
+                !is_resource_name(key),
+                "{n}: requirement key {key} is a resource"
+            );
+            assert!(r["operator"].is_string(), "{n}");
+            if key == "karpenter.k8s.aws/instance-size" {
+                for v in strs(&r["values"]) {
+                    assert!(!v.contains('.'), "{n}: instance-size {v} has a dot");
+                }
+            }
+        }
+        let tainted = spec["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "nvidia.com/gpu" && t["effect"] == "NoSchedule");
+        assert!(tainted, "{n}: GPU pool not tainted nvidia.com/gpu");
+        if let Some(limits) = pool["spec"]["limits"].as_object() {
+            for key in limits.keys() {
+                assert!(
+                    !key.starts_with("nvidia.com/mig-") && !key.ends_with(".shared"),
+                    "{n}: limit on slice resource {key}"
+                );
+            }
+        }
+
+        let labels = &pool["spec"]["template"]["metadata"]["labels"];
+        if let Some(config) = labels["nvidia.com/device-plugin.config"].as_str() {
+            assert!(config_names.contains(config), "{n}: no config {config}");
+        }
+        let families = nodepool_families(pool);
+        assert!(!families.is_empty(), "{n}: families not restricted");
+        // The catalog's instance presets agree with the MIG family list.
+        for instance in catalog::instances() {
+            let family = instance.name.split('.').next().unwrap();
+            if families.iter().any(|f| f == family) {
+                let model = instance.gpu_model().unwrap();
+                let mig_pool = labels["nvidia.com/mig.config"].is_string();
+                assert_eq!(
+                    model.mig_capable(),
+                    mig_pool,
+                    "{n} ({}): {} has {}",
+                    file.display(),
+                    instance.name,
+                    model.product_name
+                );
+            }
+        }
+        if let Some(layout) = labels["nvidia.com/mig.config"].as_str() {
+            for f in &families {
+                assert!(MIG_FAMILIES.contains(&f.as_str()), "{n}: {f} has no MIG");
+            }
+            pool_layouts.insert(n.to_string(), layout.to_string());
+        } else {
+            for f in &families {
+                assert!(
+                    !MIG_FAMILIES.contains(&f.as_str()),
+                    "{n}: time-slicing on {f}"
+                );
+            }
+        }
+    }
+    assert_eq!(pool_layouts.len(), 1, "one MIG pool");
+
+    // Overlays: scoped by pool, counts equal to what gpu-slicer plans.
+    let mixed =
+        gpu_slicer_core::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed")
+            .unwrap();
+    let overlays = of_kind("NodeOverlay");
+    assert_eq!(overlays.len(), 1);
+    for (_, overlay) in &overlays {
+        let n = name(overlay);
+        assert_eq!(overlay["apiVersion"], "karpenter.sh/v1alpha1", "{n}");
+        let reqs = overlay["spec"]["requirements"].as_array().unwrap();
+        let values = |key: &str| -> Vec<&str> {
+            reqs.iter()
+                .filter(|r| r["key"] == key && r["operator"] == "In")
+                .flat_map(|r| strs(&r["values"]))
+                .collect()
+        };
+        let pools = values("karpenter.sh/nodepool");
+        assert_eq!(pools.len(), 1, "{n}: not scoped to one NodePool");
+        let layout = &pool_layouts[pools[0]];
+        let types = values("node.kubernetes.io/instance-type");
+        assert_eq!(types.len(), 1, "{n}");
+        let planned: BTreeMap<String, String> = counts(types[0], layout, &mixed)
+            .into_iter()
+            .map(|(r, c)| (r, c.to_string()))
+            .collect();
+        let mut declared: BTreeMap<String, String> = overlay["spec"]["capacity"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        // An explicit 0 for a resource the plan does not have is the
+        // overwrite of Karpenter's own nvidia.com/gpu count.
+        declared.retain(|k, v| planned.contains_key(k) || v != "0");
+        assert_eq!(declared, planned, "{n}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helm chart: templates use only defined values; defaults match the static
+// DaemonSet so the two read side by side.
+
+fn value_at<'a>(values: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(values, |v, key| v.as_object()?.get(key))
+}
+
+#[test]
+fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
+    let chart = root().join("deploy/helm/gpu-slicer");
+    let chart_yaml: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart.join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(chart_yaml["apiVersion"], "v2");
+    assert_eq!(chart_yaml["name"], "gpu-slicer");
+    let values: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap())
+            .unwrap();
+
+    // NVIDIA's chart names that this chart shares.
+    for key in [
+        "migStrategy",
+        "failOnInitError",
+        "deviceListStrategy",
+        "deviceIDStrategy",
+        "nvidiaDriverRoot",
+        "compatWithCPUManager",
+        "config.map",
+        "config.name",
+        "config.default",
+        "nodeSelector",
+        "affinity",
+        "tolerations",
+        "priorityClassName",
+        "securityContext",
+        "resources",
+        "image.repository",
+        "image.tag",
+        "image.pullPolicy",
+        "imagePullSecrets",
+        "updateStrategy",
+    ] {
+        assert!(value_at(&values, key).is_some(), "values.yaml lacks {key}");
+    }
+
+    let mut templates = Vec::new();
+    for entry in std::fs::read_dir(chart.join("templates")).unwrap() {
+        templates.push(entry.unwrap().path());
+    }
+    templates.sort();
+    let names: BTreeSet<_> = templates
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for required in [
+        "daemonset.yaml",
+        "configmap.yaml",
+        "_helpers.tpl",
+        "NOTES.txt",
+    ] {
+        assert!(names.contains(required), "templates/{required} missing");
+    }
+    let mut used = 0;
+    for path in &templates {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (i, _) in text.match_indices(".Values.") {
+            let rest = &text[i + ".Values.".len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(rest.len());
+            let key = rest[..end].trim_end_matches('.');
+            assert!(
+                value_at(&values, key).is_some(),
+                "{}: .Values.{key} is not in values.yaml",
+                path.display()
+            );
+            used += 1;
+        }
+        // Braces balance: a cheap guard against a broken action.
+        assert_eq!(
+            text.matches("{{").count(),
+            text.matches("}}").count(),
+            "{}",
+            path.display()
+        );
+    }
+    assert!(used > 20, "templates use too few values ({used})");
+
+    // Defaults equal the static DaemonSet's settings.
+    let (_, ds) = of_kind("DaemonSet")
+        .into_iter()
+        .find(|(f, _)| f.ends_with("static/gpu-slicer.yaml"))
+        .unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(values["priorityClassName"], pod["priorityClassName"]);
+    assert_eq!(values["tolerations"], pod["tolerations"]);
+    assert_eq!(values["affinity"], pod["affinity"]);
+    assert_eq!(values["podSecurityContext"], pod["securityContext"]);
+    assert_eq!(values["securityContext"], container["securityContext"]);
+    assert_eq!(values["resources"], container["resources"]);
+    assert_eq!(values["updateStrategy"], ds["spec"]["updateStrategy"]);
+    let image = format!(
+        "{}:{}",
+        values["image"]["repository"].as_str().unwrap(),
+        chart_yaml["appVersion"].as_str().unwrap()
+    );
+    assert_eq!(container["image"], image.as_str());
+    assert_eq!(
+        values["metrics"]["enabled"], false,
+        "metrics off by default"
+    );
+}
+
+#[test]
+fn dockerfile_installs_both_names() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    for needle in [
+        "cargo build --release --locked",
+        "/usr/bin/gpu-slicer",
+        "/usr/bin/nvidia-device-plugin",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        "ENTRYPOINT",
+    ] {
+        assert!(text.contains(needle), "Dockerfile lacks {needle}");
+    }
+}

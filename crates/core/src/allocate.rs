@@ -1,0 +1,671 @@
+//! What a container receives for the devices the kubelet chose: a pure
+//! function from (resource, request, configuration) to the Allocate response,
+//! built in the order and with the wording of NVIDIA's plugin (see
+//! `nvidia-compatibility.md` §5), so that switching plugins changes nothing
+//! for workloads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::{DeviceIdStrategy, DeviceListStrategy, Flags};
+use crate::plan::{Physical, Resource};
+
+/// What one container receives: the core's own copy of the kubelet's
+/// `ContainerAllocateResponse`, field for field, so that the decision does
+/// not depend on the generated wire types (the daemon converts it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerAllocateResponse {
+    pub envs: HashMap<String, String>,
+    pub mounts: Vec<Mount>,
+    pub devices: Vec<DeviceSpec>,
+    pub annotations: HashMap<String, String>,
+    pub cdi_devices: Vec<CdiDevice>,
+}
+
+/// A host path mounted into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mount {
+    pub container_path: String,
+    pub host_path: String,
+    pub read_only: bool,
+}
+
+/// A device node given to the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub container_path: String,
+    pub host_path: String,
+    /// cgroup permissions, `rw` or `rwm`.
+    pub permissions: String,
+}
+
+/// A fully qualified CDI device name (`vendor.com/class=name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdiDevice {
+    pub name: String,
+}
+
+/// Why an Allocate request is refused. The Display text is NVIDIA's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocateError {
+    #[error("invalid allocation request for \"{resource}\": invalid request: unknown device: {id}")]
+    UnknownDevice { resource: String, id: String },
+    #[error(
+        "invalid allocation request for \"{resource}\": invalid request: maximum request size for shared resources is 1; found {count}"
+    )]
+    TooManySharedDevices { resource: String, count: usize },
+}
+
+/// Device nodes of this node that are not tied to one GPU: control nodes
+/// found under the dev root, and the MIG capability minors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeDeviceFiles {
+    /// Present control nodes, e.g. `/dev/nvidiactl`, `/dev/nvidia-uvm`.
+    pub control: Vec<String>,
+    /// `(gpu minor, GI id, CI id)` → (GI capability minor, CI capability minor).
+    pub mig_caps: HashMap<(u32, u32, u32), (u32, u32)>,
+}
+
+impl NodeDeviceFiles {
+    /// Parses `/proc/driver/nvidia-caps/mig-minors` (`gpu0/gi1/ci0/access 14`).
+    pub fn parse_mig_minors(text: &str) -> HashMap<(u32, u32, u32), (u32, u32)> {
+        let mut gi_minor: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut ci_minor: Vec<((u32, u32, u32), u32)> = Vec::new();
+        for line in text.lines() {
+            let Some((cap, minor)) = line.trim().split_once(' ') else {
+                continue;
+            };
+            let Ok(minor) = minor.trim().parse::<u32>() else {
+                continue;
+            };
+            let parts: Vec<&str> = cap.split('/').collect();
+            let number = |s: &str, prefix: &str| s.strip_prefix(prefix)?.parse::<u32>().ok();
+            match parts.as_slice() {
+                [gpu, gi, "access"] => {
+                    if let (Some(g), Some(i)) = (number(gpu, "gpu"), number(gi, "gi")) {
+                        gi_minor.insert((g, i), minor);
+                    }
+                }
+                [gpu, gi, ci, "access"] => {
+                    if let (Some(g), Some(i), Some(c)) =
+                        (number(gpu, "gpu"), number(gi, "gi"), number(ci, "ci"))
+                    {
+                        ci_minor.push(((g, i, c), minor));
+                    }
+                }
+                _ => {}
+            }
+        }
+        ci_minor
+            .into_iter()
+            .filter_map(|((g, i, c), ci)| gi_minor.get(&(g, i)).map(|&gi| ((g, i, c), (gi, ci))))
+            .collect()
+    }
+
+    /// The driver's pre-assigned minors (GI = 3 + 135·G + 9·I, CI = GI + 1 + C),
+    /// for simulated nodes where no `mig-minors` file exists.
+    pub fn synthetic_mig_minors(gpus: u32) -> HashMap<(u32, u32, u32), (u32, u32)> {
+        let mut map = HashMap::new();
+        for g in 0..gpus {
+            for i in 0..15 {
+                let gi = 3 + 135 * g + 9 * i;
+                for c in 0..8 {
+                    map.insert((g, i, c), (gi, gi + 1 + c));
+                }
+            }
+        }
+        map
+    }
+}
+
+/// Builds the response for one container request.
+///
+/// `response_id` makes the CDI annotation key unique per response, as
+/// NVIDIA's plugin does with a random UUID (the caller supplies it so this
+/// function stays deterministic).
+pub fn allocate(
+    resource: &Resource,
+    requested: &[String],
+    flags: &Flags,
+    files: &NodeDeviceFiles,
+    response_id: &str,
+) -> Result<ContainerAllocateResponse, AllocateError> {
+    let mut devices = Vec::with_capacity(requested.len());
+    for id in requested {
+        let device = resource
+            .device(id)
+            .ok_or_else(|| AllocateError::UnknownDevice {
+                resource: resource.name.to_string(),
+                id: id.clone(),
+            })?;
+        devices.push(device);
+    }
+    if let Some(sharing) = resource.sharing
+        && sharing.fail_requests_greater_than_one
+        && requested.len() > 1
+        && devices.iter().any(|d| d.replica.is_some())
+    {
+        return Err(AllocateError::TooManySharedDevices {
+            resource: resource.name.to_string(),
+            count: requested.len(),
+        });
+    }
+
+    // Replica suffixes are stripped and ids de-duplicated in request order.
+    let mut physical: Vec<&Physical> = Vec::with_capacity(devices.len());
+    for device in &devices {
+        if !physical.iter().any(|p| p.uuid == device.physical.uuid) {
+            physical.push(&device.physical);
+        }
+    }
+    let ids: Vec<&str> = physical
+        .iter()
+        .map(|p| match flags.plugin.device_id_strategy {
+            DeviceIdStrategy::Uuid => p.uuid.as_str(),
+            DeviceIdStrategy::Index => p.index.as_str(),
+        })
+        .collect();
+
+    let strategies = &flags.plugin.device_list_strategy;
+    let uses = |s: DeviceListStrategy| strategies.contains(&s);
+    let mut response = ContainerAllocateResponse::default();
+
+    if strategies.iter().any(|s| s.is_cdi()) {
+        let mut names: Vec<String> = ids
+            .iter()
+            .map(|id| format!("k8s.device-plugin.nvidia.com/gpu={id}"))
+            .collect();
+        for (enabled, class) in [
+            (flags.gdrcopy_enabled, "gdrcopy"),
+            (flags.gds_enabled, "gds"),
+            (flags.mofed_enabled, "mofed"),
+        ] {
+            if enabled {
+                names.push(format!("k8s.device-plugin.nvidia.com/{class}=all"));
+            }
+        }
+        if uses(DeviceListStrategy::CdiAnnotations) {
+            response.annotations.insert(
+                format!(
+                    "{}nvidia-device-plugin_{response_id}",
+                    flags.plugin.cdi_annotation_prefix
+                ),
+                names.join(","),
+            );
+        }
+        if uses(DeviceListStrategy::CdiCri) {
+            response.cdi_devices = names.into_iter().map(|name| CdiDevice { name }).collect();
+        }
+    }
+    for (enabled, key) in [
+        (flags.gdrcopy_enabled, "NVIDIA_GDRCOPY"),
+        (flags.gds_enabled, "NVIDIA_GDS"),
+        (flags.mofed_enabled, "NVIDIA_MOFED"),
+    ] {
+        if enabled {
+            response.envs.insert(key.into(), "enabled".into());
+        }
+    }
+    if strategies.iter().all(|s| s.is_cdi()) {
+        return Ok(response);
+    }
+    if uses(DeviceListStrategy::Envvar) {
+        response
+            .envs
+            .insert("NVIDIA_VISIBLE_DEVICES".into(), ids.join(","));
+    }
+    if uses(DeviceListStrategy::VolumeMounts) {
+        response.envs.insert(
+            "NVIDIA_VISIBLE_DEVICES".into(),
+            "/var/run/nvidia-container-devices".into(),
+        );
+        response.mounts = ids
+            .iter()
+            .map(|id| Mount {
+                container_path: format!("/var/run/nvidia-container-devices/{id}"),
+                host_path: "/dev/null".into(),
+                read_only: false,
+            })
+            .collect();
+    }
+    if flags.plugin.pass_device_specs {
+        response.devices = device_specs(&physical, flags.dev_root(), files);
+    }
+    Ok(response)
+}
+
+/// Device nodes for the container: control nodes, `/dev/nvidia<minor>` per
+/// GPU, and the GI/CI capability nodes of each MIG device; no duplicates.
+fn device_specs(
+    physical: &[&Physical],
+    dev_root: &str,
+    files: &NodeDeviceFiles,
+) -> Vec<DeviceSpec> {
+    let mut paths: Vec<String> = files.control.clone();
+    for p in physical {
+        paths.push(format!("/dev/nvidia{}", p.gpu_minor));
+        if let Some(mig) = p.mig
+            && let Some((gi, ci)) =
+                files
+                    .mig_caps
+                    .get(&(p.gpu_minor, mig.gpu_instance, mig.compute_instance))
+        {
+            paths.push(format!("/dev/nvidia-caps/nvidia-cap{gi}"));
+            paths.push(format!("/dev/nvidia-caps/nvidia-cap{ci}"));
+        }
+    }
+    let mut seen = BTreeMap::new();
+    paths.retain(|p| seen.insert(p.clone(), ()).is_none());
+    paths
+        .into_iter()
+        .map(|path| DeviceSpec {
+            host_path: join_root(dev_root, &path),
+            container_path: path,
+            permissions: "rw".into(),
+        })
+        .collect()
+}
+
+fn join_root(root: &str, path: &str) -> String {
+    let root = root.trim_end_matches('/');
+    format!("{root}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, MigStrategy, ReplicatedResource};
+    use crate::gpu::{Gpu, Inventory, MigDevice};
+    use crate::plan::plan;
+
+    fn node() -> Inventory {
+        let gpu = |index: u32, mig: bool| Gpu {
+            index,
+            model: "NVIDIA A100-SXM4-40GB".into(),
+            uuid: format!("GPU-{index}"),
+            memory_mib: 40960,
+            pci_bus_id: String::new(),
+            pci_device_id: 0,
+            numa_node: None,
+            minor: index,
+            mig_capable: true,
+            mig_enabled: mig,
+            mig_devices: if mig {
+                vec![MigDevice {
+                    index: 0,
+                    profile: "3g.20gb".into(),
+                    uuid: format!("MIG-{index}-0"),
+                    gpu_instance_id: 1,
+                    compute_instance_id: 0,
+                    memory_mib: 20000,
+                }]
+            } else {
+                vec![]
+            },
+            nvlinks: vec![],
+            pcie: vec![],
+        };
+        Inventory {
+            gpus: vec![gpu(0, false), gpu(1, false), gpu(2, true)],
+        }
+    }
+
+    fn config(replicas: u32, fail_gt_one: bool) -> Config {
+        let mut config = Config::default();
+        config.flags.mig_strategy = MigStrategy::Mixed;
+        if replicas > 1 {
+            config.sharing.time_slicing.fail_requests_greater_than_one = fail_gt_one;
+            config
+                .sharing
+                .time_slicing
+                .resources
+                .push(ReplicatedResource::every("nvidia.com/gpu", replicas));
+        }
+        config
+    }
+
+    fn run(
+        config: &Config,
+        resource: &str,
+        ids: &[&str],
+    ) -> Result<ContainerAllocateResponse, AllocateError> {
+        let plan = plan(&node(), config);
+        let resource = plan.resource(resource).expect("resource planned");
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        let files = NodeDeviceFiles {
+            control: vec!["/dev/nvidiactl".into(), "/dev/nvidia-uvm".into()],
+            mig_caps: NodeDeviceFiles::synthetic_mig_minors(3),
+        };
+        allocate(resource, &ids, &config.flags, &files, "fixed")
+    }
+
+    #[test]
+    fn envvar_deduplicates_replicas_in_request_order() {
+        let config = config(4, false);
+        let response = run(
+            &config,
+            "nvidia.com/gpu",
+            &["GPU-1::2", "GPU-0::0", "GPU-1::3"],
+        )
+        .expect("ok");
+        assert_eq!(response.envs["NVIDIA_VISIBLE_DEVICES"], "GPU-1,GPU-0");
+        assert!(response.mounts.is_empty() && response.devices.is_empty());
+    }
+
+    #[test]
+    fn refusals_use_nvidia_wording() {
+        let config = config(4, true);
+        let err = run(&config, "nvidia.com/gpu", &["GPU-0::0", "GPU-1::0"]).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: maximum request size for shared resources is 1; found 2"
+        );
+        let err = run(&config, "nvidia.com/gpu", &["GPU-9::0"]).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: unknown device: GPU-9::0"
+        );
+        // One replica is fine even with the flag.
+        assert!(run(&config, "nvidia.com/gpu", &["GPU-0::0"]).is_ok());
+    }
+
+    #[test]
+    fn strategies_and_id_forms() {
+        use DeviceListStrategy::*;
+        let cases: Vec<(
+            Vec<DeviceListStrategy>,
+            DeviceIdStrategy,
+            &str,
+            Option<&str>,
+            usize,
+            Option<&str>,
+            usize,
+        )> = vec![
+            // strategies, id strategy, device, NVIDIA_VISIBLE_DEVICES, mounts, annotation value, cdi devices
+            (
+                vec![Envvar],
+                DeviceIdStrategy::Index,
+                "MIG-2-0",
+                Some("2:0"),
+                0,
+                None,
+                0,
+            ),
+            (
+                vec![VolumeMounts],
+                DeviceIdStrategy::Uuid,
+                "MIG-2-0",
+                Some("/var/run/nvidia-container-devices"),
+                1,
+                None,
+                0,
+            ),
+            (
+                vec![CdiAnnotations],
+                DeviceIdStrategy::Uuid,
+                "MIG-2-0",
+                None,
+                0,
+                Some("k8s.device-plugin.nvidia.com/gpu=MIG-2-0"),
+                0,
+            ),
+            (
+                vec![CdiCri, Envvar],
+                DeviceIdStrategy::Index,
+                "MIG-2-0",
+                Some("2:0"),
+                0,
+                None,
+                1,
+            ),
+        ];
+        for (strategies, id_strategy, id, env, mounts, annotation, cdi) in cases {
+            let mut config = config(1, false);
+            config.flags.plugin.device_list_strategy = strategies.clone();
+            config.flags.plugin.device_id_strategy = id_strategy;
+            let response = run(&config, "nvidia.com/mig-3g.20gb", &[id]).expect("ok");
+            let label = format!("{strategies:?} {id_strategy:?}");
+            assert_eq!(
+                response
+                    .envs
+                    .get("NVIDIA_VISIBLE_DEVICES")
+                    .map(String::as_str),
+                env,
+                "{label}"
+            );
+            assert_eq!(response.mounts.len(), mounts, "{label}");
+            assert_eq!(
+                response
+                    .annotations
+                    .get("cdi.k8s.io/nvidia-device-plugin_fixed")
+                    .map(String::as_str),
+                annotation,
+                "{label}"
+            );
+            assert_eq!(response.cdi_devices.len(), cdi, "{label}");
+        }
+    }
+
+    /// Every combination of the four device-list strategies × both id
+    /// strategies × the three kinds of device, against NVIDIA's table
+    /// (nvidia-compatibility.md §5.3), restated here rule by rule.
+    #[test]
+    fn every_strategy_combination_for_every_kind_of_device() {
+        use DeviceListStrategy::*;
+        const ALL: [DeviceListStrategy; 4] = [Envvar, VolumeMounts, CdiAnnotations, CdiCri];
+        // (resource, requested id, uuid form, index form, device nodes)
+        let kinds = [
+            (
+                "nvidia.com/gpu",
+                "GPU-1::2",
+                "GPU-1",
+                "1",
+                vec!["/dev/nvidia1"],
+            ),
+            (
+                "nvidia.com/mig-3g.20gb",
+                "MIG-2-0",
+                "MIG-2-0",
+                "2:0",
+                // GPU minor 2, GI 1, CI 0 → 3 + 270 + 9 = 282, 283.
+                vec![
+                    "/dev/nvidia2",
+                    "/dev/nvidia-caps/nvidia-cap282",
+                    "/dev/nvidia-caps/nvidia-cap283",
+                ],
+            ),
+            (
+                "nvidia.com/gpu",
+                "GPU-0",
+                "GPU-0",
+                "0",
+                vec!["/dev/nvidia0"],
+            ),
+        ];
+        let mut cases = 0;
+        for mask in 1u8..16 {
+            let strategies: Vec<DeviceListStrategy> = (0..4)
+                .filter(|b| mask & (1 << b) != 0)
+                .map(|b| ALL[b])
+                .collect();
+            for id_strategy in [DeviceIdStrategy::Uuid, DeviceIdStrategy::Index] {
+                for pass_specs in [false, true] {
+                    for (replicas, (resource, requested, uuid, index, nodes)) in
+                        [(4, &kinds[0]), (1, &kinds[1]), (1, &kinds[2])]
+                    {
+                        let mut config = config(replicas, false);
+                        config.flags.plugin.device_list_strategy = strategies.clone();
+                        config.flags.plugin.device_id_strategy = id_strategy;
+                        config.flags.plugin.pass_device_specs = pass_specs;
+                        let got = run(&config, resource, &[requested]).expect("allocated");
+                        let label = format!(
+                            "{strategies:?} {id_strategy:?} specs={pass_specs} {requested}"
+                        );
+
+                        let id = match id_strategy {
+                            DeviceIdStrategy::Uuid => *uuid,
+                            DeviceIdStrategy::Index => *index,
+                        };
+                        let uses = |s| strategies.contains(&s);
+                        let all_cdi = strategies.iter().all(|s| s.is_cdi());
+                        let cdi_name = format!("k8s.device-plugin.nvidia.com/gpu={id}");
+
+                        let mut envs = BTreeMap::new();
+                        if !all_cdi && uses(VolumeMounts) {
+                            envs.insert(
+                                "NVIDIA_VISIBLE_DEVICES".to_string(),
+                                "/var/run/nvidia-container-devices".to_string(),
+                            );
+                        } else if !all_cdi && uses(Envvar) {
+                            envs.insert("NVIDIA_VISIBLE_DEVICES".to_string(), id.to_string());
+                        }
+                        let got_envs: BTreeMap<String, String> =
+                            got.envs.clone().into_iter().collect();
+                        assert_eq!(got_envs, envs, "envs: {label}");
+
+                        let mounts: Vec<(String, String)> = if !all_cdi && uses(VolumeMounts) {
+                            vec![(
+                                format!("/var/run/nvidia-container-devices/{id}"),
+                                "/dev/null".to_string(),
+                            )]
+                        } else {
+                            vec![]
+                        };
+                        let got_mounts: Vec<(String, String)> = got
+                            .mounts
+                            .iter()
+                            .map(|m| (m.container_path.clone(), m.host_path.clone()))
+                            .collect();
+                        assert_eq!(got_mounts, mounts, "mounts: {label}");
+
+                        let annotations: BTreeMap<String, String> = if uses(CdiAnnotations) {
+                            [(
+                                "cdi.k8s.io/nvidia-device-plugin_fixed".to_string(),
+                                cdi_name.clone(),
+                            )]
+                            .into()
+                        } else {
+                            BTreeMap::new()
+                        };
+                        let got_annotations: BTreeMap<String, String> =
+                            got.annotations.clone().into_iter().collect();
+                        assert_eq!(got_annotations, annotations, "annotations: {label}");
+
+                        let cdi: Vec<String> = if uses(CdiCri) {
+                            vec![cdi_name.clone()]
+                        } else {
+                            vec![]
+                        };
+                        let got_cdi: Vec<String> =
+                            got.cdi_devices.iter().map(|d| d.name.clone()).collect();
+                        assert_eq!(got_cdi, cdi, "cdi devices: {label}");
+
+                        let mut specs: Vec<String> = Vec::new();
+                        if pass_specs && !all_cdi {
+                            specs.extend([
+                                "/dev/nvidiactl".to_string(),
+                                "/dev/nvidia-uvm".to_string(),
+                            ]);
+                            specs.extend(nodes.iter().map(|n| n.to_string()));
+                        }
+                        let got_specs: Vec<String> = got
+                            .devices
+                            .iter()
+                            .map(|d| d.container_path.clone())
+                            .collect();
+                        assert_eq!(got_specs, specs, "device specs: {label}");
+                        assert!(
+                            got.devices
+                                .iter()
+                                .all(|d| d.host_path == d.container_path && d.permissions == "rw")
+                        );
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 15 * 2 * 2 * 3);
+    }
+
+    #[test]
+    fn whole_gpus_in_both_id_forms() {
+        let mut config = config(1, false);
+        config.flags.plugin.device_id_strategy = DeviceIdStrategy::Index;
+        let got = run(&config, "nvidia.com/gpu", &["GPU-1", "GPU-0"]).expect("ok");
+        assert_eq!(got.envs["NVIDIA_VISIBLE_DEVICES"], "1,0");
+        config.flags.plugin.device_id_strategy = DeviceIdStrategy::Uuid;
+        let got = run(&config, "nvidia.com/gpu", &["GPU-1", "GPU-0"]).expect("ok");
+        assert_eq!(got.envs["NVIDIA_VISIBLE_DEVICES"], "GPU-1,GPU-0");
+    }
+
+    #[test]
+    fn gdrcopy_gds_and_mofed_add_env_and_cdi_names() {
+        let mut config = config(1, false);
+        config.flags.gdrcopy_enabled = true;
+        config.flags.gds_enabled = true;
+        config.flags.mofed_enabled = true;
+        config.flags.plugin.device_list_strategy =
+            vec![DeviceListStrategy::Envvar, DeviceListStrategy::CdiCri];
+        let got = run(&config, "nvidia.com/gpu", &["GPU-0"]).expect("ok");
+        for key in ["NVIDIA_GDRCOPY", "NVIDIA_GDS", "NVIDIA_MOFED"] {
+            assert_eq!(got.envs[key], "enabled", "{key}");
+        }
+        let names: Vec<&str> = got.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "k8s.device-plugin.nvidia.com/gpu=GPU-0",
+                "k8s.device-plugin.nvidia.com/gdrcopy=all",
+                "k8s.device-plugin.nvidia.com/gds=all",
+                "k8s.device-plugin.nvidia.com/mofed=all",
+            ]
+        );
+    }
+
+    #[test]
+    fn device_specs_cover_control_gpu_and_mig_capability_nodes() {
+        let mut config = config(1, false);
+        config.flags.plugin.pass_device_specs = true;
+        config.flags.nvidia_driver_root = "/run/nvidia/driver".into();
+        let response = run(&config, "nvidia.com/mig-3g.20gb", &["MIG-2-0"]).expect("ok");
+        let host: Vec<&str> = response
+            .devices
+            .iter()
+            .map(|d| d.host_path.as_str())
+            .collect();
+        // GPU minor 2, GI 1, CI 0 → GI minor 3 + 270 + 9 = 282, CI minor 283.
+        assert_eq!(
+            host,
+            vec![
+                "/run/nvidia/driver/dev/nvidiactl",
+                "/run/nvidia/driver/dev/nvidia-uvm",
+                "/run/nvidia/driver/dev/nvidia2",
+                "/run/nvidia/driver/dev/nvidia-caps/nvidia-cap282",
+                "/run/nvidia/driver/dev/nvidia-caps/nvidia-cap283",
+            ]
+        );
+    }
+
+    #[test]
+    fn replicas_of_one_gpu_yield_one_device_node() {
+        let mut config = config(4, false);
+        config.flags.plugin.pass_device_specs = true;
+        let response = run(&config, "nvidia.com/gpu", &["GPU-0::0", "GPU-0::1"]).expect("ok");
+        let paths: Vec<&str> = response
+            .devices
+            .iter()
+            .map(|d| d.container_path.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            vec!["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0"]
+        );
+    }
+
+    #[test]
+    fn mig_minors_file_parses() {
+        let text = "config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\ngpu1/gi2/ci0/access 9\n";
+        let map = NodeDeviceFiles::parse_mig_minors(text);
+        assert_eq!(map.get(&(0, 1, 0)), Some(&(12, 13)));
+        assert_eq!(map.len(), 1, "CI without its GI line is dropped");
+    }
+}

@@ -1,0 +1,125 @@
+//! CDI spec files: what a CDI-capable runtime (containerd ≥ 1.7, CRI-O)
+//! needs to resolve the names Allocate hands out
+//! (`k8s.device-plugin.nvidia.com/gpu=<id>`) without NVIDIA's toolkit.
+//!
+//! Off by default (`--cdi-spec-dir`). Pure: inventory → spec; the daemon
+//! writes it atomically whenever the plan is applied.
+//!
+//! Each device (named by UUID and by index, since `deviceIDStrategy` picks
+//! either) carries its device nodes: `/dev/nvidia<minor>`, plus the GPU- and
+//! compute-instance capability nodes for a MIG device. The spec-wide edits
+//! carry the control nodes and `NVIDIA_VISIBLE_DEVICES=void`, which keeps an
+//! NVIDIA runtime hook, if one is also installed, from injecting every GPU.
+//! No per-device environment is set: CDI merges environment variables by
+//! name, so a per-device `NVIDIA_VISIBLE_DEVICES` would keep only the last
+//! device of a multi-device container.
+
+use serde_json::{Value, json};
+
+use crate::allocate::NodeDeviceFiles;
+use crate::gpu::Inventory;
+
+pub const KIND: &str = "k8s.device-plugin.nvidia.com/gpu";
+pub const SPEC_FILE: &str = "k8s.device-plugin.nvidia.com-gpu.json";
+
+fn node(container_path: &str, dev_root: &str) -> Value {
+    json!({
+        "path": container_path,
+        "hostPath": format!("{}{container_path}", dev_root.trim_end_matches('/')),
+        "permissions": "rw",
+    })
+}
+
+/// The CDI spec for every GPU and MIG device of the node.
+pub fn spec(inventory: &Inventory, files: &NodeDeviceFiles, dev_root: &str) -> Value {
+    let mut devices = Vec::new();
+    let mut push = |names: [String; 2], nodes: Vec<String>| {
+        let edits = json!({
+            "deviceNodes": nodes.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+        });
+        for name in names {
+            devices.push(json!({ "name": name, "containerEdits": edits.clone() }));
+        }
+    };
+    for gpu in &inventory.gpus {
+        let parent = format!("/dev/nvidia{}", gpu.minor);
+        push(
+            [gpu.uuid.clone(), gpu.index.to_string()],
+            vec![parent.clone()],
+        );
+        for mig in &gpu.mig_devices {
+            let mut nodes = vec![parent.clone()];
+            if let Some((gi, ci)) =
+                files
+                    .mig_caps
+                    .get(&(gpu.minor, mig.gpu_instance_id, mig.compute_instance_id))
+            {
+                nodes.push(format!("/dev/nvidia-caps/nvidia-cap{gi}"));
+                nodes.push(format!("/dev/nvidia-caps/nvidia-cap{ci}"));
+            }
+            push(
+                [mig.uuid.clone(), format!("{}:{}", gpu.index, mig.index)],
+                nodes,
+            );
+        }
+    }
+    json!({
+        "cdiVersion": "0.5.0",
+        "kind": KIND,
+        "devices": devices,
+        "containerEdits": {
+            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+            "deviceNodes": files.control.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::simulated;
+
+    #[test]
+    fn mig_devices_carry_parent_and_capability_nodes_under_both_names() {
+        let inventory =
+            simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+        let files = NodeDeviceFiles {
+            control: vec!["/dev/nvidiactl".into()],
+            mig_caps: NodeDeviceFiles::synthetic_mig_minors(8),
+        };
+        let spec = spec(&inventory, &files, "/run/nvidia/driver");
+        assert_eq!(spec["kind"], KIND);
+        let devices = spec["devices"].as_array().expect("devices");
+        // 8 GPUs + 32 MIG devices, each under two names.
+        assert_eq!(devices.len(), (8 + 32) * 2);
+        let mig = &inventory.gpus[1].mig_devices[0];
+        let by_uuid = devices
+            .iter()
+            .find(|d| d["name"] == mig.uuid.as_str())
+            .expect("by uuid");
+        let by_index = devices
+            .iter()
+            .find(|d| d["name"] == "1:0")
+            .expect("by index");
+        assert_eq!(by_uuid["containerEdits"], by_index["containerEdits"]);
+        let gi = 3 + 135 + 9 * mig.gpu_instance_id;
+        let paths: Vec<&str> = by_uuid["containerEdits"]["deviceNodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter_map(|n| n["hostPath"].as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/run/nvidia/driver/dev/nvidia1".to_string(),
+                format!("/run/nvidia/driver/dev/nvidia-caps/nvidia-cap{gi}"),
+                format!("/run/nvidia/driver/dev/nvidia-caps/nvidia-cap{}", gi + 1),
+            ]
+        );
+        assert_eq!(
+            spec["containerEdits"]["deviceNodes"][0]["path"],
+            "/dev/nvidiactl"
+        );
+    }
+}

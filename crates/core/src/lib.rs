@@ -1,0 +1,26 @@
+//! gpu-slicer's core: every decision the device plugin makes, as pure
+//! functions over plain data. Nothing here reads a file, the environment or
+//! a clock, talks to the kubelet or loads NVML; the daemon (the shell) does
+//! that and calls in. That is what makes these modules table- and
+//! property-testable, and what lets the people's commands (`plan`, `lint`,
+//! `karpenter overlays`) give exactly the daemon's answers.
+//!
+//! | Module | |
+//! |---|---|
+//! | [`config`] | NVIDIA's `version: v1` schema, strict parsing, validation, flag/env overrides |
+//! | [`gpu`] | the inventory model, the catalog (models, MIG profiles, layouts, instance types), the simulated backend |
+//! | [`plan`] | inventory + config → resources and device ids |
+//! | [`allocate`] | what a container receives |
+//! | [`placement`] | which devices to prefer |
+//! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
+//! | [`labels`] | node labels (GPU Feature Discovery names) |
+//! | [`cdi`] | the CDI spec for the devices Allocate names |
+
+pub mod allocate;
+pub mod cdi;
+pub mod config;
+pub mod gpu;
+pub mod health;
+pub mod labels;
+pub mod placement;
+pub mod plan;

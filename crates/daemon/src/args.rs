@@ -1,0 +1,120 @@
+//! The daemon's command line, declared once: the daemon binary parses it
+//! directly, and the people's `gpu-slicer run` flattens the same struct.
+
+use std::path::PathBuf;
+
+use gpu_slicer_core::config::ConfigFlags;
+
+use crate::run::{NodeOptions, RunOptions};
+
+/// Options of `run` (and of the daemon binary, which needs no subcommand).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Configuration file (NVIDIA's `version: v1` schema).
+    #[arg(long, env = "CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Directory of named configs (a mounted ConfigMap, one key per config, e.g.
+    /// /available-configs); the node label --node-config-label picks one, as with
+    /// NVIDIA's config-manager. Needs --node-name to read the label.
+    #[arg(
+        long,
+        env = "CONFIG_DIR",
+        value_name = "DIR",
+        conflicts_with = "config_file"
+    )]
+    pub config_dir: Option<PathBuf>,
+    /// This node's name (from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The node label whose value names the config in --config-dir.
+    #[arg(
+        long,
+        env = "NODE_LABEL",
+        default_value = crate::node::CONFIG_LABEL,
+        value_name = "LABEL"
+    )]
+    pub node_config_label: String,
+    /// The config in --config-dir to use when the node has no label; without it:
+    /// the config named `default`, else the only config, else none.
+    #[arg(long, env = "DEFAULT_CONFIG", value_name = "NAME")]
+    pub default_config: Option<String>,
+    /// Remove this taint from the node once every resource is registered with the
+    /// kubelet (a Karpenter start-up taint). Needs --node-name and `patch` on nodes.
+    #[arg(long, env = "STARTUP_TAINT", value_name = "KEY")]
+    pub startup_taint: Option<String>,
+    /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
+    /// default: the in-cluster service account or a kubeconfig.
+    #[arg(long, env = "KUBE_API_URL", value_name = "URL", hide_short_help = true)]
+    pub kube_api_url: Option<String>,
+    /// The kubelet's registration socket; empty: do not register.
+    #[arg(long, env = "KUBELET_SOCKET")]
+    pub kubelet_socket: Option<String>,
+    /// Directory for the plugin sockets (the kubelet's device-plugin directory).
+    #[arg(
+        long,
+        env = "DEVICE_PLUGIN_PATH",
+        default_value = "/var/lib/kubelet/device-plugins"
+    )]
+    pub device_plugin_path: PathBuf,
+    /// Simulate GPUs: a cloud instance type (p4d.24xlarge) or a topology file.
+    /// Without it, GPUs are discovered through NVML.
+    #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
+    pub simulate: Option<String>,
+    /// MIG layout for simulated GPUs (all-disabled, all-1g.5gb, all-balanced, ...).
+    #[arg(long, value_name = "NAME")]
+    pub mig_config: Option<String>,
+    /// NVML library to load (default: libnvidia-ml.so.1 under the container driver root,
+    /// then the dynamic loader's search path).
+    #[arg(long, env = "NVML_LIB", value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+    /// The driver's MIG capability minors, read to find each MIG device's
+    /// /dev/nvidia-caps nodes.
+    #[arg(
+        long,
+        env = "MIG_MINORS_FILE",
+        value_name = "PATH",
+        default_value = "/proc/driver/nvidia-caps/mig-minors",
+        hide_short_help = true
+    )]
+    pub mig_minors: PathBuf,
+    /// Write a CDI spec for every GPU and MIG device into this directory (e.g. /var/run/cdi)
+    /// when a CDI device-list strategy is on; off when unset.
+    #[arg(long, env = "CDI_SPEC_DIR", value_name = "DIR")]
+    pub cdi_spec_dir: Option<PathBuf>,
+    /// Write node labels (GPU Feature Discovery names) to this Node Feature Discovery
+    /// feature file, e.g. /etc/kubernetes/node-feature-discovery/features.d/gpu-slicer.
+    #[arg(long, env = "FEATURE_FILE", value_name = "PATH")]
+    pub feature_file: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9401); off when unset.
+    #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+impl RunArgs {
+    /// The options the daemon runs with.
+    pub fn into_options(self) -> RunOptions {
+        RunOptions {
+            config_file: self.config_file,
+            kubelet_socket: self.kubelet_socket.map(PathBuf::from),
+            device_plugin_path: self.device_plugin_path,
+            simulate: self.simulate,
+            mig_config: self.mig_config,
+            nvml_lib: self.nvml_lib,
+            mig_minors: Some(self.mig_minors),
+            cdi_spec_dir: self.cdi_spec_dir,
+            feature_file: self.feature_file,
+            metrics_address: self.metrics_address,
+            flags: self.flags,
+            node: NodeOptions {
+                node_name: self.node_name,
+                config_dir: self.config_dir,
+                config_label: self.node_config_label,
+                default_config: self.default_config,
+                kube_api_url: self.kube_api_url,
+                startup_taint: self.startup_taint,
+            },
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Reading the configuration: the file (if any), then NVIDIA's flags and
+//! environment variables on top (flag > env > file > default). The core
+//! parses and validates; this is the only place that reads the file and the
+//! process environment for it.
+
+use std::path::Path;
+
+use gpu_slicer_core::config::{Config, ConfigError, ConfigFlags, MigStrategy, parse};
+
+/// Reads and parses a config file; errors are prefixed by its path.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// The process environment, as the core's overlay reads it.
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Config file (if any), then flags and environment on top: NVIDIA's
+/// precedence, flag > env > file > default.
+pub fn effective_config(
+    config_file: Option<&Path>,
+    flags: &ConfigFlags,
+) -> Result<Config, EffectiveConfigError> {
+    let base = match config_file {
+        Some(path) => load_file(path).map_err(EffectiveConfigError::Load)?,
+        None => Config::default(),
+    };
+    flags
+        .apply_with_env(base, process_env)
+        .map_err(EffectiveConfigError::Overlay)
+}
+
+/// For simulated MIG layouts: when neither a config file nor a flag chose a
+/// MIG strategy, `mixed` is what makes the layout visible (NVIDIA's default
+/// `none` would advertise the MIG-enabled parents as whole GPUs). A config
+/// file is always taken as written.
+pub fn config_for_layout(
+    config_file: Option<&Path>,
+    flags: &ConfigFlags,
+    mig_layout: Option<&str>,
+) -> Result<Config, EffectiveConfigError> {
+    let mut config = effective_config(config_file, flags)?;
+    let layout_uses_mig = mig_layout.is_some_and(|l| l != "all-disabled");
+    if layout_uses_mig && config_file.is_none() && flags.mig_strategy.is_none() {
+        config.flags.mig_strategy = MigStrategy::Mixed;
+    }
+    Ok(config)
+}
+
+/// Why the effective config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EffectiveConfigError {
+    #[error("unable to load config: {0}")]
+    Load(#[source] ConfigError),
+    #[error("{0}")]
+    Overlay(#[source] ConfigError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_errors_name_the_file() {
+        let e = load_file(Path::new("/nonexistent/gpu-slicer/config.yaml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/gpu-slicer/config.yaml: unable to read config file: "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "flags: {migStrategy: single}\n").unwrap();
+        assert_eq!(
+            load_file(&path).unwrap().flags.mig_strategy,
+            MigStrategy::Single
+        );
+        std::fs::write(&path, "version: v3\n").unwrap();
+        assert_eq!(
+            load_file(&path).unwrap_err().to_string(),
+            format!("{}: version: unknown version: v3", path.display())
+        );
+    }
+}

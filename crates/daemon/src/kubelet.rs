@@ -1,0 +1,122 @@
+//! The kubelet side: registering on `kubelet.sock`, and watching the
+//! device-plugin directory for the signs of a kubelet restart.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tonic::transport::{Endpoint, Uri};
+
+use crate::plugin::options;
+use gpu_slicer_api::RegisterRequest;
+use gpu_slicer_api::registration_client::RegistrationClient;
+use gpu_slicer_core::config::ResourceName;
+
+/// A kubelet ≥ 1.25 dials back and asks for options inside Register (up to
+/// 10 s); this bounds the whole call.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("cannot connect to the kubelet at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the kubelet refused to register '{resource}': {}", .status.message())]
+    Refused {
+        resource: String,
+        status: tonic::Status,
+    },
+}
+
+/// Registers one resource whose server listens on `endpoint` (a file name in
+/// the kubelet's device-plugin directory; the kubelet joins it itself).
+pub async fn register(
+    kubelet_socket: &Path,
+    endpoint: &str,
+    resource: &ResourceName,
+) -> Result<(), RegisterError> {
+    let socket = kubelet_socket.to_path_buf();
+    let connect_to = socket.clone();
+    // The URI is ignored: the connector always dials the Unix socket.
+    let channel = Endpoint::from_static("http://localhost")
+        .timeout(REGISTER_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = connect_to.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|source| RegisterError::Connect { socket, source })?;
+    let mut client = RegistrationClient::new(channel);
+    client
+        .register(RegisterRequest {
+            version: "v1beta1".into(),
+            endpoint: endpoint.into(),
+            resource_name: resource.to_string(),
+            options: Some(options()),
+        })
+        .await
+        .map_err(|status| RegisterError::Refused {
+            resource: resource.to_string(),
+            status,
+        })?;
+    Ok(())
+}
+
+/// Identity of a socket file: a re-created `kubelet.sock` has a new inode,
+/// which tells a kubelet restart apart from a late first CREATE event.
+pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What happened in the device-plugin directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirEvent {
+    Created(PathBuf),
+    Removed(PathBuf),
+    /// The watch itself failed; the daemon re-checks everything.
+    Error(String),
+}
+
+/// Watches `dir` (not recursively) and forwards creations and removals.
+/// The returned watcher must be kept alive for events to flow.
+pub fn watch_dir(
+    dir: &Path,
+) -> notify::Result<(
+    notify::RecommendedWatcher,
+    mpsc::UnboundedReceiver<DirEvent>,
+)> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let events: Vec<DirEvent> = match res {
+            Ok(event) => match event.kind {
+                EventKind::Create(_) => event.paths.into_iter().map(DirEvent::Created).collect(),
+                EventKind::Remove(_) => event.paths.into_iter().map(DirEvent::Removed).collect(),
+                // A socket moved away or in counts as removed / created.
+                EventKind::Modify(notify::event::ModifyKind::Name(mode)) => {
+                    use notify::event::RenameMode;
+                    match mode {
+                        RenameMode::From => {
+                            event.paths.into_iter().map(DirEvent::Removed).collect()
+                        }
+                        RenameMode::To => event.paths.into_iter().map(DirEvent::Created).collect(),
+                        _ => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
+            },
+            Err(e) => vec![DirEvent::Error(e.to_string())],
+        };
+        for event in events {
+            let _ = tx.send(event);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok((watcher, rx))
+}

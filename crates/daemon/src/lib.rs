@@ -1,0 +1,33 @@
+//! gpu-slicer's daemon: the thin shell around `gpu-slicer-core` that a GPU
+//! node runs. It does the I/O the core decides on: gRPC servers for the
+//! kubelet, registration and the life cycle, NVML discovery and XID events,
+//! file and signal watching, the HTTP endpoints, and the Kubernetes client.
+//!
+//! | Module | |
+//! |---|---|
+//! | [`run`] | wires the daemon from its options |
+//! | [`daemon`] | life cycle: start, reload, re-register, health, stop |
+//! | [`plugin`] | one DevicePlugin gRPC server per resource |
+//! | [`kubelet`] | registration, socket-directory watch |
+//! | [`nvml`], [`xid_events`] | GPU discovery and health events through NVML |
+//! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
+//! | [`node`] | per-node config by node label, start-up taint (Kubernetes API) |
+//! | [`reload`] | signals and config-file changes |
+//! | [`config_file`], [`simulate`], [`files`] | reading the config and topology files, writing files atomically |
+//! | [`args`], [`process`] | the command line, logging and the runtime |
+
+pub mod args;
+pub mod config_file;
+pub mod daemon;
+pub mod files;
+pub mod kubelet;
+pub mod metrics;
+pub mod node;
+pub mod nvml;
+pub mod plugin;
+pub mod process;
+pub mod reload;
+pub mod run;
+pub mod simulate;
+pub mod wire;
+pub mod xid_events;

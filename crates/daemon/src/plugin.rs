@@ -1,0 +1,377 @@
+//! One DevicePlugin gRPC server: one resource, one Unix socket.
+//!
+//! The handlers are thin: they look up the current state and call the pure
+//! core ([`gpu_slicer_core::allocate`], [`gpu_slicer_core::placement`]). The device list lives in
+//! a `watch` channel so that ListAndWatch re-sends the full list the moment
+//! it changes, with no polling.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use std::collections::HashMap;
+
+use crate::metrics::Metrics;
+use gpu_slicer_api::device_plugin_server::{DevicePlugin, DevicePluginServer};
+use gpu_slicer_api::{
+    AllocateRequest, AllocateResponse, ContainerPreferredAllocationResponse, Device,
+    DevicePluginOptions, Empty, ListAndWatchResponse, NumaNode, PreStartContainerRequest,
+    PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse,
+    TopologyInfo,
+};
+use gpu_slicer_core::allocate::{AllocateError, NodeDeviceFiles, allocate};
+use gpu_slicer_core::config::{Flags, ResourceName};
+use gpu_slicer_core::health::HealthState;
+use gpu_slicer_core::placement::{LinkScores, preferred};
+use gpu_slicer_core::plan::Resource;
+
+pub const HEALTHY: &str = "Healthy";
+pub const UNHEALTHY: &str = "Unhealthy";
+
+/// Options sent both in `RegisterRequest.options` and from
+/// GetDevicePluginOptions (kubelets ≥ 1.25 read only the latter).
+pub fn options() -> DevicePluginOptions {
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+/// Everything a resource's handlers read, swapped as a whole on change.
+#[derive(Debug)]
+pub struct ResourceState {
+    pub resource: Arc<Resource>,
+    /// Health of physical devices, shared by every resource of the node.
+    pub health: Arc<HealthState>,
+    pub flags: Flags,
+    pub files: Arc<NodeDeviceFiles>,
+    pub links: Arc<LinkScores>,
+    /// Which resource each advertised id belongs to, node-wide: lets a
+    /// request that mixes resources be told apart from an unknown id.
+    pub owners: Arc<HashMap<String, ResourceName>>,
+}
+
+/// The gRPC status for a refused Allocate: a code that fits, NVIDIA's words.
+fn allocate_status(error: AllocateError, owners: &HashMap<String, ResourceName>) -> Status {
+    match &error {
+        AllocateError::UnknownDevice { resource, id } => match owners.get(id) {
+            Some(owner) => Status::invalid_argument(format!(
+                "invalid allocation request for \"{resource}\": invalid request: device {id} belongs to \
+                 resource {owner}; one request cannot mix resources"
+            )),
+            None => Status::not_found(error.to_string()),
+        },
+        AllocateError::TooManySharedDevices { .. } => Status::invalid_argument(error.to_string()),
+    }
+}
+
+/// The shared, live state of one resource: what the handlers answer from,
+/// and the device list ListAndWatch streams.
+#[derive(Debug, Clone)]
+pub struct ResourceHandle {
+    state: watch::Sender<Arc<ResourceState>>,
+    list: watch::Sender<Arc<ListAndWatchResponse>>,
+}
+
+impl ResourceHandle {
+    pub fn new(state: ResourceState) -> Self {
+        let list = device_list(&state.resource, &state.health);
+        ResourceHandle {
+            state: watch::Sender::new(Arc::new(state)),
+            list: watch::Sender::new(Arc::new(list)),
+        }
+    }
+
+    pub fn state(&self) -> Arc<ResourceState> {
+        self.state.borrow().clone()
+    }
+
+    /// Replaces the state; the device list is re-sent only if it changed.
+    pub fn update(&self, state: ResourceState) {
+        let list = device_list(&state.resource, &state.health);
+        self.state.send_replace(Arc::new(state));
+        self.list.send_if_modified(|current| {
+            if **current == list {
+                false
+            } else {
+                *current = Arc::new(list);
+                true
+            }
+        });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<ListAndWatchResponse>> {
+        self.list.subscribe()
+    }
+}
+
+/// The full list the kubelet gets. A device is unhealthy when its physical
+/// device (MIG device or GPU) or its parent GPU is.
+fn device_list(resource: &Resource, health: &HealthState) -> ListAndWatchResponse {
+    ListAndWatchResponse {
+        devices: resource
+            .devices
+            .iter()
+            .map(|d| Device {
+                id: d.id.clone(),
+                health: if health.is_healthy(&d.physical.uuid)
+                    && health.is_healthy(&d.physical.gpu_uuid)
+                {
+                    HEALTHY.into()
+                } else {
+                    UNHEALTHY.into()
+                },
+                topology: d.physical.numa_node.map(|id| TopologyInfo {
+                    nodes: vec![NumaNode { id }],
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// What a plugin tells the daemon: the kubelet's ListAndWatch streams
+/// coming and going are a sign of kubelet restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginEvent {
+    StreamOpened(ResourceName),
+    StreamClosed(ResourceName),
+}
+
+/// The gRPC service of one resource.
+#[derive(Debug, Clone)]
+pub struct PluginService {
+    name: ResourceName,
+    handle: ResourceHandle,
+    metrics: Metrics,
+    events: mpsc::UnboundedSender<PluginEvent>,
+    responses: Arc<AtomicU64>,
+}
+
+/// Reports the end of a ListAndWatch stream when the stream is dropped,
+/// which is what happens when the kubelet goes away or closes it.
+struct StreamGuard {
+    name: ResourceName,
+    events: mpsc::UnboundedSender<PluginEvent>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .events
+            .send(PluginEvent::StreamClosed(self.name.clone()));
+    }
+}
+
+impl PluginService {
+    pub fn new(
+        name: ResourceName,
+        handle: ResourceHandle,
+        metrics: Metrics,
+        events: mpsc::UnboundedSender<PluginEvent>,
+    ) -> Self {
+        PluginService {
+            name,
+            handle,
+            metrics,
+            events,
+            responses: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A UUIDv4-shaped id per Allocate response (the CDI annotation key
+    /// suffix), unique within and across processes.
+    fn response_id(&self) -> String {
+        use std::hash::{BuildHasher, RandomState};
+        let n = self.responses.fetch_add(1, Ordering::Relaxed);
+        let seed = RandomState::new();
+        let a = seed.hash_one((n, std::process::id()));
+        let b = seed.hash_one((a, n));
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            0x8000 | (b >> 48) & 0x3fff,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+type ListAndWatchStream =
+    Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = ListAndWatchStream;
+
+    /// Sends the full list now and again on every change. The stream never
+    /// ends on its own: the kubelet treats an ended stream as a dead plugin.
+    async fn list_and_watch(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let _ = self
+            .events
+            .send(PluginEvent::StreamOpened(self.name.clone()));
+        let guard = StreamGuard {
+            name: self.name.clone(),
+            events: self.events.clone(),
+        };
+        let stream = WatchStream::new(self.handle.subscribe())
+            .map(move |list| {
+                let _alive = &guard;
+                Ok(ListAndWatchResponse::clone(&list))
+            })
+            .chain(tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let state = self.handle.state();
+        let policy = state.flags.plugin.shared_devices_allocation_policy;
+        let mut container_responses = Vec::new();
+        for req in request.into_inner().container_requests {
+            let size = usize::try_from(req.allocation_size).unwrap_or(0);
+            let ids = preferred(
+                &state.resource,
+                &req.available_device_i_ds,
+                &req.must_include_device_i_ds,
+                size,
+                policy,
+                &state.links,
+            )
+            .map_err(|e| {
+                Status::resource_exhausted(format!(
+                    "error getting list of preferred allocation devices: {e}"
+                ))
+            })?;
+            container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
+        }
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let state = self.handle.state();
+        let mut container_responses = Vec::new();
+        for req in request.into_inner().container_requests {
+            let response = allocate(
+                &state.resource,
+                &req.devices_ids,
+                &state.flags,
+                &state.files,
+                &self.response_id(),
+            )
+            .map_err(|e| {
+                tracing::warn!(resource = %state.resource.name, error = %e, "Allocate refused");
+                self.metrics.count_allocation(self.name.as_str(), false);
+                allocate_status(e, &state.owners)
+            })?;
+            self.metrics.count_allocation(self.name.as_str(), true);
+            tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");
+            container_responses.push(crate::wire::container_response(response));
+        }
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}
+
+/// A running server on a socket; dropping it does not stop it: call [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct RunningServer {
+    pub socket: PathBuf,
+    /// Identity of the socket file we bound: only that file is removed on stop.
+    identity: Option<(u64, u64)>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Requests listing every available id may be large (thousands of replicas).
+const MAX_DECODE_BYTES: usize = 64 << 20;
+const WINDOW_BYTES: u32 = 4 << 20;
+
+/// Binds `socket` (replacing a stale file) and serves `service` on it. The
+/// listener is bound before this returns, so a kubelet dialing back during
+/// Register always finds it.
+pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningServer> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    let identity = crate::kubelet::socket_identity(socket);
+    let stop = CancellationToken::new();
+    let incoming = UnixListenerStream::new(listener);
+    let shutdown = stop.clone().cancelled_owned();
+    let path = socket.to_path_buf();
+    let task = tokio::spawn(async move {
+        // Large HTTP/2 windows: a GetPreferredAllocation request lists every
+        // available id (~460 KB for 10,000 replicas); with the 64 KiB default
+        // the kubelet would wait on several window updates per call.
+        let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(WINDOW_BYTES))
+            .initial_connection_window_size(Some(WINDOW_BYTES))
+            .add_service(
+                DevicePluginServer::new(service).max_decoding_message_size(MAX_DECODE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(socket = %path.display(), error = %e, "gRPC server failed");
+        }
+    });
+    Ok(RunningServer {
+        socket: socket.to_path_buf(),
+        identity,
+        stop,
+        task,
+    })
+}
+
+impl RunningServer {
+    /// Stops serving and removes the socket file if it is still the one we
+    /// bound (a newer server may already listen on the same path).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        // Open ListAndWatch streams never end by themselves, so a graceful
+        // shutdown would wait forever: abort once the listener is closed.
+        self.task.abort();
+        let _ = self.task.await;
+        if self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `gpu-slicer run`: the daemon, wired from its options.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config_file::config_for_layout;
+use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource};
+use crate::metrics::{self, Metrics};
+use crate::node::{self, LabelSelectedConfig};
+use crate::nvml::{self, NvmlOptions};
+use crate::{reload, simulate};
+use gpu_slicer_core::allocate::NodeDeviceFiles;
+use gpu_slicer_core::config::{Config, ConfigFlags};
+
+pub struct RunOptions {
+    pub config_file: Option<PathBuf>,
+    pub kubelet_socket: Option<PathBuf>,
+    pub device_plugin_path: PathBuf,
+    pub simulate: Option<String>,
+    pub mig_config: Option<String>,
+    /// NVML library to load instead of searching for `libnvidia-ml.so.1`.
+    pub nvml_lib: Option<PathBuf>,
+    /// The driver's MIG capability minors (default `/proc/driver/nvidia-caps/mig-minors`).
+    pub mig_minors: Option<PathBuf>,
+    /// Write a CDI spec here when a CDI strategy is on; `None` = off.
+    pub cdi_spec_dir: Option<PathBuf>,
+    /// Write node labels here (NFD feature file); `None` = off.
+    pub feature_file: Option<PathBuf>,
+    /// Serve metrics and health endpoints here; `None` = off.
+    pub metrics_address: Option<std::net::SocketAddr>,
+    pub flags: ConfigFlags,
+    pub node: NodeOptions,
+}
+
+/// Per-node configuration by node label, and the start-up taint (see
+/// [`crate::node`] for the contract and the RBAC they need).
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// This node's name (`NODE_NAME` from the downward API).
+    pub node_name: Option<String>,
+    /// A directory of named configs (a mounted ConfigMap, one key each);
+    /// the node label picks one. Replaces `config_file`.
+    pub config_dir: Option<PathBuf>,
+    /// The label naming the config (NVIDIA's `nvidia.com/device-plugin.config`).
+    pub config_label: String,
+    /// The config to use when the node has no label (`DEFAULT_CONFIG`).
+    pub default_config: Option<String>,
+    /// Talk to this API server URL instead of the in-cluster one (tests).
+    pub kube_api_url: Option<String>,
+    /// Remove this taint from the Node once every resource is registered.
+    pub startup_taint: Option<String>,
+}
+
+/// Which config file a (re)load reads.
+#[derive(Clone)]
+pub enum ConfigChoice {
+    /// `--config-file`, or none: defaults and flags.
+    File(Option<PathBuf>),
+    /// `--config-dir`: the one the node label selects, at each load.
+    Selected(Arc<LabelSelectedConfig>),
+}
+
+/// The one place NVML options are built, from the effective config and the
+/// command line: discovery and the XID watcher must load the same library.
+fn nvml_options(
+    config: &Config,
+    nvml_lib: Option<&PathBuf>,
+    mig_minors: Option<&PathBuf>,
+) -> NvmlOptions {
+    let mut options = NvmlOptions {
+        lib_path: nvml_lib.cloned(),
+        driver_root: PathBuf::from(&config.flags.plugin.container_driver_root),
+        ..NvmlOptions::default()
+    };
+    if let Some(path) = mig_minors {
+        options.mig_minors = path.clone();
+    }
+    options
+}
+
+/// Where the devices come from: the simulated backend with `--simulate`,
+/// NVML otherwise. Config errors are always fatal; a discovery failure is
+/// fatal only with `failOnInitError: true` (NVIDIA's default). The options
+/// of the first successful NVML discovery go to `nvml_used` (the XID
+/// watcher waits for them).
+pub fn setup_source(
+    config: ConfigChoice,
+    flags: ConfigFlags,
+    simulate: Option<String>,
+    mig_config: Option<String>,
+    nvml_lib: Option<PathBuf>,
+    mig_minors: Option<PathBuf>,
+    nvml_used: Option<SyncSender<NvmlOptions>>,
+) -> SetupSource {
+    Arc::new(move || {
+        let config_file = match &config {
+            ConfigChoice::File(file) => file.clone(),
+            ConfigChoice::Selected(selector) => selector.resolve().map_err(SetupError::Fatal)?,
+        };
+        let config = config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
+            .map_err(|e| SetupError::Fatal(e.to_string()))?;
+        if let Some(spec) = &simulate {
+            let inventory = simulate::load(spec, mig_config.as_deref())
+                .map_err(|e| SetupError::Fatal(e.to_string()))?;
+            let files = NodeDeviceFiles {
+                control: Vec::new(),
+                mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+            };
+            return Ok(Setup {
+                inventory,
+                config,
+                files,
+            });
+        }
+        let options = nvml_options(&config, nvml_lib.as_ref(), mig_minors.as_ref());
+        match nvml::discover(&options) {
+            Ok(found) => {
+                if let Some(used) = &nvml_used {
+                    // Full: the watcher has its options already.
+                    let _ = used.try_send(options.clone());
+                }
+                tracing::info!(
+                    library = %found.library,
+                    driver = found.driver_version.as_deref().unwrap_or("unknown"),
+                    gpus = found.inventory.gpus.len(),
+                    "discovered GPUs through NVML"
+                );
+                Ok(Setup {
+                    inventory: found.inventory,
+                    config,
+                    files: found.files,
+                })
+            }
+            Err(e) => {
+                let message = format!(
+                    "Failed to initialize NVML: {e}. If this is a GPU node, did you set the default container \
+                     runtime to `nvidia`, or mount the driver root and pass --driver-root-ctr-path / --nvml-lib? \
+                     If this is not a GPU node, use a toleration or nodeSelector to keep gpu-slicer off it."
+                );
+                if config.flags.fail_on_init_error {
+                    Err(SetupError::Fatal(message))
+                } else {
+                    Err(SetupError::NotReady(format!(
+                        "{message} (failOnInitError is false: staying up)"
+                    )))
+                }
+            }
+        }
+    })
+}
+
+pub async fn run(options: RunOptions) -> Result<(), String> {
+    let node_options = options.node;
+    if options.config_file.is_some() && node_options.config_dir.is_some() {
+        return Err("--config-file and --config-dir exclude each other".into());
+    }
+    if node_options.startup_taint.is_some() && node_options.node_name.is_none() {
+        return Err("--startup-taint needs --node-name (NODE_NAME from the downward API)".into());
+    }
+    let kubelet_socket = match options.kubelet_socket {
+        // NVIDIA: an empty --kubelet-socket means "do not register".
+        Some(path) if path.as_os_str().is_empty() => {
+            tracing::info!("Skipping registration with Kubelet");
+            None
+        }
+        Some(path) => Some(path),
+        None => Some(options.device_plugin_path.join("kubelet.sock")),
+    };
+    let paths = Paths {
+        device_plugin_dir: options.device_plugin_path,
+        kubelet_socket,
+        feature_file: options.feature_file,
+        cdi_spec_dir: options.cdi_spec_dir,
+        health_env: HealthEnv::from_process(),
+    };
+
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    reload::handle_signals(reload_tx.clone(), shutdown.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let metrics = Metrics::default();
+    if let Some(address) = options.metrics_address {
+        let bound = metrics::serve(address, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+        tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
+    }
+
+    let needs_api = node_options.node_name.is_some()
+        && (node_options.config_dir.is_some() || node_options.startup_taint.is_some());
+    let client = if needs_api {
+        Some(
+            node::client(node_options.kube_api_url.as_deref())
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+
+    let (choice, _config_watch, label) = match node_options.config_dir.clone() {
+        None => {
+            let watch = match &options.config_file {
+                Some(file) => Some(
+                    reload::watch_config_file(file, reload_tx.clone())
+                        .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+                ),
+                None => None,
+            };
+            (ConfigChoice::File(options.config_file), watch, None)
+        }
+        Some(dir) => {
+            let watch = reload::watch_config_dir(&dir, reload_tx.clone())
+                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let selector = LabelSelectedConfig::new(
+                dir,
+                node_options.config_label.clone(),
+                node_options.default_config.clone(),
+                rx.clone(),
+            );
+            let choice = ConfigChoice::Selected(Arc::new(selector));
+            (choice, Some(watch), Some((tx, rx)))
+        }
+    };
+    // Health events come from NVML; simulated nodes have none. The watcher
+    // starts with the options of the first successful discovery.
+    let (xid_tx, xid_rx) = tokio::sync::mpsc::unbounded_channel();
+    let nvml_used = if options.simulate.is_none() {
+        let (used_tx, used_rx): (SyncSender<NvmlOptions>, Receiver<NvmlOptions>) =
+            std::sync::mpsc::sync_channel(1);
+        crate::xid_events::spawn_xid_watcher(used_rx, xid_tx)
+            .map_err(|e| format!("cannot start the health-check thread: {e}"))?;
+        Some(used_tx)
+    } else {
+        drop(xid_tx);
+        None
+    };
+    let source = setup_source(
+        choice,
+        options.flags,
+        options.simulate.clone(),
+        options.mig_config,
+        options.nvml_lib.clone(),
+        options.mig_minors,
+        nvml_used,
+    );
+    if let Some((tx, rx)) = label
+        && !follow_label(&node_options, client.clone(), tx, rx, &reload_tx, &shutdown).await?
+    {
+        return Ok(()); // shut down while waiting for the node
+    }
+
+    if let (Some(taint), Some(name), Some(client)) =
+        (node_options.startup_taint, node_options.node_name, client)
+    {
+        tokio::spawn(node::remove_taint_when_ready(
+            client,
+            name,
+            taint,
+            metrics.readiness(),
+            shutdown.clone(),
+        ));
+    }
+
+    daemon::run(paths, source, reload_rx, xid_rx, metrics, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Starts following the node label (when there is a node to read) and
+/// waits for its first value, so the first load already uses the right
+/// config; every later change asks for a reload. `Ok(false)`: shut down
+/// while waiting.
+async fn follow_label(
+    options: &NodeOptions,
+    client: Option<kube::Client>,
+    tx: tokio::sync::watch::Sender<Option<String>>,
+    mut rx: tokio::sync::watch::Receiver<Option<String>>,
+    reload: &tokio::sync::mpsc::Sender<()>,
+    shutdown: &CancellationToken,
+) -> Result<bool, String> {
+    let (Some(name), Some(client)) = (options.node_name.clone(), client) else {
+        tracing::warn!(
+            "--config-dir without --node-name (NODE_NAME): the node label {} is not read; \
+             the default config applies",
+            options.config_label
+        );
+        return Ok(true);
+    };
+    tracing::info!("reading the label {} of node {name}", options.config_label);
+    tokio::spawn(node::watch_node_label(
+        client,
+        name,
+        options.config_label.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(false),
+        first = rx.changed() => first,
+    };
+    if first.is_err() {
+        // The watch task only ends on shutdown.
+        return if shutdown.is_cancelled() {
+            Ok(false)
+        } else {
+            Err("the node label watch stopped".into())
+        };
+    }
+    let reload = reload.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            // A full channel already holds a reload, which reads the latest label.
+            let _ = reload.try_send(());
+        }
+    });
+    Ok(true)
+}

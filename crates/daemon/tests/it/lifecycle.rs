@@ -1,0 +1,281 @@
+//! Living in a cluster: configuration changes without restarts, kubelet
+//! restarts, and the metrics and health endpoints.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use crate::common::{Daemon, expect, kubelet, temp_dir, wait_for, write_config};
+
+const MIXED: &str = "version: v1\nflags:\n  migStrategy: mixed\n";
+
+fn p4d_balanced(config: &std::path::Path) -> Vec<String> {
+    [
+        "--simulate",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--config-file",
+        config.to_str().expect("utf-8 path"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn registrations_of(kubelet: &kubelet_sim::Kubelet, resource: &str) -> usize {
+    kubelet
+        .registrations()
+        .iter()
+        .filter(|r| r.resource_name == resource && r.accepted)
+        .count()
+}
+
+/// Replaces the config the way a ConfigMap volume does: a new file renamed
+/// over the old one.
+fn swap_config(dir: &std::path::Path, text: &str) {
+    let staged = dir.join(".config.yaml.new");
+    std::fs::write(&staged, text).expect("stage config");
+    std::fs::rename(&staged, dir.join("config.yaml")).expect("swap config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), MIXED);
+    let kubelet = kubelet(dir.path()).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut daemon_args = p4d_balanced(&config);
+    daemon_args.extend(["--metrics-address".to_string(), address.clone()]);
+    let _daemon = Daemon::start(dir.path(), &args(&daemon_args));
+    let before = expect(&[
+        ("nvidia.com/mig-1g.5gb", 16),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    wait_for(&kubelet, &before).await;
+
+    // Share the 1g slices two ways under a new name: that resource goes away
+    // (empty list), the new one registers, the other two are left alone.
+    swap_config(
+        dir.path(),
+        "version: v1\nflags:\n  migStrategy: mixed\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/mig-1g.5gb\n      rename: nvidia.com/mig-1g.5gb.shared\n      replicas: 2\n",
+    );
+    let after = expect(&[
+        ("nvidia.com/mig-1g.5gb.shared", 32),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    wait_for(&kubelet, &after).await;
+    for unchanged in ["nvidia.com/mig-2g.10gb", "nvidia.com/mig-3g.20gb"] {
+        assert_eq!(
+            registrations_of(&kubelet, unchanged),
+            1,
+            "{unchanged} was re-registered"
+        );
+        let endpoint = kubelet.endpoint(unchanged).expect("endpoint");
+        assert!(
+            !endpoint.stopped,
+            "{unchanged} stopped serving: {endpoint:?}"
+        );
+    }
+    assert_eq!(
+        kubelet.node_status()["nvidia.com/mig-1g.5gb"].capacity,
+        0,
+        "the removed resource reads 0"
+    );
+
+    // A config that does not validate is refused; the running one stays.
+    swap_config(dir.path(), "version: v1\nflags:\n  migStrategy: sideways\n");
+    wait_for_metric(
+        &address,
+        "gpu_slicer_config_reloads_total{result=\"rejected\"} 1",
+    )
+    .await;
+    let status = kubelet.node_status();
+    for (name, count) in &after {
+        assert_eq!(
+            status[name].allocatable, *count,
+            "{name} changed after a rejected config"
+        );
+    }
+    // And a good config after a bad one applies again.
+    swap_config(dir.path(), MIXED);
+    wait_for(&kubelet, &before).await;
+    assert_eq!(registrations_of(&kubelet, "nvidia.com/mig-2g.10gb"), 1);
+    kubelet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_kubelet_restarts_leave_every_resource_registered_once_each() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), MIXED);
+    let mut options = kubelet_sim::Options::new(dir.path());
+    options.restart_delay = std::time::Duration::from_millis(5);
+    let mut kubelet = kubelet_sim::Kubelet::start(options).await.expect("kubelet");
+    let _daemon = Daemon::start(dir.path(), &args(&p4d_balanced(&config)));
+    let want = expect(&[
+        ("nvidia.com/mig-1g.5gb", 16),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    wait_for(&kubelet, &want).await;
+    for round in 1..=100 {
+        kubelet.restart().await.expect("restart");
+        wait_for(&kubelet, &want).await;
+        for name in want.keys() {
+            assert_eq!(
+                registrations_of(&kubelet, name),
+                round + 1,
+                "round {round}: {name} registered a wrong number of times"
+            );
+        }
+    }
+    kubelet.shutdown().await;
+}
+
+/// GET `path` on `address`; returns (status line, body).
+fn http_get(address: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// Scrapes `/metrics` until a line equals `line` (the daemon is another
+/// process: there is no event to wait on).
+async fn wait_for_metric(address: &str, line: &str) {
+    for _ in 0..600 {
+        if TcpStream::connect(address).is_ok() {
+            let (_, body) = http_get(address, "/metrics");
+            if body.lines().any(|l| l == line) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("metric line {line:?} never appeared");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_answer() {
+    let dir = temp_dir();
+    let config = write_config(
+        dir.path(),
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n",
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--simulate",
+            "g5.12xlarge",
+            "--config-file",
+            config.to_str().expect("utf-8"),
+            "--metrics-address",
+            &address,
+        ],
+    );
+    // Nothing to register with yet: alive but not ready.
+    let mut health = None;
+    for _ in 0..300 {
+        if TcpStream::connect(&address).is_ok() {
+            health = Some(http_get(&address, "/healthz"));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        health.expect("metrics endpoint came up").0,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        http_get(&address, "/readyz").0,
+        "HTTP/1.1 503 Service Unavailable"
+    );
+
+    let kubelet = kubelet(dir.path()).await;
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 16)])).await;
+    let pod = kubelet_sim::Pod::new("one")
+        .container(kubelet_sim::Container::new("main").limit("nvidia.com/gpu", 1));
+    kubelet.admit(&pod).await.expect("admitted");
+
+    assert_eq!(http_get(&address, "/readyz").0, "HTTP/1.1 200 OK");
+    let (status, body) = http_get(&address, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for line in [
+        "gpu_slicer_devices{resource=\"nvidia.com/gpu\"} 16",
+        "gpu_slicer_healthy_devices{resource=\"nvidia.com/gpu\"} 16",
+        "gpu_slicer_allocations_total{resource=\"nvidia.com/gpu\",result=\"ok\"} 1",
+        "gpu_slicer_registrations_total{resource=\"nvidia.com/gpu\",result=\"ok\"} 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    assert_eq!(http_get(&address, "/nope").0, "HTTP/1.1 404 Not Found");
+
+    // SIGHUP with an invalid file: refused and counted.
+    swap_config(dir.path(), "version: v1\nflags: {migStrategy: sideways}\n");
+    daemon.signal("HUP");
+    let mut rejected = false;
+    for _ in 0..300 {
+        let (_, body) = http_get(&address, "/metrics");
+        if body
+            .lines()
+            .any(|l| l.starts_with("gpu_slicer_config_reloads_total{result=\"rejected\"}"))
+        {
+            rejected = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(rejected, "the rejected reload was not counted");
+    assert_eq!(kubelet.node_status()["nvidia.com/gpu"].allocatable, 16);
+    assert!(daemon.terminate().success());
+    kubelet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_list_and_watch_stream_alone_leads_to_re_registration() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), MIXED);
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = Daemon::start(dir.path(), &args(&p4d_balanced(&config)));
+    let want = expect(&[
+        ("nvidia.com/mig-1g.5gb", 16),
+        ("nvidia.com/mig-2g.10gb", 8),
+        ("nvidia.com/mig-3g.20gb", 8),
+    ]);
+    wait_for(&kubelet, &want).await;
+    // No socket removed, no kubelet.sock re-created: only the stream ends.
+    assert!(kubelet.drop_stream("nvidia.com/mig-2g.10gb"));
+    assert_eq!(
+        kubelet.node_status()["nvidia.com/mig-2g.10gb"].allocatable,
+        0
+    );
+    wait_for(&kubelet, &want).await;
+    assert_eq!(registrations_of(&kubelet, "nvidia.com/mig-2g.10gb"), 2);
+    assert_eq!(
+        registrations_of(&kubelet, "nvidia.com/mig-1g.5gb"),
+        1,
+        "others untouched"
+    );
+    kubelet.shutdown().await;
+}

@@ -1,0 +1,341 @@
+//! The daemon on "real" GPUs: the NVML backend against the fake NVML
+//! library (tests/fake-nvml), which answers from an inventory file.
+
+use std::process::Command;
+
+use crate::BIN;
+use crate::common::{expect, fake_nvml, kubelet, start_with_env, temp_dir, wait_for};
+use gpu_slicer_core::gpu::simulated;
+
+/// Writes the inventory of a simulated instance where the fake reads it.
+fn inventory_file(dir: &std::path::Path, instance: &str, layout: &str) -> std::path::PathBuf {
+    let inventory = simulated::from_instance(instance, Some(layout)).expect("simulated");
+    let path = dir.join("inventory.json");
+    std::fs::write(&path, serde_json::to_string(&inventory).expect("json")).expect("write");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvml_backend_advertises_mig_devices() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    kubelet.shutdown().await;
+}
+
+#[test]
+fn driver_not_loaded_is_fatal_by_default() {
+    let dir = temp_dir();
+    let lib = fake_nvml();
+    let out = Command::new(BIN)
+        .args(["run", "--device-plugin-path"])
+        .arg(dir.path())
+        .arg("--nvml-lib")
+        .arg(&lib)
+        .env("FAKE_NVML_INIT_ERROR", "DRIVER_NOT_LOADED")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: Failed to initialize NVML: "),
+        "{stderr}"
+    );
+    assert!(last.contains("If this is a GPU node"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fail_on_init_error_a_late_driver_is_picked_up() {
+    let dir = temp_dir();
+    let lib = fake_nvml();
+    // The fake fails to initialise while its inventory file is missing: the
+    // "driver" arrives when the test writes it.
+    let topology = dir.path().join("late.json");
+    let kubelet = kubelet(dir.path()).await;
+    let mut daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--fail-on-init-error=false",
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    // Alive, and nothing is registered while discovery fails.
+    kubelet
+        .wait_for_registrations(|_| false, std::time::Duration::from_millis(1500))
+        .await
+        .expect_err("nothing registers while NVML fails");
+    assert!(
+        daemon.child.try_wait().expect("status").is_none(),
+        "the daemon exited"
+    );
+
+    let inventory = simulated::from_instance("g6.12xlarge", None).expect("simulated");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 4)])).await;
+    assert!(daemon.terminate().success());
+    kubelet.shutdown().await;
+}
+
+fn append(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("events file");
+    writeln!(file, "{line}").expect("append event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xid_events_mark_every_replica_and_recoverable_ones_come_back() {
+    let dir = temp_dir();
+    let inventory = simulated::from_instance("g5.12xlarge", None).expect("simulated");
+    let topology = dir.path().join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events file");
+    let config = crate::common::write_config(
+        dir.path(),
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\nhealth:\n  recoverAfter: 2s\n  xids:\n    \"94\": recover\n",
+    );
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--config-file",
+            config.to_str().expect("utf-8"),
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            ("FAKE_NVML_EVENTS", events.to_str().expect("utf-8")),
+        ],
+    );
+    let status = |allocatable: usize| {
+        move |s: &std::collections::BTreeMap<String, kubelet_sim::Capacity>| {
+            s.get("nvidia.com/gpu")
+                .is_some_and(|c| c.capacity == 16 && c.allocatable == allocatable)
+        }
+    };
+    let timeout = crate::common::TIMEOUT;
+    kubelet
+        .wait_until(status(16), timeout)
+        .await
+        .expect("16 healthy");
+
+    // XID 79 (fallen off the bus) needs a reset: all four replicas of GPU 1 go.
+    append(&events, &format!("{} 79", inventory.gpus[1].uuid));
+    kubelet
+        .wait_until(status(12), timeout)
+        .await
+        .expect("GPU 1 unhealthy");
+    // An ignored XID (13) changes nothing; a recoverable one (94) takes GPU 2
+    // away, then gives it back after the 2 s quiet period.
+    append(&events, &format!("{} 13", inventory.gpus[0].uuid));
+    append(&events, &format!("{} 94", inventory.gpus[2].uuid));
+    kubelet
+        .wait_until(status(8), timeout)
+        .await
+        .expect("GPU 2 unhealthy");
+    kubelet
+        .wait_until(status(12), timeout)
+        .await
+        .expect("GPU 2 recovered");
+    let unhealthy: Vec<String> = kubelet
+        .devices("nvidia.com/gpu")
+        .into_iter()
+        .filter(|d| !d.healthy)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(unhealthy.len(), 4);
+    assert!(
+        unhealthy
+            .iter()
+            .all(|id| id.starts_with(&inventory.gpus[1].uuid))
+    );
+    kubelet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mig_xid_marks_only_its_instance() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events file");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            ("FAKE_NVML_EVENTS", events.to_str().expect("utf-8")),
+        ],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    let gpu = &inventory.gpus[3];
+    let target = gpu
+        .mig_devices
+        .iter()
+        .find(|m| m.profile == "1g.5gb")
+        .expect("a 1g.5gb device");
+    append(
+        &events,
+        &format!(
+            "{} 48 {} {}",
+            gpu.uuid, target.gpu_instance_id, target.compute_instance_id
+        ),
+    );
+    kubelet
+        .wait_until(
+            |s| {
+                s.get("nvidia.com/mig-1g.5gb")
+                    .is_some_and(|c| c.allocatable == 15)
+            },
+            crate::common::TIMEOUT,
+        )
+        .await
+        .expect("one 1g device unhealthy");
+    let status = kubelet.node_status();
+    assert_eq!(
+        status["nvidia.com/mig-2g.10gb"].allocatable, 8,
+        "other instances untouched"
+    );
+    assert_eq!(status["nvidia.com/mig-3g.20gb"].allocatable, 8);
+    let sick: Vec<String> = kubelet
+        .devices("nvidia.com/mig-1g.5gb")
+        .into_iter()
+        .filter(|d| !d.healthy)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(sick, vec![target.uuid.clone()]);
+    kubelet.shutdown().await;
+}
+
+/// The driver's pre-assigned capability minors (GI = 3 + 135·G + 9·I,
+/// CI = GI + 1 + C), as `/proc/driver/nvidia-caps/mig-minors` lists them.
+fn mig_minors(gpus: u32) -> String {
+    let mut text = String::from("config 1\nmonitor 2\n");
+    for g in 0..gpus {
+        for i in 0..15 {
+            let gi = 3 + 135 * g + 9 * i;
+            text.push_str(&format!("gpu{g}/gi{i}/access {gi}\n"));
+            for c in 0..8 {
+                text.push_str(&format!("gpu{g}/gi{i}/ci{c}/access {}\n", gi + 1 + c));
+            }
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mig_device_gets_its_parent_and_capability_nodes() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+    let minors = dir.path().join("mig-minors");
+    std::fs::write(&minors, mig_minors(8)).expect("mig-minors");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--pass-device-specs",
+            "--dev-root",
+            "/host",
+            "--mig-minors",
+            minors.to_str().expect("utf-8"),
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    for resource in ["nvidia.com/mig-1g.5gb", "nvidia.com/mig-3g.20gb"] {
+        let pod = kubelet_sim::Pod::new(format!("p-{}", resource.len()))
+            .container(kubelet_sim::Container::new("main").limit(resource, 2));
+        let admission = kubelet.admit(&pod).await.expect("admitted");
+        let container = &admission.containers[0];
+        let mut want: Vec<String> = Vec::new();
+        for id in &container.resources[resource].device_ids {
+            let (gpu, mig) = inventory
+                .gpus
+                .iter()
+                .find_map(|g| g.mig_devices.iter().find(|m| &m.uuid == id).map(|m| (g, m)))
+                .expect("a MIG device of the node");
+            let gi = 3 + 135 * gpu.minor + 9 * mig.gpu_instance_id;
+            let ci = gi + 1 + mig.compute_instance_id;
+            want.push(format!("/host/dev/nvidia{}", gpu.minor));
+            want.push(format!("/host/dev/nvidia-caps/nvidia-cap{gi}"));
+            want.push(format!("/host/dev/nvidia-caps/nvidia-cap{ci}"));
+        }
+        let mut got: Vec<String> = container
+            .merged
+            .devices
+            .iter()
+            .map(|d| d.host_path.clone())
+            .filter(|p| !p.ends_with("ctl") && !p.contains("uvm"))
+            .collect();
+        got.sort();
+        want.sort();
+        want.dedup();
+        assert_eq!(got, want, "{resource}");
+        assert!(
+            container
+                .merged
+                .devices
+                .iter()
+                .all(|d| d.permissions == "rw")
+        );
+    }
+    kubelet.shutdown().await;
+}

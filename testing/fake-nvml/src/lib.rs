@@ -1,0 +1,1083 @@
+//! A fake `libnvidia-ml.so` for CI: exports the NVML functions gpu-slicer's
+//! NVML backend calls, answering from a node description instead of a driver.
+//!
+//! Environment, read by `nvmlInit_v2` / `nvmlInitWithFlags`:
+//!
+//! | Variable | Effect |
+//! |---|---|
+//! | `FAKE_NVML_TOPOLOGY` | YAML (or JSON) file with the node's [`Inventory`] (`gpus: [{index, model, uuid, memory_mib, pci_bus_id, pci_device_id, numa_node, minor, mig_capable, mig_enabled, mig_devices: [{index, profile, uuid, gpu_instance_id, compute_instance_id, memory_mib}], nvlinks}]`); unset: a node without GPUs |
+//! | `FAKE_NVML_FAIL` | `nvmlDeviceGetMemoryInfo_v2:NVML_ERROR_UNKNOWN,nvmlDeviceGetUUID:NO_PERMISSION`: those calls return those errors |
+//! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
+//! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
+//! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
+//!
+//! Events: `nvmlEventSetWait_v2` returns the next line of `FAKE_NVML_EVENTS`
+//! not yet consumed by that event set whose device is registered in the set
+//! (lines for other devices are consumed silently), as an
+//! `nvmlEventTypeXidCriticalError` on the parent GPU; a MIG uuid sets that MIG
+//! device's GI/CI ids, explicit `gi ci` override them, a GPU uuid without
+//! them gives `0xFFFFFFFF` for both. With no line it polls the file until the
+//! timeout and returns `NVML_ERROR_TIMEOUT`. Regular files only (not FIFOs).
+//!
+//! Error names are NVML's, with or without the `NVML_ERROR_` prefix.
+//! Functions that are not exported make nvml-wrapper report `FailedToLoadSymbol`.
+//!
+//! GPU-instance profiles follow the A100/H100 structure (8 memory slices,
+//! profile ids 19/20/15/14/9/5/0) with memory `0.95 × eighths × total`, so
+//! that NVIDIA's naming rule gives back the names in the file. A MIG device's
+//! profile name selects its profile; `<C>c.` prefixes set the compute
+//! instance's slice count (`nvmlDeviceGetAttributes_v2`).
+//!
+//! Handles are opaque integers: device `0x1000_0000 + gpu·0x1000 + slot`
+//! (slot 0: the GPU, `j+1`: its `j`-th listed MIG device), GPU instance
+//! `0x2000_0000 + gpu·0x1000 + gi id`.
+
+// Every exported function has NVML's C contract: handles come from this
+// library, out pointers are null or valid for writes, strings are
+// NUL-terminated. Documenting that on each of them would repeat nvml.h.
+#![allow(clippy::missing_safety_doc)]
+#![allow(non_snake_case)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_uint, c_ulonglong};
+use std::sync::{Mutex, MutexGuard};
+
+use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, PcieLevel};
+use nvml_wrapper_sys::bindings::{
+    nvmlDevice_st, nvmlDevice_t, nvmlDeviceAttributes_t,
+    nvmlEnableState_enum_NVML_FEATURE_DISABLED, nvmlEnableState_enum_NVML_FEATURE_ENABLED,
+    nvmlEnableState_t, nvmlEventData_t, nvmlEventSet_st, nvmlEventSet_t,
+    nvmlEventTypeDoubleBitEccError, nvmlEventTypeSingleBitEccError, nvmlEventTypeXidCriticalError,
+    nvmlGpuInstance_st, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
+    nvmlGpuInstanceProfileInfo_t, nvmlGpuLevel_enum_NVML_TOPOLOGY_HOSTBRIDGE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_INTERNAL, nvmlGpuLevel_enum_NVML_TOPOLOGY_MULTIPLE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_NODE, nvmlGpuLevel_enum_NVML_TOPOLOGY_SINGLE,
+    nvmlGpuLevel_enum_NVML_TOPOLOGY_SYSTEM, nvmlGpuTopologyLevel_t, nvmlMemory_v2_t, nvmlPciInfo_t,
+    nvmlReturn_t,
+};
+
+const SUCCESS: nvmlReturn_t = 0;
+const UNINITIALIZED: nvmlReturn_t = 1;
+const INVALID_ARGUMENT: nvmlReturn_t = 2;
+const NOT_SUPPORTED: nvmlReturn_t = 3;
+const NOT_FOUND: nvmlReturn_t = 6;
+const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+const TIMEOUT: nvmlReturn_t = 10;
+const UNKNOWN: nvmlReturn_t = 999;
+
+const ERROR_NAMES: &[(&str, nvmlReturn_t)] = &[
+    ("SUCCESS", 0),
+    ("UNINITIALIZED", 1),
+    ("INVALID_ARGUMENT", 2),
+    ("NOT_SUPPORTED", 3),
+    ("NO_PERMISSION", 4),
+    ("ALREADY_INITIALIZED", 5),
+    ("NOT_FOUND", 6),
+    ("INSUFFICIENT_SIZE", 7),
+    ("INSUFFICIENT_POWER", 8),
+    ("DRIVER_NOT_LOADED", 9),
+    ("TIMEOUT", 10),
+    ("IRQ_ISSUE", 11),
+    ("LIBRARY_NOT_FOUND", 12),
+    ("FUNCTION_NOT_FOUND", 13),
+    ("CORRUPTED_INFOROM", 14),
+    ("GPU_IS_LOST", 15),
+    ("RESET_REQUIRED", 16),
+    ("OPERATING_SYSTEM", 17),
+    ("LIB_RM_VERSION_MISMATCH", 18),
+    ("IN_USE", 19),
+    ("MEMORY", 20),
+    ("NO_DATA", 21),
+    ("UNKNOWN", 999),
+];
+
+fn error_code(name: &str) -> Option<nvmlReturn_t> {
+    let name = name.trim();
+    let name = name.strip_prefix("NVML_ERROR_").unwrap_or(name);
+    let name = name.strip_prefix("NVML_").unwrap_or(name);
+    ERROR_NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, code)| code)
+}
+
+/// A GPU-instance profile: NVML enum value, profile id, compute slices,
+/// memory in eighths of the GPU, maximum instances, name attribute.
+struct Profile {
+    value: u32,
+    id: u32,
+    slices: u32,
+    eighths: u64,
+    instances: u32,
+    attribute: &'static str,
+}
+
+const PROFILES: &[Profile] = &[
+    Profile {
+        value: 0,
+        id: 19,
+        slices: 1,
+        eighths: 1,
+        instances: 7,
+        attribute: "",
+    },
+    Profile {
+        value: 1,
+        id: 14,
+        slices: 2,
+        eighths: 2,
+        instances: 3,
+        attribute: "",
+    },
+    Profile {
+        value: 2,
+        id: 9,
+        slices: 3,
+        eighths: 4,
+        instances: 2,
+        attribute: "",
+    },
+    Profile {
+        value: 3,
+        id: 5,
+        slices: 4,
+        eighths: 4,
+        instances: 1,
+        attribute: "",
+    },
+    Profile {
+        value: 4,
+        id: 0,
+        slices: 7,
+        eighths: 8,
+        instances: 1,
+        attribute: "",
+    },
+    Profile {
+        value: 7,
+        id: 20,
+        slices: 1,
+        eighths: 1,
+        instances: 1,
+        attribute: "+me",
+    },
+    Profile {
+        value: 9,
+        id: 15,
+        slices: 1,
+        eighths: 2,
+        instances: 4,
+        attribute: "",
+    },
+];
+
+fn profile_memory_mb(gpu: &Gpu, profile: &Profile) -> u64 {
+    profile.eighths * gpu.memory_mib * 95 / 800
+}
+
+/// (GI profile, compute-instance slices) of a MIG device, from its name.
+fn profile_of(gpu: &Gpu, dev: &MigDevice) -> Option<(&'static Profile, u32)> {
+    let split = dev.profile.find(['+', '-']).unwrap_or(dev.profile.len());
+    let (base, attribute) = dev.profile.split_at(split);
+    let parts: Vec<&str> = base.split('.').collect();
+    let (ci, gi, mem) = match parts.as_slice() {
+        [c, g, m] => (Some(*c), *g, *m),
+        [g, m] => (None, *g, *m),
+        _ => return None,
+    };
+    let slices: u32 = gi.strip_suffix('g')?.parse().ok()?;
+    let gb: u64 = mem.strip_suffix("gb")?.parse().ok()?;
+    let total_gb = gpu.memory_mib.div_ceil(1024).max(1);
+    let eighths = (gb * 8 + total_gb / 2) / total_gb;
+    let profile = PROFILES
+        .iter()
+        .find(|p| p.slices == slices && p.attribute == attribute && p.eighths == eighths)?;
+    let ci = match ci {
+        Some(c) => c.strip_suffix('c')?.parse().ok()?,
+        None => slices,
+    };
+    Some((profile, ci))
+}
+
+struct State {
+    inventory: Inventory,
+    fail: HashMap<String, nvmlReturn_t>,
+    driver_version: String,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn state() -> MutexGuard<'static, Option<State>> {
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn load() -> Result<State, String> {
+    let mut fail = HashMap::new();
+    if let Ok(spec) = std::env::var("FAKE_NVML_FAIL") {
+        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
+            let (name, error) = item
+                .split_once(':')
+                .ok_or_else(|| format!("FAKE_NVML_FAIL: '{item}' is not <function>:<error>"))?;
+            let code = error_code(error)
+                .ok_or_else(|| format!("FAKE_NVML_FAIL: unknown error name '{error}'"))?;
+            fail.insert(name.trim().to_string(), code);
+        }
+    }
+    let inventory = match std::env::var("FAKE_NVML_TOPOLOGY") {
+        Ok(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("FAKE_NVML_TOPOLOGY: cannot read {path}: {e}"))?;
+            serde_saphyr::from_str::<Inventory>(&text)
+                .map_err(|e| format!("FAKE_NVML_TOPOLOGY: {path}: {e}"))?
+        }
+        Err(_) => Inventory::default(),
+    };
+    for gpu in &inventory.gpus {
+        for dev in &gpu.mig_devices {
+            if profile_of(gpu, dev).is_none() {
+                return Err(format!(
+                    "FAKE_NVML_TOPOLOGY: GPU {}: MIG profile '{}' is not one the fake models",
+                    gpu.index, dev.profile
+                ));
+            }
+        }
+    }
+    Ok(State {
+        inventory,
+        fail,
+        driver_version: std::env::var("FAKE_NVML_DRIVER_VERSION")
+            .unwrap_or_else(|_| "580.159.04".to_string()),
+    })
+}
+
+fn init(name: &str) -> nvmlReturn_t {
+    if let Ok(error) = std::env::var("FAKE_NVML_INIT_ERROR") {
+        return error_code(&error).unwrap_or(UNKNOWN);
+    }
+    match load() {
+        Ok(s) => {
+            if let Some(&code) = s.fail.get(name) {
+                return code;
+            }
+            *state() = Some(s);
+            SUCCESS
+        }
+        Err(message) => {
+            eprintln!("fake-nvml: {message}");
+            UNKNOWN
+        }
+    }
+}
+
+/// Runs one call: injected failure, then `f` on the state.
+fn call(name: &str, f: impl FnOnce(&State) -> Result<(), nvmlReturn_t>) -> nvmlReturn_t {
+    let guard = state();
+    let Some(s) = guard.as_ref() else {
+        return UNINITIALIZED;
+    };
+    if let Some(&code) = s.fail.get(name) {
+        return code;
+    }
+    match f(s) {
+        Ok(()) => SUCCESS,
+        Err(code) => code,
+    }
+}
+
+const DEVICE_BASE: usize = 0x1000_0000;
+const GI_BASE: usize = 0x2000_0000;
+const STRIDE: usize = 0x1000;
+
+fn device_handle(gpu: usize, slot: usize) -> nvmlDevice_t {
+    std::ptr::without_provenance_mut::<nvmlDevice_st>(DEVICE_BASE + gpu * STRIDE + slot)
+}
+
+fn gi_handle(gpu: usize, gi: u32) -> nvmlGpuInstance_t {
+    std::ptr::without_provenance_mut::<nvmlGpuInstance_st>(GI_BASE + gpu * STRIDE + gi as usize)
+}
+
+fn decode(addr: usize, base: usize) -> Option<(usize, usize)> {
+    let offset = addr.checked_sub(base)?;
+    (offset < 0x1000_0000).then_some((offset / STRIDE, offset % STRIDE))
+}
+
+enum Target<'a> {
+    Gpu(usize, &'a Gpu),
+    Mig(&'a Gpu, &'a MigDevice),
+}
+
+fn target(s: &State, device: nvmlDevice_t) -> Result<Target<'_>, nvmlReturn_t> {
+    let (gpu, slot) = decode(device.addr(), DEVICE_BASE).ok_or(INVALID_ARGUMENT)?;
+    let g = s.inventory.gpus.get(gpu).ok_or(INVALID_ARGUMENT)?;
+    match slot {
+        0 => Ok(Target::Gpu(gpu, g)),
+        j => Ok(Target::Mig(
+            g,
+            g.mig_devices.get(j - 1).ok_or(INVALID_ARGUMENT)?,
+        )),
+    }
+}
+
+fn gpu_of(s: &State, device: nvmlDevice_t) -> Result<(usize, &Gpu), nvmlReturn_t> {
+    match target(s, device)? {
+        Target::Gpu(i, g) => Ok((i, g)),
+        Target::Mig(..) => Err(INVALID_ARGUMENT),
+    }
+}
+
+fn mig_of(s: &State, device: nvmlDevice_t) -> Result<(&Gpu, &MigDevice), nvmlReturn_t> {
+    match target(s, device)? {
+        Target::Mig(g, d) => Ok((g, d)),
+        Target::Gpu(..) => Err(INVALID_ARGUMENT),
+    }
+}
+
+fn mig_capable(gpu: &Gpu) -> Result<(), nvmlReturn_t> {
+    if gpu.mig_capable {
+        Ok(())
+    } else {
+        Err(NOT_SUPPORTED)
+    }
+}
+
+/// Writes `value` through an out pointer.
+///
+/// # Safety
+/// `ptr` is null or valid for writes of `T`.
+unsafe fn put<T>(ptr: *mut T, value: T) -> Result<(), nvmlReturn_t> {
+    if ptr.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    // SAFETY: non-null, and valid for writes by the caller's contract.
+    unsafe { ptr.write(value) };
+    Ok(())
+}
+
+/// Copies `text` and a NUL into a caller buffer of `length` bytes.
+///
+/// # Safety
+/// `buf` is null or valid for writes of `length` bytes.
+unsafe fn put_str(buf: *mut c_char, length: c_uint, text: &str) -> Result<(), nvmlReturn_t> {
+    if buf.is_null() {
+        return Err(INVALID_ARGUMENT);
+    }
+    if text.len() + 1 > length as usize {
+        return Err(INSUFFICIENT_SIZE);
+    }
+    // SAFETY: `buf` holds at least `text.len() + 1` bytes (checked above), and
+    // cannot overlap `text`, which this library owns.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr().cast::<c_char>(), buf, text.len());
+        buf.add(text.len()).write(0);
+    }
+    Ok(())
+}
+
+fn c_array<const N: usize>(text: &str) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    for (slot, byte) in out.iter_mut().zip(text.bytes().take(N - 1)) {
+        *slot = byte as c_char;
+    }
+    out
+}
+
+fn pci_info(gpu: &Gpu) -> nvmlPciInfo_t {
+    let id = gpu.pci_bus_id.as_str();
+    let mut fields = id.split([':', '.']);
+    let mut hex = || {
+        fields
+            .next()
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .unwrap_or(0)
+    };
+    let (domain, bus, device) = (hex(), hex(), hex());
+    let legacy = id
+        .split_once(':')
+        .map(|(d, rest)| format!("{}:{rest}", &d[d.len().saturating_sub(4)..]))
+        .unwrap_or_else(|| id.to_string());
+    nvmlPciInfo_t {
+        busIdLegacy: c_array(&legacy),
+        domain,
+        bus,
+        device,
+        pciDeviceId: gpu.pci_device_id,
+        pciSubSystemId: 0,
+        busId: c_array(id),
+    }
+}
+
+/// The peer GPU (list position) behind link `link`, links numbered in
+/// `nvlinks` order.
+fn nvlink_peer(s: &State, gpu: &Gpu, link: c_uint) -> Result<Option<usize>, nvmlReturn_t> {
+    if gpu.nvlinks.is_empty() {
+        return Err(NOT_SUPPORTED);
+    }
+    if link >= nvml_wrapper_sys::bindings::NVML_NVLINK_MAX_LINKS {
+        return Err(INVALID_ARGUMENT);
+    }
+    let mut next = 0;
+    for peer in &gpu.nvlinks {
+        if link < next + peer.links {
+            return Ok(s
+                .inventory
+                .gpus
+                .iter()
+                .position(|g| g.index == peer.peer_index));
+        }
+        next += peer.links;
+    }
+    Ok(None)
+}
+
+// ---- Exported NVML functions ----
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
+    init("nvmlInit_v2")
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
+    init("nvmlInitWithFlags")
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlShutdown() -> nvmlReturn_t {
+    call("nvmlShutdown", |_| Ok(()))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
+    let text: &'static CStr = match result {
+        0 => c"Success",
+        1 => c"Uninitialized",
+        2 => c"Invalid Argument",
+        3 => c"Not Supported",
+        4 => c"Insufficient Permissions",
+        6 => c"Not Found",
+        9 => c"Driver Not Loaded",
+        _ => c"Unknown Error",
+    };
+    text.as_ptr()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
+    call("nvmlSystemGetDriverVersion", |s| {
+        // SAFETY: NVML contract: `version` holds `length` bytes.
+        unsafe { put_str(version, length, &s.driver_version) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
+    call("nvmlSystemGetNVMLVersion", |_| {
+        // SAFETY: NVML contract: `version` holds `length` bytes.
+        unsafe { put_str(version, length, "13.580.159.04") }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t {
+    call("nvmlDeviceGetCount_v2", |s| {
+        // SAFETY: NVML contract: `count` is null or writable.
+        unsafe { put(count, s.inventory.gpus.len() as c_uint) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: c_uint,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetHandleByIndex_v2", |s| {
+        if index as usize >= s.inventory.gpus.len() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: NVML contract: `device` is null or writable.
+        unsafe { put(device, device_handle(index as usize, 0)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetHandleByUUID", |s| {
+        if uuid.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        // SAFETY: NVML contract: a non-null `uuid` is a NUL-terminated string.
+        let wanted = unsafe { CStr::from_ptr(uuid) }
+            .to_str()
+            .map_err(|_| INVALID_ARGUMENT)?;
+        for (i, gpu) in s.inventory.gpus.iter().enumerate() {
+            if gpu.uuid == wanted {
+                // SAFETY: NVML contract: `device` is null or writable.
+                return unsafe { put(device, device_handle(i, 0)) };
+            }
+            if let Some(j) = gpu.mig_devices.iter().position(|d| d.uuid == wanted) {
+                // SAFETY: as above.
+                return unsafe { put(device, device_handle(i, j + 1)) };
+            }
+        }
+        Err(NOT_FOUND)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(
+    device: nvmlDevice_t,
+    index: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetIndex", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        // SAFETY: NVML contract: `index` is null or writable.
+        unsafe { put(index, gpu.index) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    device: nvmlDevice_t,
+    name: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetName", |s| {
+        let model = match target(s, device)? {
+            Target::Gpu(_, g) => g.model.clone(),
+            Target::Mig(g, d) => format!("{} MIG {}", g.model, d.profile),
+        };
+        // SAFETY: NVML contract: `name` holds `length` bytes.
+        unsafe { put_str(name, length, &model) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(
+    device: nvmlDevice_t,
+    uuid: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetUUID", |s| {
+        let id = match target(s, device)? {
+            Target::Gpu(_, g) => &g.uuid,
+            Target::Mig(_, d) => &d.uuid,
+        };
+        // SAFETY: NVML contract: `uuid` holds `length` bytes.
+        unsafe { put_str(uuid, length, id) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetMemoryInfo_v2", |s| {
+        let mib = match target(s, device)? {
+            Target::Gpu(_, g) => g.memory_mib,
+            Target::Mig(_, d) => d.memory_mib,
+        };
+        let total = mib << 20;
+        let version = if memory.is_null() {
+            0
+        } else {
+            // SAFETY: NVML contract: a non-null `memory` points to a struct
+            // whose `version` the caller set.
+            unsafe { (*memory).version }
+        };
+        let info = nvmlMemory_v2_t {
+            version,
+            total,
+            reserved: 0,
+            free: total,
+            used: 0,
+        };
+        // SAFETY: NVML contract: `memory` is null or writable.
+        unsafe { put(memory, info) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(
+    device: nvmlDevice_t,
+    minor: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetMinorNumber", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        // SAFETY: NVML contract: `minor` is null or writable.
+        unsafe { put(minor, gpu.minor) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
+    device: nvmlDevice_t,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetPciInfo_v3", |s| {
+        let gpu = match target(s, device)? {
+            Target::Gpu(_, g) | Target::Mig(g, _) => g,
+        };
+        // SAFETY: NVML contract: `pci` is null or writable.
+        unsafe { put(pci, pci_info(gpu)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(
+    device: nvmlDevice_t,
+    link: c_uint,
+    is_active: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetNvLinkState", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        let state = match nvlink_peer(s, gpu, link)? {
+            Some(_) => nvmlEnableState_enum_NVML_FEATURE_ENABLED,
+            None => nvmlEnableState_enum_NVML_FEATURE_DISABLED,
+        };
+        // SAFETY: NVML contract: `is_active` is null or writable.
+        unsafe { put(is_active, state) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkRemotePciInfo_v2(
+    device: nvmlDevice_t,
+    link: c_uint,
+    pci: *mut nvmlPciInfo_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetNvLinkRemotePciInfo_v2", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        let peer = nvlink_peer(s, gpu, link)?.ok_or(NOT_SUPPORTED)?;
+        let remote = s.inventory.gpus.get(peer).ok_or(NOT_SUPPORTED)?;
+        // SAFETY: NVML contract: `pci` is null or writable.
+        unsafe { put(pci, pci_info(remote)) }
+    })
+}
+
+/// From the inventory's `pcie` peers; a pair it does not list is "not supported".
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTopologyCommonAncestor(
+    device1: nvmlDevice_t,
+    device2: nvmlDevice_t,
+    path: *mut nvmlGpuTopologyLevel_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetTopologyCommonAncestor", |s| {
+        let (_, a) = gpu_of(s, device1)?;
+        let (_, b) = gpu_of(s, device2)?;
+        let peer = a
+            .pcie
+            .iter()
+            .find(|p| p.peer_index == b.index)
+            .ok_or(NOT_SUPPORTED)?;
+        let level = match peer.level {
+            PcieLevel::Board => nvmlGpuLevel_enum_NVML_TOPOLOGY_INTERNAL,
+            PcieLevel::SingleSwitch => nvmlGpuLevel_enum_NVML_TOPOLOGY_SINGLE,
+            PcieLevel::MultipleSwitches => nvmlGpuLevel_enum_NVML_TOPOLOGY_MULTIPLE,
+            PcieLevel::HostBridge => nvmlGpuLevel_enum_NVML_TOPOLOGY_HOSTBRIDGE,
+            PcieLevel::Node => nvmlGpuLevel_enum_NVML_TOPOLOGY_NODE,
+            PcieLevel::System => nvmlGpuLevel_enum_NVML_TOPOLOGY_SYSTEM,
+        };
+        // SAFETY: NVML contract: `path` is null or writable.
+        unsafe { put(path, level) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
+    device: nvmlDevice_t,
+    current: *mut c_uint,
+    pending: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetMigMode", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        let mode = c_uint::from(gpu.mig_enabled);
+        // SAFETY: NVML contract: both out pointers are null or writable.
+        unsafe {
+            put(current, mode)?;
+            put(pending, mode)
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetMaxMigDeviceCount", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        let max = if gpu.mig_enabled {
+            gpu.mig_devices
+                .iter()
+                .map(|d| d.index + 1)
+                .max()
+                .unwrap_or(0)
+                .max(7)
+        } else {
+            0
+        };
+        // SAFETY: NVML contract: `count` is null or writable.
+        unsafe { put(count, max) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    device: nvmlDevice_t,
+    index: c_uint,
+    mig_device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetMigDeviceHandleByIndex", |s| {
+        let (i, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        if !gpu.mig_enabled {
+            return Err(INVALID_ARGUMENT);
+        }
+        let j = gpu
+            .mig_devices
+            .iter()
+            .position(|d| d.index == index)
+            .ok_or(NOT_FOUND)?;
+        // SAFETY: NVML contract: `mig_device` is null or writable.
+        unsafe { put(mig_device, device_handle(i, j + 1)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
+    device: nvmlDevice_t,
+    is_mig: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceIsMigDeviceHandle", |s| {
+        let mig = matches!(target(s, device)?, Target::Mig(..));
+        // SAFETY: NVML contract: `is_mig` is null or writable.
+        unsafe { put(is_mig, c_uint::from(mig)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    mig_device: nvmlDevice_t,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", |s| {
+        mig_of(s, mig_device)?;
+        let (gpu, _) = decode(mig_device.addr(), DEVICE_BASE).ok_or(INVALID_ARGUMENT)?;
+        // SAFETY: NVML contract: `device` is null or writable.
+        unsafe { put(device, device_handle(gpu, 0)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
+    device: nvmlDevice_t,
+    id: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetGpuInstanceId", |s| {
+        let (_, dev) = mig_of(s, device).map_err(|_| NOT_SUPPORTED)?;
+        // SAFETY: NVML contract: `id` is null or writable.
+        unsafe { put(id, dev.gpu_instance_id) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
+    device: nvmlDevice_t,
+    id: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetComputeInstanceId", |s| {
+        let (_, dev) = mig_of(s, device).map_err(|_| NOT_SUPPORTED)?;
+        // SAFETY: NVML contract: `id` is null or writable.
+        unsafe { put(id, dev.compute_instance_id) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
+    device: nvmlDevice_t,
+    id: c_uint,
+    gpu_instance: *mut nvmlGpuInstance_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetGpuInstanceById", |s| {
+        let (i, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        if !gpu.mig_devices.iter().any(|d| d.gpu_instance_id == id) {
+            return Err(NOT_FOUND);
+        }
+        // SAFETY: NVML contract: `gpu_instance` is null or writable.
+        unsafe { put(gpu_instance, gi_handle(i, id)) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
+    gpu_instance: nvmlGpuInstance_t,
+    info: *mut nvmlGpuInstanceInfo_t,
+) -> nvmlReturn_t {
+    call("nvmlGpuInstanceGetInfo", |s| {
+        let (i, gi) = decode(gpu_instance.addr(), GI_BASE).ok_or(INVALID_ARGUMENT)?;
+        let gpu = s.inventory.gpus.get(i).ok_or(INVALID_ARGUMENT)?;
+        let gi = gi as c_uint;
+        let dev = gpu
+            .mig_devices
+            .iter()
+            .find(|d| d.gpu_instance_id == gi)
+            .ok_or(INVALID_ARGUMENT)?;
+        let (profile, _) = profile_of(gpu, dev).ok_or(UNKNOWN)?;
+        let value = nvmlGpuInstanceInfo_t {
+            device: device_handle(i, 0),
+            id: gi,
+            profileId: profile.id,
+            placement: nvmlGpuInstancePlacement_t {
+                start: 0,
+                size: profile.eighths as c_uint,
+            },
+        };
+        // SAFETY: NVML contract: `info` is null or writable.
+        unsafe { put(info, value) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
+    device: nvmlDevice_t,
+    profile: c_uint,
+    info: *mut nvmlGpuInstanceProfileInfo_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetGpuInstanceProfileInfo", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        let p = PROFILES
+            .iter()
+            .find(|p| p.value == profile)
+            .ok_or(NOT_SUPPORTED)?;
+        let value = nvmlGpuInstanceProfileInfo_t {
+            id: p.id,
+            isP2pSupported: 0,
+            sliceCount: p.slices,
+            instanceCount: p.instances,
+            multiprocessorCount: 14 * p.slices,
+            copyEngineCount: p.slices,
+            decoderCount: p.slices / 2,
+            encoderCount: 0,
+            jpegCount: 0,
+            ofaCount: 0,
+            memorySizeMB: profile_memory_mb(gpu, p) as c_ulonglong,
+        };
+        // SAFETY: NVML contract: `info` is null or writable.
+        unsafe { put(info, value) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetAttributes_v2(
+    device: nvmlDevice_t,
+    attributes: *mut nvmlDeviceAttributes_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetAttributes_v2", |s| {
+        let (gpu, dev) = mig_of(s, device).map_err(|_| NOT_SUPPORTED)?;
+        let (profile, ci) = profile_of(gpu, dev).ok_or(UNKNOWN)?;
+        let value = nvmlDeviceAttributes_t {
+            multiprocessorCount: 14 * ci,
+            sharedCopyEngineCount: profile.slices,
+            sharedDecoderCount: profile.slices / 2,
+            sharedEncoderCount: 0,
+            sharedJpegCount: 0,
+            sharedOfaCount: 0,
+            gpuInstanceSliceCount: profile.slices,
+            computeInstanceSliceCount: ci,
+            memorySizeMB: dev.memory_mib as c_ulonglong,
+        };
+        // SAFETY: NVML contract: `attributes` is null or writable.
+        unsafe { put(attributes, value) }
+    })
+}
+
+// ---- Events ----
+
+/// One event set: registered GPUs (list positions) and event lines consumed.
+#[derive(Default)]
+struct EventSet {
+    gpus: Vec<usize>,
+    consumed: usize,
+}
+
+static EVENT_SETS: Mutex<Vec<Option<EventSet>>> = Mutex::new(Vec::new());
+const EVENT_SET_BASE: usize = 0x3000_0000;
+
+fn event_sets() -> MutexGuard<'static, Vec<Option<EventSet>>> {
+    EVENT_SETS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn event_set_index(set: nvmlEventSet_t) -> Result<usize, nvmlReturn_t> {
+    set.addr()
+        .checked_sub(EVENT_SET_BASE)
+        .ok_or(INVALID_ARGUMENT)
+}
+
+/// An event line resolved against the inventory: (GPU position, xid, gi, ci).
+fn parse_event(s: &State, line: &str) -> Option<(usize, u64, u32, u32)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (uuid, xid) = (fields.first()?, fields.get(1)?.parse().ok()?);
+    let explicit = match (fields.get(2), fields.get(3)) {
+        (Some(gi), Some(ci)) => Some((gi.parse().ok()?, ci.parse().ok()?)),
+        _ => None,
+    };
+    for (i, gpu) in s.inventory.gpus.iter().enumerate() {
+        if gpu.uuid == *uuid {
+            let (gi, ci) = explicit.unwrap_or((u32::MAX, u32::MAX));
+            return Some((i, xid, gi, ci));
+        }
+        if let Some(dev) = gpu.mig_devices.iter().find(|d| d.uuid == *uuid) {
+            let (gi, ci) = explicit.unwrap_or((dev.gpu_instance_id, dev.compute_instance_id));
+            return Some((i, xid, gi, ci));
+        }
+    }
+    None
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
+    call("nvmlEventSetCreate", |_| {
+        let mut sets = event_sets();
+        sets.push(Some(EventSet::default()));
+        let handle =
+            std::ptr::without_provenance_mut::<nvmlEventSet_st>(EVENT_SET_BASE + sets.len() - 1);
+        // SAFETY: NVML contract: `set` is null or writable.
+        unsafe { put(set, handle) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
+    call("nvmlEventSetFree", |_| {
+        let index = event_set_index(set)?;
+        let mut sets = event_sets();
+        let slot = sets.get_mut(index).ok_or(INVALID_ARGUMENT)?;
+        slot.take().ok_or(INVALID_ARGUMENT)?;
+        Ok(())
+    })
+}
+
+const SUPPORTED_EVENTS: c_ulonglong = (nvmlEventTypeXidCriticalError
+    | nvmlEventTypeSingleBitEccError
+    | nvmlEventTypeDoubleBitEccError) as c_ulonglong;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    device: nvmlDevice_t,
+    event_types: *mut c_ulonglong,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetSupportedEventTypes", |s| {
+        gpu_of(s, device)?;
+        // SAFETY: NVML contract: `event_types` is null or writable.
+        unsafe { put(event_types, SUPPORTED_EVENTS) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlDeviceRegisterEvents(
+    device: nvmlDevice_t,
+    event_types: c_ulonglong,
+    set: nvmlEventSet_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceRegisterEvents", |s| {
+        let (gpu, _) = gpu_of(s, device)?;
+        if event_types & !SUPPORTED_EVENTS != 0 {
+            return Err(NOT_SUPPORTED);
+        }
+        let index = event_set_index(set)?;
+        let mut sets = event_sets();
+        let entry = sets
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or(INVALID_ARGUMENT)?;
+        if !entry.gpus.contains(&gpu) {
+            entry.gpus.push(gpu);
+        }
+        Ok(())
+    })
+}
+
+/// The next unconsumed event of a set, consuming the lines read.
+fn next_event(s: &State, index: usize) -> Result<Option<(usize, u64, u32, u32)>, nvmlReturn_t> {
+    let Ok(path) = std::env::var("FAKE_NVML_EVENTS") else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut sets = event_sets();
+    let entry = sets
+        .get_mut(index)
+        .and_then(Option::as_mut)
+        .ok_or(INVALID_ARGUMENT)?;
+    // Only complete lines count: a writer may be mid-line.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    for line in complete.lines().skip(entry.consumed) {
+        entry.consumed += 1;
+        if let Some(event) = parse_event(s, line)
+            && entry.gpus.contains(&event.0)
+        {
+            return Ok(Some(event));
+        }
+    }
+    Ok(None)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    set: nvmlEventSet_t,
+    data: *mut nvmlEventData_t,
+    timeout_ms: c_uint,
+) -> nvmlReturn_t {
+    let index = match event_set_index(set) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+    loop {
+        // The state lock is released between polls, so other threads' calls proceed.
+        let mut found = None;
+        let code = call("nvmlEventSetWait_v2", |s| {
+            found = next_event(s, index)?;
+            Ok(())
+        });
+        if code != SUCCESS {
+            return code;
+        }
+        if let Some((gpu, xid, gi, ci)) = found {
+            let event = nvmlEventData_t {
+                device: device_handle(gpu, 0),
+                eventType: c_ulonglong::from(nvmlEventTypeXidCriticalError),
+                eventData: xid,
+                gpuInstanceId: gi,
+                computeInstanceId: ci,
+            };
+            // SAFETY: NVML contract: `data` is null or writable.
+            return match unsafe { put(data, event) } {
+                Ok(()) => SUCCESS,
+                Err(code) => code,
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return TIMEOUT;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
