@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::BuildHasherDefault;
+use rustc_hash::FxHashMap;
 
 use crate::config::{
     Config, DeviceRef, DeviceSelection, MigStrategy, ReplicatedResources, ResourceName,
@@ -35,38 +35,13 @@ pub struct Resource {
     pub sharing: Option<SharingInfo>,
     /// Advertised id → position in `devices`: every Allocate and preferred
     /// allocation looks ids up here, so it uses a cheap hash (ids are not
-    /// attacker-chosen: the kubelet only sends ids we advertised).
-    index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
+    /// attacker-chosen: the kubelet only sends ids we advertised): rustc's
+    /// Fx hash, far cheaper than SipHash for 40-odd-byte ids.
+    index: FxHashMap<String, usize>,
     /// Devices per physical GPU (by GPU index), for placement.
     per_gpu: HashMap<u32, usize>,
     /// One past the highest GPU index behind this resource.
     gpu_slots: usize,
-}
-
-/// The Firefox/rustc hash: a multiply and a rotate per word, far cheaper
-/// than SipHash for the 40-odd-byte device ids looked up on the admission path.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.hash = (self.hash.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-        }
-        for &byte in chunks.remainder() {
-            self.hash = (self.hash.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
 }
 
 /// How a shared resource was built.

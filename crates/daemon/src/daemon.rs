@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::{DirEvent, register, socket_identity, watch_dir};
 use crate::metrics::{Metrics, XidLabel};
@@ -148,20 +149,22 @@ struct Daemon {
     /// Register calls run here, off the event loop: a kubelet may take up to
     /// its 10 s dial timeout to answer, and nothing else should wait on that.
     registrations: JoinSet<Registered>,
-    retry_delay: Duration,
+    /// Registration retries.
+    registration_backoff: Backoff,
     metrics: Metrics,
     events: mpsc::UnboundedSender<PluginEvent>,
-    /// When to retry device discovery, and the delay after that.
-    discovery: Option<(Instant, Duration)>,
+    /// When to retry device discovery (`None`: it succeeded).
+    discovery: Option<Instant>,
+    discovery_backoff: Backoff,
     health: HealthState,
     policy: HealthPolicy,
 }
 
-const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(1);
-const MAX_DISCOVERY_RETRY: Duration = Duration::from_secs(300);
-
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(10);
+/// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
+const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// Register retries: 100 ms doubling to 10 s.
+const REGISTRATION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// How long a resource may have no ListAndWatch stream before we re-register.
 /// Long enough for a kubelet restart's own signals to arrive first.
 const STREAM_GRACE: Duration = Duration::from_secs(2);
@@ -202,10 +205,11 @@ pub async fn run(
         registered_with: None,
         registering_with: None,
         registrations: JoinSet::new(),
-        retry_delay: FIRST_RETRY,
+        registration_backoff: REGISTRATION_BACKOFF,
         metrics,
         events: plugin_tx,
         discovery: None,
+        discovery_backoff: DISCOVERY_BACKOFF,
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
@@ -218,7 +222,7 @@ pub async fn run(
     loop {
         let retry = daemon.retry_pending();
         let lost = daemon.next_stream_deadline();
-        let rediscover = daemon.discovery.map(|(at, _)| at);
+        let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
         tokio::select! {
             Some(event) = xids.recv() => daemon.on_xid(event),
@@ -231,6 +235,7 @@ pub async fn run(
                 match load(&source).await {
                     Ok(setup) => {
                         daemon.discovery = None;
+                        daemon.discovery_backoff.reset();
                         daemon.apply(&setup)?;
                         daemon.metrics.count_reload(true);
                     }
@@ -246,6 +251,7 @@ pub async fn run(
                     Ok(setup) => {
                         tracing::info!("device discovery succeeded");
                         daemon.discovery = None;
+                        daemon.discovery_backoff.reset();
                         daemon.apply(&setup)?;
                     }
                     Err(e) => {
@@ -540,12 +546,9 @@ impl Daemon {
 
     /// Arms (or backs off) the next discovery attempt.
     fn schedule_discovery(&mut self) {
-        let delay = match self.discovery {
-            None => FIRST_DISCOVERY_RETRY,
-            Some((_, last)) => (last * 2).min(MAX_DISCOVERY_RETRY),
-        };
+        let delay = self.discovery_backoff.next_delay();
         tracing::info!("retrying device discovery in {delay:?}");
-        self.discovery = Some((Instant::now() + delay, delay));
+        self.discovery = Some(Instant::now() + delay);
         self.update_readiness();
     }
 
@@ -587,7 +590,7 @@ impl Daemon {
                 }
             }
         }
-        self.retry_delay = FIRST_RETRY;
+        self.registration_backoff.reset();
         self.register_pending().await;
     }
 
@@ -655,7 +658,7 @@ impl Daemon {
             plugin.unregister();
             plugin.stream_lost_at = None;
         }
-        self.retry_delay = FIRST_RETRY;
+        self.registration_backoff.reset();
         self.update_readiness();
     }
 
@@ -672,7 +675,7 @@ impl Daemon {
             plugin.server = Some(server);
             plugin.unregister();
         }
-        self.retry_delay = FIRST_RETRY;
+        self.registration_backoff.reset();
         self.update_readiness();
         Ok(())
     }
@@ -747,7 +750,7 @@ impl Daemon {
             Err(e) => {
                 self.metrics.count_registration(done.name.as_str(), false);
                 tracing::warn!("Could not register device plugin: {e}");
-                self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
+                self.registration_backoff.grow();
             }
         }
         self.update_readiness();
@@ -761,7 +764,7 @@ impl Daemon {
             .plugins
             .values()
             .any(|p| p.needs_registration && !p.in_flight);
-        (pending && exists(kubelet)).then_some(self.retry_delay)
+        (pending && exists(kubelet)).then_some(self.registration_backoff.current())
     }
 
     async fn stop_all(&mut self) {

@@ -17,6 +17,7 @@
 //! | [`args`], [`process`] | the command line, logging and the runtime |
 
 pub mod args;
+pub mod backoff;
 pub mod config_file;
 pub mod daemon;
 pub mod files;

@@ -1,9 +1,11 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! The endpoint is off unless an address is given (`--metrics-address`), and
-//! the deployment binds it to localhost by default. It is a deliberately
-//! tiny HTTP/1.1 responder: three GET routes, one response per connection,
-//! so the daemon carries no web framework.
+//! the deployment binds it to localhost by default. hyper's HTTP/1.1 server
+//! (already linked through tonic) answers three GET routes, one request per
+//! connection, with a header-read timeout, a connection cap and a per
+//! connection deadline, so no HTTP client can hold resources the kubelet
+//! side needs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +15,20 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,8 +158,21 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `address` until `stop`.
-/// Returns the bound address (useful with port 0).
+/// At most this many HTTP connections at once; more are closed at accept.
+/// A scraper and a probe or two need a handful: the cap keeps a flood of
+/// idle clients from taking the process's file descriptors, which the
+/// kubelet side needs.
+pub const MAX_HTTP_CONNECTIONS: usize = 32;
+/// A client must send its whole request head within this time.
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, whatever it is doing.
+pub const HTTP_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Accept errors (file descriptors exhausted) back off instead of spinning.
+const ACCEPT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `address` until `stop`,
+/// with hyper's HTTP/1.1 server (one request per connection). Returns the
+/// bound address (useful with port 0).
 pub async fn serve(
     address: SocketAddr,
     metrics: Metrics,
@@ -154,51 +181,73 @@ pub async fn serve(
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     let registry = Arc::new(metrics.registry());
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF;
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
-            let Ok((stream, _)) = accepted else {
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("metrics endpoint: accept failed: {e}; pausing {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            // Over the cap: the connection is dropped (closed) at once.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue;
             };
             let registry = registry.clone();
             let metrics = metrics.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                let _ = respond(stream, &registry, &metrics).await;
+                let _slot = slot;
+                let service = service_fn(move |request| {
+                    let response = respond(&request, &registry, &metrics);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(HTTP_CONNECTION_TIMEOUT) => {}
+                    _ = connection => {}
+                }
             });
         }
     });
     Ok(bound)
 }
 
-async fn respond(
-    mut stream: tokio::net::TcpStream,
+fn respond(
+    request: &hyper::Request<Incoming>,
     registry: &Registry,
     metrics: &Metrics,
-) -> std::io::Result<()> {
-    // Read the whole request head: a client may send it in several pieces.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request = String::from_utf8_lossy(&buf);
-    let mut words = request.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = route(method, path, registry, metrics);
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+) -> hyper::Response<Full<Bytes>> {
+    let (status, content_type, body) = route(
+        request.method().as_str(),
+        request.uri().path(),
+        registry,
+        metrics,
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 fn route(
@@ -206,36 +255,36 @@ fn route(
     path: &str,
     registry: &Registry,
     metrics: &Metrics,
-) -> (&'static str, &'static str, String) {
+) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" {
-        return ("405 Method Not Allowed", TEXT, "only GET\n".into());
+        return (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into());
     }
     match path.split('?').next().unwrap_or("") {
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
                 Ok(()) => (
-                    "200 OK",
+                    StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     body,
                 ),
                 Err(_) => (
-                    "500 Internal Server Error",
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT,
                     "encoding failed\n".into(),
                 ),
             }
         }
-        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
-        "/readyz" if metrics.is_ready() => ("200 OK", TEXT, "ready\n".into()),
+        "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" if metrics.is_ready() => (StatusCode::OK, TEXT, "ready\n".into()),
         "/readyz" => (
-            "503 Service Unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
             "not ready: not every resource is registered with the kubelet\n".into(),
         ),
         _ => (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             TEXT,
             "try /metrics, /healthz or /readyz\n".into(),
         ),

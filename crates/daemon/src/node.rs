@@ -41,6 +41,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// NVIDIA's label for the per-node config name.
 pub const CONFIG_LABEL: &str = "nvidia.com/device-plugin.config";
 /// NVIDIA's `named` fallback: the key used when no label and no
@@ -302,21 +304,20 @@ pub async fn client(api_url: Option<&str>) -> Result<kube::Client, ClientError> 
 }
 
 /// Back-off between failed API calls: 1 s doubling to 60 s.
-struct Backoff(Duration);
+fn api_backoff() -> ApiBackoff {
+    ApiBackoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(60)))
+}
 
-impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(60);
-    fn new() -> Self {
-        Backoff(Self::FIRST)
-    }
+/// [`Backoff`] with a shutdown-aware wait.
+struct ApiBackoff(Backoff);
+
+impl ApiBackoff {
     fn reset(&mut self) {
-        self.0 = Self::FIRST;
+        self.0.reset();
     }
     /// Sleeps; false when shut down meanwhile.
     async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
+        let delay = self.0.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
@@ -352,7 +353,7 @@ pub async fn watch_node_label(
     shutdown: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client);
-    let mut backoff = Backoff::new();
+    let mut backoff = api_backoff();
     let mut first = true;
     let publish = |value: Option<String>, first: &mut bool| {
         if std::mem::take(first) {
@@ -531,7 +532,7 @@ pub async fn remove_taint_when_ready(
         _ = shutdown.cancelled() => return,
         ready = ready.wait_for(|ready| *ready) => if ready.is_err() { return },
     }
-    let mut backoff = Backoff::new();
+    let mut backoff = api_backoff();
     loop {
         match remove_taint(&client, &node_name, &taint_key).await {
             Ok(true) => return,

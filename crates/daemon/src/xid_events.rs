@@ -17,6 +17,7 @@ use nvml_wrapper_sys::bindings::{
 };
 use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::nvml::{NvmlOptions, nvml};
 use gpu_slicer_core::health::XidEvent;
 
@@ -37,16 +38,14 @@ pub fn spawn_xid_watcher(
             let Ok(options) = discovered_with.recv() else {
                 return;
             };
-            let mut backoff = Duration::from_secs(1);
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
             while !events.is_closed() {
                 match watch(&options, &events) {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!(
-                            "Failed to start health check: {e}; retrying in {backoff:?}"
-                        );
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        let delay = backoff.next_delay();
+                        tracing::warn!("Failed to start health check: {e}; retrying in {delay:?}");
+                        std::thread::sleep(delay);
                     }
                 }
             }

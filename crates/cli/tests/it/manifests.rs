@@ -603,12 +603,13 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
 }
 
 #[test]
-fn dockerfile_installs_both_names() {
+fn dockerfile_installs_the_daemon_under_both_names() {
     let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
     for needle in [
-        "cargo build --release --locked",
-        "/usr/bin/gpu-slicer",
+        "cargo build --release --locked -p gpu-slicer-daemon",
+        "/usr/bin/gpu-slicer-daemon",
         "/usr/bin/nvidia-device-plugin",
+        "ENTRYPOINT [\"/usr/bin/gpu-slicer-daemon\"]",
         "NVIDIA_VISIBLE_DEVICES=all",
         "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
         "ENTRYPOINT",
