@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{DeviceIdStrategy, DeviceListStrategy, Flags};
+use crate::device_nodes;
+pub use crate::device_nodes::NodeDeviceFiles;
 use crate::plan::{Physical, Resource};
 
 /// What one container receives: the core's own copy of the kubelet's
@@ -53,68 +55,6 @@ pub enum AllocateError {
         "invalid allocation request for \"{resource}\": invalid request: maximum request size for shared resources is 1; found {count}"
     )]
     TooManySharedDevices { resource: String, count: usize },
-}
-
-/// Device nodes of this node that are not tied to one GPU: control nodes
-/// found under the dev root, and the MIG capability minors.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeDeviceFiles {
-    /// Present control nodes, e.g. `/dev/nvidiactl`, `/dev/nvidia-uvm`.
-    pub control: Vec<String>,
-    /// `(gpu minor, GI id, CI id)` → (GI capability minor, CI capability minor).
-    pub mig_caps: HashMap<(u32, u32, u32), (u32, u32)>,
-}
-
-impl NodeDeviceFiles {
-    /// Parses `/proc/driver/nvidia-caps/mig-minors` (`gpu0/gi1/ci0/access 14`).
-    pub fn parse_mig_minors(text: &str) -> HashMap<(u32, u32, u32), (u32, u32)> {
-        let mut gi_minor: HashMap<(u32, u32), u32> = HashMap::new();
-        let mut ci_minor: Vec<((u32, u32, u32), u32)> = Vec::new();
-        for line in text.lines() {
-            let Some((cap, minor)) = line.trim().split_once(' ') else {
-                continue;
-            };
-            let Ok(minor) = minor.trim().parse::<u32>() else {
-                continue;
-            };
-            let parts: Vec<&str> = cap.split('/').collect();
-            let number = |s: &str, prefix: &str| s.strip_prefix(prefix)?.parse::<u32>().ok();
-            match parts.as_slice() {
-                [gpu, gi, "access"] => {
-                    if let (Some(g), Some(i)) = (number(gpu, "gpu"), number(gi, "gi")) {
-                        gi_minor.insert((g, i), minor);
-                    }
-                }
-                [gpu, gi, ci, "access"] => {
-                    if let (Some(g), Some(i), Some(c)) =
-                        (number(gpu, "gpu"), number(gi, "gi"), number(ci, "ci"))
-                    {
-                        ci_minor.push(((g, i, c), minor));
-                    }
-                }
-                _ => {}
-            }
-        }
-        ci_minor
-            .into_iter()
-            .filter_map(|((g, i, c), ci)| gi_minor.get(&(g, i)).map(|&gi| ((g, i, c), (gi, ci))))
-            .collect()
-    }
-
-    /// The driver's pre-assigned minors (GI = 3 + 135·G + 9·I, CI = GI + 1 + C),
-    /// for simulated nodes where no `mig-minors` file exists.
-    pub fn synthetic_mig_minors(gpus: u32) -> HashMap<(u32, u32, u32), (u32, u32)> {
-        let mut map = HashMap::new();
-        for g in 0..gpus {
-            for i in 0..15 {
-                let gi = 3 + 135 * g + 9 * i;
-                for c in 0..8 {
-                    map.insert((g, i, c), (gi, gi + 1 + c));
-                }
-            }
-        }
-        map
-    }
 }
 
 /// Builds the response for one container request.
@@ -242,32 +182,19 @@ fn device_specs(
 ) -> Vec<DeviceSpec> {
     let mut paths: Vec<String> = files.control.clone();
     for p in physical {
-        paths.push(format!("/dev/nvidia{}", p.gpu_minor));
-        if let Some(mig) = p.mig
-            && let Some((gi, ci)) =
-                files
-                    .mig_caps
-                    .get(&(p.gpu_minor, mig.gpu_instance, mig.compute_instance))
-        {
-            paths.push(format!("/dev/nvidia-caps/nvidia-cap{gi}"));
-            paths.push(format!("/dev/nvidia-caps/nvidia-cap{ci}"));
-        }
+        let mig = p.mig.map(|m| (m.gpu_instance, m.compute_instance));
+        paths.extend(files.nodes_of(p.gpu_minor, mig));
     }
     let mut seen = BTreeMap::new();
     paths.retain(|p| seen.insert(p.clone(), ()).is_none());
     paths
         .into_iter()
         .map(|path| DeviceSpec {
-            host_path: join_root(dev_root, &path),
+            host_path: device_nodes::host_path(dev_root, &path),
             container_path: path,
             permissions: "rw".into(),
         })
         .collect()
-}
-
-fn join_root(root: &str, path: &str) -> String {
-    let root = root.trim_end_matches('/');
-    format!("{root}{path}")
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 
 use serde_json::{Value, json};
 
-use crate::allocate::NodeDeviceFiles;
+use crate::device_nodes::{self, NodeDeviceFiles};
 use crate::gpu::Inventory;
 
 pub const KIND: &str = "k8s.device-plugin.nvidia.com/gpu";
@@ -25,7 +25,7 @@ pub const SPEC_FILE: &str = "k8s.device-plugin.nvidia.com-gpu.json";
 fn node(container_path: &str, dev_root: &str) -> Value {
     json!({
         "path": container_path,
-        "hostPath": format!("{}{container_path}", dev_root.trim_end_matches('/')),
+        "hostPath": device_nodes::host_path(dev_root, container_path),
         "permissions": "rw",
     })
 }
@@ -42,21 +42,15 @@ pub fn spec(inventory: &Inventory, files: &NodeDeviceFiles, dev_root: &str) -> V
         }
     };
     for gpu in &inventory.gpus {
-        let parent = format!("/dev/nvidia{}", gpu.minor);
         push(
             [gpu.uuid.clone(), gpu.index.to_string()],
-            vec![parent.clone()],
+            files.nodes_of(gpu.minor, None),
         );
         for mig in &gpu.mig_devices {
-            let mut nodes = vec![parent.clone()];
-            if let Some((gi, ci)) =
-                files
-                    .mig_caps
-                    .get(&(gpu.minor, mig.gpu_instance_id, mig.compute_instance_id))
-            {
-                nodes.push(format!("/dev/nvidia-caps/nvidia-cap{gi}"));
-                nodes.push(format!("/dev/nvidia-caps/nvidia-cap{ci}"));
-            }
+            let nodes = files.nodes_of(
+                gpu.minor,
+                Some((mig.gpu_instance_id, mig.compute_instance_id)),
+            );
             push(
                 [mig.uuid.clone(), format!("{}:{}", gpu.index, mig.index)],
                 nodes,

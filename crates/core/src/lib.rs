@@ -15,10 +15,12 @@
 //! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
+//! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
 
 pub mod allocate;
 pub mod cdi;
 pub mod config;
+pub mod device_nodes;
 pub mod gpu;
 pub mod health;
 pub mod labels;

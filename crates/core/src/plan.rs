@@ -7,9 +7,9 @@
 //! layouts under `single`, a MIG-enabled GPU without instances), the planner
 //! advertises what is consistent and reports the rest as [`Diagnostic`]s.
 
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use rustc_hash::FxHashMap;
 
 use crate::config::{
     Config, DeviceRef, DeviceSelection, MigStrategy, ReplicatedResources, ResourceName,

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use gpu_slicer_core::config::ConfigFlags;
 
+use std::time::Duration;
+
+use crate::daemon::Timings;
 use crate::run::{NodeOptions, RunOptions};
 
 /// Options of `run` (and of the daemon binary, which needs no subcommand).
@@ -88,6 +91,24 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9401); off when unset.
     #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Milliseconds a resource may go without a ListAndWatch stream before it
+    /// registers again (tests shorten it).
+    #[arg(
+        long,
+        env = "GPU_SLICER_STREAM_GRACE_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub stream_grace_ms: Option<u64>,
+    /// Milliseconds watched config files must stay quiet before they are read
+    /// (tests shorten it).
+    #[arg(
+        long,
+        env = "GPU_SLICER_CONFIG_SETTLE_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub config_settle_ms: Option<u64>,
     #[command(flatten)]
     pub flags: ConfigFlags,
 }
@@ -95,7 +116,13 @@ pub struct RunArgs {
 impl RunArgs {
     /// The options the daemon runs with.
     pub fn into_options(self) -> RunOptions {
+        let defaults = Timings::default();
+        let millis = |ms: Option<u64>, default| ms.map_or(default, Duration::from_millis);
         RunOptions {
+            timings: Timings {
+                stream_grace: millis(self.stream_grace_ms, defaults.stream_grace),
+                config_settle: millis(self.config_settle_ms, defaults.config_settle),
+            },
             config_file: self.config_file,
             kubelet_socket: self.kubelet_socket.map(PathBuf::from),
             device_plugin_path: self.device_plugin_path,

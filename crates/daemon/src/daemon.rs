@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
-use crate::kubelet::{DirEvent, register, socket_identity, watch_dir};
+use crate::kubelet::{register, socket_identity};
 use crate::metrics::{Metrics, XidLabel};
 use crate::plugin::{
     PluginEvent, PluginService, ResourceHandle, ResourceState, RunningServer, serve,
 };
+use crate::watch::{DirEvent, watch_dir};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
@@ -68,6 +69,30 @@ pub struct Paths {
     pub cdi_spec_dir: Option<PathBuf>,
     /// NVIDIA's `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS`.
     pub health_env: HealthEnv,
+    /// Life-cycle waits (tests shorten them).
+    pub timings: Timings,
+}
+
+/// The life-cycle waits, injectable so tests need not sit them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How long a resource may have no ListAndWatch stream before it is
+    /// registered again: long enough for a kubelet restart's own signs
+    /// (socket created, sockets deleted) to arrive first.
+    pub stream_grace: Duration,
+    /// How long watched config files must stay quiet before they are read:
+    /// a writer that is not atomic (an editor, `cp`) produces several events
+    /// and, in between, a truncated file that must not be applied.
+    pub config_settle: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            stream_grace: Duration::from_secs(2),
+            config_settle: Duration::from_millis(150),
+        }
+    }
 }
 
 /// Raw values of NVIDIA's health-check environment variables.
@@ -165,9 +190,6 @@ const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration
 /// Register retries: 100 ms doubling to 10 s.
 const REGISTRATION_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-/// How long a resource may have no ListAndWatch stream before we re-register.
-/// Long enough for a kubelet restart's own signals to arrive first.
-const STREAM_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT in `main`). `reload`
 /// fires a configuration reload (SIGHUP in `main`).
@@ -564,7 +586,8 @@ impl Daemon {
                 if let Some(plugin) = self.plugins.get_mut(&name) {
                     plugin.streams = plugin.streams.saturating_sub(1);
                     if plugin.streams == 0 && !plugin.needs_registration {
-                        plugin.stream_lost_at = Some(Instant::now() + STREAM_GRACE);
+                        plugin.stream_lost_at =
+                            Some(Instant::now() + self.paths.timings.stream_grace);
                     }
                 }
             }
@@ -643,7 +666,7 @@ impl Daemon {
                     self.restart_server(&name).await?;
                 }
             }
-            DirEvent::Created(_) => {}
+            DirEvent::Created(_) | DirEvent::Changed(_) => {}
             DirEvent::Error(e) => {
                 tracing::warn!("inotify: {e}; re-registering every resource");
                 self.mark_all_unregistered();

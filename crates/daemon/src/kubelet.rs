@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::plugin::options;
@@ -72,51 +71,4 @@ pub async fn register(
 /// which tells a kubelet restart apart from a late first CREATE event.
 pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// What happened in the device-plugin directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DirEvent {
-    Created(PathBuf),
-    Removed(PathBuf),
-    /// The watch itself failed; the daemon re-checks everything.
-    Error(String),
-}
-
-/// Watches `dir` (not recursively) and forwards creations and removals.
-/// The returned watcher must be kept alive for events to flow.
-pub fn watch_dir(
-    dir: &Path,
-) -> notify::Result<(
-    notify::RecommendedWatcher,
-    mpsc::UnboundedReceiver<DirEvent>,
-)> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let events: Vec<DirEvent> = match res {
-            Ok(event) => match event.kind {
-                EventKind::Create(_) => event.paths.into_iter().map(DirEvent::Created).collect(),
-                EventKind::Remove(_) => event.paths.into_iter().map(DirEvent::Removed).collect(),
-                // A socket moved away or in counts as removed / created.
-                EventKind::Modify(notify::event::ModifyKind::Name(mode)) => {
-                    use notify::event::RenameMode;
-                    match mode {
-                        RenameMode::From => {
-                            event.paths.into_iter().map(DirEvent::Removed).collect()
-                        }
-                        RenameMode::To => event.paths.into_iter().map(DirEvent::Created).collect(),
-                        _ => Vec::new(),
-                    }
-                }
-                _ => Vec::new(),
-            },
-            Err(e) => vec![DirEvent::Error(e.to_string())],
-        };
-        for event in events {
-            let _ = tx.send(event);
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok((watcher, rx))
 }

@@ -13,6 +13,7 @@
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
 //! | [`node`] | per-node config by node label, start-up taint (Kubernetes API) |
 //! | [`reload`] | signals and config-file changes |
+//! | [`watch`] | the one directory watcher (device-plugin and config directories) |
 //! | [`config_file`], [`simulate`], [`files`] | reading the config and topology files, writing files atomically |
 //! | [`args`], [`process`] | the command line, logging and the runtime |
 
@@ -30,5 +31,6 @@ pub mod process;
 pub mod reload;
 pub mod run;
 pub mod simulate;
+pub mod watch;
 pub mod wire;
 pub mod xid_events;

@@ -305,7 +305,10 @@ pub async fn client(api_url: Option<&str>) -> Result<kube::Client, ClientError> 
 
 /// Back-off between failed API calls: 1 s doubling to 60 s.
 fn api_backoff() -> ApiBackoff {
-    ApiBackoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(60)))
+    ApiBackoff(Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    ))
 }
 
 /// [`Backoff`] with a shutdown-aware wait.

@@ -7,6 +7,7 @@
 //! several events).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -42,43 +43,29 @@ pub fn handle_signals(
     Ok(())
 }
 
-/// How long the watched files must stay quiet before they are read: a
-/// writer that is not atomic (an editor, `cp`) produces several events and,
-/// in between, a truncated file that must not be applied.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
-
-/// Watches `dir`; after each burst of events has settled, reads `state` and
+/// Watches `dir`; after each burst of events has settled (no event for
+/// `settle`, see [`crate::daemon::Timings`]), reads `state` and
 /// asks for a reload when it differs from the last one seen. Must be called
 /// inside the tokio runtime. The returned watcher must be kept alive.
 fn watch_settled<S, F>(
     dir: &Path,
     state: F,
     what: String,
+    settle: Duration,
     reload: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher>
 where
     S: PartialEq + Send + 'static,
     F: Fn() -> S + Send + 'static,
 {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files below raises access events of its own: reacting
-        // to those would keep the watcher busy forever.
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-        {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let (watcher, mut rx) = crate::watch::watch_dir(dir)?;
     let mut last = state();
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Wait until no event has come for SETTLE.
+            // Wait until no event has come for `settle`.
             loop {
-                match tokio::time::timeout(SETTLE, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                match tokio::time::timeout(settle, rx.recv()).await {
+                    Ok(Some(_)) => continue,
                     Ok(None) => return,
                     Err(_) => break,
                 }
@@ -98,6 +85,7 @@ where
 /// directory is watched, so a ConfigMap's symlink swap is seen.
 pub fn watch_config_file(
     file: &Path,
+    settle: Duration,
     reload: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let dir = file
@@ -107,7 +95,13 @@ pub fn watch_config_file(
         .to_path_buf();
     let path: PathBuf = file.to_path_buf();
     let what = path.display().to_string();
-    watch_settled(&dir, move || std::fs::read(&path).ok(), what, reload)
+    watch_settled(
+        &dir,
+        move || std::fs::read(&path).ok(),
+        what,
+        settle,
+        reload,
+    )
 }
 
 /// Watches a directory of named configs (a mounted ConfigMap, see
@@ -116,11 +110,12 @@ pub fn watch_config_file(
 /// what it says. The returned watcher must be kept alive.
 pub fn watch_config_dir(
     dir: &Path,
+    settle: Duration,
     reload: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let dir_path = dir.to_path_buf();
     let what = dir_path.display().to_string();
-    watch_settled(dir, move || snapshot(&dir_path), what, reload)
+    watch_settled(dir, move || snapshot(&dir_path), what, settle, reload)
 }
 
 /// Every config's name and content (unreadable ones as `None`).

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::config_file::config_for_layout;
-use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource};
+use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource, Timings};
 use crate::metrics::{self, Metrics};
 use crate::node::{self, LabelSelectedConfig};
 use crate::nvml::{self, NvmlOptions};
@@ -16,6 +16,8 @@ use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ConfigFlags};
 
 pub struct RunOptions {
+    /// Life-cycle waits (defaults, or shortened by tests).
+    pub timings: Timings,
     pub config_file: Option<PathBuf>,
     pub kubelet_socket: Option<PathBuf>,
     pub device_plugin_path: PathBuf,
@@ -175,6 +177,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         feature_file: options.feature_file,
         cdi_spec_dir: options.cdi_spec_dir,
         health_env: HealthEnv::from_process(),
+        timings: options.timings,
     };
 
     let shutdown = CancellationToken::new();
@@ -206,16 +209,21 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         None => {
             let watch = match &options.config_file {
                 Some(file) => Some(
-                    reload::watch_config_file(file, reload_tx.clone())
-                        .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+                    reload::watch_config_file(
+                        file,
+                        options.timings.config_settle,
+                        reload_tx.clone(),
+                    )
+                    .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
                 ),
                 None => None,
             };
             (ConfigChoice::File(options.config_file), watch, None)
         }
         Some(dir) => {
-            let watch = reload::watch_config_dir(&dir, reload_tx.clone())
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            let watch =
+                reload::watch_config_dir(&dir, options.timings.config_settle, reload_tx.clone())
+                    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
             let (tx, rx) = tokio::sync::watch::channel(None);
             let selector = LabelSelectedConfig::new(
                 dir,

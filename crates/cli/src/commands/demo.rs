@@ -101,6 +101,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         feature_file: None,
         cdi_spec_dir: None,
         health_env: Default::default(),
+        timings: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);

@@ -257,7 +257,11 @@ async fn a_dropped_list_and_watch_stream_alone_leads_to_re_registration() {
     let dir = temp_dir();
     let config = write_config(dir.path(), MIXED);
     let kubelet = kubelet(dir.path()).await;
-    let _daemon = Daemon::start(dir.path(), &args(&p4d_balanced(&config)));
+    // The grace before re-registering is shortened: the test need not sit out 2 s.
+    let mut owned = p4d_balanced(&config);
+    owned.push("--stream-grace-ms=200".to_string());
+    let daemon_args = args(&owned);
+    let _daemon = Daemon::start(dir.path(), &daemon_args);
     let want = expect(&[
         ("nvidia.com/mig-1g.5gb", 16),
         ("nvidia.com/mig-2g.10gb", 8),
