@@ -1,8 +1,8 @@
 //! What a container receives for the devices the kubelet chose: a pure
 //! function from (resource, request, configuration) to the Allocate response,
-//! built in the order and with the wording of NVIDIA's plugin (see
-//! `nvidia-compatibility.md` §5), so that switching plugins changes nothing
-//! for workloads.
+//! built in the order and with the wording of NVIDIA's k8s-device-plugin
+//! v0.20 (its `internal/plugin/server.go` and `internal/rm`), so that
+//! switching plugins changes nothing for workloads.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -373,8 +373,8 @@ mod tests {
     }
 
     /// Every combination of the four device-list strategies × both id
-    /// strategies × the three kinds of device, against NVIDIA's table
-    /// (nvidia-compatibility.md §5.3), restated here rule by rule.
+    /// strategies × the three kinds of device, against what NVIDIA's plugin
+    /// v0.20 returns for each, restated here rule by rule.
     #[test]
     fn every_strategy_combination_for_every_kind_of_device() {
         use DeviceListStrategy::*;

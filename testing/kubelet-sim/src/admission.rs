@@ -1,5 +1,6 @@
 //! Pod admission: the resource-fit check and the device manager's per-container,
-//! per-resource device selection (§5.2), GetPreferredAllocation (§6) and Allocate (§5.3).
+//! per-resource device selection, GetPreferredAllocation and Allocate, in the
+//! kubelet device manager's order (`devicesToAllocate`, `allocateContainerResources`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -143,7 +144,7 @@ async fn admit_container(
     Ok(out)
 }
 
-/// Steps 1–8 of §5.2 under the state lock.
+/// The device manager's selection steps (reuse, must-include, preferred, fill), under the state lock.
 fn plan(
     shared: &Shared,
     pod: &Pod,
@@ -376,7 +377,7 @@ async fn call_allocate(
     }
 }
 
-/// PreStartContainer for every device-plugin resource of the container (§7).
+/// PreStartContainer for every device-plugin resource of the container.
 pub(crate) async fn start_container(
     shared: &Shared,
     pod_name: &str,

@@ -241,7 +241,7 @@ impl Kubelet {
     /// Drops the ListAndWatch stream of `resource` without a restart, as a
     /// kubelet does when it tears a client down (the 1.25–1.35 re-registration
     /// race, a connection error): the endpoint stops and every device turns
-    /// unhealthy (§4.3); only a new registration brings it back. Returns
+    /// unhealthy; only a new registration brings it back. Returns
     /// whether there was a stream to drop.
     pub fn drop_stream(&self, resource: &str) -> bool {
         let dropped = {

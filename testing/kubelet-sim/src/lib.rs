@@ -3,8 +3,9 @@
 //! [`Kubelet`] serves `v1beta1.Registration` on `<dir>/kubelet.sock`, dials registered
 //! plugins back, follows their `ListAndWatch` streams, computes node capacity/allocatable,
 //! admits pods (device selection, `GetPreferredAllocation`, `Allocate`) and simulates kubelet
-//! restarts. Behaviour and error strings follow `shared/reference/kubelet-device-plugin-api.md`
-//! (§2–§6, §12, §13).
+//! restarts. Behaviour and error strings follow the kubelet's device manager
+//! (`pkg/kubelet/cm/devicemanager` in Kubernetes 1.25–1.35): registration, endpoint
+//! life cycle, health, admission and restart clean-up.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -259,7 +259,7 @@ pub struct ContainerAllocation {
     pub init: bool,
     /// Device-plugin resources of the container.
     pub resources: BTreeMap<String, ResourceAllocation>,
-    /// What the runtime would get (§5.4 merge).
+    /// What the runtime would get (the kubelet merges every resource's responses).
     pub merged: MergedConfig,
 }
 

@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{CHECKPOINT_FILE, SimError};
 
-/// The kubelet's extended-resource-name rule (§2.1).
+/// The kubelet's extended-resource-name rule (`IsExtendedResourceName`).
 pub fn is_extended_resource_name(name: &str) -> bool {
     if !name.contains('/') || name.contains("kubernetes.io/") || name.starts_with("requests.") {
         return false;

@@ -1,9 +1,8 @@
 //! On-demand prices per instance type: a small built-in table, every price
 //! with its source and date, and a file format to replace it.
 //!
-//! The built-in figures are third-party quotes gathered for
-//! `shared/reference/mig-and-instances.md` §8 (no price is given in the
-//! Karpenter reference). AWS cut P4/P5 on-demand prices by up to 45 % in
+//! The built-in figures are third-party quotes (each entry names its source
+//! and date). AWS cut P4/P5 on-demand prices by up to 45 % in
 //! June 2025, so the p5.48xlarge figure (pre-cut) overstates today's price.
 //! Check the AWS pricing page and pass `--prices FILE` for real decisions.
 //!

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use gpu_slicer_core::gpu::{catalog, simulated};
 use serde_json::Value;
 
-/// Instance families whose GPUs have MIG (mig-and-instances.md §7).
+/// Instance families whose GPUs have MIG (A100, H100, H200, B200).
 const MIG_FAMILIES: [&str; 6] = ["p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"];
 
 fn root() -> PathBuf {

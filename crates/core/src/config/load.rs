@@ -1610,6 +1610,91 @@ imex:
         assert!(validate_cross(&c).is_ok());
     }
 
+    /// The key table ([`ROOT`]) is what the "unknown key" hints come from;
+    /// this checks it against the reader: every leaf the table declares is
+    /// really read and type-checked (a wrong type is refused at that key),
+    /// except the keys NVIDIA's plugin accepts and ignores, which must parse.
+    #[test]
+    fn every_declared_key_is_read_by_the_loader() {
+        const IGNORED: &[&str] = &[
+            "flags.gfd.oneshot",
+            "flags.gfd.noTimestamp",
+            "flags.gfd.sleepInterval",
+            "flags.gfd.outputFile",
+            "flags.gfd.machineTypeFile",
+        ];
+        /// YAML placing `value` at `path` (`a.b[].c`: lists get one item).
+        fn yaml_at(path: &[&str], value: &str) -> String {
+            let mut text = String::new();
+            for (depth, part) in path.iter().enumerate() {
+                let indent = "  ".repeat(depth);
+                let (key, list) = match part.strip_suffix("[]") {
+                    Some(key) => (key, true),
+                    None => (*part, false),
+                };
+                let last = depth + 1 == path.len();
+                let _ = std::fmt::Write::write_fmt(
+                    &mut text,
+                    format_args!(
+                        "{indent}{key}:{}{}\n",
+                        if last {
+                            format!(" {value}")
+                        } else {
+                            String::new()
+                        },
+                        if list {
+                            "\n".to_string() + &"  ".repeat(depth + 1) + "-"
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+            text
+        }
+        fn leaves(fields: &[Field], parent: &[String], out: &mut Vec<Vec<String>>) {
+            for f in fields {
+                let mut here = parent.to_vec();
+                match f.kind {
+                    Kind::Leaf => {
+                        here.push(f.key.to_string());
+                        out.push(here);
+                    }
+                    Kind::Map(children) => {
+                        here.push(f.key.to_string());
+                        leaves(children, &here, out);
+                    }
+                    Kind::List(children) => {
+                        here.push(format!("{}[]", f.key));
+                        leaves(children, &here, out);
+                    }
+                }
+            }
+        }
+        let mut all = Vec::new();
+        leaves(ROOT, &[], &mut all);
+        assert!(all.len() > 30, "{all:?}");
+        for path in all {
+            let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+            let dotted = parts.join(".").replace("[]", "");
+            // A mapping is the wrong type for every leaf.
+            let text = yaml_at(&parts, "{wrongType: {}}");
+            let result = parse(&text, "t.yaml");
+            if IGNORED.contains(&dotted.as_str()) {
+                assert!(result.is_ok(), "{dotted}: {result:?}\n{text}");
+                continue;
+            }
+            let error = match result {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{dotted} is declared but a wrong type passed:\n{text}"),
+            };
+            assert!(
+                !error.contains("unknown key"),
+                "{dotted} is declared but refused as unknown: {error}"
+            );
+        }
+    }
+
     #[test]
     fn generic_paths_drop_indices() {
         assert_eq!(generic_path("a.b[12].c[3]"), "a.b[].c[]");

@@ -1,9 +1,10 @@
 //! Built-in catalog: GPU models, MIG geometry, named layouts, cloud instances.
 //!
-//! Pure data and lookups, no I/O. Values come from
-//! `shared/reference/mig-and-instances.md`; the ones marked `DER` there (or here)
-//! are derived from the common slice structure and the naming rule, not read off
-//! real hardware. Production code discovers profiles through NVML; this catalog
+//! Pure data and lookups, no I/O. Each profile table says where its values
+//! come from: `HW`, read off real hardware through NVML; `DOC`, NVIDIA's MIG
+//! user guide (its per-GPU "supported profiles" tables); `DER`, derived from
+//! the common slice structure and NVIDIA's naming rule, not confirmed on
+//! hardware. Production code discovers profiles through NVML; this catalog
 //! feeds the simulated backend, tests and documentation.
 //!
 //! Placement model: every GPU instance occupies `placement_size` consecutive
@@ -131,7 +132,7 @@ const fn prof(
     }
 }
 
-/// A100-SXM4-40GB (§4.2, DOC). Memory: 4.75 / 9.62 / 19.62 / 39.25 GiB.
+/// A100-SXM4-40GB (DOC). Memory: 4.75 / 9.62 / 19.62 / 39.25 GiB.
 const A100_40GB_PROFILES: &[MigProfile] = &[
     prof("1g.5gb", 19, 7, 4864, 1, P1, 1, 14),
     prof("1g.5gb+me", 20, 1, 4864, 1, P1, 1, 14),
@@ -142,7 +143,7 @@ const A100_40GB_PROFILES: &[MigProfile] = &[
     prof("7g.40gb", 0, 1, 40192, 7, P0, 8, 98),
 ];
 
-/// A100-SXM4-80GB (§4.3, DOC). Memory: 9.50 / 19.50 / 39.25 / 79.00 GiB.
+/// A100-SXM4-80GB (DOC). Memory: 9.50 / 19.50 / 39.25 / 79.00 GiB.
 const A100_80GB_PROFILES: &[MigProfile] = &[
     prof("1g.10gb", 19, 7, 9728, 1, P1, 1, 14),
     prof("1g.10gb+me", 20, 1, 9728, 1, P1, 1, 14),
@@ -153,7 +154,7 @@ const A100_80GB_PROFILES: &[MigProfile] = &[
     prof("7g.80gb", 0, 1, 80896, 7, P0, 8, 98),
 ];
 
-/// A30-24GB (§4.4, DOC; IDs differ from A100). Memory: 5.81 / 11.69 / 23.44 GiB.
+/// A30-24GB (DOC; IDs differ from A100). Memory: 5.81 / 11.69 / 23.44 GiB.
 const A30_PROFILES: &[MigProfile] = &[
     prof("1g.6gb", 14, 4, 5952, 1, Q1, 1, 14),
     prof("1g.6gb+me", 21, 1, 5952, 1, Q1, 1, 14), // placements DER
@@ -162,7 +163,7 @@ const A30_PROFILES: &[MigProfile] = &[
     prof("4g.24gb", 0, 1, 24000, 4, P0, 4, 56),
 ];
 
-/// H100 80GB HBM3 (§4.1, HW). Memory: 9.75 / 19.62 / 39.50 / 79.25 GiB.
+/// H100 80GB HBM3 (HW). Memory: 9.75 / 19.62 / 39.50 / 79.25 GiB.
 const H100_80GB_PROFILES: &[MigProfile] = &[
     prof("1g.10gb", 19, 7, 9984, 1, P1, 1, 16),
     prof("1g.10gb+me", 20, 1, 9984, 1, P1, 1, 16),
@@ -173,7 +174,7 @@ const H100_80GB_PROFILES: &[MigProfile] = &[
     prof("7g.80gb", 0, 1, 81152, 7, P0, 8, 132),
 ];
 
-/// H100 NVL 94GB (§4.5, DOC for IDs, counts, placements, 4g/7g memory and SMs).
+/// H100 NVL 94GB (DOC for IDs, counts, placements, 4g/7g memory and SMs).
 /// DER: 1g/2g memory (11.5 / 23.0 GiB), 3g memory (as 4g), SMs other than 4g/7g (as H100 80GB).
 const H100_NVL_PROFILES: &[MigProfile] = &[
     prof("1g.12gb", 19, 7, 11776, 1, P1, 1, 16),
@@ -185,7 +186,7 @@ const H100_NVL_PROFILES: &[MigProfile] = &[
     prof("7g.94gb", 0, 1, 95355, 7, P0, 8, 132),
 ];
 
-/// H200 141GB (§4.6: names and counts DOC; IDs, placements DER as H100).
+/// H200 141GB (names and counts DOC; IDs, placements DER as H100).
 /// DER: memory 16.25 / 32.5 / 66.0 / 132.5 GiB; SMs as H100 80GB.
 const H200_PROFILES: &[MigProfile] = &[
     prof("1g.18gb", 19, 7, 16640, 1, P1, 1, 16),
@@ -197,7 +198,7 @@ const H200_PROFILES: &[MigProfile] = &[
     prof("7g.141gb", 0, 1, 135680, 7, P0, 8, 132),
 ];
 
-/// B200 180GB (§4.6: names and counts DOC, 1g 18 SMs DOC; IDs, placements DER as H100).
+/// B200 180GB (names and counts DOC, 1g 18 SMs DOC; IDs, placements DER as H100).
 /// DER: memory 21.5 / 43.0 / 87.0 / 174.0 GiB; SMs 18 per compute slice, 148 for 7g.
 const B200_PROFILES: &[MigProfile] = &[
     prof("1g.23gb", 19, 7, 22016, 1, P1, 1, 18),
@@ -386,10 +387,10 @@ pub fn mig_families() -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Profile naming rule (§3)
+// Profile naming rule
 
 /// NVIDIA's MIG profile name for a profile of `profile_memory_mib` on a GPU
-/// with `gpu_total_bytes` of memory (go-nvlib's rule, §3 of the reference):
+/// with `gpu_total_bytes` of memory (NVIDIA go-nvlib's rule):
 /// memory fraction rounded up to eighths, times the GPU's total in whole GB
 /// (rounded up), rounded half away from zero. `ci_slices < gi_slices` adds the
 /// `<C>c.` prefix; `suffix` (`+me`, `-me`, `+gfx`, ...) is appended verbatim.
