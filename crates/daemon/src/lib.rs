@@ -11,7 +11,8 @@
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`nvml`], [`xid_events`] | GPU discovery and health events through NVML |
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
-//! | [`node`] | per-node config by node label, start-up taint (Kubernetes API) |
+//! | [`node`] | per-node config by node label, start-up taint |
+//! | [`kube_api`] | the Kubernetes API client (get, watch, patch the Node) |
 //! | [`reload`] | signals and config-file changes |
 //! | [`watch`] | the one directory watcher (device-plugin and config directories) |
 //! | [`config_file`], [`simulate`], [`files`] | reading the config and topology files, writing files atomically |
@@ -22,6 +23,7 @@ pub mod backoff;
 pub mod config_file;
 pub mod daemon;
 pub mod files;
+pub mod kube_api;
 pub mod kubelet;
 pub mod metrics;
 pub mod node;

@@ -32,16 +32,14 @@
 //! only ever asks for its own (`fieldSelector=metadata.name=<node>`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::kube_api::{KubeClient, KubeError, Node, WatchEvent};
 
 /// NVIDIA's label for the per-node config name.
 pub const CONFIG_LABEL: &str = "nvidia.com/device-plugin.config";
@@ -274,33 +272,14 @@ impl LabelSelectedConfig {
 }
 
 /// Errors making a client.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid Kubernetes API URL {url}: {reason}")]
-    Url { url: String, reason: String },
-    #[error("cannot set up a Kubernetes client: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("cannot find Kubernetes credentials (in-cluster service account or kubeconfig): {0}")]
-    Infer(#[from] kube::config::InferConfigError),
-}
-
-/// A Kubernetes client: the in-cluster service account (or a kubeconfig)
-/// by default, or an explicit API URL without credentials (tests, or a
-/// local `kubectl proxy`).
-pub async fn client(api_url: Option<&str>) -> Result<kube::Client, ClientError> {
+/// A Kubernetes client: the in-cluster service account by default, or an
+/// explicit API URL without credentials (tests, or a local `kubectl proxy`).
+pub fn client(api_url: Option<&str>) -> Result<Arc<KubeClient>, KubeError> {
     match api_url {
-        Some(url) => {
-            let uri = url.parse().map_err(|e| ClientError::Url {
-                url: url.into(),
-                reason: format!("{e}"),
-            })?;
-            Ok(kube::Client::try_from(kube::Config::new(uri))?)
-        }
-        None => {
-            let config = kube::Config::infer().await?;
-            Ok(kube::Client::try_from(config)?)
-        }
+        Some(url) => KubeClient::with_url(url),
+        None => KubeClient::in_cluster(),
     }
+    .map(Arc::new)
 }
 
 /// Back-off between failed API calls: 1 s doubling to 60 s.
@@ -329,18 +308,12 @@ impl ApiBackoff {
 }
 
 fn label_of(node: &Node, label: &str) -> Option<String> {
-    node.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(label))
-        .cloned()
+    node.metadata.labels.get(label).cloned()
 }
 
 /// A watch that ends sooner than this after it started counts as a failure
 /// (back off before the next), so a server that closes at once is not hammered.
 const SHORT_WATCH: Duration = Duration::from_secs(5);
-/// Asked of the API server; it ends the watch after this long and we re-watch.
-const WATCH_TIMEOUT_S: u32 = 290;
 
 /// Follows `label` on the Node `node_name`: gets the Node, sends the
 /// label's value, then watches that one Node and sends on every change. The
@@ -349,13 +322,12 @@ const WATCH_TIMEOUT_S: u32 = 290;
 /// re-watches after errors with back-off; between events it only waits on
 /// the open watch (no polling). Returns on `shutdown`.
 pub async fn watch_node_label(
-    client: kube::Client,
+    client: Arc<KubeClient>,
     node_name: String,
     label: String,
     tx: watch::Sender<Option<String>>,
     shutdown: CancellationToken,
 ) {
-    let api: Api<Node> = Api::all(client);
     let mut backoff = api_backoff();
     let mut first = true;
     let publish = |value: Option<String>, first: &mut bool| {
@@ -376,12 +348,12 @@ pub async fn watch_node_label(
     'get: loop {
         let got = tokio::select! {
             _ = shutdown.cancelled() => return,
-            got = api.get(&node_name) => got,
+            got = client.get_node(&node_name) => got,
         };
         let mut version = match got {
             Ok(node) => {
                 publish(label_of(&node, &label), &mut first);
-                node.metadata.resource_version.unwrap_or_default()
+                node.metadata.resource_version
             }
             Err(e) => {
                 tracing::warn!("cannot get node {node_name}: {e}; retrying");
@@ -392,15 +364,12 @@ pub async fn watch_node_label(
             }
         };
         loop {
-            let params = WatchParams::default()
-                .fields(&format!("metadata.name={node_name}"))
-                .timeout(WATCH_TIMEOUT_S);
             let started = tokio::time::Instant::now();
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                stream = api.watch(&params, &version) => stream,
+                stream = client.watch_node(&node_name, &version) => stream,
             };
-            let stream = match stream {
+            let mut stream = match stream {
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!("cannot watch node {node_name}: {e}; retrying");
@@ -410,7 +379,6 @@ pub async fn watch_node_label(
                     return;
                 }
             };
-            let mut stream = std::pin::pin!(stream);
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -419,31 +387,25 @@ pub async fn watch_node_label(
                 match next {
                     Some(Ok(WatchEvent::Added(node) | WatchEvent::Modified(node))) => {
                         backoff.reset();
-                        if let Some(v) = node.metadata.resource_version.clone() {
-                            version = v;
-                        }
+                        version = node.metadata.resource_version.clone();
                         publish(label_of(&node, &label), &mut first);
                     }
                     Some(Ok(WatchEvent::Deleted(node))) => {
                         // Keep the selection: a re-created Node is seen on re-get.
                         tracing::warn!("node {node_name} was deleted; keeping the running config");
-                        if let Some(v) = node.metadata.resource_version.clone() {
-                            version = v;
-                        }
+                        version = node.metadata.resource_version;
                     }
-                    Some(Ok(WatchEvent::Bookmark(bookmark))) => {
-                        version = bookmark.metadata.resource_version;
+                    Some(Ok(WatchEvent::Bookmark(resource_version))) => {
+                        version = resource_version;
                     }
-                    Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
+                    Some(Ok(WatchEvent::Error { code: 410, .. })) => {
                         // Our resourceVersion is too old: get afresh.
                         tracing::debug!("watch of node {node_name} expired; getting it again");
                         continue 'get;
                     }
-                    Some(Ok(WatchEvent::Error(status))) => {
+                    Some(Ok(WatchEvent::Error { code, message })) => {
                         tracing::warn!(
-                            "watch of node {node_name} failed: {} ({}); retrying",
-                            status.message,
-                            status.code
+                            "watch of node {node_name} failed: {message} ({code}); retrying"
                         );
                         if backoff.wait(&shutdown).await {
                             continue 'get;
@@ -483,21 +445,19 @@ const TAINT_ATTEMPTS: usize = 5;
 /// server answer 409 Conflict instead of losing that change; we then read
 /// again and retry. Needs `patch` on nodes.
 pub async fn remove_taint(
-    client: &kube::Client,
+    client: &KubeClient,
     node_name: &str,
     taint_key: &str,
-) -> Result<bool, kube::Error> {
-    let api: Api<Node> = Api::all(client.clone());
+) -> Result<bool, KubeError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let node = api.get(node_name).await?;
-        let taints = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
-        let kept: Vec<_> = taints.iter().filter(|t| t.key != taint_key).collect();
+        let node = client.get_node(node_name).await?;
+        let taints = node.spec.taints;
+        let kept: Vec<_> = taints
+            .iter()
+            .filter(|t| t["key"].as_str() != Some(taint_key))
+            .collect();
         if kept.len() == taints.len() {
             return Ok(false);
         }
@@ -505,15 +465,12 @@ pub async fn remove_taint(
             "metadata": { "resourceVersion": node.metadata.resource_version },
             "spec": { "taints": if kept.is_empty() { serde_json::Value::Null } else { serde_json::json!(kept) } },
         });
-        match api
-            .patch(node_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
+        match client.merge_patch_node(node_name, &patch).await {
+            Ok(()) => {
                 tracing::info!("removed the taint {taint_key} from node {node_name}");
                 return Ok(true);
             }
-            Err(kube::Error::Api(status)) if status.code == 409 && attempt < TAINT_ATTEMPTS => {
+            Err(e) if e.code() == Some(409) && attempt < TAINT_ATTEMPTS => {
                 tracing::debug!("node {node_name} changed meanwhile; retrying the taint removal");
             }
             Err(e) => return Err(e),
@@ -525,7 +482,7 @@ pub async fn remove_taint(
 /// resource registered with the kubelet, see `Metrics::readiness`), then
 /// removes `taint_key` from the Node once, retrying API errors with back-off.
 pub async fn remove_taint_when_ready(
-    client: kube::Client,
+    client: Arc<KubeClient>,
     node_name: String,
     taint_key: String,
     mut ready: watch::Receiver<bool>,

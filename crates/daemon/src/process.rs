@@ -11,16 +11,46 @@ pub enum LogFormat {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (else `default_level`).
+///
+/// `RUST_LOG` takes levels and per-target levels (`debug`,
+/// `info,gpu_slicer_daemon::node=debug`): tracing-subscriber's `Targets`,
+/// not its regex-based `EnvFilter`, which would add the regex engine to the
+/// binary every GPU node runs. A value that does not parse is reported and
+/// `default_level` applies.
 pub fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let default = || {
+        default_level
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    };
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => match value.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                default(),
+                Some(format!(
+                    "RUST_LOG={value:?} is not a log filter ({e}); using {default_level}"
+                )),
+            ),
+        },
+        _ => (default(), None),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init(),
+    }
+    if let Some(message) = bad {
+        tracing::warn!("{message}");
     }
 }
 

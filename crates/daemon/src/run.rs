@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config_file::config_for_layout;
 use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource, Timings};
+use crate::kube_api::KubeClient;
 use crate::metrics::{self, Metrics};
 use crate::node::{self, LabelSelectedConfig};
 use crate::nvml::{self, NvmlOptions};
@@ -196,11 +197,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
     let needs_api = node_options.node_name.is_some()
         && (node_options.config_dir.is_some() || node_options.startup_taint.is_some());
     let client = if needs_api {
-        Some(
-            node::client(node_options.kube_api_url.as_deref())
-                .await
-                .map_err(|e| e.to_string())?,
-        )
+        Some(node::client(node_options.kube_api_url.as_deref()).map_err(|e| e.to_string())?)
     } else {
         None
     };
@@ -286,7 +283,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
 /// while waiting.
 async fn follow_label(
     options: &NodeOptions,
-    client: Option<kube::Client>,
+    client: Option<Arc<KubeClient>>,
     tx: tokio::sync::watch::Sender<Option<String>>,
     mut rx: tokio::sync::watch::Receiver<Option<String>>,
     reload: &tokio::sync::mpsc::Sender<()>,

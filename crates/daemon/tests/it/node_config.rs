@@ -209,9 +209,7 @@ async fn remove_taint_keeps_other_taints_and_retries_conflicts() {
         json!([other, { "key": TAINT, "effect": "NoSchedule" }]),
     )
     .await;
-    let client = gpu_slicer_daemon::node::client(Some(&stub.url))
-        .await
-        .expect("client");
+    let client = gpu_slicer_daemon::node::client(Some(&stub.url)).expect("client");
 
     // Someone else changes the Node twice meanwhile: read again, retry.
     stub.conflict_next_patches(2);

@@ -1,5 +1,5 @@
 //! A stand-in Kubernetes API server for one Node: enough of `/api/v1/nodes`
-//! for kube-rs to get, watch and patch it. Hand-written HTTP/1.1 on
+//! for the daemon's client to get, watch and patch it. Hand-written HTTP/1.1 on
 //! 127.0.0.1, one request per connection (`Connection: close`).
 //!
 //! The Node lives here; the test changes it ([`KubeStub::set_label`]), which
