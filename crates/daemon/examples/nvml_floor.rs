@@ -1,0 +1,46 @@
+//! The NVML floor for the benchmark: a bare process that initialises NVML
+//! (`nvmlInit_v2`), enumerates the GPUs (count, handle, UUID, memory), and
+//! prints its resident set. Any NVML-based device plugin holds at least this;
+//! the benchmark reports the daemon's idle RSS above it.
+//!
+//! ```sh
+//! cargo build --release -p gpu-slicer-daemon --example nvml_floor
+//! target/release/examples/nvml_floor        # VmRSS_kib=<n>
+//! ```
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(nvml) => nvml,
+        Err(e) => {
+            eprintln!("nvml_floor: nvmlInit_v2 failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let count = match nvml.device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("nvml_floor: nvmlDeviceGetCount failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for index in 0..count {
+        let described = nvml
+            .device_by_index(index)
+            .and_then(|d| Ok((d.uuid()?, d.memory_info()?.total)));
+        if let Err(e) = described {
+            eprintln!("nvml_floor: GPU {index}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("0");
+    println!("gpus={count}");
+    println!("VmRSS_kib={rss}");
+    ExitCode::SUCCESS
+}
