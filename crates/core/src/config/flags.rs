@@ -4,11 +4,10 @@
 //! over the file's values.
 
 use super::load::{
-    ConfigError, parse_allocation_policy, parse_device_discovery_strategy,
-    parse_device_id_strategy, parse_device_list_strategies, parse_mig_strategy, validate_cross,
+    ConfigError, parse_device_discovery_strategy, parse_device_list_strategies, validate_cross,
     validate_imex_channel_ids,
 };
-use super::schema::Config;
+use super::schema::{AllocationPolicy, Config, DeviceIdStrategy, MigStrategy};
 
 /// Go's `strconv.ParseBool`: `1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False`.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
@@ -183,7 +182,9 @@ impl ConfigFlags {
     fn apply_given(&self, mut config: Config) -> Result<Config, ConfigError> {
         let flags = &mut config.flags;
         if let Some(v) = &self.mig_strategy {
-            flags.mig_strategy = parse_mig_strategy(v).map_err(|m| invalid("--mig-strategy", m))?;
+            flags.mig_strategy = v
+                .parse::<MigStrategy>()
+                .map_err(|e| invalid("--mig-strategy", e.to_string()))?;
         }
         if let Some(v) = self.fail_on_init_error {
             flags.fail_on_init_error = v;
@@ -223,8 +224,9 @@ impl ConfigFlags {
             })?;
         }
         if let Some(v) = &self.device_id_strategy {
-            plugin.device_id_strategy =
-                parse_device_id_strategy(v).map_err(|m| invalid("--device-id-strategy", m))?;
+            plugin.device_id_strategy = v
+                .parse::<DeviceIdStrategy>()
+                .map_err(|e| invalid("--device-id-strategy", e.to_string()))?;
         }
         if let Some(v) = &self.cdi_annotation_prefix {
             plugin.cdi_annotation_prefix = v.clone();
@@ -236,8 +238,9 @@ impl ConfigFlags {
             plugin.container_driver_root = v.clone();
         }
         if let Some(v) = &self.shared_devices_allocation_policy {
-            plugin.shared_devices_allocation_policy = parse_allocation_policy(v)
-                .map_err(|m| invalid("--shared-devices-allocation-policy", m))?;
+            plugin.shared_devices_allocation_policy = v
+                .parse::<AllocationPolicy>()
+                .map_err(|e| invalid("--shared-devices-allocation-policy", e.to_string()))?;
         }
         if let Some(ids) = &self.imex_channel_ids {
             validate_imex_channel_ids(ids).map_err(|m| {

@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
     Flags, MigStrategy, PluginFlags, ReplicatedResource, ReplicatedResources, ResourceName,
-    ResourcePattern, ResourcePatterns, Sharing, SharingStrategy,
+    ResourcePattern, ResourcePatterns, Sharing, SharingStrategy, UnknownValue,
 };
 
 /// Everything that can go wrong while loading or overriding the config.
@@ -308,27 +308,6 @@ fn unknown_key_hint(parent: &str, key: &str, fields: &[Field]) -> String {
 // ---------------------------------------------------------------------------
 // Value parsers shared with the command-line overrides (NVIDIA's messages)
 
-/// `none` | `single` | `mixed`, else `unknown MIG strategy: <v>`.
-pub fn parse_mig_strategy(v: &str) -> Result<MigStrategy, String> {
-    match v {
-        "none" => Ok(MigStrategy::None),
-        "single" => Ok(MigStrategy::Single),
-        "mixed" => Ok(MigStrategy::Mixed),
-        _ => Err(format!("unknown MIG strategy: {v}")),
-    }
-}
-
-/// One device-list strategy, else `invalid strategy: <v>`.
-pub fn parse_device_list_strategy(v: &str) -> Result<DeviceListStrategy, String> {
-    match v {
-        "envvar" => Ok(DeviceListStrategy::Envvar),
-        "volume-mounts" => Ok(DeviceListStrategy::VolumeMounts),
-        "cdi-annotations" => Ok(DeviceListStrategy::CdiAnnotations),
-        "cdi-cri" => Ok(DeviceListStrategy::CdiCri),
-        _ => Err(format!("invalid strategy: {v}")),
-    }
-}
-
 /// A list of device-list strategies, de-duplicated in order; never empty
 /// (an empty list means the default, `envvar`).
 pub fn parse_device_list_strategies<S: AsRef<str>>(
@@ -336,7 +315,10 @@ pub fn parse_device_list_strategies<S: AsRef<str>>(
 ) -> Result<Vec<DeviceListStrategy>, String> {
     let mut out = Vec::new();
     for v in values {
-        let s = parse_device_list_strategy(v.as_ref())?;
+        let s: DeviceListStrategy = v
+            .as_ref()
+            .parse()
+            .map_err(|e: UnknownValue| e.to_string())?;
         if !out.contains(&s) {
             out.push(s);
         }
@@ -345,26 +327,6 @@ pub fn parse_device_list_strategies<S: AsRef<str>>(
         out.push(DeviceListStrategy::Envvar);
     }
     Ok(out)
-}
-
-/// `uuid` | `index`, else `invalid --device-id-strategy option: <v>`.
-pub fn parse_device_id_strategy(v: &str) -> Result<DeviceIdStrategy, String> {
-    match v {
-        "uuid" => Ok(DeviceIdStrategy::Uuid),
-        "index" => Ok(DeviceIdStrategy::Index),
-        _ => Err(format!("invalid --device-id-strategy option: {v}")),
-    }
-}
-
-/// `distributed` | `packed`, else `invalid --shared-devices-allocation-policy option: <v>`.
-pub fn parse_allocation_policy(v: &str) -> Result<AllocationPolicy, String> {
-    match v {
-        "distributed" => Ok(AllocationPolicy::Distributed),
-        "packed" => Ok(AllocationPolicy::Packed),
-        _ => Err(format!(
-            "invalid --shared-devices-allocation-policy option: {v}"
-        )),
-    }
 }
 
 /// `auto` | `nvml` | `tegra`, else `invalid --device-discovery-strategy option <v>`.
@@ -591,18 +553,18 @@ impl Cx<'_> {
     }
 
     /// A string validated by `parse`, whose error is NVIDIA's message.
-    fn parsed<T>(
+    fn parsed<T, E: std::fmt::Display>(
         &self,
         map: &Map<String, Value>,
         key: &str,
         path: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, E>,
     ) -> Result<Option<T>, ConfigError> {
         match self.string(map, key, path)? {
             None => Ok(None),
             Some(s) => parse(&s)
                 .map(Some)
-                .map_err(|m| self.invalid(&join(path, key), m)),
+                .map_err(|m| self.invalid(&join(path, key), m.to_string())),
         }
     }
 
@@ -703,7 +665,7 @@ impl Cx<'_> {
     fn flags(&self, m: &Map<String, Value>) -> Result<Flags, ConfigError> {
         let p = "flags";
         let mut flags = Flags::default();
-        if let Some(v) = self.parsed(m, "migStrategy", p, parse_mig_strategy)? {
+        if let Some(v) = self.parsed(m, "migStrategy", p, str::parse::<MigStrategy>)? {
             flags.mig_strategy = v;
         }
         if let Some(v) = self.bool(m, "failOnInitError", p)? {
@@ -775,7 +737,7 @@ impl Cx<'_> {
                 return Err(self.invalid(&dls_path, format!("invalid deviceListStrategy: {other}")));
             }
         }
-        if let Some(v) = self.parsed(m, "deviceIDStrategy", p, parse_device_id_strategy)? {
+        if let Some(v) = self.parsed(m, "deviceIDStrategy", p, str::parse::<DeviceIdStrategy>)? {
             plugin.device_id_strategy = v;
         }
         if let Some(v) = self.string(m, "cdiAnnotationPrefix", p)? {
@@ -791,7 +753,7 @@ impl Cx<'_> {
             m,
             "sharedDevicesAllocationPolicy",
             p,
-            parse_allocation_policy,
+            str::parse::<AllocationPolicy>,
         )? {
             plugin.shared_devices_allocation_policy = v;
         }

@@ -6,6 +6,53 @@
 
 use std::fmt;
 
+/// A value that is not one of an enum's spellings; the message is NVIDIA's
+/// (`unknown MIG strategy: auto`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{prefix}{value}")]
+pub struct UnknownValue {
+    pub prefix: &'static str,
+    pub value: String,
+}
+
+/// One declaration per enum: its variants with their spellings in NVIDIA's
+/// config file and flags, and NVIDIA's message for anything else. `as_str`,
+/// `Display` and `FromStr` all come from it.
+macro_rules! spelled {
+    ($ty:ident, unknown: $unknown:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value and its spelling.
+            pub const ALL: &'static [($ty, &'static str)] = &[$(($ty::$variant, $name)),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                Self::ALL
+                    .iter()
+                    .find(|(_, name)| *name == s)
+                    .map(|(value, _)| *value)
+                    .ok_or_else(|| UnknownValue {
+                        prefix: $unknown,
+                        value: s.to_string(),
+                    })
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// How MIG devices are advertised (`flags.migStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MigStrategy {
@@ -18,21 +65,11 @@ pub enum MigStrategy {
     Mixed,
 }
 
-impl MigStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigStrategy::None => "none",
-            MigStrategy::Single => "single",
-            MigStrategy::Mixed => "mixed",
-        }
-    }
-}
-
-impl fmt::Display for MigStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+spelled!(MigStrategy, unknown: "unknown MIG strategy: ", {
+    None => "none",
+    Single => "single",
+    Mixed => "mixed",
+});
 
 /// How a container is told which devices it got (`flags.plugin.deviceListStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,16 +80,14 @@ pub enum DeviceListStrategy {
     CdiCri,
 }
 
-impl DeviceListStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceListStrategy::Envvar => "envvar",
-            DeviceListStrategy::VolumeMounts => "volume-mounts",
-            DeviceListStrategy::CdiAnnotations => "cdi-annotations",
-            DeviceListStrategy::CdiCri => "cdi-cri",
-        }
-    }
+spelled!(DeviceListStrategy, unknown: "invalid strategy: ", {
+    Envvar => "envvar",
+    VolumeMounts => "volume-mounts",
+    CdiAnnotations => "cdi-annotations",
+    CdiCri => "cdi-cri",
+});
 
+impl DeviceListStrategy {
     pub fn is_cdi(self) -> bool {
         matches!(
             self,
@@ -69,14 +104,10 @@ pub enum DeviceIdStrategy {
     Index,
 }
 
-impl DeviceIdStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceIdStrategy::Uuid => "uuid",
-            DeviceIdStrategy::Index => "index",
-        }
-    }
-}
+spelled!(DeviceIdStrategy, unknown: "invalid --device-id-strategy option: ", {
+    Uuid => "uuid",
+    Index => "index",
+});
 
 /// How shared devices (replicas, MIG devices) are preferred
 /// (`flags.plugin.sharedDevicesAllocationPolicy`).
@@ -89,14 +120,10 @@ pub enum AllocationPolicy {
     Packed,
 }
 
-impl AllocationPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AllocationPolicy::Distributed => "distributed",
-            AllocationPolicy::Packed => "packed",
-        }
-    }
-}
+spelled!(AllocationPolicy, unknown: "invalid --shared-devices-allocation-policy option: ", {
+    Distributed => "distributed",
+    Packed => "packed",
+});
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, PartialEq, Default)]
