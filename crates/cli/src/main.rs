@@ -5,15 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
+use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
 use gpu_slicer_core::config::ConfigFlags;
-use gpu_slicer_core::plan::plan;
 use gpu_slicer_daemon::args::RunArgs;
-use gpu_slicer_daemon::config_file::config_for_layout;
 use gpu_slicer_daemon::process::{
     LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
 };
-use gpu_slicer_daemon::simulate;
 
 #[derive(Parser)]
 #[command(
@@ -187,34 +185,15 @@ fn main() -> ExitCode {
                 )
                 .map(|text| print!("{text}"))
             } else {
-                let instance = instance.unwrap_or_default();
-                config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|config| {
-                        let table = karpenter_cmd::price_table(prices.as_deref())?;
-                        let inventory = simulate::load(&instance, mig_config.as_deref())
-                            .map_err(|e| e.to_string())?;
-                        let plan = plan(&inventory, &config);
-                        for d in &plan.diagnostics {
-                            eprintln!("{d}");
-                        }
-                        match output {
-                            OutputFormat::Text => {
-                                print!("{}", commands::plan::render(&plan, &inventory));
-                                print!(
-                                    "{}",
-                                    gpu_slicer::karpenter::cost::render_costs(
-                                        &instance, &plan, &inventory, &table
-                                    )
-                                );
-                            }
-                            OutputFormat::Json => println!(
-                                "{}",
-                                commands::plan::render_json(&instance, &plan, &inventory, &table)
-                            ),
-                        }
-                        Ok(())
-                    })
+                let options = PlanOptions {
+                    instance: instance.unwrap_or_default(),
+                    mig_config,
+                    config_file,
+                    prices,
+                    json: matches!(output, OutputFormat::Json),
+                    flags,
+                };
+                commands::plan::run(&options).map(|text| print!("{text}"))
             }
         }
         Command::Karpenter {
@@ -255,7 +234,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_tracing(cli.log_format, "info");
-            block_on(gpu_slicer_daemon::run::run(args.into_options()))
+            block_on(gpu_slicer_daemon::run::run(args.into_options())).map_err(|e| e.to_string())
         }
         Command::Demo {
             instance,

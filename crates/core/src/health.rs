@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::config::InvalidValue;
 use crate::plan::Resource;
 
 /// What an XID does to the devices it affects.
@@ -31,14 +32,14 @@ pub enum XidAction {
 }
 
 impl XidAction {
-    pub fn parse(value: &str) -> Result<XidAction, String> {
+    pub fn parse(value: &str) -> Result<XidAction, InvalidValue> {
         match value {
             "ignore" => Ok(XidAction::Ignore),
             "recover" => Ok(XidAction::Recover),
             "reset" => Ok(XidAction::Reset),
-            other => Err(format!(
+            other => Err(InvalidValue(format!(
                 "unknown XID action '{other}': use ignore, recover or reset"
-            )),
+            ))),
         }
     }
 }

@@ -58,13 +58,22 @@ pub fn init_tracing(format: LogFormat, default_level: &str) {
 /// microseconds of decisions, and every extra thread costs resident memory
 /// on every GPU node (blocking work, NVML, still runs on tokio's blocking
 /// pool).
-pub fn block_on<F: Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
+pub fn block_on<E, F>(future: F) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+    E: From<RuntimeError>,
+{
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .map_err(RuntimeError)?
         .block_on(future)
 }
+
+/// The async runtime could not be started (threads, file descriptors).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the async runtime: {0}")]
+pub struct RuntimeError(#[source] pub std::io::Error);
 
 /// NVIDIA's config-manager signals the process whose argv[0] is exactly
 /// `nvidia-device-plugin`, and NVIDIA's manifests run it without a
@@ -73,4 +82,11 @@ pub fn invoked_as_nvidia_device_plugin(argv0: Option<&std::ffi::OsStr>) -> bool 
     argv0
         .and_then(|a| std::path::Path::new(a).file_name())
         .is_some_and(|n| n == "nvidia-device-plugin")
+}
+
+/// For the people's commands, whose errors are messages.
+impl From<RuntimeError> for String {
+    fn from(e: RuntimeError) -> String {
+        e.to_string()
+    }
 }

@@ -38,6 +38,40 @@ pub struct RunOptions {
     pub node: NodeOptions,
 }
 
+/// Why the daemon could not start or stopped with an error; each says what
+/// to check.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("--config-file and --config-dir exclude each other")]
+    ConfigFileAndDir,
+    #[error("--startup-taint needs --node-name (NODE_NAME from the downward API)")]
+    TaintWithoutNode,
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot serve metrics on {address}: {source}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kube(#[from] crate::kube_api::KubeError),
+    #[error("cannot watch {}: {source}", path.display())]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the health-check thread: {0}")]
+    HealthThread(#[source] std::io::Error),
+    #[error("the node label watch stopped")]
+    LabelWatchStopped,
+    #[error(transparent)]
+    Daemon(daemon::DaemonError),
+    #[error(transparent)]
+    Runtime(#[from] crate::process::RuntimeError),
+}
+
 /// Per-node configuration by node label, and the start-up taint (see
 /// [`crate::node`] for the contract and the RBAC they need).
 #[derive(Debug, Clone, Default)]
@@ -155,13 +189,13 @@ pub fn setup_source(
     })
 }
 
-pub async fn run(options: RunOptions) -> Result<(), String> {
+pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let node_options = options.node;
     if options.config_file.is_some() && node_options.config_dir.is_some() {
-        return Err("--config-file and --config-dir exclude each other".into());
+        return Err(RunError::ConfigFileAndDir);
     }
     if node_options.startup_taint.is_some() && node_options.node_name.is_none() {
-        return Err("--startup-taint needs --node-name (NODE_NAME from the downward API)".into());
+        return Err(RunError::TaintWithoutNode);
     }
     let kubelet_socket = match options.kubelet_socket {
         // NVIDIA: an empty --kubelet-socket means "do not register".
@@ -183,21 +217,20 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
 
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-    reload::handle_signals(reload_tx.clone(), shutdown.clone())
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    reload::handle_signals(reload_tx.clone(), shutdown.clone()).map_err(RunError::Signals)?;
 
     let metrics = Metrics::default();
     if let Some(address) = options.metrics_address {
         let bound = metrics::serve(address, metrics.clone(), shutdown.clone())
             .await
-            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+            .map_err(|source| RunError::Metrics { address, source })?;
         tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     }
 
     let needs_api = node_options.node_name.is_some()
         && (node_options.config_dir.is_some() || node_options.startup_taint.is_some());
     let client = if needs_api {
-        Some(node::client(node_options.kube_api_url.as_deref()).map_err(|e| e.to_string())?)
+        Some(node::client(node_options.kube_api_url.as_deref())?)
     } else {
         None
     };
@@ -211,7 +244,10 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
                         options.timings.config_settle,
                         reload_tx.clone(),
                     )
-                    .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+                    .map_err(|source| RunError::Watch {
+                        path: file.clone(),
+                        source,
+                    })?,
                 ),
                 None => None,
             };
@@ -220,7 +256,10 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
         Some(dir) => {
             let watch =
                 reload::watch_config_dir(&dir, options.timings.config_settle, reload_tx.clone())
-                    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+                    .map_err(|source| RunError::Watch {
+                        path: dir.clone(),
+                        source,
+                    })?;
             let (tx, rx) = tokio::sync::watch::channel(None);
             let selector = LabelSelectedConfig::new(
                 dir,
@@ -238,8 +277,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
     let nvml_used = if options.simulate.is_none() {
         let (used_tx, used_rx): (SyncSender<NvmlOptions>, Receiver<NvmlOptions>) =
             std::sync::mpsc::sync_channel(1);
-        crate::xid_events::spawn_xid_watcher(used_rx, xid_tx)
-            .map_err(|e| format!("cannot start the health-check thread: {e}"))?;
+        crate::xid_events::spawn_xid_watcher(used_rx, xid_tx).map_err(RunError::HealthThread)?;
         Some(used_tx)
     } else {
         drop(xid_tx);
@@ -274,7 +312,7 @@ pub async fn run(options: RunOptions) -> Result<(), String> {
 
     daemon::run(paths, source, reload_rx, xid_rx, metrics, shutdown)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(RunError::Daemon)
 }
 
 /// Starts following the node label (when there is a node to read) and
@@ -288,7 +326,7 @@ async fn follow_label(
     mut rx: tokio::sync::watch::Receiver<Option<String>>,
     reload: &tokio::sync::mpsc::Sender<()>,
     shutdown: &CancellationToken,
-) -> Result<bool, String> {
+) -> Result<bool, RunError> {
     let (Some(name), Some(client)) = (options.node_name.clone(), client) else {
         tracing::warn!(
             "--config-dir without --node-name (NODE_NAME): the node label {} is not read; \
@@ -314,7 +352,7 @@ async fn follow_label(
         return if shutdown.is_cancelled() {
             Ok(false)
         } else {
-            Err("the node label watch stopped".into())
+            Err(RunError::LabelWatchStopped)
         };
     }
     let reload = reload.clone();

@@ -3,8 +3,50 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use std::path::PathBuf;
+
+use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_core::plan::{Plan, Resource};
+use gpu_slicer_core::plan::{Plan, Resource, plan};
+use gpu_slicer_daemon::config_file::config_for_layout;
+use gpu_slicer_daemon::simulate;
+
+use super::karpenter::price_table;
+use crate::karpenter::cost::render_costs;
+
+/// `plan --instance`: what to plan and how to print it.
+pub struct PlanOptions {
+    /// An instance preset or a topology file.
+    pub instance: String,
+    pub mig_config: Option<String>,
+    pub config_file: Option<PathBuf>,
+    /// A price table replacing the built-in one.
+    pub prices: Option<PathBuf>,
+    pub json: bool,
+    pub flags: ConfigFlags,
+}
+
+/// The resources (and prices) a node would advertise. Diagnostics of the
+/// plan go to stderr as they are found.
+pub fn run(options: &PlanOptions) -> Result<String, String> {
+    let layout = options.mig_config.as_deref();
+    let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
+        .map_err(|e| e.to_string())?;
+    let table = price_table(options.prices.as_deref())?;
+    let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let plan = plan(&inventory, &config);
+    for d in &plan.diagnostics {
+        eprintln!("{d}");
+    }
+    Ok(if options.json {
+        format!(
+            "{}\n",
+            render_json(&options.instance, &plan, &inventory, &table)
+        )
+    } else {
+        render(&plan, &inventory) + &render_costs(&options.instance, &plan, &inventory, &table)
+    })
+}
 
 /// One line per resource: name, count, then what stands behind it.
 pub fn render(plan: &Plan, inventory: &Inventory) -> String {

@@ -7,16 +7,16 @@ use super::load::{
     ConfigError, parse_device_discovery_strategy, parse_device_list_strategies, validate_cross,
     validate_imex_channel_ids,
 };
-use super::schema::{AllocationPolicy, Config, DeviceIdStrategy, MigStrategy};
+use super::schema::{AllocationPolicy, Config, DeviceIdStrategy, InvalidValue, MigStrategy};
 
 /// Go's `strconv.ParseBool`: `1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False`.
-pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+pub fn parse_go_bool(s: &str) -> Result<bool, InvalidValue> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!(
+        _ => Err(InvalidValue(format!(
             "invalid boolean value '{s}' (expected one of 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)"
-        )),
+        ))),
     }
 }
 
@@ -209,7 +209,7 @@ impl ConfigFlags {
         }
         if let Some(v) = &self.device_discovery_strategy {
             flags.device_discovery_strategy = parse_device_discovery_strategy(v)
-                .map_err(|m| invalid("--device-discovery-strategy", m))?;
+                .map_err(|m| invalid("--device-discovery-strategy", m.into()))?;
         }
         let plugin = &mut flags.plugin;
         if let Some(v) = self.pass_device_specs {

@@ -33,8 +33,8 @@ use serde_json::{Map, Value};
 
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
-    Flags, MigStrategy, PluginFlags, ReplicatedResource, ReplicatedResources, ResourceName,
-    ResourcePattern, ResourcePatterns, Sharing, SharingStrategy, UnknownValue,
+    Flags, InvalidValue, MigStrategy, PluginFlags, ReplicatedResource, ReplicatedResources,
+    ResourceName, ResourcePattern, ResourcePatterns, Sharing, SharingStrategy, UnknownValue,
 };
 
 /// Everything that can go wrong while loading or overriding the config.
@@ -330,24 +330,26 @@ pub fn parse_device_list_strategies<S: AsRef<str>>(
 }
 
 /// `auto` | `nvml` | `tegra`, else `invalid --device-discovery-strategy option <v>`.
-pub fn parse_device_discovery_strategy(v: &str) -> Result<String, String> {
+pub fn parse_device_discovery_strategy(v: &str) -> Result<String, InvalidValue> {
     match v {
         "auto" | "nvml" | "tegra" => Ok(v.to_string()),
-        _ => Err(format!("invalid --device-discovery-strategy option {v}")),
+        _ => Err(InvalidValue(format!(
+            "invalid --device-discovery-strategy option {v}"
+        ))),
     }
 }
 
 /// IMEX channel ids: only `[]` or `[0]`, else
 /// `invalid IMEX config: channelIDs must be [] or [0]; found [..]` (Go `%v`).
-pub fn validate_imex_channel_ids(ids: &[i64]) -> Result<(), String> {
+pub fn validate_imex_channel_ids(ids: &[i64]) -> Result<(), InvalidValue> {
     if ids.is_empty() || ids == [0] {
         return Ok(());
     }
     let shown: Vec<String> = ids.iter().map(i64::to_string).collect();
-    Err(format!(
+    Err(InvalidValue(format!(
         "invalid IMEX config: channelIDs must be [] or [0]; found [{}]",
         shown.join(" ")
-    ))
+    )))
 }
 
 /// NVIDIA's `validateFlags`, on the effective (overridden) config: with MPS
@@ -940,12 +942,12 @@ impl Cx<'_> {
                         Value::String(s) => parse_device_ref(s),
                         Value::Number(n) => match n.as_u64().and_then(|i| u32::try_from(i).ok()) {
                             Some(i) => Ok(DeviceRef::Index(i)),
-                            None => Err(unsupported_device_ref(&n.to_string())),
+                            None => Err(unsupported_device_ref(&n.to_string()).into()),
                         },
-                        other => Err(format!(
+                        other => Err(InvalidValue(format!(
                             "unsupported type for device in devices list: {}",
                             go_value_and_type(other)
-                        )),
+                        ))),
                     };
                     refs.push(parsed.map_err(|e| self.invalid(&item_path, e))?);
                 }
@@ -988,7 +990,7 @@ impl Cx<'_> {
 }
 
 /// `300`, `300s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidValue> {
     let s = s.trim();
     let (number, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -1000,7 +1002,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("'{s}' is not a duration such as 300s, 5m or 1h")),
+        _ => {
+            return Err(InvalidValue(format!(
+                "'{s}' is not a duration such as 300s, 5m or 1h"
+            )));
+        }
     };
     Ok(Duration::from_secs(seconds))
 }
@@ -1029,7 +1035,7 @@ fn parse_index(s: &str) -> Option<u32> {
 }
 
 /// A `devices` list entry given as a string: `0`, `0:1`, `GPU-…`, `MIG-…`.
-pub fn parse_device_ref(s: &str) -> Result<DeviceRef, String> {
+pub fn parse_device_ref(s: &str) -> Result<DeviceRef, InvalidValue> {
     if let Some(i) = parse_index(s) {
         return Ok(DeviceRef::Index(i));
     }
@@ -1045,7 +1051,7 @@ pub fn parse_device_ref(s: &str) -> Result<DeviceRef, String> {
             return Ok(DeviceRef::Uuid(s.to_string()));
         }
     }
-    Err(unsupported_device_ref(s))
+    Err(unsupported_device_ref(s).into())
 }
 
 #[cfg(test)]

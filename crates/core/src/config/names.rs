@@ -1,7 +1,7 @@
 //! Extended-resource names: the kubelet's validity rule and NVIDIA's
 //! `nvidia.com/` defaulting.
 
-use super::schema::ResourceName;
+use super::schema::{InvalidValue, ResourceName};
 
 /// Prefix NVIDIA prepends to a resource name that has none.
 pub const DEFAULT_PREFIX: &str = "nvidia.com";
@@ -25,9 +25,11 @@ const DNS1123_SUBDOMAIN_FMT: &str = "prefix part a lowercase RFC 1123 subdomain 
 /// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
 ///
 /// The error explains what is wrong (without repeating the name).
-pub fn validate_resource_name(full: &str) -> Result<(), String> {
+pub fn validate_resource_name(full: &str) -> Result<(), InvalidValue> {
     let Some((prefix, name)) = full.split_once('/') else {
-        return Err("an extended resource name must be of the form '<domain>/<name>'".into());
+        return Err(InvalidValue(
+            "an extended resource name must be of the form '<domain>/<name>'".into(),
+        ));
     };
     if full.contains("kubernetes.io/") {
         return Err(
@@ -36,25 +38,33 @@ pub fn validate_resource_name(full: &str) -> Result<(), String> {
         );
     }
     if full.starts_with("requests.") {
-        return Err("an extended resource name must not start with 'requests.'".into());
+        return Err(InvalidValue(
+            "an extended resource name must not start with 'requests.'".into(),
+        ));
     }
     if name.contains('/') {
-        return Err("a qualified name must contain at most one '/'".into());
+        return Err(InvalidValue(
+            "a qualified name must contain at most one '/'".into(),
+        ));
     }
     if prefix.is_empty() {
-        return Err("prefix part must be non-empty".into());
+        return Err(InvalidValue("prefix part must be non-empty".into()));
     }
     if prefix.len() > 253 {
-        return Err("prefix part must be no more than 253 characters".into());
+        return Err(InvalidValue(
+            "prefix part must be no more than 253 characters".into(),
+        ));
     }
     if !is_dns1123_subdomain(prefix) {
         return Err(DNS1123_SUBDOMAIN_FMT.into());
     }
     if name.is_empty() {
-        return Err("name part must be non-empty".into());
+        return Err(InvalidValue("name part must be non-empty".into()));
     }
     if name.len() > 63 {
-        return Err("name part must be no more than 63 characters".into());
+        return Err(InvalidValue(
+            "name part must be no more than 63 characters".into(),
+        ));
     }
     if !is_qualified_name_part(name) {
         return Err(QUALIFIED_NAME_FMT.into());
@@ -97,16 +107,16 @@ impl ResourceName {
     /// characters (`fully-qualified resource name must be 63 characters or
     /// less: <name>`) and a valid extended resource name (`incorrect format
     /// for resource name '<name>': [<why>]`).
-    pub fn parse(raw: &str) -> Result<ResourceName, String> {
+    pub fn parse(raw: &str) -> Result<ResourceName, InvalidValue> {
         let full = if raw.contains('/') {
             raw.to_string()
         } else {
             format!("{DEFAULT_PREFIX}/{raw}")
         };
         if full.len() > MAX_RESOURCE_NAME_LENGTH {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "fully-qualified resource name must be {MAX_RESOURCE_NAME_LENGTH} characters or less: {full}"
-            ));
+            )));
         }
         validate_resource_name(&full)
             .map_err(|why| format!("incorrect format for resource name '{full}': [{why}]"))?;
@@ -165,7 +175,11 @@ mod tests {
             ("nvidia.com/g pu", QUALIFIED_NAME_FMT),
             ("nvidia.com/g+pu", QUALIFIED_NAME_FMT),
         ] {
-            assert_eq!(validate_resource_name(name), Err(why.to_string()), "{name}");
+            assert_eq!(
+                validate_resource_name(name),
+                Err(InvalidValue(why.to_string())),
+                "{name}"
+            );
         }
         let long = format!("nvidia.com/{}", "a".repeat(64));
         assert_eq!(
@@ -195,18 +209,18 @@ mod tests {
         );
         let long = "a".repeat(53);
         assert_eq!(
-            ResourceName::parse(&long).unwrap_err(),
+            ResourceName::parse(&long).unwrap_err().to_string(),
             format!(
                 "fully-qualified resource name must be 63 characters or less: nvidia.com/{long}"
             )
         );
         assert!(ResourceName::parse(&"a".repeat(52)).is_ok());
         assert_eq!(
-            ResourceName::parse("gpu_").unwrap_err(),
+            ResourceName::parse("gpu_").unwrap_err().to_string(),
             format!("incorrect format for resource name 'nvidia.com/gpu_': [{QUALIFIED_NAME_FMT}]")
         );
         assert_eq!(
-            ResourceName::parse("").unwrap_err(),
+            ResourceName::parse("").unwrap_err().to_string(),
             "incorrect format for resource name 'nvidia.com/': [name part must be non-empty]"
         );
     }

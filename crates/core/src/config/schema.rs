@@ -15,6 +15,30 @@ pub struct UnknownValue {
     pub value: String,
 }
 
+/// A value NVIDIA's plugin would refuse, with NVIDIA's message (the caller
+/// adds where it was found: file, key or flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl From<&str> for InvalidValue {
+    fn from(message: &str) -> Self {
+        InvalidValue(message.to_string())
+    }
+}
+
+impl From<String> for InvalidValue {
+    fn from(message: String) -> Self {
+        InvalidValue(message)
+    }
+}
+
+impl From<InvalidValue> for String {
+    fn from(value: InvalidValue) -> Self {
+        value.0
+    }
+}
+
 /// One declaration per enum: its variants with their spellings in NVIDIA's
 /// config file and flags, and NVIDIA's message for anything else. `as_str`,
 /// `Display` and `FromStr` all come from it.
