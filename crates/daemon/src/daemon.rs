@@ -215,7 +215,7 @@ pub async fn run(
         source,
     })?;
     // Watch first, so that no event between start-up and registration is lost.
-    let (_watcher, mut events) =
+    let (_watch, mut events) =
         watch_dir(&paths.device_plugin_dir).map_err(|source| DaemonError::Watch {
             dir: paths.device_plugin_dir.clone(),
             source,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gpu_slicer_daemon::args::RunArgs;
-use gpu_slicer_daemon::process::{LogFormat, block_on, init_tracing};
+use gpu_slicer_daemon::process::{LogFormat, block_on, init_tracing, use_one_malloc_arena};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,7 @@ fn args() -> Vec<std::ffi::OsString> {
 }
 
 fn main() -> ExitCode {
+    use_one_malloc_arena();
     let cli = Cli::parse_from(args());
     init_tracing(cli.log_format, "info");
     match block_on(gpu_slicer_daemon::run::run(cli.run.into_options())) {

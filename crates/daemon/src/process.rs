@@ -3,6 +3,21 @@
 
 use std::future::Future;
 
+/// One malloc arena for the whole process. glibc gives each thread that
+/// allocates an arena of its own (the tokio blocking pool, notify's thread,
+/// the XID thread); each holds pages it rarely returns. The daemon does its
+/// work on one runtime thread, so the arenas buy no parallelism, only
+/// resident memory (measured in docs/benchmarks.md). Call before any other
+/// thread starts.
+pub fn use_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; no other thread
+    // exists yet, and an unknown option is ignored (it returns 0).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Log format (`--log-format`, `LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum LogFormat {

@@ -53,7 +53,7 @@ fn watch_settled<S, F>(
     what: String,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<notify::RecommendedWatcher>
+) -> notify::Result<crate::watch::DirWatch>
 where
     S: PartialEq + Send + 'static,
     F: Fn() -> S + Send + 'static,
@@ -87,7 +87,7 @@ pub fn watch_config_file(
     file: &Path,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> notify::Result<crate::watch::DirWatch> {
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -112,7 +112,7 @@ pub fn watch_config_dir(
     dir: &Path,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> notify::Result<crate::watch::DirWatch> {
     let dir_path = dir.to_path_buf();
     let what = dir_path.display().to_string();
     watch_settled(dir, move || snapshot(&dir_path), what, settle, reload)
