@@ -42,5 +42,17 @@ fn main() -> ExitCode {
         .unwrap_or("0");
     println!("gpus={count}");
     println!("VmRSS_kib={rss}");
+    // NVML_FLOOR_SMAPS=1: resident KiB per mapping, to compare with the daemon's.
+    if std::env::var_os("NVML_FLOOR_SMAPS").is_some() {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let mut name = String::new();
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                println!("{} {name}", kib.trim());
+            } else if line.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) && line.contains('-') {
+                name = line.split_whitespace().nth(5).unwrap_or("[anon]").to_string();
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
