@@ -49,8 +49,14 @@ fn main() -> ExitCode {
         for line in smaps.lines() {
             if let Some(kib) = line.strip_prefix("Rss:") {
                 println!("{} {name}", kib.trim());
-            } else if line.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) && line.contains('-') {
-                name = line.split_whitespace().nth(5).unwrap_or("[anon]").to_string();
+            } else if line.chars().next().is_some_and(|c| c.is_ascii_hexdigit())
+                && line.contains('-')
+            {
+                name = line
+                    .split_whitespace()
+                    .nth(5)
+                    .unwrap_or("[anon]")
+                    .to_string();
             }
         }
     }

@@ -181,6 +181,53 @@ async fn xid_events_mark_every_replica_and_recoverable_ones_come_back() {
     kubelet.shutdown().await;
 }
 
+/// The XID watcher loads the NVML library discovery found. It used to build
+/// its own options with the default driver root, so with the library only
+/// under `--driver-root-ctr-path` discovery worked while the health checks
+/// retried for ever and no XID ever reached a device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_use_the_library_found_under_the_driver_root() {
+    let dir = temp_dir();
+    let inventory = simulated::from_instance("g5.xlarge", None).expect("simulated");
+    let topology = dir.path().join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events file");
+    let driver_root = dir.path().join("driver-root");
+    let lib_dir = driver_root.join("usr/lib64");
+    std::fs::create_dir_all(&lib_dir).expect("library dir");
+    std::os::unix::fs::symlink(fake_nvml(), lib_dir.join("libnvidia-ml.so.1")).expect("link");
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--driver-root-ctr-path",
+            driver_root.to_str().expect("utf-8"),
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            ("FAKE_NVML_EVENTS", events.to_str().expect("utf-8")),
+        ],
+    );
+    let allocatable = |n: usize| {
+        move |s: &std::collections::BTreeMap<String, kubelet_sim::Capacity>| {
+            s.get("nvidia.com/gpu")
+                .is_some_and(|c| c.capacity == 1 && c.allocatable == n)
+        }
+    };
+    let timeout = crate::common::TIMEOUT;
+    kubelet
+        .wait_until(allocatable(1), timeout)
+        .await
+        .expect("discovered through the driver root");
+    append(&events, &format!("{} 79", inventory.gpus[0].uuid));
+    kubelet
+        .wait_until(allocatable(0), timeout)
+        .await
+        .expect("the XID reached the GPU: the watcher loaded the same library");
+    kubelet.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mig_xid_marks_only_its_instance() {
     let dir = temp_dir();
