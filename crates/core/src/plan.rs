@@ -8,7 +8,7 @@
 //! advertises what is consistent and reports the rest as [`Diagnostic`]s.
 
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use crate::config::{
@@ -96,13 +96,17 @@ pub enum Severity {
     Warning,
     /// Some devices are not advertised because of it.
     Error,
+    /// The configuration cannot be applied on this node as written: the
+    /// daemon refuses it (at start it exits, on a reload it keeps the
+    /// running configuration).
+    Refused,
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = match self.severity {
             Severity::Warning => "warning",
-            Severity::Error => "error",
+            Severity::Error | Severity::Refused => "error",
         };
         write!(f, "{level}: {}", self.message)
     }
@@ -178,8 +182,61 @@ impl Plan {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
             .iter()
-            .filter(|d| d.severity == Severity::Error)
+            .filter(|d| d.severity >= Severity::Error)
     }
+
+    /// Why the configuration cannot be applied on this node, if it cannot.
+    pub fn refusal(&self) -> Option<String> {
+        let reasons: Vec<&str> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Refused)
+            .map(|d| d.message.as_str())
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+/// The kubelet's gRPC receive limit (grpc-go's default, 4 MiB): every
+/// kubelet refuses a ListAndWatch message larger than this, and the node
+/// then shows none of the resource's devices.
+pub const KUBELET_MAX_MESSAGE: usize = 4 << 20;
+
+/// Bytes of a protobuf varint.
+fn varint_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Bytes of a length-delimited field (tag, length, payload).
+fn field_len(payload: usize) -> usize {
+    1 + varint_len(payload as u64) + payload
+}
+
+/// Encoded bytes of one `Device` entry of a `ListAndWatchResponse`
+/// (`repeated Device devices = 1`), with the longer health string
+/// (`Unhealthy`) so that a health change never crosses the limit.
+pub fn device_entry_len(id_len: usize, numa_node: Option<i64>) -> usize {
+    let mut device = field_len(id_len) + field_len("Unhealthy".len());
+    if let Some(node) = numa_node {
+        // TopologyInfo { repeated NUMANode nodes = 1 } with NUMANode { int64 ID = 1 }.
+        let numa = 1 + varint_len(node as u64);
+        device += field_len(field_len(numa));
+    }
+    field_len(device)
+}
+
+/// Encoded bytes of the resource's `ListAndWatchResponse`.
+pub fn list_and_watch_len(resource: &Resource) -> usize {
+    resource
+        .devices
+        .iter()
+        .map(|d| device_entry_len(d.id.len(), d.physical.numa_node))
+        .sum()
 }
 
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -189,10 +246,75 @@ pub fn plan(inventory: &Inventory, config: &Config) -> Plan {
     let mut diagnostics = Vec::new();
     let base = base_devices(inventory, config, &mut diagnostics);
     let resources = apply_sharing(base, config, &mut diagnostics);
+    for resource in &resources {
+        check_message_size(resource, &mut diagnostics);
+    }
     Plan {
         resources,
         diagnostics,
     }
+}
+
+/// Refuses a resource whose device list the kubelet would never accept,
+/// saying how many replicas would fit.
+fn check_message_size(resource: &Resource, diagnostics: &mut Vec<Diagnostic>) {
+    let size = list_and_watch_len(resource);
+    if size <= KUBELET_MAX_MESSAGE {
+        return;
+    }
+    let fits = resource.sharing.map(|sharing| {
+        // The physical devices behind the replicas, once each.
+        let mut physical: Vec<&Physical> = Vec::new();
+        for device in &resource.devices {
+            if !physical.iter().any(|p| p.uuid == device.physical.uuid) {
+                physical.push(&device.physical);
+            }
+        }
+        let size_with = |replicas: u32| -> usize {
+            physical
+                .iter()
+                .map(|p| {
+                    (0..replicas)
+                        .map(|n| {
+                            let id_len = p.uuid.len() + 2 + decimal_digits(n);
+                            device_entry_len(id_len, p.numa_node)
+                        })
+                        .sum::<usize>()
+                })
+                .sum()
+        };
+        // The largest count that fits, by bisection (size grows with it).
+        let (mut low, mut high) = (0u32, sharing.replicas);
+        while low < high {
+            let mid = low + (high - low).div_ceil(2);
+            if size_with(mid) <= KUBELET_MAX_MESSAGE {
+                low = mid;
+            } else {
+                high = mid - 1;
+            }
+        }
+        low
+    });
+    let hint = match fits {
+        Some(n) if n >= 2 => format!("; at most {n} replicas per device fit"),
+        Some(_) => {
+            "; no replica count of 2 or more fits: share fewer devices under this name".into()
+        }
+        None => String::new(),
+    };
+    diagnostics.push(Diagnostic {
+        severity: Severity::Refused,
+        message: format!(
+            "resource '{}': its device list ({} devices) encodes to {size} bytes, more than the {KUBELET_MAX_MESSAGE} bytes a kubelet accepts in one ListAndWatch message{hint}",
+            resource.name,
+            resource.devices.len()
+        ),
+    });
+}
+
+/// Decimal digits of `n`.
+fn decimal_digits(n: u32) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// A physical device with the resource name it gets before sharing.
@@ -464,6 +586,11 @@ fn apply_sharing(
     // Resource name → (devices, sharing info); BTreeMap keeps output sorted.
     let mut out: BTreeMap<ResourceName, (Vec<Device>, Option<SharingInfo>)> = BTreeMap::new();
     let mut replicated = vec![false; base.len()];
+    // Where each shared name came from, to refuse two entries sharing into
+    // one name (their replicas would be one resource of mixed hardware, or
+    // the same ids twice).
+    let mut targets: BTreeMap<ResourceName, String> = BTreeMap::new();
+    let base_names: BTreeSet<&ResourceName> = base.iter().map(|d| &d.name).collect();
 
     if let Some(shared) = shared {
         for (entry_index, entry) in shared.resources.iter().enumerate() {
@@ -495,6 +622,32 @@ fn apply_sharing(
                 continue;
             }
             let name = shared_name(entry.rename.as_ref(), &entry.name, shared);
+            if let Some(other) = targets.get(&name) {
+                diagnostics.push(refused(format!(
+                    "{path} shares '{}' as '{name}', and so does {other}: one resource would mix \
+                     their replicas (or list the same ids twice); give each entry its own name",
+                    entry.name
+                )));
+                continue;
+            }
+            if name != entry.name && base_names.contains(&name) {
+                diagnostics.push(refused(format!(
+                    "{path}: '{name}' (the shared name of '{}') is already a resource of this node's \
+                     other devices: a pod asking for '{name}' could be handed a replica of '{}'; \
+                     choose another rename",
+                    entry.name, entry.name
+                )));
+                continue;
+            }
+            if let Some(&i) = selected.iter().find(|&&i| replicated[i]) {
+                diagnostics.push(refused(format!(
+                    "{path}: device {} of '{}' is already shared by another entry; \
+                     each device can be shared by one entry only",
+                    base[i].physical.uuid, entry.name
+                )));
+                continue;
+            }
+            targets.insert(name.clone(), path.clone());
             if selected.len() < members.len() && name == entry.name {
                 diagnostics.push(warning(format!(
                     "{path}: only {} of the {} '{}' devices are shared, and replicas keep the same name, \
@@ -668,6 +821,13 @@ fn describe_ref(reference: &DeviceRef) -> String {
 fn warning(message: String) -> Diagnostic {
     Diagnostic {
         severity: Severity::Warning,
+        message,
+    }
+}
+
+fn refused(message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Refused,
         message,
     }
 }
@@ -962,6 +1122,115 @@ mod tests {
             let plan = plan(&node(gpus.clone()), &config);
             assert_eq!(counts(&plan), expected, "{devices:?}");
         }
+    }
+
+    /// A rename onto a resource of other devices merged different hardware
+    /// (a 10 GB request was handed a 5 GB slice), and two entries for one
+    /// resource listed the same ids twice: both are refused, naming the
+    /// entries.
+    #[test]
+    fn sharing_entries_that_collide_are_refused() {
+        let balanced = node((0..8).map(|i| gpu(i, true, BALANCED)).collect());
+        let mut config = with_strategy(MigStrategy::Mixed);
+        time_sliced(&mut config, "nvidia.com/mig-1g.5gb", 4).rename =
+            Some(ResourceName::new_unchecked("nvidia.com/mig-2g.10gb"));
+        let refused = plan(&balanced, &config).refusal().expect("refused");
+        assert_eq!(
+            refused,
+            "sharing.timeSlicing.resources[0]: 'nvidia.com/mig-2g.10gb' (the shared name of \
+             'nvidia.com/mig-1g.5gb') is already a resource of this node's other devices: a pod \
+             asking for 'nvidia.com/mig-2g.10gb' could be handed a replica of 'nvidia.com/mig-1g.5gb'; \
+             choose another rename"
+        );
+
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", 4);
+        time_sliced(&mut config, "nvidia.com/gpu", 2);
+        let plain = node((0..2).map(|i| gpu(i, false, &[])).collect());
+        let plan_two = plan(&plain, &config);
+        assert_eq!(
+            plan_two.refusal().expect("refused"),
+            "sharing.timeSlicing.resources[1] shares 'nvidia.com/gpu' as 'nvidia.com/gpu', and so \
+             does sharing.timeSlicing.resources[0]: one resource would mix their replicas (or list \
+             the same ids twice); give each entry its own name"
+        );
+        let ids: Vec<&str> = plan_two.resources[0]
+            .devices
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect();
+        let unique: BTreeSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "no id listed twice");
+
+        // The same devices under two names: refused too.
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", 4).rename =
+            Some(ResourceName::new_unchecked("nvidia.com/gpu-a"));
+        time_sliced(&mut config, "nvidia.com/gpu", 2).rename =
+            Some(ResourceName::new_unchecked("nvidia.com/gpu-b"));
+        let refused = plan(&plain, &config).refusal().expect("refused");
+        assert!(
+            refused.contains("device GPU-0 of 'nvidia.com/gpu' is already shared"),
+            "{refused}"
+        );
+
+        // Distinct renames of distinct devices stay fine.
+        let mut config = Config::default();
+        let a = time_sliced(&mut config, "nvidia.com/gpu", 4);
+        a.rename = Some(ResourceName::new_unchecked("nvidia.com/gpu-a"));
+        a.devices = DeviceSelection::List(vec![DeviceRef::Index(0)]);
+        let b = time_sliced(&mut config, "nvidia.com/gpu", 2);
+        b.rename = Some(ResourceName::new_unchecked("nvidia.com/gpu-b"));
+        b.devices = DeviceSelection::List(vec![DeviceRef::Index(1)]);
+        let fine = plan(&plain, &config);
+        assert_eq!(fine.refusal(), None);
+        assert_eq!(
+            counts(&fine),
+            vec![("nvidia.com/gpu-a", 4), ("nvidia.com/gpu-b", 2)]
+        );
+    }
+
+    /// 80,000 replica ids (a 5.1 MB message) were advertised, and every
+    /// kubelet refused each list: the plan refuses it, with the size and the
+    /// largest replica count that fits, computed from the encoding.
+    #[test]
+    fn device_lists_beyond_the_kubelets_limit_are_refused() {
+        // Real UUIDs: `GPU-` and 36 characters.
+        let eight = node(
+            (0..8)
+                .map(|i| Gpu {
+                    uuid: format!("GPU-{i:08x}-0000-4000-8000-{i:012x}"),
+                    ..gpu(i, false, &[])
+                })
+                .collect(),
+        );
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", 10_000);
+        let refused = plan(&eight, &config).refusal().expect("refused");
+        let fits: u32 = refused
+            .rsplit_once("at most ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("a count that fits");
+        assert!(
+            refused.starts_with(
+                "resource 'nvidia.com/gpu': its device list (80000 devices) encodes to "
+            ),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("more than the 4194304 bytes a kubelet accepts"),
+            "{refused}"
+        );
+        // The count is exact: it fits, one more does not.
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", fits);
+        let at = plan(&eight, &config);
+        assert_eq!(at.refusal(), None);
+        assert!(list_and_watch_len(&at.resources[0]) <= KUBELET_MAX_MESSAGE);
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", fits + 1);
+        assert!(plan(&eight, &config).refusal().is_some());
     }
 
     #[test]

@@ -310,11 +310,20 @@ async fn sleep_until_if(deadline: Option<Instant>) {
     }
 }
 
+/// Loads a setup and refuses one that cannot be applied on this node as
+/// written (colliding sharing entries, a device list no kubelet accepts): at
+/// start that ends the daemon, on a reload the running setup stays.
 async fn load(source: &SetupSource) -> Result<Setup, SetupError> {
     let source = source.clone();
-    tokio::task::spawn_blocking(move || source())
+    let setup = tokio::task::spawn_blocking(move || source())
         .await
-        .map_err(|e| SetupError::Fatal(format!("device discovery panicked: {e}")))?
+        .map_err(|e| SetupError::Fatal(format!("device discovery panicked: {e}")))??;
+    if let Some(reason) = plan(&setup.inventory, &setup.config).refusal() {
+        return Err(SetupError::Fatal(format!(
+            "the configuration cannot be applied on this node: {reason}"
+        )));
+    }
+    Ok(setup)
 }
 
 /// Logs the plan the way an operator reads it.
@@ -322,7 +331,7 @@ pub fn log_plan(plan: &Plan) {
     for d in &plan.diagnostics {
         match d.severity {
             Severity::Warning => tracing::warn!("{}", d.message),
-            Severity::Error => tracing::error!("{}", d.message),
+            Severity::Error | Severity::Refused => tracing::error!("{}", d.message),
         }
     }
     if plan.resources.is_empty() {

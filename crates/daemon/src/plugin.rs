@@ -375,3 +375,36 @@ impl RunningServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpu_slicer_core::config::{Config, ReplicatedResource};
+    use gpu_slicer_core::gpu::simulated;
+    use gpu_slicer_core::plan::{list_and_watch_len, plan};
+    use prost::Message as _;
+
+    /// The core's size rule (used to refuse lists over the kubelet's 4 MiB)
+    /// is the wire's: it counts every device as `Unhealthy`, two bytes more
+    /// than `Healthy`, so a health change never crosses the limit.
+    #[test]
+    fn the_core_computes_the_encoded_list_size() {
+        for (instance, numa) in [("g5.48xlarge", None), ("p4d.24xlarge", Some(1))] {
+            let mut inventory = simulated::from_instance(instance, None).expect("preset");
+            for gpu in &mut inventory.gpus {
+                gpu.numa_node = numa;
+            }
+            let mut config = Config::default();
+            config.sharing.time_slicing.resources =
+                vec![ReplicatedResource::every("nvidia.com/gpu", 1000)];
+            let planned = plan(&inventory, &config);
+            let resource = &planned.resources[0];
+            let wire = device_list(resource, &HealthState::default()).encoded_len();
+            assert_eq!(
+                list_and_watch_len(resource),
+                wire + 2 * resource.devices.len(),
+                "{instance}"
+            );
+        }
+    }
+}

@@ -35,6 +35,12 @@ pub fn run(options: &PlanOptions) -> Result<String, String> {
     let table = price_table(options.prices.as_deref())?;
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
     let plan = plan(&inventory, &config);
+    if let Some(reason) = plan.refusal() {
+        return Err(format!(
+            "the configuration cannot be applied on {}: {reason}",
+            options.instance
+        ));
+    }
     for d in &plan.diagnostics {
         eprintln!("{d}");
     }

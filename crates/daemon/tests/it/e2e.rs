@@ -207,3 +207,33 @@ fn run_refuses_a_bad_config_at_start() {
         "{stderr}"
     );
 }
+
+/// g5.48xlarge with 10,000 replicas per GPU is an 80,000-id, 5.1 MB device
+/// list: every kubelet refused it, the node showed 0, and the daemon
+/// re-registered every 2 s for ever. Now it is refused at start, with the
+/// size and what fits.
+#[test]
+fn a_device_list_no_kubelet_accepts_is_refused_at_start() {
+    let dir = temp_dir();
+    let config = write_config(
+        dir.path(),
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 10000\n",
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--simulate", "g5.48xlarge", "--device-plugin-path"])
+        .arg(dir.path())
+        .arg("--config-file")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: the configuration cannot be applied on this node: resource 'nvidia.com/gpu': \
+             its device list (80000 devices) encodes to "
+        ) && last.contains("bytes, more than the 4194304 bytes a kubelet accepts in one ListAndWatch message; at most "),
+        "{stderr}"
+    );
+}
