@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use gpu_slicer_core::config::{Config, ConfigError, ConfigFlags, MigStrategy, parse};
+use gpu_slicer_core::config::{
+    Config, ConfigError, ConfigFlags, MigStrategy, is_blank_document, parse,
+};
 
 /// Reads and parses a config file; errors are prefixed by its path.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
@@ -14,6 +16,28 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     parse(&text, &path.display().to_string())
+}
+
+/// On a reload: the file must not be blank. At start an empty file means
+/// NVIDIA's defaults; once a configuration runs, an empty file is far more
+/// likely a half-written ConfigMap or a mistake than a wish to drop every
+/// setting (a MIG node would switch to whole GPUs mid-flight), so it is
+/// refused and the running configuration stays.
+pub fn refuse_blank_on_reload(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if is_blank_document(&text) {
+        return Err(ConfigError::Invalid {
+            source_name: path.display().to_string(),
+            path: String::new(),
+            message: "the file is empty; an empty config means the defaults only at start, \
+                      so the running configuration stays"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// The process environment, as the core's overlay reads it.

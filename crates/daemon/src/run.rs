@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config_file::config_for_layout;
+use crate::config_file::{config_for_layout, refuse_blank_on_reload};
 use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource, Timings};
 use crate::kube_api::KubeClient;
 use crate::metrics::{self, Metrics};
@@ -132,11 +133,19 @@ pub fn setup_source(
     mig_minors: Option<PathBuf>,
     nvml_used: Option<SyncSender<NvmlOptions>>,
 ) -> SetupSource {
+    // Set once a setup was produced: every later load is a reload.
+    let loaded = Arc::new(AtomicBool::new(false));
     Arc::new(move || {
         let config_file = match &config {
             ConfigChoice::File(file) => file.clone(),
             ConfigChoice::Selected(selector) => selector.resolve().map_err(SetupError::Fatal)?,
         };
+        if loaded.load(Ordering::Relaxed)
+            && let Some(path) = &config_file
+        {
+            refuse_blank_on_reload(path)
+                .map_err(|e| SetupError::Fatal(format!("unable to load config: {e}")))?;
+        }
         let config = config_for_layout(config_file.as_deref(), &flags, mig_config.as_deref())
             .map_err(|e| SetupError::Fatal(e.to_string()))?;
         if let Some(spec) = &simulate {
@@ -146,6 +155,7 @@ pub fn setup_source(
                 control: Vec::new(),
                 mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
             };
+            loaded.store(true, Ordering::Relaxed);
             return Ok(Setup {
                 inventory,
                 config,
@@ -165,6 +175,7 @@ pub fn setup_source(
                     gpus = found.inventory.gpus.len(),
                     "discovered GPUs through NVML"
                 );
+                loaded.store(true, Ordering::Relaxed);
                 Ok(Setup {
                     inventory: found.inventory,
                     config,

@@ -394,7 +394,9 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn is_blank_document(text: &str) -> bool {
+/// A document with nothing in it (only blank lines, comments, `---`):
+/// NVIDIA takes it as all defaults.
+pub fn is_blank_document(text: &str) -> bool {
     text.lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---" || l == "..."

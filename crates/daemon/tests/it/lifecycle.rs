@@ -102,6 +102,21 @@ async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
             "{name} changed after a rejected config"
         );
     }
+    // An empty file on reload is refused too (it used to be applied as all
+    // defaults: a MIG node switched to whole GPUs mid-flight).
+    swap_config(dir.path(), "");
+    wait_for_metric(
+        &address,
+        "gpu_slicer_config_reloads_total{result=\"rejected\"} 2",
+    )
+    .await;
+    let status = kubelet.node_status();
+    for (name, count) in &after {
+        assert_eq!(
+            status[name].allocatable, *count,
+            "{name} changed after an empty config"
+        );
+    }
     // And a good config after a bad one applies again.
     swap_config(dir.path(), MIXED);
     wait_for(&kubelet, &before).await;
