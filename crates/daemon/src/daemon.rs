@@ -210,6 +210,22 @@ pub async fn run(
             None
         }
     };
+    if !paths.device_plugin_dir.is_dir() {
+        // A kubelet always has this directory: its absence means a wrong
+        // --device-plugin-path or a missing hostPath mount, and no kubelet
+        // will ever register the resources. Said once, loudly; the daemon
+        // still creates it and waits, in case the kubelet comes later.
+        tracing::warn!(
+            "the device-plugin directory {} does not exist, so no kubelet socket is there; created it and \
+             waiting for {}. Check --device-plugin-path (the kubelet's <root-dir>/device-plugins) and that \
+             it is mounted into the pod",
+            paths.device_plugin_dir.display(),
+            paths.kubelet_socket.as_deref().map_or_else(
+                || "nothing (registration is off)".into(),
+                |k| k.display().to_string()
+            )
+        );
+    }
     std::fs::create_dir_all(&paths.device_plugin_dir).map_err(|source| DaemonError::Serve {
         socket: paths.device_plugin_dir.clone(),
         source,

@@ -237,3 +237,43 @@ fn a_device_list_no_kubelet_accepts_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// `--device-plugin-path /nonexistent/dir` was created silently and the
+/// daemon waited for ever logging at INFO; now it warns once, saying what to
+/// check, and keeps waiting.
+#[test]
+fn a_missing_device_plugin_directory_is_warned_about() {
+    let dir = temp_dir();
+    let missing = dir.path().join("nonexistent/device-plugins");
+    let mut child = Command::new(BIN)
+        .args(["run", "--simulate", "g5.xlarge", "--device-plugin-path"])
+        .arg(&missing)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    // It keeps running, serving its socket while it waits.
+    let deadline = std::time::Instant::now() + crate::common::TIMEOUT;
+    while !missing.join("nvidia-gpu.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "never served");
+        assert!(child.try_wait().expect("wait").is_none(), "exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("does not exist, so no kubelet socket is there"))
+        .unwrap_or_else(|| panic!("no warning in:\n{stderr}"));
+    assert!(
+        warning.contains(&missing.display().to_string()),
+        "{warning}"
+    );
+    assert!(warning.contains("Check --device-plugin-path"), "{warning}");
+}
