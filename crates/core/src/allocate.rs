@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::config::{DeviceIdStrategy, DeviceListStrategy, Flags};
 use crate::device_nodes;
 pub use crate::device_nodes::NodeDeviceFiles;
+use crate::placement::id_for_message;
 use crate::plan::{Physical, Resource};
 
 /// What one container receives: the core's own copy of the kubelet's
@@ -55,6 +56,12 @@ pub enum AllocateError {
         "invalid allocation request for \"{resource}\": invalid request: maximum request size for shared resources is 1; found {count}"
     )]
     TooManySharedDevices { resource: String, count: usize },
+    #[error("invalid allocation request for \"{resource}\": invalid request: no devices requested")]
+    NoDevices { resource: String },
+    #[error(
+        "invalid allocation request for \"{resource}\": invalid request: device {id} requested twice"
+    )]
+    DuplicateDevice { resource: String, id: String },
 }
 
 /// Builds the response for one container request.
@@ -69,14 +76,26 @@ pub fn allocate(
     files: &NodeDeviceFiles,
     response_id: &str,
 ) -> Result<ContainerAllocateResponse, AllocateError> {
+    if requested.is_empty() {
+        return Err(AllocateError::NoDevices {
+            resource: resource.name.to_string(),
+        });
+    }
     let mut devices = Vec::with_capacity(requested.len());
+    let mut seen = std::collections::HashSet::with_capacity(requested.len());
     for id in requested {
         let device = resource
             .device(id)
             .ok_or_else(|| AllocateError::UnknownDevice {
                 resource: resource.name.to_string(),
-                id: id.clone(),
+                id: id_for_message(id),
             })?;
+        if !seen.insert(device.id.as_str()) {
+            return Err(AllocateError::DuplicateDevice {
+                resource: resource.name.to_string(),
+                id: id_for_message(id),
+            });
+        }
         devices.push(device);
     }
     if let Some(sharing) = resource.sharing
@@ -293,6 +312,33 @@ mod tests {
         );
         // One replica is fine even with the flag.
         assert!(run(&config, "nvidia.com/gpu", &["GPU-0::0"]).is_ok());
+    }
+
+    /// Allocate accepted an empty list (`NVIDIA_VISIBLE_DEVICES=''`) and
+    /// duplicate ids, and echoed whole ids of any length in its errors.
+    #[test]
+    fn empty_duplicate_and_long_ids_are_refused_briefly() {
+        let config = config(4, false);
+        let err = run(&config, "nvidia.com/gpu", &[]).expect_err("empty");
+        assert_eq!(
+            err.to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: no devices requested"
+        );
+        let err = run(
+            &config,
+            "nvidia.com/gpu",
+            &["GPU-0::1", "GPU-1::0", "GPU-0::1"],
+        )
+        .expect_err("duplicate");
+        assert_eq!(
+            err.to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: device GPU-0::1 requested twice"
+        );
+        let long = format!("GPU-{}", "9".repeat(100_000));
+        let err = run(&config, "nvidia.com/gpu", &[long.as_str()]).expect_err("unknown");
+        let message = err.to_string();
+        assert!(message.len() < 250, "{}", message.len());
+        assert!(message.ends_with("... (100004 bytes)"), "{message}");
     }
 
     #[test]

@@ -17,6 +17,25 @@ use crate::plan::Resource;
 pub enum PlacementError {
     #[error("not enough available devices to satisfy allocation")]
     NotEnoughDevices,
+    #[error("must-include device {0} is not among the available devices")]
+    MustIncludeUnavailable(String),
+    #[error("{must_include} must-include devices are more than the {size} requested")]
+    MustIncludeOverSize { must_include: usize, size: usize },
+}
+
+/// An id as it may appear in a message: ids come from the kubelet and are
+/// not bounded there, so a long one is cut (an error echoing a 100 KB id
+/// once made a trailer the client refused).
+pub fn id_for_message(id: &str) -> String {
+    const MAX: usize = 80;
+    if id.len() <= MAX {
+        return id.to_string();
+    }
+    let mut end = MAX;
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &id[..end], id.len())
 }
 
 /// Pairwise link strength between GPUs, by GPU index.
@@ -81,22 +100,34 @@ pub fn preferred(
     policy: AllocationPolicy,
     links: &LinkScores,
 ) -> Result<Vec<String>, PlacementError> {
-    let mut chosen: Vec<usize> = Vec::with_capacity(size);
-    for id in must_include {
-        if let Some(p) = resource.position(id)
-            && !chosen.contains(&p)
-        {
-            chosen.push(p);
-        }
-    }
+    // Positions already taken (chosen or a candidate): the kubelet's lists
+    // may repeat ids, and an answer must never hold one twice.
+    let mut seen = vec![false; resource.devices.len()];
     let mut candidates: Vec<usize> = Vec::with_capacity(available.len());
     for id in available {
         if let Some(p) = resource.position(id)
-            && !chosen.contains(&p)
+            && !std::mem::replace(&mut seen[p], true)
         {
             candidates.push(p);
         }
     }
+    let mut chosen: Vec<usize> = Vec::with_capacity(size);
+    for id in must_include {
+        let p = resource
+            .position(id)
+            .filter(|&p| seen[p])
+            .ok_or_else(|| PlacementError::MustIncludeUnavailable(id_for_message(id)))?;
+        if !chosen.contains(&p) {
+            chosen.push(p);
+        }
+    }
+    if chosen.len() > size {
+        return Err(PlacementError::MustIncludeOverSize {
+            must_include: chosen.len(),
+            size,
+        });
+    }
+    candidates.retain(|p| !chosen.contains(p));
     let needed = size.saturating_sub(chosen.len());
     if candidates.len() < needed {
         return Err(PlacementError::NotEnoughDevices);
@@ -458,6 +489,67 @@ mod tests {
         .expect("ok");
         let parents: HashSet<u32> = got.iter().map(|id| gpu_of(&resource, id)).collect();
         assert_eq!(parents.len(), 8, "{got:?}");
+    }
+
+    /// The kubelet's lists may repeat ids or name must-include ids that are
+    /// not available; answers held duplicates, unavailable ids and more ids
+    /// than the size asked. Now: no duplicates, never more than asked, and
+    /// must-include ⊆ available or a clear error.
+    #[test]
+    fn answers_hold_no_duplicates_nor_more_than_asked() {
+        let inventory = islands(&[]);
+        let resource = resource_for(&inventory, &shared_config(4), "nvidia.com/gpu");
+        let all = ids(&resource);
+        let one = &all[0];
+        let links = LinkScores::default();
+        let repeated = vec![one.clone(), one.clone(), one.clone(), all[1].clone()];
+        for policy in [AllocationPolicy::Packed, AllocationPolicy::Distributed] {
+            let got = preferred(&resource, &repeated, &[], 2, policy, &links).expect("two fit");
+            assert_eq!(got.len(), 2);
+            assert_ne!(got[0], got[1], "{got:?}");
+            let err = preferred(&resource, &repeated, &[], 3, policy, &links)
+                .expect_err("only two distinct ids");
+            assert_eq!(err, PlacementError::NotEnoughDevices);
+        }
+        let err = preferred(
+            &resource,
+            &all[1..],
+            std::slice::from_ref(one),
+            1,
+            AllocationPolicy::Packed,
+            &links,
+        )
+        .expect_err("must-include not available");
+        assert_eq!(
+            err.to_string(),
+            format!("must-include device {one} is not among the available devices")
+        );
+        let err = preferred(
+            &resource,
+            &all,
+            &all[..3],
+            2,
+            AllocationPolicy::Packed,
+            &links,
+        )
+        .expect_err("three must-include, size two");
+        assert_eq!(
+            err.to_string(),
+            "3 must-include devices are more than the 2 requested"
+        );
+        // A long id is cut in the message.
+        let long = "x".repeat(100_000);
+        let err = preferred(
+            &resource,
+            &all,
+            std::slice::from_ref(&long),
+            1,
+            AllocationPolicy::Packed,
+            &links,
+        )
+        .expect_err("unknown");
+        assert!(err.to_string().len() < 200, "{}", err.to_string().len());
+        assert!(err.to_string().contains("(100000 bytes)"));
     }
 
     #[test]

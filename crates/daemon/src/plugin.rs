@@ -31,7 +31,7 @@ use gpu_slicer_api::{
 use gpu_slicer_core::allocate::{AllocateError, NodeDeviceFiles, allocate};
 use gpu_slicer_core::config::{Flags, ResourceName};
 use gpu_slicer_core::health::HealthState;
-use gpu_slicer_core::placement::{LinkScores, preferred};
+use gpu_slicer_core::placement::{LinkScores, PlacementError, preferred};
 use gpu_slicer_core::plan::Resource;
 
 pub const HEALTHY: &str = "Healthy";
@@ -70,7 +70,9 @@ fn allocate_status(error: AllocateError, owners: &HashMap<String, ResourceName>)
             )),
             None => Status::not_found(error.to_string()),
         },
-        AllocateError::TooManySharedDevices { .. } => Status::invalid_argument(error.to_string()),
+        AllocateError::TooManySharedDevices { .. }
+        | AllocateError::NoDevices { .. }
+        | AllocateError::DuplicateDevice { .. } => Status::invalid_argument(error.to_string()),
     }
 }
 
@@ -260,9 +262,11 @@ impl DevicePlugin for PluginService {
                 &state.links,
             )
             .map_err(|e| {
-                Status::resource_exhausted(format!(
-                    "error getting list of preferred allocation devices: {e}"
-                ))
+                let message = format!("error getting list of preferred allocation devices: {e}");
+                match e {
+                    PlacementError::NotEnoughDevices => Status::resource_exhausted(message),
+                    _ => Status::invalid_argument(message),
+                }
             })?;
             container_responses.push(ContainerPreferredAllocationResponse { device_i_ds: ids });
         }
@@ -317,8 +321,11 @@ pub struct RunningServer {
     task: JoinHandle<()>,
 }
 
-/// Requests listing every available id may be large (thousands of replicas).
-const MAX_DECODE_BYTES: usize = 64 << 20;
+/// The largest request accepted: the kubelet's own gRPC limit (4 MiB), so a
+/// client cannot make the daemon hold more (a 60 MB Allocate once raised the
+/// resident set by 60 MB for good). A GetPreferredAllocation listing 10,000
+/// replica ids is about 0.5 MB.
+const MAX_DECODE_BYTES: usize = gpu_slicer_core::plan::KUBELET_MAX_MESSAGE;
 const WINDOW_BYTES: u32 = 4 << 20;
 
 /// Binds `socket` (replacing a stale file) and serves `service` on it. The
