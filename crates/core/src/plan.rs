@@ -255,6 +255,63 @@ pub fn plan(inventory: &Inventory, config: &Config) -> Plan {
     }
 }
 
+/// Encoded bytes of `replicas` replica ids (`<uuid>::<n>`) of each of
+/// `physical`, without building them: closed form over the number of
+/// digits, so a count of a billion costs nothing to check.
+fn replica_list_len(physical: &[&Physical], replicas: u32) -> usize {
+    let replicas = u64::from(replicas);
+    physical
+        .iter()
+        .map(|p| {
+            (1..=10u32)
+                .map(|digits| {
+                    let low = if digits == 1 {
+                        0
+                    } else {
+                        10u64.pow(digits - 1)
+                    };
+                    let high = 10u64.pow(digits).min(replicas);
+                    let count = high.saturating_sub(low) as usize;
+                    count.saturating_mul(device_entry_len(
+                        p.uuid.len() + 2 + digits as usize,
+                        p.numa_node,
+                    ))
+                })
+                .fold(0usize, usize::saturating_add)
+        })
+        .fold(0, usize::saturating_add)
+}
+
+/// The largest replica count whose list fits the kubelet's limit, by
+/// bisection (the size grows with the count).
+fn largest_fitting(physical: &[&Physical], replicas: u32) -> u32 {
+    let (mut low, mut high) = (0u32, replicas);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if replica_list_len(physical, mid) <= KUBELET_MAX_MESSAGE {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
+}
+
+/// The refusal of a device list over the kubelet's limit.
+fn oversized(name: &ResourceName, devices: usize, size: usize, fits: Option<u32>) -> Diagnostic {
+    let hint = match fits {
+        Some(n) if n >= 2 => format!("; at most {n} replicas per device fit"),
+        Some(_) => {
+            "; no replica count of 2 or more fits: share fewer devices under this name".into()
+        }
+        None => String::new(),
+    };
+    refused(format!(
+        "resource '{name}': its device list ({devices} devices) encodes to {size} bytes, more than \
+         the {KUBELET_MAX_MESSAGE} bytes a kubelet accepts in one ListAndWatch message{hint}"
+    ))
+}
+
 /// Refuses a resource whose device list the kubelet would never accept,
 /// saying how many replicas would fit.
 fn check_message_size(resource: &Resource, diagnostics: &mut Vec<Diagnostic>) {
@@ -270,51 +327,14 @@ fn check_message_size(resource: &Resource, diagnostics: &mut Vec<Diagnostic>) {
                 physical.push(&device.physical);
             }
         }
-        let size_with = |replicas: u32| -> usize {
-            physical
-                .iter()
-                .map(|p| {
-                    (0..replicas)
-                        .map(|n| {
-                            let id_len = p.uuid.len() + 2 + decimal_digits(n);
-                            device_entry_len(id_len, p.numa_node)
-                        })
-                        .sum::<usize>()
-                })
-                .sum()
-        };
-        // The largest count that fits, by bisection (size grows with it).
-        let (mut low, mut high) = (0u32, sharing.replicas);
-        while low < high {
-            let mid = low + (high - low).div_ceil(2);
-            if size_with(mid) <= KUBELET_MAX_MESSAGE {
-                low = mid;
-            } else {
-                high = mid - 1;
-            }
-        }
-        low
+        largest_fitting(&physical, sharing.replicas)
     });
-    let hint = match fits {
-        Some(n) if n >= 2 => format!("; at most {n} replicas per device fit"),
-        Some(_) => {
-            "; no replica count of 2 or more fits: share fewer devices under this name".into()
-        }
-        None => String::new(),
-    };
-    diagnostics.push(Diagnostic {
-        severity: Severity::Refused,
-        message: format!(
-            "resource '{}': its device list ({} devices) encodes to {size} bytes, more than the {KUBELET_MAX_MESSAGE} bytes a kubelet accepts in one ListAndWatch message{hint}",
-            resource.name,
-            resource.devices.len()
-        ),
-    });
-}
-
-/// Decimal digits of `n`.
-fn decimal_digits(n: u32) -> usize {
-    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+    diagnostics.push(oversized(
+        &resource.name,
+        resource.devices.len(),
+        size,
+        fits,
+    ));
 }
 
 /// A physical device with the resource name it gets before sharing.
@@ -645,6 +665,16 @@ fn apply_sharing(
                      each device can be shared by one entry only",
                     base[i].physical.uuid, entry.name
                 )));
+                continue;
+            }
+            // Bounded before anything is built: a replica count of a
+            // billion is refused here, not after allocating its ids.
+            let physical: Vec<&Physical> = selected.iter().map(|&i| &base[i].physical).collect();
+            let size = replica_list_len(&physical, entry.replicas);
+            if size > KUBELET_MAX_MESSAGE {
+                let devices = selected.len().saturating_mul(entry.replicas as usize);
+                let fits = largest_fitting(&physical, entry.replicas);
+                diagnostics.push(oversized(&name, devices, size, Some(fits)));
                 continue;
             }
             targets.insert(name.clone(), path.clone());
@@ -1231,6 +1261,20 @@ mod tests {
         let mut config = Config::default();
         time_sliced(&mut config, "nvidia.com/gpu", fits + 1);
         assert!(plan(&eight, &config).refusal().is_some());
+        // A billion replicas is refused before any id is built (it used to
+        // grow by gigabytes and abort the daemon on a reload).
+        let mut config = Config::default();
+        time_sliced(&mut config, "nvidia.com/gpu", 1_000_000_000);
+        let huge = plan(&eight, &config);
+        // Nothing was built for the entry (its GPUs stay whole in the plan,
+        // which is refused as a whole).
+        assert_eq!(counts(&huge), vec![("nvidia.com/gpu", 8)]);
+        let refused = huge.refusal().expect("refused");
+        assert!(
+            refused.contains("(8000000000 devices)")
+                && refused.contains(&format!("at most {fits} replicas")),
+            "{refused}"
+        );
     }
 
     #[test]

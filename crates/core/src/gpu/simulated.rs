@@ -201,6 +201,10 @@ pub fn from_topology_str_with_layout(
     build(&topology, source)
 }
 
+/// GPUs a simulated node may have: checked before any is built, so a typo
+/// (`count: 4294967295`) is an error, not an allocation failure.
+pub const MAX_GPUS_PER_NODE: usize = 64;
+
 /// Builds a parsed topology; `source` names it in errors.
 pub fn build(topology: &Topology, source: &str) -> Result<Inventory, SimulationError> {
     build_inner(topology, Some(source))
@@ -310,6 +314,17 @@ fn build_inner(topology: &Topology, file: Option<&str>) -> Result<Inventory, Sim
                         src,
                         format!("{key}.count"),
                         "count must be at least 1; remove the entry instead",
+                    ));
+                }
+                if slots.len().saturating_add(count as usize) > MAX_GPUS_PER_NODE {
+                    return Err(invalid(
+                        src,
+                        format!("{key}.count"),
+                        format!(
+                            "a simulated node holds at most {MAX_GPUS_PER_NODE} GPUs (the largest \
+                             GPU instances have 16); this entry brings it to {}",
+                            slots.len() as u64 + u64::from(count)
+                        ),
                     ));
                 }
                 if entry.uuid.is_some() && count > 1 {
@@ -1172,6 +1187,12 @@ gpus:
             (
                 "gpus:\n  - model: A100-40GB\n    count: 0\n",
                 "t.yaml: gpus[0].count: count must be at least 1; remove the entry instead".to_string(),
+            ),
+            (
+                "gpus:\n  - model: A100-40GB\n    count: 2\n  - model: T4\n    count: 4294967295\n",
+                "t.yaml: gpus[1].count: a simulated node holds at most 64 GPUs (the largest GPU \
+                 instances have 16); this entry brings it to 4294967297"
+                    .to_string(),
             ),
             (
                 "gpus:\n  - model: A100-40GB\n    migLayout: all-1g.5gb\n    migDevices: [1g.5gb]\n",
