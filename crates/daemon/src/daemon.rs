@@ -202,7 +202,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let first = match load(&source).await {
-        Ok(setup) => Some(setup),
+        Ok(loaded) => Some(loaded),
         Err(e @ SetupError::Fatal(_)) => return Err(DaemonError::Setup(e)),
         Err(SetupError::NotReady(e)) => {
             tracing::warn!("{e}");
@@ -251,8 +251,8 @@ pub async fn run(
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
-    match &first {
-        Some(setup) => daemon.apply(setup)?,
+    match first {
+        Some((setup, plan)) => daemon.apply(&setup, plan)?,
         None => daemon.schedule_discovery(),
     }
     daemon.register_pending().await;
@@ -271,10 +271,10 @@ pub async fn run(
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
                 match load(&source).await {
-                    Ok(setup) => {
+                    Ok((setup, plan)) => {
                         daemon.discovery = None;
                         daemon.discovery_backoff.reset();
-                        daemon.apply(&setup)?;
+                        daemon.apply(&setup, plan)?;
                         daemon.metrics.count_reload(true);
                     }
                     Err(e) => {
@@ -286,11 +286,11 @@ pub async fn run(
             }
             _ = sleep_until_if(rediscover) => {
                 match load(&source).await {
-                    Ok(setup) => {
+                    Ok((setup, plan)) => {
                         tracing::info!("device discovery succeeded");
                         daemon.discovery = None;
                         daemon.discovery_backoff.reset();
-                        daemon.apply(&setup)?;
+                        daemon.apply(&setup, plan)?;
                     }
                     Err(e) => {
                         tracing::warn!("device discovery failed again: {e}");
@@ -326,20 +326,22 @@ async fn sleep_until_if(deadline: Option<Instant>) {
     }
 }
 
-/// Loads a setup and refuses one that cannot be applied on this node as
-/// written (colliding sharing entries, a device list no kubelet accepts): at
-/// start that ends the daemon, on a reload the running setup stays.
-async fn load(source: &SetupSource) -> Result<Setup, SetupError> {
+/// Loads a setup and plans it, refusing one that cannot be applied on this
+/// node as written (colliding sharing entries, a device list no kubelet
+/// accepts): at start that ends the daemon, on a reload the running setup
+/// stays. The plan is handed on, so it is computed once per load.
+async fn load(source: &SetupSource) -> Result<(Setup, Plan), SetupError> {
     let source = source.clone();
     let setup = tokio::task::spawn_blocking(move || source())
         .await
         .map_err(|e| SetupError::Fatal(format!("device discovery panicked: {e}")))??;
-    if let Some(reason) = plan(&setup.inventory, &setup.config).refusal() {
+    let plan = plan(&setup.inventory, &setup.config);
+    if let Some(reason) = plan.refusal() {
         return Err(SetupError::Fatal(format!(
             "the configuration cannot be applied on this node: {reason}"
         )));
     }
-    Ok(setup)
+    Ok((setup, plan))
 }
 
 /// Logs the plan the way an operator reads it.
@@ -366,8 +368,7 @@ impl Daemon {
     /// Brings the running plugins in line with a new setup: unchanged
     /// resources keep serving, changed ones re-send their list, new ones
     /// start, removed ones send an empty list and stop.
-    fn apply(&mut self, setup: &Setup) -> Result<(), DaemonError> {
-        let plan = plan(&setup.inventory, &setup.config);
+    fn apply(&mut self, setup: &Setup, plan: Plan) -> Result<(), DaemonError> {
         log_plan(&plan);
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
