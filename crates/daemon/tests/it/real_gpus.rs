@@ -188,9 +188,8 @@ async fn xid_events_mark_every_replica_and_recoverable_ones_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_use_the_library_found_under_the_driver_root() {
     let dir = temp_dir();
-    let inventory = simulated::from_instance("g5.xlarge", None).expect("simulated");
-    let topology = dir.path().join("inventory.json");
-    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let topology = inventory_file(dir.path(), "g5.xlarge", "all-disabled");
+    let inventory = simulated::from_instance("g5.xlarge", Some("all-disabled")).expect("sim");
     let events = dir.path().join("events");
     std::fs::write(&events, "").expect("events file");
     let driver_root = dir.path().join("driver-root");
