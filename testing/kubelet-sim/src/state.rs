@@ -1,5 +1,11 @@
 //! Shared simulator state, the Registration service and the plugin endpoints
 //! (dial-back, GetDevicePluginOptions, ListAndWatch).
+//!
+//! Two tables mirror the kubelet's two layers: the registration server's *clients* (one per
+//! Register call, each owning a connection and its ListAndWatch stream; see
+//! `plugin/v1beta1/handler.go`) and the device manager's *endpoints* (one per resource,
+//! replaced by every successful registration; see `manager.go`). Device updates are keyed
+//! by resource only, so every open stream of a resource feeds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,33 +22,61 @@ use tonic::{Request, Response, Status};
 use crate::api::device_plugin_client::DevicePluginClient;
 use crate::api::registration_server::Registration;
 use crate::api::{self, DevicePluginOptions};
+use crate::conn::KillSwitch;
 use crate::types::{
     Capacity, DeviceState, EndpointInfo, KubeletVersion, Options, Pod, RegistrationRecord,
 };
-use crate::util::{grpc_error_string, is_extended_resource_name, join_clean};
+use crate::util::{is_extended_resource_name, join_clean, recv_error_string};
 use crate::{HEALTHY, MAX_RECV_MESSAGE_SIZE, VERSION};
 
 pub(crate) type PluginClient = DevicePluginClient<Channel>;
 
-/// The kubelet's connection to one registered plugin.
+/// What a stream closed by the kubelet itself reports (grpc-go's `ErrClientConnClosing`).
+const CLIENT_CONN_CLOSING: &str =
+    "rpc error: code = Canceled desc = grpc: the client connection is closing";
+
+/// The device manager's endpoint of a resource: the newest successful registration.
 pub(crate) struct PluginEndpoint {
+    /// The id of the client (connection) it was created from.
     pub id: u64,
     pub path: PathBuf,
     pub options: DevicePluginOptions,
-    /// `None` once stopped (connection closed).
+    /// `None` once stopped.
     pub client: Option<PluginClient>,
     pub stream_error: Option<String>,
     pub updates: u64,
-    pub task: Option<JoinHandle<()>>,
 }
 
 impl PluginEndpoint {
     pub(crate) fn stop(&mut self) {
         self.client = None;
-        if let Some(t) = self.task.take() {
+    }
+}
+
+/// A connection the kubelet holds to a plugin socket (one per successful dial-back), with
+/// its ListAndWatch stream. Dropping it closes the connection and the stream.
+pub(crate) struct PluginConn {
+    pub resource: String,
+    pub path: PathBuf,
+    /// Closes the connection when dropped.
+    _kill: KillSwitch,
+    /// The ListAndWatch task while the stream is open.
+    pub stream: Option<JoinHandle<()>>,
+}
+
+impl Drop for PluginConn {
+    fn drop(&mut self) {
+        if let Some(t) = self.stream.take() {
             t.abort();
         }
     }
+}
+
+/// An entry of the registration server's client map.
+pub(crate) struct ClientKey {
+    pub resource: String,
+    pub path: PathBuf,
+    pub id: u64,
 }
 
 /// Per-resource device-manager state.
@@ -68,13 +102,24 @@ pub(crate) struct Allocation {
 
 #[derive(Default)]
 pub(crate) struct State {
-    /// Incremented at each (re)start; registrations from an older server are refused.
+    /// The kubelet instance: 0 at the first start, +1 at every later start. Registrations
+    /// taken by an older instance are refused.
     pub epoch: u64,
+    /// Whether the instance `epoch` is up (between its start and its stop or crash).
+    pub serving: bool,
     pub next_id: u64,
     pub resources: BTreeMap<String, ResourceState>,
     pub registrations: Vec<RegistrationRecord>,
     /// When `kubelet.sock` was last bound (start or restart).
     pub socket_bound_at: Option<Instant>,
+    /// When `listen()` on the last bound `kubelet.sock` returned.
+    pub socket_listening_at: Option<Instant>,
+    /// Connections to plugins by client id (including old ones still open beside a newer
+    /// registration, and ones whose stream ended but that the kubelet never closed).
+    pub conns: BTreeMap<u64, PluginConn>,
+    /// The registration server's client map (≥1.25), oldest first: 1.25–1.35 at most one
+    /// entry per resource, ≥1.36 one per (resource, socket path).
+    pub clients: Vec<ClientKey>,
     pub allocations: Vec<Allocation>,
     /// Admitted pods by name.
     pub pods: BTreeMap<String, Pod>,
@@ -117,14 +162,134 @@ impl State {
         })
     }
 
-    /// Stops and forgets every endpoint; resources become empty placeholders (0/0).
+    /// Stops and forgets every endpoint and closes every plugin connection (kubelet process
+    /// gone); resources become empty placeholders (0/0).
     pub fn drop_endpoints(&mut self) {
+        self.conns.clear();
+        self.clients.clear();
         for r in self.resources.values_mut() {
-            if let Some(mut ep) = r.endpoint.take() {
-                ep.stop();
-            }
+            r.endpoint = None;
             r.devices.clear();
         }
+    }
+
+    /// Whether registrations taken by instance `epoch` may still change anything.
+    fn live(&self, epoch: u64) -> bool {
+        self.serving && self.epoch == epoch
+    }
+
+    /// Whether client `id` has its ListAndWatch stream open.
+    fn stream_open(&self, id: u64) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.stream.is_some())
+    }
+
+    /// Number of ListAndWatch streams held open for `resource`.
+    pub fn open_streams(&self, resource: &str) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.resource == resource && c.stream.is_some())
+            .count()
+    }
+
+    /// `registerClient`: 1.25–1.35 replace the resource's entry, ≥1.36 append.
+    fn register_client(&mut self, v: KubeletVersion, resource: &str, path: &Path, id: u64) {
+        if !v.clients_keyed_by_socket() {
+            self.clients.retain(|c| c.resource != resource);
+        }
+        self.clients.push(ClientKey {
+            resource: resource.to_string(),
+            path: path.to_path_buf(),
+            id,
+        });
+    }
+
+    /// `getClient`: by resource (1.25–1.35) or by (resource, path) (≥1.36), first match.
+    fn lookup_client(
+        &self,
+        v: KubeletVersion,
+        resource: &str,
+        path: &Path,
+    ) -> Option<(u64, PathBuf)> {
+        self.clients
+            .iter()
+            .find(|c| c.resource == resource && (!v.clients_keyed_by_socket() || c.path == path))
+            .map(|c| (c.id, c.path.clone()))
+    }
+
+    /// `deregisterClient`: removes whatever entry `lookup_client` finds.
+    fn deregister_client(&mut self, v: KubeletVersion, resource: &str, path: &Path) {
+        if let Some(i) = self.clients.iter().position(|c| {
+            c.resource == resource && (!v.clients_keyed_by_socket() || c.path == path)
+        }) {
+            self.clients.remove(i);
+        }
+    }
+
+    /// `disconnectClient` (≥1.25): deregisters the client, closes its connection (its stream,
+    /// if still open, ends) and reports the resource disconnected.
+    fn disconnect_client(&mut self, v: KubeletVersion, resource: &str, id: u64, path: &Path) {
+        self.deregister_client(v, resource, path);
+        if let Some(conn) = self.conns.remove(&id)
+            && conn.stream.is_some()
+            && let Some(ep) = self.endpoint_mut(resource, id)
+        {
+            ep.stream_error = Some(CLIENT_CONN_CLOSING.to_string());
+        }
+        self.plugin_disconnected(v, resource, path);
+    }
+
+    /// `PluginDisconnected`: the resource's endpoint, whichever it is, is stopped and all its
+    /// devices turn unhealthy. ≥1.36 (assumed from PR #135437): only when the endpoint was
+    /// created from a client of the same socket path.
+    fn plugin_disconnected(&mut self, v: KubeletVersion, resource: &str, path: &Path) {
+        let Some(res) = self.resources.get_mut(resource) else {
+            return;
+        };
+        let Some(ep) = res.endpoint.as_mut() else {
+            return;
+        };
+        if v.clients_keyed_by_socket() && ep.path != path {
+            return;
+        }
+        ep.stop();
+        for d in res.devices.values_mut() {
+            d.healthy = false;
+        }
+        res.in_status = true;
+    }
+
+    fn endpoint_mut(&mut self, resource: &str, id: u64) -> Option<&mut PluginEndpoint> {
+        self.resources
+            .get_mut(resource)?
+            .endpoint
+            .as_mut()
+            .filter(|e| e.id == id)
+    }
+
+    /// The kubelet tears the current client of `resource` down (connection closed, endpoint
+    /// stopped, devices unhealthy). Returns false when its stream is not open.
+    pub fn drop_stream(&mut self, v: KubeletVersion, resource: &str) -> bool {
+        let Some((id, path)) = self
+            .resources
+            .get(resource)
+            .and_then(|r| r.endpoint.as_ref())
+            .map(|e| (e.id, e.path.clone()))
+        else {
+            return false;
+        };
+        if !self.stream_open(id) {
+            return false;
+        }
+        if v.sync_register() {
+            self.disconnect_client(v, resource, id, &path);
+        } else {
+            self.conns.remove(&id);
+            if let Some(ep) = self.endpoint_mut(resource, id) {
+                ep.stream_error = Some(CLIENT_CONN_CLOSING.to_string());
+            }
+            self.plugin_disconnected(v, resource, &path);
+        }
+        true
     }
 }
 
@@ -214,9 +379,19 @@ impl Shared {
             let shared = Arc::clone(self);
             let options = req.options.unwrap_or_default();
             tokio::spawn(async move {
-                match shared.dial(&endpoint_path).await {
+                let kill = KillSwitch::new();
+                match shared.dial(&endpoint_path, &kill).await {
                     Ok(client) => {
-                        shared.install(epoch, &req.resource_name, endpoint_path, options, client);
+                        let id = shared.lock().new_id();
+                        shared.install(
+                            epoch,
+                            id,
+                            &req.resource_name,
+                            endpoint_path,
+                            options,
+                            client,
+                            kill,
+                        );
                     }
                     Err(e) => {
                         let msg = format!("Failed to dial device plugin with request: {e}");
@@ -254,8 +429,55 @@ impl Shared {
         if !self.version().sync_register() {
             return Ok(());
         }
+        let resource = req.resource_name.as_str();
+        // `connectClient`: the client is registered before it is dialled, and deregistered
+        // (whatever entry the key finds by then) if the dial or the options call fails.
+        let id = {
+            let mut st = self.lock();
+            let id = st.new_id();
+            if st.live(epoch) {
+                st.register_client(self.version(), resource, endpoint_path, id);
+            }
+            id
+        };
+        let kill = KillSwitch::new();
+        let connected = self.connect(endpoint_path, &kill).await;
+        let (client, options) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                {
+                    let mut st = self.lock();
+                    if st.live(epoch) {
+                        st.deregister_client(self.version(), resource, endpoint_path);
+                    }
+                }
+                self.notify();
+                return Err(e);
+            }
+        };
+        rec.plugin_options = Some(options);
+        if !self.install(
+            epoch,
+            id,
+            resource,
+            endpoint_path.to_path_buf(),
+            options,
+            client,
+            kill,
+        ) {
+            return Err("kubelet is restarting".to_string());
+        }
+        Ok(())
+    }
+
+    /// Dial-back and GetDevicePluginOptions (≥1.25).
+    async fn connect(
+        &self,
+        path: &Path,
+        kill: &KillSwitch,
+    ) -> Result<(PluginClient, DevicePluginOptions), String> {
         let mut client = self
-            .dial(endpoint_path)
+            .dial(path, kill)
             .await
             .map_err(|e| format!("failed to dial device plugin: {e}"))?;
         let options = client
@@ -264,37 +486,34 @@ impl Shared {
             .map_err(|s| {
                 format!(
                     "failed to get device plugin options: {}",
-                    grpc_error_string(&s)
+                    recv_error_string(&s)
                 )
             })?
             .into_inner();
-        rec.plugin_options = Some(options);
-        if !self.install(
-            epoch,
-            &req.resource_name,
-            endpoint_path.to_path_buf(),
-            options,
-            client,
-        ) {
-            return Err("kubelet is restarting".to_string());
-        }
-        Ok(())
+        Ok((client, options))
     }
 
     /// Blocking dial with the kubelet's semantics: retry until the deadline, then
-    /// `context deadline exceeded`. Requests carry `:authority localhost`.
-    async fn dial(&self, path: &Path) -> Result<PluginClient, String> {
+    /// `context deadline exceeded`. Requests carry `:authority localhost`. Every connection
+    /// made for the client is closed when `kill` fires or is dropped.
+    async fn dial(&self, path: &Path, kill: &KillSwitch) -> Result<PluginClient, String> {
         const DEADLINE: &str = "context deadline exceeded";
         if self.opts.fail_dial {
             return Err(DEADLINE.to_string());
         }
+        let guard = kill.handle();
         let attempts = async {
             let mut backoff = Duration::from_millis(10);
             loop {
                 let p = path.to_path_buf();
+                let guard = guard.clone();
                 let connector = tower::service_fn(move |_: Uri| {
                     let p = p.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+                    let guard = guard.clone();
+                    async move {
+                        let stream = UnixStream::connect(p).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(guard.guard(stream)))
+                    }
                 });
                 match TonicEndpoint::from_static("http://localhost")
                     .connect_with_connector(connector)
@@ -315,58 +534,78 @@ impl Shared {
         Ok(DevicePluginClient::new(channel).max_decoding_message_size(MAX_RECV_MESSAGE_SIZE))
     }
 
-    /// Makes a plugin the endpoint of `resource` (replacing any previous one) and starts its
-    /// ListAndWatch. Returns false if the kubelet restarted meanwhile.
+    /// `PluginConnected` and `runClient`: makes the client the endpoint of `resource` and
+    /// starts its ListAndWatch. ≥1.25 leaves the previous connection and stream open; ≤1.24
+    /// stops the previous endpoint and closes its connection. Returns false (and closes the
+    /// connection) if the kubelet stopped or restarted meanwhile.
+    #[allow(clippy::too_many_arguments)]
     fn install(
         self: &Arc<Self>,
         epoch: u64,
+        id: u64,
         resource: &str,
         path: PathBuf,
         options: DevicePluginOptions,
         client: PluginClient,
+        kill: KillSwitch,
     ) -> bool {
         {
             let mut st = self.lock();
-            if st.epoch != epoch {
+            if !st.live(epoch) {
                 return false;
             }
-            st.next_id += 1;
-            let id = st.next_id;
             let task = tokio::spawn(list_and_watch(
                 Arc::clone(self),
                 resource.to_string(),
                 id,
                 client.clone(),
             ));
-            let res = st.resources.entry(resource.to_string()).or_default();
-            if let Some(mut old) = res.endpoint.take() {
-                old.stop();
+            let previous = st
+                .resources
+                .entry(resource.to_string())
+                .or_default()
+                .endpoint
+                .replace(PluginEndpoint {
+                    id,
+                    path: path.clone(),
+                    options,
+                    client: Some(client),
+                    stream_error: None,
+                    updates: 0,
+                });
+            if !self.version().sync_register()
+                && let Some(old) = previous
+            {
+                st.conns.remove(&old.id);
             }
-            res.endpoint = Some(PluginEndpoint {
+            st.conns.insert(
                 id,
-                path,
-                options,
-                client: Some(client),
-                stream_error: None,
-                updates: 0,
-                task: Some(task),
-            });
+                PluginConn {
+                    resource: resource.to_string(),
+                    path,
+                    _kill: kill,
+                    stream: Some(task),
+                },
+            );
         }
         self.notify();
         true
     }
 
-    /// Applies one ListAndWatch message (full replacement).
+    /// `genericDeviceUpdateCallback`: one ListAndWatch message of any open stream of the
+    /// resource replaces its device set ("last message wins").
     fn apply_update(&self, resource: &str, id: u64, msg: api::ListAndWatchResponse) {
         {
             let mut st = self.lock();
+            if !st.stream_open(id) {
+                return;
+            }
             let Some(res) = st.resources.get_mut(resource) else {
                 return;
             };
-            let Some(ep) = res.endpoint.as_mut().filter(|e| e.id == id) else {
-                return;
-            };
-            ep.updates += 1;
+            if let Some(ep) = res.endpoint.as_mut().filter(|e| e.id == id) {
+                ep.updates += 1;
+            }
             res.devices = msg
                 .devices
                 .into_iter()
@@ -393,39 +632,61 @@ impl Shared {
         self.notify();
     }
 
-    /// The stream ended: all devices unhealthy, endpoint stopped, no retry.
+    /// A stream ended on its own (error or EOF); no retry. ≤1.24: the connection is closed and
+    /// the endpoint stopped if it is still this client's. ≥1.25 (`runClient`): the client the
+    /// map holds under the key, which may be a *newer* one, is disconnected; if none, the
+    /// connection stays open and nothing else happens.
     fn stream_ended(&self, resource: &str, id: u64, reason: String) {
         {
+            let v = self.version();
             let mut st = self.lock();
-            let Some(res) = st.resources.get_mut(resource) else {
+            // Closed by the kubelet already: nothing more.
+            let Some(conn) = st.conns.get_mut(&id) else {
                 return;
             };
-            let Some(ep) = res.endpoint.as_mut().filter(|e| e.id == id) else {
-                return;
-            };
+            // Detach (not abort): this is the task itself.
+            drop(conn.stream.take());
+            let path = conn.path.clone();
             tracing::warn!(resource, error = %reason, "ListAndWatch ended unexpectedly for device plugin");
-            ep.client = None;
-            ep.task = None;
-            ep.stream_error = Some(reason);
-            for d in res.devices.values_mut() {
-                d.healthy = false;
+            if let Some(ep) = st.endpoint_mut(resource, id) {
+                ep.stream_error = Some(reason);
             }
-            res.in_status = true;
+            if !v.sync_register() {
+                st.conns.remove(&id);
+                if st.endpoint_mut(resource, id).is_some() {
+                    st.plugin_disconnected(v, resource, &path);
+                }
+            } else if let Some((current, current_path)) = st.lookup_client(v, resource, &path) {
+                if current != id {
+                    tracing::warn!(
+                        resource,
+                        "an older stream ended: tearing down the newer client"
+                    );
+                }
+                st.disconnect_client(v, resource, current, &current_path);
+            }
         }
         self.notify();
     }
 }
 
+impl State {
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
 async fn list_and_watch(shared: Arc<Shared>, resource: String, id: u64, mut client: PluginClient) {
     let reason = match client.list_and_watch(api::Empty {}).await {
-        Err(s) => grpc_error_string(&s),
+        Err(s) => recv_error_string(&s),
         Ok(resp) => {
             let mut stream = resp.into_inner();
             loop {
                 match stream.message().await {
                     Ok(Some(msg)) => shared.apply_update(&resource, id, msg),
                     Ok(None) => break "EOF".to_string(),
-                    Err(s) => break grpc_error_string(&s),
+                    Err(s) => break recv_error_string(&s),
                 }
             }
         }

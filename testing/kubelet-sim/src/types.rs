@@ -36,6 +36,21 @@ impl KubeletVersion {
     pub fn cdi_enabled(self) -> bool {
         self.at_least(1, 29)
     }
+
+    /// 1.25–1.35: the registration server keys its clients by resource name only. A new
+    /// registration leaves the previous connection and its ListAndWatch stream open, and an
+    /// old stream that ends afterwards tears down the newest client of the resource
+    /// (kubernetes/kubernetes#121994, #127803).
+    pub fn re_registration_race(self) -> bool {
+        self.sync_register() && !self.clients_keyed_by_socket()
+    }
+
+    /// ≈1.36 (kubernetes/kubernetes PR #135437): clients are keyed by (resource, socket path),
+    /// so only a re-registration on the *same* socket path can still be torn down by the
+    /// previous instance's stream ending.
+    pub fn clients_keyed_by_socket(self) -> bool {
+        self.at_least(1, 36)
+    }
 }
 
 impl Default for KubeletVersion {
@@ -49,6 +64,18 @@ impl fmt::Display for KubeletVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
     }
+}
+
+/// What the start-up clean-up of the device-plugin directory deletes. Both keep
+/// `kubelet_internal_checkpoint` and subdirectories (which are not traversed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleanup {
+    /// Every non-directory top-level entry (`lstat`: a symlink is removed, not followed):
+    /// stale `kubelet.sock`, plugin sockets, regular files. Observed with kubelet v1.32.
+    #[default]
+    NonDirectories,
+    /// Only top-level sockets; regular files are kept (some later releases).
+    Sockets,
 }
 
 /// Simulator configuration. Build with [`Options::new`] and adjust the public fields.
@@ -66,9 +93,21 @@ pub struct Options {
     pub dial_timeout: Duration,
     /// Fault injection: every dial-back fails with `context deadline exceeded` at once.
     pub fail_dial: bool,
-    /// Pause between deleting the sockets and recreating `kubelet.sock` in
-    /// [`Kubelet::restart`](crate::Kubelet::restart) (default 100 ms).
+    /// Pause between the directory clean-up and binding a fresh `kubelet.sock` in
+    /// [`Kubelet::restart`](crate::Kubelet::restart) (default 100 ms). Not applied by
+    /// [`Kubelet::start`](crate::Kubelet::start) nor
+    /// [`Kubelet::start_again`](crate::Kubelet::start_again).
     pub restart_delay: Duration,
+    /// Pause between `bind()` of `kubelet.sock` (the file appears: a plugin's inotify
+    /// CREATE) and `listen()` (connections are accepted). A connect in between fails
+    /// with `ECONNREFUSED`, as it can against a real kubelet starting up. Default 0:
+    /// `listen()` follows `bind()` at once, which still leaves the real, tiny gap.
+    /// Applied at every start.
+    pub listen_delay: Duration,
+    /// What the clean-up at every start deletes (default [`Cleanup::NonDirectories`], as
+    /// kubelet v1.32 does). Keep files a test needs in a subdirectory, or choose
+    /// [`Cleanup::Sockets`].
+    pub cleanup: Cleanup,
     /// Apply the kubelet's resource-fit admission check before the device manager
     /// (`OutOf<resource>` when a resource in node status cannot hold the pod's request).
     /// Default true. Turn off to reach device-manager errors such as
@@ -86,6 +125,8 @@ impl Options {
             dial_timeout: Duration::from_secs(10),
             fail_dial: false,
             restart_delay: Duration::from_millis(100),
+            listen_delay: Duration::ZERO,
+            cleanup: Cleanup::default(),
             fit_check: true,
         }
     }
@@ -133,8 +174,11 @@ pub struct RegistrationRecord {
     pub request_options: Option<api::DevicePluginOptions>,
     /// The reply of GetDevicePluginOptions (≥1.25 only).
     pub plugin_options: Option<api::DevicePluginOptions>,
-    /// Which start of the kubelet took the call: 0 for [`Kubelet::start`](crate::Kubelet::start),
-    /// then +1 per [`Kubelet::restart`](crate::Kubelet::restart).
+    /// Which kubelet instance took the call: 0 for [`Kubelet::start`](crate::Kubelet::start),
+    /// then +1 per [`Kubelet::restart`](crate::Kubelet::restart) or
+    /// [`Kubelet::start_again`](crate::Kubelet::start_again) (see
+    /// [`Kubelet::generation`](crate::Kubelet::generation)). Count the registrations of a
+    /// resource per kubelet instance with it.
     pub generation: u64,
     /// When the Register call reached the kubelet.
     pub received_at: Instant,
@@ -142,16 +186,22 @@ pub struct RegistrationRecord {
     pub answered_at: Instant,
 }
 
-/// The kubelet's current endpoint for a resource.
+/// The kubelet's current endpoint for a resource (the newest successful registration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointInfo {
     /// Socket path dialled.
     pub path: PathBuf,
     /// Options in effect (from GetDevicePluginOptions on ≥1.25, the request on ≤1.24).
     pub options: api::DevicePluginOptions,
-    /// Whether the ListAndWatch stream has ended (endpoint stopped).
+    /// Whether the endpoint is stopped: its own stream ended, or (1.25–1.35) an older
+    /// stream of the resource ended and the kubelet tore this one down. Calls on it fail
+    /// with `endpoint <path> has been stopped`.
     pub stopped: bool,
-    /// Why the stream ended (`EOF` or the gRPC error), when it did.
+    /// Why this endpoint's own ListAndWatch stream ended (`EOF` or the gRPC error as
+    /// grpc-go prints it), when it did. When the kubelet closed the connection itself
+    /// (tear-down) this is `rpc error: code = Canceled desc = grpc: the client connection
+    /// is closing`. A stream can end without the endpoint stopping (1.25–1.35, when the
+    /// kubelet no longer tracks its client).
     pub stream_error: Option<String>,
     /// Number of ListAndWatch messages received.
     pub updates: u64,

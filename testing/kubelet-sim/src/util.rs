@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tonic::Code;
 
+use crate::types::Cleanup;
 use crate::{CHECKPOINT_FILE, SimError};
 
 /// The kubelet's extended-resource-name rule (`IsExtendedResourceName`).
@@ -133,36 +134,101 @@ pub(crate) fn shuffled<I: IntoIterator<Item = String>>(ids: I) -> Vec<String> {
     v.into_iter().map(|(_, id)| id).collect()
 }
 
-/// Deletes every top-level socket in `dir` except the checkpoint file; does not recurse.
-pub(crate) fn clean_sockets(dir: &Path) -> Result<Vec<PathBuf>, SimError> {
+/// The kubelet's start-up clean-up (`CleanupPluginDirectory`): deletes top-level entries of
+/// `dir` except the checkpoint file and directories (which are not traversed). Entries that
+/// vanish meanwhile are skipped; a failed removal does not stop the others and is returned
+/// at the end, as the kubelet aggregates them (and then fails to start). Returns what was
+/// deleted.
+pub(crate) fn clean_dir(dir: &Path, mode: Cleanup) -> Result<Vec<PathBuf>, SimError> {
     let io = |op, source| SimError::Io {
         op,
         path: dir.to_path_buf(),
         source,
     };
     let mut removed = Vec::new();
+    let mut first_error = None;
     for entry in std::fs::read_dir(dir).map_err(|e| io("read_dir", e))? {
         let entry = entry.map_err(|e| io("read_dir", e))?;
         if entry.file_name() == CHECKPOINT_FILE {
             continue;
         }
-        let Ok(ft) = entry.file_type() else { continue };
-        if ft.is_socket() {
-            let path = entry.path();
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SimError::Io {
-                        op: "remove",
-                        path,
-                        source,
-                    });
-                }
+        let path = entry.path();
+        // `os.Lstat`: a symlink is judged (and removed) as itself.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let delete = match mode {
+            Cleanup::NonDirectories => !ft.is_dir(),
+            Cleanup::Sockets => ft.is_socket(),
+        };
+        if !delete {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                tracing::warn!(path = %path.display(), error = %source, "Failed to remove file");
+                first_error.get_or_insert(SimError::Io {
+                    op: "remove",
+                    path,
+                    source,
+                });
             }
         }
     }
-    Ok(removed)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
+/// Creates `<dir>/kubelet_internal_checkpoint` when it does not exist, with the kubelet's
+/// JSON layout and no entries. Its content is not maintained afterwards.
+pub(crate) fn ensure_checkpoint(dir: &Path) -> Result<(), SimError> {
+    use std::io::Write;
+    let path = dir.join(CHECKPOINT_FILE);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    let result = match file {
+        Ok(mut f) => f.write_all(EMPTY_CHECKPOINT.as_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    };
+    result.map_err(|source| SimError::Io {
+        op: "write checkpoint",
+        path,
+        source,
+    })
+}
+
+/// A checkpoint without allocations or registered devices (the checksum is not computed).
+pub(crate) const EMPTY_CHECKPOINT: &str =
+    r#"{"Data":{"PodDeviceEntries":null,"RegisteredDevices":{}},"Checksum":0}"#;
+
+/// A status received by the kubelet as a client, formatted as grpc-go prints it. tonic
+/// reports an over-limit message as `OutOfRange` `Error, decoded message length too large:
+/// found N bytes, the limit is: L bytes`; grpc-go as `ResourceExhausted` `grpc: received
+/// message larger than max (N vs. L)`. Every other status is formatted unchanged.
+pub(crate) fn recv_error_string(status: &tonic::Status) -> String {
+    let too_large = (status.code() == Code::OutOfRange)
+        .then(|| {
+            status
+                .message()
+                .strip_prefix("Error, decoded message length too large: found ")?
+                .split_once(" bytes, the limit is: ")
+        })
+        .flatten()
+        .and_then(|(found, rest)| Some((found, rest.strip_suffix(" bytes")?)));
+    match too_large {
+        Some((found, limit)) => format!(
+            "rpc error: code = ResourceExhausted desc = grpc: received message larger than max ({found} vs. {limit})"
+        ),
+        None => grpc_error_string(status),
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +278,104 @@ mod tests {
             PathBuf::from("/var/lib/kubelet/device-plugins")
         );
         assert_eq!(clean("a/../../b"), "../b");
+    }
+
+    #[test]
+    fn over_limit_messages_read_as_grpc_go_prints_them() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+        );
+        assert_eq!(
+            recv_error_string(&s),
+            "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (5000000 vs. 4194304)"
+        );
+        let other = tonic::Status::out_of_range("something else");
+        assert_eq!(
+            recv_error_string(&other),
+            "rpc error: code = OutOfRange desc = something else"
+        );
+    }
+
+    /// A short directory of its own under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("ksu-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Fills `d` with one entry of every kind.
+    fn populate(d: &Path) {
+        std::fs::write(d.join(CHECKPOINT_FILE), "{}").unwrap();
+        std::fs::write(d.join("notes.txt"), "x").unwrap();
+        drop(std::os::unix::net::UnixListener::bind(d.join("kubelet.sock")).unwrap());
+        drop(std::os::unix::net::UnixListener::bind(d.join("plugin.sock")).unwrap());
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/inner.txt"), "x").unwrap();
+        drop(std::os::unix::net::UnixListener::bind(d.join("sub/inner.sock")).unwrap());
+        std::os::unix::fs::symlink(d.join("sub"), d.join("link-to-dir")).unwrap();
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn cleanup_of_non_directories() {
+        let s = Scratch::new("nondir");
+        populate(&s.0);
+        let mut removed = clean_dir(&s.0, Cleanup::NonDirectories).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            ["kubelet.sock", "link-to-dir", "notes.txt", "plugin.sock"].map(|n| s.0.join(n))
+        );
+        assert_eq!(names(&s.0), [CHECKPOINT_FILE, "sub"]);
+        // Not traversed; the checkpoint keeps its content.
+        assert_eq!(names(&s.0.join("sub")), ["inner.sock", "inner.txt"]);
+        assert_eq!(
+            std::fs::read_to_string(s.0.join(CHECKPOINT_FILE)).unwrap(),
+            "{}"
+        );
+        ensure_checkpoint(&s.0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(s.0.join(CHECKPOINT_FILE)).unwrap(),
+            "{}",
+            "an existing checkpoint is not rewritten"
+        );
+    }
+
+    #[test]
+    fn cleanup_of_sockets_only() {
+        let s = Scratch::new("sock");
+        populate(&s.0);
+        clean_dir(&s.0, Cleanup::Sockets).unwrap();
+        assert_eq!(
+            names(&s.0),
+            [CHECKPOINT_FILE, "link-to-dir", "notes.txt", "sub"]
+        );
+        assert_eq!(names(&s.0.join("sub")), ["inner.sock", "inner.txt"]);
+        std::fs::remove_file(s.0.join(CHECKPOINT_FILE)).unwrap();
+        ensure_checkpoint(&s.0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(s.0.join(CHECKPOINT_FILE)).unwrap(),
+            EMPTY_CHECKPOINT
+        );
     }
 
     #[test]

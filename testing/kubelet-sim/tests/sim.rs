@@ -9,7 +9,10 @@ use hyper_util::rt::TokioIo;
 use kubelet_sim::api::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use kubelet_sim::api::registration_client::RegistrationClient;
 use kubelet_sim::api::{self, ListAndWatchResponse};
-use kubelet_sim::{AdmissionError, Capacity, Container, Kubelet, KubeletVersion, Options, Pod};
+use kubelet_sim::{
+    AdmissionError, CHECKPOINT_FILE, Capacity, Cleanup, Container, Kubelet, KubeletVersion,
+    MAX_RECV_MESSAGE_SIZE, Options, Pod,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -55,6 +58,10 @@ struct PluginState {
     devices: watch::Sender<Vec<api::Device>>,
     options: api::DevicePluginOptions,
     options_calls: AtomicUsize,
+    /// While false, GetDevicePluginOptions waits (the kubelet is stuck inside Register).
+    options_gate: watch::Sender<bool>,
+    /// GetDevicePluginOptions calls that have started.
+    options_entered: watch::Sender<usize>,
     allocate_calls: Mutex<Vec<Vec<String>>>,
     preferred_calls: Mutex<Vec<api::ContainerPreferredAllocationRequest>>,
     preferred_answer: Mutex<Vec<String>>,
@@ -76,6 +83,9 @@ impl DevicePlugin for FakePlugin {
         _: Request<api::Empty>,
     ) -> Result<Response<api::DevicePluginOptions>, Status> {
         self.0.options_calls.fetch_add(1, Ordering::SeqCst);
+        self.0.options_entered.send_modify(|n| *n += 1);
+        let mut gate = self.0.options_gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
         Ok(Response::new(self.0.options))
     }
 
@@ -189,6 +199,8 @@ impl Plugin {
             devices: watch::channel(devices).0,
             options,
             options_calls: AtomicUsize::new(0),
+            options_gate: watch::channel(true).0,
+            options_entered: watch::channel(0).0,
             allocate_calls: Mutex::default(),
             preferred_calls: Mutex::default(),
             preferred_answer: Mutex::default(),
@@ -555,13 +567,24 @@ async fn restart_deletes_sockets_and_recreates_kubelet_sock() {
     wait_status(&kubelet, GPU, cap(2, 2)).await;
     kubelet.admit(&gpu_pod("p1", 1)).await.unwrap();
     std::fs::write(dir.0.join("kubelet_internal_checkpoint"), "{}").unwrap();
-    std::fs::write(dir.0.join("notes.txt"), "keep").unwrap();
+    std::fs::write(
+        dir.0.join("notes.txt"),
+        "deleted like any other non-directory",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.0.join("keep")).unwrap();
+    std::fs::write(dir.0.join("keep/config.yaml"), "kept").unwrap();
 
     kubelet.restart().await.unwrap();
 
     assert!(!plugin.socket.exists(), "plugin socket must be deleted");
-    assert!(dir.0.join("kubelet_internal_checkpoint").exists());
-    assert!(dir.0.join("notes.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("kubelet_internal_checkpoint")).unwrap(),
+        "{}"
+    );
+    assert!(!dir.0.join("notes.txt").exists());
+    assert!(dir.0.join("keep/config.yaml").exists());
+    assert_eq!(kubelet.generation(), 1);
     // kubelet.sock is a new file (deleted, then bound again). Its inode
     // number may be reused by the file system, as with a real kubelet, so
     // only its existence as a socket is checked, not a new inode.
@@ -682,4 +705,459 @@ async fn init_container_devices_are_reused_and_pre_start_is_called() {
     );
     // A rejected pod holds nothing.
     assert!(kubelet.allocations().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up clean-up, crash, start again, the bind-to-listen gap.
+
+/// Sorted names of the entries of `dir`.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A socket file nothing listens on (what a killed process leaves behind).
+fn stale_socket(path: &Path) {
+    drop(std::os::unix::net::UnixListener::bind(path).unwrap());
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+}
+
+/// Leftovers of an earlier kubelet and its plugins, of every kind.
+fn leftovers(dir: &Path) {
+    stale_socket(&dir.join("kubelet.sock"));
+    stale_socket(&dir.join("old-plugin.sock"));
+    std::fs::write(dir.join("notes.txt"), "x").unwrap();
+    std::fs::write(dir.join(CHECKPOINT_FILE), r#"{"Data":{},"Checksum":1}"#).unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/config.yaml"), "x").unwrap();
+    stale_socket(&dir.join("sub/nested.sock"));
+    std::os::unix::fs::symlink(dir.join("sub"), dir.join("link")).unwrap();
+}
+
+#[tokio::test]
+async fn start_deletes_every_non_directory_but_the_checkpoint() {
+    let dir = TempDir::new();
+    leftovers(&dir.0);
+    let kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+
+    assert_eq!(names(&dir.0), ["kubelet.sock", CHECKPOINT_FILE, "sub"]);
+    // Subdirectories are kept and not traversed; the checkpoint keeps its content.
+    assert_eq!(names(&dir.0.join("sub")), ["config.yaml", "nested.sock"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join(CHECKPOINT_FILE)).unwrap(),
+        r#"{"Data":{},"Checksum":1}"#
+    );
+    // The stale kubelet.sock was replaced by one that is served.
+    let err = register(&kubelet.socket_path(), "x.sock", "bad", "v1beta1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), r#"the ResourceName "bad" is invalid"#);
+    kubelet.shutdown().await;
+    assert_eq!(names(&dir.0), [CHECKPOINT_FILE, "sub"]);
+}
+
+#[tokio::test]
+async fn start_creates_the_checkpoint_when_absent_and_restart_cleans_again() {
+    let dir = TempDir::new();
+    let mut kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    let checkpoint = std::fs::read_to_string(dir.0.join(CHECKPOINT_FILE)).unwrap();
+    assert!(checkpoint.contains("RegisteredDevices"), "{checkpoint}");
+
+    std::fs::write(dir.0.join("written-later.txt"), "x").unwrap();
+    kubelet.restart().await.unwrap();
+    assert_eq!(names(&dir.0), ["kubelet.sock", CHECKPOINT_FILE]);
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join(CHECKPOINT_FILE)).unwrap(),
+        checkpoint
+    );
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn sockets_only_cleanup_keeps_regular_files() {
+    let dir = TempDir::new();
+    leftovers(&dir.0);
+    let mut opts = Options::new(&dir.0);
+    opts.cleanup = Cleanup::Sockets;
+    let kubelet = Kubelet::start(opts).await.unwrap();
+    assert_eq!(
+        names(&dir.0),
+        ["kubelet.sock", CHECKPOINT_FILE, "link", "notes.txt", "sub"]
+    );
+    assert_eq!(names(&dir.0.join("sub")), ["config.yaml", "nested.sock"]);
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn crash_leaves_a_stale_socket_and_start_again_cleans_and_binds() {
+    let dir = TempDir::new();
+    let mut kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    let plugin = Plugin::start(
+        &dir.0,
+        "gpu.sock",
+        vec![dev("a", "Healthy"), dev("b", "Healthy")],
+        false,
+    )
+    .await;
+    plugin.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+    kubelet.admit(&gpu_pod("p1", 1)).await.unwrap();
+    // A registration connection opened before the crash.
+    let mut early = RegistrationClient::new(uds_channel(&kubelet.socket_path()).await);
+
+    kubelet.crash().await;
+
+    assert!(!kubelet.is_serving());
+    // The socket file stays, but nothing accepts on it.
+    assert!(is_socket(&kubelet.socket_path()), "stale kubelet.sock kept");
+    let err = std::os::unix::net::UnixStream::connect(kubelet.socket_path()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // Plugin connections dropped with the process: the stream ends.
+    plugin.wait_streams_closed(1).await;
+    assert_eq!(kubelet.open_streams(GPU), 0);
+    assert!(plugin.socket.exists(), "a crash deletes nothing");
+    // So did the connections to kubelet.sock: a Register on one fails at the transport.
+    let before = kubelet.registrations().len();
+    let err = early
+        .register(api::RegisterRequest {
+            version: "v1beta1".to_string(),
+            endpoint: "gpu.sock".to_string(),
+            resource_name: GPU.to_string(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(kubelet.registrations().len(), before);
+    assert_eq!(kubelet.node_status().get(GPU), Some(&cap(0, 0)));
+    assert_eq!(kubelet.allocations().len(), 1, "allocations survive");
+
+    let crashed_at = std::time::Instant::now();
+    kubelet.start_again().await.unwrap();
+
+    assert!(kubelet.is_serving());
+    assert_eq!(kubelet.generation(), 1);
+    assert!(
+        !plugin.socket.exists(),
+        "the start-up clean-up deletes plugin sockets"
+    );
+    assert!(is_socket(&kubelet.socket_path()));
+    let bound = kubelet.socket_bound_at().unwrap();
+    let listening = kubelet.socket_listening_at().unwrap();
+    assert!(bound >= crashed_at && listening >= bound);
+    std::os::unix::net::UnixStream::connect(kubelet.socket_path()).unwrap();
+
+    let plugin2 = Plugin::start(
+        &dir.0,
+        "gpu.sock",
+        vec![dev("a", "Healthy"), dev("b", "Healthy")],
+        false,
+    )
+    .await;
+    plugin2.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+    let per_generation = |g: u64| {
+        kubelet
+            .registrations()
+            .iter()
+            .filter(|r| r.accepted && r.resource_name == GPU && r.generation == g)
+            .count()
+    };
+    assert_eq!((per_generation(0), per_generation(1)), (1, 1));
+
+    // start_again on a serving kubelet crashes it first.
+    kubelet.start_again().await.unwrap();
+    assert_eq!(kubelet.generation(), 2);
+    plugin2.wait_streams_closed(1).await;
+    kubelet.shutdown().await;
+    assert!(
+        !dir.0.join("kubelet.sock").exists(),
+        "a graceful stop removes the socket"
+    );
+}
+
+#[tokio::test]
+async fn connects_before_listen_are_refused() {
+    let dir = TempDir::new();
+    let mut opts = Options::new(&dir.0);
+    // Long enough that the connect below happens inside the gap even on a loaded machine.
+    opts.listen_delay = Duration::from_secs(3);
+    let sock = dir.0.join("kubelet.sock");
+    let starting = tokio::spawn(Kubelet::start(opts));
+
+    // The file appears at bind(): a plugin's inotify CREATE.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubelet.sock never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let attempted = std::time::Instant::now();
+    let early = std::os::unix::net::UnixStream::connect(&sock);
+
+    let kubelet = starting.await.unwrap().unwrap();
+    let bound = kubelet.socket_bound_at().unwrap();
+    let listening = kubelet.socket_listening_at().unwrap();
+    assert!(listening.duration_since(bound) >= Duration::from_secs(3));
+    assert!(
+        attempted < listening,
+        "the test was starved for the whole listen delay"
+    );
+    assert_eq!(
+        early.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+
+    // Accepted once listening: a registration is received after socket_listening_at.
+    let plugin = Plugin::start(&dir.0, "gpu.sock", vec![dev("a", "Healthy")], false).await;
+    plugin.register(&kubelet, GPU).await.unwrap();
+    assert!(kubelet.registrations()[0].received_at >= listening);
+    kubelet.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Re-registration (reference §2.4).
+
+const CONN_CLOSING: &str =
+    "rpc error: code = Canceled desc = grpc: the client connection is closing";
+
+fn devs(prefix: &str, n: usize) -> Vec<api::Device> {
+    (0..n)
+        .map(|i| dev(&format!("{prefix}{i}"), "Healthy"))
+        .collect()
+}
+
+async fn wait_open_streams(kubelet: &Kubelet, n: usize) {
+    kubelet
+        .wait_for("open streams", WAIT, |k| k.open_streams(GPU) == n)
+        .await
+        .unwrap();
+}
+
+fn closed_streams(plugin: &Plugin) -> usize {
+    *plugin.state.streams_closed.borrow()
+}
+
+#[tokio::test]
+async fn re_registration_keeps_the_old_stream_whose_end_tears_down_the_new_endpoint() {
+    let dir = TempDir::new();
+    let kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    assert!(kubelet.options().version.re_registration_race());
+    let mut old = Plugin::start(&dir.0, "old.sock", devs("o", 2), false).await;
+    old.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+
+    let new = Plugin::start(&dir.0, "new.sock", devs("n", 3), false).await;
+    new.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(3, 3)).await;
+    // The old connection and stream are not closed: two streams feed the resource.
+    assert_eq!(kubelet.open_streams(GPU), 2);
+    assert_eq!(closed_streams(&old), 0);
+    assert_eq!(kubelet.endpoint(GPU).unwrap().path, dir.0.join("new.sock"));
+
+    // Last message wins, whichever stream it comes from.
+    old.set_devices(devs("o", 1));
+    wait_status(&kubelet, GPU, cap(1, 1)).await;
+    new.set_devices(devs("n", 4));
+    wait_status(&kubelet, GPU, cap(4, 4)).await;
+
+    // The old instance goes away: its stream ends and the kubelet, looking the client up
+    // by resource name, tears down the NEW one.
+    old.stop();
+    wait_status(&kubelet, GPU, cap(4, 0)).await;
+    new.wait_streams_closed(1).await;
+    wait_open_streams(&kubelet, 0).await;
+    let ep = kubelet.endpoint(GPU).unwrap();
+    assert!(ep.stopped);
+    assert_eq!(ep.path, dir.0.join("new.sock"));
+    assert_eq!(ep.stream_error.as_deref(), Some(CONN_CLOSING));
+
+    // Nothing but another registration revives it.
+    new.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(4, 4)).await;
+    assert_eq!(kubelet.open_streams(GPU), 1);
+    assert!(!kubelet.endpoint(GPU).unwrap().stopped);
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_old_stream_ending_while_the_new_registration_dials_leaves_it_untracked() {
+    let dir = TempDir::new();
+    let kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    let mut old = Plugin::start(&dir.0, "old.sock", devs("o", 2), false).await;
+    old.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+
+    let mut new = Plugin::start(&dir.0, "new.sock", devs("n", 3), false).await;
+    new.state.options_gate.send_replace(false);
+    let registering = {
+        let sock = kubelet.socket_path();
+        let options = new.state.options;
+        tokio::spawn(
+            async move { register(&sock, "new.sock", GPU, "v1beta1", Some(options)).await },
+        )
+    };
+    // The kubelet registered the new client, then got stuck in GetDevicePluginOptions.
+    let mut entered = new.state.options_entered.subscribe();
+    tokio::time::timeout(WAIT, entered.wait_for(|n| *n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    // The old stream ends now: the lookup finds the new client (not yet connected); the
+    // endpoint in place, still the old one, is stopped.
+    old.stop();
+    wait_status(&kubelet, GPU, cap(2, 0)).await;
+    assert_eq!(kubelet.endpoint(GPU).unwrap().path, dir.0.join("old.sock"));
+
+    new.state.options_gate.send_replace(true);
+    registering.await.unwrap().unwrap();
+    wait_status(&kubelet, GPU, cap(3, 3)).await;
+    assert_eq!(kubelet.open_streams(GPU), 1);
+
+    // The kubelet no longer tracks the new client: when its stream ends, nothing happens.
+    new.stop();
+    kubelet
+        .wait_for("new stream ended", WAIT, |k| {
+            k.open_streams(GPU) == 0 && k.endpoint(GPU).unwrap().stream_error.is_some()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kubelet.node_status()[GPU], cap(3, 3));
+    assert!(!kubelet.endpoint(GPU).unwrap().stopped);
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_stream_tears_down_only_the_current_client() {
+    let dir = TempDir::new();
+    let mut opts = Options::new(&dir.0);
+    opts.fit_check = false;
+    let kubelet = Kubelet::start(opts).await.unwrap();
+    let old = Plugin::start(&dir.0, "old.sock", devs("o", 2), false).await;
+    old.register(&kubelet, GPU).await.unwrap();
+    let new = Plugin::start(&dir.0, "new.sock", devs("n", 3), false).await;
+    new.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(3, 3)).await;
+
+    assert!(kubelet.drop_stream(GPU));
+    new.wait_streams_closed(1).await;
+    assert_eq!(kubelet.node_status()[GPU], cap(3, 0));
+    assert_eq!(kubelet.open_streams(GPU), 1);
+    assert_eq!(closed_streams(&old), 0);
+    assert!(!kubelet.drop_stream(GPU), "nothing left to drop");
+
+    // The old stream still feeds the resource, but the endpoint stays stopped.
+    old.set_devices(devs("o", 1));
+    wait_status(&kubelet, GPU, cap(1, 1)).await;
+    let err = kubelet.admit(&gpu_pod("p", 1)).await.unwrap_err();
+    assert_eq!(
+        err.inner().unwrap(),
+        format!(
+            "endpoint {} has been stopped",
+            dir.0.join("new.sock").display()
+        )
+    );
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubelet_1_36_keys_clients_by_socket_path() {
+    let dir = TempDir::new();
+    let mut opts = Options::new(&dir.0);
+    opts.version = KubeletVersion::new(1, 36);
+    let kubelet = Kubelet::start(opts).await.unwrap();
+    let mut a = Plugin::start(&dir.0, "a.sock", devs("a", 2), false).await;
+    a.register(&kubelet, GPU).await.unwrap();
+    let mut b = Plugin::start(&dir.0, "b.sock", devs("b", 3), false).await;
+    b.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(3, 3)).await;
+    assert_eq!(kubelet.open_streams(GPU), 2);
+
+    // A different socket path: the old stream ending touches only its own client.
+    a.stop();
+    wait_open_streams(&kubelet, 1).await;
+    assert_eq!(kubelet.node_status()[GPU], cap(3, 3));
+    assert!(!kubelet.endpoint(GPU).unwrap().stopped);
+    assert_eq!(closed_streams(&b), 0);
+
+    // The same socket path (a new instance took b.sock over): still a race.
+    std::fs::remove_file(&b.socket).unwrap();
+    let c = Plugin::start(&dir.0, "b.sock", devs("c", 1), false).await;
+    c.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(1, 1)).await;
+    assert_eq!(kubelet.open_streams(GPU), 2);
+    b.stop();
+    wait_status(&kubelet, GPU, cap(1, 0)).await;
+    assert!(kubelet.endpoint(GPU).unwrap().stopped);
+    kubelet.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubelet_1_24_closes_the_previous_connection() {
+    let dir = TempDir::new();
+    let mut opts = Options::new(&dir.0);
+    opts.version = KubeletVersion::new(1, 24);
+    let kubelet = Kubelet::start(opts).await.unwrap();
+    let mut old = Plugin::start(&dir.0, "old.sock", devs("o", 2), false).await;
+    old.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+    let new = Plugin::start(&dir.0, "new.sock", devs("n", 3), false).await;
+    new.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(3, 3)).await;
+    old.wait_streams_closed(1).await;
+    wait_open_streams(&kubelet, 1).await;
+    old.stop();
+    // Nothing for the kubelet to notice: the new endpoint stays.
+    assert_eq!(kubelet.node_status()[GPU], cap(3, 3));
+    assert!(!kubelet.endpoint(GPU).unwrap().stopped);
+    kubelet.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The 4 MiB receive limit (reference §4.4).
+
+#[tokio::test]
+async fn an_over_limit_list_and_watch_message_ends_the_stream() {
+    use prost::Message;
+
+    let dir = TempDir::new();
+    let kubelet = Kubelet::start(Options::new(&dir.0)).await.unwrap();
+    let plugin = Plugin::start(&dir.0, "gpu.sock", devs("g", 2), false).await;
+    plugin.register(&kubelet, GPU).await.unwrap();
+    wait_status(&kubelet, GPU, cap(2, 2)).await;
+
+    // 40-character ids (`GPU-<uuid>` length): 53 bytes per device, 80 000 of them.
+    let huge: Vec<api::Device> = (0..80_000)
+        .map(|i| dev(&format!("GPU-{i:036}"), "Healthy"))
+        .collect();
+    let len = ListAndWatchResponse {
+        devices: huge.clone(),
+    }
+    .encoded_len();
+    assert!(len > MAX_RECV_MESSAGE_SIZE, "{len}");
+    plugin.set_devices(huge);
+
+    // The message is not applied; the stream ends; all devices unhealthy: 0/N.
+    wait_status(&kubelet, GPU, cap(2, 0)).await;
+    let ep = kubelet.endpoint(GPU).unwrap();
+    assert!(ep.stopped);
+    assert_eq!(
+        ep.stream_error.unwrap(),
+        format!(
+            "rpc error: code = ResourceExhausted desc = grpc: received message larger than max ({len} vs. 4194304)"
+        )
+    );
+    plugin.wait_streams_closed(1).await;
+    assert_eq!(kubelet.open_streams(GPU), 0);
+    kubelet.shutdown().await;
 }
