@@ -1,29 +1,35 @@
-//! The daemon's life cycle: serve every planned resource, register it with
-//! the kubelet, re-register when the kubelet restarts, reload on SIGHUP, and
-//! remove every socket on the way out.
+//! The daemon: the shell that executes the life cycle.
 //!
-//! One task owns all state and reacts to events (directory changes, signals,
-//! a registration retry timer); there is no polling and no shared mutable
-//! global state.
+//! [`crate::lifecycle::Machine`] decides when to serve, stop and register;
+//! this module does the I/O it asks for (bind sockets, call Register, write
+//! files, update the device lists) and feeds it what happens (directory
+//! changes, streams, Register answers, deadlines, signals). Before every
+//! event it reports what the device-plugin directory holds now, so a late or
+//! repeated inotify event cannot start a second registration. Loading the
+//! config, health and device discovery are handled here as well; they only
+//! tell the machine which resources to serve.
+//!
+//! One task owns all state; there is no polling and no shared mutable
+//! global state. Stream changes arrive as counts plus a wake-up, XIDs on a
+//! bounded channel.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
-use crate::kubelet::{register, socket_identity};
+use crate::kubelet::{kubelet_identity, register};
+use crate::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
 use crate::metrics::{Metrics, XidLabel};
-use crate::plugin::{
-    PluginEvent, PluginService, ResourceHandle, ResourceState, RunningServer, serve,
-};
-use crate::watch::{DirEvent, watch_dir};
+use crate::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
+use crate::watch::watch_dir;
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
@@ -131,53 +137,36 @@ pub enum DaemonError {
     },
 }
 
-struct Plugin {
+/// A served resource: its live state, and its server while one is bound.
+struct Served {
     handle: ResourceHandle,
-    server: Option<RunningServer>,
-    needs_registration: bool,
-    /// A Register call for this plugin is in flight.
-    in_flight: bool,
-    /// Bumped whenever the plugin must register again, so that the answer
-    /// to an older, still running Register call is recognised as stale.
-    generation: u64,
-    /// Open ListAndWatch streams from the kubelet.
-    streams: usize,
-    /// Set when the last stream closed: if no new one opens by then, the
-    /// kubelet lost us (crash, or its re-registration race) and we register again.
-    stream_lost_at: Option<Instant>,
+    server: Option<Bound>,
+}
+
+struct Bound {
+    id: ServerId,
+    server: RunningServer,
+    /// Stream counts already fed to the machine.
+    seen: (u64, u64),
 }
 
 /// The answer to one Register call.
 struct Registered {
-    name: ResourceName,
-    generation: u64,
-    identity: (u64, u64),
-    result: Result<(), crate::kubelet::RegisterError>,
-}
-
-impl Plugin {
-    /// The plugin must register (again); any Register call in flight is stale.
-    fn unregister(&mut self) {
-        self.needs_registration = true;
-        self.in_flight = false;
-        self.generation += 1;
-    }
+    attempt: AttemptId,
+    result: Result<(), String>,
 }
 
 struct Daemon {
     paths: Paths,
-    plugins: BTreeMap<ResourceName, Plugin>,
-    /// Identity of the `kubelet.sock` every plugin last registered with.
-    registered_with: Option<(u64, u64)>,
-    /// Identity of the `kubelet.sock` that in-flight Register calls target.
-    registering_with: Option<(u64, u64)>,
+    machine: Machine,
+    served: BTreeMap<ResourceName, Served>,
     /// Register calls run here, off the event loop: a kubelet may take up to
     /// its 10 s dial timeout to answer, and nothing else should wait on that.
     registrations: JoinSet<Registered>,
-    /// Registration retries.
-    registration_backoff: Backoff,
+    in_flight: HashMap<AttemptId, AbortHandle>,
+    /// Woken by any server whose stream counts changed.
+    streams: Arc<Notify>,
     metrics: Metrics,
-    events: mpsc::UnboundedSender<PluginEvent>,
     /// When to retry device discovery (`None`: it succeeded).
     discovery: Option<Instant>,
     discovery_backoff: Backoff,
@@ -187,9 +176,6 @@ struct Daemon {
 
 /// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
 const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-/// Register retries: 100 ms doubling to 10 s.
-const REGISTRATION_BACKOFF: Backoff =
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT in `main`). `reload`
 /// fires a configuration reload (SIGHUP in `main`).
@@ -197,7 +183,7 @@ pub async fn run(
     paths: Paths,
     source: SetupSource,
     mut reload: mpsc::Receiver<()>,
-    mut xids: mpsc::UnboundedReceiver<XidEvent>,
+    mut xids: mpsc::Receiver<XidEvent>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -230,51 +216,63 @@ pub async fn run(
         socket: paths.device_plugin_dir.clone(),
         source,
     })?;
-    // Watch first, so that no event between start-up and registration is lost.
-    let (_watch, mut events) =
+    // Watch first, so that no change between start-up and registration is
+    // missed. The events only wake the daemon: what changed is read from
+    // the directory itself (see `observe`).
+    let (_watch, mut dir_events) =
         watch_dir(&paths.device_plugin_dir).map_err(|source| DaemonError::Watch {
             dir: paths.device_plugin_dir.clone(),
             source,
         })?;
-    let (plugin_tx, mut plugin_events) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
+        machine: Machine::new(lifecycle::Timings {
+            stream_grace: paths.timings.stream_grace,
+        }),
         paths,
-        plugins: BTreeMap::new(),
-        registered_with: None,
-        registering_with: None,
+        served: BTreeMap::new(),
         registrations: JoinSet::new(),
-        registration_backoff: REGISTRATION_BACKOFF,
+        in_flight: HashMap::new(),
+        streams: Arc::new(Notify::new()),
         metrics,
-        events: plugin_tx,
         discovery: None,
         discovery_backoff: DISCOVERY_BACKOFF,
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
     match first {
-        Some((setup, plan)) => daemon.apply(&setup, plan)?,
-        None => daemon.schedule_discovery(),
+        Some((setup, plan)) => daemon.apply(&setup, plan).await,
+        None => {
+            daemon.schedule_discovery();
+            daemon.feed(Event::Tick).await;
+        }
     }
-    daemon.register_pending().await;
 
     loop {
-        let retry = daemon.retry_pending();
-        let lost = daemon.next_stream_deadline();
+        let deadline = daemon.machine.next_deadline().map(Instant::from_std);
         let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
+        let streams = daemon.streams.clone();
         tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = dir_events.recv() => daemon.feed(Event::Tick).await,
+            () = streams.notified() => daemon.on_streams().await,
+            Some(joined) = daemon.registrations.join_next(), if !daemon.registrations.is_empty() => {
+                // A cancelled call ends as a JoinError: nothing to feed.
+                if let Ok(done) = joined {
+                    daemon.in_flight.remove(&done.attempt);
+                    daemon.feed(Event::Registered { attempt: done.attempt, result: done.result }).await;
+                }
+            }
+            _ = sleep_until_if(deadline) => daemon.feed(Event::Tick).await,
             Some(event) = xids.recv() => daemon.on_xid(event),
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
-            _ = shutdown.cancelled() => break,
-            Some(event) = events.recv() => daemon.on_dir_event(event).await?,
-            Some(event) = plugin_events.recv() => daemon.on_plugin_event(event),
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
                 match load(&source).await {
                     Ok((setup, plan)) => {
                         daemon.discovery = None;
                         daemon.discovery_backoff.reset();
-                        daemon.apply(&setup, plan)?;
+                        daemon.apply(&setup, plan).await;
                         daemon.metrics.count_reload(true);
                     }
                     Err(e) => {
@@ -282,7 +280,6 @@ pub async fn run(
                         tracing::error!("configuration reload refused, keeping the running configuration: {e}");
                     }
                 }
-                daemon.register_pending().await;
             }
             _ = sleep_until_if(rediscover) => {
                 match load(&source).await {
@@ -290,33 +287,18 @@ pub async fn run(
                         tracing::info!("device discovery succeeded");
                         daemon.discovery = None;
                         daemon.discovery_backoff.reset();
-                        daemon.apply(&setup, plan)?;
+                        daemon.apply(&setup, plan).await;
                     }
                     Err(e) => {
                         tracing::warn!("device discovery failed again: {e}");
                         daemon.schedule_discovery();
                     }
                 }
-                daemon.register_pending().await;
             }
-            _ = sleep_if(retry) => daemon.register_pending().await,
-            Some(joined) = daemon.registrations.join_next(), if !daemon.registrations.is_empty() => {
-                if let Ok(done) = joined {
-                    daemon.on_registered(done);
-                }
-            }
-            _ = sleep_until_if(lost) => daemon.on_streams_lost().await,
         }
     }
-    daemon.stop_all().await;
+    daemon.feed(Event::Shutdown).await;
     Ok(())
-}
-
-async fn sleep_if(delay: Option<Duration>) {
-    match delay {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until_if(deadline: Option<Instant>) {
@@ -361,14 +343,230 @@ pub fn log_plan(plan: &Plan) {
 }
 
 impl Daemon {
-    fn socket_path(&self, name: &ResourceName) -> PathBuf {
-        self.paths.device_plugin_dir.join(name.socket_file_name())
+    /// Feeds the machine what the directory holds now, then `event`, and
+    /// executes every action (and the events they cause) in order.
+    async fn feed(&mut self, event: Event) {
+        let mut queue = std::collections::VecDeque::from([self.observe(), event]);
+        while let Some(event) = queue.pop_front() {
+            let actions = self.machine.handle(event, std::time::Instant::now());
+            for action in actions {
+                if let Some(caused) = self.execute(action).await {
+                    queue.push_back(caused);
+                }
+            }
+        }
+        self.update_readiness();
+    }
+
+    /// What the device-plugin directory holds now: `kubelet.sock`'s identity
+    /// and which of our servers still own their socket file.
+    fn observe(&self) -> Event {
+        Event::Observed {
+            kubelet: self
+                .paths
+                .kubelet_socket
+                .as_deref()
+                .and_then(kubelet_identity),
+            sockets: self
+                .served
+                .values()
+                .filter_map(|s| s.server.as_ref())
+                .filter(|b| b.server.socket_in_place())
+                .map(|b| b.id)
+                .collect(),
+        }
+    }
+
+    async fn execute(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Serve { resource, server } => {
+                let socket = self
+                    .paths
+                    .device_plugin_dir
+                    .join(resource.socket_file_name());
+                let served = self.served.get_mut(&resource)?;
+                match serve(
+                    &socket,
+                    resource.clone(),
+                    served.handle.clone(),
+                    self.metrics.clone(),
+                    self.streams.clone(),
+                ) {
+                    Ok(running) => {
+                        tracing::info!("Starting to serve '{resource}' on {}", socket.display());
+                        served.server = Some(Bound {
+                            id: server,
+                            server: running,
+                            seen: (0, 0),
+                        });
+                        None
+                    }
+                    Err(e) => Some(Event::ServeFailed {
+                        server,
+                        error: format!("cannot serve on {}: {e}", socket.display()),
+                    }),
+                }
+            }
+            Action::Stop { resource, server } => {
+                let planned = self.machine.servers().any(|(name, _)| *name == resource);
+                let served = self.served.get_mut(&resource)?;
+                if served.server.as_ref().is_some_and(|b| b.id == server)
+                    && let Some(bound) = served.server.take()
+                {
+                    tracing::info!(
+                        "Stopping to serve '{resource}' on {}",
+                        bound.server.socket.display()
+                    );
+                    bound.server.stop().await;
+                }
+                if !planned {
+                    self.served.remove(&resource);
+                }
+                None
+            }
+            Action::Drain { resource } => {
+                tracing::info!("Stopping to serve '{resource}': no longer in the plan");
+                let label = self.metrics.resource(resource.as_str());
+                self.metrics.devices.get_or_create(&label).set(0);
+                self.metrics.healthy_devices.get_or_create(&label).set(0);
+                if let Some(served) = self.served.get(&resource) {
+                    let state = served.handle.state();
+                    served.handle.update(ResourceState {
+                        resource: Arc::new(gpu_slicer_core::plan::Resource::new(
+                            resource.clone(),
+                            Vec::new(),
+                            None,
+                        )),
+                        health: state.health.clone(),
+                        flags: state.flags.clone(),
+                        files: state.files.clone(),
+                        links: state.links.clone(),
+                        owners: state.owners.clone(),
+                    });
+                }
+                None
+            }
+            Action::Register {
+                resource, attempt, ..
+            } => {
+                let kubelet = self.paths.kubelet_socket.clone()?;
+                let handle = self.registrations.spawn(async move {
+                    let result = register(&kubelet, &resource.socket_file_name(), &resource)
+                        .await
+                        .map_err(|e| e.to_string());
+                    Registered { attempt, result }
+                });
+                self.in_flight.insert(attempt, handle);
+                None
+            }
+            Action::CancelRegister { attempt } => {
+                if let Some(call) = self.in_flight.remove(&attempt) {
+                    call.abort();
+                }
+                None
+            }
+            Action::Notify(notice) => {
+                self.report(notice);
+                None
+            }
+        }
+    }
+
+    /// Logs a notice and counts it.
+    fn report(&self, notice: Notice) {
+        match notice {
+            Notice::KubeletRestarted => {
+                tracing::info!(
+                    "a new kubelet.sock appeared: the kubelet restarted; registering again"
+                );
+                self.metrics.kubelet_restarts.inc();
+            }
+            Notice::Registered { resource } => {
+                tracing::info!("Registered device plugin for '{resource}' with Kubelet");
+                self.metrics.count_registration(resource.as_str(), true);
+            }
+            Notice::RegisterFailed {
+                resource,
+                error,
+                failures,
+                retry_in,
+            } => {
+                tracing::warn!(
+                    "Could not register device plugin for '{resource}' (attempt {failures}): {error}; retrying in {retry_in:?}"
+                );
+                self.metrics.count_registration(resource.as_str(), false);
+            }
+            Notice::ServeFailed {
+                resource,
+                error,
+                failures,
+                retry_in,
+            } => {
+                tracing::error!(
+                    "cannot serve '{resource}' (attempt {failures}): {error}; retrying in {retry_in:?}"
+                );
+                self.metrics
+                    .serve_failures
+                    .get_or_create(&self.metrics.resource(resource.as_str()))
+                    .inc();
+            }
+            Notice::SocketReplaced { resource } => {
+                tracing::info!("the socket of '{resource}' was removed; serving it again");
+            }
+            Notice::StreamLost {
+                resource,
+                in_a_row,
+                register_in,
+            } => {
+                self.metrics
+                    .stream_losses
+                    .get_or_create(&self.metrics.resource(resource.as_str()))
+                    .inc();
+                if in_a_row > 1 {
+                    tracing::warn!(
+                        "the kubelet closed the ListAndWatch stream of '{resource}' {in_a_row} times in a row, \
+                         each soon after it opened (does it refuse the device list?); registering again in \
+                         {register_in:?} unless a new stream opens"
+                    );
+                } else {
+                    tracing::info!(
+                        "the kubelet closed the ListAndWatch stream of '{resource}'; registering again in \
+                         {register_in:?} unless a new stream opens or the kubelet restarts"
+                    );
+                }
+            }
+            Notice::StreamLossConfirmed { resource } => {
+                tracing::info!("no new ListAndWatch stream for '{resource}': registering again");
+            }
+        }
+    }
+
+    /// Feeds the machine every stream opened or closed since the last wake.
+    async fn on_streams(&mut self) {
+        let mut events = Vec::new();
+        for served in self.served.values_mut() {
+            let Some(bound) = served.server.as_mut() else {
+                continue;
+            };
+            let (opened, closed) = bound.server.stream_counts();
+            let server = bound.id;
+            for _ in bound.seen.0..opened {
+                events.push(Event::StreamOpened { server });
+            }
+            for _ in bound.seen.1..closed {
+                events.push(Event::StreamClosed { server });
+            }
+            bound.seen = (opened, closed);
+        }
+        for event in events {
+            self.feed(event).await;
+        }
     }
 
     /// Brings the running plugins in line with a new setup: unchanged
     /// resources keep serving, changed ones re-send their list, new ones
     /// start, removed ones send an empty list and stop.
-    fn apply(&mut self, setup: &Setup, plan: Plan) -> Result<(), DaemonError> {
+    async fn apply(&mut self, setup: &Setup, plan: Plan) {
         log_plan(&plan);
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
@@ -418,52 +616,12 @@ impl Daemon {
                 Err(e) => tracing::error!("cannot encode the CDI spec: {e}"),
             }
         }
-        let mut wanted = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for resource in plan.resources {
-            wanted.insert(resource.name.clone(), resource);
-        }
-        let removed: Vec<ResourceName> = self
-            .plugins
-            .keys()
-            .filter(|name| !wanted.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(mut plugin) = self.plugins.remove(&name) {
-                tracing::info!("Stopping to serve '{name}': no longer in the plan");
-                let label = self.metrics.resource(name.as_str());
-                self.metrics.devices.get_or_create(&label).set(0);
-                self.metrics.healthy_devices.get_or_create(&label).set(0);
-                let state = plugin.handle.state();
-                plugin.handle.update(ResourceState {
-                    resource: Arc::new(gpu_slicer_core::plan::Resource::new(
-                        name.clone(),
-                        Vec::new(),
-                        None,
-                    )),
-                    health: state.health.clone(),
-                    flags: state.flags.clone(),
-                    files: state.files.clone(),
-                    links: state.links.clone(),
-                    owners: owners.clone(),
-                });
-                if let Some(server) = plugin.server.take() {
-                    // Give the kubelet a moment to read the empty list.
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        server.stop().await;
-                    });
-                }
-            }
-        }
-        for (name, resource) in wanted {
+            let name = resource.name.clone();
             let label = self.metrics.resource(name.as_str());
             let count = i64::try_from(resource.devices.len()).unwrap_or(i64::MAX);
             self.metrics.devices.get_or_create(&label).set(count);
-            self.metrics
-                .healthy_devices
-                .get_or_create(&label)
-                .set(count);
             let state = ResourceState {
                 resource: Arc::new(resource),
                 health: health.clone(),
@@ -472,28 +630,22 @@ impl Daemon {
                 links: links.clone(),
                 owners: owners.clone(),
             };
-            if let Some(plugin) = self.plugins.get(&name) {
-                plugin.handle.update(state);
-                continue;
+            match self.served.get(&name) {
+                Some(served) => served.handle.update(state),
+                None => {
+                    self.served.insert(
+                        name.clone(),
+                        Served {
+                            handle: ResourceHandle::new(state),
+                            server: None,
+                        },
+                    );
+                }
             }
-            let handle = ResourceHandle::new(state);
-            let server = self.start_server(&name, &handle)?;
-            self.plugins.insert(
-                name,
-                Plugin {
-                    handle,
-                    server: Some(server),
-                    needs_registration: true,
-                    in_flight: false,
-                    generation: 0,
-                    streams: 0,
-                    stream_lost_at: None,
-                },
-            );
+            names.insert(name);
         }
+        self.feed(Event::Apply(names)).await;
         self.update_health_gauges();
-        self.update_readiness();
-        Ok(())
     }
 
     /// An XID event: mark the devices it affects, per the policy.
@@ -511,8 +663,8 @@ impl Daemon {
         }
         let now = std::time::Instant::now();
         let mut changed = false;
-        for (name, plugin) in &self.plugins {
-            let state = plugin.handle.state();
+        for (name, served) in &self.served {
+            let state = served.handle.state();
             let hit = affected(&event, &state.resource);
             for device in &hit {
                 tracing::warn!(
@@ -544,9 +696,9 @@ impl Daemon {
     /// Re-sends every resource's list with the current health.
     fn push_health(&mut self) {
         let health = Arc::new(self.health.clone());
-        for plugin in self.plugins.values() {
-            let state = plugin.handle.state();
-            plugin.handle.update(ResourceState {
+        for served in self.served.values() {
+            let state = served.handle.state();
+            served.handle.update(ResourceState {
                 resource: state.resource.clone(),
                 health: health.clone(),
                 flags: state.flags.clone(),
@@ -559,8 +711,8 @@ impl Daemon {
     }
 
     fn update_health_gauges(&self) {
-        for (name, plugin) in &self.plugins {
-            let state = plugin.handle.state();
+        for (name, served) in &self.served {
+            let state = served.handle.state();
             let healthy = state
                 .resource
                 .devices
@@ -577,19 +729,10 @@ impl Daemon {
         }
     }
 
-    fn service(&self, name: &ResourceName, handle: &ResourceHandle) -> PluginService {
-        PluginService::new(
-            name.clone(),
-            handle.clone(),
-            self.metrics.clone(),
-            self.events.clone(),
-        )
-    }
-
     fn update_readiness(&self) {
-        self.metrics.set_ready(
-            self.discovery.is_none() && self.plugins.values().all(|p| !p.needs_registration),
-        );
+        let registered = self.paths.kubelet_socket.is_none() || self.machine.all_registered();
+        self.metrics
+            .set_ready(self.discovery.is_none() && registered);
     }
 
     /// Arms (or backs off) the next discovery attempt.
@@ -599,233 +742,4 @@ impl Daemon {
         self.discovery = Some(Instant::now() + delay);
         self.update_readiness();
     }
-
-    fn on_plugin_event(&mut self, event: PluginEvent) {
-        match event {
-            PluginEvent::StreamOpened(name) => {
-                if let Some(plugin) = self.plugins.get_mut(&name) {
-                    plugin.streams += 1;
-                    plugin.stream_lost_at = None;
-                }
-            }
-            PluginEvent::StreamClosed(name) => {
-                if let Some(plugin) = self.plugins.get_mut(&name) {
-                    plugin.streams = plugin.streams.saturating_sub(1);
-                    if plugin.streams == 0 && !plugin.needs_registration {
-                        plugin.stream_lost_at =
-                            Some(Instant::now() + self.paths.timings.stream_grace);
-                    }
-                }
-            }
-        }
-    }
-
-    fn next_stream_deadline(&self) -> Option<Instant> {
-        self.plugins.values().filter_map(|p| p.stream_lost_at).min()
-    }
-
-    /// The kubelet dropped a resource's only stream and nothing else told us
-    /// why: register that resource again.
-    async fn on_streams_lost(&mut self) {
-        let now = Instant::now();
-        for (name, plugin) in &mut self.plugins {
-            if plugin.stream_lost_at.is_some_and(|at| at <= now) {
-                plugin.stream_lost_at = None;
-                if plugin.streams == 0 {
-                    tracing::info!(
-                        "the kubelet closed the ListAndWatch stream of '{name}'; registering again"
-                    );
-                    plugin.needs_registration = true;
-                }
-            }
-        }
-        self.registration_backoff.reset();
-        self.register_pending().await;
-    }
-
-    fn start_server(
-        &self,
-        name: &ResourceName,
-        handle: &ResourceHandle,
-    ) -> Result<RunningServer, DaemonError> {
-        let socket = self.socket_path(name);
-        let server =
-            serve(&socket, self.service(name, handle)).map_err(|source| DaemonError::Serve {
-                socket: socket.clone(),
-                source,
-            })?;
-        tracing::info!("Starting to serve '{name}' on {}", socket.display());
-        Ok(server)
-    }
-
-    async fn on_dir_event(&mut self, event: DirEvent) -> Result<(), DaemonError> {
-        let Some(kubelet) = self.paths.kubelet_socket.clone() else {
-            return Ok(());
-        };
-        match event {
-            DirEvent::Created(path) if path == kubelet => {
-                let current = socket_identity(&kubelet);
-                if current != self.registered_with && current != self.registering_with {
-                    tracing::info!("inotify: {} created, restarting.", kubelet.display());
-                    self.metrics.kubelet_restarts.inc();
-                    self.mark_all_unregistered();
-                }
-            }
-            DirEvent::Removed(path) if path == kubelet => {
-                // The kubelet we registered with is gone; its successor may
-                // reuse the inode number, so forget it rather than compare.
-                self.registered_with = None;
-                self.registering_with = None;
-            }
-            DirEvent::Removed(path) => {
-                let owner = self
-                    .plugins
-                    .keys()
-                    .find(|name| self.socket_path(name) == path)
-                    .cloned();
-                // Events can be stale: the socket may have been served
-                // again already (restarting it then would delete it anew).
-                if let Some(name) = owner
-                    && !exists(&path)
-                {
-                    tracing::info!("socket {} removed, serving it again", path.display());
-                    self.restart_server(&name).await?;
-                }
-            }
-            DirEvent::Created(_) | DirEvent::Changed(_) => {}
-            DirEvent::Error(e) => {
-                tracing::warn!("inotify: {e}; re-registering every resource");
-                self.mark_all_unregistered();
-            }
-        }
-        self.register_pending().await;
-        Ok(())
-    }
-
-    fn mark_all_unregistered(&mut self) {
-        for plugin in self.plugins.values_mut() {
-            plugin.unregister();
-            plugin.stream_lost_at = None;
-        }
-        self.registration_backoff.reset();
-        self.update_readiness();
-    }
-
-    async fn restart_server(&mut self, name: &ResourceName) -> Result<(), DaemonError> {
-        let Some(plugin) = self.plugins.get_mut(name) else {
-            return Ok(());
-        };
-        if let Some(old) = plugin.server.take() {
-            old.stop().await;
-        }
-        let handle = plugin.handle.clone();
-        let server = self.start_server(name, &handle)?;
-        if let Some(plugin) = self.plugins.get_mut(name) {
-            plugin.server = Some(server);
-            plugin.unregister();
-        }
-        self.registration_backoff.reset();
-        self.update_readiness();
-        Ok(())
-    }
-
-    /// Starts a Register call for every plugin that needs one (concurrently,
-    /// in the background); [`Self::on_registered`] takes the answers.
-    /// Failures are retried on a back-off timer, or at once when
-    /// `kubelet.sock` appears.
-    async fn register_pending(&mut self) {
-        let Some(kubelet) = self.paths.kubelet_socket.clone() else {
-            return;
-        };
-        let pending: Vec<ResourceName> = self
-            .plugins
-            .iter()
-            .filter(|(_, p)| p.needs_registration && !p.in_flight)
-            .map(|(name, _)| name.clone())
-            .collect();
-        if pending.is_empty() {
-            return;
-        }
-        let Some(identity) = socket_identity(&kubelet) else {
-            tracing::info!(
-                "waiting for the kubelet: {} does not exist yet",
-                kubelet.display()
-            );
-            return;
-        };
-        self.registering_with = Some(identity);
-        for name in pending {
-            // A starting kubelet deletes every socket: serve again first, or
-            // the kubelet's dial-back would wait for nothing.
-            if !exists(&self.socket_path(&name))
-                && let Err(e) = self.restart_server(&name).await
-            {
-                tracing::error!("{e}");
-                continue;
-            }
-            let Some(plugin) = self.plugins.get_mut(&name) else {
-                continue;
-            };
-            plugin.in_flight = true;
-            let generation = plugin.generation;
-            let kubelet = kubelet.clone();
-            self.registrations.spawn(async move {
-                let result = register(&kubelet, &name.socket_file_name(), &name).await;
-                Registered {
-                    name,
-                    generation,
-                    identity,
-                    result,
-                }
-            });
-        }
-    }
-
-    fn on_registered(&mut self, done: Registered) {
-        let Some(plugin) = self.plugins.get_mut(&done.name) else {
-            return;
-        };
-        if plugin.generation != done.generation {
-            return; // superseded: the plugin has been marked for another registration
-        }
-        plugin.in_flight = false;
-        match done.result {
-            Ok(()) => {
-                plugin.needs_registration = false;
-                tracing::info!("Registered device plugin for '{}' with Kubelet", done.name);
-                self.metrics.count_registration(done.name.as_str(), true);
-                self.registered_with = Some(done.identity);
-            }
-            Err(e) => {
-                self.metrics.count_registration(done.name.as_str(), false);
-                tracing::warn!("Could not register device plugin: {e}");
-                self.registration_backoff.grow();
-            }
-        }
-        self.update_readiness();
-    }
-
-    /// When to retry registration, if anything is pending and the kubelet
-    /// socket exists (otherwise its CREATE event wakes us).
-    fn retry_pending(&self) -> Option<Duration> {
-        let kubelet = self.paths.kubelet_socket.as_deref()?;
-        let pending = self
-            .plugins
-            .values()
-            .any(|p| p.needs_registration && !p.in_flight);
-        (pending && exists(kubelet)).then_some(self.registration_backoff.current())
-    }
-
-    async fn stop_all(&mut self) {
-        for (name, mut plugin) in std::mem::take(&mut self.plugins) {
-            if let Some(server) = plugin.server.take() {
-                tracing::info!("Stopping to serve '{name}' on {}", server.socket.display());
-                server.stop().await;
-            }
-        }
-    }
-}
-
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
 }

@@ -1,5 +1,5 @@
-//! The kubelet side: registering on `kubelet.sock`, and watching the
-//! device-plugin directory for the signs of a kubelet restart.
+//! The kubelet side: registering on `kubelet.sock`, and telling one
+//! `kubelet.sock` from the next.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Endpoint, Uri};
 
+use crate::lifecycle::KubeletId;
 use crate::plugin::options;
 use gpu_slicer_api::RegisterRequest;
 use gpu_slicer_api::registration_client::RegistrationClient;
@@ -67,8 +68,17 @@ pub async fn register(
     Ok(())
 }
 
-/// Identity of a socket file: a re-created `kubelet.sock` has a new inode,
-/// which tells a kubelet restart apart from a late first CREATE event.
+/// Identity of a socket file (device, inode): tells the socket a server
+/// bound apart from one bound later at the same path.
 pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Identity of `kubelet.sock`: device, inode and change time. A restarted
+/// kubelet binds a new file; its inode number may be the one just freed,
+/// its change time (in nanoseconds) is not.
+pub fn kubelet_identity(path: &Path) -> Option<KubeletId> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }

@@ -21,10 +21,12 @@
 pub mod args;
 pub mod backoff;
 pub mod config_file;
+pub mod connection;
 pub mod daemon;
 pub mod files;
 pub mod kube_api;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod metrics;
 pub mod node;
 pub mod nvml;

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub allocations: Family<ResultLabel, Counter>,
     pub registrations: Family<ResultLabel, Counter>,
     pub kubelet_restarts: Counter,
+    /// ListAndWatch streams the kubelet closed without restarting.
+    pub stream_losses: Family<ResourceLabel, Counter>,
+    /// Plugin sockets that could not be bound (each retried on a back-off).
+    pub serve_failures: Family<ResourceLabel, Counter>,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub health_events: Family<XidLabel, Counter>,
     /// Readiness, observable: the start-up taint waits on it.
@@ -93,6 +97,16 @@ impl Metrics {
             "kubelet_restarts",
             "Kubelet restarts detected",
             self.kubelet_restarts.clone(),
+        );
+        registry.register(
+            "stream_losses",
+            "ListAndWatch streams the kubelet closed while it kept running, per resource",
+            self.stream_losses.clone(),
+        );
+        registry.register(
+            "serve_failures",
+            "Plugin sockets that could not be bound, per resource (retried with back-off)",
+            self.serve_failures.clone(),
         );
         registry.register(
             "config_reloads",

@@ -10,8 +10,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use std::collections::HashMap;
 
+use crate::connection::Closable;
 use crate::metrics::Metrics;
 use gpu_slicer_api::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use gpu_slicer_api::{
@@ -140,36 +143,63 @@ fn device_list(resource: &Resource, health: &HealthState) -> ListAndWatchRespons
     }
 }
 
-/// What a plugin tells the daemon: the kubelet's ListAndWatch streams
-/// coming and going are a sign of kubelet restarts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginEvent {
-    StreamOpened(ResourceName),
-    StreamClosed(ResourceName),
+/// The ListAndWatch streams a server has seen open and close, counted
+/// rather than queued: the daemon reads the counts when woken, so no channel
+/// can grow and no transition is lost.
+#[derive(Debug, Default)]
+pub struct StreamCounts {
+    opened: AtomicU64,
+    closed: AtomicU64,
 }
 
-/// The gRPC service of one resource.
+impl StreamCounts {
+    /// (opened, closed) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Acquire),
+            self.closed.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// Where a server reports its streams: its own counts, and the daemon's
+/// wake-up shared by every server.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    pub counts: Arc<StreamCounts>,
+    pub wake: Arc<Notify>,
+}
+
+impl StreamReport {
+    fn opened(&self) {
+        self.counts.opened.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    fn closed(&self) {
+        self.counts.closed.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+}
+
+/// The gRPC service of one resource on one server.
 #[derive(Debug, Clone)]
 pub struct PluginService {
     name: ResourceName,
     handle: ResourceHandle,
     metrics: Metrics,
-    events: mpsc::UnboundedSender<PluginEvent>,
+    streams: StreamReport,
     responses: Arc<AtomicU64>,
 }
 
 /// Reports the end of a ListAndWatch stream when the stream is dropped,
-/// which is what happens when the kubelet goes away or closes it.
-struct StreamGuard {
-    name: ResourceName,
-    events: mpsc::UnboundedSender<PluginEvent>,
-}
+/// which is what happens when the kubelet goes away or closes it, or when
+/// the server closes the connection.
+struct StreamGuard(StreamReport);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let _ = self
-            .events
-            .send(PluginEvent::StreamClosed(self.name.clone()));
+        self.0.closed();
     }
 }
 
@@ -178,13 +208,13 @@ impl PluginService {
         name: ResourceName,
         handle: ResourceHandle,
         metrics: Metrics,
-        events: mpsc::UnboundedSender<PluginEvent>,
+        streams: StreamReport,
     ) -> Self {
         PluginService {
             name,
             handle,
             metrics,
-            events,
+            streams,
             responses: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -223,18 +253,15 @@ impl DevicePlugin for PluginService {
     type ListAndWatchStream = ListAndWatchStream;
 
     /// Sends the full list now and again on every change. The stream never
-    /// ends on its own: the kubelet treats an ended stream as a dead plugin.
+    /// ends on its own (the kubelet treats an ended stream as a dead
+    /// plugin): it ends when its connection closes, which
+    /// [`RunningServer::stop`] does.
     async fn list_and_watch(
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        let _ = self
-            .events
-            .send(PluginEvent::StreamOpened(self.name.clone()));
-        let guard = StreamGuard {
-            name: self.name.clone(),
-            events: self.events.clone(),
-        };
+        self.streams.opened();
+        let guard = StreamGuard(self.streams.clone());
         let stream = WatchStream::new(self.handle.subscribe())
             .map(move |list| {
                 let _alive = &guard;
@@ -317,6 +344,7 @@ pub struct RunningServer {
     pub socket: PathBuf,
     /// Identity of the socket file we bound: only that file is removed on stop.
     identity: Option<(u64, u64)>,
+    streams: Arc<StreamCounts>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -327,11 +355,19 @@ pub struct RunningServer {
 /// replica ids is about 0.5 MB.
 const MAX_DECODE_BYTES: usize = gpu_slicer_core::plan::KUBELET_MAX_MESSAGE;
 const WINDOW_BYTES: u32 = 4 << 20;
+/// How long a stopping server may take once its connections are closed.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds `socket` (replacing a stale file) and serves `service` on it. The
 /// listener is bound before this returns, so a kubelet dialing back during
 /// Register always finds it.
-pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningServer> {
+pub fn serve(
+    socket: &Path,
+    name: ResourceName,
+    handle: ResourceHandle,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+) -> std::io::Result<RunningServer> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -340,7 +376,19 @@ pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningSe
     let listener = UnixListener::bind(socket)?;
     let identity = crate::kubelet::socket_identity(socket);
     let stop = CancellationToken::new();
-    let incoming = UnixListenerStream::new(listener);
+    let counts = Arc::new(StreamCounts::default());
+    let service = PluginService::new(
+        name,
+        handle,
+        metrics,
+        StreamReport {
+            counts: counts.clone(),
+            wake,
+        },
+    );
+    let closer = stop.clone();
+    let incoming =
+        UnixListenerStream::new(listener).map(move |io| io.map(|io| Closable::new(io, &closer)));
     let shutdown = stop.clone().cancelled_owned();
     let path = socket.to_path_buf();
     let task = tokio::spawn(async move {
@@ -362,20 +410,33 @@ pub fn serve(socket: &Path, service: PluginService) -> std::io::Result<RunningSe
     Ok(RunningServer {
         socket: socket.to_path_buf(),
         identity,
+        streams: counts,
         stop,
         task,
     })
 }
 
 impl RunningServer {
-    /// Stops serving and removes the socket file if it is still the one we
-    /// bound (a newer server may already listen on the same path).
+    /// (opened, closed) ListAndWatch streams so far.
+    pub fn stream_counts(&self) -> (u64, u64) {
+        self.streams.get()
+    }
+
+    /// Whether the file at the socket path is still the one this server bound.
+    pub fn socket_in_place(&self) -> bool {
+        self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
+    }
+
+    /// Stops serving: closes every connection (which ends its ListAndWatch
+    /// streams) and removes the socket file if it is still the one we bound
+    /// (a newer server may already listen on the same path).
     pub async fn stop(self) {
         self.stop.cancel();
-        // Open ListAndWatch streams never end by themselves, so a graceful
-        // shutdown would wait forever: abort once the listener is closed.
-        self.task.abort();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
         if self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
         {
             let _ = std::fs::remove_file(&self.socket);

@@ -284,7 +284,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     };
     // Health events come from NVML; simulated nodes have none. The watcher
     // starts with the options of the first successful discovery.
-    let (xid_tx, xid_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (xid_tx, xid_rx) = tokio::sync::mpsc::channel(crate::xid_events::QUEUE);
     let nvml_used = if options.simulate.is_none() {
         let (used_tx, used_rx): (SyncSender<NvmlOptions>, Receiver<NvmlOptions>) =
             std::sync::mpsc::sync_channel(1);

@@ -22,6 +22,9 @@ use crate::nvml::{NvmlOptions, nvml};
 use gpu_slicer_core::health::XidEvent;
 
 const WAIT_MS: u32 = 5000;
+/// XIDs waiting for the daemon. A full queue makes the watcher thread wait
+/// (the driver keeps its own queue meanwhile) rather than grow memory.
+pub const QUEUE: usize = 64;
 const NO_INSTANCE: u32 = 0xFFFF_FFFF;
 
 /// Starts the watcher thread. It waits for the NVML options that discovery
@@ -29,7 +32,7 @@ const NO_INSTANCE: u32 = 0xFFFF_FFFF;
 /// root), then runs until `events` is closed.
 pub fn spawn_xid_watcher(
     discovered_with: std::sync::mpsc::Receiver<NvmlOptions>,
-    events: mpsc::UnboundedSender<XidEvent>,
+    events: mpsc::Sender<XidEvent>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("xid-events".into())
@@ -54,7 +57,7 @@ pub fn spawn_xid_watcher(
 
 /// Registers every GPU for critical XID events and forwards them; returns
 /// Ok when the receiver is gone, Err when NVML fails (the caller retries).
-fn watch(options: &NvmlOptions, events: &mpsc::UnboundedSender<XidEvent>) -> Result<(), String> {
+fn watch(options: &NvmlOptions, events: &mpsc::Sender<XidEvent>) -> Result<(), String> {
     let (nvml, _) = nvml(options).map_err(|e| e.to_string())?;
     let count = nvml.device_count().map_err(|e| e.to_string())?;
     let mut set = nvml.create_event_set().map_err(|e| e.to_string())?;
@@ -113,7 +116,7 @@ fn watch(options: &NvmlOptions, events: &mpsc::UnboundedSender<XidEvent>) -> Res
             continue;
         };
         let instance = |id: u32| (id != NO_INSTANCE).then_some(id);
-        let _ = events.send(XidEvent {
+        let _ = events.blocking_send(XidEvent {
             gpu_uuid,
             xid: data.eventData,
             gpu_instance: instance(data.gpuInstanceId),

@@ -110,7 +110,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         paths,
         Arc::new(move || Ok(setup.clone())),
         reload_rx,
-        tokio::sync::mpsc::unbounded_channel().1,
+        tokio::sync::mpsc::channel(1).1,
         gpu_slicer_daemon::metrics::Metrics::default(),
         shutdown.clone(),
     ));

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::common::{Daemon, expect, kubelet, temp_dir, wait_for, write_config};
+use crate::common::{Daemon, aside, expect, kubelet, temp_dir, wait_for, write_config};
 
 const MIXED: &str = "version: v1\nflags:\n  migStrategy: mixed\n";
 
@@ -37,9 +37,9 @@ fn registrations_of(kubelet: &kubelet_sim::Kubelet, resource: &str) -> usize {
 /// Replaces the config the way a ConfigMap volume does: a new file renamed
 /// over the old one.
 fn swap_config(dir: &std::path::Path, text: &str) {
-    let staged = dir.join(".config.yaml.new");
+    let staged = aside(dir).join(".config.yaml.new");
     std::fs::write(&staged, text).expect("stage config");
-    std::fs::rename(&staged, dir.join("config.yaml")).expect("swap config");
+    std::fs::rename(&staged, aside(dir).join("config.yaml")).expect("swap config");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

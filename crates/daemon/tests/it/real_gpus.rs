@@ -4,13 +4,13 @@
 use std::process::Command;
 
 use crate::BIN;
-use crate::common::{expect, fake_nvml, kubelet, start_with_env, temp_dir, wait_for};
+use crate::common::{aside, expect, fake_nvml, kubelet, start_with_env, temp_dir, wait_for};
 use gpu_slicer_core::gpu::simulated;
 
 /// Writes the inventory of a simulated instance where the fake reads it.
 fn inventory_file(dir: &std::path::Path, instance: &str, layout: &str) -> std::path::PathBuf {
     let inventory = simulated::from_instance(instance, Some(layout)).expect("simulated");
-    let path = dir.join("inventory.json");
+    let path = aside(dir).join("inventory.json");
     std::fs::write(&path, serde_json::to_string(&inventory).expect("json")).expect("write");
     path
 }
@@ -71,7 +71,7 @@ async fn without_fail_on_init_error_a_late_driver_is_picked_up() {
     let lib = fake_nvml();
     // The fake fails to initialise while its inventory file is missing: the
     // "driver" arrives when the test writes it.
-    let topology = dir.path().join("late.json");
+    let topology = aside(dir.path()).join("late.json");
     let kubelet = kubelet(dir.path()).await;
     let mut daemon = start_with_env(
         dir.path(),
@@ -113,9 +113,9 @@ fn append(path: &std::path::Path, line: &str) {
 async fn xid_events_mark_every_replica_and_recoverable_ones_come_back() {
     let dir = temp_dir();
     let inventory = simulated::from_instance("g5.12xlarge", None).expect("simulated");
-    let topology = dir.path().join("inventory.json");
+    let topology = aside(dir.path()).join("inventory.json");
     std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
-    let events = dir.path().join("events");
+    let events = aside(dir.path()).join("events");
     std::fs::write(&events, "").expect("events file");
     let config = crate::common::write_config(
         dir.path(),
@@ -190,9 +190,9 @@ async fn health_checks_use_the_library_found_under_the_driver_root() {
     let dir = temp_dir();
     let topology = inventory_file(dir.path(), "g5.xlarge", "all-disabled");
     let inventory = simulated::from_instance("g5.xlarge", Some("all-disabled")).expect("sim");
-    let events = dir.path().join("events");
+    let events = aside(dir.path()).join("events");
     std::fs::write(&events, "").expect("events file");
-    let driver_root = dir.path().join("driver-root");
+    let driver_root = aside(dir.path()).join("driver-root");
     let lib_dir = driver_root.join("usr/lib64");
     std::fs::create_dir_all(&lib_dir).expect("library dir");
     std::os::unix::fs::symlink(fake_nvml(), lib_dir.join("libnvidia-ml.so.1")).expect("link");
@@ -232,7 +232,7 @@ async fn a_mig_xid_marks_only_its_instance() {
     let dir = temp_dir();
     let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
     let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
-    let events = dir.path().join("events");
+    let events = aside(dir.path()).join("events");
     std::fs::write(&events, "").expect("events file");
     let lib = fake_nvml();
     let kubelet = kubelet(dir.path()).await;
@@ -318,7 +318,7 @@ async fn each_mig_device_gets_its_parent_and_capability_nodes() {
     let dir = temp_dir();
     let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
     let inventory = simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
-    let minors = dir.path().join("mig-minors");
+    let minors = aside(dir.path()).join("mig-minors");
     std::fs::write(&minors, mig_minors(8)).expect("mig-minors");
     let lib = fake_nvml();
     let kubelet = kubelet(dir.path()).await;

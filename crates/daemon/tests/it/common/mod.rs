@@ -100,8 +100,17 @@ pub async fn wait_for(kubelet: &Kubelet, want: &BTreeMap<String, usize>) {
         .unwrap_or_else(|e| panic!("node never advertised {want:?}: {e}"));
 }
 
+/// Where a test keeps its own files (config, topology, events) beside the
+/// device-plugin directory `dir`: a subdirectory, because a starting kubelet
+/// deletes every other file there, as the real one does.
+pub fn aside(dir: &Path) -> PathBuf {
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).expect("create the test's file directory");
+    files
+}
+
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("config.yaml");
+    let path = aside(dir).join("config.yaml");
     std::fs::write(&path, text).expect("write config");
     path
 }

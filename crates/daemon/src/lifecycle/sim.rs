@@ -1,0 +1,549 @@
+//! Deterministic simulation: the machine against a modelled kubelet and
+//! socket directory, over random interleavings of faults, with the module's
+//! invariants checked after every step.
+//!
+//! The world executes actions the way the shell does: it reports what the
+//! directory holds before every event (as `daemon.rs` does), dials
+//! `kubelet.sock` by path (so a Register reaches whatever kubelet is there,
+//! not the one the machine meant), and its kubelet behaves as 1.25–1.35 do:
+//! a new registration does not close an older stream, a crash leaves a
+//! stale `kubelet.sock`, a start deletes every socket and then binds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+
+use super::*;
+
+const UNIVERSE: [&str; 3] = [
+    "nvidia.com/gpu",
+    "nvidia.com/gpu.shared",
+    "nvidia.com/mig-1g.5gb",
+];
+
+fn resource(i: usize) -> ResourceName {
+    ResourceName::parse(UNIVERSE[i % UNIVERSE.len()]).expect("valid resource name")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegisterMode {
+    /// Answered OK within 0–20 ms.
+    Normal,
+    /// Refused at once.
+    Failing,
+    /// Never answered; the shell's 30 s timeout ends it.
+    Hanging,
+    /// Answered OK after 3 s.
+    Late,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(u16),
+    /// SIGKILL: streams end, `kubelet.sock` stays behind.
+    Crash,
+    /// A clean stop: streams end, `kubelet.sock` is removed.
+    Stop,
+    /// A kubelet starts after `downtime` ms: deletes every socket (in an
+    /// order given by `order`), binds, and accepts `listen_gap` ms later.
+    /// Between deletions the shell may or may not have seen the events.
+    Start {
+        downtime: u16,
+        order: u64,
+        observe_between: u64,
+        listen_gap: u8,
+    },
+    /// Someone deletes a plugin socket while the kubelet runs.
+    DeleteSocket(usize),
+    /// The kubelet drops a resource's stream without restarting.
+    DropStream(usize),
+    /// A reload: a valid resource set (bit mask), or a refused config.
+    Reload(Option<u8>),
+    /// An event that concerns no timer (an XID, say).
+    Health,
+    RegisterMode(RegisterMode),
+    BindFailing(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u16..3000).prop_map(Op::Advance),
+        2 => (1u16..40).prop_map(Op::Advance),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Stop),
+        2 => (0u16..10_000, any::<u64>(), any::<u64>(), 0u8..6).prop_map(
+            |(downtime, order, observe_between, listen_gap)| Op::Start {
+                downtime,
+                order,
+                observe_between,
+                listen_gap
+            }
+        ),
+        1 => (0usize..3).prop_map(Op::DeleteSocket),
+        1 => (0usize..3).prop_map(Op::DropStream),
+        1 => proptest::option::weighted(0.8, 0u8..8).prop_map(Op::Reload),
+        1 => Just(Op::Health),
+        1 => prop_oneof![
+            4 => Just(RegisterMode::Normal),
+            1 => Just(RegisterMode::Failing),
+            1 => Just(RegisterMode::Hanging),
+            1 => Just(RegisterMode::Late),
+        ]
+        .prop_map(Op::RegisterMode),
+        1 => proptest::bool::weighted(0.3).prop_map(Op::BindFailing),
+    ]
+}
+
+/// The shell's bound on one Register call.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Pending {
+    resource: ResourceName,
+    /// The kubelet the machine meant.
+    target: KubeletId,
+    /// The kubelet the call reached (by path), if any.
+    reached: Option<KubeletId>,
+    due: Instant,
+    result: Result<(), String>,
+}
+
+struct World {
+    machine: Machine,
+    start: Instant,
+    now: Instant,
+    /// `kubelet.sock`: the file's identity, and whether it accepts.
+    kubelet_file: Option<KubeletId>,
+    listening: bool,
+    next_kubelet: u64,
+    /// Plugin socket files: resource → server whose file is at the path.
+    socket_files: BTreeMap<ResourceName, ServerId>,
+    live_servers: BTreeMap<ServerId, ResourceName>,
+    /// Open ListAndWatch streams: (server, kubelet).
+    streams: Vec<(ServerId, KubeletId)>,
+    pending: BTreeMap<AttemptId, Pending>,
+    mode: RegisterMode,
+    bind_failing: bool,
+    /// Registers each kubelet accepted, per resource.
+    accepted: BTreeMap<(KubeletId, ResourceName), u32>,
+    /// Causes that rightly need another registration with the same kubelet.
+    allowance: BTreeMap<(KubeletId, ResourceName), u32>,
+    applied: BTreeSet<ResourceName>,
+    /// Until then, the liveness bound (invariant 4) does not apply.
+    settled_after: Instant,
+    /// The steps, kept only with SIM_LOG set (formatting them all is slow).
+    log: Option<Vec<String>>,
+}
+
+impl World {
+    fn new() -> Self {
+        let start = Instant::now();
+        World {
+            machine: Machine::new(Timings::default()),
+            start,
+            now: start,
+            kubelet_file: None,
+            listening: false,
+            next_kubelet: 0,
+            socket_files: BTreeMap::new(),
+            live_servers: BTreeMap::new(),
+            streams: Vec::new(),
+            pending: BTreeMap::new(),
+            mode: RegisterMode::Normal,
+            bind_failing: false,
+            accepted: BTreeMap::new(),
+            allowance: BTreeMap::new(),
+            applied: BTreeSet::new(),
+            settled_after: start,
+            log: std::env::var_os("SIM_LOG").map(|_| Vec::new()),
+        }
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.log.is_some() {
+            let line = line();
+            if let Some(log) = &mut self.log {
+                log.push(line);
+            }
+        }
+    }
+
+    fn t(&self) -> u128 {
+        self.now.duration_since(self.start).as_millis()
+    }
+
+    /// What the shell reports before each event.
+    fn observation(&self) -> Event {
+        Event::Observed {
+            kubelet: self.kubelet_file,
+            sockets: self
+                .socket_files
+                .iter()
+                .filter(|(r, s)| self.live_servers.get(s) == Some(r))
+                .map(|(_, s)| *s)
+                .collect(),
+        }
+    }
+
+    /// Feeds `event` after an observation, executes the actions and every
+    /// event they cause, as the shell does.
+    fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
+        let mut queue = std::collections::VecDeque::from([self.observation(), event]);
+        while let Some(event) = queue.pop_front() {
+            let t = self.t();
+            self.note(|| format!("{t} ms: {event:?}"));
+            let actions = self.machine.handle(event, self.now);
+            for action in actions {
+                self.note(|| format!("  -> {action:?}"));
+                self.execute(action, &mut queue);
+            }
+        }
+        self.check()
+    }
+
+    fn execute(&mut self, action: Action, queue: &mut std::collections::VecDeque<Event>) {
+        match action {
+            Action::Serve { resource, server } => {
+                if self.bind_failing {
+                    if let Some(k) = self.kubelet_file {
+                        *self.allowance.entry((k, resource)).or_default() += 1;
+                    }
+                    queue.push_back(Event::ServeFailed {
+                        server,
+                        error: "Too many open files".into(),
+                    });
+                } else {
+                    self.socket_files.insert(resource.clone(), server);
+                    self.live_servers.insert(server, resource);
+                }
+            }
+            Action::Stop { resource, server } => {
+                self.live_servers.remove(&server);
+                if self.socket_files.get(&resource) == Some(&server) {
+                    self.socket_files.remove(&resource);
+                }
+                // Closing the connections ends the streams.
+                self.streams.retain(|(s, _)| *s != server);
+                queue.push_back(Event::StreamClosed { server });
+            }
+            Action::Drain { .. } | Action::Notify(_) => {}
+            Action::CancelRegister { attempt } => {
+                self.pending.remove(&attempt);
+            }
+            Action::Register {
+                resource,
+                attempt,
+                kubelet: target,
+            } => {
+                // Dialled by path: whatever kubelet is there gets it.
+                let (reached, due, result) = match (self.kubelet_file, self.listening) {
+                    (Some(k), true) => match self.mode {
+                        RegisterMode::Normal => (
+                            Some(k),
+                            self.now + Duration::from_millis(attempt % 21),
+                            Ok(()),
+                        ),
+                        RegisterMode::Failing => (
+                            None,
+                            self.now,
+                            Err("the kubelet refused: failed to dial".into()),
+                        ),
+                        RegisterMode::Hanging => (
+                            None,
+                            self.now + REGISTER_TIMEOUT,
+                            Err("deadline exceeded".into()),
+                        ),
+                        RegisterMode::Late => (Some(k), self.now + Duration::from_secs(3), Ok(())),
+                    },
+                    (Some(_), false) => (None, self.now, Err("connection refused".into())),
+                    (None, _) => (None, self.now, Err("no such file".into())),
+                };
+                self.pending.insert(
+                    attempt,
+                    Pending {
+                        resource,
+                        target,
+                        reached,
+                        due,
+                        result,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The kubelet answers a Register: dials the plugin back, opens a stream.
+    fn complete(&mut self, attempt: AttemptId) -> Result<(), TestCaseError> {
+        let Some(p) = self.pending.remove(&attempt) else {
+            return Ok(());
+        };
+        let mut result = p.result;
+        if let (Ok(()), Some(k)) = (&result, p.reached) {
+            let still_there = self.kubelet_file == Some(k) && self.listening;
+            let server = self
+                .socket_files
+                .get(&p.resource)
+                .copied()
+                .filter(|s| self.live_servers.contains_key(s));
+            match (still_there, server) {
+                (true, Some(server)) => {
+                    *self.accepted.entry((k, p.resource.clone())).or_default() += 1;
+                    self.streams.push((server, k));
+                    self.feed(Event::Registered { attempt, result })?;
+                    return self.feed(Event::StreamOpened { server });
+                }
+                (false, _) => result = Err("connection reset".into()),
+                (true, None) => result = Err("failed to dial device plugin".into()),
+            }
+        }
+        self.feed(Event::Registered { attempt, result })
+    }
+
+    /// Moves time to `until`, delivering answers and timer ticks on the way.
+    fn run_until(&mut self, until: Instant) -> Result<(), TestCaseError> {
+        loop {
+            let answer = self
+                .pending
+                .iter()
+                .min_by_key(|(a, p)| (p.due, **a))
+                .map(|(a, p)| (p.due, *a));
+            let timer = self.machine.next_deadline();
+            let next = match (answer, timer) {
+                (Some((due, _)), Some(t)) => due.min(t),
+                (Some((due, _)), None) => due,
+                (None, Some(t)) => t,
+                (None, None) => break,
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            match answer {
+                Some((due, attempt)) if due <= next => self.complete(attempt)?,
+                _ => self.feed(Event::Tick)?,
+            }
+        }
+        self.now = self.now.max(until);
+        self.feed(Event::Tick)
+    }
+
+    fn kubelet_gone(&mut self, remove_file: bool) -> Result<(), TestCaseError> {
+        if !self.listening {
+            return Ok(());
+        }
+        self.listening = false;
+        if remove_file {
+            self.kubelet_file = None;
+        }
+        for (server, _) in std::mem::take(&mut self.streams) {
+            self.feed(Event::StreamClosed { server })?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        let t = self.t();
+        self.note(|| format!("{t} ms: op {op:?}"));
+        let settle = |w: &mut World, d: Duration| w.settled_after = w.settled_after.max(w.now + d);
+        match op {
+            Op::Advance(ms) => self.run_until(self.now + Duration::from_millis(ms.into()))?,
+            Op::Crash => self.kubelet_gone(false)?,
+            Op::Stop => self.kubelet_gone(true)?,
+            Op::Start {
+                downtime,
+                order,
+                observe_between,
+                listen_gap,
+            } => {
+                self.kubelet_gone(false)?;
+                self.run_until(self.now + Duration::from_millis(downtime.into()))?;
+                // The clean-up: every non-directory entry, in readdir order.
+                let mut files: Vec<Option<ResourceName>> = vec![None];
+                files.extend(self.socket_files.keys().cloned().map(Some));
+                let n = files.len();
+                for i in 0..n {
+                    let j = i + (order.rotate_left(i as u32 * 7) as usize) % (n - i);
+                    files.swap(i, j);
+                }
+                for (i, file) in files.into_iter().enumerate() {
+                    match file {
+                        None => self.kubelet_file = None,
+                        Some(r) => {
+                            self.socket_files.remove(&r);
+                        }
+                    }
+                    if observe_between >> i & 1 == 1 {
+                        self.feed(Event::Tick)?;
+                    }
+                }
+                self.next_kubelet += 1;
+                let k = self.next_kubelet;
+                self.kubelet_file = Some((1, k, k as i64, 0));
+                self.feed(Event::Tick)?;
+                self.run_until(self.now + Duration::from_millis(listen_gap.into()))?;
+                self.listening = true;
+                settle(self, Duration::from_millis(100));
+            }
+            Op::DeleteSocket(i) => {
+                let r = resource(i);
+                if self.socket_files.remove(&r).is_some() {
+                    if let Some(k) = self.kubelet_file {
+                        *self.allowance.entry((k, r)).or_default() += 1;
+                    }
+                    settle(self, Duration::from_millis(100));
+                    self.feed(Event::Tick)?;
+                }
+            }
+            Op::DropStream(i) => {
+                let r = resource(i);
+                let dropped: Vec<(ServerId, KubeletId)> = self
+                    .streams
+                    .iter()
+                    .filter(|(s, _)| self.live_servers.get(s) == Some(&r))
+                    .copied()
+                    .collect();
+                self.streams
+                    .retain(|(s, _)| self.live_servers.get(s) != Some(&r));
+                for (server, k) in dropped {
+                    *self.allowance.entry((k, r.clone())).or_default() += 1;
+                    settle(self, MAX_STREAM_LOSS_WAIT + Duration::from_millis(100));
+                    self.feed(Event::StreamClosed { server })?;
+                }
+            }
+            Op::Reload(None) => {} // refused by the shell: never fed
+            Op::Reload(Some(mask)) => {
+                let set: BTreeSet<ResourceName> = (0..UNIVERSE.len())
+                    .filter(|i| mask >> i & 1 == 1)
+                    .map(resource)
+                    .collect();
+                if let Some(k) = self.kubelet_file {
+                    for r in set.difference(&self.applied) {
+                        *self.allowance.entry((k, r.clone())).or_default() += 1;
+                    }
+                }
+                self.applied = set.clone();
+                settle(self, Duration::from_millis(100));
+                self.feed(Event::Apply(set))?;
+            }
+            Op::Health => {
+                // Invariant 7: an event that concerns no timer moves none.
+                let before = self.machine.next_deadline();
+                if before.is_none_or(|d| d > self.now) {
+                    let actions = self.machine.handle(Event::Tick, self.now);
+                    prop_assert!(actions.is_empty(), "{actions:?}");
+                    prop_assert_eq!(self.machine.next_deadline(), before);
+                }
+            }
+            Op::RegisterMode(mode) => {
+                self.mode = mode;
+                // Calls in flight may hang up to the timeout, and failures
+                // back off up to 10 s.
+                settle(
+                    self,
+                    REGISTER_TIMEOUT + Duration::from_secs(10) + Duration::from_millis(100),
+                );
+            }
+            Op::BindFailing(failing) => {
+                self.bind_failing = failing;
+                settle(self, Duration::from_secs(30) + Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants of the module docs.
+    fn check(&self) -> Result<(), TestCaseError> {
+        // 1. One registration per cause.
+        for (key, count) in &self.accepted {
+            let allowed = 1 + self.allowance.get(key).copied().unwrap_or(0);
+            prop_assert!(
+                *count <= allowed,
+                "{} Registers of {} accepted by kubelet {:?}, {} allowed",
+                count,
+                key.1,
+                key.0,
+                allowed
+            );
+        }
+        // 2. At most one Register in flight per resource, aimed at the
+        //    kubelet the machine sees.
+        let mut in_flight = BTreeSet::new();
+        for p in self.pending.values() {
+            prop_assert!(
+                in_flight.insert(p.resource.clone()),
+                "two Registers in flight for {}",
+                p.resource
+            );
+            prop_assert_eq!(Some(p.target), self.machine.kubelet());
+        }
+        // 3. No replaced server left running.
+        let machine: BTreeMap<ServerId, ResourceName> = self
+            .machine
+            .servers()
+            .map(|(name, id)| (id, name.clone()))
+            .collect();
+        prop_assert_eq!(&self.live_servers, &machine);
+        // 5. SIGTERM removes every socket: checked in `run`.
+        // 6. The running set is the last applied.
+        if !self.machine.is_stopped() {
+            prop_assert_eq!(self.machine.planned(), self.applied.clone());
+        }
+        // 4. Registered within a bound.
+        let serving = self.mode == RegisterMode::Normal && !self.bind_failing;
+        if let (true, true, Some(k)) = (serving, self.listening, self.kubelet_file)
+            && self.now >= self.settled_after
+            && !self.machine.is_stopped()
+        {
+            let planned = self.machine.planned();
+            for (id, name) in &machine {
+                if planned.contains(name) {
+                    prop_assert!(
+                        self.streams.contains(&(*id, k)),
+                        "{} has no stream from the kubelet {}",
+                        name,
+                        self.t()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut world = World::new();
+    let result = (|| {
+        world.apply(Op::Reload(Some(0b011)))?;
+        for op in ops {
+            world.apply(op)?;
+        }
+        world.feed(Event::Shutdown)?;
+        // 5. SIGTERM removes every socket.
+        prop_assert!(world.live_servers.is_empty());
+        prop_assert!(world.socket_files.is_empty(), "{:?}", world.socket_files);
+        Ok(())
+    })();
+    // The shrunk failure is re-run last: set SIM_LOG=1 to see its steps.
+    if let (Err(_), Some(log)) = (&result, &world.log) {
+        let tail = log.len().saturating_sub(80);
+        eprintln!("{}", log[tail..].join("\n"));
+    }
+    result
+}
+
+proptest! {
+    // Fixed seed: the same interleavings on every run, so CI is
+    // reproducible; bounded in time (about a second in debug builds).
+    #![proptest_config(Config {
+        cases: 2000,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(0x6770_752d_736c_6963),
+        ..Config::default()
+    })]
+
+    #[test]
+    fn the_life_cycle_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+        run(ops)?;
+    }
+}
