@@ -18,6 +18,30 @@ pub fn use_one_malloc_arena() {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit, so that many idle
+/// HTTP clients cannot use up the descriptors the kubelet side needs (a
+/// 1,024 soft limit was exhausted by 1,074 connections). Returns the
+/// (before, after) soft limits.
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
+}
+
 /// Log format (`--log-format`, `LOG_FORMAT`).
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum LogFormat {
@@ -103,5 +127,32 @@ pub fn invoked_as_nvidia_device_plugin(argv0: Option<&std::ffi::OsStr>) -> bool 
 impl From<RuntimeError> for String {
     fn from(e: RuntimeError) -> String {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_soft_limit_is_raised_to_the_hard_limit() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads into the struct passed.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let hard = limit.rlim_max;
+        // Lower the soft limit first (this test process only), so the raise
+        // has something to do wherever it runs.
+        limit.rlim_cur = hard.min(256);
+        // SAFETY: sets a limit at or below the hard limit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        let (before, after) = raise_fd_limit().expect("raise");
+        assert_eq!(before, hard.min(256));
+        assert_eq!(after, hard);
     }
 }

@@ -208,6 +208,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if node_options.startup_taint.is_some() && node_options.node_name.is_none() {
         return Err(RunError::TaintWithoutNode);
     }
+    match crate::process::raise_fd_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!("raised the open-file limit from {before} to {after}");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let kubelet_socket = match options.kubelet_socket {
         // NVIDIA: an empty --kubelet-socket means "do not register".
         Some(path) if path.as_os_str().is_empty() => {

@@ -145,7 +145,13 @@ async fn a_hundred_kubelet_restarts_leave_every_resource_registered_once_each() 
             assert_eq!(
                 registrations_of(&kubelet, name),
                 round + 1,
-                "round {round}: {name} registered a wrong number of times"
+                "round {round}: {name} registered a wrong number of times: {:#?}",
+                kubelet
+                    .registrations()
+                    .iter()
+                    .filter(|r| r.resource_name == *name && r.generation + 3 >= round as u64)
+                    .map(|r| (r.generation, r.accepted, r.error.clone(), r.received_at))
+                    .collect::<Vec<_>>()
             );
         }
     }

@@ -22,3 +22,4 @@ mod lifecycle;
 mod node_config;
 mod nvml_discovery;
 mod real_gpus;
+mod restarts;
