@@ -188,9 +188,17 @@ pub struct Unhealthy {
 }
 
 /// Health of physical devices (by UUID); absent = healthy.
+///
+/// Two independent causes: XID events ([`HealthState::record`]), which
+/// recover by time or not at all, and a GPU that does not answer
+/// ([`HealthState::set_unreachable`]: its NVML calls fail, or its health
+/// cannot be watched), which recovers when it answers again. A device is
+/// healthy only when neither holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthState {
     unhealthy: HashMap<String, Unhealthy>,
+    /// GPU UUID → why it is unreachable.
+    unreachable: BTreeMap<String, String>,
 }
 
 impl HealthState {
@@ -249,7 +257,25 @@ impl HealthState {
     }
 
     pub fn is_healthy(&self, physical_uuid: &str) -> bool {
-        !self.unhealthy.contains_key(physical_uuid)
+        !self.unhealthy.contains_key(physical_uuid) && !self.unreachable.contains_key(physical_uuid)
+    }
+
+    /// Marks a GPU unreachable (`Some(reason)`) or answering again (`None`);
+    /// returns true if its state changed. Independent of XID state: a GPU
+    /// that answers again is still unhealthy if an XID says so.
+    pub fn set_unreachable(&mut self, gpu_uuid: &str, reason: Option<&str>) -> bool {
+        match reason {
+            Some(reason) => self
+                .unreachable
+                .insert(gpu_uuid.to_owned(), reason.to_owned())
+                .is_none(),
+            None => self.unreachable.remove(gpu_uuid).is_some(),
+        }
+    }
+
+    /// Unreachable GPUs and why, by UUID.
+    pub fn unreachable(&self) -> &BTreeMap<String, String> {
+        &self.unreachable
     }
 
     pub fn get(&self, physical_uuid: &str) -> Option<&Unhealthy> {
@@ -266,6 +292,30 @@ mod tests {
 
     fn policy(disable: Option<&str>, enable: Option<&str>) -> HealthPolicy {
         HealthPolicy::new(&HealthConfig::default(), disable, enable)
+    }
+
+    #[test]
+    fn an_unreachable_gpu_is_unhealthy_until_it_answers_and_xids_stay_apart() {
+        let mut state = HealthState::default();
+        let now = Instant::now();
+        assert!(state.set_unreachable("GPU-a", Some("GPU is lost")));
+        assert!(
+            !state.set_unreachable("GPU-a", Some("GPU is lost")),
+            "no change"
+        );
+        assert!(!state.is_healthy("GPU-a"));
+        assert!(state.is_healthy("GPU-b"));
+        assert_eq!(state.unreachable().len(), 1);
+        // An XID during the outage outlives it.
+        let policy = policy(None, None);
+        assert!(state.record(&["GPU-a"], 79, XidAction::Reset, now, &policy));
+        assert!(state.set_unreachable("GPU-a", None));
+        assert!(!state.set_unreachable("GPU-a", None), "no change");
+        assert!(!state.is_healthy("GPU-a"), "the XID still holds");
+        assert!(state.unreachable().is_empty());
+        assert!(state.set_unreachable("GPU-b", Some("x")));
+        assert!(state.set_unreachable("GPU-b", None));
+        assert!(state.is_healthy("GPU-b"));
     }
 
     #[test]

@@ -109,6 +109,15 @@ pub struct RunArgs {
         hide = true
     )]
     pub config_settle_ms: Option<u64>,
+    /// Milliseconds between checks that every GPU answers NVML (tests
+    /// shorten it).
+    #[arg(
+        long,
+        env = "GPU_SLICER_HEALTH_PROBE_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub health_probe_ms: Option<u64>,
     #[command(flatten)]
     pub flags: ConfigFlags,
 }
@@ -122,6 +131,7 @@ impl RunArgs {
             timings: Timings {
                 stream_grace: millis(self.stream_grace_ms, defaults.stream_grace),
                 config_settle: millis(self.config_settle_ms, defaults.config_settle),
+                health_probe: millis(self.health_probe_ms, defaults.health_probe),
             },
             config_file: self.config_file,
             kubelet_socket: self.kubelet_socket.map(PathBuf::from),

@@ -28,6 +28,8 @@ use crate::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::{kubelet_identity, register};
 use crate::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
 use crate::metrics::{Metrics, XidLabel};
+use crate::nvml::UnreachableGpu;
+use crate::nvml_health::HealthReport;
 use crate::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
 use crate::watch::watch_dir;
 use gpu_slicer_core::allocate::NodeDeviceFiles;
@@ -43,6 +45,9 @@ pub struct Setup {
     pub inventory: Inventory,
     pub config: Config,
     pub files: NodeDeviceFiles,
+    /// GPUs NVML counts that discovery could not read: not in `inventory`;
+    /// discovery is retried on a back-off until they answer.
+    pub unreachable: Vec<UnreachableGpu>,
 }
 
 /// Produces a fresh [`Setup`] (at start and on every reload). It may block
@@ -90,6 +95,8 @@ pub struct Timings {
     /// a writer that is not atomic (an editor, `cp`) produces several events
     /// and, in between, a truncated file that must not be applied.
     pub config_settle: Duration,
+    /// How often every GPU must answer NVML (see [`crate::nvml_health`]).
+    pub health_probe: Duration,
 }
 
 impl Default for Timings {
@@ -97,6 +104,7 @@ impl Default for Timings {
         Timings {
             stream_grace: Duration::from_secs(2),
             config_settle: Duration::from_millis(150),
+            health_probe: crate::nvml_health::Timings::default().probe,
         }
     }
 }
@@ -167,8 +175,12 @@ struct Daemon {
     /// Woken by any server whose stream counts changed.
     streams: Arc<Notify>,
     metrics: Metrics,
-    /// When to retry device discovery (`None`: it succeeded).
+    /// When to retry device discovery (`None`: it succeeded for every GPU).
     discovery: Option<Instant>,
+    /// A setup was applied: something is being served.
+    applied: bool,
+    /// NVML indices of the GPUs the last discovery could not read.
+    undiscovered: BTreeSet<u32>,
     discovery_backoff: Backoff,
     health: HealthState,
     policy: HealthPolicy,
@@ -183,7 +195,7 @@ pub async fn run(
     paths: Paths,
     source: SetupSource,
     mut reload: mpsc::Receiver<()>,
-    mut xids: mpsc::Receiver<XidEvent>,
+    mut health: mpsc::Receiver<HealthReport>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -235,6 +247,8 @@ pub async fn run(
         streams: Arc::new(Notify::new()),
         metrics,
         discovery: None,
+        applied: false,
+        undiscovered: BTreeSet::new(),
         discovery_backoff: DISCOVERY_BACKOFF,
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
@@ -264,14 +278,12 @@ pub async fn run(
                 }
             }
             _ = sleep_until_if(deadline) => daemon.feed(Event::Tick).await,
-            Some(event) = xids.recv() => daemon.on_xid(event),
+            Some(report) = health.recv() => daemon.on_health(report),
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
                 match load(&source).await {
                     Ok((setup, plan)) => {
-                        daemon.discovery = None;
-                        daemon.discovery_backoff.reset();
                         daemon.apply(&setup, plan).await;
                         daemon.metrics.count_reload(true);
                     }
@@ -284,9 +296,9 @@ pub async fn run(
             _ = sleep_until_if(rediscover) => {
                 match load(&source).await {
                     Ok((setup, plan)) => {
-                        tracing::info!("device discovery succeeded");
-                        daemon.discovery = None;
-                        daemon.discovery_backoff.reset();
+                        if setup.unreachable.is_empty() {
+                            tracing::info!("device discovery succeeded");
+                        }
                         daemon.apply(&setup, plan).await;
                     }
                     Err(e) => {
@@ -568,6 +580,8 @@ impl Daemon {
     /// start, removed ones send an empty list and stop.
     async fn apply(&mut self, setup: &Setup, plan: Plan) {
         log_plan(&plan);
+        self.applied = true;
+        self.follow_discovery(&setup.unreachable);
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
             let text = gpu_slicer_core::labels::feature_file_text(&labels);
@@ -646,6 +660,84 @@ impl Daemon {
         }
         self.feed(Event::Apply(names)).await;
         self.update_health_gauges();
+    }
+
+    /// GPUs discovery could not read stay unadvertised and discovery is
+    /// retried on a back-off until every GPU answers; the rest serve.
+    fn follow_discovery(&mut self, unreachable: &[UnreachableGpu]) {
+        let now: BTreeSet<u32> = unreachable.iter().map(|g| g.index).collect();
+        for index in self.undiscovered.difference(&now) {
+            tracing::info!("GPU {index} answers again; its devices are advertised");
+        }
+        for gpu in unreachable {
+            if !self.undiscovered.contains(&gpu.index) {
+                tracing::error!(
+                    "GPU {} cannot be read and is not advertised: {}. The other GPUs are served; check the GPU \
+                     with `nvidia-smi -i {}` and the kernel log (XID messages)",
+                    gpu.index,
+                    gpu.reason,
+                    gpu.index
+                );
+            }
+        }
+        self.metrics
+            .gpus_undiscovered
+            .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
+        self.undiscovered = now;
+        if self.undiscovered.is_empty() {
+            self.discovery = None;
+            self.discovery_backoff.reset();
+            self.update_readiness();
+        } else {
+            self.schedule_discovery();
+        }
+    }
+
+    /// What the NVML health watcher reports.
+    fn on_health(&mut self, report: HealthReport) {
+        match report {
+            HealthReport::Xid(event) => self.on_xid(event),
+            HealthReport::Unreachable { gpu_uuid, reason } => {
+                if !self.policy.enabled {
+                    tracing::info!(gpu = %gpu_uuid, "health checks are off: not marking an unreachable GPU ({reason})");
+                    return;
+                }
+                if self.health.set_unreachable(&gpu_uuid, Some(&reason)) {
+                    for device in self.devices_of(&gpu_uuid) {
+                        tracing::warn!(
+                            "'{}' device marked unhealthy: {} (GPU {gpu_uuid} {reason})",
+                            device.0,
+                            device.1
+                        );
+                    }
+                    self.push_health();
+                }
+            }
+            HealthReport::Reachable { gpu_uuid } => {
+                if self.health.set_unreachable(&gpu_uuid, None) {
+                    if self.health.is_healthy(&gpu_uuid) {
+                        tracing::info!(
+                            "GPU {gpu_uuid} answers again; its devices are healthy unless an XID holds them"
+                        );
+                    }
+                    self.push_health();
+                }
+            }
+        }
+    }
+
+    /// (resource, device id) of every advertised device on a GPU.
+    fn devices_of(&self, gpu_uuid: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, served) in &self.served {
+            let state = served.handle.state();
+            for d in &state.resource.devices {
+                if d.physical.gpu_uuid == gpu_uuid {
+                    out.push((name.to_string(), d.id.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// An XID event: mark the devices it affects, per the policy.
@@ -727,12 +819,15 @@ impl Daemon {
                 .get_or_create(&self.metrics.resource(name.as_str()))
                 .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         }
+        let unreachable = self.health.unreachable().len();
+        self.metrics
+            .gpus_unreachable
+            .set(i64::try_from(unreachable).unwrap_or(i64::MAX));
     }
 
     fn update_readiness(&self) {
         let registered = self.paths.kubelet_socket.is_none() || self.machine.all_registered();
-        self.metrics
-            .set_ready(self.discovery.is_none() && registered);
+        self.metrics.set_ready(self.applied && registered);
     }
 
     /// Arms (or backs off) the next discovery attempt.

@@ -9,7 +9,7 @@
 //! | [`daemon`] | life cycle: start, reload, re-register, health, stop |
 //! | [`plugin`] | one DevicePlugin gRPC server per resource |
 //! | [`kubelet`] | registration, socket-directory watch |
-//! | [`nvml`], [`xid_events`] | GPU discovery and health events through NVML |
+//! | [`nvml`], [`nvml_health`] | GPU discovery through NVML; health: XID events and GPUs that stop answering |
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
 //! | [`node`] | per-node config by node label, start-up taint |
 //! | [`kube_api`] | the Kubernetes API client (get, watch, patch the Node) |
@@ -30,6 +30,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod node;
 pub mod nvml;
+pub mod nvml_health;
 pub mod plugin;
 pub mod process;
 pub mod reload;
@@ -37,4 +38,3 @@ pub mod run;
 pub mod simulate;
 pub mod watch;
 pub mod wire;
-pub mod xid_events;

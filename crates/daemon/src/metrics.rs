@@ -48,6 +48,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    pub call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct XidLabel {
     pub xid: String,
 }
@@ -66,6 +71,12 @@ pub struct Metrics {
     pub serve_failures: Family<ResourceLabel, Counter>,
     pub config_reloads: Family<OutcomeLabel, Counter>,
     pub health_events: Family<XidLabel, Counter>,
+    /// GPUs NVML counts that the last discovery could not read (not advertised).
+    pub gpus_undiscovered: Gauge,
+    /// Advertised GPUs that stopped answering NVML or cannot be watched (their devices Unhealthy).
+    pub gpus_unreachable: Gauge,
+    /// Failed NVML health-check calls, per call.
+    pub health_check_errors: Family<CallLabel, Counter>,
     /// Readiness, observable: the start-up taint waits on it.
     ready: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -117,6 +128,21 @@ impl Metrics {
             "health_events",
             "GPU health events (XIDs) received, per XID",
             self.health_events.clone(),
+        );
+        registry.register(
+            "gpus_undiscovered",
+            "GPUs NVML counts that the last discovery could not read; not advertised, rediscovered with back-off",
+            self.gpus_undiscovered.clone(),
+        );
+        registry.register(
+            "gpus_unreachable",
+            "Advertised GPUs whose NVML calls fail or whose health cannot be watched; their devices are Unhealthy",
+            self.gpus_unreachable.clone(),
+        );
+        registry.register(
+            "health_check_errors",
+            "Failed NVML health-check calls, per call",
+            self.health_check_errors.clone(),
         );
         registry
     }

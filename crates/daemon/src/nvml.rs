@@ -135,6 +135,32 @@ pub struct Discovery {
     pub library: String,
     /// `nvmlSystemGetDriverVersion`, when the driver answers.
     pub driver_version: Option<String>,
+    /// GPUs NVML counts but that could not be read: left out of the
+    /// inventory (never advertised half-known), rediscovered later.
+    pub unreachable: Vec<UnreachableGpu>,
+}
+
+/// A GPU that NVML counts but whose calls failed during discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreachableGpu {
+    /// NVML's index.
+    pub index: u32,
+    /// The failed call and its error, as a user reads it.
+    pub reason: String,
+}
+
+impl NvmlError {
+    /// Errors that no GPU of the node escapes (the library, the driver):
+    /// discovery stops at the first. Anything else concerns one GPU.
+    pub fn is_node_wide(&self) -> bool {
+        matches!(
+            self,
+            NvmlError::LibraryNotFound { .. }
+                | NvmlError::DriverNotLoaded { .. }
+                | NvmlError::MissingSymbol { .. }
+                | NvmlError::Init { .. }
+        )
+    }
 }
 
 /// Why discovery failed; every message says what to do about it.
@@ -342,20 +368,31 @@ pub fn discover(opts: &NvmlOptions) -> Result<Discovery, NvmlError> {
 
     let mut gpus = Vec::new();
     let mut devices = Vec::new();
+    let mut failed: Vec<(u32, NvmlError)> = Vec::new();
     for index in 0..count {
-        let at = format!(" for GPU {index}");
-        let device = nvml
-            .device_by_index(index)
-            .map_err(ctx.err("nvmlDeviceGetHandleByIndex_v2", &at))?;
-        let model = device.name().map_err(ctx.err("nvmlDeviceGetName", &at))?;
-        if DISPLAY_ONLY.contains(&model.trim()) {
-            tracing::debug!(index, %model, "skipping display-only device");
-            continue;
+        match discover_gpu(&ctx, opts, nvml, index) {
+            Ok(Some((gpu, device))) => {
+                gpus.push(gpu);
+                devices.push(device);
+            }
+            Ok(None) => {}
+            // The library or the driver is wrong: no GPU will answer.
+            Err(e) if e.is_node_wide() => return Err(e),
+            Err(e) => failed.push((index, e)),
         }
-        let gpu = full_gpu(&ctx, opts, &device, index, model)?;
-        gpus.push(gpu);
-        devices.push(device);
     }
+    // One GPU that does not answer leaves the others serving; none
+    // answering is a node that is not ready.
+    if gpus.is_empty() && !failed.is_empty() {
+        return Err(failed.swap_remove(0).1);
+    }
+    let unreachable = failed
+        .into_iter()
+        .map(|(index, e)| UnreachableGpu {
+            index,
+            reason: e.to_string(),
+        })
+        .collect();
 
     let by_bus_id: HashMap<String, u32> = gpus
         .iter()
@@ -375,7 +412,28 @@ pub fn discover(opts: &NvmlOptions) -> Result<Discovery, NvmlError> {
         files,
         library,
         driver_version,
+        unreachable,
     })
+}
+
+/// One GPU by NVML index; `None` for a display-only adapter.
+fn discover_gpu(
+    ctx: &Ctx<'_>,
+    opts: &NvmlOptions,
+    nvml: &'static Nvml,
+    index: u32,
+) -> Result<Option<(Gpu, Device<'static>)>, NvmlError> {
+    let at = format!(" for GPU {index}");
+    let device = nvml
+        .device_by_index(index)
+        .map_err(ctx.err("nvmlDeviceGetHandleByIndex_v2", &at))?;
+    let model = device.name().map_err(ctx.err("nvmlDeviceGetName", &at))?;
+    if DISPLAY_ONLY.contains(&model.trim()) {
+        tracing::debug!(index, %model, "skipping display-only device");
+        return Ok(None);
+    }
+    let gpu = full_gpu(ctx, opts, &device, index, model)?;
+    Ok(Some((gpu, device)))
 }
 
 fn full_gpu(

@@ -160,6 +160,7 @@ pub fn setup_source(
                 inventory,
                 config,
                 files,
+                unreachable: Vec::new(),
             });
         }
         let options = nvml_options(&config, nvml_lib.as_ref(), mig_minors.as_ref());
@@ -180,6 +181,7 @@ pub fn setup_source(
                     inventory: found.inventory,
                     config,
                     files: found.files,
+                    unreachable: found.unreachable,
                 })
             }
             Err(e) => {
@@ -291,11 +293,19 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     };
     // Health events come from NVML; simulated nodes have none. The watcher
     // starts with the options of the first successful discovery.
-    let (xid_tx, xid_rx) = tokio::sync::mpsc::channel(crate::xid_events::QUEUE);
+    let (xid_tx, xid_rx) = tokio::sync::mpsc::channel(crate::nvml_health::QUEUE);
     let nvml_used = if options.simulate.is_none() {
         let (used_tx, used_rx): (SyncSender<NvmlOptions>, Receiver<NvmlOptions>) =
             std::sync::mpsc::sync_channel(1);
-        crate::xid_events::spawn_xid_watcher(used_rx, xid_tx).map_err(RunError::HealthThread)?;
+        crate::nvml_health::spawn_health_watcher(
+            used_rx,
+            xid_tx,
+            metrics.clone(),
+            crate::nvml_health::Timings {
+                probe: options.timings.health_probe,
+            },
+        )
+        .map_err(RunError::HealthThread)?;
         Some(used_tx)
     } else {
         drop(xid_tx);

@@ -6,7 +6,8 @@
 //! | Variable | Effect |
 //! |---|---|
 //! | `FAKE_NVML_TOPOLOGY` | YAML (or JSON) file with the node's [`Inventory`] (`gpus: [{index, model, uuid, memory_mib, pci_bus_id, pci_device_id, numa_node, minor, mig_capable, mig_enabled, mig_devices: [{index, profile, uuid, gpu_instance_id, compute_instance_id, memory_mib}], nvlinks}]`); unset: a node without GPUs |
-//! | `FAKE_NVML_FAIL` | `nvmlDeviceGetMemoryInfo_v2:NVML_ERROR_UNKNOWN,nvmlDeviceGetUUID:NO_PERMISSION`: those calls return those errors |
+//! | `FAKE_NVML_FAIL` | `nvmlDeviceGetMemoryInfo_v2:NVML_ERROR_UNKNOWN,nvmlDeviceGetUUID:NO_PERMISSION`: those calls return those errors; `<function>@<gpu index>:<error>` fails the call only for that GPU (and its MIG devices); `*@<gpu index>:<error>` fails every call on that GPU (a GPU fallen off the bus: `*@3:GPU_IS_LOST`) |
+//! | `FAKE_NVML_FAIL_FILE` | a file with entries in `FAKE_NVML_FAIL`'s syntax (commas or lines), re-read on every call, so a test can make a GPU fail and answer again while the daemon runs; a missing file injects nothing |
 //! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
 //! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
 //! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
@@ -18,6 +19,13 @@
 //! device's GI/CI ids, explicit `gi ci` override them, a GPU uuid without
 //! them gives `0xFFFFFFFF` for both. With no line it polls the file until the
 //! timeout and returns `NVML_ERROR_TIMEOUT`. Regular files only (not FIFOs).
+//! While a GPU registered in the set fails every call (`*@<gpu>`), the wait
+//! returns that error, as NVML's documentation says of a lost GPU
+//! (`NVML_ERROR_GPU_IS_LOST`).
+//!
+//! `nvmlDeviceGetCount_v2` counts GPUs whose calls fail, as NVML's does (its
+//! documentation: the count includes devices that `nvmlDeviceGetHandleByIndex_v2`
+//! then refuses); `nvmlDeviceGetHandleByIndex_v2` returns the injected error.
 //!
 //! Error names are NVML's, with or without the `NVML_ERROR_` prefix.
 //! Functions that are not exported make nvml-wrapper report `FailedToLoadSymbol`.
@@ -201,8 +209,93 @@ fn profile_of(gpu: &Gpu, dev: &MigDevice) -> Option<(&'static Profile, u32)> {
 
 struct State {
     inventory: Inventory,
-    fail: HashMap<String, nvmlReturn_t>,
+    /// `FAKE_NVML_FAIL`, read at init.
+    fail: Failures,
     driver_version: String,
+}
+
+/// Injected failures: whole calls, and calls on one GPU (`*`: every call).
+#[derive(Default)]
+struct Failures {
+    calls: HashMap<String, nvmlReturn_t>,
+    per_gpu: Vec<(String, usize, nvmlReturn_t)>,
+}
+
+impl Failures {
+    fn parse(source: &str, spec: &str) -> Result<Failures, String> {
+        let mut failures = Failures::default();
+        for item in spec
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (name, error) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{source}: '{item}' is not <function>[@<gpu>]:<error>"))?;
+            let code = error_code(error)
+                .ok_or_else(|| format!("{source}: unknown error name '{error}'"))?;
+            match name.split_once('@') {
+                Some((function, gpu)) => {
+                    let gpu = gpu
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{source}: '{gpu}' in '{item}' is not a GPU index"))?;
+                    failures
+                        .per_gpu
+                        .push((function.trim().to_string(), gpu, code));
+                }
+                None if name.trim() == "*" => {
+                    return Err(format!("{source}: '*' needs a GPU ('*@<gpu>:<error>')"));
+                }
+                None => {
+                    failures.calls.insert(name.trim().to_string(), code);
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// The file's entries, read now; a missing or unreadable file injects nothing.
+    fn from_file() -> Failures {
+        let Ok(path) = std::env::var("FAKE_NVML_FAIL_FILE") else {
+            return Failures::default();
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        Failures::parse("FAKE_NVML_FAIL_FILE", &text).unwrap_or_else(|message| {
+            eprintln!("fake-nvml: {message}");
+            Failures::default()
+        })
+    }
+
+    fn call(&self, name: &str) -> Option<nvmlReturn_t> {
+        self.calls.get(name).copied()
+    }
+
+    /// Per-GPU failures that apply to the call `name`.
+    fn for_call<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (usize, nvmlReturn_t)> + 'a {
+        self.per_gpu
+            .iter()
+            .filter(move |(function, _, _)| function == name || function == "*")
+            .map(|&(_, gpu, code)| (gpu, code))
+    }
+}
+
+thread_local! {
+    /// The per-GPU failures that apply to the call in progress on this
+    /// thread (set by `call`), checked wherever a call resolves a GPU.
+    static ACTIVE: std::cell::RefCell<Vec<(usize, nvmlReturn_t)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The injected error of the call in progress for `gpu`, if any.
+fn gpu_failure(gpu: usize) -> Result<(), nvmlReturn_t> {
+    ACTIVE.with(|active| {
+        active
+            .borrow()
+            .iter()
+            .find(|(g, _)| *g == gpu)
+            .map_or(Ok(()), |&(_, code)| Err(code))
+    })
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -214,17 +307,10 @@ fn state() -> MutexGuard<'static, Option<State>> {
 }
 
 fn load() -> Result<State, String> {
-    let mut fail = HashMap::new();
-    if let Ok(spec) = std::env::var("FAKE_NVML_FAIL") {
-        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
-            let (name, error) = item
-                .split_once(':')
-                .ok_or_else(|| format!("FAKE_NVML_FAIL: '{item}' is not <function>:<error>"))?;
-            let code = error_code(error)
-                .ok_or_else(|| format!("FAKE_NVML_FAIL: unknown error name '{error}'"))?;
-            fail.insert(name.trim().to_string(), code);
-        }
-    }
+    let fail = match std::env::var("FAKE_NVML_FAIL") {
+        Ok(spec) => Failures::parse("FAKE_NVML_FAIL", &spec)?,
+        Err(_) => Failures::default(),
+    };
     let inventory = match std::env::var("FAKE_NVML_TOPOLOGY") {
         Ok(path) => {
             let text = std::fs::read_to_string(&path)
@@ -258,7 +344,7 @@ fn init(name: &str) -> nvmlReturn_t {
     }
     match load() {
         Ok(s) => {
-            if let Some(&code) = s.fail.get(name) {
+            if let Some(code) = s.fail.call(name).or(Failures::from_file().call(name)) {
                 return code;
             }
             *state() = Some(s);
@@ -277,10 +363,15 @@ fn call(name: &str, f: impl FnOnce(&State) -> Result<(), nvmlReturn_t>) -> nvmlR
     let Some(s) = guard.as_ref() else {
         return UNINITIALIZED;
     };
-    if let Some(&code) = s.fail.get(name) {
+    let file = Failures::from_file();
+    if let Some(code) = s.fail.call(name).or(file.call(name)) {
         return code;
     }
-    match f(s) {
+    let per_gpu: Vec<_> = s.fail.for_call(name).chain(file.for_call(name)).collect();
+    ACTIVE.with(|active| *active.borrow_mut() = per_gpu);
+    let result = f(s);
+    ACTIVE.with(|active| active.borrow_mut().clear());
+    match result {
         Ok(()) => SUCCESS,
         Err(code) => code,
     }
@@ -311,6 +402,7 @@ enum Target<'a> {
 fn target(s: &State, device: nvmlDevice_t) -> Result<Target<'_>, nvmlReturn_t> {
     let (gpu, slot) = decode(device.addr(), DEVICE_BASE).ok_or(INVALID_ARGUMENT)?;
     let g = s.inventory.gpus.get(gpu).ok_or(INVALID_ARGUMENT)?;
+    gpu_failure(gpu)?;
     match slot {
         0 => Ok(Target::Gpu(gpu, g)),
         j => Ok(Target::Mig(
@@ -502,6 +594,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
         if index as usize >= s.inventory.gpus.len() {
             return Err(INVALID_ARGUMENT);
         }
+        gpu_failure(index as usize)?;
         // SAFETY: NVML contract: `device` is null or writable.
         unsafe { put(device, device_handle(index as usize, 0)) }
     })
@@ -521,6 +614,9 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
             .to_str()
             .map_err(|_| INVALID_ARGUMENT)?;
         for (i, gpu) in s.inventory.gpus.iter().enumerate() {
+            if gpu.uuid == wanted || gpu.mig_devices.iter().any(|d| d.uuid == wanted) {
+                gpu_failure(i)?;
+            }
             if gpu.uuid == wanted {
                 // SAFETY: NVML contract: `device` is null or writable.
                 return unsafe { put(device, device_handle(i, 0)) };
@@ -955,8 +1051,16 @@ fn parse_event(s: &State, line: &str) -> Option<(usize, u64, u32, u32)> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
     call("nvmlEventSetCreate", |_| {
+        // A new set sees only events that happen after it is created.
+        let consumed = std::env::var("FAKE_NVML_EVENTS")
+            .ok()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map_or(0, |text| text.matches('\n').count());
         let mut sets = event_sets();
-        sets.push(Some(EventSet::default()));
+        sets.push(Some(EventSet {
+            gpus: Vec::new(),
+            consumed,
+        }));
         let handle =
             std::ptr::without_provenance_mut::<nvmlEventSet_st>(EVENT_SET_BASE + sets.len() - 1);
         // SAFETY: NVML contract: `set` is null or writable.
@@ -1055,6 +1159,15 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
         // The state lock is released between polls, so other threads' calls proceed.
         let mut found = None;
         let code = call("nvmlEventSetWait_v2", |s| {
+            let registered = event_sets()
+                .get(index)
+                .and_then(Option::as_ref)
+                .map(|set| set.gpus.clone())
+                .unwrap_or_default();
+            // A registered GPU that fails its calls fails the wait.
+            for gpu in registered {
+                gpu_failure(gpu)?;
+            }
             found = next_event(s, index)?;
             Ok(())
         });

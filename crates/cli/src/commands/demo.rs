@@ -94,6 +94,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         },
         inventory,
         config,
+        unreachable: Vec::new(),
     };
     let paths = Paths {
         device_plugin_dir: dir.path().to_path_buf(),

@@ -18,6 +18,7 @@ mod kube_stub;
 
 mod allocation;
 mod e2e;
+mod fail_closed;
 mod lifecycle;
 mod node_config;
 mod nvml_discovery;

@@ -142,6 +142,45 @@ pub fn fake_nvml() -> PathBuf {
     .clone()
 }
 
+/// Starts the daemon with extra environment variables, its log written to
+/// the returned file (for tests of what an operator reads).
+pub fn start_logged(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Daemon, PathBuf) {
+    let log = aside(dir).join("daemon.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut command = Command::new(BIN);
+    command
+        .arg("run")
+        .arg("--device-plugin-path")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(file);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let daemon = Daemon {
+        child: command.spawn().expect("start gpu-slicer"),
+    };
+    (daemon, log)
+}
+
+/// Waits until the log file holds a line containing `needle`; returns it.
+pub async fn wait_for_log(log: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no log line contains {needle:?}; the log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// Starts the daemon with extra environment variables.
 pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
     let mut command = Command::new(BIN);
