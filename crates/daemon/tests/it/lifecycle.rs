@@ -4,7 +4,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::common::{Daemon, aside, expect, kubelet, temp_dir, wait_for, write_config};
+use std::time::Duration;
+
+use crate::common::{
+    Daemon, TIMEOUT, aside, expect, free_port, kubelet, start_logged, temp_dir, wait_for,
+    wait_for_log, wait_for_metric_line, write_config,
+};
 
 const MIXED: &str = "version: v1\nflags:\n  migStrategy: mixed\n";
 
@@ -90,7 +95,7 @@ async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
 
     // A config that does not validate is refused; the running one stays.
     swap_config(dir.path(), "version: v1\nflags:\n  migStrategy: sideways\n");
-    wait_for_metric(
+    wait_for_metric_line(
         &address,
         "gpu_slicer_config_reloads_total{result=\"rejected\"} 1",
     )
@@ -105,7 +110,7 @@ async fn config_changes_apply_without_restart_and_bad_ones_are_kept_out() {
     // An empty file on reload is refused too (it used to be applied as all
     // defaults: a MIG node switched to whole GPUs mid-flight).
     swap_config(dir.path(), "");
-    wait_for_metric(
+    wait_for_metric_line(
         &address,
         "gpu_slicer_config_reloads_total{result=\"rejected\"} 2",
     )
@@ -169,28 +174,6 @@ fn http_get(address: &str, path: &str) -> (String, String) {
         head.lines().next().unwrap_or("").to_string(),
         body.to_string(),
     )
-}
-
-/// Scrapes `/metrics` until a line equals `line` (the daemon is another
-/// process: there is no event to wait on).
-async fn wait_for_metric(address: &str, line: &str) {
-    for _ in 0..600 {
-        if TcpStream::connect(address).is_ok() {
-            let (_, body) = http_get(address, "/metrics");
-            if body.lines().any(|l| l == line) {
-                return;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("metric line {line:?} never appeared");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +280,66 @@ async fn a_dropped_list_and_watch_stream_alone_leads_to_re_registration() {
     );
     wait_for(&kubelet, &want).await;
     assert_eq!(registrations_of(&kubelet, "nvidia.com/mig-2g.10gb"), 2);
+    assert_eq!(
+        registrations_of(&kubelet, "nvidia.com/mig-1g.5gb"),
+        1,
+        "others untouched"
+    );
+    kubelet.shutdown().await;
+}
+
+/// A kubelet that closes a resource's stream each time it opens (as one
+/// does with a message it refuses): the daemon registers again after a
+/// growing wait, never in a loop, and says so in its log and metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_kubelet_keeps_closing_is_backed_off_and_reported() {
+    let dir = temp_dir();
+    let config = write_config(dir.path(), MIXED);
+    let kubelet = kubelet(dir.path()).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut owned = p4d_balanced(&config);
+    owned.extend([
+        "--stream-grace-ms=100".to_string(),
+        "--metrics-address".to_string(),
+        address.clone(),
+    ]);
+    let (_daemon, log) = start_logged(dir.path(), &args(&owned), &[]);
+    let resource = "nvidia.com/mig-2g.10gb";
+    let has_stream = |s: &std::collections::BTreeMap<String, kubelet_sim::Capacity>| {
+        s.get(resource).is_some_and(|c| c.allocatable == 8)
+    };
+    let mut dropped_at = Vec::new();
+    let mut back_after = Vec::new();
+    for _ in 0..5 {
+        kubelet
+            .wait_until(has_stream, TIMEOUT)
+            .await
+            .expect("stream open");
+        if let Some(&at) = dropped_at.last() {
+            back_after.push(std::time::Instant::now().duration_since(at));
+        }
+        assert!(kubelet.drop_stream(resource));
+        dropped_at.push(std::time::Instant::now());
+    }
+    kubelet
+        .wait_until(has_stream, TIMEOUT)
+        .await
+        .expect("stream open");
+    // One registration per loss, each after the grace doubling: 100, 200,
+    // 400, 800 ms at least (lower bounds: the daemon waits them out).
+    assert_eq!(registrations_of(&kubelet, resource), 1 + 5);
+    for (i, waited) in back_after.iter().enumerate() {
+        let floor = Duration::from_millis(100 << i);
+        assert!(*waited >= floor, "loss {}: back after {waited:?}", i + 1);
+    }
+    let line = wait_for_log(&log, "times in a row").await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains(resource), "{line}");
+    wait_for_metric_line(
+        &address,
+        &format!("gpu_slicer_stream_losses_total{{resource=\"{resource}\"}} 5"),
+    )
+    .await;
     assert_eq!(
         registrations_of(&kubelet, "nvidia.com/mig-1g.5gb"),
         1,
