@@ -347,3 +347,67 @@ async fn a_stream_the_kubelet_keeps_closing_is_backed_off_and_reported() {
     );
     kubelet.shutdown().await;
 }
+
+/// The issue's flood: with a 256-descriptor limit (soft and hard, so the
+/// daemon cannot raise it), 300 clients each send half a request line to
+/// the metrics endpoint and stay. The kubelet side must not notice: a pod
+/// is admitted (Allocate on a new connection), a kubelet restart is
+/// followed by a registration (it used to end the daemon with "Too many
+/// open files"), and once the clients go the endpoint answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_flood_cannot_reach_the_kubelet_side() {
+    use kubelet_sim::{Container, Pod};
+    let dir = temp_dir();
+    let mut kubelet = kubelet(dir.path()).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    // `ulimit -n` sets both limits in sh; exec keeps them for the daemon.
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(crate::BIN)
+        .args(["run", "--device-plugin-path"])
+        .arg(dir.path())
+        .args(["--simulate", "g5.12xlarge", "--metrics-address", &address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _daemon = Daemon {
+        child: command.spawn().expect("start gpu-slicer"),
+    };
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 4)])).await;
+    wait_for_metric_line(
+        &address,
+        "gpu_slicer_devices{resource=\"nvidia.com/gpu\"} 4",
+    )
+    .await;
+
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        if let Ok(mut stream) = TcpStream::connect(&address) {
+            let _ = stream.write_all(b"GET /metr");
+            flood.push(stream);
+        }
+    }
+    let pod = Pod::new("during-flood").container(Container::new("main").limit("nvidia.com/gpu", 1));
+    kubelet
+        .admit(&pod)
+        .await
+        .expect("admitted during the flood");
+    kubelet.restart().await.expect("restart the kubelet");
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 4)])).await;
+    let generation = kubelet.generation();
+    assert!(
+        kubelet
+            .registrations()
+            .iter()
+            .any(|r| r.generation == generation && r.accepted),
+        "registered with the restarted kubelet"
+    );
+    drop(flood);
+    wait_for_metric_line(
+        &address,
+        "gpu_slicer_devices{resource=\"nvidia.com/gpu\"} 4",
+    )
+    .await;
+    kubelet.shutdown().await;
+}
