@@ -238,3 +238,30 @@ async fn sigterm_during_a_removal_leaves_no_socket() {
     assert!(left.is_empty(), "sockets left behind: {left:?}");
     kubelet.shutdown().await;
 }
+
+/// The whole device-plugin directory is deleted (a node clean-up, a
+/// hostPath re-created): the daemon's watch goes with it. When a kubelet
+/// creates the directory again and binds its socket, every resource is
+/// served and registered again, and the daemon never exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_device_plugin_directory_is_followed_when_it_comes_back() {
+    let root = temp_dir();
+    let dir = root.path().join("device-plugins");
+    let mut kubelet = Kubelet::start(Options::new(&dir)).await.expect("kubelet");
+    let mut daemon = start_daemon(&dir, &["--stream-grace-ms=100"]);
+    wait_for(&kubelet, &want()).await;
+    kubelet.crash().await;
+    std::fs::remove_dir_all(&dir).expect("delete the directory");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "the daemon exited"
+    );
+    kubelet.start_again().await.expect("start again");
+    wait_for(&kubelet, &want()).await;
+    for resource in RESOURCES {
+        assert_eq!(registers(&kubelet, kubelet.generation(), resource), 1);
+    }
+    assert!(daemon.terminate().success());
+    kubelet.shutdown().await;
+}
