@@ -5,6 +5,7 @@
 //! a `watch` channel so that ListAndWatch re-sends the full list the moment
 //! it changes, with no polling.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -355,6 +356,8 @@ pub struct RunningServer {
 /// replica ids is about 0.5 MB.
 const MAX_DECODE_BYTES: usize = gpu_slicer_core::plan::KUBELET_MAX_MESSAGE;
 const WINDOW_BYTES: u32 = 4 << 20;
+/// Mode of the plugin sockets: the owner (root, like the kubelet) only.
+pub const SOCKET_MODE: u32 = 0o600;
 /// How long a stopping server may take once its connections are closed.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -374,6 +377,9 @@ pub fn serve(
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(socket)?;
+    // Explicit, not the umask's (0777 under umask 000): only the kubelet,
+    // which runs as root, connects.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
     let identity = crate::kubelet::socket_identity(socket);
     let stop = CancellationToken::new();
     let counts = Arc::new(StreamCounts::default());

@@ -277,3 +277,33 @@ fn a_missing_device_plugin_directory_is_warned_about() {
     );
     assert!(warning.contains("Check --device-plugin-path"), "{warning}");
 }
+
+/// Under umask 000 the plugin sockets used to be 0777; their mode is now
+/// explicit (owner only), as are the files gpu-slicer writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_sockets_have_an_explicit_mode_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir();
+    let kubelet = kubelet(dir.path()).await;
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(crate::BIN)
+        .args(["run", "--device-plugin-path"])
+        .arg(dir.path())
+        .args(["--simulate", "g5.xlarge"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _daemon = Daemon {
+        child: command.spawn().expect("start gpu-slicer"),
+    };
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 1)])).await;
+    let mode = std::fs::metadata(dir.path().join("nvidia-gpu.sock"))
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    kubelet.shutdown().await;
+}
