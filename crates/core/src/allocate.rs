@@ -155,6 +155,10 @@ pub fn allocate(
             response.cdi_devices = names.into_iter().map(|name| CdiDevice { name }).collect();
         }
     }
+    // MPS under every device-list strategy, as NVIDIA's plugin does: the
+    // container reaches its resource's control daemon through the pipe
+    // directory and shares the server's /dev/shm.
+    let mps_mounts = mps_access(resource, flags, &mut response);
     for (enabled, key) in [
         (flags.gdrcopy_enabled, "NVIDIA_GDRCOPY"),
         (flags.gds_enabled, "NVIDIA_GDS"),
@@ -165,6 +169,7 @@ pub fn allocate(
         }
     }
     if strategies.iter().all(|s| s.is_cdi()) {
+        response.mounts.extend(mps_mounts);
         return Ok(response);
     }
     if uses(DeviceListStrategy::Envvar) {
@@ -189,7 +194,36 @@ pub fn allocate(
     if flags.plugin.pass_device_specs {
         response.devices = device_specs(&physical, flags.dev_root(), files);
     }
+    response.mounts.extend(mps_mounts);
     Ok(response)
+}
+
+/// For an MPS replica: `CUDA_MPS_PIPE_DIRECTORY` (as the container sees
+/// it) into `response`, and the mounts of the pipe and shm directories.
+fn mps_access(
+    resource: &Resource,
+    flags: &Flags,
+    response: &mut ContainerAllocateResponse,
+) -> Vec<Mount> {
+    if resource.sharing.and_then(|s| s.mps).is_none() {
+        return Vec::new();
+    }
+    let pipe = crate::mps::pipe_dir(crate::mps::CONTAINER_ROOT, &resource.name);
+    response
+        .envs
+        .insert("CUDA_MPS_PIPE_DIRECTORY".into(), pipe.clone());
+    vec![
+        Mount {
+            container_path: pipe,
+            host_path: crate::mps::pipe_dir(&flags.mps_root, &resource.name),
+            read_only: false,
+        },
+        Mount {
+            container_path: "/dev/shm".into(),
+            host_path: crate::mps::shm_dir(&flags.mps_root),
+            read_only: false,
+        },
+    ]
 }
 
 /// Device nodes for the container: control nodes, `/dev/nvidia<minor>` per
@@ -295,6 +329,86 @@ mod tests {
         .expect("ok");
         assert_eq!(response.envs["NVIDIA_VISIBLE_DEVICES"], "GPU-1,GPU-0");
         assert!(response.mounts.is_empty() && response.devices.is_empty());
+    }
+
+    /// MPS replicas get NVIDIA's pipe env and the pipe and shm mounts under
+    /// every device-list strategy, beside what the strategy itself gives.
+    #[test]
+    fn mps_replicas_reach_their_control_daemon_under_every_strategy() {
+        use DeviceListStrategy::*;
+        let mut config = Config::default();
+        config.flags.mig_strategy = MigStrategy::Single;
+        config.flags.mps_root = "/run/nvidia/mps".into();
+        config.flags.plugin.pass_device_specs = true;
+        config.sharing.mps = Some(crate::config::ReplicatedResources {
+            rename_by_default: false,
+            fail_requests_greater_than_one: true,
+            resources: vec![ReplicatedResource::every("nvidia.com/gpu", 4)],
+        });
+        let inventory = Inventory {
+            gpus: node().gpus.into_iter().take(2).collect(),
+        };
+        let mps_mounts = vec![
+            Mount {
+                container_path: "/mps/nvidia.com/gpu/pipe".into(),
+                host_path: "/run/nvidia/mps/nvidia.com/gpu/pipe".into(),
+                read_only: false,
+            },
+            Mount {
+                container_path: "/dev/shm".into(),
+                host_path: "/run/nvidia/mps/shm".into(),
+                read_only: false,
+            },
+        ];
+        for strategies in [
+            vec![Envvar],
+            vec![VolumeMounts],
+            vec![Envvar, VolumeMounts],
+            vec![CdiAnnotations],
+            vec![CdiCri],
+            vec![Envvar, CdiCri],
+        ] {
+            config.flags.plugin.device_list_strategy = strategies.clone();
+            let plan = plan(&inventory, &config);
+            let resource = plan.resource("nvidia.com/gpu").expect("planned");
+            let files = NodeDeviceFiles {
+                control: vec!["/dev/nvidiactl".into()],
+                mig_caps: NodeDeviceFiles::synthetic_mig_minors(2),
+            };
+            let response = allocate(resource, &["GPU-1::2".into()], &config.flags, &files, "id")
+                .expect("allocated");
+            assert_eq!(
+                response.envs["CUDA_MPS_PIPE_DIRECTORY"], "/mps/nvidia.com/gpu/pipe",
+                "{strategies:?}"
+            );
+            assert!(
+                response.mounts.ends_with(&mps_mounts),
+                "{strategies:?}: {:?}",
+                response.mounts
+            );
+            let all_cdi = strategies.iter().all(|s| s.is_cdi());
+            assert_eq!(
+                response.devices.is_empty(),
+                all_cdi,
+                "{strategies:?}: device specs with passDeviceSpecs unless all-CDI"
+            );
+            if strategies.contains(&VolumeMounts) {
+                assert_eq!(
+                    response.mounts[0].container_path,
+                    "/var/run/nvidia-container-devices/GPU-1"
+                );
+                assert_eq!(response.mounts.len(), 3);
+            }
+        }
+        // Time-slicing gives none of it.
+        let response = run(
+            &super::tests::config(4, false),
+            "nvidia.com/gpu",
+            &["GPU-0::0"],
+        )
+        .expect("ok");
+        assert!(!response.envs.contains_key("CUDA_MPS_PIPE_DIRECTORY"));
+        assert!(response.mounts.is_empty());
     }
 
     #[test]

@@ -24,5 +24,6 @@ pub mod device_nodes;
 pub mod gpu;
 pub mod health;
 pub mod labels;
+pub mod mps;
 pub mod placement;
 pub mod plan;

@@ -50,6 +50,18 @@ pub struct SharingInfo {
     pub strategy: SharingStrategy,
     pub replicas: u32,
     pub fail_requests_greater_than_one: bool,
+    /// Set for MPS: what each replica may use.
+    pub mps: Option<MpsShare>,
+}
+
+/// One MPS replica's share of its GPU, as the control daemon enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpsShare {
+    /// Pinned device memory per replica, MiB; `None`: the GPU's memory /
+    /// replicas, per GPU (NVIDIA's default).
+    pub memory_per_replica_mib: Option<u64>,
+    /// Default active thread percentage (`100 / replicas` unless set).
+    pub active_thread_percentage: u32,
 }
 
 /// One advertised device id.
@@ -75,6 +87,8 @@ pub struct Physical {
     pub numa_node: Option<i64>,
     /// GPU-instance and compute-instance ids for a MIG device.
     pub mig: Option<MigIds>,
+    /// Device memory (the GPU's, or the MIG device's), MiB.
+    pub memory_mib: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -575,6 +589,7 @@ fn full_gpu(gpu: &Gpu) -> Physical {
         gpu_minor: gpu.minor,
         numa_node: gpu.numa_node,
         mig: None,
+        memory_mib: gpu.memory_mib,
     }
 }
 
@@ -590,6 +605,7 @@ fn mig_device(gpu: &Gpu, mig: &MigDevice) -> Physical {
             gpu_instance: mig.gpu_instance_id,
             compute_instance: mig.compute_instance_id,
         }),
+        memory_mib: mig.memory_mib,
     }
 }
 
@@ -631,8 +647,9 @@ fn apply_sharing(
             if strategy == SharingStrategy::Mps
                 && members.iter().any(|&i| base[i].physical.mig.is_some())
             {
-                diagnostics.push(error(format!(
-                    "{path}: sharing using MPS is not supported for MIG devices; '{}' is advertised without sharing",
+                diagnostics.push(refused(format!(
+                    "{path}: sharing using MPS is not supported for MIG devices ('{}' is a MIG resource); \
+                     share MIG devices with sharing.timeSlicing, or name a full-GPU resource",
                     entry.name
                 )));
                 continue;
@@ -687,10 +704,37 @@ fn apply_sharing(
                     entry.name
                 )));
             }
+            let mps = (strategy == SharingStrategy::Mps).then(|| MpsShare {
+                memory_per_replica_mib: entry.mps.memory_per_replica_mib,
+                active_thread_percentage: entry
+                    .mps
+                    .active_thread_percentage
+                    .unwrap_or(100 / entry.replicas.max(1))
+                    .max(1),
+            });
+            if let Some(per_replica) = entry.mps.memory_per_replica_mib
+                && let Some(&i) = selected.iter().find(|&&i| {
+                    per_replica.saturating_mul(u64::from(entry.replicas))
+                        > base[i].physical.memory_mib
+                })
+            {
+                let gpu = &base[i].physical;
+                diagnostics.push(refused(format!(
+                    "{path}: memoryPerReplica {per_replica}Mi × {} replicas = {}Mi does not fit GPU {} \
+                     ({}Mi); at most {}Mi per replica fits there",
+                    entry.replicas,
+                    per_replica.saturating_mul(u64::from(entry.replicas)),
+                    gpu.index,
+                    gpu.memory_mib,
+                    gpu.memory_mib / u64::from(entry.replicas.max(1)),
+                )));
+                continue;
+            }
             let info = SharingInfo {
                 strategy,
                 replicas: entry.replicas,
                 fail_requests_greater_than_one: shared.fail_requests_greater_than_one,
+                mps,
             };
             let slot = out.entry(name).or_default();
             for &i in &selected {

@@ -33,8 +33,9 @@ use serde_json::{Map, Value};
 
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
-    Flags, InvalidValue, MigStrategy, PluginFlags, ReplicatedResource, ReplicatedResources,
-    ResourceName, ResourcePattern, ResourcePatterns, Sharing, SharingStrategy, UnknownValue,
+    Flags, InvalidValue, MigStrategy, MpsLimits, PluginFlags, ReplicatedResource,
+    ReplicatedResources, ResourceName, ResourcePattern, ResourcePatterns, Sharing, SharingStrategy,
+    UnknownValue,
 };
 
 /// Everything that can go wrong while loading or overriding the config.
@@ -167,6 +168,29 @@ const REPLICATED: &[Field] = &[
     },
 ];
 
+/// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica limits
+/// (NVIDIA's non-strict parser ignores them).
+const MPS_RESOURCE: &[Field] = &[
+    leaf("name"),
+    leaf("rename"),
+    leaf("devices"),
+    leaf("replicas"),
+    leaf("memoryPerReplica"),
+    leaf("activeThreadPercentage"),
+];
+
+const MPS: &[Field] = &[
+    leaf("renameByDefault"),
+    leaf("failRequestsGreaterThanOne"),
+    Field {
+        key: "resources",
+        kind: Kind::List(MPS_RESOURCE),
+    },
+];
+
+/// The most MPS clients one GPU serves (Volta and newer), as NVIDIA checks.
+pub const MAX_MPS_REPLICAS: u32 = 48;
+
 const SHARING: &[Field] = &[
     Field {
         key: "timeSlicing",
@@ -174,7 +198,7 @@ const SHARING: &[Field] = &[
     },
     Field {
         key: "mps",
-        kind: Kind::Map(REPLICATED),
+        kind: Kind::Map(MPS),
     },
 ];
 
@@ -352,9 +376,44 @@ pub fn validate_imex_channel_ids(ids: &[i64]) -> Result<(), InvalidValue> {
     )))
 }
 
+/// `memoryPerReplica`: a size in Mi or Gi (binary, as Kubernetes writes
+/// them); the result in MiB.
+pub fn parse_mebibytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("'{text}' is not a size: write it as 10Gi or 4096Mi");
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    let mib = match unit {
+        "Mi" => Some(value),
+        "Gi" => value.checked_mul(1024),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(bad)?;
+    if mib == 0 {
+        return Err(format!("'{text}' is no memory: give at least 1Mi"));
+    }
+    Ok(mib)
+}
+
 /// NVIDIA's `validateFlags`, on the effective (overridden) config: with MPS
-/// active, `mixed` MIG is rejected and `mpsRoot` is required.
+/// active, `mixed` MIG is rejected and `mpsRoot` is required. A resource
+/// named under both `timeSlicing` and `mps` is refused (NVIDIA silently
+/// applies MPS alone).
 pub fn validate_cross(config: &Config) -> Result<(), ConfigError> {
+    if let Some(mps) = &config.sharing.mps {
+        for (i, shared) in config.sharing.time_slicing.resources.iter().enumerate() {
+            if let Some(j) = mps.resources.iter().position(|r| r.name == shared.name) {
+                return Err(ConfigError::Cross {
+                    message: format!(
+                        "sharing.timeSlicing.resources[{i}] and sharing.mps.resources[{j}] both share {}: a resource is shared one way; remove one of the entries",
+                        shared.name
+                    ),
+                });
+            }
+        }
+    }
     if config.sharing.strategy() == SharingStrategy::Mps {
         if config.flags.mig_strategy == MigStrategy::Mixed {
             return Err(ConfigError::Cross {
@@ -827,7 +886,7 @@ impl Cx<'_> {
         if let Some(ts) = self.map(m, "timeSlicing", "sharing", REPLICATED)? {
             sharing.time_slicing = self.replicated(ts, "sharing.timeSlicing", false)?;
         }
-        if let Some(mps) = self.map(m, "mps", "sharing", REPLICATED)? {
+        if let Some(mps) = self.map(m, "mps", "sharing", MPS)? {
             sharing.mps = Some(self.replicated(mps, "sharing.mps", true)?);
         }
         Ok(sharing)
@@ -843,15 +902,23 @@ impl Cx<'_> {
         let fail_requests_greater_than_one = self
             .bool(m, "failRequestsGreaterThanOne", path)?
             .unwrap_or(fail_default);
-        let items = self
-            .list(m, "resources", path, REPLICATED_RESOURCE)?
-            .unwrap_or_default();
+        let is_mps = path == "sharing.mps";
+        let fields = if is_mps {
+            MPS_RESOURCE
+        } else {
+            REPLICATED_RESOURCE
+        };
+        let items = self.list(m, "resources", path, fields)?.unwrap_or_default();
         if items.is_empty() {
             return Err(self.invalid(&join(path, "resources"), "no resources specified"));
         }
         let mut resources = Vec::with_capacity(items.len());
         for (item_path, item) in items {
-            resources.push(self.replicated_resource(item, &item_path)?);
+            let mut resource = self.replicated_resource(item, &item_path)?;
+            if is_mps {
+                resource.mps = self.mps_limits(item, &item_path, resource.replicas)?;
+            }
+            resources.push(resource);
         }
         Ok(ReplicatedResources {
             rename_by_default,
@@ -915,6 +982,68 @@ impl Cx<'_> {
             rename,
             devices,
             replicas,
+            mps: Default::default(),
+        })
+    }
+
+    /// `memoryPerReplica` and `activeThreadPercentage` of an MPS resource,
+    /// and NVIDIA's replica limit. Whether the memory fits a GPU is checked
+    /// by the planner, which knows the GPUs.
+    fn mps_limits(
+        &self,
+        m: &Map<String, Value>,
+        path: &str,
+        replicas: u32,
+    ) -> Result<MpsLimits, ConfigError> {
+        if replicas > MAX_MPS_REPLICAS {
+            return Err(self.invalid(
+                &join(path, "replicas"),
+                format!(
+                    "invalid MPS configuration: invalid device maximum allowed replicas exceeded: {replicas} > {MAX_MPS_REPLICAS} (an MPS server serves at most {MAX_MPS_REPLICAS} clients per GPU)"
+                ),
+            ));
+        }
+        let memory_path = join(path, "memoryPerReplica");
+        let memory_per_replica_mib = match m.get("memoryPerReplica") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => {
+                Some(parse_mebibytes(text).map_err(|e| self.invalid(&memory_path, e))?)
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    &memory_path,
+                    format!(
+                        "expected a size such as 10Gi or 4096Mi, found {}",
+                        describe(other)
+                    ),
+                ));
+            }
+        };
+        let percent_path = join(path, "activeThreadPercentage");
+        let active_thread_percentage = match m.get("activeThreadPercentage") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(p @ 1..=100) => Some(p as u32),
+                _ => {
+                    return Err(self.invalid(
+                        &percent_path,
+                        format!("must be a whole percentage from 1 to 100, found {n}"),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(self.invalid(
+                    &percent_path,
+                    format!(
+                        "must be a whole percentage from 1 to 100, found {}",
+                        describe(other)
+                    ),
+                ));
+            }
+        };
+        Ok(MpsLimits {
+            memory_per_replica_mib,
+            active_thread_percentage,
         })
     }
 
@@ -1257,6 +1386,31 @@ mod tests {
                 "config.yaml: sharing.mps.resources[0].replicas: number of replicas must be >= 2",
             ),
             (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 49}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].replicas: invalid MPS configuration: invalid device \
+                 maximum allowed replicas exceeded: 49 > 48 (an MPS server serves at most 48 clients per GPU)",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, memoryPerReplica: 10G}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].memoryPerReplica: '10G' is not a size: write it as 10Gi or 4096Mi",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, memoryPerReplica: 0Mi}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].memoryPerReplica: '0Mi' is no memory: give at least 1Mi",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, memoryPerReplica: 4096}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].memoryPerReplica: expected a size such as 10Gi or 4096Mi, found number 4096",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, activeThreadPercentage: 0}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].activeThreadPercentage: must be a whole percentage from 1 to 100, found 0",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, activeThreadPercentage: 150}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].activeThreadPercentage: must be a whole percentage from 1 to 100, found 150",
+            ),
+            (
                 ts("{name: gpu, replicas: -3}"),
                 "config.yaml: sharing.timeSlicing.resources[0].replicas: number of replicas must be >= 2",
             ),
@@ -1378,6 +1532,7 @@ mod tests {
                     rename: None,
                     devices: DeviceSelection::All,
                     replicas: 10,
+                    mps: Default::default(),
                 }],
             }
         );
@@ -1578,6 +1733,12 @@ imex:
         );
         let c = ok(&format!("flags: {{mpsRoot: /mps}}\n{mps}"));
         assert!(validate_cross(&c).is_ok());
+        let both = "flags: {mpsRoot: /mps}\nsharing:\n  timeSlicing: {resources: [{name: other, replicas: 2}, {name: gpu, replicas: 4}]}\n  mps: {resources: [{name: gpu, replicas: 2}]}\n";
+        assert_eq!(
+            validate_cross(&ok(both)).unwrap_err().to_string(),
+            "unable to validate flags: sharing.timeSlicing.resources[1] and sharing.mps.resources[0] both \
+             share nvidia.com/gpu: a resource is shared one way; remove one of the entries"
+        );
     }
 
     /// The key table ([`ROOT`]) is what the "unknown key" hints come from;

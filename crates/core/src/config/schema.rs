@@ -335,6 +335,18 @@ pub struct ReplicatedResource {
     pub rename: Option<ResourceName>,
     pub devices: DeviceSelection,
     pub replicas: u32,
+    /// MPS only (gpu-slicer's extension): explicit per-replica limits.
+    pub mps: MpsLimits,
+}
+
+/// Per-replica limits of an MPS resource that replace NVIDIA's defaults
+/// (device memory / replicas, 100 / replicas percent of the SMs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MpsLimits {
+    /// `memoryPerReplica`, in MiB.
+    pub memory_per_replica_mib: Option<u64>,
+    /// `activeThreadPercentage`, 1–100.
+    pub active_thread_percentage: Option<u32>,
 }
 
 impl ReplicatedResource {
@@ -346,6 +358,7 @@ impl ReplicatedResource {
             rename: None,
             devices: DeviceSelection::All,
             replicas,
+            mps: MpsLimits::default(),
         }
     }
 }
