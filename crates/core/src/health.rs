@@ -199,6 +199,8 @@ pub struct HealthState {
     unhealthy: HashMap<String, Unhealthy>,
     /// GPU UUID → why it is unreachable.
     unreachable: BTreeMap<String, String>,
+    /// GPU UUID → why its MPS control daemon is not ready (MPS resources).
+    mps_not_ready: BTreeMap<String, String>,
 }
 
 impl HealthState {
@@ -257,7 +259,22 @@ impl HealthState {
     }
 
     pub fn is_healthy(&self, physical_uuid: &str) -> bool {
-        !self.unhealthy.contains_key(physical_uuid) && !self.unreachable.contains_key(physical_uuid)
+        !self.unhealthy.contains_key(physical_uuid)
+            && !self.unreachable.contains_key(physical_uuid)
+            && !self.mps_not_ready.contains_key(physical_uuid)
+    }
+
+    /// Marks a GPU's MPS control daemon not ready (`Some(reason)`) or ready
+    /// (`None`); returns true if that changed. Independent of the other
+    /// causes.
+    pub fn set_mps_not_ready(&mut self, gpu_uuid: &str, reason: Option<&str>) -> bool {
+        match reason {
+            Some(reason) => self
+                .mps_not_ready
+                .insert(gpu_uuid.to_owned(), reason.to_owned())
+                .is_none(),
+            None => self.mps_not_ready.remove(gpu_uuid).is_some(),
+        }
     }
 
     /// Marks a GPU unreachable (`Some(reason)`) or answering again (`None`);

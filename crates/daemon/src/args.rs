@@ -91,6 +91,21 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9401); off when unset.
     #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The MPS control program (`nvidia-cuda-mps-control`); by default it is
+    /// looked for in the driver's bin directories under the driver root,
+    /// then on PATH.
+    #[arg(long, env = "MPS_CONTROL_BIN", value_name = "PATH")]
+    pub mps_control_bin: Option<PathBuf>,
+    /// Where the host's --mps-root directory is mounted in this container
+    /// (NVIDIA's chart: /mps). Running on the host itself, give the
+    /// --mps-root path.
+    #[arg(
+        long,
+        env = "MPS_CONTAINER_ROOT",
+        value_name = "DIR",
+        default_value = "/mps"
+    )]
+    pub mps_container_root: PathBuf,
     /// Milliseconds a resource may go without a ListAndWatch stream before it
     /// registers again (tests shorten it).
     #[arg(
@@ -142,6 +157,8 @@ impl RunArgs {
             mig_minors: Some(self.mig_minors),
             cdi_spec_dir: self.cdi_spec_dir,
             feature_file: self.feature_file,
+            mps_control_bin: self.mps_control_bin,
+            mps_container_root: self.mps_container_root,
             metrics_address: self.metrics_address,
             flags: self.flags,
             node: NodeOptions {

@@ -82,6 +82,11 @@ pub struct Paths {
     pub health_env: HealthEnv,
     /// Life-cycle waits (tests shorten them).
     pub timings: Timings,
+    /// `--mps-control-bin`: the MPS control program (found under the driver
+    /// root when unset).
+    pub mps_control_bin: Option<PathBuf>,
+    /// `--mps-container-root`: where the host's `--mps-root` is mounted here.
+    pub mps_container_root: PathBuf,
 }
 
 /// The life-cycle waits, injectable so tests need not sit them out.
@@ -184,6 +189,9 @@ struct Daemon {
     discovery_backoff: Backoff,
     health: HealthState,
     policy: HealthPolicy,
+    mps: crate::mps::Supervisor,
+    /// The GPUs behind each MPS resource's control daemon.
+    mps_gpus: BTreeMap<ResourceName, Vec<String>>,
 }
 
 /// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
@@ -236,7 +244,19 @@ pub async fn run(
             dir: paths.device_plugin_dir.clone(),
             source,
         })?;
+    let (mps_exits_tx, mut mps_exits) = mpsc::channel(16);
+    let mps = crate::mps::Supervisor::new(
+        crate::mps::MpsOptions {
+            control_bin: paths.mps_control_bin.clone(),
+            driver_root: PathBuf::from("/"),
+            container_root: paths.mps_container_root.clone(),
+        },
+        metrics.clone(),
+        mps_exits_tx,
+    );
     let mut daemon = Daemon {
+        mps,
+        mps_gpus: BTreeMap::new(),
         machine: Machine::new(lifecycle::Timings {
             stream_grace: paths.timings.stream_grace,
         }),
@@ -265,6 +285,7 @@ pub async fn run(
         let deadline = daemon.machine.next_deadline().map(Instant::from_std);
         let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
+        let mps_restart = daemon.mps.next_restart();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -279,6 +300,8 @@ pub async fn run(
             }
             _ = sleep_until_if(deadline) => daemon.feed(Event::Tick).await,
             Some(report) = health.recv() => daemon.on_health(report),
+            Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
+            _ = sleep_until_if(mps_restart) => daemon.on_mps_restart_due().await,
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
@@ -310,6 +333,7 @@ pub async fn run(
         }
     }
     daemon.feed(Event::Shutdown).await;
+    daemon.mps.stop_all().await;
     Ok(())
 }
 
@@ -606,6 +630,27 @@ impl Daemon {
         for message in &self.policy.malformed {
             tracing::warn!("{message}");
         }
+        // MPS daemons first: a replica is advertised Healthy only with a
+        // ready daemon behind it.
+        self.mps.set_driver_root(PathBuf::from(
+            &setup.config.flags.plugin.container_driver_root,
+        ));
+        let daemons = gpu_slicer_core::mps::control_daemons(&plan);
+        for gpus in std::mem::take(&mut self.mps_gpus).into_values() {
+            for gpu in gpus {
+                self.health.set_mps_not_ready(&gpu, None);
+            }
+        }
+        for d in &daemons {
+            self.mps_gpus.insert(
+                d.resource.clone(),
+                d.gpus.iter().map(|g| g.uuid.clone()).collect(),
+            );
+        }
+        let readiness = self.mps.apply(daemons).await;
+        for (name, not_ready) in &readiness {
+            self.set_mps_health(name, not_ready.as_deref());
+        }
         let health = Arc::new(self.health.clone());
         if let Some(dir) = &self.paths.cdi_spec_dir
             && setup
@@ -690,6 +735,37 @@ impl Daemon {
             self.update_readiness();
         } else {
             self.schedule_discovery();
+        }
+    }
+
+    fn set_mps_health(&mut self, resource: &ResourceName, not_ready: Option<&str>) -> bool {
+        let mut changed = false;
+        for gpu in self.mps_gpus.get(resource).cloned().unwrap_or_default() {
+            changed |= self.health.set_mps_not_ready(&gpu, not_ready);
+        }
+        changed
+    }
+
+    /// An MPS control daemon exited: its devices turn Unhealthy at once.
+    fn on_mps_exit(&mut self, exit: crate::mps::MpsExit) {
+        if let Some(name) = self.mps.on_exit(exit)
+            && self.set_mps_health(&name, Some("its MPS control daemon exited"))
+        {
+            self.push_health();
+        }
+    }
+
+    /// Daemons whose restart is due; the ready ones' devices turn Healthy.
+    async fn on_mps_restart_due(&mut self) {
+        let mut changed = false;
+        for name in self.mps.restart_due().await {
+            tracing::info!(
+                "the MPS control daemon of '{name}' is ready again; its devices are Healthy"
+            );
+            changed |= self.set_mps_health(&name, None);
+        }
+        if changed {
+            self.push_health();
         }
     }
 

@@ -10,6 +10,7 @@
 //! | [`plugin`] | one DevicePlugin gRPC server per resource |
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`nvml`], [`nvml_health`] | GPU discovery through NVML; health: XID events and GPUs that stop answering |
+//! | [`mps`] | the CUDA MPS control daemons of MPS-shared resources |
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
 //! | [`node`] | per-node config by node label, start-up taint |
 //! | [`kube_api`] | the Kubernetes API client (get, watch, patch the Node) |
@@ -28,6 +29,7 @@ pub mod kube_api;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mps;
 pub mod node;
 pub mod nvml;
 pub mod nvml_health;

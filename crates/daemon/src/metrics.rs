@@ -77,6 +77,10 @@ pub struct Metrics {
     pub gpus_unreachable: Gauge,
     /// Failed NVML health-check calls, per call.
     pub health_check_errors: Family<CallLabel, Counter>,
+    /// 1 while a resource's MPS control daemon is ready.
+    pub mps_ready: Family<ResourceLabel, Gauge>,
+    /// Restarts of a resource's MPS control daemon.
+    pub mps_restarts: Family<ResourceLabel, Counter>,
     /// Readiness, observable: the start-up taint waits on it.
     ready: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -138,6 +142,16 @@ impl Metrics {
             "gpus_unreachable",
             "Advertised GPUs whose NVML calls fail or whose health cannot be watched; their devices are Unhealthy",
             self.gpus_unreachable.clone(),
+        );
+        registry.register(
+            "mps_daemon_ready",
+            "1 while the resource's MPS control daemon is ready (its devices are Unhealthy otherwise)",
+            self.mps_ready.clone(),
+        );
+        registry.register(
+            "mps_daemon_restarts",
+            "Restarts of the resource's MPS control daemon (after it exited or failed to become ready)",
+            self.mps_restarts.clone(),
         );
         registry.register(
             "health_check_errors",

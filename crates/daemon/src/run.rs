@@ -35,6 +35,10 @@ pub struct RunOptions {
     pub feature_file: Option<PathBuf>,
     /// Serve metrics and health endpoints here; `None` = off.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// `--mps-control-bin`.
+    pub mps_control_bin: Option<PathBuf>,
+    /// `--mps-container-root`.
+    pub mps_container_root: PathBuf,
     pub flags: ConfigFlags,
     pub node: NodeOptions,
 }
@@ -233,6 +237,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         cdi_spec_dir: options.cdi_spec_dir,
         health_env: HealthEnv::from_process(),
         timings: options.timings,
+        mps_control_bin: options.mps_control_bin.clone(),
+        mps_container_root: options.mps_container_root.clone(),
     };
 
     let shutdown = CancellationToken::new();

@@ -103,6 +103,8 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         cdi_spec_dir: None,
         health_env: Default::default(),
         timings: Default::default(),
+        mps_control_bin: None,
+        mps_container_root: "/mps".into(),
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);

@@ -115,31 +115,44 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// The fake NVML library (testing/fake-nvml). `cargo test` does not rebuild a
-/// cdylib that no test target depends on, so this runs `cargo build -p
-/// fake-nvml` once per test process (a no-op when it is fresh).
+/// The fake NVML library (testing/fake-nvml).
 pub fn fake_nvml() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let deps = exe.parent().expect("deps dir");
-        let profile = deps.parent().expect("profile dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
-            .arg(profile.parent().expect("target dir"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p fake-nvml");
-        assert!(status.success(), "cargo build -p fake-nvml failed");
-        let lib = profile.join("libfake_nvml.so");
-        assert!(lib.exists(), "{} not found", lib.display());
-        lib
-    })
-    .clone()
+    LIB.get_or_init(|| build_test_double("fake-nvml", "libfake_nvml.so"))
+        .clone()
+}
+
+/// The fake `nvidia-cuda-mps-control` (testing/fake-mps).
+pub fn fake_mps() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_test_double("fake-mps", "nvidia-cuda-mps-control"))
+        .clone()
+}
+
+/// Builds a test double's package into this test's target directory and
+/// returns `artifact` there. `cargo test` does not build artifacts that no
+/// test target depends on (a cdylib, another package's binary), so this runs
+/// `cargo build -p <package>` once per test process (a no-op when fresh).
+fn build_test_double(package: &str, artifact: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    let profile = deps.parent().expect("profile dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(profile.parent().expect("target dir"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
+    assert!(status.success(), "cargo build -p {package} failed");
+    let path = profile.join(artifact);
+    assert!(path.exists(), "{} not found", path.display());
+    path
 }
 
 /// Starts the daemon with extra environment variables, its log written to
