@@ -98,6 +98,25 @@ pub fn answer_shows_percentage(answer: &str, expected: u32) -> bool {
         .is_ok_and(|p| (p - f64::from(expected)).abs() < 0.5)
 }
 
+/// Whether the answer to a limit command shows it was taken: nothing (the
+/// memory limit, on driver 580) or the value just set, echoed
+/// (`set_default_active_thread_percentage 25` prints `25.0`). A rejected
+/// command prints an error message instead, and the control program still
+/// exits 0, so the text is what tells them apart.
+pub fn answer_accepts(command: &str, answer: &str) -> bool {
+    let answer = answer.trim();
+    if answer.is_empty() {
+        return true;
+    }
+    let set = command
+        .rsplit(' ')
+        .next()
+        .map(|v| v.trim_end_matches(['M', 'G']))
+        .and_then(|v| v.parse::<f64>().ok());
+    let echoed = answer.trim_end_matches(['M', 'G']).parse::<f64>().ok();
+    matches!((set, echoed), (Some(a), Some(b)) if (a - b).abs() < 0.5)
+}
+
 /// One control daemon per MPS-shared resource of the plan, in name order.
 pub fn control_daemons(plan: &Plan) -> Vec<ControlDaemon> {
     plan.resources.iter().filter_map(control_daemon).collect()
@@ -214,6 +233,21 @@ mod tests {
         let plan = crate::plan::plan(&inventory, &config);
         assert_eq!(config.sharing.strategy(), SharingStrategy::None);
         assert!(control_daemons(&plan).is_empty());
+    }
+
+    #[test]
+    fn limit_answers() {
+        let set = "set_default_active_thread_percentage 25";
+        assert!(
+            answer_accepts(set, "25.0\n"),
+            "the value echoed (driver 580)"
+        );
+        assert!(answer_accepts(
+            "set_default_device_pinned_mem_limit 0 35942M",
+            ""
+        ));
+        assert!(!answer_accepts(set, "33.0"));
+        assert!(!answer_accepts(set, "Invalid percentage"));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! watched by gpu-slicer itself (NVIDIA runs a separate DaemonSet for this).
 //!
 //! Each daemon is `nvidia-cuda-mps-control -f` (foreground, so it is our
-//! child and its exit is an event, not something to poll for) with NVIDIA's
-//! directory layout ([`gpu_slicer_core::mps`]). A resource's devices are
+//! child and its exit is an event, not something to poll for; its log,
+//! which it then writes to standard output rather than `control.log`, goes
+//! into ours) with NVIDIA's directory layout ([`gpu_slicer_core::mps`]). A resource's devices are
 //! Healthy only while its daemon is *ready*: it answered on its pipe, took
 //! every limit, and reports the thread percentage it was given. The shell
 //! ([`crate::daemon`]) turns readiness into device health:
@@ -360,9 +361,6 @@ impl Supervisor {
                     ))
                 })?;
         }
-        // Lines of this start on are followed into our log (earlier ones
-        // belong to earlier daemons).
-        let log_offset = std::fs::metadata(log.join("control.log")).map_or(0, |m| m.len());
         let mut command = Command::new(&binary);
         command
             .arg("-f")
@@ -409,7 +407,7 @@ impl Supervisor {
         }
         for command in spec.limit_commands() {
             let answer = client.call(&command).await.map_err(&fail)?;
-            if !answer.trim().is_empty() {
+            if !mps::answer_accepts(&command, &answer) {
                 return Err(fail(format!("refused '{command}': {}", answer.trim())));
             }
         }
@@ -421,7 +419,6 @@ impl Supervisor {
                 spec.active_thread_percentage
             )));
         }
-        follow_log(&log, &spec.resource, log_offset);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let exits = self.exits.clone();
         let name = spec.resource.clone();
@@ -489,7 +486,9 @@ fn inherited_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The control program's own output, into our log.
+/// The control program's own output, into our log. In foreground mode
+/// the driver's control daemon writes its log (and its servers') to
+/// standard output instead of `control.log`.
 fn forward_output(child: &mut Child, resource: &ResourceName) {
     if let Some(out) = child.stdout.take() {
         let name = resource.to_string();
@@ -509,57 +508,6 @@ fn forward_output(child: &mut Child, resource: &ResourceName) {
             }
         });
     }
-}
-
-/// Follows `control.log` into our log from byte `from`: read on each
-/// change of its directory (inotify), from where the last read stopped.
-/// Ends when the directory's watch ends.
-fn follow_log(log_dir: &Path, resource: &ResourceName, from: u64) {
-    let file = log_dir.join("control.log");
-    let Ok((watch, mut events)) = crate::watch::watch_dir(log_dir) else {
-        tracing::warn!(
-            "cannot follow {}; its lines are not logged here",
-            file.display()
-        );
-        return;
-    };
-    let name = resource.to_string();
-    tokio::spawn(async move {
-        let _watch = watch;
-        let mut offset = from;
-        let mut partial = String::new();
-        // Once at once (what was written before the watch), then per change.
-        let mut first = true;
-        while first || events.recv().await.is_some() {
-            first = false;
-            let Ok(mut f) = tokio::fs::File::open(&file).await else {
-                continue;
-            };
-            let len = f.metadata().await.map_or(0, |m| m.len());
-            if len < offset {
-                offset = 0; // rotated or truncated
-            }
-            if len == offset {
-                continue;
-            }
-            use tokio::io::AsyncSeekExt;
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-                continue;
-            }
-            let mut chunk = String::new();
-            let read = (&mut f)
-                .take(MAX_ANSWER)
-                .read_to_string(&mut chunk)
-                .await
-                .unwrap_or(0);
-            offset += read as u64;
-            partial.push_str(&chunk);
-            while let Some(end) = partial.find('\n') {
-                let line: String = partial.drain(..=end).collect();
-                tracing::info!(target: "mps", resource = %name, "control.log: {}", line.trim_end());
-            }
-        }
-    });
 }
 
 /// The control program in client mode, on one daemon's pipe.

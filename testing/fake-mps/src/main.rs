@@ -4,10 +4,11 @@
 //! - `nvidia-cuda-mps-control -f`: the control daemon, in the foreground.
 //!   It listens in `$CUDA_MPS_PIPE_DIRECTORY` (a Unix socket named
 //!   `control`, where the real one keeps its named pipes), writes its pid to
-//!   `nvidia-cuda-mps-control.pid` there, and logs to
-//!   `$CUDA_MPS_LOG_DIRECTORY/control.log` as the real one does (`NEW UI`,
-//!   `Cmd:<command>`, `UI closed`). It records the environment it was
-//!   started with in `fake-mps.env` beside the log, for tests to read.
+//!   `nvidia-cuda-mps-control.pid` there, and logs to its standard output,
+//!   as the driver's does in foreground mode (it then writes no
+//!   `control.log`): `NEW UI`, `Cmd:<command>`, the answer, `UI closed`. It
+//!   records the environment it was started with in
+//!   `$CUDA_MPS_LOG_DIRECTORY/fake-mps.env`, for tests to read.
 //! - `nvidia-cuda-mps-control` with no argument: the control client. It
 //!   sends its standard input to the daemon and prints the answers; exit
 //!   status 1 with `Cannot find MPS control daemon process` when no daemon
@@ -16,7 +17,8 @@
 //! Commands (one per line): `set_default_device_pinned_mem_limit <dev>
 //! <N>M|<N>G`, `get_default_device_pinned_mem_limit <dev>`,
 //! `set_default_active_thread_percentage <p>`,
-//! `get_default_active_thread_percentage` (prints `<p>.0`, 100 by default),
+//! `get_default_active_thread_percentage` (prints `<p>.0`, 100 by default;
+//! the set command echoes it too, as driver 580's does),
 //! `get_server_list`, `quit`. Anything else prints an error line, as the
 //! real one does, with exit status 0.
 //!
@@ -76,17 +78,14 @@ fn client() -> i32 {
     0
 }
 
-struct Log(PathBuf);
+/// The daemon's log: its standard output, in the driver's line format.
+struct Log;
 
 impl Log {
     fn line(&self, text: &str) {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.0)
-        {
-            let _ = writeln!(f, "[fake Control {}] {text}", std::process::id());
-        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "[fake Control {}] {text}", std::process::id());
+        let _ = out.flush();
     }
 }
 
@@ -130,7 +129,7 @@ fn daemon() -> i32 {
         pipe.join("nvidia-cuda-mps-control.pid"),
         format!("{}\n", std::process::id()),
     );
-    let log = Log(logs.join("control.log"));
+    let log = Log;
     log.line(&format!(
         "Starting control daemon using socket {}",
         socket.display()
@@ -174,6 +173,11 @@ fn serve(stream: UnixStream, state: &mut State, log: &Log) -> bool {
             continue;
         }
         log.line(&format!("Cmd:{command}"));
+        let answer_log = |answer: &Option<String>| {
+            if let Some(a) = answer.as_deref().filter(|a| !a.is_empty()) {
+                log.line(a);
+            }
+        };
         let words: Vec<&str> = command.split_whitespace().collect();
         let answer = match words.as_slice() {
             ["set_default_device_pinned_mem_limit", dev, value]
@@ -194,9 +198,10 @@ fn serve(stream: UnixStream, state: &mut State, log: &Log) -> bool {
                     .unwrap_or_else(|| "0".into()),
             ),
             ["set_default_active_thread_percentage", p] => match p.parse::<u32>() {
+                // The driver's control program echoes the new value.
                 Ok(p) if (1..=100).contains(&p) => {
                     state.percentage = Some(p);
-                    None
+                    Some(format!("{p}.0"))
                 }
                 _ => Some(format!("Invalid percentage {p}")),
             },
@@ -210,6 +215,7 @@ fn serve(stream: UnixStream, state: &mut State, log: &Log) -> bool {
             }
             _ => Some(format!("Invalid command {command}")),
         };
+        answer_log(&answer);
         if let Some(answer) = answer
             && !answer.is_empty()
         {

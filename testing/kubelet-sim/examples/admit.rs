@@ -1,0 +1,67 @@
+//! Admits pods through the stand-in kubelet and prints what each
+//! container receives, for runs on real hardware (docs/real-gpu.md): start
+//! it, start the device plugin against the same directory, and it waits
+//! until `RESOURCE` has enough healthy devices, admits `PODS` pods asking for
+//! `COUNT` each, prints one JSON line per container (`envs`, `mounts`,
+//! `devices`), and exits.
+//!
+//! `cargo run -p kubelet-sim --example admit -- DIR RESOURCE COUNT PODS`
+
+use std::time::Duration;
+
+use kubelet_sim::{Container, Kubelet, Options, Pod};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, resource, count, pods] = args.as_slice() else {
+        return Err("usage: admit DIR RESOURCE COUNT PODS".into());
+    };
+    let count: usize = count.parse()?;
+    let pods: usize = pods.parse()?;
+    let kubelet = Kubelet::start(Options::new(dir)).await?;
+    let wanted = count * pods;
+    let name = resource.clone();
+    kubelet
+        .wait_until(
+            move |s| s.get(&name).is_some_and(|c| c.allocatable >= wanted),
+            Duration::from_secs(60),
+        )
+        .await?;
+    for i in 0..pods {
+        let pod = Pod::new(format!("pod-{i}"))
+            .container(Container::new("main").limit(resource, count as u64));
+        let admission = kubelet.admit(&pod).await?;
+        for container in &admission.containers {
+            let merged = &container.merged;
+            let mounts: Vec<String> = merged
+                .mounts
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{{\"container\":{:?},\"host\":{:?}}}",
+                        m.container_path, m.host_path
+                    )
+                })
+                .collect();
+            let envs: Vec<String> = merged
+                .envs
+                .iter()
+                .map(|(k, v)| format!("{k:?}:{v:?}"))
+                .collect();
+            let devices: Vec<String> = container
+                .resources
+                .values()
+                .flat_map(|r| r.device_ids.iter().map(|d| format!("{d:?}")))
+                .collect();
+            println!(
+                "{{\"pod\":\"pod-{i}\",\"devices\":[{}],\"envs\":{{{}}},\"mounts\":[{}]}}",
+                devices.join(","),
+                envs.join(","),
+                mounts.join(",")
+            );
+        }
+    }
+    kubelet.shutdown().await;
+    Ok(())
+}
