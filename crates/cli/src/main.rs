@@ -75,6 +75,25 @@ enum Command {
         #[command(flatten)]
         flags: ConfigFlags,
     },
+    /// Show this node's GPUs from NVML (read-only): MIG mode current and
+    /// pending, the MIG profile table with possible placements, the MIG
+    /// devices.
+    Gpus {
+        /// NVML library to load (default: libnvidia-ml.so.1 under the driver
+        /// root, then the dynamic loader).
+        #[arg(long, env = "NVML_LIB", value_name = "PATH")]
+        nvml_lib: Option<PathBuf>,
+        /// Where the driver root is, as this process sees it.
+        #[arg(
+            long,
+            env = "DRIVER_ROOT_CTR_PATH",
+            value_name = "DIR",
+            default_value = "/"
+        )]
+        driver_root_ctr_path: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: OutputFormat,
+    },
     /// Karpenter helpers.
     Karpenter {
         #[command(subcommand)]
@@ -145,6 +164,7 @@ fn args() -> Vec<std::ffi::OsString> {
             "run",
             "demo",
             "plan",
+            "gpus",
             "karpenter",
             "lint",
             "help",
@@ -231,6 +251,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err(e),
             }
+        }
+        Command::Gpus {
+            nvml_lib,
+            driver_root_ctr_path,
+            output,
+        } => {
+            init_tracing(cli.log_format, "warn");
+            commands::gpus::run(&commands::gpus::GpusOptions {
+                nvml_lib,
+                driver_root: driver_root_ctr_path,
+                json: matches!(output, OutputFormat::Json),
+            })
+            .map(|text| print!("{text}"))
         }
         Command::Run(args) => {
             init_tracing(cli.log_format, "info");

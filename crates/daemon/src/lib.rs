@@ -33,6 +33,7 @@ pub mod mps;
 pub mod node;
 pub mod nvml;
 pub mod nvml_health;
+pub mod nvml_report;
 pub mod plugin;
 pub mod process;
 pub mod reload;

@@ -979,6 +979,59 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceProfileInfo(
     })
 }
 
+/// Where a GPU instance of `profile` can start, in memory slices (eighths):
+/// at multiples of its size, within the 8 memory slices and the 7 compute
+/// slices (the A100/H100 rule: 1g at 0–6, 2g at 0/2/4, 1g.10gb at 0/2/4/6,
+/// 3g at 0/4, 4g and 7g at 0).
+fn placements_of(profile: &Profile) -> Vec<(u32, u32)> {
+    let size = profile.eighths as u32;
+    (0..8)
+        .step_by(size as usize)
+        .filter(|start| start + size <= 8 && start + profile.slices <= 7)
+        .map(|start| (start, size))
+        .collect()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
+    device: nvmlDevice_t,
+    profile_id: c_uint,
+    placements: *mut nvmlGpuInstancePlacement_t,
+    count: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetGpuInstancePossiblePlacements_v2", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        mig_capable(gpu)?;
+        let p = PROFILES
+            .iter()
+            .find(|p| p.id == profile_id)
+            .ok_or(NOT_SUPPORTED)?;
+        if count.is_null() {
+            return Err(INVALID_ARGUMENT);
+        }
+        let all = placements_of(p);
+        // SAFETY: NVML contract: `count` is valid (checked non-null above).
+        let room = unsafe { *count } as usize;
+        // SAFETY: as above.
+        unsafe { put(count, all.len() as c_uint) }?;
+        if placements.is_null() {
+            return Ok(());
+        }
+        if room < all.len() {
+            return Err(INSUFFICIENT_SIZE);
+        }
+        for (i, &(start, size)) in all.iter().enumerate() {
+            // SAFETY: NVML contract: `placements` holds `room` >= len entries.
+            unsafe {
+                placements
+                    .add(i)
+                    .write(nvmlGpuInstancePlacement_t { start, size })
+            };
+        }
+        Ok(())
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetAttributes_v2(
     device: nvmlDevice_t,

@@ -2,5 +2,6 @@
 //! on the core and the daemon.
 
 pub mod demo;
+pub mod gpus;
 pub mod karpenter;
 pub mod plan;

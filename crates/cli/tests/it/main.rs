@@ -17,6 +17,7 @@ pub fn repo_root() -> PathBuf {
 #[path = "../../../daemon/tests/it/common/mod.rs"]
 mod common;
 
+mod gpus;
 mod karpenter;
 mod manifests;
 mod plan;

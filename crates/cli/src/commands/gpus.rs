@@ -1,0 +1,126 @@
+//! `gpu-slicer gpus`: what this node's GPUs are, from NVML (read-only): the
+//! GPUs, their MIG mode, the MIG profile table with possible placements,
+//! and the existing MIG devices.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use gpu_slicer_daemon::nvml::NvmlOptions;
+use gpu_slicer_daemon::nvml_report::{GpuReport, report};
+
+pub struct GpusOptions {
+    pub nvml_lib: Option<PathBuf>,
+    pub driver_root: PathBuf,
+    pub json: bool,
+}
+
+pub fn run(options: &GpusOptions) -> Result<String, String> {
+    let nvml = NvmlOptions {
+        lib_path: options.nvml_lib.clone(),
+        driver_root: options.driver_root.clone(),
+        ..NvmlOptions::default()
+    };
+    let gpus = report(&nvml).map_err(|e| e.to_string())?;
+    if options.json {
+        return serde_json::to_string_pretty(&gpus)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| format!("cannot encode the report: {e}"));
+    }
+    Ok(text(&gpus))
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "enabled" } else { "disabled" }
+}
+
+/// The report as a person reads it.
+pub fn text(gpus: &[GpuReport]) -> String {
+    let mut out = String::new();
+    if gpus.is_empty() {
+        out.push_str("no GPUs\n");
+    }
+    for gpu in gpus {
+        let _ = write!(
+            out,
+            "GPU {}  {}  {}  {} MiB",
+            gpu.index, gpu.model, gpu.uuid, gpu.memory_mib
+        );
+        let Some(mig) = &gpu.mig else {
+            out.push_str("  MIG: not supported\n\n");
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "  MIG: {} (pending: {})",
+            on_off(mig.current),
+            on_off(mig.pending)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>3}  {:<12} {:>9} {:>6} {:>10} {:>4} {:>3} {:>4} {:>4} {:>4} {:>4}  placements (start/size)",
+            "profile",
+            "id",
+            "name",
+            "instances",
+            "slices",
+            "memory MiB",
+            "SMs",
+            "CE",
+            "DEC",
+            "ENC",
+            "JPG",
+            "OFA"
+        );
+        for p in &mig.profiles {
+            let placements: Vec<String> = p
+                .placements
+                .iter()
+                .map(|(start, size)| format!("{start}/{size}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>3}  {:<12} {:>9} {:>6} {:>10} {:>4} {:>3} {:>4} {:>4} {:>4} {:>4}  {}",
+                p.profile,
+                p.id,
+                p.name,
+                p.instances,
+                p.slices,
+                p.memory_mib,
+                p.multiprocessors,
+                p.copy_engines,
+                p.decoders,
+                p.encoders,
+                p.jpegs,
+                p.ofas,
+                if placements.is_empty() {
+                    "-".to_string()
+                } else {
+                    placements.join(" ")
+                }
+            );
+        }
+        if mig.devices.is_empty() {
+            out.push_str("  MIG devices: none\n");
+        } else {
+            out.push_str("  MIG devices:\n");
+            for d in &mig.devices {
+                let _ = writeln!(
+                    out,
+                    "    {}:{}  {}  {}  GI {} CI {}  {} MiB",
+                    gpu.index,
+                    d.index,
+                    d.profile,
+                    d.uuid,
+                    d.gpu_instance_id,
+                    d.compute_instance_id,
+                    d.memory_mib
+                );
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,80 @@
+//! `gpu-slicer gpus` against the fake NVML: the profile table with its
+//! placements, MIG mode, the MIG devices, in text and JSON.
+
+use std::process::Command;
+
+use crate::BIN;
+use crate::common::{aside, fake_nvml, temp_dir};
+use gpu_slicer_core::gpu::simulated;
+
+fn run(topology: &std::path::Path, output: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["gpus", "--output", output, "--nvml-lib"])
+        .arg(fake_nvml())
+        .env("FAKE_NVML_TOPOLOGY", topology)
+        .env_remove("FAKE_NVML_FAIL")
+        .output()
+        .expect("run gpus");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn the_profile_table_placements_and_mig_devices_are_shown() {
+    let dir = temp_dir();
+    let mut inventory =
+        simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("p4d");
+    inventory.gpus.truncate(2);
+    inventory.gpus[1].mig_enabled = false;
+    inventory.gpus[1].mig_devices.clear();
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+
+    let text = run(&topology, "text");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("GPU 0  NVIDIA A100-SXM4-40GB  GPU-"),
+        "{text}"
+    );
+    assert!(
+        lines[0].ends_with("MIG: enabled (pending: enabled)"),
+        "{text}"
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(2) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        row("1g.5gb").ends_with("0/1 1/1 2/1 3/1 4/1 5/1 6/1"),
+        "{text}"
+    );
+    assert!(row("2g.10gb").ends_with("0/2 2/2 4/2"), "{text}");
+    assert!(row("3g.20gb").ends_with("0/4 4/4"), "{text}");
+    assert!(row("7g.40gb").ends_with("0/8"), "{text}");
+    assert!(text.contains("  MIG devices:\n    0:0  "), "{text}");
+    assert!(
+        text.contains("MIG: disabled (pending: disabled)\n"),
+        "{text}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&run(&topology, "json")).expect("json");
+    let gpu0 = &json[0];
+    assert_eq!(gpu0["mig"]["current"], true);
+    let profiles = gpu0["mig"]["profiles"].as_array().expect("profiles");
+    let one_g = profiles.iter().find(|p| p["id"] == 19).expect("profile 19");
+    assert_eq!(one_g["name"], "1g.5gb");
+    assert_eq!(one_g["instances"], 7);
+    assert_eq!(one_g["placements"].as_array().map(Vec::len), Some(7));
+    assert_eq!(
+        gpu0["mig"]["devices"].as_array().map(Vec::len),
+        Some(inventory.gpus[0].mig_devices.len())
+    );
+    assert_eq!(json[1]["mig"]["devices"], serde_json::json!([]));
+}
