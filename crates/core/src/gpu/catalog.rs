@@ -186,16 +186,18 @@ const H100_NVL_PROFILES: &[MigProfile] = &[
     prof("7g.94gb", 0, 1, 95355, 7, P0, 8, 132),
 ];
 
-/// H200 141GB (names and counts DOC; IDs, placements DER as H100).
-/// DER: memory 16.25 / 32.5 / 66.0 / 132.5 GiB; SMs as H100 80GB.
+/// H200 141GB (HW: `gpu-slicer gpus` on an H200, driver 580.159.04, MIG
+/// disabled; docs/real-gpu.md). IDs, counts, placements and SMs as H100.
+/// Memory: 16.00 / 32.50 / 69.75 / 140.00 GiB (it had been derived as
+/// 16.25 / 32.5 / 66.0 / 132.5).
 const H200_PROFILES: &[MigProfile] = &[
-    prof("1g.18gb", 19, 7, 16640, 1, P1, 1, 16),
-    prof("1g.18gb+me", 20, 1, 16640, 1, P1, 1, 16),
+    prof("1g.18gb", 19, 7, 16384, 1, P1, 1, 16),
+    prof("1g.18gb+me", 20, 1, 16384, 1, P1, 1, 16),
     prof("1g.35gb", 15, 4, 33280, 1, P1_DOUBLE, 2, 26),
     prof("2g.35gb", 14, 3, 33280, 2, P2, 2, 32),
-    prof("3g.71gb", 9, 2, 67584, 3, P3, 4, 60),
-    prof("4g.71gb", 5, 1, 67584, 4, P0, 4, 64),
-    prof("7g.141gb", 0, 1, 135680, 7, P0, 8, 132),
+    prof("3g.71gb", 9, 2, 71424, 3, P3, 4, 60),
+    prof("4g.71gb", 5, 1, 71424, 4, P0, 4, 64),
+    prof("7g.141gb", 0, 1, 143360, 7, P0, 8, 132),
 ];
 
 /// B200 180GB (names and counts DOC, 1g 18 SMs DOC; IDs, placements DER as H100).
@@ -278,7 +280,7 @@ static MODELS: &[GpuModel] = &[
     GpuModel {
         key: "H200",
         product_name: "NVIDIA H200",
-        memory_mib: 143771, // DER: NVML total of a 141GB part
+        memory_mib: 143771, // HW: NVML's total on the lent H200
         pci_device_id: 0x2335_10DE,
         mig: seven_slices(
             H200_PROFILES,
