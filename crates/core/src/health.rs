@@ -187,20 +187,29 @@ pub struct Unhealthy {
     pub until: Option<Instant>,
 }
 
+/// Why a GPU is unhealthy besides XIDs; each cause is set and cleared on
+/// its own, and a GPU is healthy only when none holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Condition {
+    /// Its NVML calls fail, or its health cannot be watched; clears when
+    /// it answers again.
+    Unreachable,
+    /// Its MPS control daemon is not ready (MPS resources).
+    MpsNotReady,
+    /// MIG Manager is repartitioning it (`nvidia.com/mig.config.state`).
+    Repartitioning,
+}
+
 /// Health of physical devices (by UUID); absent = healthy.
 ///
-/// Two independent causes: XID events ([`HealthState::record`]), which
-/// recover by time or not at all, and a GPU that does not answer
-/// ([`HealthState::set_unreachable`]: its NVML calls fail, or its health
-/// cannot be watched), which recovers when it answers again. A device is
-/// healthy only when neither holds.
+/// Two kinds of cause: XID events ([`HealthState::record`]), which recover
+/// by time or not at all, and [`Condition`]s of a whole GPU
+/// ([`HealthState::set_condition`]), which clear when their cause does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthState {
     unhealthy: HashMap<String, Unhealthy>,
-    /// GPU UUID → why it is unreachable.
-    unreachable: BTreeMap<String, String>,
-    /// GPU UUID → why its MPS control daemon is not ready (MPS resources).
-    mps_not_ready: BTreeMap<String, String>,
+    /// GPU UUID → its conditions and why.
+    conditions: BTreeMap<String, BTreeMap<Condition, String>>,
 }
 
 impl HealthState {
@@ -259,40 +268,43 @@ impl HealthState {
     }
 
     pub fn is_healthy(&self, physical_uuid: &str) -> bool {
-        !self.unhealthy.contains_key(physical_uuid)
-            && !self.unreachable.contains_key(physical_uuid)
-            && !self.mps_not_ready.contains_key(physical_uuid)
+        !self.unhealthy.contains_key(physical_uuid) && !self.conditions.contains_key(physical_uuid)
     }
 
-    /// Marks a GPU's MPS control daemon not ready (`Some(reason)`) or ready
-    /// (`None`); returns true if that changed. Independent of the other
-    /// causes.
-    pub fn set_mps_not_ready(&mut self, gpu_uuid: &str, reason: Option<&str>) -> bool {
+    /// Sets (`Some(reason)`) or clears (`None`) one condition of a GPU;
+    /// returns true if it changed. The others stay as they are.
+    pub fn set_condition(
+        &mut self,
+        gpu_uuid: &str,
+        condition: Condition,
+        reason: Option<&str>,
+    ) -> bool {
         match reason {
             Some(reason) => self
-                .mps_not_ready
-                .insert(gpu_uuid.to_owned(), reason.to_owned())
+                .conditions
+                .entry(gpu_uuid.to_owned())
+                .or_default()
+                .insert(condition, reason.to_owned())
                 .is_none(),
-            None => self.mps_not_ready.remove(gpu_uuid).is_some(),
+            None => {
+                let Some(held) = self.conditions.get_mut(gpu_uuid) else {
+                    return false;
+                };
+                let removed = held.remove(&condition).is_some();
+                if held.is_empty() {
+                    self.conditions.remove(gpu_uuid);
+                }
+                removed
+            }
         }
     }
 
-    /// Marks a GPU unreachable (`Some(reason)`) or answering again (`None`);
-    /// returns true if its state changed. Independent of XID state: a GPU
-    /// that answers again is still unhealthy if an XID says so.
-    pub fn set_unreachable(&mut self, gpu_uuid: &str, reason: Option<&str>) -> bool {
-        match reason {
-            Some(reason) => self
-                .unreachable
-                .insert(gpu_uuid.to_owned(), reason.to_owned())
-                .is_none(),
-            None => self.unreachable.remove(gpu_uuid).is_some(),
-        }
-    }
-
-    /// Unreachable GPUs and why, by UUID.
-    pub fn unreachable(&self) -> &BTreeMap<String, String> {
-        &self.unreachable
+    /// How many GPUs hold `condition`.
+    pub fn count(&self, condition: Condition) -> usize {
+        self.conditions
+            .values()
+            .filter(|held| held.contains_key(&condition))
+            .count()
     }
 
     pub fn get(&self, physical_uuid: &str) -> Option<&Unhealthy> {
@@ -312,26 +324,34 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_gpu_is_unhealthy_until_it_answers_and_xids_stay_apart() {
+    fn conditions_hold_until_cleared_each_on_its_own_and_xids_stay_apart() {
         let mut state = HealthState::default();
         let now = Instant::now();
-        assert!(state.set_unreachable("GPU-a", Some("GPU is lost")));
+        let lost = Some("GPU is lost");
+        assert!(state.set_condition("GPU-a", Condition::Unreachable, lost));
         assert!(
-            !state.set_unreachable("GPU-a", Some("GPU is lost")),
+            !state.set_condition("GPU-a", Condition::Unreachable, lost),
             "no change"
         );
         assert!(!state.is_healthy("GPU-a"));
         assert!(state.is_healthy("GPU-b"));
-        assert_eq!(state.unreachable().len(), 1);
+        assert_eq!(state.count(Condition::Unreachable), 1);
+        // A second cause on the same GPU outlives the first.
+        assert!(state.set_condition("GPU-a", Condition::Repartitioning, Some("pending")));
+        assert!(state.set_condition("GPU-a", Condition::Unreachable, None));
+        assert!(!state.is_healthy("GPU-a"), "still repartitioning");
+        assert_eq!(state.count(Condition::Unreachable), 0);
         // An XID during the outage outlives it.
         let policy = policy(None, None);
         assert!(state.record(&["GPU-a"], 79, XidAction::Reset, now, &policy));
-        assert!(state.set_unreachable("GPU-a", None));
-        assert!(!state.set_unreachable("GPU-a", None), "no change");
+        assert!(state.set_condition("GPU-a", Condition::Repartitioning, None));
+        assert!(
+            !state.set_condition("GPU-a", Condition::Repartitioning, None),
+            "no change"
+        );
         assert!(!state.is_healthy("GPU-a"), "the XID still holds");
-        assert!(state.unreachable().is_empty());
-        assert!(state.set_unreachable("GPU-b", Some("x")));
-        assert!(state.set_unreachable("GPU-b", None));
+        assert!(state.set_condition("GPU-b", Condition::MpsNotReady, Some("x")));
+        assert!(state.set_condition("GPU-b", Condition::MpsNotReady, None));
         assert!(state.is_healthy("GPU-b"));
     }
 

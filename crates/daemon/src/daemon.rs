@@ -35,7 +35,9 @@ use crate::watch::watch_dir;
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_core::health::{HealthPolicy, HealthState, XidAction, XidEvent, affected};
+use gpu_slicer_core::health::{
+    Condition, HealthPolicy, HealthState, XidAction, XidEvent, affected,
+};
 use gpu_slicer_core::placement::LinkScores;
 use gpu_slicer_core::plan::{Plan, Severity, plan};
 
@@ -638,7 +640,8 @@ impl Daemon {
         let daemons = gpu_slicer_core::mps::control_daemons(&plan);
         for gpus in std::mem::take(&mut self.mps_gpus).into_values() {
             for gpu in gpus {
-                self.health.set_mps_not_ready(&gpu, None);
+                self.health
+                    .set_condition(&gpu, Condition::MpsNotReady, None);
             }
         }
         for d in &daemons {
@@ -741,7 +744,9 @@ impl Daemon {
     fn set_mps_health(&mut self, resource: &ResourceName, not_ready: Option<&str>) -> bool {
         let mut changed = false;
         for gpu in self.mps_gpus.get(resource).cloned().unwrap_or_default() {
-            changed |= self.health.set_mps_not_ready(&gpu, not_ready);
+            changed |= self
+                .health
+                .set_condition(&gpu, Condition::MpsNotReady, not_ready);
         }
         changed
     }
@@ -778,7 +783,10 @@ impl Daemon {
                     tracing::info!(gpu = %gpu_uuid, "health checks are off: not marking an unreachable GPU ({reason})");
                     return;
                 }
-                if self.health.set_unreachable(&gpu_uuid, Some(&reason)) {
+                if self
+                    .health
+                    .set_condition(&gpu_uuid, Condition::Unreachable, Some(&reason))
+                {
                     for device in self.devices_of(&gpu_uuid) {
                         tracing::warn!(
                             "'{}' device marked unhealthy: {} (GPU {gpu_uuid} {reason})",
@@ -790,7 +798,10 @@ impl Daemon {
                 }
             }
             HealthReport::Reachable { gpu_uuid } => {
-                if self.health.set_unreachable(&gpu_uuid, None) {
+                if self
+                    .health
+                    .set_condition(&gpu_uuid, Condition::Unreachable, None)
+                {
                     if self.health.is_healthy(&gpu_uuid) {
                         tracing::info!(
                             "GPU {gpu_uuid} answers again; its devices are healthy unless an XID holds them"
@@ -895,7 +906,7 @@ impl Daemon {
                 .get_or_create(&self.metrics.resource(name.as_str()))
                 .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         }
-        let unreachable = self.health.unreachable().len();
+        let unreachable = self.health.count(Condition::Unreachable);
         self.metrics
             .gpus_unreachable
             .set(i64::try_from(unreachable).unwrap_or(i64::MAX));

@@ -5,7 +5,7 @@
 //!
 //! | Variable | Effect |
 //! |---|---|
-//! | `FAKE_NVML_TOPOLOGY` | YAML (or JSON) file with the node's [`Inventory`] (`gpus: [{index, model, uuid, memory_mib, pci_bus_id, pci_device_id, numa_node, minor, mig_capable, mig_enabled, mig_devices: [{index, profile, uuid, gpu_instance_id, compute_instance_id, memory_mib}], nvlinks}]`); unset: a node without GPUs |
+//! | `FAKE_NVML_TOPOLOGY` | re-read when rewritten (a repartitioned node, as the driver reflects it at once); YAML (or JSON) file with the node's [`Inventory`] (`gpus: [{index, model, uuid, memory_mib, pci_bus_id, pci_device_id, numa_node, minor, mig_capable, mig_enabled, mig_devices: [{index, profile, uuid, gpu_instance_id, compute_instance_id, memory_mib}], nvlinks}]`); unset: a node without GPUs |
 //! | `FAKE_NVML_FAIL` | `nvmlDeviceGetMemoryInfo_v2:NVML_ERROR_UNKNOWN,nvmlDeviceGetUUID:NO_PERMISSION`: those calls return those errors; `<function>@<gpu index>:<error>` fails the call only for that GPU (and its MIG devices); `*@<gpu index>:<error>` fails every call on that GPU (a GPU fallen off the bus: `*@3:GPU_IS_LOST`) |
 //! | `FAKE_NVML_FAIL_FILE` | a file with entries in `FAKE_NVML_FAIL`'s syntax (commas or lines), re-read on every call, so a test can make a GPU fail and answer again while the daemon runs; a missing file injects nothing |
 //! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
@@ -209,6 +209,9 @@ fn profile_of(gpu: &Gpu, dev: &MigDevice) -> Option<(&'static Profile, u32)> {
 
 struct State {
     inventory: Inventory,
+    /// The topology file's text, to notice a rewrite (a MIG repartition,
+    /// which the driver reflects at once).
+    topology_text: String,
     /// `FAKE_NVML_FAIL`, read at init.
     fail: Failures,
     driver_version: String,
@@ -311,14 +314,27 @@ fn load() -> Result<State, String> {
         Ok(spec) => Failures::parse("FAKE_NVML_FAIL", &spec)?,
         Err(_) => Failures::default(),
     };
-    let inventory = match std::env::var("FAKE_NVML_TOPOLOGY") {
+    let (inventory, topology_text) = read_topology()?;
+    Ok(State {
+        inventory,
+        topology_text,
+        fail,
+        driver_version: std::env::var("FAKE_NVML_DRIVER_VERSION")
+            .unwrap_or_else(|_| "580.159.04".to_string()),
+    })
+}
+
+/// The node as `FAKE_NVML_TOPOLOGY` describes it now, and the file's text.
+fn read_topology() -> Result<(Inventory, String), String> {
+    let (inventory, text) = match std::env::var("FAKE_NVML_TOPOLOGY") {
         Ok(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("FAKE_NVML_TOPOLOGY: cannot read {path}: {e}"))?;
-            serde_saphyr::from_str::<Inventory>(&text)
-                .map_err(|e| format!("FAKE_NVML_TOPOLOGY: {path}: {e}"))?
+            let inventory = serde_saphyr::from_str::<Inventory>(&text)
+                .map_err(|e| format!("FAKE_NVML_TOPOLOGY: {path}: {e}"))?;
+            (inventory, text)
         }
-        Err(_) => Inventory::default(),
+        Err(_) => (Inventory::default(), String::new()),
     };
     for gpu in &inventory.gpus {
         for dev in &gpu.mig_devices {
@@ -330,12 +346,7 @@ fn load() -> Result<State, String> {
             }
         }
     }
-    Ok(State {
-        inventory,
-        fail,
-        driver_version: std::env::var("FAKE_NVML_DRIVER_VERSION")
-            .unwrap_or_else(|_| "580.159.04".to_string()),
-    })
+    Ok((inventory, text))
 }
 
 fn init(name: &str) -> nvmlReturn_t {
@@ -359,7 +370,17 @@ fn init(name: &str) -> nvmlReturn_t {
 
 /// Runs one call: injected failure, then `f` on the state.
 fn call(name: &str, f: impl FnOnce(&State) -> Result<(), nvmlReturn_t>) -> nvmlReturn_t {
-    let guard = state();
+    let mut guard = state();
+    // A rewritten topology file is a repartitioned node: NVML answers from
+    // the driver's current state, not from what it saw at init.
+    if let Some(s) = guard.as_mut()
+        && let Ok(path) = std::env::var("FAKE_NVML_TOPOLOGY")
+        && std::fs::read_to_string(path).is_ok_and(|text| text != s.topology_text)
+        && let Ok((inventory, text)) = read_topology()
+    {
+        s.inventory = inventory;
+        s.topology_text = text;
+    }
     let Some(s) = guard.as_ref() else {
         return UNINITIALIZED;
     };
