@@ -45,6 +45,13 @@ pub struct RunArgs {
     /// kubelet (a Karpenter start-up taint). Needs --node-name and `patch` on nodes.
     #[arg(long, env = "STARTUP_TAINT", value_name = "KEY")]
     pub startup_taint: Option<String>,
+    /// Follow the node's nvidia.com/mig.config.state, as NVIDIA's GPU
+    /// Operator MIG Manager sets it: while it is `pending` (or `rebooting`)
+    /// the devices of MIG-capable GPUs are Unhealthy; on `success` or
+    /// `failed` the GPUs are rediscovered. Needs --node-name and `get`,
+    /// `list`, `watch` on nodes.
+    #[arg(long, env = "FOLLOW_MIG_MANAGER")]
+    pub follow_mig_manager: bool,
     /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
     /// default: the in-cluster service account or a kubeconfig.
     #[arg(long, env = "KUBE_API_URL", value_name = "URL", hide_short_help = true)]
@@ -168,6 +175,7 @@ impl RunArgs {
                 default_config: self.default_config,
                 kube_api_url: self.kube_api_url,
                 startup_taint: self.startup_taint,
+                follow_mig_manager: self.follow_mig_manager,
             },
         }
     }

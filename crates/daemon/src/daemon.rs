@@ -89,6 +89,9 @@ pub struct Paths {
     pub mps_control_bin: Option<PathBuf>,
     /// `--mps-container-root`: where the host's `--mps-root` is mounted here.
     pub mps_container_root: PathBuf,
+    /// `nvidia.com/mig.config.state` of this node, when followed
+    /// (`--follow-mig-manager`).
+    pub mig_state: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 /// The life-cycle waits, injectable so tests need not sit them out.
@@ -194,7 +197,15 @@ struct Daemon {
     mps: crate::mps::Supervisor,
     /// The GPUs behind each MPS resource's control daemon.
     mps_gpus: BTreeMap<ResourceName, Vec<String>>,
+    /// UUIDs of the MIG-capable GPUs of the last setup (what MIG Manager
+    /// may repartition).
+    mig_capable: Vec<String>,
+    /// MIG Manager is repartitioning: those GPUs' devices are withdrawn.
+    repartitioning: bool,
 }
+
+/// Why the devices of a GPU MIG Manager is repartitioning are Unhealthy.
+const REPARTITIONING: &str = "MIG Manager is changing its MIG layout";
 
 /// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
 const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
@@ -259,6 +270,8 @@ pub async fn run(
     let mut daemon = Daemon {
         mps,
         mps_gpus: BTreeMap::new(),
+        mig_capable: Vec::new(),
+        repartitioning: false,
         machine: Machine::new(lifecycle::Timings {
             stream_grace: paths.timings.stream_grace,
         }),
@@ -288,6 +301,7 @@ pub async fn run(
         let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
         let mps_restart = daemon.mps.next_restart();
+        let mut mig_state = daemon.paths.mig_state.clone();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -303,6 +317,20 @@ pub async fn run(
             _ = sleep_until_if(deadline) => daemon.feed(Event::Tick).await,
             Some(report) = health.recv() => daemon.on_health(report),
             Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
+            Some(state) = mig_state_changed(&mut mig_state) => {
+                if daemon.on_mig_state(state.as_deref()) {
+                    // Repartitioned (or given up): what the GPUs hold now.
+                    match load(&source).await {
+                        Ok((setup, plan)) => {
+                            daemon.apply(&setup, plan).await;
+                            daemon.end_repartitioning();
+                        }
+                        Err(e) => {
+                            tracing::error!("rediscovery after MIG Manager's change failed: {e}; the GPUs stay withdrawn");
+                        }
+                    }
+                }
+            }
             _ = sleep_until_if(mps_restart) => daemon.on_mps_restart_due().await,
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             Some(()) = reload.recv() => {
@@ -337,6 +365,19 @@ pub async fn run(
     daemon.feed(Event::Shutdown).await;
     daemon.mps.stop_all().await;
     Ok(())
+}
+
+/// The next value of the followed MIG Manager state; never, when not followed.
+async fn mig_state_changed(
+    state: &mut Option<tokio::sync::watch::Receiver<Option<String>>>,
+) -> Option<Option<String>> {
+    match state {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_if(deadline: Option<Instant>) {
@@ -607,6 +648,20 @@ impl Daemon {
     async fn apply(&mut self, setup: &Setup, plan: Plan) {
         log_plan(&plan);
         self.applied = true;
+        self.mig_capable = setup
+            .inventory
+            .gpus
+            .iter()
+            .filter(|g| g.mig_capable)
+            .map(|g| g.uuid.clone())
+            .collect();
+        if self.repartitioning {
+            // Still withdrawn: the setup of a reload during the change.
+            for gpu in self.mig_capable.clone() {
+                self.health
+                    .set_condition(&gpu, Condition::Repartitioning, Some(REPARTITIONING));
+            }
+        }
         self.follow_discovery(&setup.unreachable);
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
@@ -768,6 +823,76 @@ impl Daemon {
                 "the MPS control daemon of '{name}' is ready again; its devices are Healthy"
             );
             changed |= self.set_mps_health(&name, None);
+        }
+        if changed {
+            self.push_health();
+        }
+    }
+
+    /// MIG Manager's `nvidia.com/mig.config.state` changed. `pending` and
+    /// `rebooting` withdraw the devices of every MIG-capable GPU (Unhealthy:
+    /// none is admitted onto a GPU being repartitioned); `success`,
+    /// `failed` or the label going away end that. Returns true when the
+    /// GPUs must be rediscovered.
+    fn on_mig_state(&mut self, state: Option<&str>) -> bool {
+        self.metrics
+            .mig_repartitioning
+            .set(i64::from(matches!(state, Some("pending" | "rebooting"))));
+        match state {
+            Some("pending" | "rebooting") => {
+                if !self.repartitioning {
+                    self.repartitioning = true;
+                    tracing::warn!(
+                        "MIG Manager is changing the MIG layout (nvidia.com/mig.config.state={}): the devices of \
+                         {} MIG-capable GPU(s) are Unhealthy until it reports success or failure",
+                        state.unwrap_or_default(),
+                        self.mig_capable.len()
+                    );
+                    let mut changed = false;
+                    for gpu in self.mig_capable.clone() {
+                        changed |= self.health.set_condition(
+                            &gpu,
+                            Condition::Repartitioning,
+                            Some(REPARTITIONING),
+                        );
+                    }
+                    if changed {
+                        self.push_health();
+                    }
+                }
+                false
+            }
+            Some("failed") => {
+                tracing::error!(
+                    "MIG Manager reports that the MIG layout change failed (nvidia.com/mig.config.state=failed); \
+                     rediscovering and serving what the GPUs hold now; see MIG Manager's log"
+                );
+                true
+            }
+            Some("success") => {
+                tracing::info!("MIG Manager applied the MIG layout; rediscovering the GPUs");
+                true
+            }
+            other => {
+                if self.repartitioning {
+                    tracing::warn!(
+                        "nvidia.com/mig.config.state is now {}; rediscovering the GPUs",
+                        other.unwrap_or("absent")
+                    );
+                }
+                self.repartitioning
+            }
+        }
+    }
+
+    /// After the rediscovery that ends a repartitioning.
+    fn end_repartitioning(&mut self) {
+        self.repartitioning = false;
+        let mut changed = false;
+        for gpu in self.mig_capable.clone() {
+            changed |= self
+                .health
+                .set_condition(&gpu, Condition::Repartitioning, None);
         }
         if changed {
             self.push_health();

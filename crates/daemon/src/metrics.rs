@@ -77,6 +77,8 @@ pub struct Metrics {
     pub gpus_unreachable: Gauge,
     /// Failed NVML health-check calls, per call.
     pub health_check_errors: Family<CallLabel, Counter>,
+    /// 1 while MIG Manager reports a layout change in progress.
+    pub mig_repartitioning: Gauge,
     /// 1 while a resource's MPS control daemon is ready.
     pub mps_ready: Family<ResourceLabel, Gauge>,
     /// Restarts of a resource's MPS control daemon.
@@ -142,6 +144,11 @@ impl Metrics {
             "gpus_unreachable",
             "Advertised GPUs whose NVML calls fail or whose health cannot be watched; their devices are Unhealthy",
             self.gpus_unreachable.clone(),
+        );
+        registry.register(
+            "mig_repartitioning",
+            "1 while MIG Manager reports a MIG layout change (nvidia.com/mig.config.state pending or rebooting); the MIG-capable GPUs' devices are Unhealthy meanwhile",
+            self.mig_repartitioning.clone(),
         );
         registry.register(
             "mps_daemon_ready",

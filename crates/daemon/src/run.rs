@@ -51,6 +51,8 @@ pub enum RunError {
     ConfigFileAndDir,
     #[error("--startup-taint needs --node-name (NODE_NAME from the downward API)")]
     TaintWithoutNode,
+    #[error("--follow-mig-manager needs --node-name (NODE_NAME from the downward API)")]
+    MigManagerWithoutNode,
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot serve metrics on {address}: {source}")]
@@ -94,7 +96,12 @@ pub struct NodeOptions {
     pub kube_api_url: Option<String>,
     /// Remove this taint from the Node once every resource is registered.
     pub startup_taint: Option<String>,
+    /// Follow `nvidia.com/mig.config.state` (MIG Manager).
+    pub follow_mig_manager: bool,
 }
+
+/// The node label MIG Manager reports its progress in.
+pub const MIG_CONFIG_STATE: &str = "nvidia.com/mig.config.state";
 
 /// Which config file a (re)load reads.
 #[derive(Clone)]
@@ -214,6 +221,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if node_options.startup_taint.is_some() && node_options.node_name.is_none() {
         return Err(RunError::TaintWithoutNode);
     }
+    if node_options.follow_mig_manager && node_options.node_name.is_none() {
+        return Err(RunError::MigManagerWithoutNode);
+    }
     match crate::process::raise_fd_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!("raised the open-file limit from {before} to {after}");
@@ -239,6 +249,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         timings: options.timings,
         mps_control_bin: options.mps_control_bin.clone(),
         mps_container_root: options.mps_container_root.clone(),
+        mig_state: None,
     };
 
     let shutdown = CancellationToken::new();
@@ -254,7 +265,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     }
 
     let needs_api = node_options.node_name.is_some()
-        && (node_options.config_dir.is_some() || node_options.startup_taint.is_some());
+        && (node_options.config_dir.is_some()
+            || node_options.startup_taint.is_some()
+            || node_options.follow_mig_manager);
     let client = if needs_api {
         Some(node::client(node_options.kube_api_url.as_deref())?)
     } else {
@@ -332,6 +345,21 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         return Ok(()); // shut down while waiting for the node
     }
 
+    let mut paths = paths;
+    if node_options.follow_mig_manager
+        && let (Some(name), Some(client)) = (node_options.node_name.clone(), client.clone())
+    {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tracing::info!("following node {name}'s {MIG_CONFIG_STATE} (MIG Manager)");
+        tokio::spawn(node::watch_node_label(
+            client,
+            name,
+            MIG_CONFIG_STATE.to_string(),
+            tx,
+            shutdown.clone(),
+        ));
+        paths.mig_state = Some(rx);
+    }
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)
     {
