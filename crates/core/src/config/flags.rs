@@ -4,8 +4,8 @@
 //! over the file's values.
 
 use super::load::{
-    ConfigError, parse_device_discovery_strategy, parse_device_list_strategies, validate_cross,
-    validate_imex_channel_ids,
+    ConfigError, IMEX_UNSUPPORTED, parse_device_discovery_strategy, parse_device_list_strategies,
+    validate_cross, validate_imex_channel_ids,
 };
 use super::schema::{AllocationPolicy, Config, DeviceIdStrategy, InvalidValue, MigStrategy};
 
@@ -249,6 +249,9 @@ impl ConfigFlags {
                     format!("invalid IMEX channel IDs: {m}"),
                 )
             })?;
+            if !ids.is_empty() {
+                return Err(invalid("--imex-channel-ids", IMEX_UNSUPPORTED.to_string()));
+            }
         }
         validate_cross(&config)?;
         Ok(config)
@@ -348,7 +351,6 @@ mod tests {
             "--mps-root=/mps",
             "--shared-devices-allocation-policy=packed",
             "--device-discovery-strategy=nvml",
-            "--imex-channel-ids=0",
         ]);
         assert_eq!(
             f,
@@ -368,7 +370,6 @@ mod tests {
                 mps_root: Some("/mps".into()),
                 shared_devices_allocation_policy: Some("packed".into()),
                 device_discovery_strategy: Some("nvml".into()),
-                imex_channel_ids: Some(vec![0]),
                 ..ConfigFlags::default()
             }
         );
@@ -466,6 +467,13 @@ mod tests {
                 &["--device-discovery-strategy=cuda"][..],
                 "",
                 "--device-discovery-strategy: invalid --device-discovery-strategy option cuda",
+            ),
+            (
+                &["--imex-channel-ids=0"][..],
+                "",
+                "--imex-channel-ids: IMEX channels are not supported by gpu-slicer: a container would not get \
+                 /dev/nvidia-caps-imex-channels/channel0; remove imex.channelIDs (or set it to []), or keep \
+                 NVIDIA's plugin on nodes whose workloads need IMEX",
             ),
             (
                 &["--imex-channel-ids=1,2"][..],

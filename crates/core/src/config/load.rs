@@ -20,8 +20,9 @@
 //!   NVIDIA's YAML-to-JSON conversion turns into booleans; `null` anywhere
 //!   means "not set";
 //! - `devices` list strings must be an index, `i:j`, `GPU-…` or `MIG-…`;
-//! - GFD-only keys (`flags.gfd.*`, `flags.useNodeFeatureAPI`) and `imex` are
-//!   type-checked, then discarded.
+//! - GFD-only keys (`flags.gfd.*`, `flags.useNodeFeatureAPI`) are
+//!   type-checked, then discarded; `imex.channelIDs` other than `[]` is
+//!   refused (no IMEX channel is injected).
 
 use std::time::Duration;
 
@@ -362,6 +363,11 @@ pub fn parse_device_discovery_strategy(v: &str) -> Result<String, InvalidValue> 
         ))),
     }
 }
+
+/// Why a non-empty IMEX channel list is refused (file key and flag alike).
+pub const IMEX_UNSUPPORTED: &str = "IMEX channels are not supported by gpu-slicer: a container would not get \
+     /dev/nvidia-caps-imex-channels/channel0; remove imex.channelIDs (or set it to []), \
+     or keep NVIDIA's plugin on nodes whose workloads need IMEX";
 
 /// IMEX channel ids: only `[]` or `[0]`, else
 /// `invalid IMEX config: channelIDs must be [] or [0]; found [..]` (Go `%v`).
@@ -1108,6 +1114,11 @@ impl Cx<'_> {
                     }
                 }
                 validate_imex_channel_ids(&ids).map_err(|e| self.invalid(path, e))?;
+                // Accepted by NVIDIA's schema, but gpu-slicer injects no
+                // IMEX channel: refused rather than silently ignored.
+                if !ids.is_empty() {
+                    return Err(self.invalid(path, IMEX_UNSUPPORTED));
+                }
             }
             Some(other) => {
                 return Err(
@@ -1469,6 +1480,12 @@ mod tests {
                  native resources, not extended resources]",
             ),
             (
+                "imex: {channelIDs: [0]}".into(),
+                "config.yaml: imex.channelIDs: IMEX channels are not supported by gpu-slicer: a container \
+                 would not get /dev/nvidia-caps-imex-channels/channel0; remove imex.channelIDs (or set it \
+                 to []), or keep NVIDIA's plugin on nodes whose workloads need IMEX",
+            ),
+            (
                 "imex: {channelIDs: [1, 2]}".into(),
                 "config.yaml: imex.channelIDs: invalid IMEX config: channelIDs must be [] or [0]; found [1 2]",
             ),
@@ -1592,7 +1609,7 @@ sharing:
       devices: [0, "1", "0:1", GPU-abc, MIG-def, MIG-GPU-abc/1/0]
       replicas: 4
 imex:
-  channelIDs: [0]
+  channelIDs: []
   required: true
 "#);
         let f = &c.flags;
