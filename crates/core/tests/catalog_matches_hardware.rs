@@ -32,18 +32,17 @@ fn check(report: &str) {
                 .iter()
                 .find(|p| p.name == name)
                 .unwrap_or_else(|| panic!("{product}: profile {name} is not in the catalog"));
-            let starts: Vec<u64> = row["placements"]
+            let (starts, sizes): (Vec<u64>, Vec<u64>) = row["placements"]
                 .as_array()
                 .expect("placements")
                 .iter()
-                .map(|pl| pl[0].as_u64().expect("start"))
-                .collect();
-            let sizes: Vec<u64> = row["placements"]
-                .as_array()
-                .expect("placements")
-                .iter()
-                .map(|pl| pl[1].as_u64().expect("size"))
-                .collect();
+                .map(|pl| {
+                    (
+                        pl[0].as_u64().expect("start"),
+                        pl[1].as_u64().expect("size"),
+                    )
+                })
+                .unzip();
             let want = (
                 u64::from(p.id),
                 u64::from(p.max_count),

@@ -14,7 +14,7 @@
 //! bounded channel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,8 +252,8 @@ pub async fn run(
     // Watch first, so that no change between start-up and registration is
     // missed. The events only wake the daemon: what changed is read from
     // the directory itself (see `observe`).
-    let (_watch, mut dir_events) =
-        watch_dir(&paths.device_plugin_dir).map_err(|source| DaemonError::Watch {
+    let mut dir_watch =
+        DirectoryWatch::start(&paths.device_plugin_dir).map_err(|source| DaemonError::Watch {
             dir: paths.device_plugin_dir.clone(),
             source,
         })?;
@@ -305,7 +305,17 @@ pub async fn run(
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = dir_events.recv() => daemon.feed(Event::Tick).await,
+            Some(event) = dir_watch.events.recv() => {
+                dir_watch.saw(&event);
+                daemon.feed(Event::Tick).await;
+            }
+            Some(event) = recv_if(&mut dir_watch.parent_events) => {
+                // Only the device-plugin directory itself matters up there.
+                if event.path() == Some(daemon.paths.device_plugin_dir.as_path()) {
+                    dir_watch.saw(&event);
+                    daemon.feed(Event::Tick).await;
+                }
+            }
             () = streams.notified() => daemon.on_streams().await,
             Some(joined) = daemon.registrations.join_next(), if !daemon.registrations.is_empty() => {
                 // A cancelled call ends as a JoinError: nothing to feed.
@@ -314,7 +324,10 @@ pub async fn run(
                     daemon.feed(Event::Registered { attempt: done.attempt, result: done.result }).await;
                 }
             }
-            _ = sleep_until_if(deadline) => daemon.feed(Event::Tick).await,
+            _ = sleep_until_if(deadline) => {
+                dir_watch.rearm_if_replaced();
+                daemon.feed(Event::Tick).await;
+            }
             Some(report) = health.recv() => daemon.on_health(report),
             Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
             Some(state) = mig_state_changed(&mut mig_state) => {
@@ -365,6 +378,99 @@ pub async fn run(
     daemon.feed(Event::Shutdown).await;
     daemon.mps.stop_all().await;
     Ok(())
+}
+
+/// The device-plugin directory's watch, kept on the directory there now.
+///
+/// Deleting the directory ends its inotify watch with it; a directory
+/// created again at the path (a kubelet start creates it) is another one.
+/// The deletion is seen as an event (the watch's own, or the parent's), and
+/// the new directory is watched as soon as it is there: its parent is
+/// watched too, so its creation is an event as well. Without this, later
+/// kubelet restarts would go unseen until a stream dropped.
+///
+/// The deletion event, not the directory's inode, tells: a new directory
+/// often gets the inode number just freed.
+struct DirectoryWatch {
+    dir: PathBuf,
+    /// The watched directory was deleted; the one at the path (if any) is
+    /// not watched yet.
+    stale: bool,
+    watch: Option<crate::watch::DirWatch>,
+    events: mpsc::UnboundedReceiver<crate::watch::DirEvent>,
+    _parent: Option<crate::watch::DirWatch>,
+    parent_events: Option<mpsc::UnboundedReceiver<crate::watch::DirEvent>>,
+}
+
+impl DirectoryWatch {
+    fn start(dir: &Path) -> notify::Result<Self> {
+        let (watch, events) = watch_dir(dir)?;
+        let (parent, parent_events) = match dir.parent().filter(|p| p.is_dir()) {
+            Some(parent) => match watch_dir(parent) {
+                Ok((w, rx)) => (Some(w), Some(rx)),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch {}: {e}; if {} is deleted and created again, it is watched again on the next wake-up",
+                        parent.display(),
+                        dir.display()
+                    );
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        Ok(DirectoryWatch {
+            dir: dir.to_path_buf(),
+            stale: false,
+            watch: Some(watch),
+            events,
+            _parent: parent,
+            parent_events,
+        })
+    }
+
+    /// Notes an event about the directory itself (from its own watch or
+    /// its parent's), then watches the new directory if it is due.
+    fn saw(&mut self, event: &crate::watch::DirEvent) {
+        if event.path() == Some(self.dir.as_path())
+            && matches!(event, crate::watch::DirEvent::Removed(_))
+        {
+            self.stale = true;
+        }
+        self.rearm_if_replaced();
+    }
+
+    /// Watches the directory again when the watched one was deleted and a
+    /// new one is at the path. Safe against the watcher's own clean-up of
+    /// the old watch: it handles the deletion (read before the creation)
+    /// completely before it takes a new watch.
+    fn rearm_if_replaced(&mut self) {
+        if !self.stale || !self.dir.is_dir() {
+            return;
+        }
+        // The old watch goes first: the shared watcher skips a directory it
+        // believes it watches.
+        drop(self.watch.take());
+        match watch_dir(&self.dir) {
+            Ok((watch, events)) => {
+                tracing::info!(
+                    "{} was created again; watching the new directory",
+                    self.dir.display()
+                );
+                self.watch = Some(watch);
+                self.events = events;
+                self.stale = false;
+            }
+            Err(e) => tracing::warn!("cannot watch {} again: {e}", self.dir.display()),
+        }
+    }
+}
+
+async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next value of the followed MIG Manager state; never, when not followed.

@@ -491,23 +491,30 @@ fn inherited_env() -> Vec<(String, String)> {
 /// standard output instead of `control.log`.
 fn forward_output(child: &mut Child, resource: &ResourceName) {
     if let Some(out) = child.stdout.take() {
-        let name = resource.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "mps", resource = %name, "{line}");
-            }
-        });
+        forward_lines(out, resource.to_string(), false);
     }
     if let Some(err) = child.stderr.take() {
-        let name = resource.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "mps", resource = %name, "{line}");
-            }
-        });
+        forward_lines(err, resource.to_string(), true);
     }
+}
+
+/// Logs each line of `stream` (target `mps`, at WARN for its standard
+/// error) until it ends.
+fn forward_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    resource: String,
+    is_stderr: bool,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if is_stderr {
+                tracing::warn!(target: "mps", %resource, "{line}");
+            } else {
+                tracing::info!(target: "mps", %resource, "{line}");
+            }
+        }
+    });
 }
 
 /// The control program in client mode, on one daemon's pipe.

@@ -24,6 +24,16 @@ pub enum DirEvent {
     Error(String),
 }
 
+impl DirEvent {
+    /// The entry it is about (`None` for a failed watch).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            DirEvent::Created(p) | DirEvent::Removed(p) | DirEvent::Changed(p) => Some(p),
+            DirEvent::Error(_) => None,
+        }
+    }
+}
+
 /// One caller's interest in one directory.
 struct Route {
     id: u64,

@@ -285,19 +285,8 @@ async fn plugin_sockets_have_an_explicit_mode_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = temp_dir();
     let kubelet = kubelet(dir.path()).await;
-    let mut command = std::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg("umask 000 && exec \"$0\" \"$@\"")
-        .arg(crate::BIN)
-        .args(["run", "--device-plugin-path"])
-        .arg(dir.path())
-        .args(["--simulate", "g5.xlarge"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _daemon = Daemon {
-        child: command.spawn().expect("start gpu-slicer"),
-    };
+    let _daemon =
+        crate::common::start_under_shell(dir.path(), "umask 000", &["--simulate", "g5.xlarge"]);
     wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 1)])).await;
     let mode = std::fs::metadata(dir.path().join("nvidia-gpu.sock"))
         .expect("socket")

@@ -361,19 +361,11 @@ async fn an_http_flood_cannot_reach_the_kubelet_side() {
     let mut kubelet = kubelet(dir.path()).await;
     let address = format!("127.0.0.1:{}", free_port());
     // `ulimit -n` sets both limits in sh; exec keeps them for the daemon.
-    let mut command = std::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
-        .arg(crate::BIN)
-        .args(["run", "--device-plugin-path"])
-        .arg(dir.path())
-        .args(["--simulate", "g5.12xlarge", "--metrics-address", &address])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _daemon = Daemon {
-        child: command.spawn().expect("start gpu-slicer"),
-    };
+    let _daemon = crate::common::start_under_shell(
+        dir.path(),
+        "ulimit -n 256",
+        &["--simulate", "g5.12xlarge", "--metrics-address", &address],
+    );
     wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 4)])).await;
     wait_for_metric_line(
         &address,

@@ -240,18 +240,27 @@ async fn sigterm_during_a_removal_leaves_no_socket() {
 }
 
 /// The whole device-plugin directory is deleted (a node clean-up, a
-/// hostPath re-created): the daemon's watch goes with it. When a kubelet
-/// creates the directory again and binds its socket, every resource is
-/// served and registered again, and the daemon never exits.
+/// hostPath re-created): the daemon's inotify watch goes with it. When a
+/// kubelet creates the directory again and binds its socket, every resource
+/// is served and registered again, the daemon never exits, and the new
+/// directory is watched: a later kubelet restart is seen at once, not only
+/// after the 2 s stream grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_device_plugin_directory_is_followed_when_it_comes_back() {
     let root = temp_dir();
     let dir = root.path().join("device-plugins");
     let mut kubelet = Kubelet::start(Options::new(&dir)).await.expect("kubelet");
-    let mut daemon = start_daemon(&dir, &["--stream-grace-ms=100"]);
+    let mut daemon = start_daemon(&dir, &[]);
     wait_for(&kubelet, &want()).await;
     kubelet.crash().await;
-    std::fs::remove_dir_all(&dir).expect("delete the directory");
+    // `rm -rf` races the daemon serving its deleted sockets again: retried,
+    // as one would from a shell, until the directory is gone.
+    let mut attempts = 0;
+    while let Err(e) = std::fs::remove_dir_all(&dir) {
+        attempts += 1;
+        assert!(attempts < 100, "cannot delete {}: {e}", dir.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         daemon.child.try_wait().expect("wait").is_none(),
@@ -262,6 +271,18 @@ async fn a_deleted_device_plugin_directory_is_followed_when_it_comes_back() {
     for resource in RESOURCES {
         assert_eq!(registers(&kubelet, kubelet.generation(), resource), 1);
     }
+
+    // The next restart is seen through the new directory's watch.
+    kubelet.crash().await;
+    kubelet.start_again().await.expect("start again");
+    let target = want();
+    kubelet
+        .wait_until(
+            move |status| crate::common::counts(status) == target,
+            Duration::from_millis(1500),
+        )
+        .await
+        .expect("registered before the 2 s stream grace: the new directory is watched");
     assert!(daemon.terminate().success());
     kubelet.shutdown().await;
 }

@@ -23,22 +23,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, args: &[&str]) -> Daemon {
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--device-plugin-path")
-            .arg(dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            // GPU_SLICER_TEST_LOGS=1 shows the daemon's logs when debugging.
-            .stderr(if std::env::var_os("GPU_SLICER_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("start gpu-slicer");
-        Daemon { child }
+        Daemon::spawn(daemon_command(dir, args, &[], None))
+    }
+
+    fn spawn(mut command: Command) -> Daemon {
+        Daemon {
+            child: command.spawn().expect("start gpu-slicer"),
+        }
     }
 
     pub fn signal(&self, signal: &str) {
@@ -155,12 +146,26 @@ fn build_test_double(package: &str, artifact: &str) -> PathBuf {
     path
 }
 
-/// Starts the daemon with extra environment variables, its log written to
-/// the returned file (for tests of what an operator reads).
-pub fn start_logged(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Daemon, PathBuf) {
-    let log = aside(dir).join("daemon.log");
-    let file = std::fs::File::create(&log).expect("log file");
-    let mut command = Command::new(BIN);
+/// The daemon's command line as every test starts it. `prelude`, when set,
+/// is shell run first in the same process (`ulimit -n 256`, `umask 000`),
+/// so what it sets holds for the daemon.
+fn daemon_command(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    prelude: Option<&str>,
+) -> Command {
+    let mut command = match prelude {
+        None => Command::new(BIN),
+        Some(prelude) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("{prelude} && exec \"$0\" \"$@\""))
+                .arg(BIN);
+            shell
+        }
+    };
     command
         .arg("run")
         .arg("--device-plugin-path")
@@ -168,14 +173,31 @@ pub fn start_logged(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Daemon,
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(file);
+        // GPU_SLICER_TEST_LOGS=1 shows the daemon's logs when debugging.
+        .stderr(if std::env::var_os("GPU_SLICER_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     for (key, value) in env {
         command.env(key, value);
     }
-    let daemon = Daemon {
-        child: command.spawn().expect("start gpu-slicer"),
-    };
-    (daemon, log)
+    command
+}
+
+/// Starts the daemon after a shell `prelude` (limits, umask) that holds for it.
+pub fn start_under_shell(dir: &Path, prelude: &str, args: &[&str]) -> Daemon {
+    Daemon::spawn(daemon_command(dir, args, &[], Some(prelude)))
+}
+
+/// Starts the daemon with extra environment variables, its log written to
+/// the returned file (for tests of what an operator reads).
+pub fn start_logged(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Daemon, PathBuf) {
+    let log = aside(dir).join("daemon.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut command = daemon_command(dir, args, env, None);
+    command.stderr(file);
+    (Daemon::spawn(command), log)
 }
 
 /// Waits until the log file holds a line containing `needle`; returns it.
@@ -196,25 +218,7 @@ pub async fn wait_for_log(log: &Path, needle: &str) -> String {
 
 /// Starts the daemon with extra environment variables.
 pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-    let mut command = Command::new(BIN);
-    command
-        .arg("run")
-        .arg("--device-plugin-path")
-        .arg(dir)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("GPU_SLICER_TEST_LOGS").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    Daemon {
-        child: command.spawn().expect("start gpu-slicer"),
-    }
+    Daemon::spawn(daemon_command(dir, args, env, None))
 }
 
 /// A free TCP port on 127.0.0.1 (for `--metrics-address`).
