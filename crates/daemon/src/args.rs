@@ -87,8 +87,9 @@ pub struct RunArgs {
         hide_short_help = true
     )]
     pub mig_minors: PathBuf,
-    /// Write a CDI spec for every GPU and MIG device into this directory (e.g. /var/run/cdi)
-    /// when a CDI device-list strategy is on; off when unset.
+    /// Where the CDI spec for every GPU and MIG device is written when a CDI
+    /// device-list strategy is on (default /var/run/cdi, where container
+    /// runtimes look); the daemon refuses to start if it cannot be written.
     #[arg(long, env = "CDI_SPEC_DIR", value_name = "DIR")]
     pub cdi_spec_dir: Option<PathBuf>,
     /// Write node labels (GPU Feature Discovery names) to this Node Feature Discovery

@@ -78,7 +78,8 @@ pub struct Paths {
     pub kubelet_socket: Option<PathBuf>,
     /// Node Feature Discovery feature file to write node labels to; `None` = off.
     pub feature_file: Option<PathBuf>,
-    /// Directory to write a CDI spec into when a CDI strategy is on; `None` = off.
+    /// Directory to write the CDI spec into when a CDI strategy is on;
+    /// `None`: [`DEFAULT_CDI_SPEC_DIR`].
     pub cdi_spec_dir: Option<PathBuf>,
     /// NVIDIA's `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS`.
     pub health_env: HealthEnv,
@@ -135,8 +136,29 @@ impl HealthEnv {
     }
 }
 
+/// Where container runtimes look for CDI specs (NVIDIA's plugin writes
+/// there too).
+pub const DEFAULT_CDI_SPEC_DIR: &str = "/var/run/cdi";
+
+/// Why a setup could not be applied; nothing of it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "a CDI device-list strategy is on, but the CDI spec cannot be written in {dir}: {source}. Container runtimes would not resolve the device names Allocate returns: mount the host's /var/run/cdi into the pod, or point --cdi-spec-dir at a writable directory the runtime reads"
+    )]
+    CdiSpec {
+        dir: PathBuf,
+        #[source]
+        source: crate::files::WriteError,
+    },
+    #[error("cannot encode the CDI spec: {0}")]
+    CdiEncode(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("{0}")]
+    Apply(ApplyError),
     #[error("{0}")]
     Setup(SetupError),
     #[error(
@@ -289,7 +311,12 @@ pub async fn run(
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
     match first {
-        Some((setup, plan)) => daemon.apply(&setup, plan).await,
+        // Refused at start (exit 1): a CDI strategy whose spec cannot be
+        // written would hand out names no runtime resolves.
+        Some((setup, plan)) => daemon
+            .apply(&setup, plan)
+            .await
+            .map_err(DaemonError::Apply)?,
         None => {
             daemon.schedule_discovery();
             daemon.feed(Event::Tick).await;
@@ -334,10 +361,10 @@ pub async fn run(
                 if daemon.on_mig_state(state.as_deref()) {
                     // Repartitioned (or given up): what the GPUs hold now.
                     match load(&source).await {
-                        Ok((setup, plan)) => {
-                            daemon.apply(&setup, plan).await;
-                            daemon.end_repartitioning();
-                        }
+                        Ok((setup, plan)) => match daemon.apply(&setup, plan).await {
+                            Ok(()) => daemon.end_repartitioning(),
+                            Err(e) => tracing::error!("{e}; the GPUs stay withdrawn"),
+                        },
                         Err(e) => {
                             tracing::error!("rediscovery after MIG Manager's change failed: {e}; the GPUs stay withdrawn");
                         }
@@ -349,10 +376,13 @@ pub async fn run(
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
                 match load(&source).await {
-                    Ok((setup, plan)) => {
-                        daemon.apply(&setup, plan).await;
-                        daemon.metrics.count_reload(true);
-                    }
+                    Ok((setup, plan)) => match daemon.apply(&setup, plan).await {
+                        Ok(()) => daemon.metrics.count_reload(true),
+                        Err(e) => {
+                            daemon.metrics.count_reload(false);
+                            tracing::error!("configuration reload refused, keeping the running configuration: {e}");
+                        }
+                    },
                     Err(e) => {
                         daemon.metrics.count_reload(false);
                         tracing::error!("configuration reload refused, keeping the running configuration: {e}");
@@ -365,7 +395,10 @@ pub async fn run(
                         if setup.unreachable.is_empty() {
                             tracing::info!("device discovery succeeded");
                         }
-                        daemon.apply(&setup, plan).await;
+                        if let Err(e) = daemon.apply(&setup, plan).await {
+                            tracing::error!("{e}; retrying");
+                            daemon.schedule_discovery();
+                        }
                     }
                     Err(e) => {
                         tracing::warn!("device discovery failed again: {e}");
@@ -751,7 +784,9 @@ impl Daemon {
     /// Brings the running plugins in line with a new setup: unchanged
     /// resources keep serving, changed ones re-send their list, new ones
     /// start, removed ones send an empty list and stop.
-    async fn apply(&mut self, setup: &Setup, plan: Plan) {
+    async fn apply(&mut self, setup: &Setup, plan: Plan) -> Result<(), ApplyError> {
+        // First, so that a refusal changes nothing.
+        self.write_cdi_spec(setup)?;
         log_plan(&plan);
         self.applied = true;
         self.mig_capable = setup
@@ -816,29 +851,6 @@ impl Daemon {
             self.set_mps_health(name, not_ready.as_deref());
         }
         let health = Arc::new(self.health.clone());
-        if let Some(dir) = &self.paths.cdi_spec_dir
-            && setup
-                .config
-                .flags
-                .plugin
-                .device_list_strategy
-                .iter()
-                .any(|s| s.is_cdi())
-        {
-            let spec = gpu_slicer_core::cdi::spec(
-                &setup.inventory,
-                &setup.files,
-                setup.config.flags.dev_root(),
-            );
-            let path = dir.join(gpu_slicer_core::cdi::SPEC_FILE);
-            match serde_json::to_vec_pretty(&spec) {
-                Ok(text) => match write_atomically(&path, &text, READABLE_FILE_MODE) {
-                    Ok(()) => tracing::info!("wrote CDI spec {}", path.display()),
-                    Err(e) => tracing::error!("cannot write the CDI spec: {e}"),
-                },
-                Err(e) => tracing::error!("cannot encode the CDI spec: {e}"),
-            }
-        }
         let mut names = BTreeSet::new();
         for resource in plan.resources {
             let name = resource.name.clone();
@@ -869,6 +881,34 @@ impl Daemon {
         }
         self.feed(Event::Apply(names)).await;
         self.update_health_gauges();
+        Ok(())
+    }
+
+    /// With a CDI device-list strategy, writes the spec every name Allocate
+    /// returns resolves in: to `--cdi-spec-dir`, by default
+    /// [`DEFAULT_CDI_SPEC_DIR`], where container runtimes look.
+    fn write_cdi_spec(&self, setup: &Setup) -> Result<(), ApplyError> {
+        let strategies = &setup.config.flags.plugin.device_list_strategy;
+        if !strategies.iter().any(|s| s.is_cdi()) {
+            return Ok(());
+        }
+        let dir = self
+            .paths
+            .cdi_spec_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CDI_SPEC_DIR));
+        let spec = gpu_slicer_core::cdi::spec(
+            &setup.inventory,
+            &setup.files,
+            setup.config.flags.dev_root(),
+        );
+        let path = dir.join(gpu_slicer_core::cdi::SPEC_FILE);
+        let text =
+            serde_json::to_vec_pretty(&spec).map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
+        write_atomically(&path, &text, READABLE_FILE_MODE)
+            .map_err(|source| ApplyError::CdiSpec { dir, source })?;
+        tracing::info!("wrote CDI spec {}", path.display());
+        Ok(())
     }
 
     /// GPUs discovery could not read stay unadvertised and discovery is

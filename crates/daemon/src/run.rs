@@ -29,7 +29,7 @@ pub struct RunOptions {
     pub nvml_lib: Option<PathBuf>,
     /// The driver's MIG capability minors (default `/proc/driver/nvidia-caps/mig-minors`).
     pub mig_minors: Option<PathBuf>,
-    /// Write a CDI spec here when a CDI strategy is on; `None` = off.
+    /// Write the CDI spec here when a CDI strategy is on; `None`: /var/run/cdi.
     pub cdi_spec_dir: Option<PathBuf>,
     /// Write node labels here (NFD feature file); `None` = off.
     pub feature_file: Option<PathBuf>,

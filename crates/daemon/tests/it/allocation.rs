@@ -144,3 +144,41 @@ async fn refusals_carry_codes_that_fit() {
     );
     kubelet.shutdown().await;
 }
+
+/// A CDI strategy whose spec cannot be written would hand out device names
+/// no runtime resolves: refused at start, saying what to mount.
+#[test]
+fn a_cdi_strategy_without_a_writable_spec_directory_is_refused_at_start() {
+    let dir = temp_dir();
+    // A file where the spec directory should be.
+    let blocked = crate::common::aside(dir.path()).join("cdi");
+    std::fs::write(&blocked, "not a directory").expect("plant a file");
+    let out = std::process::Command::new(crate::BIN)
+        .args([
+            "run",
+            "--simulate",
+            "g5.xlarge",
+            "--device-list-strategy",
+            "cdi-cri",
+            "--cdi-spec-dir",
+        ])
+        .arg(&blocked)
+        .arg("--device-plugin-path")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: a CDI device-list strategy is on, but the CDI spec cannot be written in {}: ",
+            blocked.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        last.contains("mount the host's /var/run/cdi into the pod"),
+        "{last}"
+    );
+}
