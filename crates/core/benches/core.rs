@@ -82,6 +82,7 @@ fn build(name: &str) -> Node {
         files: NodeDeviceFiles {
             control: Vec::new(),
             mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+            ..Default::default()
         },
         links: LinkScores::from_inventory(&inventory),
         inventory,

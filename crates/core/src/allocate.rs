@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{DeviceIdStrategy, DeviceListStrategy, Flags};
-use crate::device_nodes;
 pub use crate::device_nodes::NodeDeviceFiles;
+use crate::device_nodes::{self, DeviceClass};
 use crate::placement::id_for_message;
 use crate::plan::{Physical, Resource};
 
@@ -133,13 +133,11 @@ pub fn allocate(
             .iter()
             .map(|id| format!("k8s.device-plugin.nvidia.com/gpu={id}"))
             .collect();
-        for (enabled, class) in [
-            (flags.gdrcopy_enabled, "gdrcopy"),
-            (flags.gds_enabled, "gds"),
-            (flags.mofed_enabled, "mofed"),
-        ] {
-            if enabled {
-                names.push(format!("k8s.device-plugin.nvidia.com/{class}=all"));
+        // Only classes the node has: a name no spec defines would make the
+        // runtime refuse the container (the daemon warns about the rest).
+        for class in enabled_classes(flags) {
+            if !files.classes.of(class).is_empty() {
+                names.push(format!("{}=all", crate::cdi::class_kind(class)));
             }
         }
         if uses(DeviceListStrategy::CdiAnnotations) {
@@ -159,14 +157,8 @@ pub fn allocate(
     // container reaches its resource's control daemon through the pipe
     // directory and shares the server's /dev/shm.
     let mps_mounts = mps_access(resource, flags, &mut response);
-    for (enabled, key) in [
-        (flags.gdrcopy_enabled, "NVIDIA_GDRCOPY"),
-        (flags.gds_enabled, "NVIDIA_GDS"),
-        (flags.mofed_enabled, "NVIDIA_MOFED"),
-    ] {
-        if enabled {
-            response.envs.insert(key.into(), "enabled".into());
-        }
+    for class in enabled_classes(flags) {
+        response.envs.insert(class.env().into(), "enabled".into());
     }
     if strategies.iter().all(|s| s.is_cdi()) {
         response.mounts.extend(mps_mounts);
@@ -196,6 +188,15 @@ pub fn allocate(
     }
     response.mounts.extend(mps_mounts);
     Ok(response)
+}
+
+/// The optional device classes the flags turn on.
+pub fn enabled_classes(flags: &Flags) -> impl Iterator<Item = DeviceClass> + '_ {
+    DeviceClass::ALL.into_iter().filter(|class| match class {
+        DeviceClass::Gdrcopy => flags.gdrcopy_enabled,
+        DeviceClass::Gds => flags.gds_enabled,
+        DeviceClass::Mofed => flags.mofed_enabled,
+    })
 }
 
 /// For an MPS replica: `CUDA_MPS_PIPE_DIRECTORY` (as the container sees
@@ -314,6 +315,7 @@ mod tests {
         let files = NodeDeviceFiles {
             control: vec!["/dev/nvidiactl".into(), "/dev/nvidia-uvm".into()],
             mig_caps: NodeDeviceFiles::synthetic_mig_minors(3),
+            ..Default::default()
         };
         allocate(resource, &ids, &config.flags, &files, "fixed")
     }
@@ -374,6 +376,7 @@ mod tests {
             let files = NodeDeviceFiles {
                 control: vec!["/dev/nvidiactl".into()],
                 mig_caps: NodeDeviceFiles::synthetic_mig_minors(2),
+                ..Default::default()
             };
             let response = allocate(resource, &["GPU-1::2".into()], &config.flags, &files, "id")
                 .expect("allocated");
@@ -685,24 +688,39 @@ mod tests {
     }
 
     #[test]
-    fn gdrcopy_gds_and_mofed_add_env_and_cdi_names() {
+    fn gdrcopy_gds_and_mofed_add_env_and_only_the_cdi_names_the_node_has() {
         let mut config = config(1, false);
         config.flags.gdrcopy_enabled = true;
         config.flags.gds_enabled = true;
         config.flags.mofed_enabled = true;
         config.flags.plugin.device_list_strategy =
             vec![DeviceListStrategy::Envvar, DeviceListStrategy::CdiCri];
+        // None of the classes on this node: the env as NVIDIA sets it, but
+        // no CDI name a spec would not define.
         let got = run(&config, "nvidia.com/gpu", &["GPU-0"]).expect("ok");
         for key in ["NVIDIA_GDRCOPY", "NVIDIA_GDS", "NVIDIA_MOFED"] {
             assert_eq!(got.envs[key], "enabled", "{key}");
         }
+        let names: Vec<&str> = got.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["k8s.device-plugin.nvidia.com/gpu=GPU-0"]);
+        // GDRCopy and MOFED present: named.
+        let plan = plan(&node(), &config);
+        let files = NodeDeviceFiles {
+            classes: device_nodes::ClassNodes {
+                gdrcopy: vec!["/dev/gdrdrv".into()],
+                gds: vec![],
+                mofed: vec!["/dev/infiniband/uverbs0".into()],
+            },
+            ..Default::default()
+        };
+        let resource = plan.resource("nvidia.com/gpu").expect("planned");
+        let got = allocate(resource, &["GPU-0".into()], &config.flags, &files, "x").expect("ok");
         let names: Vec<&str> = got.cdi_devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
             vec![
                 "k8s.device-plugin.nvidia.com/gpu=GPU-0",
                 "k8s.device-plugin.nvidia.com/gdrcopy=all",
-                "k8s.device-plugin.nvidia.com/gds=all",
                 "k8s.device-plugin.nvidia.com/mofed=all",
             ]
         );

@@ -2,8 +2,10 @@
 //! needs to resolve the names Allocate hands out
 //! (`k8s.device-plugin.nvidia.com/gpu=<id>`) without NVIDIA's toolkit.
 //!
-//! Off by default (`--cdi-spec-dir`). Pure: inventory → spec; the daemon
-//! writes it atomically whenever the plan is applied.
+//! Written with a CDI device-list strategy (`--cdi-spec-dir`, default
+//! `/var/run/cdi`). Pure: inventory → spec; the daemon writes it atomically
+//! whenever the plan is applied. The optional classes (gdrcopy, gds, mofed)
+//! get a spec each, with the device `all`, when the node has their nodes.
 //!
 //! Each device (named by UUID and by index, since `deviceIDStrategy` picks
 //! either) carries its device nodes: `/dev/nvidia<minor>`, plus the GPU- and
@@ -16,7 +18,7 @@
 
 use serde_json::{Value, json};
 
-use crate::device_nodes::{self, NodeDeviceFiles};
+use crate::device_nodes::{self, DeviceClass, NodeDeviceFiles};
 use crate::gpu::Inventory;
 
 pub const KIND: &str = "k8s.device-plugin.nvidia.com/gpu";
@@ -28,6 +30,35 @@ fn node(container_path: &str, dev_root: &str) -> Value {
         "hostPath": device_nodes::host_path(dev_root, container_path),
         "permissions": "rw",
     })
+}
+
+/// The CDI kind of an optional class (`k8s.device-plugin.nvidia.com/gdrcopy`).
+pub fn class_kind(class: DeviceClass) -> String {
+    format!("k8s.device-plugin.nvidia.com/{}", class.as_str())
+}
+
+/// The spec file of an optional class.
+pub fn class_spec_file(class: DeviceClass) -> String {
+    format!("k8s.device-plugin.nvidia.com-{}.json", class.as_str())
+}
+
+/// The spec of an optional class: one device, `all`, with the class's
+/// nodes; `None` when the node has none (no spec, and Allocate names none).
+pub fn class_spec(class: DeviceClass, files: &NodeDeviceFiles, dev_root: &str) -> Option<Value> {
+    let nodes = files.classes.of(class);
+    if nodes.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "cdiVersion": "0.5.0",
+        "kind": class_kind(class),
+        "devices": [{
+            "name": "all",
+            "containerEdits": {
+                "deviceNodes": nodes.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+            },
+        }],
+    }))
 }
 
 /// The CDI spec for every GPU and MIG device of the node.
@@ -71,6 +102,24 @@ pub fn spec(inventory: &Inventory, files: &NodeDeviceFiles, dev_root: &str) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_optional_class_has_a_spec_only_when_present() {
+        let mut files = NodeDeviceFiles::default();
+        assert_eq!(class_spec(DeviceClass::Gdrcopy, &files, "/"), None);
+        files.classes.gdrcopy = vec!["/dev/gdrdrv".into()];
+        let spec = class_spec(DeviceClass::Gdrcopy, &files, "/run/nvidia/driver").expect("spec");
+        assert_eq!(spec["kind"], "k8s.device-plugin.nvidia.com/gdrcopy");
+        assert_eq!(spec["devices"][0]["name"], "all");
+        assert_eq!(
+            spec["devices"][0]["containerEdits"]["deviceNodes"][0],
+            json!({"path": "/dev/gdrdrv", "hostPath": "/run/nvidia/driver/dev/gdrdrv", "permissions": "rw"})
+        );
+        assert_eq!(
+            class_spec_file(DeviceClass::Mofed),
+            "k8s.device-plugin.nvidia.com-mofed.json"
+        );
+    }
     use crate::gpu::simulated;
 
     #[test]
@@ -80,6 +129,7 @@ mod tests {
         let files = NodeDeviceFiles {
             control: vec!["/dev/nvidiactl".into()],
             mig_caps: NodeDeviceFiles::synthetic_mig_minors(8),
+            ..Default::default()
         };
         let spec = spec(&inventory, &files, "/run/nvidia/driver");
         assert_eq!(spec["kind"], KIND);

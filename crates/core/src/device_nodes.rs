@@ -22,13 +22,84 @@ pub fn host_path(dev_root: &str, container_path: &str) -> String {
 }
 
 /// Device nodes of this node that are not tied to one GPU: control nodes
-/// found under the dev root, and the MIG capability minors.
+/// found under the dev root, the MIG capability minors, and the nodes of
+/// the optional device classes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeDeviceFiles {
     /// Present control nodes, e.g. `/dev/nvidiactl`, `/dev/nvidia-uvm`.
     pub control: Vec<String>,
     /// `(gpu minor, GI id, CI id)` → (GI capability minor, CI capability minor).
     pub mig_caps: HashMap<(u32, u32, u32), (u32, u32)>,
+    /// Present nodes of each optional class (empty: the class is absent).
+    pub classes: ClassNodes,
+}
+
+/// The optional device classes Allocate can hand out beside the GPUs
+/// (`gdrcopyEnabled`, `gdsEnabled`, `mofedEnabled`), by CDI class name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeviceClass {
+    Gdrcopy,
+    Gds,
+    Mofed,
+}
+
+impl DeviceClass {
+    pub const ALL: [DeviceClass; 3] = [DeviceClass::Gdrcopy, DeviceClass::Gds, DeviceClass::Mofed];
+
+    /// The CDI class (`k8s.device-plugin.nvidia.com/<class>=all`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Gdrcopy => "gdrcopy",
+            DeviceClass::Gds => "gds",
+            DeviceClass::Mofed => "mofed",
+        }
+    }
+
+    /// The environment variable NVIDIA's plugin sets for it.
+    pub fn env(self) -> &'static str {
+        match self {
+            DeviceClass::Gdrcopy => "NVIDIA_GDRCOPY",
+            DeviceClass::Gds => "NVIDIA_GDS",
+            DeviceClass::Mofed => "NVIDIA_MOFED",
+        }
+    }
+
+    /// Which device nodes make the class, under the dev root: GDRCopy's
+    /// `/dev/gdrdrv`, GPUDirect Storage's `/dev/nvidia-fs*`, and the RDMA
+    /// nodes of MLNX_OFED in `/dev/infiniband/`.
+    pub fn matches(self, dev_relative: &str) -> bool {
+        match self {
+            DeviceClass::Gdrcopy => dev_relative == "gdrdrv",
+            DeviceClass::Gds => dev_relative.starts_with("nvidia-fs"),
+            DeviceClass::Mofed => dev_relative.starts_with("infiniband/"),
+        }
+    }
+}
+
+/// The present device nodes of each optional class (container paths).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassNodes {
+    pub gdrcopy: Vec<String>,
+    pub gds: Vec<String>,
+    pub mofed: Vec<String>,
+}
+
+impl ClassNodes {
+    pub fn of(&self, class: DeviceClass) -> &[String] {
+        match class {
+            DeviceClass::Gdrcopy => &self.gdrcopy,
+            DeviceClass::Gds => &self.gds,
+            DeviceClass::Mofed => &self.mofed,
+        }
+    }
+
+    pub fn of_mut(&mut self, class: DeviceClass) -> &mut Vec<String> {
+        match class {
+            DeviceClass::Gdrcopy => &mut self.gdrcopy,
+            DeviceClass::Gds => &mut self.gds,
+            DeviceClass::Mofed => &mut self.mofed,
+        }
+    }
 }
 
 impl NodeDeviceFiles {

@@ -892,6 +892,17 @@ impl Daemon {
         if !strategies.iter().any(|s| s.is_cdi()) {
             return Ok(());
         }
+        for class in gpu_slicer_core::allocate::enabled_classes(&setup.config.flags) {
+            if setup.files.classes.of(class).is_empty() {
+                tracing::warn!(
+                    "{} is enabled, but this node has none of its device nodes: containers get {}=enabled and no \
+                     CDI device {}=all (no spec would define it)",
+                    class.as_str(),
+                    class.env(),
+                    gpu_slicer_core::cdi::class_kind(class)
+                );
+            }
+        }
         let dir = self
             .paths
             .cdi_spec_dir
@@ -905,9 +916,48 @@ impl Daemon {
         let path = dir.join(gpu_slicer_core::cdi::SPEC_FILE);
         let text =
             serde_json::to_vec_pretty(&spec).map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
-        write_atomically(&path, &text, READABLE_FILE_MODE)
-            .map_err(|source| ApplyError::CdiSpec { dir, source })?;
+        write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| {
+            ApplyError::CdiSpec {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
         tracing::info!("wrote CDI spec {}", path.display());
+        // The optional classes Allocate names: a spec each; a spec of a
+        // class no longer named goes.
+        let enabled: Vec<_> =
+            gpu_slicer_core::allocate::enabled_classes(&setup.config.flags).collect();
+        for class in gpu_slicer_core::device_nodes::DeviceClass::ALL {
+            let path = dir.join(gpu_slicer_core::cdi::class_spec_file(class));
+            let spec = enabled
+                .contains(&class)
+                .then(|| {
+                    gpu_slicer_core::cdi::class_spec(
+                        class,
+                        &setup.files,
+                        setup.config.flags.dev_root(),
+                    )
+                })
+                .flatten();
+            match spec {
+                Some(spec) => {
+                    let text = serde_json::to_vec_pretty(&spec)
+                        .map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
+                    write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| {
+                        ApplyError::CdiSpec {
+                            dir: dir.clone(),
+                            source,
+                        }
+                    })?;
+                    tracing::info!("wrote CDI spec {}", path.display());
+                }
+                None => match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!("removed CDI spec {}", path.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+                },
+            }
+        }
         Ok(())
     }
 

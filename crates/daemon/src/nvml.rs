@@ -781,8 +781,48 @@ pub fn device_files(opts: &NvmlOptions) -> Result<NodeDeviceFiles, NvmlError> {
             });
         }
     };
-    Ok(NodeDeviceFiles { control, mig_caps })
+    Ok(NodeDeviceFiles {
+        control,
+        mig_caps,
+        classes: class_nodes(&opts.dev_root),
+    })
 }
+
+/// The present nodes of the optional device classes under the dev root
+/// (`gdrdrv`, `nvidia-fs*`, `infiniband/*`), as container paths, sorted.
+/// Bounded: a dev directory is small, and at most [`MAX_CLASS_NODES`] are
+/// taken per class.
+pub fn class_nodes(dev_root: &Path) -> gpu_slicer_core::device_nodes::ClassNodes {
+    use gpu_slicer_core::device_nodes::{ClassNodes, DeviceClass};
+    let mut out = ClassNodes::default();
+    let mut names: Vec<String> = Vec::new();
+    let list = |dir: &Path, prefix: &str, names: &mut Vec<String>| {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten().take(4096) {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(format!("{prefix}{name}"));
+                }
+            }
+        }
+    };
+    list(dev_root, "", &mut names);
+    list(&dev_root.join("infiniband"), "infiniband/", &mut names);
+    names.sort();
+    for class in DeviceClass::ALL {
+        let nodes = out.of_mut(class);
+        nodes.extend(
+            names
+                .iter()
+                .filter(|n| class.matches(n))
+                .take(MAX_CLASS_NODES)
+                .map(|n| format!("/dev/{n}")),
+        );
+    }
+    out
+}
+
+/// The most device nodes one optional class hands out.
+const MAX_CLASS_NODES: usize = 256;
 
 /// Name suffix of an NVML GPU-instance profile enum value (`+me`, `-me`,
 /// `+me.all`, `+gfx`, or none).
@@ -993,5 +1033,20 @@ mod tests {
             ..opts
         };
         assert!(device_files(&opts).unwrap().mig_caps.is_empty());
+        assert_eq!(files.classes, Default::default(), "no optional class here");
+
+        std::fs::write(dir.path().join("gdrdrv"), "").unwrap();
+        std::fs::write(dir.path().join("nvidia-fs0"), "").unwrap();
+        std::fs::write(dir.path().join("nvidia-fs1"), "").unwrap();
+        std::fs::create_dir(dir.path().join("infiniband")).unwrap();
+        std::fs::write(dir.path().join("infiniband/uverbs0"), "").unwrap();
+        std::fs::write(dir.path().join("infiniband/rdma_cm"), "").unwrap();
+        let classes = device_files(&opts).unwrap().classes;
+        assert_eq!(classes.gdrcopy, vec!["/dev/gdrdrv"]);
+        assert_eq!(classes.gds, vec!["/dev/nvidia-fs0", "/dev/nvidia-fs1"]);
+        assert_eq!(
+            classes.mofed,
+            vec!["/dev/infiniband/rdma_cm", "/dev/infiniband/uverbs0"]
+        );
     }
 }

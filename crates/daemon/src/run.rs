@@ -165,6 +165,7 @@ pub fn setup_source(
             let files = NodeDeviceFiles {
                 control: Vec::new(),
                 mig_caps: NodeDeviceFiles::synthetic_mig_minors(inventory.gpus.len() as u32),
+                ..Default::default()
             };
             loaded.store(true, Ordering::Relaxed);
             return Ok(Setup {

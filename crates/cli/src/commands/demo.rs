@@ -91,6 +91,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         files: NodeDeviceFiles {
             control: Vec::new(),
             mig_caps: NodeDeviceFiles::synthetic_mig_minors(gpus as u32),
+            ..Default::default()
         },
         inventory,
         config,
