@@ -94,6 +94,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
+    /// MIG layouts on this node.
+    Mig {
+        #[command(subcommand)]
+        command: MigCommand,
+    },
     /// Karpenter helpers.
     Karpenter {
         #[command(subcommand)]
@@ -107,6 +112,28 @@ enum Command {
         files: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigCommand {
+    /// Print the NVML operations that would give this node's GPUs LAYOUT
+    /// (all-balanced, all-1g.5gb, 1g.5gb=2,3g.20gb=1, all-disabled), and why.
+    Apply {
+        /// A named layout or a custom profile=count list.
+        layout: String,
+        /// Print the operations only (required: applying is not built).
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "NVML_LIB", value_name = "PATH")]
+        nvml_lib: Option<PathBuf>,
+        #[arg(
+            long,
+            env = "DRIVER_ROOT_CTR_PATH",
+            value_name = "DIR",
+            default_value = "/"
+        )]
+        driver_root_ctr_path: PathBuf,
     },
 }
 
@@ -165,6 +192,7 @@ fn args() -> Vec<std::ffi::OsString> {
             "demo",
             "plan",
             "gpus",
+            "mig",
             "karpenter",
             "lint",
             "help",
@@ -264,6 +292,32 @@ fn main() -> ExitCode {
                 json: matches!(output, OutputFormat::Json),
             })
             .map(|text| print!("{text}"))
+        }
+        Command::Mig {
+            command:
+                MigCommand::Apply {
+                    layout,
+                    dry_run,
+                    nvml_lib,
+                    driver_root_ctr_path,
+                },
+        } => {
+            init_tracing(cli.log_format, "warn");
+            if dry_run {
+                commands::gpus::mig_apply_dry_run(
+                    &commands::gpus::GpusOptions {
+                        nvml_lib,
+                        driver_root: driver_root_ctr_path,
+                        json: false,
+                    },
+                    &layout,
+                )
+                .map(|text| print!("{text}"))
+            } else {
+                Err("applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML \
+                     operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"
+                    .to_string())
+            }
         }
         Command::Run(args) => {
             init_tracing(cli.log_format, "info");

@@ -24,6 +24,7 @@ pub mod device_nodes;
 pub mod gpu;
 pub mod health;
 pub mod labels;
+pub mod mig_change;
 pub mod mps;
 pub mod placement;
 pub mod plan;

@@ -124,3 +124,37 @@ pub fn text(gpus: &[GpuReport]) -> String {
     }
     out
 }
+
+/// `gpu-slicer mig apply --dry-run LAYOUT`: the NVML operations that would
+/// give this node's GPUs `layout`, and why; nothing is changed.
+pub fn mig_apply_dry_run(options: &GpusOptions, layout: &str) -> Result<String, String> {
+    use gpu_slicer_core::mig_change::{GpuNow, plan, render};
+    let nvml = NvmlOptions {
+        lib_path: options.nvml_lib.clone(),
+        driver_root: options.driver_root.clone(),
+        ..NvmlOptions::default()
+    };
+    let gpus = report(&nvml).map_err(|e| e.to_string())?;
+    let now: Vec<GpuNow> = gpus
+        .iter()
+        .map(|g| GpuNow {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            mig_current: g.mig.as_ref().is_some_and(|m| m.current),
+            mig_pending: g.mig.as_ref().is_some_and(|m| m.pending),
+            devices: g
+                .mig
+                .as_ref()
+                .map(|m| {
+                    m.devices
+                        .iter()
+                        .map(|d| (d.profile.clone(), d.gpu_instance_id, d.compute_instance_id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    let changes = plan(&now, layout).map_err(|e| e.to_string())?;
+    Ok(render(&changes, layout))
+}

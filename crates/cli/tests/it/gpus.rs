@@ -78,3 +78,52 @@ fn the_profile_table_placements_and_mig_devices_are_shown() {
     );
     assert_eq!(json[1]["mig"]["devices"], serde_json::json!([]));
 }
+
+#[test]
+fn mig_apply_dry_run_prints_the_operations_and_applying_is_refused() {
+    let dir = temp_dir();
+    let mut inventory =
+        simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("p4d");
+    inventory.gpus.truncate(1);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let dry_run = |layout: &str| {
+        let out = Command::new(BIN)
+            .args(["mig", "apply", "--dry-run", layout, "--nvml-lib"])
+            .arg(fake_nvml())
+            .env("FAKE_NVML_TOPOLOGY", &topology)
+            .env_remove("FAKE_NVML_FAIL")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let text = dry_run("all-balanced");
+    assert!(text.contains(": already holds 'all-balanced'\n"), "{text}");
+    let text = dry_run("all-1g.5gb");
+    assert!(
+        text.contains("holds other instances; replacing them with 'all-1g.5gb'"),
+        "{text}"
+    );
+    assert_eq!(text.matches("nvmlGpuInstanceDestroy(").count(), 4, "{text}");
+    assert_eq!(
+        text.matches("nvmlDeviceCreateGpuInstanceWithPlacement(profile 19 (1g.5gb)")
+            .count(),
+        7,
+        "{text}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["mig", "apply", "all-balanced"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"
+    );
+}

@@ -74,7 +74,11 @@ async fn cdi_names_resolve_in_the_written_spec() {
     let names = &container.merged.cdi_devices;
     assert_eq!(names.len(), 1, "only the device, no gdrcopy=all: {names:?}");
     assert_eq!(container.merged.envs["NVIDIA_GDRCOPY"], "enabled");
-    assert!(!cdi_dir.join("k8s.device-plugin.nvidia.com-gdrcopy.json").exists());
+    assert!(
+        !cdi_dir
+            .join("k8s.device-plugin.nvidia.com-gdrcopy.json")
+            .exists()
+    );
     let (kind, id) = names[0].split_once('=').expect("vendor/class=name");
     assert_eq!(kind, "k8s.device-plugin.nvidia.com/gpu");
     assert!(id.contains(':'), "index form for a MIG device: {id}");

@@ -1,0 +1,365 @@
+//! What changing a GPU's MIG layout takes, as NVML operations, decided from
+//! what the GPU holds now and the layout wanted. Pure: `gpu-slicer mig
+//! apply --dry-run` prints the plan; nothing here touches a GPU.
+//!
+//! Per GPU, as mig-parted does: a GPU already holding exactly the wanted
+//! instances is left alone; otherwise its compute and GPU instances are
+//! destroyed and the wanted ones created at the catalog's placements
+//! (largest first, lowest free start), each with one compute instance over
+//! the whole GPU instance. Turning MIG mode on or off is an operation of
+//! its own that takes effect only after a GPU reset (on some systems a
+//! reboot): the plan says so and goes no further for that GPU, since
+//! instances cannot be created before the reset.
+
+use std::fmt;
+
+use crate::gpu::catalog::{self, CatalogError, GpuModel};
+
+/// One GPU as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuNow {
+    pub index: u32,
+    pub uuid: String,
+    /// The product name NVML reports.
+    pub model: String,
+    pub mig_current: bool,
+    pub mig_pending: bool,
+    /// Existing MIG devices: (profile name, GI id, CI id).
+    pub devices: Vec<(String, u32, u32)>,
+}
+
+/// One NVML operation, in the order to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    SetMigMode {
+        enable: bool,
+    },
+    DestroyComputeInstance {
+        gpu_instance: u32,
+        compute_instance: u32,
+    },
+    DestroyGpuInstance {
+        gpu_instance: u32,
+    },
+    CreateGpuInstance {
+        profile: &'static str,
+        profile_id: u32,
+        start: u32,
+        size: u32,
+        gpu_instance: u32,
+    },
+    CreateComputeInstance {
+        gpu_instance: u32,
+        slices: u32,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::SetMigMode { enable } => write!(
+                f,
+                "nvmlDeviceSetMigMode({})",
+                if *enable {
+                    "NVML_DEVICE_MIG_ENABLE"
+                } else {
+                    "NVML_DEVICE_MIG_DISABLE"
+                }
+            ),
+            Op::DestroyComputeInstance {
+                gpu_instance,
+                compute_instance,
+            } => write!(
+                f,
+                "nvmlComputeInstanceDestroy(GPU instance {gpu_instance}, compute instance {compute_instance})"
+            ),
+            Op::DestroyGpuInstance { gpu_instance } => {
+                write!(f, "nvmlGpuInstanceDestroy(GPU instance {gpu_instance})")
+            }
+            Op::CreateGpuInstance {
+                profile,
+                profile_id,
+                start,
+                size,
+                gpu_instance,
+            } => write!(
+                f,
+                "nvmlDeviceCreateGpuInstanceWithPlacement(profile {profile_id} ({profile}), start {start}, size {size}) -> GPU instance {gpu_instance}"
+            ),
+            Op::CreateComputeInstance {
+                gpu_instance,
+                slices,
+            } => write!(
+                f,
+                "nvmlGpuInstanceCreateComputeInstance(GPU instance {gpu_instance}, {slices}-slice profile: the whole instance)"
+            ),
+        }
+    }
+}
+
+/// What one GPU needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuChange {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    /// Why (or why nothing).
+    pub reason: String,
+    pub ops: Vec<Op>,
+    /// The change stops at a MIG mode switch that needs a GPU reset.
+    pub needs_reset: bool,
+}
+
+/// The operations that give every GPU of the node `layout` (a named layout
+/// such as `all-balanced`, or `1g.5gb=2,3g.20gb=1`). GPUs without MIG are
+/// left as they are (so `all-disabled` is a no-op for them).
+pub fn plan(gpus: &[GpuNow], layout: &str) -> Result<Vec<GpuChange>, CatalogError> {
+    gpus.iter().map(|gpu| plan_gpu(gpu, layout)).collect()
+}
+
+fn plan_gpu(gpu: &GpuNow, layout: &str) -> Result<GpuChange, CatalogError> {
+    let mut change = GpuChange {
+        index: gpu.index,
+        uuid: gpu.uuid.clone(),
+        model: gpu.model.clone(),
+        reason: String::new(),
+        ops: Vec::new(),
+        needs_reset: false,
+    };
+    let Some(model) = catalog::model(&gpu.model).filter(|m| m.mig_capable()) else {
+        change.reason = "not MIG-capable (or not in the catalog): left as it is".into();
+        return Ok(change);
+    };
+    let wanted = catalog::layout(model, layout)?;
+    if !wanted.mig_enabled() {
+        destroy_all(gpu, &mut change.ops);
+        if gpu.mig_current || gpu.mig_pending {
+            change.ops.push(Op::SetMigMode { enable: false });
+            change.needs_reset = gpu.mig_current;
+            change.reason = "MIG mode is on; turning it off takes effect after a GPU reset".into();
+        } else {
+            change.reason = "MIG mode is already off".into();
+        }
+        return Ok(change);
+    }
+    if !gpu.mig_current {
+        change.ops.push(Op::SetMigMode { enable: true });
+        change.needs_reset = true;
+        change.reason = format!(
+            "MIG mode is off{}; turning it on takes effect after a GPU reset, and the instances of '{layout}' can only be created after it",
+            if gpu.mig_pending {
+                " (already pending on)"
+            } else {
+                ""
+            }
+        );
+        return Ok(change);
+    }
+    let profiles = wanted.profiles().to_vec();
+    if holds_exactly(gpu, &profiles) {
+        change.reason = format!("already holds '{layout}'");
+        return Ok(change);
+    }
+    destroy_all(gpu, &mut change.ops);
+    create(model, &profiles, &mut change.ops)?;
+    change.reason = if gpu.devices.is_empty() {
+        format!("MIG mode is on with no instances; creating '{layout}'")
+    } else {
+        format!("holds other instances; replacing them with '{layout}'")
+    };
+    Ok(change)
+}
+
+/// The GPU holds one full compute instance per wanted GPU instance, of the
+/// wanted profiles (order aside).
+fn holds_exactly(gpu: &GpuNow, profiles: &[&'static catalog::MigProfile]) -> bool {
+    let mut have: Vec<&str> = gpu.devices.iter().map(|(p, _, _)| p.as_str()).collect();
+    let mut want: Vec<&str> = profiles.iter().map(|p| p.name).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    have == want
+}
+
+fn destroy_all(gpu: &GpuNow, ops: &mut Vec<Op>) {
+    for (_, gi, ci) in &gpu.devices {
+        ops.push(Op::DestroyComputeInstance {
+            gpu_instance: *gi,
+            compute_instance: *ci,
+        });
+    }
+    let mut gis: Vec<u32> = gpu.devices.iter().map(|(_, gi, _)| *gi).collect();
+    gis.sort_unstable();
+    gis.dedup();
+    for gi in gis {
+        ops.push(Op::DestroyGpuInstance { gpu_instance: gi });
+    }
+}
+
+fn create(
+    model: &GpuModel,
+    profiles: &[&'static catalog::MigProfile],
+    ops: &mut Vec<Op>,
+) -> Result<(), CatalogError> {
+    let mut placements = catalog::place(model, profiles)?;
+    // Largest first, as they were fitted.
+    placements.sort_by(|a, b| {
+        b.profile
+            .placement_size
+            .cmp(&a.profile.placement_size)
+            .then(a.start.cmp(&b.start))
+    });
+    for p in placements {
+        ops.push(Op::CreateGpuInstance {
+            profile: p.profile.name,
+            profile_id: p.profile.id,
+            start: p.start,
+            size: p.profile.placement_size,
+            gpu_instance: p.gpu_instance_id,
+        });
+        ops.push(Op::CreateComputeInstance {
+            gpu_instance: p.gpu_instance_id,
+            slices: p.profile.compute_slices,
+        });
+    }
+    Ok(())
+}
+
+/// The plan as a person reads it.
+pub fn render(changes: &[GpuChange], layout: &str) -> String {
+    let mut out = format!("MIG layout '{layout}' (dry run: nothing is changed)\n");
+    for c in changes {
+        out.push_str(&format!(
+            "GPU {} ({}, {}): {}\n",
+            c.index, c.model, c.uuid, c.reason
+        ));
+        for op in &c.ops {
+            out.push_str(&format!("  {op}\n"));
+        }
+        if c.needs_reset {
+            out.push_str(
+                "  then: a GPU reset (or a reboot), which gpu-slicer never does itself; MIG Manager would report state 'rebooting'\n",
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h200(mig: bool, devices: &[(&str, u32, u32)]) -> GpuNow {
+        GpuNow {
+            index: 0,
+            uuid: "GPU-0".into(),
+            model: "NVIDIA H200".into(),
+            mig_current: mig,
+            mig_pending: mig,
+            devices: devices
+                .iter()
+                .map(|(p, g, c)| (p.to_string(), *g, *c))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn mig_off_needs_the_mode_and_a_reset_first() {
+        let c = &plan(&[h200(false, &[])], "all-balanced").expect("plan")[0];
+        assert_eq!(c.ops, vec![Op::SetMigMode { enable: true }]);
+        assert!(c.needs_reset);
+        assert!(c.reason.contains("after a GPU reset"), "{}", c.reason);
+    }
+
+    #[test]
+    fn an_empty_mig_gpu_gets_the_layout_largest_first_at_the_catalogs_placements() {
+        let c = &plan(&[h200(true, &[])], "all-balanced").expect("plan")[0];
+        let text: Vec<String> = c.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "nvmlDeviceCreateGpuInstanceWithPlacement(profile 9 (3g.71gb), start 4, size 4) -> GPU instance 2",
+                "nvmlGpuInstanceCreateComputeInstance(GPU instance 2, 3-slice profile: the whole instance)",
+                "nvmlDeviceCreateGpuInstanceWithPlacement(profile 14 (2g.35gb), start 0, size 2) -> GPU instance 3",
+                "nvmlGpuInstanceCreateComputeInstance(GPU instance 3, 2-slice profile: the whole instance)",
+                "nvmlDeviceCreateGpuInstanceWithPlacement(profile 19 (1g.18gb), start 2, size 1) -> GPU instance 9",
+                "nvmlGpuInstanceCreateComputeInstance(GPU instance 9, 1-slice profile: the whole instance)",
+                "nvmlDeviceCreateGpuInstanceWithPlacement(profile 19 (1g.18gb), start 3, size 1) -> GPU instance 10",
+                "nvmlGpuInstanceCreateComputeInstance(GPU instance 10, 1-slice profile: the whole instance)",
+            ]
+        );
+        assert!(!c.needs_reset);
+    }
+
+    #[test]
+    fn a_gpu_holding_the_layout_is_left_alone_and_another_is_replaced() {
+        let held = [
+            ("3g.71gb", 2, 0),
+            ("2g.35gb", 3, 0),
+            ("1g.18gb", 9, 0),
+            ("1g.18gb", 10, 0),
+        ];
+        let c = &plan(&[h200(true, &held)], "all-balanced").expect("plan")[0];
+        assert!(c.ops.is_empty(), "{:?}", c.ops);
+        assert_eq!(c.reason, "already holds 'all-balanced'");
+        let c = &plan(&[h200(true, &held)], "all-1g.18gb").expect("plan")[0];
+        assert_eq!(
+            c.ops[..6],
+            [
+                Op::DestroyComputeInstance {
+                    gpu_instance: 2,
+                    compute_instance: 0
+                },
+                Op::DestroyComputeInstance {
+                    gpu_instance: 3,
+                    compute_instance: 0
+                },
+                Op::DestroyComputeInstance {
+                    gpu_instance: 9,
+                    compute_instance: 0
+                },
+                Op::DestroyComputeInstance {
+                    gpu_instance: 10,
+                    compute_instance: 0
+                },
+                Op::DestroyGpuInstance { gpu_instance: 2 },
+                Op::DestroyGpuInstance { gpu_instance: 3 },
+            ]
+        );
+        let creates = c
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::CreateGpuInstance { .. }))
+            .count();
+        assert_eq!(creates, 7);
+    }
+
+    #[test]
+    fn disabling_and_gpus_without_mig() {
+        let c = &plan(&[h200(true, &[("7g.141gb", 0, 0)])], "all-disabled").expect("plan")[0];
+        assert_eq!(
+            c.ops,
+            vec![
+                Op::DestroyComputeInstance {
+                    gpu_instance: 0,
+                    compute_instance: 0
+                },
+                Op::DestroyGpuInstance { gpu_instance: 0 },
+                Op::SetMigMode { enable: false },
+            ]
+        );
+        assert!(c.needs_reset);
+        let a10g = GpuNow {
+            model: "NVIDIA A10G".into(),
+            ..h200(false, &[])
+        };
+        let c = &plan(&[a10g], "all-balanced").expect("plan")[0];
+        assert!(c.ops.is_empty());
+        assert!(c.reason.starts_with("not MIG-capable"), "{}", c.reason);
+    }
+
+    #[test]
+    fn a_layout_that_does_not_exist_is_the_catalogs_error() {
+        let e = plan(&[h200(true, &[])], "all-3g.40gb").expect_err("unknown");
+        assert!(e.to_string().contains("valid layouts"), "{e}");
+    }
+}
