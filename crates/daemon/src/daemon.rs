@@ -90,9 +90,36 @@ pub struct Paths {
     pub mps_control_bin: Option<PathBuf>,
     /// `--mps-container-root`: where the host's `--mps-root` is mounted here.
     pub mps_container_root: PathBuf,
-    /// `nvidia.com/mig.config.state` of this node, when followed
-    /// (`--follow-mig-manager`).
-    pub mig_state: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// This node's MIG Manager labels, when followed (`--follow-mig-manager`).
+    pub mig_manager: Option<MigManagerLabels>,
+}
+
+/// The node labels MIG Manager works with, each followed by a watch.
+#[derive(Debug, Clone)]
+pub struct MigManagerLabels {
+    /// `nvidia.com/mig.config.state`: pending, rebooting, success, failed.
+    pub state: tokio::sync::watch::Receiver<Option<String>>,
+    /// `nvidia.com/mig.config`: the layout asked for.
+    pub config: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl MigManagerLabels {
+    fn now(&self) -> (Option<String>, Option<String>) {
+        (self.state.borrow().clone(), self.config.borrow().clone())
+    }
+}
+
+/// Whether MIG-capable GPUs are withdrawn under these labels: while a change
+/// is `pending` or `rebooting`, and while a layout is asked for
+/// (`nvidia.com/mig.config`) that MIG Manager has not reported on yet; a
+/// node that scales up from zero must not admit pods onto whole GPUs before
+/// its layout is applied.
+pub fn mig_withdrawn(state: Option<&str>, config: Option<&str>) -> bool {
+    match state {
+        Some("pending" | "rebooting") => true,
+        Some("success" | "failed") => false,
+        _ => config.is_some(),
+    }
 }
 
 /// The life-cycle waits, injectable so tests need not sit them out.
@@ -310,6 +337,20 @@ pub async fn run(
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
+    if let Some(labels) = &daemon.paths.mig_manager {
+        let (state, config) = labels.now();
+        if mig_withdrawn(state.as_deref(), config.as_deref()) {
+            // From the first advertisement on: applied by `apply`.
+            daemon.repartitioning = true;
+            daemon.metrics.mig_repartitioning.set(1);
+            tracing::warn!(
+                "MIG Manager has not applied the MIG layout yet (nvidia.com/mig.config={}, nvidia.com/mig.config.state={}): \
+                 the devices of MIG-capable GPUs are Unhealthy until it reports success or failure",
+                config.as_deref().unwrap_or("(absent)"),
+                state.as_deref().unwrap_or("(absent)")
+            );
+        }
+    }
     match first {
         // Refused at start (exit 1): a CDI strategy whose spec cannot be
         // written would hand out names no runtime resolves.
@@ -328,7 +369,7 @@ pub async fn run(
         let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
         let mps_restart = daemon.mps.next_restart();
-        let mut mig_state = daemon.paths.mig_state.clone();
+        let mut mig_labels = daemon.paths.mig_manager.clone();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -357,8 +398,8 @@ pub async fn run(
             }
             Some(report) = health.recv() => daemon.on_health(report),
             Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
-            Some(state) = mig_state_changed(&mut mig_state) => {
-                if daemon.on_mig_state(state.as_deref()) {
+            Some((state, config)) = mig_labels_changed(&mut mig_labels) => {
+                if daemon.on_mig_manager(state.as_deref(), config.as_deref()) {
                     // Repartitioned (or given up): what the GPUs hold now.
                     match load(&source).await {
                         Ok((setup, plan)) => match daemon.apply(&setup, plan).await {
@@ -506,17 +547,24 @@ async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     }
 }
 
-/// The next value of the followed MIG Manager state; never, when not followed.
-async fn mig_state_changed(
-    state: &mut Option<tokio::sync::watch::Receiver<Option<String>>>,
-) -> Option<Option<String>> {
-    match state {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => Some(rx.borrow_and_update().clone()),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+/// (state, config) after either MIG Manager label changes; never, when not
+/// followed.
+async fn mig_labels_changed(
+    labels: &mut Option<MigManagerLabels>,
+) -> Option<(Option<String>, Option<String>)> {
+    let Some(labels) = labels else {
+        return std::future::pending().await;
+    };
+    let changed = tokio::select! {
+        c = labels.state.changed() => c,
+        c = labels.config.changed() => c,
+    };
+    if changed.is_err() {
+        return std::future::pending().await;
     }
+    labels.state.borrow_and_update();
+    labels.config.borrow_and_update();
+    Some(labels.now())
 }
 
 async fn sleep_until_if(deadline: Option<Instant>) {
@@ -1025,39 +1073,39 @@ impl Daemon {
         }
     }
 
-    /// MIG Manager's `nvidia.com/mig.config.state` changed. `pending` and
-    /// `rebooting` withdraw the devices of every MIG-capable GPU (Unhealthy:
-    /// none is admitted onto a GPU being repartitioned); `success`,
-    /// `failed` or the label going away end that. Returns true when the
-    /// GPUs must be rediscovered.
-    fn on_mig_state(&mut self, state: Option<&str>) -> bool {
-        self.metrics
-            .mig_repartitioning
-            .set(i64::from(matches!(state, Some("pending" | "rebooting"))));
-        match state {
-            Some("pending" | "rebooting") => {
-                if !self.repartitioning {
-                    self.repartitioning = true;
-                    tracing::warn!(
-                        "MIG Manager is changing the MIG layout (nvidia.com/mig.config.state={}): the devices of \
-                         {} MIG-capable GPU(s) are Unhealthy until it reports success or failure",
-                        state.unwrap_or_default(),
-                        self.mig_capable.len()
+    /// A MIG Manager label changed. Withdrawing ([`mig_withdrawn`]) turns
+    /// the devices of every MIG-capable GPU Unhealthy (none is admitted onto
+    /// a GPU being repartitioned); the end of it, or a `failed` report,
+    /// asks for rediscovery (returns true).
+    fn on_mig_manager(&mut self, state: Option<&str>, config: Option<&str>) -> bool {
+        let withdraw = mig_withdrawn(state, config);
+        self.metrics.mig_repartitioning.set(i64::from(withdraw));
+        let shown = state.unwrap_or("(absent)");
+        if withdraw {
+            if !self.repartitioning {
+                self.repartitioning = true;
+                tracing::warn!(
+                    "MIG Manager is changing the MIG layout (nvidia.com/mig.config={}, nvidia.com/mig.config.state={shown}): \
+                     the devices of {} MIG-capable GPU(s) are Unhealthy until it reports success or failure",
+                    config.unwrap_or("(absent)"),
+                    self.mig_capable.len()
+                );
+                let mut changed = false;
+                for gpu in self.mig_capable.clone() {
+                    changed |= self.health.set_condition(
+                        &gpu,
+                        Condition::Repartitioning,
+                        Some(REPARTITIONING),
                     );
-                    let mut changed = false;
-                    for gpu in self.mig_capable.clone() {
-                        changed |= self.health.set_condition(
-                            &gpu,
-                            Condition::Repartitioning,
-                            Some(REPARTITIONING),
-                        );
-                    }
-                    if changed {
-                        self.push_health();
-                    }
                 }
-                false
+                if changed {
+                    self.push_health();
+                }
+                self.update_readiness();
             }
+            return false;
+        }
+        match state {
             Some("failed") => {
                 tracing::error!(
                     "MIG Manager reports that the MIG layout change failed (nvidia.com/mig.config.state=failed); \
@@ -1065,25 +1113,24 @@ impl Daemon {
                 );
                 true
             }
-            Some("success") => {
+            Some("success") if self.repartitioning => {
                 tracing::info!("MIG Manager applied the MIG layout; rediscovering the GPUs");
                 true
             }
-            other => {
-                if self.repartitioning {
-                    tracing::warn!(
-                        "nvidia.com/mig.config.state is now {}; rediscovering the GPUs",
-                        other.unwrap_or("absent")
-                    );
-                }
-                self.repartitioning
+            _ if self.repartitioning => {
+                tracing::warn!(
+                    "nvidia.com/mig.config.state is now {shown} and no layout is asked for; rediscovering the GPUs"
+                );
+                true
             }
+            _ => false,
         }
     }
 
     /// After the rediscovery that ends a repartitioning.
     fn end_repartitioning(&mut self) {
         self.repartitioning = false;
+        self.update_readiness();
         let mut changed = false;
         for gpu in self.mig_capable.clone() {
             changed |= self
@@ -1235,7 +1282,8 @@ impl Daemon {
 
     fn update_readiness(&self) {
         let registered = self.paths.kubelet_socket.is_none() || self.machine.all_registered();
-        self.metrics.set_ready(self.applied && registered);
+        self.metrics
+            .set_ready(self.applied && registered && !self.repartitioning);
     }
 
     /// Arms (or backs off) the next discovery attempt.

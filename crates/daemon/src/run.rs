@@ -102,6 +102,8 @@ pub struct NodeOptions {
 
 /// The node label MIG Manager reports its progress in.
 pub const MIG_CONFIG_STATE: &str = "nvidia.com/mig.config.state";
+/// The node label naming the MIG layout MIG Manager is to apply.
+pub const MIG_CONFIG: &str = "nvidia.com/mig.config";
 
 /// Which config file a (re)load reads.
 #[derive(Clone)]
@@ -250,7 +252,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         timings: options.timings,
         mps_control_bin: options.mps_control_bin.clone(),
         mps_container_root: options.mps_container_root.clone(),
-        mig_state: None,
+        mig_manager: None,
     };
 
     let shutdown = CancellationToken::new();
@@ -350,16 +352,35 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if node_options.follow_mig_manager
         && let (Some(name), Some(client)) = (node_options.node_name.clone(), client.clone())
     {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        tracing::info!("following node {name}'s {MIG_CONFIG_STATE} (MIG Manager)");
-        tokio::spawn(node::watch_node_label(
-            client,
-            name,
-            MIG_CONFIG_STATE.to_string(),
-            tx,
-            shutdown.clone(),
-        ));
-        paths.mig_state = Some(rx);
+        tracing::info!("following node {name}'s {MIG_CONFIG} and {MIG_CONFIG_STATE} (MIG Manager)");
+        let follow = |label: &str| {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(node::watch_node_label(
+                client.clone(),
+                name.clone(),
+                label.to_string(),
+                tx,
+                shutdown.clone(),
+            ));
+            rx
+        };
+        let mut labels = daemon::MigManagerLabels {
+            state: follow(MIG_CONFIG_STATE),
+            config: follow(MIG_CONFIG),
+        };
+        // Both first values before the first advertisement, so that a node
+        // whose layout is not applied yet never offers its GPUs whole.
+        for rx in [&mut labels.state, &mut labels.config] {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                first = rx.changed() => {
+                    if first.is_err() {
+                        return Err(RunError::LabelWatchStopped);
+                    }
+                }
+            }
+        }
+        paths.mig_manager = Some(labels);
     }
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)

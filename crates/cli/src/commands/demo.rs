@@ -106,7 +106,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         timings: Default::default(),
         mps_control_bin: None,
         mps_container_root: "/mps".into(),
-        mig_state: None,
+        mig_manager: None,
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);

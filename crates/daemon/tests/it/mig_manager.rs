@@ -114,3 +114,72 @@ fn following_mig_manager_needs_the_node_name() {
         "{stderr}"
     );
 }
+
+/// A node that scales up from zero with `nvidia.com/mig.config` set and no
+/// state yet (MIG Manager has not run): its GPUs, still whole, are never
+/// offered Healthy, and the Karpenter start-up taint stays, until MIG
+/// Manager reports the layout applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_not_applied_yet_is_never_offered_whole_and_keeps_the_startup_taint() {
+    const TAINT: &str = "example.com/gpu-slicing-pending";
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-disabled");
+    let stub = KubeStub::start(
+        "n1",
+        &[("nvidia.com/mig.config", "all-1g.5gb")],
+        json!([{ "key": TAINT, "effect": "NoSchedule" }]),
+    )
+    .await;
+    let kubelet = kubelet(dir.path()).await;
+    let lib = fake_nvml();
+    let (_daemon, log) = start_logged(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--node-name",
+            "n1",
+            "--kube-api-url",
+            &stub.url,
+            "--follow-mig-manager",
+            "--startup-taint",
+            TAINT,
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    // The two whole GPUs are advertised, none Healthy, from the start.
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 0)])).await;
+    assert!(
+        kubelet
+            .registrations()
+            .iter()
+            .all(|r| r.resource_name == "nvidia.com/gpu"),
+        "only the whole GPUs"
+    );
+    wait_for_log(&log, "MIG Manager has not applied the MIG layout yet").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        stub.patches().is_empty(),
+        "the start-up taint went before the layout"
+    );
+
+    // MIG Manager runs: pending, repartitions, success.
+    stub.set_label(STATE, Some("pending"));
+    write_topology(&topology, "all-1g.5gb");
+    stub.set_label(STATE, Some("success"));
+    wait_for(&kubelet, &expect(&[("nvidia.com/mig-1g.5gb", 14)])).await;
+    stub.wait_until(
+        "the start-up taint removed",
+        |s| {
+            s.node()["spec"]["taints"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        },
+        crate::common::TIMEOUT,
+    )
+    .await;
+    kubelet.shutdown().await;
+}
