@@ -79,18 +79,8 @@ enum Command {
     /// pending, the MIG profile table with possible placements, the MIG
     /// devices.
     Gpus {
-        /// NVML library to load (default: libnvidia-ml.so.1 under the driver
-        /// root, then the dynamic loader).
-        #[arg(long, env = "NVML_LIB", value_name = "PATH")]
-        nvml_lib: Option<PathBuf>,
-        /// Where the driver root is, as this process sees it.
-        #[arg(
-            long,
-            env = "DRIVER_ROOT_CTR_PATH",
-            value_name = "DIR",
-            default_value = "/"
-        )]
-        driver_root_ctr_path: PathBuf,
+        #[command(flatten)]
+        nvml: NvmlArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -115,6 +105,33 @@ enum Command {
     },
 }
 
+/// Where the people's NVML commands (`gpus`, `mig apply`) find the driver.
+#[derive(clap::Args)]
+struct NvmlArgs {
+    /// NVML library to load (default: libnvidia-ml.so.1 under the driver
+    /// root, then the dynamic loader).
+    #[arg(long, env = "NVML_LIB", value_name = "PATH")]
+    nvml_lib: Option<PathBuf>,
+    /// Where the driver root is, as this process sees it.
+    #[arg(
+        long,
+        env = "DRIVER_ROOT_CTR_PATH",
+        value_name = "DIR",
+        default_value = "/"
+    )]
+    driver_root_ctr_path: PathBuf,
+}
+
+impl NvmlArgs {
+    fn options(self, json: bool) -> commands::gpus::GpusOptions {
+        commands::gpus::GpusOptions {
+            nvml_lib: self.nvml_lib,
+            driver_root: self.driver_root_ctr_path,
+            json,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum MigCommand {
     /// Print the NVML operations that would give this node's GPUs LAYOUT
@@ -125,15 +142,8 @@ enum MigCommand {
         /// Print the operations only (required: applying is not built).
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, env = "NVML_LIB", value_name = "PATH")]
-        nvml_lib: Option<PathBuf>,
-        #[arg(
-            long,
-            env = "DRIVER_ROOT_CTR_PATH",
-            value_name = "DIR",
-            default_value = "/"
-        )]
-        driver_root_ctr_path: PathBuf,
+        #[command(flatten)]
+        nvml: NvmlArgs,
     },
 }
 
@@ -280,39 +290,23 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Gpus {
-            nvml_lib,
-            driver_root_ctr_path,
-            output,
-        } => {
+        Command::Gpus { nvml, output } => {
             init_tracing(cli.log_format, "warn");
-            commands::gpus::run(&commands::gpus::GpusOptions {
-                nvml_lib,
-                driver_root: driver_root_ctr_path,
-                json: matches!(output, OutputFormat::Json),
-            })
-            .map(|text| print!("{text}"))
+            commands::gpus::run(&nvml.options(matches!(output, OutputFormat::Json)))
+                .map(|text| print!("{text}"))
         }
         Command::Mig {
             command:
                 MigCommand::Apply {
                     layout,
                     dry_run,
-                    nvml_lib,
-                    driver_root_ctr_path,
+                    nvml,
                 },
         } => {
             init_tracing(cli.log_format, "warn");
             if dry_run {
-                commands::gpus::mig_apply_dry_run(
-                    &commands::gpus::GpusOptions {
-                        nvml_lib,
-                        driver_root: driver_root_ctr_path,
-                        json: false,
-                    },
-                    &layout,
-                )
-                .map(|text| print!("{text}"))
+                commands::gpus::mig_apply_dry_run(&nvml.options(false), &layout)
+                    .map(|text| print!("{text}"))
             } else {
                 Err("applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML \
                      operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"

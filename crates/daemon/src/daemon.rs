@@ -547,6 +547,18 @@ async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     }
 }
 
+/// Writes one CDI spec file into `dir`, atomically, readable by the runtime.
+fn write_spec(dir: &Path, file: &str, spec: &serde_json::Value) -> Result<(), ApplyError> {
+    let path = dir.join(file);
+    let text = serde_json::to_vec_pretty(spec).map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
+    write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| ApplyError::CdiSpec {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    tracing::info!("wrote CDI spec {}", path.display());
+    Ok(())
+}
+
 /// (state, config) after either MIG Manager label changes; never, when not
 /// followed.
 async fn mig_labels_changed(
@@ -961,16 +973,7 @@ impl Daemon {
             &setup.files,
             setup.config.flags.dev_root(),
         );
-        let path = dir.join(gpu_slicer_core::cdi::SPEC_FILE);
-        let text =
-            serde_json::to_vec_pretty(&spec).map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
-        write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| {
-            ApplyError::CdiSpec {
-                dir: dir.clone(),
-                source,
-            }
-        })?;
-        tracing::info!("wrote CDI spec {}", path.display());
+        write_spec(&dir, gpu_slicer_core::cdi::SPEC_FILE, &spec)?;
         // The optional classes Allocate names: a spec each; a spec of a
         // class no longer named goes.
         let enabled: Vec<_> =
@@ -989,15 +992,7 @@ impl Daemon {
                 .flatten();
             match spec {
                 Some(spec) => {
-                    let text = serde_json::to_vec_pretty(&spec)
-                        .map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
-                    write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| {
-                        ApplyError::CdiSpec {
-                            dir: dir.clone(),
-                            source,
-                        }
-                    })?;
-                    tracing::info!("wrote CDI spec {}", path.display());
+                    write_spec(&dir, &gpu_slicer_core::cdi::class_spec_file(class), &spec)?
                 }
                 None => match std::fs::remove_file(&path) {
                     Ok(()) => tracing::info!("removed CDI spec {}", path.display()),

@@ -14,13 +14,19 @@ pub struct GpusOptions {
     pub json: bool,
 }
 
+impl GpusOptions {
+    fn report(&self) -> Result<Vec<GpuReport>, String> {
+        let nvml = NvmlOptions {
+            lib_path: self.nvml_lib.clone(),
+            driver_root: self.driver_root.clone(),
+            ..NvmlOptions::default()
+        };
+        report(&nvml).map_err(|e| e.to_string())
+    }
+}
+
 pub fn run(options: &GpusOptions) -> Result<String, String> {
-    let nvml = NvmlOptions {
-        lib_path: options.nvml_lib.clone(),
-        driver_root: options.driver_root.clone(),
-        ..NvmlOptions::default()
-    };
-    let gpus = report(&nvml).map_err(|e| e.to_string())?;
+    let gpus = options.report()?;
     if options.json {
         return serde_json::to_string_pretty(&gpus)
             .map(|mut s| {
@@ -129,12 +135,7 @@ pub fn text(gpus: &[GpuReport]) -> String {
 /// give this node's GPUs `layout`, and why; nothing is changed.
 pub fn mig_apply_dry_run(options: &GpusOptions, layout: &str) -> Result<String, String> {
     use gpu_slicer_core::mig_change::{GpuNow, plan, render};
-    let nvml = NvmlOptions {
-        lib_path: options.nvml_lib.clone(),
-        driver_root: options.driver_root.clone(),
-        ..NvmlOptions::default()
-    };
-    let gpus = report(&nvml).map_err(|e| e.to_string())?;
+    let gpus = options.report()?;
     let now: Vec<GpuNow> = gpus
         .iter()
         .map(|g| GpuNow {
