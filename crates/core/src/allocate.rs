@@ -10,7 +10,7 @@ use crate::config::{DeviceIdStrategy, DeviceListStrategy, Flags};
 pub use crate::device_nodes::NodeDeviceFiles;
 use crate::device_nodes::{self, DeviceClass};
 use crate::placement::id_for_message;
-use crate::plan::{Physical, Resource};
+use crate::plan::{Device, Physical, Resource};
 
 /// What one container receives: the core's own copy of the kubelet's
 /// `ContainerAllocateResponse`, field for field, so that the decision does
@@ -56,6 +56,23 @@ pub enum AllocateError {
         "invalid allocation request for \"{resource}\": invalid request: maximum request size for shared resources is 1; found {count}"
     )]
     TooManySharedDevices { resource: String, count: usize },
+    #[error(
+        "invalid allocation request for \"{resource}\": invalid request: {count} MPS replicas requested; at most {max} per container (maxReplicasPerContainer)"
+    )]
+    TooManyMpsReplicas {
+        resource: String,
+        count: usize,
+        max: u32,
+    },
+    #[error(
+        "invalid allocation request for \"{resource}\": invalid request: the {count} MPS replicas of one container must be on one GPU, found them on GPUs {gpus}; MPS limits are per GPU, so shares of several GPUs cannot be added up (ask for at most {per_gpu}, the replicas of one GPU)"
+    )]
+    MpsReplicasOnSeveralGpus {
+        resource: String,
+        count: usize,
+        gpus: String,
+        per_gpu: u32,
+    },
     #[error("invalid allocation request for \"{resource}\": invalid request: no devices requested")]
     NoDevices { resource: String },
     #[error(
@@ -108,6 +125,16 @@ pub fn allocate(
             count: requested.len(),
         });
     }
+    if let Some(sharing) = resource.sharing
+        && let Some(share) = sharing.mps
+    {
+        check_mps_request(
+            resource,
+            &devices,
+            sharing.replicas,
+            share.max_replicas_per_container,
+        )?;
+    }
 
     // Replica suffixes are stripped and ids de-duplicated in request order.
     let mut physical: Vec<&Physical> = Vec::with_capacity(devices.len());
@@ -156,7 +183,7 @@ pub fn allocate(
     // MPS under every device-list strategy, as NVIDIA's plugin does: the
     // container reaches its resource's control daemon through the pipe
     // directory and shares the server's /dev/shm.
-    let mps_mounts = mps_access(resource, flags, &mut response);
+    let mps_mounts = mps_access(resource, devices.len(), flags, &mut response);
     for class in enabled_classes(flags) {
         response.envs.insert(class.env().into(), "enabled".into());
     }
@@ -201,22 +228,59 @@ pub fn enabled_classes(flags: &Flags) -> impl Iterator<Item = DeviceClass> + '_ 
 
 /// For an MPS replica: `CUDA_MPS_PIPE_DIRECTORY` (as the container sees
 /// it) into `response`, and the mounts of the pipe and shm directories.
+/// Memory by count: a container's MPS replicas are all on one GPU, and no
+/// more than the resource allows (each request size has its own control
+/// daemon, whose limits are that many shares).
+fn check_mps_request(
+    resource: &Resource,
+    devices: &[&Device],
+    replicas: u32,
+    max: u32,
+) -> Result<(), AllocateError> {
+    if devices.len() <= 1 {
+        return Ok(());
+    }
+    if devices.len() > max as usize {
+        return Err(AllocateError::TooManyMpsReplicas {
+            resource: resource.name.to_string(),
+            count: devices.len(),
+            max,
+        });
+    }
+    let mut gpus: Vec<u32> = devices.iter().map(|d| d.physical.gpu_index).collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    if gpus.len() > 1 {
+        let listed: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        return Err(AllocateError::MpsReplicasOnSeveralGpus {
+            resource: resource.name.to_string(),
+            count: devices.len(),
+            gpus: listed.join(", "),
+            per_gpu: replicas.min(max),
+        });
+    }
+    Ok(())
+}
+
 fn mps_access(
     resource: &Resource,
+    shares: usize,
     flags: &Flags,
     response: &mut ContainerAllocateResponse,
 ) -> Vec<Mount> {
     if resource.sharing.and_then(|s| s.mps).is_none() {
         return Vec::new();
     }
-    let pipe = crate::mps::pipe_dir(crate::mps::CONTAINER_ROOT, &resource.name);
+    // Checked against maxReplicasPerContainer (≤ 48) before this point.
+    let shares = u32::try_from(shares).unwrap_or(1);
+    let pipe = crate::mps::pipe_dir(crate::mps::CONTAINER_ROOT, &resource.name, shares);
     response
         .envs
         .insert("CUDA_MPS_PIPE_DIRECTORY".into(), pipe.clone());
     vec![
         Mount {
             container_path: pipe,
-            host_path: crate::mps::pipe_dir(&flags.mps_root, &resource.name),
+            host_path: crate::mps::pipe_dir(&flags.mps_root, &resource.name, shares),
             read_only: false,
         },
         Mount {
@@ -412,6 +476,70 @@ mod tests {
         .expect("ok");
         assert!(!response.envs.contains_key("CUDA_MPS_PIPE_DIRECTORY"));
         assert!(response.mounts.is_empty());
+    }
+
+    /// Memory by count: k replicas of one GPU reach the daemon whose limits
+    /// are k shares; spread over GPUs, or more than allowed, they are
+    /// refused with what to ask for instead.
+    #[test]
+    fn mps_replicas_by_count_reach_the_daemon_of_their_size() {
+        let mut config = Config::default();
+        config.flags.mps_root = "/run/nvidia/mps".into();
+        let mut entry = ReplicatedResource::every("nvidia.com/gpu", 4);
+        entry.mps.max_replicas_per_container = 3;
+        config.sharing.mps = Some(crate::config::ReplicatedResources {
+            rename_by_default: false,
+            fail_requests_greater_than_one: false,
+            resources: vec![entry],
+        });
+        let inventory = Inventory {
+            gpus: node().gpus.into_iter().take(2).collect(),
+        };
+        let plan = plan(&inventory, &config);
+        let resource = plan.resource("nvidia.com/gpu").expect("planned");
+        let files = NodeDeviceFiles::default();
+        let ask = |ids: &[&str]| {
+            let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            allocate(resource, &ids, &config.flags, &files, "id")
+        };
+        for (ids, pipe) in [
+            (vec!["GPU-1::2"], "nvidia.com/gpu/pipe"),
+            (vec!["GPU-1::2", "GPU-1::0"], "nvidia.com/gpu/shares-2/pipe"),
+            (
+                vec!["GPU-0::3", "GPU-0::1", "GPU-0::2"],
+                "nvidia.com/gpu/shares-3/pipe",
+            ),
+        ] {
+            let response = ask(&ids).expect("allocated");
+            assert_eq!(
+                response.envs["CUDA_MPS_PIPE_DIRECTORY"],
+                format!("/mps/{pipe}")
+            );
+            assert_eq!(
+                response.mounts[0],
+                Mount {
+                    container_path: format!("/mps/{pipe}"),
+                    host_path: format!("/run/nvidia/mps/{pipe}"),
+                    read_only: false,
+                }
+            );
+            assert_eq!(
+                response.envs["NVIDIA_VISIBLE_DEVICES"],
+                ids[0].split("::").next().expect("uuid")
+            );
+        }
+        assert_eq!(
+            ask(&["GPU-0::0", "GPU-1::0"])
+                .expect_err("spread")
+                .to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: the 2 MPS replicas of one container must be on one GPU, found them on GPUs 0, 1; MPS limits are per GPU, so shares of several GPUs cannot be added up (ask for at most 3, the replicas of one GPU)"
+        );
+        assert_eq!(
+            ask(&["GPU-0::0", "GPU-0::1", "GPU-0::2", "GPU-0::3"])
+                .expect_err("too many")
+                .to_string(),
+            "invalid allocation request for \"nvidia.com/gpu\": invalid request: 4 MPS replicas requested; at most 3 per container (maxReplicasPerContainer)"
+        );
     }
 
     #[test]

@@ -20,14 +20,28 @@ use crate::plan::{Plan, Resource};
 /// Where containers see the MPS root (NVIDIA's, kept for compatibility).
 pub const CONTAINER_ROOT: &str = "/mps";
 
-/// `<root>/<resource>/pipe`.
-pub fn pipe_dir(root: &str, resource: &ResourceName) -> String {
-    format!("{}/{resource}/pipe", root.trim_end_matches('/'))
+/// The directory of the control daemon that serves containers holding
+/// `shares` replicas: `<root>/<resource>` for one (NVIDIA's layout, which
+/// workloads expect), `<root>/<resource>/shares-<k>` for *k* (memory by
+/// count: a daemon per request size, since MPS limits are per server and a
+/// client's environment can only lower them, measured on an H200).
+fn daemon_dir(root: &str, resource: &ResourceName, shares: u32) -> String {
+    let base = format!("{}/{resource}", root.trim_end_matches('/'));
+    if shares <= 1 {
+        base
+    } else {
+        format!("{base}/shares-{shares}")
+    }
 }
 
-/// `<root>/<resource>/log`.
-pub fn log_dir(root: &str, resource: &ResourceName) -> String {
-    format!("{}/{resource}/log", root.trim_end_matches('/'))
+/// `<daemon dir>/pipe`: the control daemon's pipes, which clients reach.
+pub fn pipe_dir(root: &str, resource: &ResourceName, shares: u32) -> String {
+    format!("{}/pipe", daemon_dir(root, resource, shares))
+}
+
+/// `<daemon dir>/log`.
+pub fn log_dir(root: &str, resource: &ResourceName, shares: u32) -> String {
+    format!("{}/log", daemon_dir(root, resource, shares))
 }
 
 /// `<root>/shm`, shared by every resource's server and clients.
@@ -45,17 +59,51 @@ pub struct DaemonGpu {
     pub memory_limit_mib: u64,
 }
 
-/// The control daemon of one MPS-shared resource.
+/// Which control daemon: a resource's, for containers holding `shares`
+/// of its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DaemonKey {
+    pub resource: ResourceName,
+    pub shares: u32,
+}
+
+impl std::fmt::Display for DaemonKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.shares <= 1 {
+            write!(f, "{}", self.resource)
+        } else {
+            write!(f, "{} ({} shares)", self.resource, self.shares)
+        }
+    }
+}
+
+/// The control daemon of one MPS-shared resource, for the containers that
+/// hold `key.shares` replicas each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlDaemon {
-    pub resource: ResourceName,
+    pub key: DaemonKey,
     /// In index order: ordinal *i* is `gpus[i]`.
     pub gpus: Vec<DaemonGpu>,
+    /// Per client: `shares` × the replica's percentage, at most 100.
     pub active_thread_percentage: u32,
     pub replicas: u32,
 }
 
 impl ControlDaemon {
+    pub fn resource(&self) -> &ResourceName {
+        &self.key.resource
+    }
+
+    /// Its pipe directory under `root` (a host or container view).
+    pub fn pipe_dir(&self, root: &str) -> String {
+        pipe_dir(root, &self.key.resource, self.key.shares)
+    }
+
+    /// Its log directory under `root`.
+    pub fn log_dir(&self, root: &str) -> String {
+        log_dir(root, &self.key.resource, self.key.shares)
+    }
+
     /// `CUDA_VISIBLE_DEVICES` for the daemon (and so its servers).
     pub fn visible_devices(&self) -> String {
         let uuids: Vec<&str> = self.gpus.iter().map(|g| g.uuid.as_str()).collect();
@@ -117,22 +165,25 @@ pub fn answer_accepts(command: &str, answer: &str) -> bool {
     matches!((set, echoed), (Some(a), Some(b)) if (a - b).abs() < 0.5)
 }
 
-/// One control daemon per MPS-shared resource of the plan, in name order.
+/// The control daemons of the plan's MPS-shared resources, in name order:
+/// per resource one for each request size from 1 to its
+/// `maxReplicasPerContainer`.
 pub fn control_daemons(plan: &Plan) -> Vec<ControlDaemon> {
-    plan.resources.iter().filter_map(control_daemon).collect()
+    plan.resources.iter().flat_map(resource_daemons).collect()
 }
 
-fn control_daemon(resource: &Resource) -> Option<ControlDaemon> {
-    let sharing = resource.sharing?;
-    let share = sharing.mps?;
-    let mut gpus: Vec<DaemonGpu> = Vec::new();
+fn resource_daemons(resource: &Resource) -> Vec<ControlDaemon> {
+    let Some((sharing, share)) = resource.sharing.and_then(|s| Some((s, s.mps?))) else {
+        return Vec::new();
+    };
+    let replicas = u64::from(sharing.replicas.max(1));
+    let mut per_replica: Vec<DaemonGpu> = Vec::new();
     for device in &resource.devices {
         let physical = &device.physical;
-        if gpus.iter().any(|g| g.uuid == physical.gpu_uuid) {
+        if per_replica.iter().any(|g| g.uuid == physical.gpu_uuid) {
             continue;
         }
-        let replicas = u64::from(sharing.replicas.max(1));
-        gpus.push(DaemonGpu {
+        per_replica.push(DaemonGpu {
             uuid: physical.gpu_uuid.clone(),
             index: physical.gpu_index,
             memory_limit_mib: share
@@ -140,13 +191,27 @@ fn control_daemon(resource: &Resource) -> Option<ControlDaemon> {
                 .unwrap_or(physical.memory_mib / replicas),
         });
     }
-    gpus.sort_by_key(|g| g.index);
-    Some(ControlDaemon {
-        resource: resource.name.clone(),
-        gpus,
-        active_thread_percentage: share.active_thread_percentage,
-        replicas: sharing.replicas,
-    })
+    per_replica.sort_by_key(|g| g.index);
+    (1..=share.max_replicas_per_container.max(1))
+        .map(|shares| ControlDaemon {
+            key: DaemonKey {
+                resource: resource.name.clone(),
+                shares,
+            },
+            gpus: per_replica
+                .iter()
+                .map(|g| DaemonGpu {
+                    memory_limit_mib: g.memory_limit_mib.saturating_mul(u64::from(shares)),
+                    ..g.clone()
+                })
+                .collect(),
+            active_thread_percentage: share
+                .active_thread_percentage
+                .saturating_mul(shares)
+                .min(100),
+            replicas: sharing.replicas,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,7 +238,8 @@ mod tests {
         let daemons = control_daemons(&plan);
         assert_eq!(daemons.len(), 1);
         let d = &daemons[0];
-        assert_eq!(d.resource.as_str(), "nvidia.com/gpu");
+        assert_eq!(d.resource().as_str(), "nvidia.com/gpu");
+        assert_eq!(d.key.shares, 1);
         assert_eq!(d.gpus.len(), 4);
         let memory = plan.resources[0].devices[0].physical.memory_mib;
         assert_eq!(
@@ -236,6 +302,59 @@ mod tests {
     }
 
     #[test]
+    fn memory_by_count_has_a_daemon_per_request_size_with_k_shares() {
+        let plan = mps_plan(
+            "version: v1\nsharing:\n  mps:\n    failRequestsGreaterThanOne: false\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n      maxReplicasPerContainer: 3\n",
+            "g5.xlarge",
+        );
+        assert_eq!(plan.refusal(), None);
+        let memory = plan.resources[0].devices[0].physical.memory_mib;
+        let daemons = control_daemons(&plan);
+        let summary: Vec<(String, Vec<String>)> = daemons
+            .iter()
+            .map(|d| (d.pipe_dir("/mps"), d.limit_commands()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    "/mps/nvidia.com/gpu/pipe".to_string(),
+                    vec![
+                        format!("set_default_device_pinned_mem_limit 0 {}M", memory / 4),
+                        "set_default_active_thread_percentage 25".to_string()
+                    ]
+                ),
+                (
+                    "/mps/nvidia.com/gpu/shares-2/pipe".to_string(),
+                    vec![
+                        format!("set_default_device_pinned_mem_limit 0 {}M", memory / 4 * 2),
+                        "set_default_active_thread_percentage 50".to_string()
+                    ]
+                ),
+                (
+                    "/mps/nvidia.com/gpu/shares-3/pipe".to_string(),
+                    vec![
+                        format!("set_default_device_pinned_mem_limit 0 {}M", memory / 4 * 3),
+                        "set_default_active_thread_percentage 75".to_string()
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(daemons[2].key.to_string(), "nvidia.com/gpu (3 shares)");
+    }
+
+    #[test]
+    fn memory_by_count_defaults_to_every_replica_of_a_gpu_and_caps_threads_at_100() {
+        let plan = mps_plan(
+            "version: v1\nsharing:\n  mps:\n    failRequestsGreaterThanOne: false\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 3\n      activeThreadPercentage: 40\n",
+            "g5.xlarge",
+        );
+        let daemons = control_daemons(&plan);
+        let percentages: Vec<u32> = daemons.iter().map(|d| d.active_thread_percentage).collect();
+        assert_eq!(percentages, vec![40, 80, 100]);
+    }
+
+    #[test]
     fn limit_answers() {
         let set = "set_default_active_thread_percentage 25";
         assert!(
@@ -263,12 +382,16 @@ mod tests {
     fn paths_follow_nvidias_layout() {
         let name = ResourceName::new_unchecked("nvidia.com/gpu");
         assert_eq!(
-            pipe_dir("/run/nvidia/mps/", &name),
+            pipe_dir("/run/nvidia/mps/", &name, 1),
             "/run/nvidia/mps/nvidia.com/gpu/pipe"
         );
         assert_eq!(
-            log_dir("/run/nvidia/mps", &name),
+            log_dir("/run/nvidia/mps", &name, 1),
             "/run/nvidia/mps/nvidia.com/gpu/log"
+        );
+        assert_eq!(
+            pipe_dir("/run/nvidia/mps", &name, 3),
+            "/run/nvidia/mps/nvidia.com/gpu/shares-3/pipe"
         );
         assert_eq!(shm_dir("/run/nvidia/mps"), "/run/nvidia/mps/shm");
     }

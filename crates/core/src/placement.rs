@@ -136,7 +136,14 @@ pub fn preferred(
         .devices
         .iter()
         .any(|d| d.replica.is_some() || d.physical.mig.is_some());
-    let picks = if shared {
+    let mps = resource.sharing.is_some_and(|s| s.mps.is_some());
+    let picks = if mps && size > 1 {
+        // Memory by count: one container's MPS replicas must share a GPU
+        // (Allocate refuses them spread); when no GPU has enough, the
+        // spread answer lets Allocate say why.
+        one_gpu(resource, &chosen, &candidates, needed, policy)
+            .unwrap_or_else(|| by_gpu_load(resource, &chosen, &candidates, needed, policy))
+    } else if shared {
         by_gpu_load(resource, &chosen, &candidates, needed, policy)
     } else {
         tightly_linked(resource, &chosen, &candidates, needed, links)
@@ -212,6 +219,52 @@ fn by_gpu_load(
         }
     }
     picks
+}
+
+/// All `needed` picks from one GPU: the GPU of the must-include devices if
+/// they are on one, else (by `policy`) the most loaded GPU that still has
+/// enough free, or the least loaded one. `None` when no GPU can hold them.
+fn one_gpu(
+    resource: &Resource,
+    chosen: &[usize],
+    candidates: &[usize],
+    needed: usize,
+    policy: AllocationPolicy,
+) -> Option<Vec<usize>> {
+    let gpus = resource.gpu_slots();
+    let mut per_gpu: Vec<Vec<usize>> = vec![Vec::new(); gpus];
+    for &p in candidates {
+        per_gpu[gpu_at(resource, p) as usize].push(p);
+    }
+    let mut required: Option<usize> = None;
+    for &p in chosen {
+        let gpu = gpu_at(resource, p) as usize;
+        if required.is_some_and(|g| g != gpu) {
+            return None;
+        }
+        required = Some(gpu);
+    }
+    let free_on = |gpu: usize| {
+        per_gpu[gpu].len()
+            + chosen
+                .iter()
+                .filter(|&&p| gpu_at(resource, p) as usize == gpu)
+                .count()
+    };
+    let gpu = match required {
+        Some(gpu) => (per_gpu[gpu].len() >= needed).then_some(gpu)?,
+        None => {
+            let fitting = (0..gpus).filter(|&g| per_gpu[g].len() >= needed);
+            let in_use = |g: usize| resource.devices_on_gpu(g as u32).saturating_sub(free_on(g));
+            match policy {
+                // Ties: the lower GPU index (min_by_key/max_by_key keep the
+                // first/last, so the key carries the index).
+                AllocationPolicy::Packed => fitting.max_by_key(|&g| (in_use(g), Reverse(g)))?,
+                AllocationPolicy::Distributed => fitting.min_by_key(|&g| (in_use(g), g))?,
+            }
+        }
+    };
+    Some(per_gpu[gpu][..needed].to_vec())
 }
 
 /// Whole GPUs: grow the set one GPU at a time, each time adding the GPU with
@@ -469,6 +522,45 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(packed, strings(&["GPU-0::1", "GPU-0::2", "GPU-0::3"]));
+    }
+
+    /// MPS replicas of one container share a GPU under either policy: the
+    /// least loaded GPU that fits when distributed, the fullest one that
+    /// still fits when packed, the must-include device's GPU when given.
+    #[test]
+    fn mps_requests_stay_on_one_gpu() {
+        let inventory = islands(&[]);
+        let mut config = Config::default();
+        config.flags.mps_root = "/run/nvidia/mps".into();
+        let mut entry = ReplicatedResource::every("nvidia.com/gpu", 4);
+        entry.mps.max_replicas_per_container = 4;
+        config.sharing.mps = Some(crate::config::ReplicatedResources {
+            rename_by_default: false,
+            fail_requests_greater_than_one: false,
+            resources: vec![entry],
+        });
+        let resource = resource_for(&inventory, &config, "nvidia.com/gpu");
+        let links = LinkScores::from_inventory(&inventory);
+        // GPU 0 has one replica in use, GPU 1 three.
+        let busy = ["GPU-0::0", "GPU-1::0", "GPU-1::1", "GPU-1::2"];
+        let available: Vec<String> = ids(&resource)
+            .into_iter()
+            .filter(|id| !busy.contains(&id.as_str()))
+            .collect();
+        let ask = |size: usize, must: &[&str], policy| {
+            preferred(&resource, &available, &strings(must), size, policy, &links)
+                .expect("answered")
+        };
+        let spread = ask(2, &[], AllocationPolicy::Distributed);
+        assert_eq!(spread, strings(&["GPU-2::0", "GPU-2::1"]), "an idle GPU");
+        let packed = ask(3, &[], AllocationPolicy::Packed);
+        assert_eq!(
+            packed,
+            strings(&["GPU-0::1", "GPU-0::2", "GPU-0::3"]),
+            "GPU 1 is fuller but has one free: the fullest that fits"
+        );
+        let with = ask(3, &["GPU-0::2"], AllocationPolicy::Distributed);
+        assert_eq!(with, strings(&["GPU-0::2", "GPU-0::1", "GPU-0::3"]));
     }
 
     #[test]

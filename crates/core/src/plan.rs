@@ -62,6 +62,9 @@ pub struct MpsShare {
     pub memory_per_replica_mib: Option<u64>,
     /// Default active thread percentage (`100 / replicas` unless set).
     pub active_thread_percentage: u32,
+    /// The most replicas one container may hold, all on one GPU; it then
+    /// gets that many shares (1: NVIDIA's behaviour).
+    pub max_replicas_per_container: u32,
 }
 
 /// One advertised device id.
@@ -711,6 +714,7 @@ fn apply_sharing(
                     .active_thread_percentage
                     .unwrap_or(100 / entry.replicas.max(1))
                     .max(1),
+                max_replicas_per_container: entry.mps.max_replicas_per_container,
             });
             if let Some(per_replica) = entry.mps.memory_per_replica_mib
                 && let Some(&i) = selected.iter().find(|&&i| {

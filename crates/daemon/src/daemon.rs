@@ -902,7 +902,7 @@ impl Daemon {
         }
         for d in &daemons {
             self.mps_gpus.insert(
-                d.resource.clone(),
+                d.resource().clone(),
                 d.gpus.iter().map(|g| g.uuid.clone()).collect(),
             );
         }

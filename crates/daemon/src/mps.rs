@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use gpu_slicer_core::config::ResourceName;
-use gpu_slicer_core::mps::{self, ControlDaemon};
+use gpu_slicer_core::mps::{self, ControlDaemon, DaemonKey};
 
 /// The control program's name in the driver's bin directory.
 pub const CONTROL_BINARY: &str = "nvidia-cuda-mps-control";
@@ -88,7 +88,7 @@ pub enum MpsError {
 /// A daemon exited: sent by its watcher task.
 #[derive(Debug)]
 pub struct MpsExit {
-    pub resource: ResourceName,
+    pub key: DaemonKey,
     /// Which start of it (a late exit of a replaced one is ignored).
     pub generation: u64,
     pub status: String,
@@ -152,7 +152,8 @@ struct Managed {
 pub struct Supervisor {
     options: MpsOptions,
     metrics: Metrics,
-    daemons: BTreeMap<ResourceName, Managed>,
+    /// A resource has one daemon per request size (memory by count).
+    daemons: BTreeMap<DaemonKey, Managed>,
     exits: mpsc::Sender<MpsExit>,
     next_generation: u64,
 }
@@ -170,27 +171,33 @@ impl Supervisor {
 
     /// Makes the running daemons those of `wanted`: stops the ones no longer
     /// wanted or whose limits changed, starts the new ones and waits until
-    /// they are ready. Returns, per wanted resource, why it is not ready.
+    /// they are ready. Returns, per wanted resource, why it is not ready
+    /// (a resource is ready when every one of its daemons is).
     pub async fn apply(
         &mut self,
         wanted: Vec<ControlDaemon>,
     ) -> BTreeMap<ResourceName, Option<String>> {
-        let keep: BTreeMap<&ResourceName, &ControlDaemon> =
-            wanted.iter().map(|d| (&d.resource, d)).collect();
-        let stale: Vec<ResourceName> = self
+        let keep: BTreeMap<&DaemonKey, &ControlDaemon> =
+            wanted.iter().map(|d| (&d.key, d)).collect();
+        let stale: Vec<DaemonKey> = self
             .daemons
             .iter()
             .filter(|(name, m)| keep.get(name).is_none_or(|d| **d != m.spec))
             .map(|(name, _)| name.clone())
             .collect();
+        let mut stopped: Vec<ResourceName> = Vec::new();
         for name in stale {
             if let Some(managed) = self.daemons.remove(&name) {
                 self.stop(&name, managed).await;
             }
+            stopped.push(name.resource);
         }
-        let mut out = BTreeMap::new();
+        let mut resources = Vec::new();
         for spec in wanted {
-            let name = spec.resource.clone();
+            let name = spec.key.clone();
+            if !resources.contains(&name.resource) {
+                resources.push(name.resource.clone());
+            }
             if !self.daemons.contains_key(&name) {
                 self.daemons.insert(
                     name.clone(),
@@ -207,19 +214,43 @@ impl Supervisor {
                 );
                 self.start(&name).await;
             }
-            out.insert(name.clone(), self.not_ready(&name));
+        }
+        for resource in &stopped {
+            self.set_ready_metric(resource);
+        }
+        let mut out = BTreeMap::new();
+        for resource in resources {
+            self.set_ready_metric(&resource);
+            let why = self.not_ready(&resource);
+            out.insert(resource, why);
         }
         out
     }
 
-    fn not_ready(&self, name: &ResourceName) -> Option<String> {
-        let managed = self.daemons.get(name)?;
-        (!managed.ready).then(|| {
-            format!(
-                "its MPS control daemon is not ready (restart {})",
-                managed.restarts
-            )
-        })
+    /// Why a resource is not ready: its first daemon that is not.
+    fn not_ready(&self, resource: &ResourceName) -> Option<String> {
+        self.of(resource)
+            .find(|(_, m)| !m.ready)
+            .map(|(key, managed)| {
+                let which = if key.shares > 1 {
+                    format!(" for {} shares", key.shares)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "its MPS control daemon{which} is not ready (restart {})",
+                    managed.restarts
+                )
+            })
+    }
+
+    fn of<'a>(
+        &'a self,
+        resource: &'a ResourceName,
+    ) -> impl Iterator<Item = (&'a DaemonKey, &'a Managed)> + 'a {
+        self.daemons
+            .iter()
+            .filter(move |(key, _)| key.resource == *resource)
     }
 
     /// The driver root of the running configuration, where the control
@@ -233,10 +264,11 @@ impl Supervisor {
         self.daemons.values().filter_map(|m| m.restart_at).min()
     }
 
-    /// Restarts the daemons whose back-off is over; returns those now ready.
+    /// Restarts the daemons whose back-off is over; returns the resources
+    /// whose daemons are now all ready.
     pub async fn restart_due(&mut self) -> Vec<ResourceName> {
         let now = Instant::now();
-        let due: Vec<ResourceName> = self
+        let due: Vec<DaemonKey> = self
             .daemons
             .iter()
             .filter(|(_, m)| m.restart_at.is_some_and(|t| t <= now))
@@ -249,12 +281,13 @@ impl Supervisor {
                 m.restarts += 1;
                 self.metrics
                     .mps_restarts
-                    .get_or_create(&self.metrics.resource(name.as_str()))
+                    .get_or_create(&self.metrics.resource(name.resource.as_str()))
                     .inc();
             }
             self.start(&name).await;
-            if self.daemons.get(&name).is_some_and(|m| m.ready) {
-                ready.push(name);
+            self.set_ready_metric(&name.resource);
+            if self.not_ready(&name.resource).is_none() && !ready.contains(&name.resource) {
+                ready.push(name.resource);
             }
         }
         ready
@@ -264,7 +297,7 @@ impl Supervisor {
     /// running daemon (not one already replaced), after scheduling its
     /// restart.
     pub fn on_exit(&mut self, exit: MpsExit) -> Option<ResourceName> {
-        let managed = self.daemons.get_mut(&exit.resource)?;
+        let managed = self.daemons.get_mut(&exit.key)?;
         if managed.generation != exit.generation {
             return None;
         }
@@ -275,29 +308,40 @@ impl Supervisor {
         managed.restart_at = Some(Instant::now() + delay);
         tracing::error!(
             "the MPS control daemon of '{}' exited ({}); its devices are Unhealthy; restarting it in {delay:?}",
-            exit.resource,
+            exit.key,
             exit.status
         );
-        self.set_ready_metric(&exit.resource, false);
-        Some(exit.resource)
+        self.set_ready_metric(&exit.key.resource);
+        Some(exit.key.resource)
     }
 
     /// Stops every daemon (SIGTERM).
     pub async fn stop_all(&mut self) {
         let all = std::mem::take(&mut self.daemons);
+        let mut resources: Vec<ResourceName> = Vec::new();
         for (name, managed) in all {
             self.stop(&name, managed).await;
+            if !resources.contains(&name.resource) {
+                resources.push(name.resource);
+            }
+        }
+        for resource in resources {
+            self.set_ready_metric(&resource);
         }
     }
 
-    fn set_ready_metric(&self, name: &ResourceName, ready: bool) {
+    /// `gpu_slicer_mps_daemon_ready{resource}`: 1 while every daemon of the
+    /// resource is ready (none left: 0).
+    fn set_ready_metric(&self, resource: &ResourceName) {
+        let mut daemons = self.of(resource).peekable();
+        let ready = daemons.peek().is_some() && daemons.all(|(_, m)| m.ready);
         self.metrics
             .mps_ready
-            .get_or_create(&self.metrics.resource(name.as_str()))
+            .get_or_create(&self.metrics.resource(resource.as_str()))
             .set(i64::from(ready));
     }
 
-    async fn start(&mut self, name: &ResourceName) {
+    async fn start(&mut self, name: &DaemonKey) {
         self.next_generation += 1;
         let generation = self.next_generation;
         let Some(spec) = self.daemons.get(name).map(|m| m.spec.clone()) else {
@@ -315,20 +359,19 @@ impl Supervisor {
                 managed.ready = true;
                 managed.backoff.reset();
                 tracing::info!(
-                    resource = %name,
+                    resource = %name.resource,
+                    shares = name.shares,
                     pid,
                     gpus = spec.gpus.len(),
                     active_thread_percentage = spec.active_thread_percentage,
                     "MPS control daemon ready"
                 );
-                self.set_ready_metric(name, true);
             }
             Err(e) => {
                 managed.ready = false;
                 let delay = managed.backoff.next_delay();
                 managed.restart_at = Some(Instant::now() + delay);
                 tracing::error!("{e}; its devices are Unhealthy; trying again in {delay:?}");
-                self.set_ready_metric(name, false);
             }
         }
     }
@@ -340,15 +383,15 @@ impl Supervisor {
         spec: &ControlDaemon,
         generation: u64,
     ) -> Result<(tokio::sync::oneshot::Sender<()>, u32), MpsError> {
-        let resource = spec.resource.to_string();
+        let resource = spec.key.to_string();
         let fail = |what: String| MpsError::Daemon {
             resource: resource.clone(),
             what,
         };
         let binary = find_control_binary(&self.options)?;
         let root = self.options.container_root.to_string_lossy().into_owned();
-        let pipe = PathBuf::from(mps::pipe_dir(&root, &spec.resource));
-        let log = PathBuf::from(mps::log_dir(&root, &spec.resource));
+        let pipe = PathBuf::from(spec.pipe_dir(&root));
+        let log = PathBuf::from(spec.log_dir(&root));
         for dir in [&pipe, &log, &PathBuf::from(mps::shm_dir(&root))] {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -378,7 +421,7 @@ impl Supervisor {
             .spawn()
             .map_err(|e| fail(format!("cannot be started ({}): {e}", binary.display())))?;
         let pid = child.id().unwrap_or(0);
-        forward_output(&mut child, &spec.resource);
+        forward_output(&mut child, &spec.key);
         let deadline = Instant::now() + READY_TIMEOUT;
         let client = Client {
             binary: binary.clone(),
@@ -421,7 +464,7 @@ impl Supervisor {
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let exits = self.exits.clone();
-        let name = spec.resource.clone();
+        let name = spec.key.clone();
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status.map_or_else(|e| e.to_string(), |s| s.to_string()),
@@ -440,7 +483,7 @@ impl Supervisor {
             };
             let _ = exits
                 .send(MpsExit {
-                    resource: name,
+                    key: name,
                     generation,
                     status,
                 })
@@ -449,8 +492,7 @@ impl Supervisor {
         Ok((stop_tx, pid))
     }
 
-    async fn stop(&self, name: &ResourceName, managed: Managed) {
-        self.set_ready_metric(name, false);
+    async fn stop(&self, name: &DaemonKey, managed: Managed) {
         let Some(stop) = managed.child else { return };
         tracing::info!(resource = %name, "stopping the MPS control daemon");
         let _ = stop.send(());
@@ -489,7 +531,7 @@ fn inherited_env() -> Vec<(String, String)> {
 /// The control program's own output, into our log. In foreground mode
 /// the driver's control daemon writes its log (and its servers') to
 /// standard output instead of `control.log`.
-fn forward_output(child: &mut Child, resource: &ResourceName) {
+fn forward_output(child: &mut Child, resource: &DaemonKey) {
     if let Some(out) = child.stdout.take() {
         forward_lines(out, resource.to_string(), false);
     }

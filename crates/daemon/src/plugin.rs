@@ -75,6 +75,8 @@ fn allocate_status(error: AllocateError, owners: &HashMap<String, ResourceName>)
             None => Status::not_found(error.to_string()),
         },
         AllocateError::TooManySharedDevices { .. }
+        | AllocateError::TooManyMpsReplicas { .. }
+        | AllocateError::MpsReplicasOnSeveralGpus { .. }
         | AllocateError::NoDevices { .. }
         | AllocateError::DuplicateDevice { .. } => Status::invalid_argument(error.to_string()),
     }

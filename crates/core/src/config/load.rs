@@ -178,6 +178,7 @@ const MPS_RESOURCE: &[Field] = &[
     leaf("replicas"),
     leaf("memoryPerReplica"),
     leaf("activeThreadPercentage"),
+    leaf("maxReplicasPerContainer"),
 ];
 
 const MPS: &[Field] = &[
@@ -922,7 +923,12 @@ impl Cx<'_> {
         for (item_path, item) in items {
             let mut resource = self.replicated_resource(item, &item_path)?;
             if is_mps {
-                resource.mps = self.mps_limits(item, &item_path, resource.replicas)?;
+                resource.mps = self.mps_limits(
+                    item,
+                    &item_path,
+                    resource.replicas,
+                    fail_requests_greater_than_one,
+                )?;
             }
             resources.push(resource);
         }
@@ -992,14 +998,16 @@ impl Cx<'_> {
         })
     }
 
-    /// `memoryPerReplica` and `activeThreadPercentage` of an MPS resource,
-    /// and NVIDIA's replica limit. Whether the memory fits a GPU is checked
-    /// by the planner, which knows the GPUs.
+    /// `memoryPerReplica`, `activeThreadPercentage` and
+    /// `maxReplicasPerContainer` of an MPS resource, and NVIDIA's replica
+    /// limit. Whether the memory fits a GPU is checked by the planner, which
+    /// knows the GPUs.
     fn mps_limits(
         &self,
         m: &Map<String, Value>,
         path: &str,
         replicas: u32,
+        fail_requests_greater_than_one: bool,
     ) -> Result<MpsLimits, ConfigError> {
         if replicas > MAX_MPS_REPLICAS {
             return Err(self.invalid(
@@ -1047,9 +1055,45 @@ impl Cx<'_> {
                 ));
             }
         };
+        let max_path = join(path, "maxReplicasPerContainer");
+        let max_replicas_per_container = match m.get("maxReplicasPerContainer") {
+            None | Some(Value::Null) if fail_requests_greater_than_one => 1,
+            // Memory by count: up to every replica of one GPU.
+            None | Some(Value::Null) => replicas,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(1) => 1,
+                Some(k) if k > 1 && fail_requests_greater_than_one => {
+                    return Err(self.invalid(
+                        &max_path,
+                        format!(
+                            "{k} replicas per container needs 'failRequestsGreaterThanOne: false' in sharing.mps (it defaults to true under MPS, which refuses containers asking for more than one replica)"
+                        ),
+                    ));
+                }
+                Some(k) if (2..=u64::from(replicas)).contains(&k) => k as u32,
+                _ => {
+                    return Err(self.invalid(
+                        &max_path,
+                        format!(
+                            "must be a whole number from 1 to replicas ({replicas}): a container's replicas are all on one GPU, found {n}"
+                        ),
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(self.invalid(
+                    &max_path,
+                    format!(
+                        "must be a whole number from 1 to replicas ({replicas}), found {}",
+                        describe(other)
+                    ),
+                ));
+            }
+        };
         Ok(MpsLimits {
             memory_per_replica_mib,
             active_thread_percentage,
+            max_replicas_per_container,
         })
     }
 
@@ -1420,6 +1464,27 @@ mod tests {
             (
                 "sharing: {mps: {resources: [{name: gpu, replicas: 4, activeThreadPercentage: 150}]}}".into(),
                 "config.yaml: sharing.mps.resources[0].activeThreadPercentage: must be a whole percentage from 1 to 100, found 150",
+            ),
+            (
+                "sharing: {mps: {resources: [{name: gpu, replicas: 4, maxReplicasPerContainer: 2}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].maxReplicasPerContainer: 2 replicas per container needs \
+                 'failRequestsGreaterThanOne: false' in sharing.mps (it defaults to true under MPS, which refuses \
+                 containers asking for more than one replica)",
+            ),
+            (
+                "sharing: {mps: {failRequestsGreaterThanOne: false, resources: [{name: gpu, replicas: 4, maxReplicasPerContainer: 5}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].maxReplicasPerContainer: must be a whole number from 1 to \
+                 replicas (4): a container's replicas are all on one GPU, found 5",
+            ),
+            (
+                "sharing: {mps: {failRequestsGreaterThanOne: false, resources: [{name: gpu, replicas: 4, maxReplicasPerContainer: 0}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].maxReplicasPerContainer: must be a whole number from 1 to \
+                 replicas (4): a container's replicas are all on one GPU, found 0",
+            ),
+            (
+                "sharing: {mps: {failRequestsGreaterThanOne: false, resources: [{name: gpu, replicas: 4, maxReplicasPerContainer: two}]}}".into(),
+                "config.yaml: sharing.mps.resources[0].maxReplicasPerContainer: must be a whole number from 1 to \
+                 replicas (4), found string \"two\"",
             ),
             (
                 ts("{name: gpu, replicas: -3}"),

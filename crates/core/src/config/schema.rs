@@ -341,12 +341,27 @@ pub struct ReplicatedResource {
 
 /// Per-replica limits of an MPS resource that replace NVIDIA's defaults
 /// (device memory / replicas, 100 / replicas percent of the SMs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MpsLimits {
     /// `memoryPerReplica`, in MiB.
     pub memory_per_replica_mib: Option<u64>,
     /// `activeThreadPercentage`, 1–100.
     pub active_thread_percentage: Option<u32>,
+    /// `maxReplicasPerContainer`, resolved: 1 under
+    /// `failRequestsGreaterThanOne` (NVIDIA's default), else `replicas`
+    /// unless set. A container holding *k* replicas (all of one GPU) gets
+    /// *k* shares; each *k* has its own control daemon.
+    pub max_replicas_per_container: u32,
+}
+
+impl Default for MpsLimits {
+    fn default() -> Self {
+        MpsLimits {
+            memory_per_replica_mib: None,
+            active_thread_percentage: None,
+            max_replicas_per_container: 1,
+        }
+    }
 }
 
 impl ReplicatedResource {

@@ -245,6 +245,99 @@ async fn mps_replicas_have_a_ready_daemon_behind_them_from_start_to_sigterm() {
     kubelet.shutdown().await;
 }
 
+/// Memory by count: a daemon per request size, each with that many shares;
+/// a pod asking for 2 replicas gets both on one GPU and the 2-share
+/// daemon's pipe; 3 is refused; any of the daemons dying turns the
+/// resource Unhealthy until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_by_count_get_the_daemon_of_their_size() {
+    let node = Node::new();
+    let kubelet = kubelet(node.dir.path()).await;
+    let (mut daemon, log) = node.start(
+        "version: v1\nsharing:\n  mps:\n    failRequestsGreaterThanOne: false\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n      maxReplicasPerContainer: 2\n",
+        "",
+    );
+    kubelet
+        .wait_until(gpus(16, 16), TIMEOUT)
+        .await
+        .expect("16 healthy replicas");
+    let inventory = simulated::from_instance("g5.12xlarge", None).expect("g5");
+    let quarter = inventory.gpus[0].memory_mib / 4;
+    let control = std::fs::read_to_string(&log).expect("log");
+    for line in [
+        format!("Cmd:set_default_device_pinned_mem_limit 3 {quarter}M"),
+        format!("Cmd:set_default_device_pinned_mem_limit 3 {}M", quarter * 2),
+        "Cmd:set_default_active_thread_percentage 25".to_string(),
+        "Cmd:set_default_active_thread_percentage 50".to_string(),
+    ] {
+        assert!(control.contains(&line), "{line} missing from:\n{control}");
+    }
+    let pid_of = |dir: &str| {
+        std::fs::read_to_string(
+            node.resource_dir()
+                .join(dir)
+                .join("nvidia-cuda-mps-control.pid"),
+        )
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    };
+    let two = pid_of("shares-2/pipe").expect("the 2-share daemon's pid file");
+    assert_ne!(Some(two), node.daemon_pid(), "two daemons");
+
+    let pod = Pod::new("double").container(Container::new("main").limit("nvidia.com/gpu", 2));
+    let admission = kubelet.admit(&pod).await.expect("admitted");
+    let merged = &admission.containers[0].merged;
+    assert_eq!(
+        merged.envs["CUDA_MPS_PIPE_DIRECTORY"],
+        "/mps/nvidia.com/gpu/shares-2/pipe"
+    );
+    assert!(
+        !merged.envs["NVIDIA_VISIBLE_DEVICES"].contains(','),
+        "both replicas on one GPU: {:?}",
+        merged.envs
+    );
+    let answer = ask_as_the_container(
+        &merged.envs,
+        &merged.mounts,
+        "get_default_active_thread_percentage",
+    );
+    assert_eq!(answer.trim(), "50.0", "the 2-share daemon answers");
+
+    let pod = Pod::new("triple").container(Container::new("main").limit("nvidia.com/gpu", 3));
+    let err = kubelet.admit(&pod).await.expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "Pod was rejected: Allocate failed due to rpc error: code = InvalidArgument desc = invalid allocation request for \"nvidia.com/gpu\": invalid request: 3 MPS replicas requested; at most 2 per container (maxReplicasPerContainer), which is unexpected"
+    );
+
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &two.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    kubelet
+        .wait_until(gpus(16, 0), TIMEOUT)
+        .await
+        .expect("unhealthy while one of its daemons is down");
+    wait_for_log(
+        &log,
+        "the MPS control daemon of 'nvidia.com/gpu (2 shares)' exited",
+    )
+    .await;
+    kubelet
+        .wait_until(gpus(16, 16), TIMEOUT)
+        .await
+        .expect("healthy once restarted");
+    let restarted = pid_of("shares-2/pipe").expect("pid file");
+    let one = node.daemon_pid().expect("pid file");
+    assert!(daemon.terminate().success());
+    wait_gone(restarted).await;
+    wait_gone(one).await;
+    kubelet.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_away_from_mps_stops_the_daemon() {
     let node = Node::new();
