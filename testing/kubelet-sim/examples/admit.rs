@@ -3,7 +3,8 @@
 //! it, start the device plugin against the same directory, and it waits
 //! until `RESOURCE` has enough healthy devices, admits `PODS` pods asking for
 //! `COUNT` each, prints one JSON line per container (`envs`, `mounts`,
-//! `devices`), and exits.
+//! `devices`), and exits. `COUNT` may be a list (`2,1,1`): pod *i* then
+//! asks for its *i*-th entry, round robin.
 //!
 //! `cargo run -p kubelet-sim --example admit -- DIR RESOURCE COUNT PODS`
 
@@ -17,10 +18,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [dir, resource, count, pods] = args.as_slice() else {
         return Err("usage: admit DIR RESOURCE COUNT PODS".into());
     };
-    let count: usize = count.parse()?;
+    let counts: Vec<usize> = count
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
     let pods: usize = pods.parse()?;
+    let count_of = |i: usize| counts[i % counts.len()];
     let kubelet = Kubelet::start(Options::new(dir)).await?;
-    let wanted = count * pods;
+    let wanted: usize = (0..pods).map(count_of).sum();
     let name = resource.clone();
     kubelet
         .wait_until(
@@ -30,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     for i in 0..pods {
         let pod = Pod::new(format!("pod-{i}"))
-            .container(Container::new("main").limit(resource, count as u64));
+            .container(Container::new("main").limit(resource, count_of(i) as u64));
         let admission = kubelet.admit(&pod).await?;
         for container in &admission.containers {
             let merged = &container.merged;
