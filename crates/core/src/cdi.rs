@@ -7,6 +7,10 @@
 //! whenever the plan is applied. The optional classes (gdrcopy, gds, mofed)
 //! get a spec each, with the device `all`, when the node has their nodes.
 //!
+//! The spec-wide edits also mount the driver's user-space files
+//! ([`crate::driver_files`]: libraries, binaries, firmware, sockets), so a
+//! CUDA image needs nothing else from the node.
+//!
 //! Each device (named by UUID and by index, since `deviceIDStrategy` picks
 //! either) carries its device nodes: `/dev/nvidia<minor>`, plus the GPU- and
 //! compute-instance capability nodes for a MIG device. The spec-wide edits
@@ -19,6 +23,7 @@
 use serde_json::{Value, json};
 
 use crate::device_nodes::{self, DeviceClass, NodeDeviceFiles};
+use crate::driver_files::{FILE_OPTIONS, FileKind, SOCKET_OPTIONS};
 use crate::gpu::Inventory;
 
 pub const KIND: &str = "k8s.device-plugin.nvidia.com/gpu";
@@ -61,8 +66,14 @@ pub fn class_spec(class: DeviceClass, files: &NodeDeviceFiles, dev_root: &str) -
     }))
 }
 
-/// The CDI spec for every GPU and MIG device of the node.
-pub fn spec(inventory: &Inventory, files: &NodeDeviceFiles, dev_root: &str) -> Value {
+/// The CDI spec for every GPU and MIG device of the node. `driver_root` is
+/// the host's driver root, which the driver files' host paths start with.
+pub fn spec(
+    inventory: &Inventory,
+    files: &NodeDeviceFiles,
+    dev_root: &str,
+    driver_root: &str,
+) -> Value {
     let mut devices = Vec::new();
     let mut push = |names: [String; 2], nodes: Vec<String>| {
         let edits = json!({
@@ -88,14 +99,34 @@ pub fn spec(inventory: &Inventory, files: &NodeDeviceFiles, dev_root: &str) -> V
             );
         }
     }
+    let mounts: Vec<Value> = files
+        .driver
+        .mounts
+        .iter()
+        .map(|m| {
+            let options = match m.kind {
+                FileKind::Socket => SOCKET_OPTIONS,
+                _ => FILE_OPTIONS,
+            };
+            json!({
+                "hostPath": device_nodes::host_path(driver_root, &m.source),
+                "containerPath": m.container_path,
+                "options": options,
+            })
+        })
+        .collect();
+    let mut edits = json!({
+        "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+        "deviceNodes": files.control.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+    });
+    if !mounts.is_empty() {
+        edits["mounts"] = Value::Array(mounts);
+    }
     json!({
         "cdiVersion": "0.5.0",
         "kind": KIND,
         "devices": devices,
-        "containerEdits": {
-            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
-            "deviceNodes": files.control.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
-        },
+        "containerEdits": edits,
     })
 }
 
@@ -131,7 +162,12 @@ mod tests {
             mig_caps: NodeDeviceFiles::synthetic_mig_minors(8),
             ..Default::default()
         };
-        let spec = spec(&inventory, &files, "/run/nvidia/driver");
+        let spec = spec(
+            &inventory,
+            &files,
+            "/run/nvidia/driver",
+            "/run/nvidia/driver",
+        );
         assert_eq!(spec["kind"], KIND);
         let devices = spec["devices"].as_array().expect("devices");
         // 8 GPUs + 32 MIG devices, each under two names.
@@ -164,6 +200,46 @@ mod tests {
         assert_eq!(
             spec["containerEdits"]["deviceNodes"][0]["path"],
             "/dev/nvidiactl"
+        );
+    }
+
+    #[test]
+    fn driver_files_are_spec_wide_mounts_from_the_host_driver_root() {
+        use crate::driver_files::{DriverFiles, DriverMount};
+        let inventory = simulated::from_instance("g5.xlarge", None).expect("sim");
+        let mut files = NodeDeviceFiles::default();
+        assert!(
+            spec(&inventory, &files, "/", "/")["containerEdits"]
+                .get("mounts")
+                .is_none(),
+            "no driver files, no mounts"
+        );
+        files.driver = DriverFiles {
+            version: "580.159.04".into(),
+            mounts: vec![
+                DriverMount {
+                    container_path: "/usr/lib64/libcuda.so.1".into(),
+                    source: "/usr/lib64/libcuda.so.580.159.04".into(),
+                    kind: FileKind::Library,
+                },
+                DriverMount {
+                    container_path: "/run/nvidia-persistenced/socket".into(),
+                    source: "/run/nvidia-persistenced/socket".into(),
+                    kind: FileKind::Socket,
+                },
+            ],
+        };
+        let spec = spec(&inventory, &files, "/", "/run/nvidia/driver");
+        assert_eq!(
+            spec["containerEdits"]["mounts"],
+            json!([
+                {"hostPath": "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04",
+                 "containerPath": "/usr/lib64/libcuda.so.1",
+                 "options": ["ro", "nosuid", "nodev", "rbind", "rprivate"]},
+                {"hostPath": "/run/nvidia/driver/run/nvidia-persistenced/socket",
+                 "containerPath": "/run/nvidia-persistenced/socket",
+                 "options": ["nosuid", "nodev", "rbind", "rprivate", "noexec"]},
+            ])
         );
     }
 }

@@ -32,6 +32,8 @@ pub struct NodeDeviceFiles {
     pub mig_caps: HashMap<(u32, u32, u32), (u32, u32)>,
     /// Present nodes of each optional class (empty: the class is absent).
     pub classes: ClassNodes,
+    /// The driver's user-space files, for the CDI spec.
+    pub driver: crate::driver_files::DriverFiles,
 }
 
 /// The optional device classes Allocate can hand out beside the GPUs

@@ -16,11 +16,13 @@
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
 //! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
+//! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
 
 pub mod allocate;
 pub mod cdi;
 pub mod config;
 pub mod device_nodes;
+pub mod driver_files;
 pub mod gpu;
 pub mod health;
 pub mod labels;

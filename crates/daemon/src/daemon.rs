@@ -968,10 +968,22 @@ impl Daemon {
             .cdi_spec_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CDI_SPEC_DIR));
+        let driver = &setup.files.driver;
+        if !driver.version.is_empty() && !driver.has_libcuda() {
+            tracing::warn!(
+                "the CDI spec mounts no libcuda.so.1: none of driver {} was found under the driver root {} \
+                 (looked in {}); containers get their GPUs' device nodes but not the CUDA driver library. \
+                 Mount the host's driver root into this pod and pass --driver-root-ctr-path",
+                driver.version,
+                setup.config.flags.plugin.container_driver_root,
+                gpu_slicer_core::driver_files::LIBRARY_DIRS.join(", ")
+            );
+        }
         let spec = gpu_slicer_core::cdi::spec(
             &setup.inventory,
             &setup.files,
             setup.config.flags.dev_root(),
+            &setup.config.flags.nvidia_driver_root,
         );
         write_spec(&dir, gpu_slicer_core::cdi::SPEC_FILE, &spec)?;
         // The optional classes Allocate names: a spec each; a spec of a

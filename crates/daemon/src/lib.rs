@@ -10,6 +10,7 @@
 //! | [`plugin`] | one DevicePlugin gRPC server per resource |
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`nvml`], [`nvml_health`] | GPU discovery through NVML; health: XID events and GPUs that stop answering |
+//! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets, for the CDI spec |
 //! | [`mps`] | the CUDA MPS control daemons of MPS-shared resources |
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
 //! | [`node`] | per-node config by node label, start-up taint |
@@ -24,6 +25,7 @@ pub mod backoff;
 pub mod config_file;
 pub mod connection;
 pub mod daemon;
+pub mod driver_files;
 pub mod files;
 pub mod kube_api;
 pub mod kubelet;

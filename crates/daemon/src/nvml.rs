@@ -785,6 +785,8 @@ pub fn device_files(opts: &NvmlOptions) -> Result<NodeDeviceFiles, NvmlError> {
         control,
         mig_caps,
         classes: class_nodes(&opts.dev_root),
+        // Listed by the caller once the driver version is known.
+        driver: Default::default(),
     })
 }
 

@@ -179,7 +179,11 @@ pub fn setup_source(
         }
         let options = nvml_options(&config, nvml_lib.as_ref(), mig_minors.as_ref());
         match nvml::discover(&options) {
-            Ok(found) => {
+            Ok(mut found) => {
+                if let Some(version) = &found.driver_version {
+                    found.files.driver =
+                        crate::driver_files::discover(&options.driver_root, version);
+                }
                 if let Some(used) = &nvml_used {
                     // Full: the watcher has its options already.
                     let _ = used.try_send(options.clone());

@@ -18,10 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [dir, resource, count, pods] = args.as_slice() else {
         return Err("usage: admit DIR RESOURCE COUNT PODS".into());
     };
-    let counts: Vec<usize> = count
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
+    let counts: Vec<usize> = count.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let pods: usize = pods.parse()?;
     let count_of = |i: usize| counts[i % counts.len()];
     let kubelet = Kubelet::start(Options::new(dir)).await?;

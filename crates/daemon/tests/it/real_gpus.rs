@@ -385,3 +385,94 @@ async fn each_mig_device_gets_its_parent_and_capability_nodes() {
     }
     kubelet.shutdown().await;
 }
+
+/// With a CDI strategy the spec mounts the driver's files found under the
+/// driver root (as this pod sees it), with the host's driver root in each
+/// host path, and every CDI name Allocate returns is defined in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cdi_spec_carries_the_driver_files_found_under_the_driver_root() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "g5.xlarge", "all-disabled");
+    let driver_root = aside(dir.path()).join("driver-root");
+    let lib_dir = driver_root.join("usr/lib64");
+    std::fs::create_dir_all(&lib_dir).expect("library dir");
+    std::os::unix::fs::symlink(fake_nvml(), lib_dir.join("libnvidia-ml.so.1")).expect("link");
+    // The fake answers driver 580.159.04.
+    std::fs::write(lib_dir.join("libcuda.so.580.159.04"), b"elf").expect("libcuda");
+    std::os::unix::fs::symlink("libcuda.so.580.159.04", lib_dir.join("libcuda.so.1"))
+        .expect("soname link");
+    std::fs::create_dir_all(driver_root.join("usr/bin")).expect("bin dir");
+    std::fs::write(driver_root.join("usr/bin/nvidia-smi"), b"elf").expect("nvidia-smi");
+    let cdi_dir = aside(dir.path()).join("cdi");
+    let kubelet = kubelet(dir.path()).await;
+    let _daemon = start_with_env(
+        dir.path(),
+        &[
+            "--driver-root-ctr-path",
+            driver_root.to_str().expect("utf-8"),
+            "--driver-root",
+            "/run/nvidia/driver",
+            "--device-list-strategy",
+            "cdi-cri",
+            "--cdi-spec-dir",
+            cdi_dir.to_str().expect("utf-8"),
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 1)])).await;
+    let pod = kubelet_sim::Pod::new("cuda")
+        .container(kubelet_sim::Container::new("main").limit("nvidia.com/gpu", 1));
+    let admission = kubelet.admit(&pod).await.expect("admitted");
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cdi_dir.join("k8s.device-plugin.nvidia.com-gpu.json"))
+            .expect("spec written"),
+    )
+    .expect("JSON");
+    for name in &admission.containers[0].merged.cdi_devices {
+        let (_, id) = name.split_once('=').expect("kind=name");
+        assert!(
+            spec["devices"]
+                .as_array()
+                .expect("devices")
+                .iter()
+                .any(|d| d["name"] == id),
+            "{name} is not defined in the spec"
+        );
+    }
+    let mounts: Vec<(String, String)> = spec["containerEdits"]["mounts"]
+        .as_array()
+        .expect("driver mounts")
+        .iter()
+        .map(|m| {
+            (
+                m["containerPath"].as_str().expect("path").to_string(),
+                m["hostPath"].as_str().expect("host path").to_string(),
+            )
+        })
+        .collect();
+    for (container, host) in [
+        (
+            "/usr/lib64/libcuda.so.1",
+            "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04",
+        ),
+        (
+            "/usr/local/nvidia/lib64/libcuda.so.1",
+            "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04",
+        ),
+        (
+            "/usr/bin/nvidia-smi",
+            "/run/nvidia/driver/usr/bin/nvidia-smi",
+        ),
+    ] {
+        assert!(
+            mounts.contains(&(container.to_string(), host.to_string())),
+            "{container} from {host} missing: {mounts:?}"
+        );
+    }
+    // Each host path is the driver root's file, seen here under the mount.
+    for (_, host) in &mounts {
+        let here = driver_root.join(host.trim_start_matches("/run/nvidia/driver/"));
+        assert!(here.exists(), "{host} does not exist under the driver root");
+    }
+    kubelet.shutdown().await;
+}
