@@ -241,6 +241,10 @@ struct Resource {
     losses_in_a_row: u32,
     registered: Option<Key>,
     in_flight: Option<(AttemptId, Key)>,
+    /// The in-flight registration's stream opened and closed before its
+    /// answer came (a kubelet dials back at once): a loss once it is
+    /// registered.
+    lost_while_registering: bool,
     register_failures: u32,
     /// Not before: the back-off after a failed Register.
     register_retry_at: Option<Instant>,
@@ -260,6 +264,7 @@ impl Resource {
             losses_in_a_row: 0,
             registered: None,
             in_flight: None,
+            lost_while_registering: false,
             register_failures: 0,
             register_retry_at: None,
             draining_until: None,
@@ -574,17 +579,17 @@ impl Machine {
             && r.registered.is_some_and(|k| {
                 Some(k.kubelet) == current_kubelet && k.server == server && k.epoch == r.epoch
             });
+        if !registered
+            && r.draining_until.is_none()
+            && r.in_flight.is_some_and(|(_, k)| k.server == server)
+        {
+            r.lost_while_registering = true;
+            return;
+        }
         if !registered || r.draining_until.is_some() {
             return;
         }
-        r.losses_in_a_row = r.losses_in_a_row.saturating_add(1);
-        let wait = stream_loss_wait(grace, r.losses_in_a_row);
-        r.loss_deadline = Some(now + wait);
-        out.push(Action::Notify(Notice::StreamLost {
-            resource: name.clone(),
-            in_a_row: r.losses_in_a_row,
-            register_in: wait,
-        }));
+        stream_lost(name, r, grace, now, out);
     }
 
     fn on_registered(
@@ -613,6 +618,9 @@ impl Machine {
                 out.push(Action::Notify(Notice::Registered {
                     resource: name.clone(),
                 }));
+                if std::mem::take(&mut r.lost_while_registering) && r.streams == 0 {
+                    stream_lost(name, r, self.timings.stream_grace, now, out);
+                }
             }
             Err(error) => {
                 r.register_failures = r.register_failures.saturating_add(1);
@@ -698,6 +706,7 @@ impl Machine {
             let attempt = self.new_id();
             if let Some(r) = self.resources.get_mut(&name) {
                 r.in_flight = Some((attempt, key));
+                r.lost_while_registering = false;
                 r.register_retry_at = None;
             }
             out.push(Action::Register {
@@ -732,6 +741,25 @@ fn delay_after(backoff: Backoff, failures: u32) -> Duration {
         b.grow();
     }
     b.current()
+}
+
+/// A registered resource's last stream is gone: unless one opens first, it
+/// registers again after the stream back-off.
+fn stream_lost(
+    name: &ResourceName,
+    r: &mut Resource,
+    grace: Duration,
+    now: Instant,
+    out: &mut Vec<Action>,
+) {
+    r.losses_in_a_row = r.losses_in_a_row.saturating_add(1);
+    let wait = stream_loss_wait(grace, r.losses_in_a_row);
+    r.loss_deadline = Some(now + wait);
+    out.push(Action::Notify(Notice::StreamLost {
+        resource: name.clone(),
+        in_a_row: r.losses_in_a_row,
+        register_in: wait,
+    }));
 }
 
 /// How long to wait for a new stream before registering again: the grace

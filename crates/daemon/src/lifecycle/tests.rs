@@ -375,6 +375,37 @@ fn a_stream_back_within_the_grace_needs_no_registration() {
     assert!(registers(&rig.advance(Duration::from_secs(10))).is_empty());
 }
 
+/// A real kubelet opens ListAndWatch as soon as it has taken a
+/// registration, before the plugin has read Register's answer; a stream
+/// that opens and closes in that window used to be forgotten, and the
+/// resource stayed registered with no stream for ever (the end-to-end
+/// stream test hung on a loaded machine).
+#[test]
+fn a_stream_lost_before_the_register_answer_arrives_is_still_a_loss() {
+    let mut rig = Rig::registered(&["nvidia.com/gpu"]);
+    let server = rig.server("nvidia.com/gpu");
+    rig.feed(Event::StreamClosed { server });
+    let again = rig.advance(Duration::from_secs(2));
+    assert_eq!(registers(&again), [("nvidia.com/gpu".to_string(), A)]);
+    // The kubelet took it, opened a stream and closed it again; then the
+    // answer to Register arrives.
+    rig.feed(Event::StreamOpened { server });
+    rig.feed(Event::StreamClosed { server });
+    let answered = rig.accept_all(&again);
+    assert!(
+        has_notice(&answered, |n| matches!(
+            n,
+            Notice::StreamLost { in_a_row: 2, .. }
+        )),
+        "{answered:?}"
+    );
+    let wait = stream_loss_wait(Timings::default().stream_grace, 2);
+    assert_eq!(
+        registers(&rig.advance(wait)),
+        [("nvidia.com/gpu".to_string(), A)]
+    );
+}
+
 /// A kubelet that closes every stream (a message over its 4 MiB limit, say)
 /// is not answered with a registration every two seconds forever.
 #[test]
