@@ -41,6 +41,19 @@ pub struct RunArgs {
     /// the config named `default`, else the only config, else none.
     #[arg(long, env = "DEFAULT_CONFIG", value_name = "NAME")]
     pub default_config: Option<String>,
+    /// Ordered fallbacks when the node has no label and no --default-config
+    /// is set, as NVIDIA's config-manager: `named` (the config `default`),
+    /// `single` (the only config), `empty` (no config file). None matching
+    /// is an error.
+    #[arg(
+        long,
+        env = "FALLBACK_STRATEGIES",
+        value_delimiter = ',',
+        value_enum,
+        default_value = "named,single,empty",
+        value_name = "LIST"
+    )]
+    pub fallback_strategies: Vec<crate::node::FallbackStrategy>,
     /// Remove this taint from the node once every resource is registered with the
     /// kubelet (a Karpenter start-up taint). Needs --node-name and `patch` on nodes.
     #[arg(long, env = "STARTUP_TAINT", value_name = "KEY")]
@@ -174,10 +187,51 @@ impl RunArgs {
                 config_dir: self.config_dir,
                 config_label: self.node_config_label,
                 default_config: self.default_config,
+                fallback_strategies: self.fallback_strategies,
                 kube_api_url: self.kube_api_url,
                 startup_taint: self.startup_taint,
                 follow_mig_manager: self.follow_mig_manager,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::RunArgs;
+    use crate::node::{DEFAULT_FALLBACKS, FallbackStrategy};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn fallbacks(args: &[&str]) -> Result<Vec<FallbackStrategy>, String> {
+        let argv = std::iter::once("daemon").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .map(|cli| cli.run.fallback_strategies)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fallback_strategies_take_nvidia_s_comma_separated_list() {
+        use FallbackStrategy::*;
+        assert_eq!(fallbacks(&[]).unwrap(), DEFAULT_FALLBACKS.to_vec());
+        assert_eq!(
+            fallbacks(&["--fallback-strategies", "named,single"]).unwrap(),
+            vec![Named, Single]
+        );
+        assert_eq!(
+            fallbacks(&["--fallback-strategies", "empty"]).unwrap(),
+            vec![Empty]
+        );
+        let e = fallbacks(&["--fallback-strategies", "named,first"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'first'") && e.contains("named, single, empty"),
+            "{e}"
+        );
     }
 }

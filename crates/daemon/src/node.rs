@@ -60,6 +60,27 @@ pub enum Reason {
     Single,
 }
 
+/// NVIDIA's config-manager fallbacks (`--fallback-strategies`,
+/// `FALLBACK_STRATEGIES`), tried in order when the node has no label and no
+/// default config is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FallbackStrategy {
+    /// The config named `default`.
+    Named,
+    /// The only config, when there is exactly one.
+    Single,
+    /// No config file: defaults and flags only.
+    Empty,
+}
+
+/// The fallbacks when none are given: NVIDIA's chart's `named, single`,
+/// then `empty`, which is what gpu-slicer always did.
+pub const DEFAULT_FALLBACKS: [FallbackStrategy; 3] = [
+    FallbackStrategy::Named,
+    FallbackStrategy::Single,
+    FallbackStrategy::Empty,
+];
+
 /// The outcome of [`select_config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -118,6 +139,31 @@ pub enum SelectionError {
         value: String,
         available: Vec<String>,
     },
+    #[error(
+        "the node has no label {label}, no default config is set (--default-config / DEFAULT_CONFIG), and no fallback strategy ({}) found a config among: {}; set the label, set a default config, or add `empty` to --fallback-strategies / FALLBACK_STRATEGIES to run with defaults and flags only",
+        strategies(tried),
+        list(available)
+    )]
+    NoFallback {
+        label: String,
+        tried: Vec<FallbackStrategy>,
+        available: Vec<String>,
+    },
+}
+
+fn strategies(tried: &[FallbackStrategy]) -> String {
+    if tried.is_empty() {
+        return "none given".into();
+    }
+    let names: Vec<&str> = tried
+        .iter()
+        .map(|s| match s {
+            FallbackStrategy::Named => "named",
+            FallbackStrategy::Single => "single",
+            FallbackStrategy::Empty => "empty",
+        })
+        .collect();
+    names.join(", ")
 }
 
 fn list(names: &[String]) -> String {
@@ -131,13 +177,15 @@ fn list(names: &[String]) -> String {
 /// NVIDIA's config-manager rule. `available` are the file names in the
 /// config directory (see [`list_configs`]); `label_key` is only used in
 /// messages. A label value picks that config; with no label (or an empty
-/// value): `default` (DEFAULT_CONFIG) if set, else the key `default`, else
-/// the only key, else no config.
+/// value): `default` (DEFAULT_CONFIG) if set, else the `fallbacks` in
+/// order (the key `default`, the only key, no config); none matching is an
+/// error, as in NVIDIA's config-manager.
 pub fn select_config(
     available: &[String],
     label_key: &str,
     label: Option<&str>,
     default: Option<&str>,
+    fallbacks: &[FallbackStrategy],
 ) -> Result<Selection, SelectionError> {
     let mut sorted = available.to_vec();
     sorted.sort();
@@ -170,19 +218,31 @@ pub fn select_config(
             })
         };
     }
-    if has(DEFAULT_KEY) {
-        return Ok(Selection::Config {
-            name: DEFAULT_KEY.into(),
-            reason: Reason::Named,
-        });
+    for fallback in fallbacks {
+        match fallback {
+            FallbackStrategy::Named if has(DEFAULT_KEY) => {
+                return Ok(Selection::Config {
+                    name: DEFAULT_KEY.into(),
+                    reason: Reason::Named,
+                });
+            }
+            FallbackStrategy::Single => {
+                if let [only] = sorted.as_slice() {
+                    return Ok(Selection::Config {
+                        name: only.clone(),
+                        reason: Reason::Single,
+                    });
+                }
+            }
+            FallbackStrategy::Empty => return Ok(Selection::Empty),
+            FallbackStrategy::Named => {}
+        }
     }
-    if let [only] = sorted.as_slice() {
-        return Ok(Selection::Config {
-            name: only.clone(),
-            reason: Reason::Single,
-        });
-    }
-    Ok(Selection::Empty)
+    Err(SelectionError::NoFallback {
+        label: label_key.into(),
+        tried: fallbacks.to_vec(),
+        available: sorted,
+    })
 }
 
 /// The config names in a mounted ConfigMap directory: regular files (or
@@ -213,6 +273,7 @@ pub struct LabelSelectedConfig {
     pub dir: PathBuf,
     pub label_key: String,
     pub default: Option<String>,
+    pub fallbacks: Vec<FallbackStrategy>,
     /// `None` inside: the node has no such label.
     pub label: watch::Receiver<Option<String>>,
     /// The last selection handed out; `None` before the first load.
@@ -224,12 +285,14 @@ impl LabelSelectedConfig {
         dir: PathBuf,
         label_key: String,
         default: Option<String>,
+        fallbacks: Vec<FallbackStrategy>,
         label: watch::Receiver<Option<String>>,
     ) -> Self {
         LabelSelectedConfig {
             dir,
             label_key,
             default,
+            fallbacks,
             label,
             last: Mutex::new(None),
         }
@@ -253,12 +316,19 @@ impl LabelSelectedConfig {
             &self.label_key,
             label.as_deref(),
             self.default.as_deref(),
+            &self.fallbacks,
         ) {
             Ok(selection) => selection,
             Err(e @ SelectionError::UnknownLabelValue { .. }) if last.is_none() => {
                 tracing::error!("{e}; starting without the label");
-                select_config(&available, &self.label_key, None, self.default.as_deref())
-                    .map_err(|e| e.to_string())?
+                select_config(
+                    &available,
+                    &self.label_key,
+                    None,
+                    self.default.as_deref(),
+                    &self.fallbacks,
+                )
+                .map_err(|e| e.to_string())?
             }
             Err(e) => return Err(e.to_string()),
         };
@@ -587,7 +657,7 @@ mod tests {
         ];
         for (available, label, default, want) in cases {
             assert_eq!(
-                select_config(available, CONFIG_LABEL, label, default),
+                select_config(available, CONFIG_LABEL, label, default, &DEFAULT_FALLBACKS),
                 want,
                 "available {available:?}, label {label:?}, default {default:?}"
             );
@@ -596,13 +666,90 @@ mod tests {
 
     #[test]
     fn errors_say_what_is_available_and_what_happens() {
-        let e = select_config(&names(&["b", "a"]), CONFIG_LABEL, Some("x"), None).unwrap_err();
+        let e = select_config(
+            &names(&["b", "a"]),
+            CONFIG_LABEL,
+            Some("x"),
+            None,
+            &DEFAULT_FALLBACKS,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "node label nvidia.com/device-plugin.config=x names no config; available: a, b; keeping the running config"
         );
-        let e = select_config(&[], CONFIG_LABEL, Some("x"), None).unwrap_err();
+        let e = select_config(&[], CONFIG_LABEL, Some("x"), None, &DEFAULT_FALLBACKS).unwrap_err();
         assert!(e.to_string().contains("available: (none)"), "{e}");
+    }
+
+    #[test]
+    fn fallbacks_are_tried_in_the_order_given_and_none_matching_is_an_error() {
+        use FallbackStrategy::*;
+        let two = names(&["ts-2", "ts-4"]);
+        let with_default = names(&["default", "ts-2"]);
+        let one = names(&["only"]);
+        let no_fallback = |tried: &[FallbackStrategy], available: &[String]| {
+            Err(SelectionError::NoFallback {
+                label: CONFIG_LABEL.into(),
+                tried: tried.to_vec(),
+                available: available.to_vec(),
+            })
+        };
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &[String],
+            &[FallbackStrategy],
+            Result<Selection, SelectionError>,
+        )> = vec![
+            // NVIDIA's chart default.
+            (
+                &with_default,
+                &[Named, Single],
+                config("default", Reason::Named),
+            ),
+            (&one, &[Named, Single], config("only", Reason::Single)),
+            (&two, &[Named, Single], no_fallback(&[Named, Single], &two)),
+            // Order matters: `single` first picks the only key even if it is `default`.
+            (&one, &[Single, Named], config("only", Reason::Single)),
+            (
+                &with_default,
+                &[Single],
+                no_fallback(&[Single], &with_default),
+            ),
+            (&one, &[Named], no_fallback(&[Named], &one)),
+            (&two, &[Named, Empty], Ok(Selection::Empty)),
+            (&with_default, &[Empty, Named], Ok(Selection::Empty)),
+            // None given: NVIDIA's config-manager fails too.
+            (&one, &[], no_fallback(&[], &one)),
+        ];
+        for (available, fallbacks, want) in cases {
+            assert_eq!(
+                select_config(available, CONFIG_LABEL, None, None, fallbacks),
+                want,
+                "available {available:?}, fallbacks {fallbacks:?}"
+            );
+        }
+        // A default config still comes before any fallback.
+        assert_eq!(
+            select_config(&two, CONFIG_LABEL, None, Some("ts-4"), &[]),
+            config("ts-4", Reason::DefaultConfig)
+        );
+    }
+
+    #[test]
+    fn no_fallback_says_what_to_do() {
+        let e = select_config(
+            &names(&["ts-4", "ts-2"]),
+            CONFIG_LABEL,
+            None,
+            None,
+            &[FallbackStrategy::Named, FallbackStrategy::Single],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the node has no label nvidia.com/device-plugin.config, no default config is set (--default-config / DEFAULT_CONFIG), and no fallback strategy (named, single) found a config among: ts-2, ts-4; set the label, set a default config, or add `empty` to --fallback-strategies / FALLBACK_STRATEGIES to run with defaults and flags only"
+        );
     }
 
     #[test]
@@ -626,7 +773,13 @@ mod tests {
             std::fs::write(dir.path().join(name), "version: v1\n").unwrap();
         }
         let (tx, rx) = watch::channel(Some("nope".to_string()));
-        let selector = LabelSelectedConfig::new(dir.path().into(), CONFIG_LABEL.into(), None, rx);
+        let selector = LabelSelectedConfig::new(
+            dir.path().into(),
+            CONFIG_LABEL.into(),
+            None,
+            DEFAULT_FALLBACKS.to_vec(),
+            rx,
+        );
         // First load: nothing to keep, so the fallbacks apply (two keys: none).
         assert_eq!(selector.resolve(), Ok(None));
         tx.send_replace(Some("ts-4".into()));

@@ -92,6 +92,7 @@ pub struct NodeOptions {
     pub config_label: String,
     /// The config to use when the node has no label (`DEFAULT_CONFIG`).
     pub default_config: Option<String>,
+    pub fallback_strategies: Vec<crate::node::FallbackStrategy>,
     /// Talk to this API server URL instead of the in-cluster one (tests).
     pub kube_api_url: Option<String>,
     /// Remove this taint from the Node once every resource is registered.
@@ -311,6 +312,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
                 dir,
                 node_options.config_label.clone(),
                 node_options.default_config.clone(),
+                node_options.fallback_strategies.clone(),
                 rx.clone(),
             );
             let choice = ConfigChoice::Selected(Arc::new(selector));
