@@ -1,7 +1,8 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
-//! The endpoint is off unless an address is given (`--metrics-address`), and
-//! the deployment binds it to localhost by default. hyper's HTTP/1.1 server
+//! The endpoint is off unless an address is given (`--metrics-address`); the
+//! manifests and the chart bind it to the pod's own IP, where the kubelet's
+//! probes (`/healthz`, `/readyz`) and a scraper reach it. hyper's HTTP/1.1 server
 //! (already linked through tonic) answers three GET routes, one request per
 //! connection, with a header-read timeout, a connection cap and a per
 //! connection deadline, so no HTTP client can hold resources the kubelet

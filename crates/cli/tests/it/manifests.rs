@@ -127,17 +127,48 @@ fn every_daemonset_is_hardened() {
             );
         }
 
-        // The plugin container: `run --config-file /config/config.yaml`, the
-        // device-plugin directory mounted as a directory.
+        // The plugin container: `run` with one config file, or the
+        // directory of named configs the node label picks from (then it
+        // reads its Node: NODE_NAME and a token); the HTTP endpoint on the
+        // pod's IP, probed.
         let plugin = containers
             .iter()
             .find(|c| c["name"] == "gpu-slicer")
             .unwrap_or_else(|| panic!("{at}: no gpu-slicer container"));
+        assert_eq!(containers.len(), 1, "{at}: gpu-slicer needs no sidecar");
+        let args = strs(&plugin["args"]);
+        let env: BTreeMap<&str, &Value> = plugin["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e))
+            .collect();
+        match args[..3] {
+            ["run", "--config-file", "/config/config.yaml"] => {
+                assert_eq!(pod["automountServiceAccountToken"], false, "{at}");
+                assert!(!env.contains_key("NODE_NAME"), "{at}");
+            }
+            ["run", "--config-dir", "/available-configs"] => {
+                assert_eq!(pod["automountServiceAccountToken"], true, "{at}");
+                assert_eq!(
+                    env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+                    "{at}"
+                );
+                assert_eq!(env["FALLBACK_STRATEGIES"]["value"], "named,single", "{at}");
+                assert!(pod["shareProcessNamespace"].is_null(), "{at}");
+            }
+            _ => panic!("{at}: unexpected args {args:?}"),
+        }
+        assert_eq!(args[3..], ["--metrics-address", "0.0.0.0:9401"], "{at}");
         assert_eq!(
-            strs(&plugin["args"]),
-            ["run", "--config-file", "/config/config.yaml"],
+            plugin["livenessProbe"]["httpGet"]["path"], "/healthz",
             "{at}"
         );
+        assert_eq!(
+            plugin["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{at}"
+        );
+        assert_eq!(plugin["ports"][0]["containerPort"], 9401, "{at}");
         let mount = plugin["volumeMounts"]
             .as_array()
             .unwrap()
@@ -155,27 +186,6 @@ fn every_daemonset_is_hardened() {
             "/var/lib/kubelet/device-plugins"
         );
         assert_eq!(volume["hostPath"]["type"], "Directory", "{at}");
-
-        // The config-manager variant follows NVIDIA's sidecar contract.
-        if !pod["initContainers"].is_null() {
-            assert_eq!(pod["shareProcessNamespace"], true, "{at}");
-            assert_eq!(strs(&plugin["command"]), ["nvidia-device-plugin"], "{at}");
-            let sidecar = containers
-                .iter()
-                .find(|c| c["name"] == "config-manager")
-                .unwrap();
-            let env: BTreeMap<&str, &str> = sidecar["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
-                .collect();
-            assert_eq!(env["SIGNAL"], "1", "{at}: SIGHUP");
-            assert_eq!(env["PROCESS_TO_SIGNAL"], "nvidia-device-plugin");
-            assert_eq!(env["NODE_LABEL"], "nvidia.com/device-plugin.config");
-            assert_eq!(env["CONFIG_FILE_SRCDIR"], "/available-configs");
-            assert_eq!(env["CONFIG_FILE_DST"], "/config/config.yaml");
-        }
     }
 }
 
@@ -518,6 +528,19 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
         "config.map",
         "config.name",
         "config.default",
+        "config.fallbackStrategies",
+        "gdrcopyEnabled",
+        "gdsEnabled",
+        "mofedEnabled",
+        "deviceDiscoveryStrategy",
+        "nvidiaDevRoot",
+        "runtimeClassName",
+        "allowDefaultNamespace",
+        "selectorLabelsOverride",
+        "cdi.nvidiaHookPath",
+        "cdi.featureFlags",
+        "mps.root",
+        "mps.enableHostPID",
         "nodeSelector",
         "affinity",
         "tolerations",
@@ -559,8 +582,9 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
                 .unwrap_or(rest.len());
             let key = rest[..end].trim_end_matches('.');
+            // `namespace` is read only to refuse it, as NVIDIA's chart does.
             assert!(
-                value_at(&values, key).is_some(),
+                value_at(&values, key).is_some() || key == "namespace",
                 "{}: .Values.{key} is not in values.yaml",
                 path.display()
             );
@@ -596,10 +620,14 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
         chart_yaml["appVersion"].as_str().unwrap()
     );
     assert_eq!(container["image"], image.as_str());
-    assert_eq!(
-        values["metrics"]["enabled"], false,
-        "metrics off by default"
-    );
+    assert_eq!(values["metrics"]["enabled"], true, "probes need it");
+    assert_eq!(values["metrics"]["port"], 9401);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(values[probe]["enabled"], true, "{probe}");
+        for key in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
+            assert_eq!(values[probe][key], container[probe][key], "{probe}.{key}");
+        }
+    }
 }
 
 #[test]

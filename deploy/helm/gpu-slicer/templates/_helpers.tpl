@@ -21,14 +21,27 @@
 {{- default .Release.Namespace .Values.namespaceOverride }}
 {{- end }}
 
-{{- define "gpu-slicer.selectorLabels" -}}
+{{/* The pod's labels: the chart's own, plus selectorLabelsOverride (as NVIDIA's chart). */}}
+{{- define "gpu-slicer.templateLabels" -}}
 app.kubernetes.io/name: {{ include "gpu-slicer.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- with .Values.selectorLabelsOverride }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* What the DaemonSet (and the Service) select: selectorLabelsOverride when set. */}}
+{{- define "gpu-slicer.selectorLabels" -}}
+{{- if .Values.selectorLabelsOverride }}
+{{- toYaml .Values.selectorLabelsOverride }}
+{{- else }}
+{{- include "gpu-slicer.templateLabels" . }}
+{{- end }}
 {{- end }}
 
 {{- define "gpu-slicer.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "gpu-slicer.selectorLabels" . }}
+{{ include "gpu-slicer.templateLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
@@ -46,15 +59,43 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The key of the ConfigMap used as config.yaml: config.default, else the only key of config.map. */}}
-{{- define "gpu-slicer.configKey" -}}
+{{/* "true" when a config.map config exists that NVIDIA's rules pick with no node label: config.default, or a fallback strategy that finds one. */}}
+{{- define "gpu-slicer.hasDefaultConfig" -}}
+{{- $found := false }}
 {{- if .Values.config.default }}
-{{- .Values.config.default }}
-{{- else if eq (len .Values.config.map) 1 }}
-{{- keys .Values.config.map | first }}
-{{- else if .Values.config.map }}
-{{- fail "config.map holds several configs: set config.default to the one to use" }}
+{{- $found = true }}
 {{- else }}
-{{- fail "config.name is set: set config.default to the key of the config to use" }}
+{{- range .Values.config.fallbackStrategies }}
+{{- if and (eq . "named") (hasKey $.Values.config.map "default") }}{{ $found = true }}{{ end }}
+{{- if and (eq . "single") (eq (len $.Values.config.map) 1) }}{{ $found = true }}{{ end }}
+{{- if eq . "empty" }}{{ $found = true }}{{ end }}
 {{- end }}
+{{- end }}
+{{- $found }}
+{{- end }}
+
+{{/* "true" when the MPS directories are mounted: mps.enabled, or by default when a config may use sharing.mps. */}}
+{{- define "gpu-slicer.mpsEnabled" -}}
+{{- if typeIs "bool" .Values.mps.enabled }}
+{{- .Values.mps.enabled }}
+{{- else if .Values.config.name }}
+{{- true }}
+{{- else }}
+{{- $mps := false }}
+{{- range $name, $text := .Values.config.map }}
+{{- $config := $text | fromYaml }}
+{{- if and $config.sharing (hasKey $config.sharing "mps") }}{{ $mps = true }}{{ end }}
+{{- end }}
+{{- $mps }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the daemon talks to the API server: per-node config, the start-up taint, MIG Manager's state. */}}
+{{- define "gpu-slicer.needsApi" -}}
+{{- or (ne (include "gpu-slicer.configMapName" . | trim) "") (ne .Values.startupTaint "") .Values.migManager.followState }}
+{{- end }}
+
+{{/* The Service for the metrics endpoint: asked for, or needed by the ServiceMonitor. */}}
+{{- define "gpu-slicer.metricsService" -}}
+{{- and .Values.metrics.enabled (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) }}
 {{- end }}

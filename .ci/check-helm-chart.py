@@ -1,0 +1,274 @@
+"""Renders deploy/helm/gpu-slicer with a real Helm and checks what comes out.
+
+Run by .ci/check-helm-chart, which installs Helm and kubernetes-validate
+into a private virtual environment and passes their paths. Every values file
+under the chart's ci/ folder must pass `helm lint --strict`, render, and
+validate against the Kubernetes schemas of every supported minor; then each
+case's rendering is checked for what its values promise (a value that
+renders to nothing is a bug), and every value combination that cannot work
+must fail the rendering with a message that says what to do.
+"""
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+HELM, VALIDATOR = sys.argv[1], sys.argv[2]
+CHART = Path("deploy/helm/gpu-slicer")
+NAMESPACE = "gpu-slicer"
+KUBERNETES = [f"1.{minor}.0" for minor in range(26, 38)]
+# Custom resources without a schema in the validator.
+CRD_KINDS = {"ServiceMonitor"}
+
+failures = []
+
+
+def fail(case, message):
+    failures.append(f"{case}: {message}")
+
+
+def helm(*args, namespace=NAMESPACE):
+    return subprocess.run(
+        [HELM, *args, "--namespace", namespace],
+        capture_output=True,
+        text=True,
+    )
+
+
+def render(values_file=None, sets=(), namespace=NAMESPACE):
+    args = ["template", "t", str(CHART)]
+    if values_file:
+        args += ["-f", str(values_file)]
+    for s in sets:
+        args += ["--set", s]
+    return helm(*args, namespace=namespace)
+
+
+def objects(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def plugin(docs):
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "gpu-slicer"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    return ds, pod, container, env, mounts
+
+
+def validate(case, text):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    args = [VALIDATOR, "--strict", "--quiet"]
+    for v in KUBERNETES:
+        args += ["-k", v]
+    out = subprocess.run(args + [f.name], capture_output=True, text=True)
+    report = out.stdout + out.stderr
+    if out.returncode != 0:
+        fail(case, f"rejected by the Kubernetes schemas:\n{report}")
+    for line in report.splitlines():
+        if "Couldn't find schema" in line and not any(
+            f"for kind {k} " in line for k in CRD_KINDS
+        ):
+            fail(case, f"no schema checked an object: {line}")
+    Path(f.name).unlink()
+
+
+def check_defaults(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert [d["kind"] for d in docs] == ["DaemonSet"], [d["kind"] for d in docs]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert c["args"] == ["run", "--metrics-address", "0.0.0.0:9401"], c["args"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9401, "protocol": "TCP"}]
+    assert "/var/run/cdi" in mounts and "/mps" not in mounts
+    assert "NODE_NAME" not in env and "MIG_STRATEGY" not in env
+    tolerations = {t["key"] for t in pod["tolerations"]}
+    assert tolerations == {"nvidia.com/gpu", "CriticalAddonsOnly"}, tolerations
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    # Karpenter reads only the first required term for DaemonSet overhead.
+    assert terms[0]["matchExpressions"][0]["key"] == "karpenter.k8s.aws/instance-gpu-manufacturer"
+    keys = [t["matchExpressions"][0]["key"] for t in terms]
+    assert "feature.node.kubernetes.io/pci-10de.present" in keys, keys
+    assert "feature.node.kubernetes.io/cpu-model.vendor_id" in keys, keys
+
+
+def check_nvidia(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    (cm,) = by_kind(docs, "ConfigMap")
+    assert sorted(cm["data"]) == ["default", "mig-mixed", "time-slicing-4"], cm["data"]
+    assert c["args"][:3] == ["run", "--config-dir", "/available-configs"], c["args"]
+    assert mounts["/available-configs"] == "available-configs"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "available-configs"]
+    assert volume["configMap"] == {"name": cm["metadata"]["name"]}, volume
+    assert env["FALLBACK_STRATEGIES"] == "named,single"
+    assert "DEFAULT_CONFIG" not in env
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    want = {
+        "PASS_DEVICE_SPECS": "true",
+        "MIG_STRATEGY": "mixed",
+        "FAIL_ON_INIT_ERROR": "false",
+        "DEVICE_LIST_STRATEGY": "cdi-cri",
+        "DEVICE_ID_STRATEGY": "index",
+        "DEVICE_DISCOVERY_STRATEGY": "nvml",
+        "NVIDIA_DRIVER_ROOT": "/run/nvidia/driver",
+        "NVIDIA_DEV_ROOT": "/",
+        "GDRCOPY_ENABLED": "true",
+        "GDS_ENABLED": "false",
+        "MOFED_ENABLED": "true",
+        "NVIDIA_CDI_HOOK_PATH": "/usr/local/nvidia/toolkit/nvidia-cdi-hook",
+    }
+    for key, value in want.items():
+        assert env.get(key) == value, (key, env.get(key))
+    assert mounts["/driver-root"] == "driver-root"
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["serviceAccountName"] == "t-gpu-slicer" and pod["automountServiceAccountToken"]
+    assert ds["spec"]["selector"]["matchLabels"] == {"app": "nvidia-device-plugin-daemonset"}
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert labels["app"] == "nvidia-device-plugin-daemonset" and labels["app.kubernetes.io/instance"] == "t"
+    assert "checksum/config" in ds["spec"]["template"]["metadata"]["annotations"]
+    (role,) = by_kind(docs, "ClusterRole")
+    verbs = sorted(v for r in role["rules"] for v in r["verbs"])
+    assert verbs == ["get", "list", "watch"], verbs
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "t-gpu-slicer", "namespace": NAMESPACE}
+    ]
+    assert by_kind(docs, "ServiceAccount")
+    assert "/mps" not in mounts, "no config uses MPS"
+
+
+def check_karpenter(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert not by_kind(docs, "ConfigMap"), "config.name: the chart builds no ConfigMap"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "available-configs"]
+    assert volume["configMap"] == {"name": "gpu-slicer-configs"}
+    assert env["DEFAULT_CONFIG"] == "mig-mixed"
+    args = c["args"]
+    for flag in ["--follow-mig-manager", "--startup-taint"]:
+        assert flag in args, args
+    assert args[args.index("--startup-taint") + 1] == "gpu-slicer.io/slicing-pending"
+    assert {"key": "gpu-slicer.io/slicing-pending", "operator": "Exists"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.deploy.device-plugin": "true"}
+    (role,) = by_kind(docs, "ClusterRole")
+    verbs = sorted(v for r in role["rules"] for v in r["verbs"])
+    assert verbs == ["get", "list", "patch", "watch"], verbs
+    # An external ConfigMap may use MPS: mounted as NVIDIA's chart does.
+    assert mounts["/mps"] == "mps-root" and mounts["/dev/shm"] == "mps-shm"
+    assert "hostPID" not in pod
+    (svc,) = by_kind(docs, "Service")
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9401, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert svc["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert all(svc["metadata"]["labels"].get(k) == v for k, v in selected.items()), selected
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def check_mps(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert env["MPS_ROOT"] == "/run/nvidia/mps" and env["MPS_CONTAINER_ROOT"] == "/mps"
+    assert mounts["/mps"] == "mps-root" and mounts["/dev/shm"] == "mps-shm"
+    assert pod["hostPID"] is True
+    # One config: the `single` fallback picks it.
+    assert env["FALLBACK_STRATEGIES"] == "named,single"
+    (svc,) = by_kind(docs, "Service")
+    assert not by_kind(docs, "ServiceMonitor")
+
+
+def check_minimal(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert c["args"] == ["run"], c["args"]
+    for key in ["livenessProbe", "readinessProbe", "ports"]:
+        assert key not in c, key
+
+
+CASES = {
+    None: check_defaults,
+    "nvidia-values.yaml": check_nvidia,
+    "karpenter-values.yaml": check_karpenter,
+    "mps-values.yaml": check_mps,
+    "minimal-values.yaml": check_minimal,
+}
+
+for name, check in CASES.items():
+    case = name or "defaults"
+    values = CHART / "ci" / name if name else None
+    lint = helm("lint", "--strict", str(CHART), *(["-f", str(values)] if values else []))
+    if lint.returncode != 0:
+        fail(case, f"helm lint --strict failed:\n{lint.stdout}{lint.stderr}")
+    out = render(values)
+    if out.returncode != 0:
+        fail(case, f"does not render:\n{out.stderr}")
+        continue
+    validate(case, out.stdout)
+    try:
+        check(objects(out.stdout))
+    except AssertionError as e:
+        fail(case, f"rendered wrong: {e!r}")
+
+unused = {p.name for p in (CHART / "ci").glob("*.yaml")} - set(CASES)
+if unused:
+    fail("ci/", f"values files no case checks: {sorted(unused)}")
+
+MAP2 = ["config.map.a=version: v1", "config.map.b=version: v1"]
+BAD = [
+    (["config.name=x", "config.map.a=version: v1"], "Only one of 'config.name' or 'config.map'"),
+    (MAP2, "A default config must be provided"),
+    (MAP2 + ["config.default=c"], 'config.default is "c", but config.map has no such key (keys: a, b)'),
+    (
+        ["config.map.default=version: v1", "config.map.b=version: v1", "config.fallbackStrategies={single}"],
+        "the current set is [single]",
+    ),
+    (["config.fallbackStrategies={first}"], 'unknown strategy "first"'),
+    (["config.map.Bad Name=version: v1"], "cannot be a value of the node label"),
+    (["cdi.featureFlags=x"], "Remove cdi.featureFlags"),
+    (["metrics.enabled=false"], "set metrics.enabled=true, or disable the probes"),
+    (
+        ["metrics.enabled=false", "livenessProbe.enabled=false", "readinessProbe.enabled=false", "metrics.serviceMonitor.enabled=true"],
+        "metrics.service and metrics.serviceMonitor need the endpoint",
+    ),
+    (["startupTaint=a/b:NoSchedule"], "give the key only"),
+    (["namespace=x"], "Value 'namespace' set to x"),
+]
+for sets, message in BAD:
+    out = subprocess.run(
+        [HELM, "template", "t", str(CHART), "--namespace", NAMESPACE]
+        + [a for s in sets for a in ("--set-string" if "config.map." in s else "--set", s)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode == 0:
+        fail(f"--set {sets}", "rendered; it must fail")
+    elif message not in out.stderr:
+        fail(f"--set {sets}", f"fails without saying {message!r}:\n{out.stderr}")
+
+out = render(namespace="default")
+if out.returncode == 0 or "allowDefaultNamespace=true" not in out.stderr:
+    fail("namespace default", f"must be refused unless allowDefaultNamespace:\n{out.stderr}")
+out = render(sets=["allowDefaultNamespace=true"], namespace="default")
+if out.returncode != 0:
+    fail("namespace default, allowed", out.stderr)
+
+if failures:
+    print("\n\n".join(failures), file=sys.stderr)
+    sys.exit(1)
+print(
+    f"check-helm-chart: {len(CASES)} value sets lint, render and validate for Kubernetes "
+    f"{KUBERNETES[0]}..{KUBERNETES[-1]}; {len(BAD) + 1} bad value sets refused with their message"
+)
