@@ -133,6 +133,9 @@ def check_nvidia(docs):
     for key, value in want.items():
         assert env.get(key) == value, (key, env.get(key))
     assert mounts["/driver-root"] == "driver-root"
+    args = c["args"]
+    assert args[args.index("--feature-file") + 1] == "/etc/kubernetes/node-feature-discovery/features.d/gpu-slicer"
+    assert mounts["/etc/kubernetes/node-feature-discovery/features.d"] == "nfd-features"
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["serviceAccountName"] == "t-gpu-slicer" and pod["automountServiceAccountToken"]
     assert ds["spec"]["selector"]["matchLabels"] == {"app": "nvidia-device-plugin-daemonset"}
@@ -193,6 +196,7 @@ def check_mps(docs):
 
 def check_minimal(docs):
     ds, pod, c, env, mounts = plugin(docs)
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert c["args"] == ["run"], c["args"]
     for key in ["livenessProbe", "readinessProbe", "ports"]:
         assert key not in c, key
@@ -245,6 +249,9 @@ BAD = [
     ),
     (["startupTaint=a/b:NoSchedule"], "give the key only"),
     (["namespace=x"], "Value 'namespace' set to x"),
+    (["devicePlugin.enabled=false"], "uninstall the chart instead"),
+    (["gfd.enabled=true"], "set featureFile.enabled=true instead of gfd.enabled"),
+    (["nfd.enabled=true"], "Remove nfd.enabled"),
 ]
 for sets, message in BAD:
     out = subprocess.run(

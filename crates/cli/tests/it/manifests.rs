@@ -541,6 +541,9 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
         "cdi.featureFlags",
         "mps.root",
         "mps.enableHostPID",
+        "devicePlugin.enabled",
+        "featureFile.enabled",
+        "devicePlugin.enableHostNetwork",
         "nodeSelector",
         "affinity",
         "tolerations",
@@ -582,9 +585,10 @@ fn helm_chart_uses_only_defined_values_and_matches_static_manifest() {
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
                 .unwrap_or(rest.len());
             let key = rest[..end].trim_end_matches('.');
-            // `namespace` is read only to refuse it, as NVIDIA's chart does.
+            // NVIDIA's values read only to refuse them: `namespace` (as
+            // NVIDIA's chart does), its GFD and NFD parts.
             assert!(
-                value_at(&values, key).is_some() || key == "namespace",
+                value_at(&values, key).is_some() || ["namespace", "gfd", "nfd"].contains(&key),
                 "{}: .Values.{key} is not in values.yaml",
                 path.display()
             );
