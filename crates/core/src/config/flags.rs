@@ -121,7 +121,7 @@ pub struct ConfigFlags {
     #[arg(long, env = "SHARED_DEVICES_ALLOCATION_POLICY", value_name = "POLICY")]
     pub shared_devices_allocation_policy: Option<String>,
 
-    /// How devices are discovered: auto, nvml or tegra.
+    /// How devices are discovered: auto or nvml (both NVML; tegra is refused).
     #[arg(long, env = "DEVICE_DISCOVERY_STRATEGY", value_name = "STRATEGY")]
     pub device_discovery_strategy: Option<String>,
 
@@ -467,6 +467,13 @@ mod tests {
                 &["--device-discovery-strategy=cuda"][..],
                 "",
                 "--device-discovery-strategy: invalid --device-discovery-strategy option cuda",
+            ),
+            (
+                &["--device-discovery-strategy=tegra"][..],
+                "",
+                "--device-discovery-strategy: device discovery strategy tegra is not supported by gpu-slicer: it \
+                 finds GPUs through NVML only, and Tegra's integrated GPUs (Jetson, IGX) are not NVML devices; use \
+                 auto or nvml, or keep NVIDIA's plugin on Tegra nodes",
             ),
             (
                 &["--imex-channel-ids=0"][..],

@@ -355,15 +355,23 @@ pub fn parse_device_list_strategies<S: AsRef<str>>(
     Ok(out)
 }
 
-/// `auto` | `nvml` | `tegra`, else `invalid --device-discovery-strategy option <v>`.
+/// `auto` | `nvml` (both: NVML, the only discovery gpu-slicer has); `tegra`
+/// is refused with what to do rather than accepted and ignored; else
+/// `invalid --device-discovery-strategy option <v>`.
 pub fn parse_device_discovery_strategy(v: &str) -> Result<String, InvalidValue> {
     match v {
-        "auto" | "nvml" | "tegra" => Ok(v.to_string()),
+        "auto" | "nvml" => Ok(v.to_string()),
+        "tegra" => Err(InvalidValue(TEGRA_UNSUPPORTED.into())),
         _ => Err(InvalidValue(format!(
             "invalid --device-discovery-strategy option {v}"
         ))),
     }
 }
+
+/// Why `deviceDiscoveryStrategy: tegra` is refused (file key and flag alike).
+pub const TEGRA_UNSUPPORTED: &str = "device discovery strategy tegra is not supported by gpu-slicer: it finds GPUs \
+     through NVML only, and Tegra's integrated GPUs (Jetson, IGX) are not NVML devices; use auto or nvml, \
+     or keep NVIDIA's plugin on Tegra nodes";
 
 /// Why a non-empty IMEX channel list is refused (file key and flag alike).
 pub const IMEX_UNSUPPORTED: &str = "IMEX channels are not supported by gpu-slicer: a container would not get \
@@ -1378,6 +1386,10 @@ mod tests {
             (
                 "flags: {deviceDiscoveryStrategy: cuda}".into(),
                 "config.yaml: flags.deviceDiscoveryStrategy: invalid --device-discovery-strategy option cuda",
+            ),
+            (
+                "flags: {deviceDiscoveryStrategy: tegra}".into(),
+                "config.yaml: flags.deviceDiscoveryStrategy: device discovery strategy tegra is not supported by gpu-slicer: it finds GPUs through NVML only, and Tegra's integrated GPUs (Jetson, IGX) are not NVML devices; use auto or nvml, or keep NVIDIA's plugin on Tegra nodes",
             ),
             (
                 "flags: {plugin: {deviceListStrategy: bogus}}".into(),
