@@ -52,6 +52,10 @@
 //! 6. **The running resource set is the last one applied**, plus resources
 //!    draining their removal.
 //! 7. **No timer is postponed** by an event that does not concern it.
+//! 8. **Never stuck.** A resource without a stream from the kubelet that
+//!    accepts connections has a Register in flight or a timer due, also
+//!    when the kubelet opened and lost the stream before Register's answer
+//!    arrived (its handler dials the plugin from a goroutine).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

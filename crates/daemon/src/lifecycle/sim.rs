@@ -7,7 +7,10 @@
 //! `kubelet.sock` by path (so a Register reaches whatever kubelet is there,
 //! not the one the machine meant), and its kubelet behaves as 1.25–1.35 do:
 //! a new registration does not close an older stream, a crash leaves a
-//! stale `kubelet.sock`, a start deletes every socket and then binds.
+//! stale `kubelet.sock`, a start deletes every socket and then binds, and
+//! the stream it opens after accepting a Register (its handler dials the
+//! plugin from a goroutine) may reach the plugin before the Register
+//! answer does, and may even end before it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -59,6 +62,9 @@ enum Op {
     DeleteSocket(usize),
     /// The kubelet drops a resource's stream without restarting.
     DropStream(usize),
+    /// The next accepted Register's stream opens and ends before the
+    /// Register answer arrives (a kubelet losing the plugin right away).
+    DropNextStreamEarly,
     /// A reload: a valid resource set (bit mask), or a refused config.
     Reload(Option<u8>),
     /// An event that concerns no timer (an XID, say).
@@ -83,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => (0usize..3).prop_map(Op::DeleteSocket),
         1 => (0usize..3).prop_map(Op::DropStream),
+        1 => Just(Op::DropNextStreamEarly),
         1 => proptest::option::weighted(0.8, 0u8..8).prop_map(Op::Reload),
         1 => Just(Op::Health),
         1 => prop_oneof![
@@ -125,6 +132,11 @@ struct World {
     pending: BTreeMap<AttemptId, Pending>,
     mode: RegisterMode,
     bind_failing: bool,
+    /// [`Op::DropNextStreamEarly`] is armed.
+    drop_next_stream_early: bool,
+    /// The resource whose Register answer is being delivered: still in
+    /// flight for the machine until `Registered` is fed.
+    answering: Option<ResourceName>,
     /// Registers each kubelet accepted, per resource.
     accepted: BTreeMap<(KubeletId, ResourceName), u32>,
     /// Causes that rightly need another registration with the same kubelet.
@@ -152,6 +164,8 @@ impl World {
             pending: BTreeMap::new(),
             mode: RegisterMode::Normal,
             bind_failing: false,
+            drop_next_stream_early: false,
+            answering: None,
             accepted: BTreeMap::new(),
             allowance: BTreeMap::new(),
             applied: BTreeSet::new(),
@@ -278,6 +292,13 @@ impl World {
         let Some(p) = self.pending.remove(&attempt) else {
             return Ok(());
         };
+        self.answering = Some(p.resource.clone());
+        let delivered = self.deliver(attempt, p);
+        self.answering = None;
+        delivered
+    }
+
+    fn deliver(&mut self, attempt: AttemptId, p: Pending) -> Result<(), TestCaseError> {
         let mut result = p.result;
         if let (Ok(()), Some(k)) = (&result, p.reached) {
             let still_there = self.kubelet_file == Some(k) && self.listening;
@@ -289,9 +310,25 @@ impl World {
             match (still_there, server) {
                 (true, Some(server)) => {
                     *self.accepted.entry((k, p.resource.clone())).or_default() += 1;
+                    if std::mem::take(&mut self.drop_next_stream_early) {
+                        // Opened and lost before the answer: a cause for
+                        // one more registration.
+                        *self.allowance.entry((k, p.resource.clone())).or_default() += 1;
+                        self.settled_after = self
+                            .settled_after
+                            .max(self.now + MAX_STREAM_LOSS_WAIT + Duration::from_millis(100));
+                        self.feed(Event::StreamOpened { server })?;
+                        self.feed(Event::StreamClosed { server })?;
+                        return self.feed(Event::Registered { attempt, result });
+                    }
                     self.streams.push((server, k));
-                    self.feed(Event::Registered { attempt, result })?;
-                    return self.feed(Event::StreamOpened { server });
+                    // Which arrives first is the kubelet's race; both occur.
+                    if attempt % 2 == 0 {
+                        self.feed(Event::Registered { attempt, result })?;
+                        return self.feed(Event::StreamOpened { server });
+                    }
+                    self.feed(Event::StreamOpened { server })?;
+                    return self.feed(Event::Registered { attempt, result });
                 }
                 (false, _) => result = Err("connection reset".into()),
                 (true, None) => result = Err("failed to dial device plugin".into()),
@@ -403,14 +440,17 @@ impl World {
                     .filter(|(s, _)| self.live_servers.get(s) == Some(&r))
                     .copied()
                     .collect();
-                self.streams
-                    .retain(|(s, _)| self.live_servers.get(s) != Some(&r));
+                // One at a time, as the machine hears of them.
                 for (server, k) in dropped {
+                    if let Some(i) = self.streams.iter().position(|st| *st == (server, k)) {
+                        self.streams.remove(i);
+                    }
                     *self.allowance.entry((k, r.clone())).or_default() += 1;
                     settle(self, MAX_STREAM_LOSS_WAIT + Duration::from_millis(100));
                     self.feed(Event::StreamClosed { server })?;
                 }
             }
+            Op::DropNextStreamEarly => self.drop_next_stream_early = true,
             Op::Reload(None) => {} // refused by the shell: never fed
             Op::Reload(Some(mask)) => {
                 let set: BTreeSet<ResourceName> = (0..UNIVERSE.len())
@@ -488,6 +528,26 @@ impl World {
         // 6. The running set is the last applied.
         if !self.machine.is_stopped() {
             prop_assert_eq!(self.machine.planned(), self.applied.clone());
+        }
+        // 8. Never stuck: a planned resource without a stream from the
+        //    kubelet that accepts has a Register in flight or a timer coming
+        //    (a loss the machine forgot would leave it registered, streamless,
+        //    with nothing due).
+        if let (true, Some(k)) = (self.listening, self.kubelet_file)
+            && !self.machine.is_stopped()
+        {
+            let planned = self.machine.planned();
+            for (id, name) in &machine {
+                let streamless = planned.contains(name) && !self.streams.contains(&(*id, k));
+                let in_flight = self.pending.values().any(|p| &p.resource == name)
+                    || self.answering.as_ref() == Some(name);
+                prop_assert!(
+                    !streamless || in_flight || self.machine.next_deadline().is_some(),
+                    "{} has no stream, no Register in flight and nothing due at {} ms",
+                    name,
+                    self.t()
+                );
+            }
         }
         // 4. Registered within a bound.
         let serving = self.mode == RegisterMode::Normal && !self.bind_failing;
