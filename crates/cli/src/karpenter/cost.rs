@@ -558,16 +558,17 @@ mod tests {
         let mig = &r.groups[0];
         assert_eq!(mig.demand["nvidia.com/mig-1g.10gb"], 20);
         let best = &mig.choices[0];
-        // 4 x 1g.10gb per A100-40GB: 32 per p4d.24xlarge, the cheapest.
-        assert_eq!(best.instance, "p4d.24xlarge");
+        // 7 x 1g.10gb per H100: three p5.4xlarge (3 x 6.88 = 20.64 USD/h)
+        // undercut one p4d.24xlarge (32 x 1g.10gb, 21.96 USD/h).
+        assert_eq!(best.instance, "p5.4xlarge");
         assert_eq!(best.layout, "all-1g.10gb");
-        assert_eq!(best.nodes, 1);
+        assert_eq!(best.nodes, 3);
         let shared = &r.groups[1];
-        assert_eq!(shared.choices[0].instance, "g5.xlarge");
+        assert_eq!(shared.choices[0].instance, "g6.xlarge");
         assert_eq!(shared.choices[0].replicas, 2);
         assert_eq!(shared.choices[0].nodes, 3);
         let text = render_ranking(&r, 5).unwrap();
-        assert!(text.contains("dated 2026-09-01"), "{text}");
+        assert!(text.contains("dated 2026-07-20"), "{text}");
     }
 
     #[test]

@@ -926,6 +926,10 @@ const fn inst(
 static INSTANCES: &[InstanceType] = &[
     inst("p4d.24xlarge", "A100-40GB", 8, 2, true),
     inst("p4de.24xlarge", "A100-80GB", 8, 2, true),
+    // 1 × H100 (Karpenter's AWS provider instance-type data: gpu-count 1,
+    // h100, 81920 MiB); without a preset no overlay could zero its
+    // `nvidia.com/gpu` under MIG.
+    inst("p5.4xlarge", "H100-80GB", 1, 1, false),
     inst("p5.48xlarge", "H100-80GB", 8, 2, true),
     inst("p5e.48xlarge", "H200", 8, 2, true),
     inst("p5en.48xlarge", "H200", 8, 2, true),
@@ -946,6 +950,9 @@ static INSTANCES: &[InstanceType] = &[
     inst("g6.12xlarge", "L4", 4, 1, false),
     inst("g6.24xlarge", "L4", 4, 1, false),
     inst("g6.48xlarge", "L4", 8, 2, false),
+    // gr6: 1 × L4 (Karpenter's AWS provider instance-type data).
+    inst("gr6.4xlarge", "L4", 1, 1, false),
+    inst("gr6.8xlarge", "L4", 1, 1, false),
     inst("g6e.xlarge", "L40S", 1, 1, false),
     inst("g6e.2xlarge", "L40S", 1, 1, false),
     inst("g6e.4xlarge", "L40S", 1, 1, false),
@@ -1320,7 +1327,9 @@ mod tests {
             let model = i.gpu_model().unwrap_or_else(|| panic!("{}", i.name));
             assert!(i.gpus >= 1 && i.numa_nodes >= 1, "{}", i.name);
             if i.name.starts_with("p4") || i.name.starts_with("p5") || i.name.starts_with("p6") {
-                assert!(model.mig_capable() && i.nvlink && i.gpus == 8, "{}", i.name);
+                assert!(model.mig_capable(), "{}", i.name);
+                // The 8-GPU sizes are NVSwitch machines; p5.4xlarge has one GPU.
+                assert_eq!(i.nvlink, i.gpus == 8, "{}", i.name);
             }
         }
         assert_eq!(instance("P4D.24xlarge").map(|i| i.model), Some("A100-40GB"));
@@ -1331,5 +1340,13 @@ mod tests {
             Some("V100-32GB")
         );
         assert!(instance("p9.mega").is_none());
+        // Defect: p5.4xlarge (1 x H100) had no preset, so no overlay zeroed
+        // its nvidia.com/gpu in a MIG pool.
+        let p5_small = instance("p5.4xlarge").expect("p5.4xlarge preset");
+        assert_eq!((p5_small.model, p5_small.gpus), ("H100-80GB", 1));
+        assert_eq!(
+            instance("gr6.8xlarge").map(|i| (i.model, i.gpus)),
+            Some(("L4", 1))
+        );
     }
 }
