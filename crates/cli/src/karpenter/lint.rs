@@ -182,10 +182,36 @@ impl Pool<'_> {
 /// Reads the files and lints them together.
 pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
     let mut docs = Vec::new();
+    let mut empty_files = Vec::new();
     for path in paths {
-        docs.extend(super::load_documents(path.as_ref())?);
+        let loaded = super::load_documents(path.as_ref())?;
+        if !loaded.iter().any(is_lintable) {
+            empty_files.push(path.as_ref().display().to_string());
+        }
+        docs.extend(loaded);
     }
-    Ok(lint(&docs))
+    let mut findings = lint(&docs);
+    // Defect: `lint /etc/passwd` said "0 errors, 0 warnings", as if the
+    // file had been checked. A file with nothing to check is an error.
+    for file in empty_files {
+        findings.push(Finding {
+            file,
+            document: 0,
+            object: String::new(),
+            path: String::new(),
+            severity: Severity::Error,
+            rule: "no-kubernetes-object",
+            message: "holds no Kubernetes object (a mapping with apiVersion and kind) and no gpu-slicer config (version: v1), so nothing was checked; pass Kubernetes manifests or gpu-slicer configs".into(),
+        });
+    }
+    Ok(findings)
+}
+
+/// A document lint can check: a Kubernetes object (apiVersion and kind) or a
+/// bare gpu-slicer config (`version: v1`).
+fn is_lintable(doc: &Document) -> bool {
+    let value = &doc.value;
+    (value["apiVersion"].is_string() && value["kind"].is_string()) || value["version"].is_string()
 }
 
 /// Lints documents together; findings sorted by file, document and path.
@@ -255,7 +281,9 @@ fn build_pool<'a>(
                 "nodepool-config-missing",
                 format!(
                     "selects gpu-slicer config '{name}', but no gpu-slicer ConfigMap in these files has that key (they have: {}); \
-                     add it to the ConfigMap or fix the label, or the config manager keeps the previous config",
+                     the label is read by gpu-slicer's config manager, whose ConfigMap holds named configs \
+                     (deploy/static/gpu-slicer-config-manager.yaml): lint the pool with that ConfigMap, add the key to it, \
+                     or fix the label, or the config manager keeps the previous config",
                     configs.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             );
@@ -966,6 +994,18 @@ fn lint_workload(
 pub fn render(findings: &[Finding]) -> String {
     let mut out = String::new();
     for f in findings {
+        if f.object.is_empty() {
+            // A finding about the whole file (it holds nothing to check).
+            let _ = writeln!(
+                out,
+                "{}\n  {}[{}]: {}",
+                f.file,
+                f.severity.as_str(),
+                f.rule,
+                f.message
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{} (document {}) {} at {}\n  {}[{}]: {}",

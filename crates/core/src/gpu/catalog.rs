@@ -605,14 +605,29 @@ fn profile_list(geo: &MigGeometry) -> String {
         .join(", ")
 }
 
+/// `none`: what gpu-slicer's commands document for "MIG off"; an alias of
+/// mig-parted's `all-disabled`.
+pub const MIG_OFF_ALIAS: &str = "none";
+
+/// The layout name with the `none` alias written as `all-disabled`, so that
+/// every comparison and every message uses mig-parted's name.
+pub fn canonical_layout_name(name: &str) -> &str {
+    let name = name.trim();
+    if name == MIG_OFF_ALIAS {
+        "all-disabled"
+    } else {
+        name
+    }
+}
+
 /// Resolves a layout name for a model and checks that it fits.
 ///
-/// Accepts `all-disabled`, `all-enabled`, `all-<profile>` (`+` may be written
+/// Accepts `all-disabled` (alias `none`), `all-enabled`, `all-<profile>` (`+` may be written
 /// as `.`: `all-1g.5gb.me`), `all-balanced`, and custom lists of
 /// `profile=count` pairs (`1g.5gb=2,2g.10gb=1`). Errors name "this GPU";
 /// callers add where the GPU is with [`CatalogError::in_context`].
 pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
-    let name = name.trim();
+    let name = canonical_layout_name(name);
     if name == "all-disabled" {
         return Ok(MigLayout::Disabled);
     }
@@ -1318,6 +1333,17 @@ mod tests {
         assert_eq!(gpu_instance_id(8, 4, 4), 2);
         assert_eq!(gpu_instance_id(8, 2, 2), 4);
         assert_eq!(gpu_instance_id(4, 2, 2), 2);
+    }
+
+    /// Defect: `--mig-config none` was documented as "MIG off" but rejected.
+    #[test]
+    fn none_is_an_alias_of_all_disabled() {
+        for key in ["T4", "A100-40GB", "H200"] {
+            assert_eq!(layout(m(key), "none"), Ok(MigLayout::Disabled), "{key}");
+            assert_eq!(layout(m(key), " none "), Ok(MigLayout::Disabled), "{key}");
+        }
+        assert_eq!(canonical_layout_name("none"), "all-disabled");
+        assert_eq!(canonical_layout_name("all-balanced"), "all-balanced");
     }
 
     #[test]
