@@ -577,8 +577,9 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                 let max_gpus = pool.instances.iter().map(|i| i.gpus).max().unwrap_or(0);
                 if layout.is_some() {
                     sink.add(doc, &path, Severity::Warning, "gpu-limit", format!(
-                        "under MIG (layout {}) registered nodes report 0 nvidia.com/gpu, so this limit measures nothing after launch; \
-                         before launch Karpenter counts physical GPUs{}. Cap the pool with limits.nodes",
+                        "under MIG (layout {}) registered nodes report 0 nvidia.com/gpu, and before launch Karpenter counts what the instance \
+                         type's capacity says: gpu-slicer's NodeOverlay sets nvidia.com/gpu to 0 under MIG, so with it the limit counts 0 per node \
+                         and never stops a launch (without it, Karpenter's own count of physical GPUs is used{}). Cap the pool with limits.nodes",
                         layout.unwrap_or_default(),
                         limit.filter(|l| u64::from(max_gpus) > *l).map(|l| format!(
                             " and excludes every type with more than {l} GPUs ({})",
@@ -767,6 +768,52 @@ fn overlay_pools(doc: &Document) -> Option<Vec<String>> {
     (!pools.is_empty()).then_some(pools)
 }
 
+/// Label keys the NodeOverlay CRD's validation rules reject in
+/// `spec.requirements` (Karpenter's `karpenter.sh_nodeoverlays.yaml` as the
+/// AWS provider ships it), with the rule broken; `None` when allowed.
+fn restricted_overlay_key(key: &str) -> Option<&'static str> {
+    const KARPENTER_SH_ALLOWED: &[&str] = &["karpenter.sh/capacity-type", "karpenter.sh/nodepool"];
+    const AWS_ALLOWED: &[&str] = &[
+        "karpenter.k8s.aws/ec2nodeclass",
+        "karpenter.k8s.aws/instance-encryption-in-transit-supported",
+        "karpenter.k8s.aws/nitro-sandbox",
+        "karpenter.k8s.aws/instance-category",
+        "karpenter.k8s.aws/instance-hypervisor",
+        "karpenter.k8s.aws/instance-family",
+        "karpenter.k8s.aws/instance-generation",
+        "karpenter.k8s.aws/instance-local-nvme",
+        "karpenter.k8s.aws/instance-size",
+        "karpenter.k8s.aws/instance-cpu",
+        "karpenter.k8s.aws/instance-cpu-manufacturer",
+        "karpenter.k8s.aws/instance-cpu-sustained-clock-speed-mhz",
+        "karpenter.k8s.aws/instance-memory",
+        "karpenter.k8s.aws/instance-ebs-bandwidth",
+        "karpenter.k8s.aws/instance-network-bandwidth",
+        "karpenter.k8s.aws/instance-gpu-name",
+        "karpenter.k8s.aws/instance-gpu-manufacturer",
+        "karpenter.k8s.aws/instance-gpu-count",
+        "karpenter.k8s.aws/instance-gpu-memory",
+        "karpenter.k8s.aws/instance-accelerator-name",
+        "karpenter.k8s.aws/instance-accelerator-manufacturer",
+        "karpenter.k8s.aws/instance-accelerator-count",
+        "karpenter.k8s.aws/instance-capability-flex",
+    ];
+    let domain = key.split('/').next().unwrap_or(key);
+    if key == "kubernetes.io/hostname" {
+        Some("label kubernetes.io/hostname is restricted")
+    } else if domain.ends_with("karpenter.sh") && !KARPENTER_SH_ALLOWED.contains(&key) {
+        Some(
+            "label domain karpenter.sh is restricted but for karpenter.sh/capacity-type and karpenter.sh/nodepool",
+        )
+    } else if domain.ends_with("karpenter.k8s.aws") && !AWS_ALLOWED.contains(&key) {
+        Some(
+            "label domain karpenter.k8s.aws is restricted but for the instance-type labels the AWS provider defines",
+        )
+    } else {
+        None
+    }
+}
+
 fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
     let spec = &doc.value["spec"];
     if spec.get("price").is_some() && spec.get("priceAdjustment").is_some() {
@@ -804,16 +851,33 @@ fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
         };
         let template_labels = pool.doc.value["spec"]["template"]["metadata"]["labels"].as_object();
         for (i, r) in reqs.iter().enumerate() {
+            let path = format!("spec.requirements[{i}].key");
+            if let Some(rule) = restricted_overlay_key(&r.key) {
+                sink.add(doc, &path, Severity::Error, "overlay-restricted-key", format!(
+                    "'{}' is restricted in NodeOverlay requirements ({rule}): the API server rejects the overlay. \
+                     Use node.kubernetes.io/instance-type or an allowed karpenter.k8s.aws/instance-* key", r.key));
+                continue;
+            }
             let known = r.key.starts_with("karpenter.sh/")
                 || r.key.starts_with("karpenter.k8s.aws/")
                 || r.key.starts_with("node.kubernetes.io/")
                 || r.key.starts_with("topology.kubernetes.io/")
                 || r.key.starts_with("kubernetes.io/")
                 || template_labels.is_some_and(|l| l.contains_key(&r.key));
-            if !known {
-                sink.add(doc, format!("spec.requirements[{i}].key"), Severity::Warning, "overlay-custom-key", format!(
-                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined and the \
-                     overlay silently never matches. Use node.kubernetes.io/instance-type or karpenter.k8s.aws/instance-gpu-*", r.key));
+            if known {
+                continue;
+            }
+            // An undefined label matches NotIn and DoesNotExist (the overlay
+            // then applies to every instance type of the pool) and nothing else.
+            match r.operator.as_str() {
+                "NotIn" | "DoesNotExist" => sink.add(doc, &path, Severity::Error, "overlay-custom-key", format!(
+                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined, so \
+                     {} matches every instance type of the pool and the overlay applies to all of them. Use node.kubernetes.io/instance-type \
+                     or karpenter.k8s.aws/instance-gpu-*", r.key, r.operator)),
+                _ => sink.add(doc, &path, Severity::Warning, "overlay-custom-key", format!(
+                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined, so \
+                     {} never matches and the overlay silently applies to nothing. Use node.kubernetes.io/instance-type or \
+                     karpenter.k8s.aws/instance-gpu-*", r.key, r.operator)),
             }
         }
         let own: Vec<Requirement> = reqs
@@ -1034,4 +1098,132 @@ pub fn render(findings: &[Finding]) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: gpu}\nspec:\n  template:\n    spec:\n      requirements:\n      - {key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}\n";
+
+    fn overlay_with(requirement: &str) -> String {
+        format!(
+            "---\napiVersion: karpenter.sh/v1alpha1\nkind: NodeOverlay\nmetadata: {{name: o}}\nspec:\n  requirements:\n  - {{key: karpenter.sh/nodepool, operator: In, values: [gpu]}}\n  - {requirement}\n  capacity: {{nvidia.com/gpu: \"1\"}}\n"
+        )
+    }
+
+    /// Defect: `overlay-custom-key` said an unknown key "never matches",
+    /// but NotIn/DoesNotExist match everything; restricted keys are
+    /// rejected by the API server.
+    #[test]
+    fn overlay_requirement_keys_by_operator_and_domain() {
+        let cases: &[(&str, Option<(&str, Severity, &str)>)] = &[
+            (
+                "{key: example.com/team, operator: In, values: [a]}",
+                Some(("overlay-custom-key", Severity::Warning, "In never matches")),
+            ),
+            (
+                "{key: example.com/team, operator: Exists}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Warning,
+                    "Exists never matches",
+                )),
+            ),
+            (
+                "{key: example.com/team, operator: NotIn, values: [a]}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Error,
+                    "NotIn matches every instance type",
+                )),
+            ),
+            (
+                "{key: example.com/team, operator: DoesNotExist}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Error,
+                    "DoesNotExist matches every instance type",
+                )),
+            ),
+            (
+                "{key: karpenter.sh/registered, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "label domain karpenter.sh is restricted",
+                )),
+            ),
+            (
+                "{key: kubernetes.io/hostname, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "kubernetes.io/hostname is restricted",
+                )),
+            ),
+            (
+                "{key: karpenter.k8s.aws/instance-ami-id, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "label domain karpenter.k8s.aws is restricted",
+                )),
+            ),
+            (
+                "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [a10g]}",
+                None,
+            ),
+            (
+                "{key: karpenter.sh/capacity-type, operator: In, values: [spot]}",
+                None,
+            ),
+        ];
+        for (requirement, want) in cases {
+            let text = format!("{POOL}{}", overlay_with(requirement));
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            let findings: Vec<Finding> = lint(&docs)
+                .into_iter()
+                .filter(|f| {
+                    f.rule.starts_with("overlay-custom-key") || f.rule == "overlay-restricted-key"
+                })
+                .collect();
+            match want {
+                None => assert!(findings.is_empty(), "{requirement}: {findings:?}"),
+                Some((rule, severity, text)) => {
+                    assert_eq!(findings.len(), 1, "{requirement}: {findings:?}");
+                    assert_eq!(
+                        (findings[0].rule, findings[0].severity),
+                        (*rule, *severity),
+                        "{requirement}"
+                    );
+                    assert!(
+                        findings[0].message.contains(text),
+                        "{requirement}: {}",
+                        findings[0].message
+                    );
+                }
+            }
+        }
+    }
+
+    /// Defect: `gpu-limit` said Karpenter counts physical GPUs before launch;
+    /// with gpu-slicer's overlay it counts the overlay's 0 under MIG.
+    #[test]
+    fn gpu_limit_under_mig_says_the_overlay_makes_it_count_zero() {
+        let text = "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: mig}\nspec:\n  limits: {nvidia.com/gpu: 4}\n  template:\n    metadata:\n      labels: {nvidia.com/mig.config: all-balanced}\n    spec:\n      requirements:\n      - {key: node.kubernetes.io/instance-type, operator: In, values: [p4d.24xlarge]}\n";
+        let docs = super::super::parse_documents(text, "f.yaml").expect("yaml");
+        let findings = lint(&docs);
+        let gpu_limit = findings
+            .iter()
+            .find(|f| f.rule == "gpu-limit")
+            .expect("gpu-limit finding");
+        assert!(
+            gpu_limit
+                .message
+                .contains("gpu-slicer's NodeOverlay sets nvidia.com/gpu to 0 under MIG, so with it the limit counts 0 per node"),
+            "{}",
+            gpu_limit.message
+        );
+    }
 }
