@@ -249,6 +249,7 @@ pub fn lint(docs: &[Document]) -> Vec<Finding> {
     for doc in &overlays {
         lint_overlay(doc, &pools, &mut sink);
     }
+    lint_overlay_conflicts(&overlays, &pools, &mut sink);
     for doc in docs {
         if let Some((prefix, spec)) = pod_spec(&doc.value) {
             lint_workload(doc, &prefix, spec, &pools, &configs, &mut sink);
@@ -768,6 +769,124 @@ fn overlay_pools(doc: &Document) -> Option<Vec<String>> {
     (!pools.is_empty()).then_some(pools)
 }
 
+/// Karpenter's NodeOverlay conflict rule (kubernetes-sigs/karpenter,
+/// `pkg/controllers/nodeoverlay`): overlays are taken by weight, highest
+/// first, equal weights by name, later in the alphabet first. For each pool
+/// and instance type an overlay matches, it conflicts when the overlay last
+/// applied there has the same weight and sets one of the same capacity keys
+/// (or both set a price). A conflicting overlay gets condition
+/// `ValidationSucceeded=False` reason `Conflict` and is applied nowhere, in no
+/// pool. Prices are compared per instance type here (Karpenter compares per
+/// offering, which lint cannot see).
+fn lint_overlay_conflicts(overlays: &[&Document], pools: &[Pool<'_>], sink: &mut Sink<'_>) {
+    struct Applied {
+        weight: i64,
+        name: String,
+        capacity: Vec<String>,
+    }
+    let weight = |d: &Document| d.value["spec"]["weight"].as_i64().unwrap_or(0);
+    let mut ordered: Vec<&Document> = overlays.to_vec();
+    ordered.sort_by(|a, b| {
+        weight(b)
+            .cmp(&weight(a))
+            .then_with(|| b.name().cmp(a.name()))
+    });
+    // (pool, instance type) → the last overlay applied there (capacity; price).
+    let mut capacity_applied: BTreeMap<(String, &str), Applied> = BTreeMap::new();
+    let mut price_applied: BTreeMap<(String, &str), Applied> = BTreeMap::new();
+    for doc in ordered {
+        let spec = &doc.value["spec"];
+        let w = weight(doc);
+        let capacity: Vec<String> = spec["capacity"]
+            .as_object()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        let priced = spec.get("price").is_some() || spec.get("priceAdjustment").is_some();
+        let reqs: Vec<Requirement> = spec["requirements"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Requirement::from_value).collect())
+            .unwrap_or_default();
+        let own: Vec<Requirement> = reqs
+            .iter()
+            .filter(|r| r.key != "karpenter.sh/nodepool")
+            .cloned()
+            .collect();
+        let matched = instances_matching(&own);
+        let scoped = overlay_pools(doc);
+        let mut targets: Vec<(String, &'static str)> = Vec::new();
+        for pool in pools {
+            if scoped
+                .as_ref()
+                .is_some_and(|names| !names.contains(&pool.name))
+            {
+                continue;
+            }
+            for instance in &pool.instances {
+                if matched.iter().any(|m| m.name == instance.name) {
+                    targets.push((pool.name.clone(), instance.name));
+                }
+            }
+        }
+        let conflict = targets.iter().find_map(|target| {
+            let on_capacity = capacity_applied.get(target).and_then(|a| {
+                let shared: Vec<&String> =
+                    capacity.iter().filter(|k| a.capacity.contains(k)).collect();
+                (a.weight == w && !shared.is_empty()).then(|| {
+                    format!(
+                        "sets {} like NodeOverlay {} with the same weight {w}",
+                        shared
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        a.name
+                    )
+                })
+            });
+            let on_price = price_applied
+                .get(target)
+                .filter(|a| priced && a.weight == w)
+                .map(|a| {
+                    format!(
+                        "sets a price like NodeOverlay {} with the same weight {w}",
+                        a.name
+                    )
+                });
+            on_capacity
+                .or(on_price)
+                .map(|why| format!("{why} for NodePool {} and {}", target.0, target.1))
+        });
+        if let Some(why) = conflict {
+            sink.add(doc, "spec.weight", Severity::Error, "overlay-conflict", format!(
+                "{why}: Karpenter marks this overlay Conflict (ValidationSucceeded=False) and applies it nowhere, in every NodePool. \
+                 Give one of them a different spec.weight (the higher wins), or merge them"));
+            continue;
+        }
+        for target in targets {
+            if !capacity.is_empty() {
+                capacity_applied.insert(
+                    target.clone(),
+                    Applied {
+                        weight: w,
+                        name: doc.name().to_string(),
+                        capacity: capacity.clone(),
+                    },
+                );
+            }
+            if priced {
+                price_applied.insert(
+                    target,
+                    Applied {
+                        weight: w,
+                        name: doc.name().to_string(),
+                        capacity: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// Label keys the NodeOverlay CRD's validation rules reject in
 /// `spec.requirements` (Karpenter's `karpenter.sh_nodeoverlays.yaml` as the
 /// AWS provider ships it), with the rule broken; `None` when allowed.
@@ -1224,6 +1343,65 @@ mod tests {
                 .contains("gpu-slicer's NodeOverlay sets nvidia.com/gpu to 0 under MIG, so with it the limit counts 0 per node"),
             "{}",
             gpu_limit.message
+        );
+    }
+
+    /// Missing rule: two overlays of equal weight setting the same capacity
+    /// key for the same pool and instance type make Karpenter drop one.
+    #[test]
+    fn overlay_conflict_follows_karpenters_rule() {
+        let overlay = |name: &str, weight: Option<u32>, key: &str| {
+            format!(
+                "---\napiVersion: karpenter.sh/v1alpha1\nkind: NodeOverlay\nmetadata: {{name: {name}}}\nspec:\n{}  requirements:\n  - {{key: karpenter.sh/nodepool, operator: In, values: [gpu]}}\n  - {{key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}}\n  capacity: {{{key}: \"1\"}}\n",
+                weight
+                    .map(|w| format!("  weight: {w}\n"))
+                    .unwrap_or_default()
+            )
+        };
+        let conflicts = |overlays: &[String]| -> Vec<(String, String)> {
+            let text = format!("{POOL}{}", overlays.concat());
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            lint(&docs)
+                .into_iter()
+                .filter(|f| f.rule == "overlay-conflict")
+                .map(|f| (f.object, f.message))
+                .collect()
+        };
+        // Same weight, same key: the name earlier in the alphabet loses.
+        let found = conflicts(&[
+            overlay("a", Some(10), "nvidia.com/gpu"),
+            overlay("b", Some(10), "nvidia.com/gpu"),
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "NodeOverlay/a");
+        assert!(
+            found[0].1.starts_with("sets nvidia.com/gpu like NodeOverlay b with the same weight 10 for NodePool gpu and g5.xlarge"),
+            "{}",
+            found[0].1
+        );
+        // No weight is weight 0.
+        assert_eq!(
+            conflicts(&[
+                overlay("a", None, "nvidia.com/gpu"),
+                overlay("b", Some(0), "nvidia.com/gpu")
+            ])
+            .len(),
+            1
+        );
+        // Different weights or different keys do not conflict.
+        assert!(
+            conflicts(&[
+                overlay("a", Some(10), "nvidia.com/gpu"),
+                overlay("b", Some(20), "nvidia.com/gpu")
+            ])
+            .is_empty()
+        );
+        assert!(
+            conflicts(&[
+                overlay("a", Some(10), "nvidia.com/gpu"),
+                overlay("b", Some(10), "example.com/x")
+            ])
+            .is_empty()
         );
     }
 }
