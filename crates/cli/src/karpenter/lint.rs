@@ -344,6 +344,27 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
         .unwrap_or_default();
     let label_path = |key: &str| format!("spec.template.metadata.labels{}", key_segment(key));
 
+    let uncatalogued = super::uncatalogued_gpu_types_matching(&pool.requirements);
+    if !uncatalogued.is_empty() {
+        // Under MIG an unknown type gets no overlay zeroing nvidia.com/gpu: a
+        // whole-GPU pod can launch it and the NodeClaim never registers.
+        let severity = if pool.layout.is_some() {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        sink.add(doc, "spec.template.spec.requirements", severity, "nodepool-type-without-preset", format!(
+            "allows GPU instance types gpu-slicer has no preset for ({}): it cannot compute what they advertise, so no overlay covers them{}. \
+             Exclude them (e.g. {{key: node.kubernetes.io/instance-type, operator: NotIn, values: [...]}}) or list the instance types the pool may use",
+            uncatalogued.join(", "),
+            if pool.layout.is_some() {
+                " and Karpenter keeps their physical nvidia.com/gpu count: a whole-GPU pod can launch one, MIG Manager partitions it, and the NodeClaim never registers"
+            } else {
+                ""
+            }
+        ));
+    }
+
     // Requirement keys and values.
     for (i, r) in raw_reqs.iter().enumerate() {
         let key = r["key"].as_str().unwrap_or_default();
@@ -1401,6 +1422,58 @@ mod tests {
                 overlay("a", Some(10), "nvidia.com/gpu"),
                 overlay("b", Some(10), "example.com/x")
             ])
+            .is_empty()
+        );
+    }
+
+    /// Missing rule: a pool that allows a GPU type without a preset (p5.4xlarge
+    /// was one) gets no overlay for it.
+    #[test]
+    fn nodepool_allowing_types_without_a_preset_is_flagged() {
+        let pool = |labels: &str, requirement: &str| {
+            format!(
+                "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {{name: p}}\nspec:\n  template:\n    metadata:\n      labels: {{{labels}}}\n    spec:\n      requirements:\n      - {requirement}\n"
+            )
+        };
+        let found = |text: String| -> Vec<(Severity, String)> {
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            lint(&docs)
+                .into_iter()
+                .filter(|f| f.rule == "nodepool-type-without-preset")
+                .map(|f| (f.severity, f.message))
+                .collect()
+        };
+        let mig = found(pool(
+            "nvidia.com/mig.config: all-balanced",
+            "{key: karpenter.k8s.aws/instance-family, operator: In, values: [p5, p6-b300]}",
+        ));
+        assert_eq!(mig.len(), 1, "{mig:?}");
+        assert_eq!(mig[0].0, Severity::Error);
+        assert!(
+            mig[0].1.starts_with(
+                "allows GPU instance types gpu-slicer has no preset for (p6-b300.48xlarge)"
+            ),
+            "{}",
+            mig[0].1
+        );
+        let shared = found(pool(
+            "team: a",
+            "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [t4g, l4]}",
+        ));
+        assert_eq!(shared.len(), 1, "{shared:?}");
+        assert_eq!(shared[0].0, Severity::Warning);
+        assert!(shared[0].1.contains("(g5g.xlarge, g5g.2xlarge, g5g.4xlarge, g5g.8xlarge, g5g.16xlarge, g5g.metal, g6f.large"), "{}", shared[0].1);
+        // Karpenter reports gpu-count 0 for the fractional g6f/gr6f.
+        let counted = found(pool("team: a", "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [l4]}").replace(
+            "      - {key: karpenter.k8s.aws/instance-gpu-name",
+            "      - {key: karpenter.k8s.aws/instance-gpu-count, operator: Gt, values: [\"0\"]}\n      - {key: karpenter.k8s.aws/instance-gpu-name",
+        ));
+        assert!(counted.is_empty(), "{counted:?}");
+        assert!(
+            found(pool(
+                "team: a",
+                "{key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}"
+            ))
             .is_empty()
         );
     }
