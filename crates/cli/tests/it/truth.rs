@@ -42,6 +42,27 @@ fn plan_with_errors_exits_non_zero() {
         ),
         "{err}"
     );
+    // migStrategy single on a layout of several profiles: error lines, exit 1.
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--mig-strategy",
+        "single",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(
+            "error: migStrategy single needs every GPU to have the same MIG configuration"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("error above: this node would not advertise"),
+        "{err}"
+    );
     // A plan with no errors still exits 0.
     let (code, _, err) = run(&["plan", "--instance", "g5.xlarge"]);
     assert_eq!(code, 0, "{err}");
