@@ -38,7 +38,7 @@ enum Command {
     Demo {
         #[arg(long, default_value = "p4d.24xlarge")]
         instance: String,
-        #[arg(long, default_value = "all-balanced")]
+        #[arg(long, default_value = "all-balanced", value_parser = layout_arg)]
         mig_config: String,
         #[arg(long, env = "CONFIG_FILE")]
         config_file: Option<PathBuf>,
@@ -56,7 +56,8 @@ enum Command {
             required_unless_present = "workload"
         )]
         instance: Option<String>,
-        #[arg(long, value_name = "NAME")]
+        /// MIG layout (all-balanced, all-1g.5gb, 1g.5gb=2, ...; none or all-disabled: MIG off).
+        #[arg(long, value_name = "NAME", value_parser = layout_arg)]
         mig_config: Option<String>,
         #[arg(long, env = "CONFIG_FILE")]
         config_file: Option<PathBuf>,
@@ -137,7 +138,8 @@ enum MigCommand {
     /// Print the NVML operations that would give this node's GPUs LAYOUT
     /// (all-balanced, all-1g.5gb, 1g.5gb=2,3g.20gb=1, all-disabled), and why.
     Apply {
-        /// A named layout or a custom profile=count list.
+        /// A named layout or a custom profile=count list (none: MIG off).
+        #[arg(value_parser = layout_arg)]
         layout: String,
         /// Print the operations only (required: applying is not built).
         #[arg(long)]
@@ -159,7 +161,7 @@ enum KarpenterCommand {
         #[arg(long, value_name = "NAME")]
         config_name: Option<String>,
         /// MIG layout (default: the NodePool's nvidia.com/mig.config label; none: MIG off).
-        #[arg(long, value_name = "LAYOUT")]
+        #[arg(long, value_name = "LAYOUT", value_parser = layout_arg)]
         mig_config: Option<String>,
         /// NodePool name(s) (default: every NodePool of --nodepool-file).
         #[arg(long, value_name = "NAME")]
@@ -193,6 +195,12 @@ impl From<OutputFormat> for Output {
 /// NVIDIA's config-manager signals the process whose argv[0] is exactly
 /// `nvidia-device-plugin`, and NVIDIA's manifests run it without a
 /// subcommand: under that name, `run` is implied.
+/// Every layout argument goes through here, so `none` (documented as "MIG
+/// off") means `all-disabled` in every command and every comparison.
+fn layout_arg(value: &str) -> Result<String, String> {
+    Ok(gpu_slicer_core::gpu::catalog::canonical_layout_name(value).to_string())
+}
+
 fn args() -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked_as_nvidia = invoked_as_nvidia_device_plugin(args.first().map(|a| a.as_os_str()));
@@ -251,7 +259,16 @@ fn main() -> ExitCode {
                     json: matches!(output, OutputFormat::Json),
                     flags,
                 };
-                commands::plan::run(&options).map(|text| print!("{text}"))
+                commands::plan::run(&options).and_then(|report| {
+                    print!("{}", report.text);
+                    match report.errors {
+                        0 => Ok(()),
+                        n => Err(format!(
+                            "{n} error{} above: this node would not advertise what the configuration asks for",
+                            if n == 1 { "" } else { "s" }
+                        )),
+                    }
+                })
             }
         }
         Command::Karpenter {

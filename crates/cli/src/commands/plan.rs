@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_core::plan::{Plan, Resource, plan};
+use gpu_slicer_core::plan::{Plan, Resource, Severity, plan};
 use gpu_slicer_daemon::config_file::config_for_layout;
 use gpu_slicer_daemon::simulate;
 
@@ -26,9 +26,17 @@ pub struct PlanOptions {
     pub flags: ConfigFlags,
 }
 
+/// What `plan` prints, and how many of its diagnostics are errors (devices
+/// the node would not advertise): any error makes the command fail, so a
+/// script never takes a broken plan for a good one.
+pub struct PlanReport {
+    pub text: String,
+    pub errors: usize,
+}
+
 /// The resources (and prices) a node would advertise. Diagnostics of the
 /// plan go to stderr as they are found.
-pub fn run(options: &PlanOptions) -> Result<String, String> {
+pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
     let layout = options.mig_config.as_deref();
     let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
         .map_err(|e| e.to_string())?;
@@ -44,14 +52,20 @@ pub fn run(options: &PlanOptions) -> Result<String, String> {
     for d in &plan.diagnostics {
         eprintln!("{d}");
     }
-    Ok(if options.json {
+    let errors = plan
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity >= Severity::Error)
+        .count();
+    let text = if options.json {
         format!(
             "{}\n",
             render_json(&options.instance, &plan, &inventory, &table)
         )
     } else {
         render(&plan, &inventory) + &render_costs(&options.instance, &plan, &inventory, &table)
-    })
+    };
+    Ok(PlanReport { text, errors })
 }
 
 /// One line per resource: name, count, then what stands behind it.

@@ -410,6 +410,21 @@ fn group(
     })
 }
 
+/// What Karpenter itself would launch for a group if one NodePool allowed
+/// every choice: its scheduler (kubernetes-sigs/karpenter,
+/// `pkg/controllers/provisioning/scheduling`) puts pending pods on one new
+/// NodeClaim while some instance type still fits them all, and the launch
+/// takes the cheapest of the types that do. So when a single node of some
+/// type holds the whole group, Karpenter launches the cheapest such type,
+/// even when several smaller nodes would cost less. `None` when no single
+/// node holds the group (Karpenter then opens several NodeClaims).
+pub fn karpenter_single_node_pick(choices: &[Choice]) -> Option<&Choice> {
+    choices
+        .iter()
+        .filter(|c| c.nodes == 1)
+        .min_by(|a, b| a.usd_per_hour.total_cmp(&b.usd_per_hour))
+}
+
 /// The ranking as terminal tables: the best `top` choices per group, then
 /// the NodePool limits and overlay of the cheapest.
 pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
@@ -499,6 +514,38 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
         if !g.unpriced.is_empty() {
             let _ = writeln!(out, "   not ranked, no price: {}", g.unpriced.join(", "));
         }
+        // The ranking prices each choice as a pool of one instance type;
+        // say so, and what Karpenter picks when the pool allows them all.
+        let _ = writeln!(
+            out,
+            "   assumes: a NodePool restricted to the one instance type of each row, filled to the node counts shown"
+        );
+        match karpenter_single_node_pick(&g.choices) {
+            Some(pick) => {
+                let _ = writeln!(
+                    out,
+                    "   a NodePool allowing every row: Karpenter puts all pending pods of this group on one NodeClaim and launches \
+                     the cheapest type that fits them all on one node: 1 x {} at ${}/h{}",
+                    pick.instance,
+                    prices::money(pick.usd_per_hour),
+                    if g.choices
+                        .first()
+                        .is_some_and(|best| best.usd_per_hour < pick.usd_per_hour)
+                    {
+                        " (more than the cheapest row: restrict the pool's instance types to get that)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "   a NodePool allowing every row: no single node fits the whole group, so Karpenter opens several NodeClaims; \
+                     which types it picks depends on the order pods are scheduled in"
+                );
+            }
+        }
         if let Some(best) = g.choices.first() {
             let limits: Vec<String> = best
                 .limits
@@ -558,16 +605,17 @@ mod tests {
         let mig = &r.groups[0];
         assert_eq!(mig.demand["nvidia.com/mig-1g.10gb"], 20);
         let best = &mig.choices[0];
-        // 4 x 1g.10gb per A100-40GB: 32 per p4d.24xlarge, the cheapest.
-        assert_eq!(best.instance, "p4d.24xlarge");
+        // 7 x 1g.10gb per H100: three p5.4xlarge (3 x 6.88 = 20.64 USD/h)
+        // undercut one p4d.24xlarge (32 x 1g.10gb, 21.96 USD/h).
+        assert_eq!(best.instance, "p5.4xlarge");
         assert_eq!(best.layout, "all-1g.10gb");
-        assert_eq!(best.nodes, 1);
+        assert_eq!(best.nodes, 3);
         let shared = &r.groups[1];
-        assert_eq!(shared.choices[0].instance, "g5.xlarge");
+        assert_eq!(shared.choices[0].instance, "g6.xlarge");
         assert_eq!(shared.choices[0].replicas, 2);
         assert_eq!(shared.choices[0].nodes, 3);
         let text = render_ranking(&r, 5).unwrap();
-        assert!(text.contains("dated 2026-09-01"), "{text}");
+        assert!(text.contains("dated 2026-07-20"), "{text}");
     }
 
     #[test]
@@ -581,6 +629,45 @@ mod tests {
             parse_workload("- {name: a, sharedGpu: 1}", "w")
                 .unwrap_err()
                 .contains("memoryGiB")
+        );
+    }
+
+    /// Defect: `plan --workload` ranked 2 x g4dn.xlarge first for 5
+    /// gpu.shared pods, but Karpenter launched one g4dn.12xlarge (it fits
+    /// them all on one node, and Karpenter takes the cheapest such type).
+    #[test]
+    fn five_shared_pods_karpenter_takes_one_node_that_fits_them_all() {
+        let items = parse_workload(
+            "- {name: shared, count: 5, sharedGpu: 1, memoryGiB: 4}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let r = rank(&items, &builtin(), "gpu").unwrap();
+        let g4dn: Vec<Choice> = r.groups[0]
+            .choices
+            .iter()
+            .filter(|c| c.instance.starts_with("g4dn."))
+            .cloned()
+            .collect();
+        // Ranked by total cost: two g4dn.xlarge (2 x 0.526 USD/h) first.
+        assert_eq!(
+            (g4dn[0].instance.as_str(), g4dn[0].nodes),
+            ("g4dn.xlarge", 2)
+        );
+        // What Karpenter launches from a pool of g4dn types: one g4dn.12xlarge.
+        let pick = karpenter_single_node_pick(&g4dn).expect("a single-node type");
+        assert_eq!(
+            (pick.instance.as_str(), pick.nodes, pick.usd_per_hour),
+            ("g4dn.12xlarge", 1, 3.912)
+        );
+        let text = render_ranking(&r, 5).unwrap();
+        assert!(
+            text.contains("assumes: a NodePool restricted to the one instance type of each row"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Karpenter puts all pending pods of this group on one NodeClaim"),
+            "{text}"
         );
     }
 }

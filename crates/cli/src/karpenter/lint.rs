@@ -182,10 +182,36 @@ impl Pool<'_> {
 /// Reads the files and lints them together.
 pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
     let mut docs = Vec::new();
+    let mut empty_files = Vec::new();
     for path in paths {
-        docs.extend(super::load_documents(path.as_ref())?);
+        let loaded = super::load_documents(path.as_ref())?;
+        if !loaded.iter().any(is_lintable) {
+            empty_files.push(path.as_ref().display().to_string());
+        }
+        docs.extend(loaded);
     }
-    Ok(lint(&docs))
+    let mut findings = lint(&docs);
+    // Defect: `lint /etc/passwd` said "0 errors, 0 warnings", as if the
+    // file had been checked. A file with nothing to check is an error.
+    for file in empty_files {
+        findings.push(Finding {
+            file,
+            document: 0,
+            object: String::new(),
+            path: String::new(),
+            severity: Severity::Error,
+            rule: "no-kubernetes-object",
+            message: "holds no Kubernetes object (a mapping with apiVersion and kind) and no gpu-slicer config (version: v1), so nothing was checked; pass Kubernetes manifests or gpu-slicer configs".into(),
+        });
+    }
+    Ok(findings)
+}
+
+/// A document lint can check: a Kubernetes object (apiVersion and kind) or a
+/// bare gpu-slicer config (`version: v1`).
+fn is_lintable(doc: &Document) -> bool {
+    let value = &doc.value;
+    (value["apiVersion"].is_string() && value["kind"].is_string()) || value["version"].is_string()
 }
 
 /// Lints documents together; findings sorted by file, document and path.
@@ -223,6 +249,7 @@ pub fn lint(docs: &[Document]) -> Vec<Finding> {
     for doc in &overlays {
         lint_overlay(doc, &pools, &mut sink);
     }
+    lint_overlay_conflicts(&overlays, &pools, &mut sink);
     for doc in docs {
         if let Some((prefix, spec)) = pod_spec(&doc.value) {
             lint_workload(doc, &prefix, spec, &pools, &configs, &mut sink);
@@ -255,7 +282,9 @@ fn build_pool<'a>(
                 "nodepool-config-missing",
                 format!(
                     "selects gpu-slicer config '{name}', but no gpu-slicer ConfigMap in these files has that key (they have: {}); \
-                     add it to the ConfigMap or fix the label, or the config manager keeps the previous config",
+                     the label is read by gpu-slicer's config manager, whose ConfigMap holds named configs \
+                     (deploy/static/gpu-slicer-config-manager.yaml): lint the pool with that ConfigMap, add the key to it, \
+                     or fix the label, or the config manager keeps the previous config",
                     configs.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             );
@@ -314,6 +343,27 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
         .cloned()
         .unwrap_or_default();
     let label_path = |key: &str| format!("spec.template.metadata.labels{}", key_segment(key));
+
+    let uncatalogued = super::uncatalogued_gpu_types_matching(&pool.requirements);
+    if !uncatalogued.is_empty() {
+        // Under MIG an unknown type gets no overlay zeroing nvidia.com/gpu: a
+        // whole-GPU pod can launch it and the NodeClaim never registers.
+        let severity = if pool.layout.is_some() {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        sink.add(doc, "spec.template.spec.requirements", severity, "nodepool-type-without-preset", format!(
+            "allows GPU instance types gpu-slicer has no preset for ({}): it cannot compute what they advertise, so no overlay covers them{}. \
+             Exclude them (e.g. {{key: node.kubernetes.io/instance-type, operator: NotIn, values: [...]}}) or list the instance types the pool may use",
+            uncatalogued.join(", "),
+            if pool.layout.is_some() {
+                " and Karpenter keeps their physical nvidia.com/gpu count: a whole-GPU pod can launch one, MIG Manager partitions it, and the NodeClaim never registers"
+            } else {
+                ""
+            }
+        ));
+    }
 
     // Requirement keys and values.
     for (i, r) in raw_reqs.iter().enumerate() {
@@ -549,8 +599,9 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                 let max_gpus = pool.instances.iter().map(|i| i.gpus).max().unwrap_or(0);
                 if layout.is_some() {
                     sink.add(doc, &path, Severity::Warning, "gpu-limit", format!(
-                        "under MIG (layout {}) registered nodes report 0 nvidia.com/gpu, so this limit measures nothing after launch; \
-                         before launch Karpenter counts physical GPUs{}. Cap the pool with limits.nodes",
+                        "under MIG (layout {}) registered nodes report 0 nvidia.com/gpu, and before launch Karpenter counts what the instance \
+                         type's capacity says: gpu-slicer's NodeOverlay sets nvidia.com/gpu to 0 under MIG, so with it the limit counts 0 per node \
+                         and never stops a launch (without it, Karpenter's own count of physical GPUs is used{}). Cap the pool with limits.nodes",
                         layout.unwrap_or_default(),
                         limit.filter(|l| u64::from(max_gpus) > *l).map(|l| format!(
                             " and excludes every type with more than {l} GPUs ({})",
@@ -739,6 +790,170 @@ fn overlay_pools(doc: &Document) -> Option<Vec<String>> {
     (!pools.is_empty()).then_some(pools)
 }
 
+/// Karpenter's NodeOverlay conflict rule (kubernetes-sigs/karpenter,
+/// `pkg/controllers/nodeoverlay`): overlays are taken by weight, highest
+/// first, equal weights by name, later in the alphabet first. For each pool
+/// and instance type an overlay matches, it conflicts when the overlay last
+/// applied there has the same weight and sets one of the same capacity keys
+/// (or both set a price). A conflicting overlay gets condition
+/// `ValidationSucceeded=False` reason `Conflict` and is applied nowhere, in no
+/// pool. Prices are compared per instance type here (Karpenter compares per
+/// offering, which lint cannot see).
+fn lint_overlay_conflicts(overlays: &[&Document], pools: &[Pool<'_>], sink: &mut Sink<'_>) {
+    struct Applied {
+        weight: i64,
+        name: String,
+        capacity: Vec<String>,
+    }
+    let weight = |d: &Document| d.value["spec"]["weight"].as_i64().unwrap_or(0);
+    let mut ordered: Vec<&Document> = overlays.to_vec();
+    ordered.sort_by(|a, b| {
+        weight(b)
+            .cmp(&weight(a))
+            .then_with(|| b.name().cmp(a.name()))
+    });
+    // (pool, instance type) → the last overlay applied there (capacity; price).
+    let mut capacity_applied: BTreeMap<(String, &str), Applied> = BTreeMap::new();
+    let mut price_applied: BTreeMap<(String, &str), Applied> = BTreeMap::new();
+    for doc in ordered {
+        let spec = &doc.value["spec"];
+        let w = weight(doc);
+        let capacity: Vec<String> = spec["capacity"]
+            .as_object()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        let priced = spec.get("price").is_some() || spec.get("priceAdjustment").is_some();
+        let reqs: Vec<Requirement> = spec["requirements"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Requirement::from_value).collect())
+            .unwrap_or_default();
+        let own: Vec<Requirement> = reqs
+            .iter()
+            .filter(|r| r.key != "karpenter.sh/nodepool")
+            .cloned()
+            .collect();
+        let matched = instances_matching(&own);
+        let scoped = overlay_pools(doc);
+        let mut targets: Vec<(String, &'static str)> = Vec::new();
+        for pool in pools {
+            if scoped
+                .as_ref()
+                .is_some_and(|names| !names.contains(&pool.name))
+            {
+                continue;
+            }
+            for instance in &pool.instances {
+                if matched.iter().any(|m| m.name == instance.name) {
+                    targets.push((pool.name.clone(), instance.name));
+                }
+            }
+        }
+        let conflict = targets.iter().find_map(|target| {
+            let on_capacity = capacity_applied.get(target).and_then(|a| {
+                let shared: Vec<&String> =
+                    capacity.iter().filter(|k| a.capacity.contains(k)).collect();
+                (a.weight == w && !shared.is_empty()).then(|| {
+                    format!(
+                        "sets {} like NodeOverlay {} with the same weight {w}",
+                        shared
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        a.name
+                    )
+                })
+            });
+            let on_price = price_applied
+                .get(target)
+                .filter(|a| priced && a.weight == w)
+                .map(|a| {
+                    format!(
+                        "sets a price like NodeOverlay {} with the same weight {w}",
+                        a.name
+                    )
+                });
+            on_capacity
+                .or(on_price)
+                .map(|why| format!("{why} for NodePool {} and {}", target.0, target.1))
+        });
+        if let Some(why) = conflict {
+            sink.add(doc, "spec.weight", Severity::Error, "overlay-conflict", format!(
+                "{why}: Karpenter marks this overlay Conflict (ValidationSucceeded=False) and applies it nowhere, in every NodePool. \
+                 Give one of them a different spec.weight (the higher wins), or merge them"));
+            continue;
+        }
+        for target in targets {
+            if !capacity.is_empty() {
+                capacity_applied.insert(
+                    target.clone(),
+                    Applied {
+                        weight: w,
+                        name: doc.name().to_string(),
+                        capacity: capacity.clone(),
+                    },
+                );
+            }
+            if priced {
+                price_applied.insert(
+                    target,
+                    Applied {
+                        weight: w,
+                        name: doc.name().to_string(),
+                        capacity: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Label keys the NodeOverlay CRD's validation rules reject in
+/// `spec.requirements` (Karpenter's `karpenter.sh_nodeoverlays.yaml` as the
+/// AWS provider ships it), with the rule broken; `None` when allowed.
+fn restricted_overlay_key(key: &str) -> Option<&'static str> {
+    const KARPENTER_SH_ALLOWED: &[&str] = &["karpenter.sh/capacity-type", "karpenter.sh/nodepool"];
+    const AWS_ALLOWED: &[&str] = &[
+        "karpenter.k8s.aws/ec2nodeclass",
+        "karpenter.k8s.aws/instance-encryption-in-transit-supported",
+        "karpenter.k8s.aws/nitro-sandbox",
+        "karpenter.k8s.aws/instance-category",
+        "karpenter.k8s.aws/instance-hypervisor",
+        "karpenter.k8s.aws/instance-family",
+        "karpenter.k8s.aws/instance-generation",
+        "karpenter.k8s.aws/instance-local-nvme",
+        "karpenter.k8s.aws/instance-size",
+        "karpenter.k8s.aws/instance-cpu",
+        "karpenter.k8s.aws/instance-cpu-manufacturer",
+        "karpenter.k8s.aws/instance-cpu-sustained-clock-speed-mhz",
+        "karpenter.k8s.aws/instance-memory",
+        "karpenter.k8s.aws/instance-ebs-bandwidth",
+        "karpenter.k8s.aws/instance-network-bandwidth",
+        "karpenter.k8s.aws/instance-gpu-name",
+        "karpenter.k8s.aws/instance-gpu-manufacturer",
+        "karpenter.k8s.aws/instance-gpu-count",
+        "karpenter.k8s.aws/instance-gpu-memory",
+        "karpenter.k8s.aws/instance-accelerator-name",
+        "karpenter.k8s.aws/instance-accelerator-manufacturer",
+        "karpenter.k8s.aws/instance-accelerator-count",
+        "karpenter.k8s.aws/instance-capability-flex",
+    ];
+    let domain = key.split('/').next().unwrap_or(key);
+    if key == "kubernetes.io/hostname" {
+        Some("label kubernetes.io/hostname is restricted")
+    } else if domain.ends_with("karpenter.sh") && !KARPENTER_SH_ALLOWED.contains(&key) {
+        Some(
+            "label domain karpenter.sh is restricted but for karpenter.sh/capacity-type and karpenter.sh/nodepool",
+        )
+    } else if domain.ends_with("karpenter.k8s.aws") && !AWS_ALLOWED.contains(&key) {
+        Some(
+            "label domain karpenter.k8s.aws is restricted but for the instance-type labels the AWS provider defines",
+        )
+    } else {
+        None
+    }
+}
+
 fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
     let spec = &doc.value["spec"];
     if spec.get("price").is_some() && spec.get("priceAdjustment").is_some() {
@@ -776,16 +991,33 @@ fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
         };
         let template_labels = pool.doc.value["spec"]["template"]["metadata"]["labels"].as_object();
         for (i, r) in reqs.iter().enumerate() {
+            let path = format!("spec.requirements[{i}].key");
+            if let Some(rule) = restricted_overlay_key(&r.key) {
+                sink.add(doc, &path, Severity::Error, "overlay-restricted-key", format!(
+                    "'{}' is restricted in NodeOverlay requirements ({rule}): the API server rejects the overlay. \
+                     Use node.kubernetes.io/instance-type or an allowed karpenter.k8s.aws/instance-* key", r.key));
+                continue;
+            }
             let known = r.key.starts_with("karpenter.sh/")
                 || r.key.starts_with("karpenter.k8s.aws/")
                 || r.key.starts_with("node.kubernetes.io/")
                 || r.key.starts_with("topology.kubernetes.io/")
                 || r.key.starts_with("kubernetes.io/")
                 || template_labels.is_some_and(|l| l.contains_key(&r.key));
-            if !known {
-                sink.add(doc, format!("spec.requirements[{i}].key"), Severity::Warning, "overlay-custom-key", format!(
-                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined and the \
-                     overlay silently never matches. Use node.kubernetes.io/instance-type or karpenter.k8s.aws/instance-gpu-*", r.key));
+            if known {
+                continue;
+            }
+            // An undefined label matches NotIn and DoesNotExist (the overlay
+            // then applies to every instance type of the pool) and nothing else.
+            match r.operator.as_str() {
+                "NotIn" | "DoesNotExist" => sink.add(doc, &path, Severity::Error, "overlay-custom-key", format!(
+                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined, so \
+                     {} matches every instance type of the pool and the overlay applies to all of them. Use node.kubernetes.io/instance-type \
+                     or karpenter.k8s.aws/instance-gpu-*", r.key, r.operator)),
+                _ => sink.add(doc, &path, Severity::Warning, "overlay-custom-key", format!(
+                    "'{}' is neither a well-known label nor a template label of NodePool {name}: Karpenter treats it as undefined, so \
+                     {} never matches and the overlay silently applies to nothing. Use node.kubernetes.io/instance-type or \
+                     karpenter.k8s.aws/instance-gpu-*", r.key, r.operator)),
             }
         }
         let own: Vec<Requirement> = reqs
@@ -966,6 +1198,18 @@ fn lint_workload(
 pub fn render(findings: &[Finding]) -> String {
     let mut out = String::new();
     for f in findings {
+        if f.object.is_empty() {
+            // A finding about the whole file (it holds nothing to check).
+            let _ = writeln!(
+                out,
+                "{}\n  {}[{}]: {}",
+                f.file,
+                f.severity.as_str(),
+                f.rule,
+                f.message
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "{} (document {}) {} at {}\n  {}[{}]: {}",
@@ -994,4 +1238,243 @@ pub fn render(findings: &[Finding]) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: gpu}\nspec:\n  template:\n    spec:\n      requirements:\n      - {key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}\n";
+
+    fn overlay_with(requirement: &str) -> String {
+        format!(
+            "---\napiVersion: karpenter.sh/v1alpha1\nkind: NodeOverlay\nmetadata: {{name: o}}\nspec:\n  requirements:\n  - {{key: karpenter.sh/nodepool, operator: In, values: [gpu]}}\n  - {requirement}\n  capacity: {{nvidia.com/gpu: \"1\"}}\n"
+        )
+    }
+
+    /// Defect: `overlay-custom-key` said an unknown key "never matches",
+    /// but NotIn/DoesNotExist match everything; restricted keys are
+    /// rejected by the API server.
+    #[test]
+    fn overlay_requirement_keys_by_operator_and_domain() {
+        let cases: &[(&str, Option<(&str, Severity, &str)>)] = &[
+            (
+                "{key: example.com/team, operator: In, values: [a]}",
+                Some(("overlay-custom-key", Severity::Warning, "In never matches")),
+            ),
+            (
+                "{key: example.com/team, operator: Exists}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Warning,
+                    "Exists never matches",
+                )),
+            ),
+            (
+                "{key: example.com/team, operator: NotIn, values: [a]}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Error,
+                    "NotIn matches every instance type",
+                )),
+            ),
+            (
+                "{key: example.com/team, operator: DoesNotExist}",
+                Some((
+                    "overlay-custom-key",
+                    Severity::Error,
+                    "DoesNotExist matches every instance type",
+                )),
+            ),
+            (
+                "{key: karpenter.sh/registered, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "label domain karpenter.sh is restricted",
+                )),
+            ),
+            (
+                "{key: kubernetes.io/hostname, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "kubernetes.io/hostname is restricted",
+                )),
+            ),
+            (
+                "{key: karpenter.k8s.aws/instance-ami-id, operator: Exists}",
+                Some((
+                    "overlay-restricted-key",
+                    Severity::Error,
+                    "label domain karpenter.k8s.aws is restricted",
+                )),
+            ),
+            (
+                "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [a10g]}",
+                None,
+            ),
+            (
+                "{key: karpenter.sh/capacity-type, operator: In, values: [spot]}",
+                None,
+            ),
+        ];
+        for (requirement, want) in cases {
+            let text = format!("{POOL}{}", overlay_with(requirement));
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            let findings: Vec<Finding> = lint(&docs)
+                .into_iter()
+                .filter(|f| {
+                    f.rule.starts_with("overlay-custom-key") || f.rule == "overlay-restricted-key"
+                })
+                .collect();
+            match want {
+                None => assert!(findings.is_empty(), "{requirement}: {findings:?}"),
+                Some((rule, severity, text)) => {
+                    assert_eq!(findings.len(), 1, "{requirement}: {findings:?}");
+                    assert_eq!(
+                        (findings[0].rule, findings[0].severity),
+                        (*rule, *severity),
+                        "{requirement}"
+                    );
+                    assert!(
+                        findings[0].message.contains(text),
+                        "{requirement}: {}",
+                        findings[0].message
+                    );
+                }
+            }
+        }
+    }
+
+    /// Defect: `gpu-limit` said Karpenter counts physical GPUs before launch;
+    /// with gpu-slicer's overlay it counts the overlay's 0 under MIG.
+    #[test]
+    fn gpu_limit_under_mig_says_the_overlay_makes_it_count_zero() {
+        let text = "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: mig}\nspec:\n  limits: {nvidia.com/gpu: 4}\n  template:\n    metadata:\n      labels: {nvidia.com/mig.config: all-balanced}\n    spec:\n      requirements:\n      - {key: node.kubernetes.io/instance-type, operator: In, values: [p4d.24xlarge]}\n";
+        let docs = super::super::parse_documents(text, "f.yaml").expect("yaml");
+        let findings = lint(&docs);
+        let gpu_limit = findings
+            .iter()
+            .find(|f| f.rule == "gpu-limit")
+            .expect("gpu-limit finding");
+        assert!(
+            gpu_limit
+                .message
+                .contains("gpu-slicer's NodeOverlay sets nvidia.com/gpu to 0 under MIG, so with it the limit counts 0 per node"),
+            "{}",
+            gpu_limit.message
+        );
+    }
+
+    /// Missing rule: two overlays of equal weight setting the same capacity
+    /// key for the same pool and instance type make Karpenter drop one.
+    #[test]
+    fn overlay_conflict_follows_karpenters_rule() {
+        let overlay = |name: &str, weight: Option<u32>, key: &str| {
+            format!(
+                "---\napiVersion: karpenter.sh/v1alpha1\nkind: NodeOverlay\nmetadata: {{name: {name}}}\nspec:\n{}  requirements:\n  - {{key: karpenter.sh/nodepool, operator: In, values: [gpu]}}\n  - {{key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}}\n  capacity: {{{key}: \"1\"}}\n",
+                weight
+                    .map(|w| format!("  weight: {w}\n"))
+                    .unwrap_or_default()
+            )
+        };
+        let conflicts = |overlays: &[String]| -> Vec<(String, String)> {
+            let text = format!("{POOL}{}", overlays.concat());
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            lint(&docs)
+                .into_iter()
+                .filter(|f| f.rule == "overlay-conflict")
+                .map(|f| (f.object, f.message))
+                .collect()
+        };
+        // Same weight, same key: the name earlier in the alphabet loses.
+        let found = conflicts(&[
+            overlay("a", Some(10), "nvidia.com/gpu"),
+            overlay("b", Some(10), "nvidia.com/gpu"),
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "NodeOverlay/a");
+        assert!(
+            found[0].1.starts_with("sets nvidia.com/gpu like NodeOverlay b with the same weight 10 for NodePool gpu and g5.xlarge"),
+            "{}",
+            found[0].1
+        );
+        // No weight is weight 0.
+        assert_eq!(
+            conflicts(&[
+                overlay("a", None, "nvidia.com/gpu"),
+                overlay("b", Some(0), "nvidia.com/gpu")
+            ])
+            .len(),
+            1
+        );
+        // Different weights or different keys do not conflict.
+        assert!(
+            conflicts(&[
+                overlay("a", Some(10), "nvidia.com/gpu"),
+                overlay("b", Some(20), "nvidia.com/gpu")
+            ])
+            .is_empty()
+        );
+        assert!(
+            conflicts(&[
+                overlay("a", Some(10), "nvidia.com/gpu"),
+                overlay("b", Some(10), "example.com/x")
+            ])
+            .is_empty()
+        );
+    }
+
+    /// Missing rule: a pool that allows a GPU type without a preset (p5.4xlarge
+    /// was one) gets no overlay for it.
+    #[test]
+    fn nodepool_allowing_types_without_a_preset_is_flagged() {
+        let pool = |labels: &str, requirement: &str| {
+            format!(
+                "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {{name: p}}\nspec:\n  template:\n    metadata:\n      labels: {{{labels}}}\n    spec:\n      requirements:\n      - {requirement}\n"
+            )
+        };
+        let found = |text: String| -> Vec<(Severity, String)> {
+            let docs = super::super::parse_documents(&text, "f.yaml").expect("yaml");
+            lint(&docs)
+                .into_iter()
+                .filter(|f| f.rule == "nodepool-type-without-preset")
+                .map(|f| (f.severity, f.message))
+                .collect()
+        };
+        let mig = found(pool(
+            "nvidia.com/mig.config: all-balanced",
+            "{key: karpenter.k8s.aws/instance-family, operator: In, values: [p5, p6-b300]}",
+        ));
+        assert_eq!(mig.len(), 1, "{mig:?}");
+        assert_eq!(mig[0].0, Severity::Error);
+        assert!(
+            mig[0].1.starts_with(
+                "allows GPU instance types gpu-slicer has no preset for (p6-b300.48xlarge)"
+            ),
+            "{}",
+            mig[0].1
+        );
+        let shared = found(pool(
+            "team: a",
+            "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [t4g, l4]}",
+        ));
+        assert_eq!(shared.len(), 1, "{shared:?}");
+        assert_eq!(shared[0].0, Severity::Warning);
+        assert!(shared[0].1.contains("(g5g.xlarge, g5g.2xlarge, g5g.4xlarge, g5g.8xlarge, g5g.16xlarge, g5g.metal, g6f.large"), "{}", shared[0].1);
+        // Karpenter reports gpu-count 0 for the fractional g6f/gr6f.
+        let counted = found(pool("team: a", "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [l4]}").replace(
+            "      - {key: karpenter.k8s.aws/instance-gpu-name",
+            "      - {key: karpenter.k8s.aws/instance-gpu-count, operator: Gt, values: [\"0\"]}\n      - {key: karpenter.k8s.aws/instance-gpu-name",
+        ));
+        assert!(counted.is_empty(), "{counted:?}");
+        assert!(
+            found(pool(
+                "team: a",
+                "{key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}"
+            ))
+            .is_empty()
+        );
+    }
 }

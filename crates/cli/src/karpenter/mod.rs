@@ -373,6 +373,77 @@ pub fn instances_matching(requirements: &[Requirement]) -> Vec<&'static Instance
         .collect()
 }
 
+/// NVIDIA GPU instance types Karpenter's AWS provider knows (its generated
+/// instance-type reference, `website/content/en/preview/reference/instance-types.md`
+/// of aws/karpenter-provider-aws) that gpu-slicer has no preset for:
+/// `(name, instance-gpu-name, instance-gpu-count, arch)`. Without a preset
+/// gpu-slicer cannot say what such a node advertises, so no overlay covers
+/// it. g6f/gr6f are fractional L4s: Karpenter reports gpu-count 0 for them.
+pub const UNCATALOGUED_GPU_TYPES: &[(&str, &str, u32, &str)] = &[
+    ("g5g.xlarge", "t4g", 1, "arm64"),
+    ("g5g.2xlarge", "t4g", 1, "arm64"),
+    ("g5g.4xlarge", "t4g", 1, "arm64"),
+    ("g5g.8xlarge", "t4g", 1, "arm64"),
+    ("g5g.16xlarge", "t4g", 2, "arm64"),
+    ("g5g.metal", "t4g", 2, "arm64"),
+    ("g6f.large", "l4", 0, "amd64"),
+    ("g6f.xlarge", "l4", 0, "amd64"),
+    ("g6f.2xlarge", "l4", 0, "amd64"),
+    ("g6f.4xlarge", "l4", 0, "amd64"),
+    ("gr6f.4xlarge", "l4", 0, "amd64"),
+    ("g7.2xlarge", "rtx-pro-4500", 1, "amd64"),
+    ("g7.4xlarge", "rtx-pro-4500", 1, "amd64"),
+    ("g7.8xlarge", "rtx-pro-4500", 1, "amd64"),
+    ("g7.12xlarge", "rtx-pro-4500", 2, "amd64"),
+    ("g7.24xlarge", "rtx-pro-4500", 4, "amd64"),
+    ("g7.48xlarge", "rtx-pro-4500", 8, "amd64"),
+    ("g7e.2xlarge", "rtx-pro-server-6000", 1, "amd64"),
+    ("g7e.4xlarge", "rtx-pro-server-6000", 1, "amd64"),
+    ("g7e.8xlarge", "rtx-pro-server-6000", 1, "amd64"),
+    ("g7e.12xlarge", "rtx-pro-server-6000", 2, "amd64"),
+    ("g7e.24xlarge", "rtx-pro-server-6000", 4, "amd64"),
+    ("g7e.48xlarge", "rtx-pro-server-6000", 8, "amd64"),
+    ("p6-b300.48xlarge", "b300", 8, "amd64"),
+];
+
+/// The uncatalogued GPU instance types a NodePool's requirements allow.
+pub fn uncatalogued_gpu_types_matching(requirements: &[Requirement]) -> Vec<&'static str> {
+    UNCATALOGUED_GPU_TYPES
+        .iter()
+        .filter(|(name, gpu_name, gpus, arch)| {
+            let fam = family(name);
+            let category: String = fam
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            let generation: String = fam
+                .chars()
+                .skip_while(|c| c.is_ascii_alphabetic())
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            let labels = BTreeMap::from([
+                ("node.kubernetes.io/instance-type", name.to_string()),
+                ("karpenter.k8s.aws/instance-family", fam.to_string()),
+                ("karpenter.k8s.aws/instance-size", size(name).to_string()),
+                ("karpenter.k8s.aws/instance-category", category),
+                ("karpenter.k8s.aws/instance-generation", generation),
+                ("karpenter.k8s.aws/instance-gpu-name", gpu_name.to_string()),
+                (
+                    "karpenter.k8s.aws/instance-gpu-manufacturer",
+                    "nvidia".to_string(),
+                ),
+                ("karpenter.k8s.aws/instance-gpu-count", gpus.to_string()),
+                ("kubernetes.io/arch", arch.to_string()),
+                ("kubernetes.io/os", "linux".to_string()),
+            ]);
+            requirements.iter().all(|r| {
+                !evaluable(&r.key) || r.matches(labels.get(r.key.as_str()).map(String::as_str))
+            })
+        })
+        .map(|(name, ..)| *name)
+        .collect()
+}
+
 /// A NodePool's requirements (`spec.template.spec.requirements`).
 pub fn nodepool_requirements(pool: &Value) -> Vec<Requirement> {
     pool["spec"]["template"]["spec"]["requirements"]

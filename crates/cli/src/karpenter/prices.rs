@@ -1,10 +1,15 @@
-//! On-demand prices per instance type: a small built-in table, every price
-//! with its source and date, and a file format to replace it.
+//! On-demand prices per instance type: a built-in table, every price with
+//! its source and date, and a file format to replace it.
 //!
-//! The built-in figures are third-party quotes (each entry names its source
-//! and date). AWS cut P4/P5 on-demand prices by up to 45 % in
-//! June 2025, so the p5.48xlarge figure (pre-cut) overstates today's price.
-//! Check the AWS pricing page and pass `--prices FILE` for real decisions.
+//! The built-in figures are AWS's own on-demand list prices (Linux,
+//! us-east-1) as Karpenter's AWS provider records them in its generated
+//! price table (`pkg/providers/pricing/zz_generated.pricing_aws.go` of
+//! aws/karpenter-provider-aws, generated 2026-07-20 from the AWS Price List
+//! API); they were read from that file, not from AWS directly, which this
+//! project cannot reach. They include the June 2025 P4/P5 price cut
+//! (p5.48xlarge 55.04, p4d.24xlarge 21.96). A preset that file has no price
+//! for (p5e.48xlarge) has none here: no figure is made up. Prices change:
+//! pass `--prices FILE` for real decisions.
 //!
 //! File format (YAML or JSON):
 //!
@@ -55,18 +60,65 @@ fn usd() -> String {
 }
 
 /// The date the built-in table was compiled.
-pub const BUILTIN_DATE: &str = "2026-09-01";
+pub const BUILTIN_DATE: &str = "2026-07-20";
 
-fn p(instance: &str, usd: f64, source: &str, date: &str, note: Option<&str>) -> Price {
-    Price {
-        instance: instance.into(),
-        usd_per_hour: usd,
-        region: Some("us-east-1".into()),
-        source: source.into(),
-        date: date.into(),
-        note: note.map(str::to_string),
-    }
-}
+/// What every built-in price is: its source kind, named so a reader can
+/// check it.
+pub const BUILTIN_SOURCE: &str = "AWS price list (on-demand, Linux, us-east-1) as recorded in Karpenter's AWS provider generated price table";
+
+/// Presets the built-in table has no price for, and why.
+pub const UNPRICED_PRESETS: &[(&str, &str)] = &[(
+    "p5e.48xlarge",
+    "not in Karpenter's generated us-east-1 price table",
+)];
+
+/// `(instance, USD per hour)`, copied from Karpenter's AWS provider
+/// `zz_generated.pricing_aws.go` (us-east-1, generated 2026-07-20).
+const BUILTIN_PRICES: &[(&str, f64)] = &[
+    ("p4d.24xlarge", 21.957642),
+    ("p4de.24xlarge", 27.44705),
+    ("p5.4xlarge", 6.88),
+    ("p5.48xlarge", 55.04),
+    ("p5en.48xlarge", 63.296),
+    ("p6-b200.48xlarge", 113.9328),
+    ("g5.xlarge", 1.006),
+    ("g5.2xlarge", 1.212),
+    ("g5.4xlarge", 1.624),
+    ("g5.8xlarge", 2.448),
+    ("g5.16xlarge", 4.096),
+    ("g5.12xlarge", 5.672),
+    ("g5.24xlarge", 8.144),
+    ("g5.48xlarge", 16.288),
+    ("g6.xlarge", 0.8048),
+    ("g6.2xlarge", 0.9776),
+    ("g6.4xlarge", 1.3232),
+    ("g6.8xlarge", 2.0144),
+    ("g6.16xlarge", 3.3968),
+    ("g6.12xlarge", 4.6016),
+    ("g6.24xlarge", 6.6752),
+    ("g6.48xlarge", 13.3504),
+    ("gr6.4xlarge", 1.5392),
+    ("gr6.8xlarge", 2.4464),
+    ("g6e.xlarge", 1.861),
+    ("g6e.2xlarge", 2.24208),
+    ("g6e.4xlarge", 3.00424),
+    ("g6e.8xlarge", 4.52856),
+    ("g6e.16xlarge", 7.57719),
+    ("g6e.12xlarge", 10.49264),
+    ("g6e.24xlarge", 15.06559),
+    ("g6e.48xlarge", 30.13118),
+    ("g4dn.xlarge", 0.526),
+    ("g4dn.2xlarge", 0.752),
+    ("g4dn.4xlarge", 1.204),
+    ("g4dn.8xlarge", 2.176),
+    ("g4dn.16xlarge", 4.352),
+    ("g4dn.12xlarge", 3.912),
+    ("g4dn.metal", 7.824),
+    ("p3.2xlarge", 3.06),
+    ("p3.8xlarge", 12.24),
+    ("p3.16xlarge", 24.48),
+    ("p3dn.24xlarge", 31.212),
+];
 
 /// The built-in table (Linux, on-demand, us-east-1).
 pub fn builtin() -> PriceTable {
@@ -74,34 +126,17 @@ pub fn builtin() -> PriceTable {
         date: BUILTIN_DATE.into(),
         currency: usd(),
         origin: "built-in".into(),
-        prices: vec![
-            p(
-                "p4d.24xlarge",
-                21.97,
-                "cloudurable.com",
-                "2025-06-28",
-                Some("after the June 2025 P4/P5 price cut"),
-            ),
-            p(
-                "p4de.24xlarge",
-                27.45,
-                "cloudurable.com",
-                "2025-06-28",
-                Some("after the June 2025 P4/P5 price cut"),
-            ),
-            p(
-                "p5.48xlarge",
-                98.32,
-                "nextplatform.com",
-                "2023-07-27",
-                Some(
-                    "pre-June-2025 list price; AWS cut P4/P5 on-demand prices by up to 45% since: pass --prices",
-                ),
-            ),
-            p("g5.xlarge", 1.006, "factualminds.com", "2026-06-17", None),
-            p("g5.48xlarge", 16.29, "cloudurable.com", "2025-06-28", None),
-            p("g6.48xlarge", 13.35, "cloudurable.com", "2025-06-28", None),
-        ],
+        prices: BUILTIN_PRICES
+            .iter()
+            .map(|&(instance, usd_per_hour)| Price {
+                instance: instance.into(),
+                usd_per_hour,
+                region: Some("us-east-1".into()),
+                source: BUILTIN_SOURCE.into(),
+                date: BUILTIN_DATE.into(),
+                note: None,
+            })
+            .collect(),
     }
 }
 
@@ -147,7 +182,7 @@ impl PriceTable {
     }
 }
 
-/// `$21.97/h (us-east-1; cloudurable.com, 2025-06-28)`.
+/// `$21.96/h on-demand (us-east-1; <source>, 2026-07-20)`.
 pub fn describe_price(price: &Price) -> String {
     let mut text = format!("${}/h on-demand (", money(price.usd_per_hour));
     if let Some(region) = &price.region {
@@ -186,7 +221,24 @@ mod tests {
             );
             assert!(!p.source.is_empty() && p.date.len() == 10);
         }
-        assert_eq!(t.price("P4D.24xlarge").unwrap().usd_per_hour, 21.97);
+        assert_eq!(t.price("P4D.24xlarge").unwrap().usd_per_hour, 21.957642);
+        assert_eq!(t.price("p5.48xlarge").unwrap().usd_per_hour, 55.04);
+    }
+
+    /// Defect: most presets had no price (`plan --instance g5.12xlarge`
+    /// said so). Every preset has one, or is listed as unpriced with why.
+    #[test]
+    fn every_preset_is_priced_or_says_why_not() {
+        let t = builtin();
+        for preset in gpu_slicer_core::gpu::catalog::instances() {
+            let unpriced = UNPRICED_PRESETS.iter().any(|(n, _)| *n == preset.name);
+            assert_ne!(
+                t.price(preset.name).is_some(),
+                unpriced,
+                "{}: priced and unpriced, or neither",
+                preset.name
+            );
+        }
     }
 
     #[test]

@@ -513,6 +513,7 @@ fn cli_overlays_from_a_nodepool_file() {
         [
             "gpu-mig-balanced-p4d-24xlarge",
             "gpu-mig-balanced-p4de-24xlarge",
+            "gpu-mig-balanced-p5-4xlarge",
             "gpu-mig-balanced-p5-48xlarge",
             "gpu-mig-balanced-p5e-48xlarge",
             "gpu-mig-balanced-p5en-48xlarge",
@@ -589,7 +590,7 @@ fn cli_plan_prices_and_workload() {
         out.contains("# cost:  nvidia.com/mig-1g.5gb   $0.392 per slice-hour"),
         "{out}"
     );
-    assert!(out.contains("price table dated 2026-09-01"), "{out}");
+    assert!(out.contains("price table dated 2026-07-20"), "{out}");
 
     let dir = temp_dir();
     let prices = dir.path().join("prices.yaml");
@@ -613,7 +614,7 @@ fn cli_plan_prices_and_workload() {
     std::fs::write(&workload, "- {name: asr, count: 40, slice: 1g.10gb}\n- {name: tts, count: 8, slice: 3g.40gb}\n- {name: notebooks, count: 6, sharedGpu: 1, memoryGiB: 8}\n").unwrap();
     let (code, out, err) = run(&["plan", "--workload", workload.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("dated 2026-09-01"), "{out}");
+    assert!(out.contains("dated 2026-07-20"), "{out}");
     assert!(out.contains("kind: NodeOverlay"), "{out}");
     let (code, out, _) = run(&[
         "plan",
@@ -624,7 +625,7 @@ fn cli_plan_prices_and_workload() {
     ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["priceTableDate"], "2026-09-01");
+    assert_eq!(v["priceTableDate"], "2026-07-20");
     let mig = &v["groups"][0];
     let best = &mig["choices"][0];
     // 40 x 1g.10gb + 8 x 3g.40gb: one 80 GB node with all-balanced gives 16 + 8;

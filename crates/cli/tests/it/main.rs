@@ -21,3 +21,4 @@ mod gpus;
 mod karpenter;
 mod manifests;
 mod plan;
+mod truth;

@@ -605,14 +605,29 @@ fn profile_list(geo: &MigGeometry) -> String {
         .join(", ")
 }
 
+/// `none`: what gpu-slicer's commands document for "MIG off"; an alias of
+/// mig-parted's `all-disabled`.
+pub const MIG_OFF_ALIAS: &str = "none";
+
+/// The layout name with the `none` alias written as `all-disabled`, so that
+/// every comparison and every message uses mig-parted's name.
+pub fn canonical_layout_name(name: &str) -> &str {
+    let name = name.trim();
+    if name == MIG_OFF_ALIAS {
+        "all-disabled"
+    } else {
+        name
+    }
+}
+
 /// Resolves a layout name for a model and checks that it fits.
 ///
-/// Accepts `all-disabled`, `all-enabled`, `all-<profile>` (`+` may be written
+/// Accepts `all-disabled` (alias `none`), `all-enabled`, `all-<profile>` (`+` may be written
 /// as `.`: `all-1g.5gb.me`), `all-balanced`, and custom lists of
 /// `profile=count` pairs (`1g.5gb=2,2g.10gb=1`). Errors name "this GPU";
 /// callers add where the GPU is with [`CatalogError::in_context`].
 pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
-    let name = name.trim();
+    let name = canonical_layout_name(name);
     if name == "all-disabled" {
         return Ok(MigLayout::Disabled);
     }
@@ -926,6 +941,10 @@ const fn inst(
 static INSTANCES: &[InstanceType] = &[
     inst("p4d.24xlarge", "A100-40GB", 8, 2, true),
     inst("p4de.24xlarge", "A100-80GB", 8, 2, true),
+    // 1 × H100 (Karpenter's AWS provider instance-type data: gpu-count 1,
+    // h100, 81920 MiB); without a preset no overlay could zero its
+    // `nvidia.com/gpu` under MIG.
+    inst("p5.4xlarge", "H100-80GB", 1, 1, false),
     inst("p5.48xlarge", "H100-80GB", 8, 2, true),
     inst("p5e.48xlarge", "H200", 8, 2, true),
     inst("p5en.48xlarge", "H200", 8, 2, true),
@@ -946,6 +965,9 @@ static INSTANCES: &[InstanceType] = &[
     inst("g6.12xlarge", "L4", 4, 1, false),
     inst("g6.24xlarge", "L4", 4, 1, false),
     inst("g6.48xlarge", "L4", 8, 2, false),
+    // gr6: 1 × L4 (Karpenter's AWS provider instance-type data).
+    inst("gr6.4xlarge", "L4", 1, 1, false),
+    inst("gr6.8xlarge", "L4", 1, 1, false),
     inst("g6e.xlarge", "L40S", 1, 1, false),
     inst("g6e.2xlarge", "L40S", 1, 1, false),
     inst("g6e.4xlarge", "L40S", 1, 1, false),
@@ -1313,6 +1335,17 @@ mod tests {
         assert_eq!(gpu_instance_id(4, 2, 2), 2);
     }
 
+    /// Defect: `--mig-config none` was documented as "MIG off" but rejected.
+    #[test]
+    fn none_is_an_alias_of_all_disabled() {
+        for key in ["T4", "A100-40GB", "H200"] {
+            assert_eq!(layout(m(key), "none"), Ok(MigLayout::Disabled), "{key}");
+            assert_eq!(layout(m(key), " none "), Ok(MigLayout::Disabled), "{key}");
+        }
+        assert_eq!(canonical_layout_name("none"), "all-disabled");
+        assert_eq!(canonical_layout_name("all-balanced"), "all-balanced");
+    }
+
     #[test]
     fn instance_presets_resolve() {
         assert!(instances().len() >= 40);
@@ -1320,7 +1353,9 @@ mod tests {
             let model = i.gpu_model().unwrap_or_else(|| panic!("{}", i.name));
             assert!(i.gpus >= 1 && i.numa_nodes >= 1, "{}", i.name);
             if i.name.starts_with("p4") || i.name.starts_with("p5") || i.name.starts_with("p6") {
-                assert!(model.mig_capable() && i.nvlink && i.gpus == 8, "{}", i.name);
+                assert!(model.mig_capable(), "{}", i.name);
+                // The 8-GPU sizes are NVSwitch machines; p5.4xlarge has one GPU.
+                assert_eq!(i.nvlink, i.gpus == 8, "{}", i.name);
             }
         }
         assert_eq!(instance("P4D.24xlarge").map(|i| i.model), Some("A100-40GB"));
@@ -1331,5 +1366,13 @@ mod tests {
             Some("V100-32GB")
         );
         assert!(instance("p9.mega").is_none());
+        // Defect: p5.4xlarge (1 x H100) had no preset, so no overlay zeroed
+        // its nvidia.com/gpu in a MIG pool.
+        let p5_small = instance("p5.4xlarge").expect("p5.4xlarge preset");
+        assert_eq!((p5_small.model, p5_small.gpus), ("H100-80GB", 1));
+        assert_eq!(
+            instance("gr6.8xlarge").map(|i| (i.model, i.gpus)),
+            Some(("L4", 1))
+        );
     }
 }

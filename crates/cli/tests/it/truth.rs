@@ -1,0 +1,171 @@
+//! A command that reports an error exits non-zero, and says so: what a new
+//! user sees for `plan` with errors, `lint` of a file with nothing to check,
+//! the `none` layout, and `lint` of the project's own deploy files.
+
+use std::process::Command;
+
+use crate::{BIN, repo_root};
+
+/// Runs the binary in the repository root: (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run gpu-slicer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Defect: `plan --mig-config all-enabled` printed `error:` lines and exited 0.
+#[test]
+fn plan_with_errors_exits_non_zero() {
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-enabled",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("(nothing to advertise)\n"), "{out}");
+    assert!(
+        err.starts_with("error: device 0 has no MIG devices configured"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with(
+            "error: 8 errors above: this node would not advertise what the configuration asks for"
+        ),
+        "{err}"
+    );
+    // migStrategy single on a layout of several profiles: error lines, exit 1.
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--mig-strategy",
+        "single",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(
+            "error: migStrategy single needs every GPU to have the same MIG configuration"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("error above: this node would not advertise"),
+        "{err}"
+    );
+    // A plan with no errors still exits 0.
+    let (code, _, err) = run(&["plan", "--instance", "g5.xlarge"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Defect: `--mig-config none` was documented as "MIG off" but rejected.
+#[test]
+fn none_means_mig_off_in_every_command() {
+    let (code, out, err) = run(&["plan", "--instance", "p4d.24xlarge", "--mig-config", "none"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("nvidia.com/gpu      8  whole GPUs, 40960 MiB each"),
+        "{out}"
+    );
+    let (code, out, err) = run(&[
+        "karpenter",
+        "overlays",
+        "--nodepool",
+        "gpu",
+        "--instance-type",
+        "p4d.24xlarge",
+        "--mig-config",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kind: NodeOverlay"), "{out}");
+    assert!(!out.contains("nvidia.com/mig-"), "{out}");
+    // MIG off is a valid layout on a GPU without MIG, as all-disabled is.
+    let (code, _, err) = run(&["plan", "--instance", "g5.xlarge", "--mig-config", "none"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Defect: `lint /etc/passwd` said "0 errors, 0 warnings" and exited 0.
+#[test]
+fn lint_of_a_file_without_kubernetes_objects_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases: &[(&str, &str)] = &[
+        ("passwd", "root:x:0:0:root:/root:/bin/bash\n"),
+        ("empty.yaml", ""),
+        ("list.yaml", "- a\n- b\n"),
+    ];
+    for (name, text) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let path = path.to_str().expect("utf-8");
+        let (code, out, err) = run(&["lint", path]);
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert_eq!(
+            out,
+            format!(
+                "{path}\n  error[no-kubernetes-object]: holds no Kubernetes object (a mapping with apiVersion and kind) \
+                 and no gpu-slicer config (version: v1), so nothing was checked; pass Kubernetes manifests or gpu-slicer configs\n\
+                 1 error, 0 warnings\n"
+            ),
+            "{name}"
+        );
+    }
+}
+
+/// The project's own deploy files pass its own lint: the Karpenter pools
+/// with the config manager's ConfigMap (the ConfigMap their
+/// `nvidia.com/device-plugin.config` labels select from), and each static
+/// config on its own.
+#[test]
+fn the_projects_deploy_files_lint_clean() {
+    let root = repo_root();
+    let mut pools: Vec<String> = std::fs::read_dir(root.join("deploy/karpenter"))
+        .expect("deploy/karpenter")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.to_str().expect("utf-8").to_string())
+        .collect();
+    pools.sort();
+    assert!(pools.len() >= 4, "{pools:?}");
+    let mut args = vec!["lint".to_string()];
+    args.extend(pools.iter().cloned());
+    args.push("deploy/static/gpu-slicer-config-manager.yaml".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("\n0 errors, ") || out.starts_with("0 errors, "),
+        "{out}"
+    );
+
+    for entry in std::fs::read_dir(root.join("deploy/static/configs")).expect("configs") {
+        let path = entry.expect("entry").path();
+        let path = path.to_str().expect("utf-8");
+        let (code, out, err) = run(&["lint", path]);
+        assert_eq!(code, 0, "{path}: {out}{err}");
+        assert!(out.ends_with("0 errors, 0 warnings\n"), "{path}: {out}");
+    }
+
+    // The pools with a single-config ConfigMap say which ConfigMap they need.
+    let (code, out, _) = run(&[
+        "lint",
+        "deploy/karpenter/nodepool-mig.yaml",
+        "deploy/static/configs/mig-mixed.yaml",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("lint the pool with that ConfigMap")
+            && out.contains("gpu-slicer-config-manager.yaml"),
+        "{out}"
+    );
+}
