@@ -98,13 +98,9 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MigPartedError {
     #[error(
-        "{source_name}: the file is {size} bytes, more than the {max} a MIG config may have; is it the right file?"
+        "{source_name}: the file has more than {max} bytes, the most a MIG config may have; is it the right file?"
     )]
-    TooLarge {
-        source_name: String,
-        size: usize,
-        max: usize,
-    },
+    TooLarge { source_name: String, max: usize },
     #[error("{source_name}: {message}")]
     Syntax {
         source_name: String,
@@ -240,7 +236,6 @@ pub fn parse(text: &str, source_name: &str) -> Result<MigPartedConfig, MigParted
     if text.len() > MAX_FILE_BYTES {
         return Err(MigPartedError::TooLarge {
             source_name: source_name.to_string(),
-            size: text.len(),
             max: MAX_FILE_BYTES,
         });
     }

@@ -157,4 +157,40 @@ mod tests {
             format!("{}: version: unknown version: v3", path.display())
         );
     }
+
+    #[test]
+    fn mig_config_files_are_read_bounded_and_name_the_file() {
+        use gpu_slicer_core::mig_parted::{MAX_FILE_BYTES, MigLayouts};
+        assert_eq!(mig_layouts(None).unwrap(), MigLayouts::Builtin);
+        let e = mig_layouts(Some(Path::new("/nonexistent/mig.yaml"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/mig.yaml: unable to read the MIG config file: "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mig.yaml");
+        std::fs::write(&path, vec![b'#'; MAX_FILE_BYTES + 10]).unwrap();
+        assert_eq!(
+            mig_layouts(Some(&path)).unwrap_err().to_string(),
+            format!(
+                "{}: the file has more than {MAX_FILE_BYTES} bytes, the most a MIG config may have; is it the right file?",
+                path.display()
+            )
+        );
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            mig_layouts(Some(&path)).unwrap_err().to_string(),
+            format!("{}: the file is not UTF-8 text", path.display())
+        );
+        std::fs::write(
+            &path,
+            "version: v1\nmig-configs:\n  all-disabled:\n    - devices: all\n      mig-enabled: false\n",
+        )
+        .unwrap();
+        let MigLayouts::File { config, .. } = mig_layouts(Some(&path)).unwrap() else {
+            panic!("a file's layouts");
+        };
+        assert_eq!(config.configs.len(), 1);
+    }
 }
