@@ -141,6 +141,11 @@ enum MigCommand {
         /// A named layout or a custom profile=count list (none: MIG off).
         #[arg(value_parser = layout_arg)]
         layout: String,
+        /// A mig-parted config file (`version: v1`, `mig-configs:`, as the
+        /// GPU Operator's default-mig-parted-config holds): its configs
+        /// replace the built-in layouts.
+        #[arg(long, env = "MIG_PARTED_CONFIG_FILE", value_name = "FILE")]
+        config_file: Option<PathBuf>,
         /// Print the operations only (required: applying is not built).
         #[arg(long)]
         dry_run: bool,
@@ -316,14 +321,19 @@ fn main() -> ExitCode {
             command:
                 MigCommand::Apply {
                     layout,
+                    config_file,
                     dry_run,
                     nvml,
                 },
         } => {
             init_tracing(cli.log_format, "warn");
             if dry_run {
-                commands::gpus::mig_apply_dry_run(&nvml.options(false), &layout)
-                    .map(|text| print!("{text}"))
+                commands::gpus::mig_apply_dry_run(
+                    &nvml.options(false),
+                    config_file.as_deref(),
+                    &layout,
+                )
+                .map(|text| print!("{text}"))
             } else {
                 Err("applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML \
                      operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"

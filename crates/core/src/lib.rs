@@ -17,6 +17,8 @@
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
 //! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
+//! | [`mig_change`] | a MIG layout change as NVML operations, from what the GPUs hold now |
+//! | [`mig_parted`] | mig-parted's config file (`mig-configs:`) and which layout each GPU gets from it |
 
 pub mod allocate;
 pub mod cdi;
@@ -27,6 +29,7 @@ pub mod gpu;
 pub mod health;
 pub mod labels;
 pub mod mig_change;
+pub mod mig_parted;
 pub mod mps;
 pub mod placement;
 pub mod plan;

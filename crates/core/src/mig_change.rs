@@ -14,6 +14,7 @@
 use std::fmt;
 
 use crate::gpu::catalog::{self, CatalogError, GpuModel};
+use crate::mig_parted::{GpuIdentity, LayoutError, MigLayouts};
 
 /// One GPU as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub struct GpuNow {
     pub uuid: String,
     /// The product name NVML reports.
     pub model: String,
+    /// PCI device id as `0xDDDDVVVV` (what mig-parted's `device-filter` matches).
+    pub pci_device_id: u32,
     pub mig_current: bool,
     pub mig_pending: bool,
     /// Existing MIG devices: (profile name, GI id, CI id).
@@ -111,13 +114,21 @@ pub struct GpuChange {
 }
 
 /// The operations that give every GPU of the node `layout` (a named layout
-/// such as `all-balanced`, or `1g.5gb=2,3g.20gb=1`). GPUs without MIG are
-/// left as they are (so `all-disabled` is a no-op for them).
-pub fn plan(gpus: &[GpuNow], layout: &str) -> Result<Vec<GpuChange>, CatalogError> {
-    gpus.iter().map(|gpu| plan_gpu(gpu, layout)).collect()
+/// of `layouts`, such as `all-balanced`; with the built-in layouts also
+/// `1g.5gb=2,3g.20gb=1`). GPUs without MIG are left as they are (so
+/// `all-disabled` is a no-op for them), and so are GPUs no entry of a
+/// mig-parted file selects.
+pub fn plan(
+    gpus: &[GpuNow],
+    layouts: &MigLayouts,
+    layout: &str,
+) -> Result<Vec<GpuChange>, LayoutError> {
+    gpus.iter()
+        .map(|gpu| plan_gpu(gpu, layouts, layout))
+        .collect()
 }
 
-fn plan_gpu(gpu: &GpuNow, layout: &str) -> Result<GpuChange, CatalogError> {
+fn plan_gpu(gpu: &GpuNow, layouts: &MigLayouts, layout: &str) -> Result<GpuChange, LayoutError> {
     let mut change = GpuChange {
         index: gpu.index,
         uuid: gpu.uuid.clone(),
@@ -130,7 +141,24 @@ fn plan_gpu(gpu: &GpuNow, layout: &str) -> Result<GpuChange, CatalogError> {
         change.reason = "not MIG-capable (or not in the catalog): left as it is".into();
         return Ok(change);
     };
-    let wanted = catalog::layout(model, layout)?;
+    let identity = GpuIdentity {
+        index: gpu.index,
+        pci_device_id: gpu.pci_device_id,
+        model,
+    };
+    let wanted = match layouts.resolve(layout, identity) {
+        Ok(Some(wanted)) => wanted,
+        Ok(None) => {
+            change.reason = format!("no entry of '{layout}' selects this GPU: left as it is");
+            return Ok(change);
+        }
+        Err(LayoutError::Catalog(e)) => {
+            return Err(e
+                .in_context(format!("GPU {} ({})", gpu.index, gpu.uuid))
+                .into());
+        }
+        Err(e) => return Err(e),
+    };
     if !wanted.mig_enabled() {
         destroy_all(gpu, &mut change.ops);
         if gpu.mig_current || gpu.mig_pending {
@@ -253,6 +281,7 @@ mod tests {
             index: 0,
             uuid: "GPU-0".into(),
             model: "NVIDIA H200".into(),
+            pci_device_id: 0x2335_10DE,
             mig_current: mig,
             mig_pending: mig,
             devices: devices
@@ -264,7 +293,7 @@ mod tests {
 
     #[test]
     fn mig_off_needs_the_mode_and_a_reset_first() {
-        let c = &plan(&[h200(false, &[])], "all-balanced").expect("plan")[0];
+        let c = &plan(&[h200(false, &[])], &MigLayouts::Builtin, "all-balanced").expect("plan")[0];
         assert_eq!(c.ops, vec![Op::SetMigMode { enable: true }]);
         assert!(c.needs_reset);
         assert!(c.reason.contains("after a GPU reset"), "{}", c.reason);
@@ -272,7 +301,7 @@ mod tests {
 
     #[test]
     fn an_empty_mig_gpu_gets_the_layout_largest_first_at_the_catalogs_placements() {
-        let c = &plan(&[h200(true, &[])], "all-balanced").expect("plan")[0];
+        let c = &plan(&[h200(true, &[])], &MigLayouts::Builtin, "all-balanced").expect("plan")[0];
         let text: Vec<String> = c.ops.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -298,10 +327,10 @@ mod tests {
             ("1g.18gb", 9, 0),
             ("1g.18gb", 10, 0),
         ];
-        let c = &plan(&[h200(true, &held)], "all-balanced").expect("plan")[0];
+        let c = &plan(&[h200(true, &held)], &MigLayouts::Builtin, "all-balanced").expect("plan")[0];
         assert!(c.ops.is_empty(), "{:?}", c.ops);
         assert_eq!(c.reason, "already holds 'all-balanced'");
-        let c = &plan(&[h200(true, &held)], "all-1g.18gb").expect("plan")[0];
+        let c = &plan(&[h200(true, &held)], &MigLayouts::Builtin, "all-1g.18gb").expect("plan")[0];
         assert_eq!(
             c.ops[..6],
             [
@@ -335,7 +364,12 @@ mod tests {
 
     #[test]
     fn disabling_and_gpus_without_mig() {
-        let c = &plan(&[h200(true, &[("7g.141gb", 0, 0)])], "all-disabled").expect("plan")[0];
+        let c = &plan(
+            &[h200(true, &[("7g.141gb", 0, 0)])],
+            &MigLayouts::Builtin,
+            "all-disabled",
+        )
+        .expect("plan")[0];
         assert_eq!(
             c.ops,
             vec![
@@ -352,14 +386,43 @@ mod tests {
             model: "NVIDIA A10G".into(),
             ..h200(false, &[])
         };
-        let c = &plan(&[a10g], "all-balanced").expect("plan")[0];
+        let c = &plan(&[a10g], &MigLayouts::Builtin, "all-balanced").expect("plan")[0];
         assert!(c.ops.is_empty());
         assert!(c.reason.starts_with("not MIG-capable"), "{}", c.reason);
     }
 
     #[test]
+    fn a_mig_parted_file_decides_per_gpu_and_unselected_gpus_are_left_alone() {
+        let text = "version: v1\nmig-configs:\n  half:\n    - devices: [1]\n      mig-enabled: true\n      mig-devices: {\"3g.71gb\": 2}\n";
+        let layouts = MigLayouts::File {
+            source_name: "mig.yaml".into(),
+            config: crate::mig_parted::parse(text, "mig.yaml").expect("parses"),
+        };
+        let gpus = [
+            h200(true, &[]),
+            GpuNow {
+                index: 1,
+                ..h200(true, &[])
+            },
+        ];
+        let changes = plan(&gpus, &layouts, "half").expect("plan");
+        assert!(changes[0].ops.is_empty());
+        assert_eq!(
+            changes[0].reason,
+            "no entry of 'half' selects this GPU: left as it is"
+        );
+        assert_eq!(changes[1].ops.len(), 4, "{:?}", changes[1].ops);
+        let e = plan(&gpus, &layouts, "all-balanced").expect_err("not in the file");
+        assert_eq!(
+            e.to_string(),
+            "MIG config 'all-balanced' is not in mig.yaml; its configs are: half"
+        );
+    }
+
+    #[test]
     fn a_layout_that_does_not_exist_is_the_catalogs_error() {
-        let e = plan(&[h200(true, &[])], "all-3g.40gb").expect_err("unknown");
+        let e = plan(&[h200(true, &[])], &MigLayouts::Builtin, "all-3g.40gb").expect_err("unknown");
         assert!(e.to_string().contains("valid layouts"), "{e}");
+        assert!(e.to_string().contains("for GPU 0 (GPU-0)"), "{e}");
     }
 }

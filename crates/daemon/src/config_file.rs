@@ -40,6 +40,52 @@ pub fn refuse_blank_on_reload(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Why a mig-parted config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MigConfigFileError {
+    #[error("{}: unable to read the MIG config file: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] gpu_slicer_core::mig_parted::MigPartedError),
+}
+
+/// The named MIG layouts: a mig-parted file (the GPU Operator's
+/// `default-mig-parted-config` content, or a user's) when given, else the
+/// built-in ones. Reads at most one byte more than a config may have, so an
+/// oversized file is refused without being read whole.
+pub fn mig_layouts(
+    path: Option<&Path>,
+) -> Result<gpu_slicer_core::mig_parted::MigLayouts, MigConfigFileError> {
+    use gpu_slicer_core::mig_parted::{MAX_FILE_BYTES, MigLayouts, MigPartedError, parse};
+    use std::io::Read as _;
+    let Some(path) = path else {
+        return Ok(MigLayouts::Builtin);
+    };
+    let read = |source| MigConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    let source_name = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|_| MigPartedError::Syntax {
+        source_name: source_name.clone(),
+        message: "the file is not UTF-8 text".into(),
+    })?;
+    let config = parse(&text, &source_name)?;
+    Ok(MigLayouts::File {
+        source_name,
+        config,
+    })
+}
+
 /// The process environment, as the core's overlay reads it.
 pub fn process_env(key: &str) -> Option<String> {
     std::env::var(key).ok()
@@ -110,5 +156,41 @@ mod tests {
             load_file(&path).unwrap_err().to_string(),
             format!("{}: version: unknown version: v3", path.display())
         );
+    }
+
+    #[test]
+    fn mig_config_files_are_read_bounded_and_name_the_file() {
+        use gpu_slicer_core::mig_parted::{MAX_FILE_BYTES, MigLayouts};
+        assert_eq!(mig_layouts(None).unwrap(), MigLayouts::Builtin);
+        let e = mig_layouts(Some(Path::new("/nonexistent/mig.yaml"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/mig.yaml: unable to read the MIG config file: "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mig.yaml");
+        std::fs::write(&path, vec![b'#'; MAX_FILE_BYTES + 10]).unwrap();
+        assert_eq!(
+            mig_layouts(Some(&path)).unwrap_err().to_string(),
+            format!(
+                "{}: the file has more than {MAX_FILE_BYTES} bytes, the most a MIG config may have; is it the right file?",
+                path.display()
+            )
+        );
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            mig_layouts(Some(&path)).unwrap_err().to_string(),
+            format!("{}: the file is not UTF-8 text", path.display())
+        );
+        std::fs::write(
+            &path,
+            "version: v1\nmig-configs:\n  all-disabled:\n    - devices: all\n      mig-enabled: false\n",
+        )
+        .unwrap();
+        let MigLayouts::File { config, .. } = mig_layouts(Some(&path)).unwrap() else {
+            panic!("a file's layouts");
+        };
+        assert_eq!(config.configs.len(), 1);
     }
 }

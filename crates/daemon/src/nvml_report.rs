@@ -27,6 +27,8 @@ pub struct GpuReport {
     pub index: u32,
     pub uuid: String,
     pub model: String,
+    /// PCI device id as `0xDDDDVVVV` (what mig-parted's `device-filter` matches).
+    pub pci_device_id: u32,
     pub memory_mib: u64,
     /// `None` when the GPU is not MIG-capable.
     pub mig: Option<MigReport>,
@@ -99,6 +101,7 @@ pub fn report(options: &NvmlOptions) -> Result<Vec<GpuReport>, ReportError> {
             index: gpu.index,
             uuid: gpu.uuid.clone(),
             model: gpu.model.clone(),
+            pci_device_id: gpu.pci_device_id,
             memory_mib: gpu.memory_mib,
             mig,
         });

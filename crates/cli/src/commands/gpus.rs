@@ -133,8 +133,14 @@ pub fn text(gpus: &[GpuReport]) -> String {
 
 /// `gpu-slicer mig apply --dry-run LAYOUT`: the NVML operations that would
 /// give this node's GPUs `layout`, and why; nothing is changed.
-pub fn mig_apply_dry_run(options: &GpusOptions, layout: &str) -> Result<String, String> {
+pub fn mig_apply_dry_run(
+    options: &GpusOptions,
+    config_file: Option<&std::path::Path>,
+    layout: &str,
+) -> Result<String, String> {
     use gpu_slicer_core::mig_change::{GpuNow, plan, render};
+    let layouts =
+        gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
     let gpus = options.report()?;
     let now: Vec<GpuNow> = gpus
         .iter()
@@ -142,6 +148,7 @@ pub fn mig_apply_dry_run(options: &GpusOptions, layout: &str) -> Result<String, 
             index: g.index,
             uuid: g.uuid.clone(),
             model: g.model.clone(),
+            pci_device_id: g.pci_device_id,
             mig_current: g.mig.as_ref().is_some_and(|m| m.current),
             mig_pending: g.mig.as_ref().is_some_and(|m| m.pending),
             devices: g
@@ -156,6 +163,6 @@ pub fn mig_apply_dry_run(options: &GpusOptions, layout: &str) -> Result<String, 
                 .unwrap_or_default(),
         })
         .collect();
-    let changes = plan(&now, layout).map_err(|e| e.to_string())?;
+    let changes = plan(&now, &layouts, layout).map_err(|e| e.to_string())?;
     Ok(render(&changes, layout))
 }

@@ -127,3 +127,68 @@ fn mig_apply_dry_run_prints_the_operations_and_applying_is_refused() {
         "error: applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"
     );
 }
+
+#[test]
+fn mig_apply_dry_run_reads_a_mig_parted_file() {
+    let dir = temp_dir();
+    let mut inventory =
+        simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("p4d");
+    inventory.gpus.truncate(2);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let config = dir.path().join("config.yaml");
+    // As the GPU Operator's default config shapes it: a device-filter per model.
+    std::fs::write(
+        &config,
+        "version: v1\nmig-configs:\n  all-3g:\n    - device-filter: [\"0x233010DE\"]\n      devices: all\n      mig-enabled: true\n      mig-devices: {\"3g.40gb\": 2}\n    - device-filter: \"0x20B010DE\"\n      devices: [1]\n      mig-enabled: true\n      mig-devices: {\"3g.20gb\": 2}\n",
+    )
+    .expect("write");
+    let apply = |layout: &str, file: &std::path::Path| {
+        Command::new(BIN)
+            .args(["mig", "apply", "--dry-run", layout, "--config-file"])
+            .arg(file)
+            .arg("--nvml-lib")
+            .arg(fake_nvml())
+            .env("FAKE_NVML_TOPOLOGY", &topology)
+            .env_remove("FAKE_NVML_FAIL")
+            .output()
+            .expect("run")
+    };
+    let out = apply("all-3g", &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("GPU 0 (NVIDIA A100-SXM4-40GB, ")
+            && text.contains("): no entry of 'all-3g' selects this GPU: left as it is\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("(3g.20gb), start").count(), 2, "{text}");
+
+    let out = apply("all-balanced", &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "error: MIG config 'all-balanced' is not in {}; its configs are: all-3g",
+            config.display()
+        )
+    );
+    std::fs::write(
+        &config,
+        "version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled: true\n",
+    )
+    .expect("write");
+    let out = apply("c", &config);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "error: {}: mig-configs.c[0].mig-devices: required when mig-enabled is true; write 'mig-devices: {{}}' for MIG mode on with no instances",
+            config.display()
+        )
+    );
+}

@@ -669,23 +669,63 @@ pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
     } else if let Some(p) = name.strip_prefix("all-").and_then(|p| geo.profile(p)) {
         vec![p; p.max_count as usize]
     } else if name.contains('=') {
-        parse_custom(model, geo, name)?
+        let counts = parse_custom(model, name)?;
+        return layout_from_counts(model, name, &counts);
     } else {
         return Err(unknown());
     };
+    place_named(model, name, &instances)?;
+    Ok(MigLayout::Instances(instances))
+}
+
+/// The layout `name` declares as profile counts (a custom list, or a
+/// mig-parted `mig-devices` map), checked against the model: known profiles
+/// (`+` may be written as `.`), counts within their maximum, and a fit.
+/// No instances at all is MIG mode on with nothing created.
+pub fn layout_from_counts(
+    model: &GpuModel,
+    name: &str,
+    counts: &[(&str, u32)],
+) -> Result<MigLayout, CatalogError> {
+    let Some(geo) = &model.mig else {
+        return Err(CatalogError::MigUnsupported {
+            layout: name.to_string(),
+            context: DEFAULT_CONTEXT.to_string(),
+            product: model.product_name.to_string(),
+            families: mig_families(),
+        });
+    };
+    let mut instances = Vec::new();
+    for &(profile, count) in counts {
+        let p = geo
+            .profile(profile)
+            .ok_or_else(|| CatalogError::UnknownProfile {
+                layout: name.to_string(),
+                profile: profile.to_string(),
+                context: DEFAULT_CONTEXT.to_string(),
+                product: model.product_name.to_string(),
+                valid: profile_list(geo),
+            })?;
+        if count > p.max_count {
+            return Err(CatalogError::TooMany {
+                layout: name.to_string(),
+                profile: p.name.to_string(),
+                count,
+                max: p.max_count,
+                context: DEFAULT_CONTEXT.to_string(),
+                product: model.product_name.to_string(),
+            });
+        }
+        instances.extend(std::iter::repeat_n(p, count as usize));
+    }
     if instances.is_empty() {
-        // A custom list of zero counts: MIG on, nothing created.
         return Ok(MigLayout::EnabledEmpty);
     }
     place_named(model, name, &instances)?;
     Ok(MigLayout::Instances(instances))
 }
 
-fn parse_custom(
-    model: &GpuModel,
-    geo: &MigGeometry,
-    name: &str,
-) -> Result<Vec<&'static MigProfile>, CatalogError> {
+fn parse_custom<'n>(model: &GpuModel, name: &'n str) -> Result<Vec<(&'n str, u32)>, CatalogError> {
     let malformed = |reason: String| CatalogError::Malformed {
         layout: name.to_string(),
         reason,
@@ -707,16 +747,7 @@ fn parse_custom(
                 "count '{count}' of '{profile}' is not a non-negative whole number"
             ))
         })?;
-        let p = geo
-            .profile(profile)
-            .ok_or_else(|| CatalogError::UnknownProfile {
-                layout: name.to_string(),
-                profile: profile.to_string(),
-                context: DEFAULT_CONTEXT.to_string(),
-                product: model.product_name.to_string(),
-                valid: profile_list(geo),
-            })?;
-        out.extend(std::iter::repeat_n(p, count as usize));
+        out.push((profile, count));
     }
     Ok(out)
 }
