@@ -323,7 +323,7 @@ impl World {
                     }
                     self.streams.push((server, k));
                     // Which arrives first is the kubelet's race; both occur.
-                    if attempt % 2 == 0 {
+                    if attempt.is_multiple_of(2) {
                         self.feed(Event::Registered { attempt, result })?;
                         return self.feed(Event::StreamOpened { server });
                     }
