@@ -594,7 +594,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     // Fixed seed: the same interleavings on every run, so CI is
-    // reproducible; bounded in time (about a second in debug builds).
+    // reproducible; bounded in time (about 12 s in a debug build on the
+    // 2-core development machine).
     #![proptest_config(Config {
         cases: 2000,
         failure_persistence: None,
