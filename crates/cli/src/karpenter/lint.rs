@@ -14,6 +14,7 @@
 //! |---|---|---|
 //! | `mig-on-non-mig-family` | error | MIG layout on a pool that can launch GPUs without MIG |
 //! | `layout-profile-missing` | error | the layout's profiles do not exist on that GPU's memory size |
+//! | `mig-config-none` | error | `nvidia.com/mig.config=none`: MIG Manager has no such layout (use `all-disabled`) |
 //! | `mig-config-label` | warning | layout set at launch without a startup taint (scale-from-zero race, drift) |
 //! | `resource-as-requirement-key` | error | `nvidia.com/gpu`, `nvidia.com/mig-*` ... used as a label key |
 //! | `instance-size-with-dot` | error | `instance-size: g5.xlarge` matches nothing |
@@ -404,8 +405,26 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
         }
     }
 
-    // MIG intent.
-    let layout = pool.layout.as_deref().filter(|l| *l != "all-disabled");
+    // MIG intent. `none` is gpu-slicer's command-line alias for MIG off,
+    // not a layout MIG Manager knows: on a node label it fails there.
+    if pool.layout.as_deref().map(str::trim) == Some(catalog::MIG_OFF_ALIAS) {
+        sink.add(
+            doc,
+            label_path(MIG_CONFIG_LABEL),
+            Severity::Error,
+            "mig-config-none",
+            format!(
+                "{MIG_CONFIG_LABEL}=none is not a layout of MIG Manager's config (`none` is only gpu-slicer's command-line \
+                 alias): MIG Manager would set nvidia.com/mig.config.state=failed and leave the GPUs as they are. Write \
+                 all-disabled for MIG off, or remove the label"
+            ),
+        );
+    }
+    let layout = pool
+        .layout
+        .as_deref()
+        .map(catalog::canonical_layout_name)
+        .filter(|l| *l != "all-disabled");
     if let Some(layout) = layout {
         let mut named: Vec<(usize, Vec<String>)> = Vec::new();
         for (i, r) in raw_reqs.iter().enumerate() {

@@ -169,3 +169,41 @@ fn the_projects_deploy_files_lint_clean() {
         "{out}"
     );
 }
+
+/// `none` is MIG off on gpu-slicer's command line only: as a NodePool's
+/// `nvidia.com/mig.config` label MIG Manager has no such layout and fails.
+#[test]
+fn a_pool_labelled_mig_config_none_is_an_error() {
+    let root = repo_root();
+    let pool = std::fs::read_to_string(root.join("deploy/karpenter/nodepool-mig.yaml"))
+        .expect("nodepool-mig.yaml");
+    assert!(
+        pool.contains("nvidia.com/mig.config: all-balanced"),
+        "{pool}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("pool.yaml");
+    std::fs::write(
+        &path,
+        pool.replace(
+            "nvidia.com/mig.config: all-balanced",
+            "nvidia.com/mig.config: none",
+        ),
+    )
+    .expect("write");
+    let (code, out, err) = run(&[
+        "lint",
+        path.to_str().expect("utf-8"),
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "error[mig-config-none]: nvidia.com/mig.config=none is not a layout of MIG Manager's config (`none` is only \
+             gpu-slicer's command-line alias): MIG Manager would set nvidia.com/mig.config.state=failed and leave the GPUs \
+             as they are. Write all-disabled for MIG off, or remove the label"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("\n1 error, "), "only that error: {out}");
+}
