@@ -846,12 +846,7 @@ fn lint_overlay_conflicts(overlays: &[&Document], pools: &[Pool<'_>], sink: &mut
             .as_array()
             .map(|a| a.iter().filter_map(Requirement::from_value).collect())
             .unwrap_or_default();
-        let own: Vec<Requirement> = reqs
-            .iter()
-            .filter(|r| r.key != "karpenter.sh/nodepool")
-            .cloned()
-            .collect();
-        let matched = instances_matching(&own);
+        let matched = overlay_instances(&reqs);
         let scoped = overlay_pools(doc);
         let mut targets: Vec<(String, &'static str)> = Vec::new();
         for pool in pools {
@@ -1039,12 +1034,7 @@ fn lint_overlay(doc: &Document, pools: &[Pool<'_>], sink: &mut Sink<'_>) {
                      karpenter.k8s.aws/instance-gpu-*", r.key, r.operator)),
             }
         }
-        let own: Vec<Requirement> = reqs
-            .iter()
-            .filter(|r| r.key != "karpenter.sh/nodepool")
-            .cloned()
-            .collect();
-        let matched = instances_matching(&own);
+        let matched = overlay_instances(&reqs);
         for (instance, plan) in &pool.plans {
             if !matched.iter().any(|m| m.name == instance.name) {
                 continue;
@@ -1257,6 +1247,17 @@ pub fn render(findings: &[Finding]) -> String {
         }
     );
     out
+}
+
+/// The presets an overlay's requirements match, its `karpenter.sh/nodepool`
+/// scope aside (the pool is matched on its own).
+fn overlay_instances(reqs: &[Requirement]) -> Vec<&'static InstanceType> {
+    let own: Vec<Requirement> = reqs
+        .iter()
+        .filter(|r| r.key != "karpenter.sh/nodepool")
+        .cloned()
+        .collect();
+    instances_matching(&own)
 }
 
 #[cfg(test)]

@@ -235,19 +235,26 @@ pub fn size(instance: &str) -> &str {
     instance.split_once('.').map_or("", |(_, s)| s)
 }
 
-/// The well-known Karpenter labels of an instance preset that gpu-slicer
-/// can derive (AWS provider names).
-pub fn instance_labels(instance: &InstanceType) -> BTreeMap<&'static str, String> {
-    let fam = family(instance.name);
-    let category: String = fam
+/// Karpenter's `instance-category` and `instance-generation` of a family:
+/// its leading letters and the digits after them (`g6e` → `g`, `6`).
+fn category_and_generation(family: &str) -> (String, String) {
+    let category = family
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .collect();
-    let generation: String = fam
+    let generation = family
         .chars()
         .skip_while(|c| c.is_ascii_alphabetic())
         .take_while(|c| c.is_ascii_digit())
         .collect();
+    (category, generation)
+}
+
+/// The well-known Karpenter labels of an instance preset that gpu-slicer
+/// can derive (AWS provider names).
+pub fn instance_labels(instance: &InstanceType) -> BTreeMap<&'static str, String> {
+    let fam = family(instance.name);
+    let (category, generation) = category_and_generation(fam);
     let gpu_name = instance
         .model
         .split('-')
@@ -412,15 +419,7 @@ pub fn uncatalogued_gpu_types_matching(requirements: &[Requirement]) -> Vec<&'st
         .iter()
         .filter(|(name, gpu_name, gpus, arch)| {
             let fam = family(name);
-            let category: String = fam
-                .chars()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect();
-            let generation: String = fam
-                .chars()
-                .skip_while(|c| c.is_ascii_alphabetic())
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
+            let (category, generation) = category_and_generation(fam);
             let labels = BTreeMap::from([
                 ("node.kubernetes.io/instance-type", name.to_string()),
                 ("karpenter.k8s.aws/instance-family", fam.to_string()),

@@ -2,23 +2,7 @@
 //! user sees for `plan` with errors, `lint` of a file with nothing to check,
 //! the `none` layout, and `lint` of the project's own deploy files.
 
-use std::process::Command;
-
-use crate::{BIN, repo_root};
-
-/// Runs the binary in the repository root: (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .expect("run gpu-slicer");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::{repo_root, run_cli as run};
 
 /// Defect: `plan --mig-config all-enabled` printed `error:` lines and exited 0.
 #[test]

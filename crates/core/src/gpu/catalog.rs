@@ -652,20 +652,7 @@ pub fn layout(model: &GpuModel, name: &str) -> Result<MigLayout, CatalogError> {
         if geo.balanced.is_empty() {
             return Err(unknown());
         }
-        let mut out = Vec::new();
-        for &(profile, count) in geo.balanced {
-            let p = geo
-                .profile(profile)
-                .ok_or_else(|| CatalogError::UnknownProfile {
-                    layout: name.to_string(),
-                    profile: profile.to_string(),
-                    context: DEFAULT_CONTEXT.to_string(),
-                    product: model.product_name.to_string(),
-                    valid: profile_list(geo),
-                })?;
-            out.extend(std::iter::repeat_n(p, count as usize));
-        }
-        out
+        return layout_from_counts(model, name, geo.balanced);
     } else if let Some(p) = name.strip_prefix("all-").and_then(|p| geo.profile(p)) {
         vec![p; p.max_count as usize]
     } else if name.contains('=') {
