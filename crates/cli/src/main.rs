@@ -146,9 +146,13 @@ enum MigCommand {
         /// replace the built-in layouts.
         #[arg(long, env = "MIG_PARTED_CONFIG_FILE", value_name = "FILE")]
         config_file: Option<PathBuf>,
-        /// Print the operations only (required: applying is not built).
+        /// Print the NVML operations and why; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Change GPUs even while compute processes run on them (their work
+        /// is lost; NVML may still refuse to destroy an instance in use).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         nvml: NvmlArgs,
     },
@@ -323,6 +327,7 @@ fn main() -> ExitCode {
                     layout,
                     config_file,
                     dry_run,
+                    force,
                     nvml,
                 },
         } => {
@@ -335,9 +340,13 @@ fn main() -> ExitCode {
                 )
                 .map(|text| print!("{text}"))
             } else {
-                Err("applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML \
-                     operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"
-                    .to_string())
+                commands::gpus::mig_apply(
+                    &nvml.options(false),
+                    config_file.as_deref(),
+                    &layout,
+                    force,
+                )
+                .map(|text| print!("{text}"))
             }
         }
         Command::Run(args) => {

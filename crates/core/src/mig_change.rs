@@ -272,6 +272,103 @@ pub fn render(changes: &[GpuChange], layout: &str) -> String {
     out
 }
 
+/// What applying a layout did to one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to do: it holds the layout, or the layout leaves it alone.
+    Unchanged,
+    /// Its operations ran and it now holds the layout.
+    Applied,
+    /// Refused: processes run on it (pids), or pods hold its devices.
+    Busy { holders: Vec<String> },
+    /// Its MIG mode change is pending: it takes effect after a GPU reset
+    /// or a reboot, which gpu-slicer never does itself.
+    ResetRequired { enable: bool },
+    /// An NVML operation failed (what it left was cleaned up as far as
+    /// possible; the next attempt starts from what the GPU holds).
+    Failed { operation: String, error: String },
+}
+
+/// One GPU's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuOutcome {
+    pub index: u32,
+    pub uuid: String,
+    pub outcome: Outcome,
+}
+
+/// `nvidia.com/mig.config.state` after an apply, as MIG Manager reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigState {
+    Pending,
+    Success,
+    Failed,
+}
+
+impl ConfigState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigState::Pending => "pending",
+            ConfigState::Success => "success",
+            ConfigState::Failed => "failed",
+        }
+    }
+}
+
+/// The state to report and, for `failed`, why (one clause per GPU that
+/// did not get the layout): `success` only when every GPU holds it.
+pub fn summarize(outcomes: &[GpuOutcome], layout: &str) -> (ConfigState, String) {
+    let problems: Vec<String> = outcomes
+        .iter()
+        .filter_map(|g| {
+            let why = match &g.outcome {
+                Outcome::Unchanged | Outcome::Applied => return None,
+                Outcome::Busy { holders } => format!(
+                    "is in use ({}); stop that work, or apply with force",
+                    holders.join(", ")
+                ),
+                Outcome::ResetRequired { enable } => format!(
+                    "has MIG mode {} pending: it takes effect after a GPU reset (`nvidia-smi -r -i {}`, with nothing running on it) or a reboot, which gpu-slicer never does itself; the layout is applied once the mode is active",
+                    if *enable { "on" } else { "off" },
+                    g.index
+                ),
+                Outcome::Failed { operation, error } => format!("{operation} failed: {error}"),
+            };
+            Some(format!("GPU {} ({}) {why}", g.index, g.uuid))
+        })
+        .collect();
+    if problems.is_empty() {
+        let changed = outcomes
+            .iter()
+            .filter(|g| g.outcome == Outcome::Applied)
+            .count();
+        (
+            ConfigState::Success,
+            format!("MIG layout '{layout}' applied ({changed} GPU(s) changed)"),
+        )
+    } else {
+        (
+            ConfigState::Failed,
+            format!("MIG layout '{layout}' not applied: {}", problems.join("; ")),
+        )
+    }
+}
+
+/// The compute-instance profile (`NVML_COMPUTE_INSTANCE_PROFILE_*`) of a
+/// compute instance of `slices` slices.
+pub fn compute_instance_profile(slices: u32) -> Option<u32> {
+    match slices {
+        1 => Some(0),
+        2 => Some(1),
+        3 => Some(2),
+        4 => Some(3),
+        7 => Some(4),
+        8 => Some(5),
+        6 => Some(6),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +513,51 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "MIG config 'all-balanced' is not in mig.yaml; its configs are: half"
+        );
+    }
+
+    #[test]
+    fn success_only_when_every_gpu_holds_the_layout_and_failures_say_why() {
+        let gpu = |index: u32, outcome: Outcome| GpuOutcome {
+            index,
+            uuid: format!("GPU-{index}"),
+            outcome,
+        };
+        let (state, message) = summarize(
+            &[gpu(0, Outcome::Applied), gpu(1, Outcome::Unchanged)],
+            "all-balanced",
+        );
+        assert_eq!(state, ConfigState::Success);
+        assert_eq!(
+            message,
+            "MIG layout 'all-balanced' applied (1 GPU(s) changed)"
+        );
+        let (state, message) = summarize(
+            &[
+                gpu(0, Outcome::Applied),
+                gpu(
+                    1,
+                    Outcome::Busy {
+                        holders: vec!["process 4242".into()],
+                    },
+                ),
+                gpu(2, Outcome::ResetRequired { enable: true }),
+                gpu(
+                    3,
+                    Outcome::Failed {
+                        operation: "nvmlGpuInstanceDestroy(GPU instance 7)".into(),
+                        error: "In use by another client".into(),
+                    },
+                ),
+            ],
+            "all-1g.5gb",
+        );
+        assert_eq!(state, ConfigState::Failed);
+        assert_eq!(
+            message,
+            "MIG layout 'all-1g.5gb' not applied: GPU 1 (GPU-1) is in use (process 4242); stop that work, or apply with force; \
+             GPU 2 (GPU-2) has MIG mode on pending: it takes effect after a GPU reset (`nvidia-smi -r -i 2`, with nothing running on it) or a reboot, which gpu-slicer never does itself; the layout is applied once the mode is active; \
+             GPU 3 (GPU-3) nvmlGpuInstanceDestroy(GPU instance 7) failed: In use by another client"
         );
     }
 

@@ -30,6 +30,10 @@
 //! Error names are NVML's, with or without the `NVML_ERROR_` prefix.
 //! Functions that are not exported make nvml-wrapper report `FailedToLoadSymbol`.
 //!
+//! MIG layouts can be changed through NVML's calls (MIG mode, GPU and
+//! compute instances, running processes): see [`mig_admin`], which writes
+//! the driver's state back to `FAKE_NVML_TOPOLOGY`.
+//!
 //! GPU-instance profiles follow the A100/H100 structure (8 memory slices,
 //! profile ids 19/20/15/14/9/5/0) with memory `0.95 × eighths × total`, so
 //! that NVIDIA's naming rule gives back the names in the file. A MIG device's
@@ -45,6 +49,8 @@
 // NUL-terminated. Documenting that on each of them would repeat nvml.h.
 #![allow(clippy::missing_safety_doc)]
 #![allow(non_snake_case)]
+
+mod mig_admin;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_uint, c_ulonglong};
@@ -71,6 +77,9 @@ const NOT_SUPPORTED: nvmlReturn_t = 3;
 const NOT_FOUND: nvmlReturn_t = 6;
 const INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 const TIMEOUT: nvmlReturn_t = 10;
+const RESET_REQUIRED: nvmlReturn_t = 16;
+const IN_USE: nvmlReturn_t = 19;
+const INSUFFICIENT_RESOURCES: nvmlReturn_t = 23;
 const UNKNOWN: nvmlReturn_t = 999;
 
 const ERROR_NAMES: &[(&str, nvmlReturn_t)] = &[
@@ -96,6 +105,8 @@ const ERROR_NAMES: &[(&str, nvmlReturn_t)] = &[
     ("IN_USE", 19),
     ("MEMORY", 20),
     ("NO_DATA", 21),
+    ("VGPU_ECC_NOT_SUPPORTED", 22),
+    ("INSUFFICIENT_RESOURCES", 23),
     ("UNKNOWN", 999),
 ];
 
@@ -209,6 +220,10 @@ fn profile_of(gpu: &Gpu, dev: &MigDevice) -> Option<(&'static Profile, u32)> {
 
 struct State {
     inventory: Inventory,
+    /// What the driver holds beyond the inventory, per GPU (list position):
+    /// pending MIG mode, GPU instances without a compute instance, running
+    /// processes ([`mig_admin`]).
+    extra: Vec<mig_admin::GpuExtra>,
     /// The topology file's text, to notice a rewrite (a MIG repartition,
     /// which the driver reflects at once).
     topology_text: String,
@@ -314,9 +329,10 @@ fn load() -> Result<State, String> {
         Ok(spec) => Failures::parse("FAKE_NVML_FAIL", &spec)?,
         Err(_) => Failures::default(),
     };
-    let (inventory, topology_text) = read_topology()?;
+    let (inventory, extra, topology_text) = read_topology()?;
     Ok(State {
         inventory,
+        extra,
         topology_text,
         fail,
         driver_version: std::env::var("FAKE_NVML_DRIVER_VERSION")
@@ -324,17 +340,19 @@ fn load() -> Result<State, String> {
     })
 }
 
-/// The node as `FAKE_NVML_TOPOLOGY` describes it now, and the file's text.
-fn read_topology() -> Result<(Inventory, String), String> {
-    let (inventory, text) = match std::env::var("FAKE_NVML_TOPOLOGY") {
+/// The node as `FAKE_NVML_TOPOLOGY` describes it now, what the driver
+/// holds beyond it, and the file's text.
+fn read_topology() -> Result<(Inventory, Vec<mig_admin::GpuExtra>, String), String> {
+    let (inventory, extra, text) = match std::env::var("FAKE_NVML_TOPOLOGY") {
         Ok(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("FAKE_NVML_TOPOLOGY: cannot read {path}: {e}"))?;
-            let inventory = serde_saphyr::from_str::<Inventory>(&text)
+            let node = serde_saphyr::from_str::<mig_admin::FakeNode>(&text)
                 .map_err(|e| format!("FAKE_NVML_TOPOLOGY: {path}: {e}"))?;
-            (inventory, text)
+            let (inventory, extra) = node.split();
+            (inventory, extra, text)
         }
-        Err(_) => (Inventory::default(), String::new()),
+        Err(_) => (Inventory::default(), Vec::new(), String::new()),
     };
     for gpu in &inventory.gpus {
         for dev in &gpu.mig_devices {
@@ -346,7 +364,7 @@ fn read_topology() -> Result<(Inventory, String), String> {
             }
         }
     }
-    Ok((inventory, text))
+    Ok((inventory, extra, text))
 }
 
 fn init(name: &str) -> nvmlReturn_t {
@@ -370,18 +388,24 @@ fn init(name: &str) -> nvmlReturn_t {
 
 /// Runs one call: injected failure, then `f` on the state.
 fn call(name: &str, f: impl FnOnce(&State) -> Result<(), nvmlReturn_t>) -> nvmlReturn_t {
+    call_mut(name, |s| f(s))
+}
+
+/// [`call`] for the calls that change the driver's state ([`mig_admin`]).
+fn call_mut(name: &str, f: impl FnOnce(&mut State) -> Result<(), nvmlReturn_t>) -> nvmlReturn_t {
     let mut guard = state();
     // A rewritten topology file is a repartitioned node: NVML answers from
     // the driver's current state, not from what it saw at init.
     if let Some(s) = guard.as_mut()
         && let Ok(path) = std::env::var("FAKE_NVML_TOPOLOGY")
         && std::fs::read_to_string(path).is_ok_and(|text| text != s.topology_text)
-        && let Ok((inventory, text)) = read_topology()
+        && let Ok((inventory, extra, text)) = read_topology()
     {
         s.inventory = inventory;
+        s.extra = extra;
         s.topology_text = text;
     }
-    let Some(s) = guard.as_ref() else {
+    let Some(s) = guard.as_mut() else {
         return UNINITIALIZED;
     };
     let file = Failures::from_file();
@@ -818,13 +842,14 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     pending: *mut c_uint,
 ) -> nvmlReturn_t {
     call("nvmlDeviceGetMigMode", |s| {
-        let (_, gpu) = gpu_of(s, device)?;
+        let (i, gpu) = gpu_of(s, device)?;
         mig_capable(gpu)?;
         let mode = c_uint::from(gpu.mig_enabled);
+        let next = c_uint::from(s.extra[i].pending(gpu));
         // SAFETY: NVML contract: both out pointers are null or writable.
         unsafe {
             put(current, mode)?;
-            put(pending, mode)
+            put(pending, next)
         }
     })
 }
@@ -932,7 +957,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceById(
     call("nvmlDeviceGetGpuInstanceById", |s| {
         let (i, gpu) = gpu_of(s, device)?;
         mig_capable(gpu)?;
-        if !gpu.mig_devices.iter().any(|d| d.gpu_instance_id == id) {
+        if mig_admin::gpu_instance(s, i, id).is_none() {
             return Err(NOT_FOUND);
         }
         // SAFETY: NVML contract: `gpu_instance` is null or writable.
@@ -947,21 +972,14 @@ pub unsafe extern "C" fn nvmlGpuInstanceGetInfo(
 ) -> nvmlReturn_t {
     call("nvmlGpuInstanceGetInfo", |s| {
         let (i, gi) = decode(gpu_instance.addr(), GI_BASE).ok_or(INVALID_ARGUMENT)?;
-        let gpu = s.inventory.gpus.get(i).ok_or(INVALID_ARGUMENT)?;
-        let gi = gi as c_uint;
-        let dev = gpu
-            .mig_devices
-            .iter()
-            .find(|d| d.gpu_instance_id == gi)
-            .ok_or(INVALID_ARGUMENT)?;
-        let (profile, _) = profile_of(gpu, dev).ok_or(UNKNOWN)?;
+        let gi = mig_admin::gpu_instance(s, i, gi as c_uint).ok_or(INVALID_ARGUMENT)?;
         let value = nvmlGpuInstanceInfo_t {
             device: device_handle(i, 0),
-            id: gi,
-            profileId: profile.id,
+            id: gi.id,
+            profileId: gi.profile_id,
             placement: nvmlGpuInstancePlacement_t {
-                start: 0,
-                size: profile.eighths as c_uint,
+                start: gi.start,
+                size: gi.size,
             },
         };
         // SAFETY: NVML contract: `info` is null or writable.
@@ -1023,14 +1041,22 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstancePossiblePlacements_v2(
     call("nvmlDeviceGetGpuInstancePossiblePlacements_v2", |s| {
         let (_, gpu) = gpu_of(s, device)?;
         mig_capable(gpu)?;
-        let p = PROFILES
-            .iter()
-            .find(|p| p.id == profile_id)
-            .ok_or(NOT_SUPPORTED)?;
+        let all = match mig_admin::catalog_profile(gpu, profile_id) {
+            Some((_, p)) => p
+                .placement_starts
+                .iter()
+                .map(|&start| (start, p.placement_size))
+                .collect(),
+            None => placements_of(
+                PROFILES
+                    .iter()
+                    .find(|p| p.id == profile_id)
+                    .ok_or(NOT_SUPPORTED)?,
+            ),
+        };
         if count.is_null() {
             return Err(INVALID_ARGUMENT);
         }
-        let all = placements_of(p);
         // SAFETY: NVML contract: `count` is valid (checked non-null above).
         let room = unsafe { *count } as usize;
         // SAFETY: as above.

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use gpu_slicer_daemon::mig_apply::{self, ApplyRequest};
 use gpu_slicer_daemon::nvml::NvmlOptions;
 use gpu_slicer_daemon::nvml_report::{GpuReport, report};
 
@@ -15,13 +16,16 @@ pub struct GpusOptions {
 }
 
 impl GpusOptions {
-    fn report(&self) -> Result<Vec<GpuReport>, String> {
-        let nvml = NvmlOptions {
+    fn nvml(&self) -> NvmlOptions {
+        NvmlOptions {
             lib_path: self.nvml_lib.clone(),
             driver_root: self.driver_root.clone(),
             ..NvmlOptions::default()
-        };
-        report(&nvml).map_err(|e| e.to_string())
+        }
+    }
+
+    fn report(&self) -> Result<Vec<GpuReport>, String> {
+        report(&self.nvml()).map_err(|e| e.to_string())
     }
 }
 
@@ -138,31 +142,52 @@ pub fn mig_apply_dry_run(
     config_file: Option<&std::path::Path>,
     layout: &str,
 ) -> Result<String, String> {
-    use gpu_slicer_core::mig_change::{GpuNow, plan, render};
     let layouts =
         gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
-    let gpus = options.report()?;
-    let now: Vec<GpuNow> = gpus
-        .iter()
-        .map(|g| GpuNow {
-            index: g.index,
-            uuid: g.uuid.clone(),
-            model: g.model.clone(),
-            pci_device_id: g.pci_device_id,
-            mig_current: g.mig.as_ref().is_some_and(|m| m.current),
-            mig_pending: g.mig.as_ref().is_some_and(|m| m.pending),
-            devices: g
-                .mig
-                .as_ref()
-                .map(|m| {
-                    m.devices
-                        .iter()
-                        .map(|d| (d.profile.clone(), d.gpu_instance_id, d.compute_instance_id))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect();
-    let changes = plan(&now, &layouts, layout).map_err(|e| e.to_string())?;
-    Ok(render(&changes, layout))
+    let request = ApplyRequest {
+        layouts: &layouts,
+        layout,
+        force: false,
+        holders: Default::default(),
+    };
+    let changes = mig_apply::plan(&options.nvml(), &request).map_err(|e| e.to_string())?;
+    Ok(gpu_slicer_core::mig_change::render(&changes, layout))
+}
+
+/// `gpu-slicer mig apply LAYOUT`: applies the layout through NVML on this
+/// node. `Ok` with what each GPU got when every GPU holds the layout, `Err`
+/// with the same report and why when one does not.
+pub fn mig_apply(
+    options: &GpusOptions,
+    config_file: Option<&std::path::Path>,
+    layout: &str,
+    force: bool,
+) -> Result<String, String> {
+    use gpu_slicer_core::mig_change::{ConfigState, Outcome, summarize};
+    let layouts =
+        gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    let request = ApplyRequest {
+        layouts: &layouts,
+        layout,
+        force,
+        holders: Default::default(),
+    };
+    let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for g in &outcomes {
+        let what = match &g.outcome {
+            Outcome::Unchanged => "unchanged",
+            Outcome::Applied => "applied",
+            Outcome::Busy { .. } => "refused: in use",
+            Outcome::ResetRequired { .. } => "MIG mode pending: needs a GPU reset",
+            Outcome::Failed { .. } => "failed",
+        };
+        let _ = writeln!(out, "GPU {} ({}): {what}", g.index, g.uuid);
+    }
+    let (state, message) = summarize(&outcomes, layout);
+    let _ = writeln!(out, "{message}");
+    match state {
+        ConfigState::Success => Ok(out),
+        _ => Err(out.trim_end().to_string()),
+    }
 }

@@ -80,7 +80,7 @@ fn the_profile_table_placements_and_mig_devices_are_shown() {
 }
 
 #[test]
-fn mig_apply_dry_run_prints_the_operations_and_applying_is_refused() {
+fn mig_apply_dry_run_prints_the_operations() {
     let dir = temp_dir();
     let mut inventory =
         simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("p4d");
@@ -116,16 +116,191 @@ fn mig_apply_dry_run_prints_the_operations_and_applying_is_refused() {
         7,
         "{text}"
     );
+}
 
-    let out = Command::new(BIN)
-        .args(["mig", "apply", "all-balanced"])
+/// Runs `gpu-slicer mig apply ARGS` on the fake NVML's node `topology`.
+fn mig_apply(topology: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["mig", "apply"])
+        .args(args)
+        .arg("--nvml-lib")
+        .arg(fake_nvml())
+        .env("FAKE_NVML_TOPOLOGY", topology)
+        .env_remove("FAKE_NVML_FAIL")
         .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim_end(),
-        "error: applying MIG layouts is not built yet: `mig apply --dry-run LAYOUT` prints the NVML operations it would take; apply them with NVIDIA's MIG Manager (docs/deploy.md)"
+        .expect("run mig apply")
+}
+
+fn devices(topology: &std::path::Path, gpu: usize) -> Vec<(String, String)> {
+    let json: serde_json::Value = serde_json::from_str(&run(topology, "json")).expect("json");
+    json[gpu]["mig"]["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["profile"].as_str().unwrap_or_default().to_string(),
+                d["uuid"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Edits the fake driver's state file (what a GPU reset or a process
+/// starting changes on a real node).
+fn edit_driver(topology: &std::path::Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let mut node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(topology).expect("read")).expect("json");
+    change(&mut node);
+    std::fs::write(topology, node.to_string()).expect("write");
+}
+
+#[test]
+fn mig_apply_on_a_hopper_gpu_turns_mig_on_creates_the_instances_and_is_idempotent() {
+    let dir = temp_dir();
+    let mut inventory = simulated::from_instance("p5e.48xlarge", None).expect("p5e");
+    inventory.gpus.truncate(1);
+    assert!(!inventory.gpus[0].mig_enabled);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+
+    let out = mig_apply(&topology, &["all-balanced"]);
+    let text = text_of(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("GPU 0 (GPU-"), "{text}");
+    assert!(text.contains("): applied\n"), "{text}");
+    assert!(
+        text.ends_with("MIG layout 'all-balanced' applied (1 GPU(s) changed)\n"),
+        "{text}"
     );
+    let first = devices(&topology, 0);
+    let mut profiles: Vec<&str> = first.iter().map(|(p, _)| p.as_str()).collect();
+    profiles.sort_unstable();
+    assert_eq!(profiles, ["1g.18gb", "1g.18gb", "2g.35gb", "3g.71gb"]);
+
+    // Again: nothing to do, the same instances.
+    let out = mig_apply(&topology, &["all-balanced"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert!(
+        text_of(&out).contains("): unchanged\n"),
+        "{}",
+        text_of(&out)
+    );
+    assert_eq!(devices(&topology, 0), first);
+
+    // Another layout: every instance is new.
+    let out = mig_apply(&topology, &["all-1g.18gb"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let now = devices(&topology, 0);
+    assert_eq!(now.len(), 7);
+    assert!(now.iter().all(|(p, _)| p == "1g.18gb"), "{now:?}");
+    assert!(
+        now.iter()
+            .all(|(_, u)| first.iter().all(|(_, old)| old != u)),
+        "new UUIDs: {now:?} vs {first:?}"
+    );
+
+    // Off again: instances destroyed, then the mode.
+    let out = mig_apply(&topology, &["none"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let text = run(&topology, "text");
+    assert!(text.contains("MIG: disabled (pending: disabled)"), "{text}");
+}
+
+#[test]
+fn mig_apply_reports_a_mode_change_that_needs_a_reset_and_finishes_after_it() {
+    let dir = temp_dir();
+    let mut inventory = simulated::from_instance("p4d.24xlarge", None).expect("p4d");
+    inventory.gpus.truncate(2);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+
+    let out = mig_apply(&topology, &["all-balanced"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
+    let text = text_of(&out);
+    assert!(
+        text.contains("): MIG mode pending: needs a GPU reset\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has MIG mode on pending: it takes effect after a GPU reset (`nvidia-smi -r -i 1`, with nothing running on it) or a reboot, which gpu-slicer never does itself"),
+        "{text}"
+    );
+    assert!(
+        run(&topology, "text").contains("MIG: disabled (pending: enabled)"),
+        "{}",
+        run(&topology, "text")
+    );
+
+    // The node is rebooted: the pending mode is now current.
+    edit_driver(&topology, |node| {
+        for gpu in node["gpus"].as_array_mut().expect("gpus") {
+            gpu["mig_enabled"] = serde_json::json!(true);
+            gpu.as_object_mut().expect("gpu").remove("mig_pending");
+        }
+    });
+    let out = mig_apply(&topology, &["all-balanced"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert_eq!(devices(&topology, 1).len(), 4);
+}
+
+#[test]
+fn mig_apply_refuses_a_gpu_in_use_unless_forced_and_layouts_that_do_not_fit() {
+    let dir = temp_dir();
+    let mut inventory =
+        simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("p4d");
+    inventory.gpus.truncate(1);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let before = devices(&topology, 0);
+    let gi = inventory.gpus[0].mig_devices[0].gpu_instance_id;
+    edit_driver(&topology, |node| {
+        node["gpus"][0]["processes"] = serde_json::json!([{"pid": 4242, "used_memory_mib": 512, "gpu_instance_id": gi, "compute_instance_id": 0}]);
+    });
+
+    let out = mig_apply(&topology, &["all-1g.5gb"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
+    let text = text_of(&out);
+    assert!(text.contains("): refused: in use\n"), "{text}");
+    assert!(
+        text.contains("is in use (process 4242); stop that work, or apply with force"),
+        "{text}"
+    );
+    assert_eq!(devices(&topology, 0), before, "nothing was changed");
+
+    // Forced: NVML itself refuses to destroy the busy instance.
+    let out = mig_apply(&topology, &["all-1g.5gb", "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text_of(&out));
+    assert!(
+        text_of(&out).contains(&format!(
+            "nvmlComputeInstanceDestroy(GPU instance {gi}, compute instance 0) failed: "
+        )),
+        "{}",
+        text_of(&out)
+    );
+    // The process ends: the next apply starts from what the GPU holds.
+    edit_driver(&topology, |node| {
+        node["gpus"][0]
+            .as_object_mut()
+            .expect("gpu")
+            .remove("processes");
+    });
+    let out = mig_apply(&topology, &["all-1g.5gb"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    assert_eq!(devices(&topology, 0).len(), 7);
+
+    let out = mig_apply(&topology, &["1g.5gb=8"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text_of(&out).contains("1g.5gb"), "{}", text_of(&out));
+    assert_eq!(devices(&topology, 0).len(), 7, "nothing was changed");
 }
 
 #[test]
