@@ -65,6 +65,29 @@ pub struct RunArgs {
     /// `list`, `watch` on nodes.
     #[arg(long, env = "FOLLOW_MIG_MANAGER")]
     pub follow_mig_manager: bool,
+    /// Apply the MIG layout the node's nvidia.com/mig.config label names
+    /// through NVML, in place of NVIDIA's MIG Manager, and report
+    /// nvidia.com/mig.config.state as it does (pending, success, failed).
+    /// GPUs running processes are refused; a MIG mode change that needs a
+    /// GPU reset or a reboot is reported, never done. Needs --node-name,
+    /// `get`, `list`, `watch`, `patch` on nodes and `create` on events.
+    #[arg(long, env = "APPLY_MIG_LAYOUTS", conflicts_with = "follow_mig_manager")]
+    pub apply_mig_layouts: bool,
+    /// The MIG layouts, in mig-parted's format (`version: v1`,
+    /// `mig-configs:`, as the GPU Operator's default-mig-parted-config
+    /// ConfigMap holds them); read at every change. Default: NVIDIA's
+    /// layouts, built in.
+    #[arg(
+        long,
+        env = "MIG_PARTED_CONFIG_FILE",
+        value_name = "FILE",
+        requires = "apply_mig_layouts"
+    )]
+    pub mig_parted_config: Option<PathBuf>,
+    /// With --apply-mig-layouts: change GPUs even while compute processes
+    /// run on them (their work is lost).
+    #[arg(long, env = "MIG_APPLY_FORCE", requires = "apply_mig_layouts")]
+    pub mig_apply_force: bool,
     /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
     /// default: the in-cluster service account or a kubeconfig.
     #[arg(long, env = "KUBE_API_URL", value_name = "URL", hide_short_help = true)]
@@ -154,6 +177,15 @@ pub struct RunArgs {
         hide = true
     )]
     pub health_probe_ms: Option<u64>,
+    /// Milliseconds before the first retry of a MIG layout change that
+    /// failed (tests shorten it).
+    #[arg(
+        long,
+        env = "GPU_SLICER_MIG_APPLY_RETRY_MS",
+        value_name = "MS",
+        hide = true
+    )]
+    pub mig_apply_retry_ms: Option<u64>,
     #[command(flatten)]
     pub flags: ConfigFlags,
 }
@@ -168,6 +200,7 @@ impl RunArgs {
                 stream_grace: millis(self.stream_grace_ms, defaults.stream_grace),
                 config_settle: millis(self.config_settle_ms, defaults.config_settle),
                 health_probe: millis(self.health_probe_ms, defaults.health_probe),
+                mig_apply_retry: millis(self.mig_apply_retry_ms, defaults.mig_apply_retry),
             },
             config_file: self.config_file,
             kubelet_socket: self.kubelet_socket.map(PathBuf::from),
@@ -191,6 +224,12 @@ impl RunArgs {
                 kube_api_url: self.kube_api_url,
                 startup_taint: self.startup_taint,
                 follow_mig_manager: self.follow_mig_manager,
+                apply_mig_layouts: self
+                    .apply_mig_layouts
+                    .then_some(crate::run::MigApplyOptions {
+                        layouts_file: self.mig_parted_config,
+                        force: self.mig_apply_force,
+                    }),
             },
         }
     }

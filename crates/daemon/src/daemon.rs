@@ -101,6 +101,18 @@ pub struct MigManagerLabels {
     pub state: tokio::sync::watch::Receiver<Option<String>>,
     /// `nvidia.com/mig.config`: the layout asked for.
     pub config: tokio::sync::watch::Receiver<Option<String>>,
+    /// Told whether the MIG-capable GPUs are withdrawn now (`true`) or
+    /// advertised again (`false`): what `--apply-mig-layouts` waits for
+    /// before it changes a GPU, and before it reports success.
+    pub withdrawn: Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
+}
+
+impl MigManagerLabels {
+    fn tell_withdrawn(&self, withdrawn: bool) {
+        if let Some(tx) = &self.withdrawn {
+            tx.send_replace(withdrawn);
+        }
+    }
 }
 
 impl MigManagerLabels {
@@ -135,6 +147,9 @@ pub struct Timings {
     pub config_settle: Duration,
     /// How often every GPU must answer NVML (see [`crate::nvml_health`]).
     pub health_probe: Duration,
+    /// The first retry of a failed MIG layout change
+    /// ([`crate::mig_applier::RETRY_FIRST`]).
+    pub mig_apply_retry: Duration,
 }
 
 impl Default for Timings {
@@ -143,6 +158,7 @@ impl Default for Timings {
             stream_grace: Duration::from_secs(2),
             config_settle: Duration::from_millis(150),
             health_probe: crate::nvml_health::Timings::default().probe,
+            mig_apply_retry: crate::mig_applier::RETRY_FIRST,
         }
     }
 }
@@ -342,6 +358,7 @@ pub async fn run(
         if mig_withdrawn(state.as_deref(), config.as_deref()) {
             // From the first advertisement on: applied by `apply`.
             daemon.repartitioning = true;
+            labels.tell_withdrawn(true);
             daemon.metrics.mig_repartitioning.set(1);
             tracing::warn!(
                 "MIG Manager has not applied the MIG layout yet (nvidia.com/mig.config={}, nvidia.com/mig.config.state={}): \
@@ -1110,6 +1127,9 @@ impl Daemon {
                 }
                 self.update_readiness();
             }
+            if let Some(labels) = &self.paths.mig_manager {
+                labels.tell_withdrawn(true);
+            }
             return false;
         }
         match state {
@@ -1138,6 +1158,9 @@ impl Daemon {
     fn end_repartitioning(&mut self) {
         self.repartitioning = false;
         self.update_readiness();
+        if let Some(labels) = &self.paths.mig_manager {
+            labels.tell_withdrawn(false);
+        }
         let mut changed = false;
         for gpu in self.mig_capable.clone() {
             changed |= self

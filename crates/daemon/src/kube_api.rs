@@ -289,6 +289,44 @@ impl KubeClient {
         self.call(&what, request).await.map(|_| ())
     }
 
+    /// Records a Kubernetes Event about the Node `node` (core/v1, in the
+    /// `default` namespace, where the kubelet records node events too), so
+    /// that `kubectl describe node` shows it.
+    pub async fn node_event(
+        &self,
+        node: &str,
+        kind: EventKind,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), KubeError> {
+        let what = format!("create event {reason} for node {node}");
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        // The API server limits an event's message to 1 kB.
+        let message: String = message.chars().take(1000).collect();
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": { "generateName": format!("{node}.gpu-slicer.") },
+            "involvedObject": { "apiVersion": "v1", "kind": "Node", "name": node, "uid": node },
+            "reason": reason,
+            "message": message,
+            "type": kind.as_str(),
+            "source": { "component": "gpu-slicer", "host": node },
+            "reportingComponent": "gpu-slicer",
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        let request = self.request(
+            Method::POST,
+            "/api/v1/namespaces/default/events",
+            Some("application/json"),
+            Bytes::from(event.to_string()),
+        )?;
+        self.call(&what, request).await.map(|_| ())
+    }
+
     /// Watches the Node `name` from `resource_version` (field-selected, so
     /// only that Node; bookmarks on; the server ends it after
     /// [`WATCH_TIMEOUT`]).
@@ -377,6 +415,22 @@ impl NodeWatch {
                     data.advance(n);
                 }
             }
+        }
+    }
+}
+
+/// An Event's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
         }
     }
 }

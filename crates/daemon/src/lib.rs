@@ -31,6 +31,7 @@ pub mod kube_api;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mig_applier;
 pub mod mig_apply;
 pub mod mps;
 pub mod node;

@@ -71,6 +71,7 @@ pub struct Metrics {
     /// Plugin sockets that could not be bound (each retried on a back-off).
     pub serve_failures: Family<ResourceLabel, Counter>,
     pub config_reloads: Family<OutcomeLabel, Counter>,
+    pub mig_applies: Family<OutcomeLabel, Counter>,
     pub health_events: Family<XidLabel, Counter>,
     /// GPUs NVML counts that the last discovery could not read (not advertised).
     pub gpus_undiscovered: Gauge,
@@ -147,8 +148,13 @@ impl Metrics {
             self.gpus_unreachable.clone(),
         );
         registry.register(
+            "mig_applies",
+            "MIG layout changes gpu-slicer applied itself (--apply-mig-layouts), by result (success, failed)",
+            self.mig_applies.clone(),
+        );
+        registry.register(
             "mig_repartitioning",
-            "1 while MIG Manager reports a MIG layout change (nvidia.com/mig.config.state pending or rebooting); the MIG-capable GPUs' devices are Unhealthy meanwhile",
+            "1 while a MIG layout change is under way or not applied yet (nvidia.com/mig.config.state pending or rebooting, from MIG Manager or --apply-mig-layouts); the MIG-capable GPUs' devices are Unhealthy meanwhile",
             self.mig_repartitioning.clone(),
         );
         registry.register(
@@ -197,6 +203,14 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&OutcomeLabel {
                 result: if applied { "applied" } else { "rejected" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_mig_apply(&self, success: bool) {
+        self.mig_applies
+            .get_or_create(&OutcomeLabel {
+                result: if success { "success" } else { "failed" }.into(),
             })
             .inc();
     }

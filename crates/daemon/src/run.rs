@@ -53,6 +53,8 @@ pub enum RunError {
     TaintWithoutNode,
     #[error("--follow-mig-manager needs --node-name (NODE_NAME from the downward API)")]
     MigManagerWithoutNode,
+    #[error("--apply-mig-layouts needs --node-name (NODE_NAME from the downward API)")]
+    MigApplyWithoutNode,
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot serve metrics on {address}: {source}")]
@@ -73,6 +75,8 @@ pub enum RunError {
     HealthThread(#[source] std::io::Error),
     #[error("the node label watch stopped")]
     LabelWatchStopped,
+    #[error("--mig-parted-config: {0}")]
+    MigLayouts(String),
     #[error(transparent)]
     Daemon(daemon::DaemonError),
     #[error(transparent)]
@@ -99,6 +103,17 @@ pub struct NodeOptions {
     pub startup_taint: Option<String>,
     /// Follow `nvidia.com/mig.config.state` (MIG Manager).
     pub follow_mig_manager: bool,
+    /// Apply `nvidia.com/mig.config` layouts ourselves (`--apply-mig-layouts`).
+    pub apply_mig_layouts: Option<MigApplyOptions>,
+}
+
+/// `--apply-mig-layouts` and its options.
+#[derive(Debug, Clone, Default)]
+pub struct MigApplyOptions {
+    /// `--mig-parted-config`; `None`: the built-in layouts.
+    pub layouts_file: Option<PathBuf>,
+    /// `--mig-apply-force`.
+    pub force: bool,
 }
 
 /// The node label MIG Manager reports its progress in.
@@ -232,6 +247,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if node_options.follow_mig_manager && node_options.node_name.is_none() {
         return Err(RunError::MigManagerWithoutNode);
     }
+    if node_options.apply_mig_layouts.is_some() && node_options.node_name.is_none() {
+        return Err(RunError::MigApplyWithoutNode);
+    }
+    let apply_driver_root = options.flags.driver_root_ctr_path.clone();
+    if let Some(apply) = &node_options.apply_mig_layouts {
+        // A bad layouts file is refused at start, not at the first change.
+        crate::config_file::mig_layouts(apply.layouts_file.as_deref())
+            .map_err(|e| RunError::MigLayouts(e.to_string()))?;
+    }
     match crate::process::raise_fd_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!("raised the open-file limit from {before} to {after}");
@@ -275,7 +299,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let needs_api = node_options.node_name.is_some()
         && (node_options.config_dir.is_some()
             || node_options.startup_taint.is_some()
-            || node_options.follow_mig_manager);
+            || node_options.follow_mig_manager
+            || node_options.apply_mig_layouts.is_some());
     let client = if needs_api {
         Some(node::client(node_options.kube_api_url.as_deref())?)
     } else {
@@ -373,6 +398,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         let mut labels = daemon::MigManagerLabels {
             state: follow(MIG_CONFIG_STATE),
             config: follow(MIG_CONFIG),
+            withdrawn: None,
         };
         // Both first values before the first advertisement, so that a node
         // whose layout is not applied yet never offers its GPUs whole.
@@ -387,6 +413,66 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             }
         }
         paths.mig_manager = Some(labels);
+    }
+    if let (Some(apply), Some(name), Some(client)) = (
+        node_options.apply_mig_layouts.clone(),
+        node_options.node_name.clone(),
+        client.clone(),
+    ) {
+        tracing::info!(
+            "applying the MIG layouts node {name}'s {MIG_CONFIG} names (in place of MIG Manager), from {}",
+            apply
+                .layouts_file
+                .as_ref()
+                .map_or("the built-in layouts".to_string(), |p| p
+                    .display()
+                    .to_string())
+        );
+        let (config_tx, mut config) = tokio::sync::watch::channel(None);
+        tokio::spawn(node::watch_node_label(
+            client.clone(),
+            name.clone(),
+            MIG_CONFIG.to_string(),
+            config_tx,
+            shutdown.clone(),
+        ));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            first = config.changed() => {
+                if first.is_err() {
+                    return Err(RunError::LabelWatchStopped);
+                }
+            }
+        }
+        // Nothing is reported until the applier has looked: a node with a
+        // layout asked for starts withdrawn.
+        let (state_tx, state) = tokio::sync::watch::channel(None);
+        let (withdrawn_tx, withdrawn) = tokio::sync::watch::channel(false);
+        paths.mig_manager = Some(daemon::MigManagerLabels {
+            state,
+            config: config.clone(),
+            withdrawn: Some(Arc::new(withdrawn_tx)),
+        });
+        let driver_root = apply_driver_root
+            .clone()
+            .unwrap_or_else(|| Config::default().flags.plugin.container_driver_root);
+        let applier = crate::mig_applier::Applier {
+            client: client.clone(),
+            node: name,
+            layouts_file: apply.layouts_file,
+            nvml: NvmlOptions {
+                lib_path: options.nvml_lib.clone(),
+                driver_root: PathBuf::from(driver_root),
+                ..NvmlOptions::default()
+            },
+            force: apply.force,
+            config,
+            state: state_tx,
+            withdrawn,
+            metrics: metrics.clone(),
+            retry_first: options.timings.mig_apply_retry,
+        };
+        tokio::spawn(applier.run(shutdown.clone()));
     }
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)

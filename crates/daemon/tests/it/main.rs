@@ -20,6 +20,7 @@ mod allocation;
 mod e2e;
 mod fail_closed;
 mod lifecycle;
+mod mig_apply;
 mod mig_manager;
 mod mps;
 mod node_config;

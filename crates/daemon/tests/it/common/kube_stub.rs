@@ -39,6 +39,8 @@ struct Inner {
     patches: Vec<RecordedPatch>,
     /// Request lines, in order ("GET /api/v1/nodes/n1").
     requests: Vec<String>,
+    /// Events created (`POST /api/v1/namespaces/<ns>/events`), as sent.
+    created_events: Vec<Value>,
     hook: Option<PatchHook>,
     /// Watches from a resourceVersion below this get 410 Gone (history compacted).
     compacted: u64,
@@ -87,6 +89,7 @@ impl KubeStub {
                 events: Vec::new(),
                 patches: Vec::new(),
                 requests: Vec::new(),
+                created_events: Vec::new(),
                 hook: None,
                 compacted: 0,
                 conflicts: 0,
@@ -178,6 +181,23 @@ impl KubeStub {
 
     pub fn requests(&self) -> Vec<String> {
         self.state.inner.lock().expect("stub").requests.clone()
+    }
+
+    /// The Events created so far, as sent.
+    pub fn created_events(&self) -> Vec<Value> {
+        self.state
+            .inner
+            .lock()
+            .expect("stub")
+            .created_events
+            .clone()
+    }
+
+    /// A node label's value now.
+    pub fn label(&self, key: &str) -> Option<String> {
+        self.node()["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Waits (on change notifications, not a timer) until `pred` holds.
@@ -379,6 +399,34 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             watch(stream, state, stop, from).await;
+        }
+        ("POST", "/api/v1/namespaces/default/events") => {
+            // As the API server: an Event needs its involved object and reason.
+            let Ok(event) = serde_json::from_slice::<Value>(&request.body) else {
+                let body = status(400, "BadRequest", "bad JSON");
+                respond(&mut stream, "400 Bad Request", &body).await;
+                return;
+            };
+            if event["involvedObject"]["name"].as_str().is_none()
+                || event["reason"].as_str().is_none()
+                || request.content_type != "application/json"
+            {
+                let body = status(
+                    422,
+                    "Invalid",
+                    "involvedObject.name and reason are required",
+                );
+                respond(&mut stream, "422 Unprocessable Entity", &body).await;
+                return;
+            }
+            state
+                .inner
+                .lock()
+                .expect("stub")
+                .created_events
+                .push(event.clone());
+            state.changed.send_modify(|_| {});
+            respond(&mut stream, "201 Created", &event).await;
         }
         ("PATCH", p) if p == own => {
             let Ok(patch) = serde_json::from_slice::<Value>(&request.body) else {

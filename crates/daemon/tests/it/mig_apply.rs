@@ -1,0 +1,300 @@
+//! `--apply-mig-layouts`: gpu-slicer applies the layout the node's
+//! `nvidia.com/mig.config` names through NVML (the fake, whose driver state
+//! changes as the real one's would), reports `nvidia.com/mig.config.state`
+//! on the Node (a stubbed API server) and Events, and advertises the new
+//! devices without a restart; failures say why, keep the GPUs withdrawn and
+//! the start-up taint on, and are retried.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::common::{
+    TIMEOUT, aside, expect, fake_nvml, free_port, kubelet, start_logged, temp_dir, wait_for,
+    wait_for_metric_line,
+};
+use crate::kube_stub::KubeStub;
+use gpu_slicer_core::gpu::simulated;
+
+const CONFIG: &str = "nvidia.com/mig.config";
+const STATE: &str = "nvidia.com/mig.config.state";
+const TAINT: &str = "example.com/gpu-slicing-pending";
+
+/// Two A100s of a p4d.24xlarge under `layout`, as the fake's driver state.
+fn write_topology(path: &Path, layout: &str) {
+    let mut inventory = simulated::from_instance("p4d.24xlarge", Some(layout)).expect("p4d");
+    inventory.gpus.truncate(2);
+    std::fs::write(path, serde_json::to_string(&inventory).expect("json")).expect("write");
+}
+
+/// Changes the fake driver's state as something outside gpu-slicer would
+/// (a process starting, a reboot).
+fn edit_driver(path: &Path, change: impl FnOnce(&mut Value)) {
+    let mut node: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    change(&mut node);
+    let staged = path.with_extension("edit");
+    std::fs::write(&staged, node.to_string()).expect("write");
+    std::fs::rename(&staged, path).expect("rename");
+}
+
+fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::common::Daemon {
+    let lib = fake_nvml();
+    let (daemon, _log) = start_logged(
+        dir,
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--node-name",
+            "n1",
+            "--kube-api-url",
+            &stub.url,
+            "--apply-mig-layouts",
+            "--startup-taint",
+            TAINT,
+            "--metrics-address",
+            metrics,
+            "--mig-apply-retry-ms",
+            "200",
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    daemon
+}
+
+/// The values `nvidia.com/mig.config.state` was patched to, in order.
+fn states_patched(stub: &KubeStub) -> Vec<String> {
+    stub.patches()
+        .iter()
+        .filter_map(|p| {
+            p.body["metadata"]["labels"][STATE]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+async fn wait_for_state(stub: &KubeStub, state: &str) {
+    stub.wait_until(
+        &format!("{STATE}={state}"),
+        |s| s.label(STATE).as_deref() == Some(state),
+        TIMEOUT,
+    )
+    .await;
+}
+
+fn events(stub: &KubeStub, reason: &str) -> Vec<String> {
+    stub.created_events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn tainted(stub: &KubeStub) -> bool {
+    stub.node()["spec"]["taints"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["key"] == TAINT))
+}
+
+fn uuids(kubelet: &kubelet_sim::Kubelet, resource: &str) -> BTreeSet<String> {
+    kubelet
+        .devices(resource)
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_layout_is_applied_reported_and_its_new_devices_advertised() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    let stub = KubeStub::start(
+        "n1",
+        &[(CONFIG, "all-balanced")],
+        json!([{ "key": TAINT, "effect": "NoSchedule" }]),
+    )
+    .await;
+    let kubelet = kubelet(dir.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _daemon = start(dir.path(), &topology, &stub, &metrics);
+
+    // The GPUs already hold the layout: checked, reported, advertised.
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 4),
+            ("nvidia.com/mig-2g.10gb", 2),
+            ("nvidia.com/mig-3g.20gb", 2),
+        ]),
+    )
+    .await;
+    wait_for_state(&stub, "success").await;
+    stub.wait_until("the start-up taint removed", |s| !tainted(s), TIMEOUT)
+        .await;
+    assert_eq!(states_patched(&stub), ["pending", "success"]);
+    assert_eq!(
+        events(&stub, "MigLayoutApplied"),
+        ["MIG layout 'all-balanced' applied (0 GPU(s) changed)"]
+    );
+    let before = uuids(&kubelet, "nvidia.com/mig-1g.5gb");
+
+    // A new layout: pending, applied through NVML, new devices, success.
+    stub.set_label(CONFIG, Some("all-1g.5gb"));
+    wait_for(&kubelet, &expect(&[("nvidia.com/mig-1g.5gb", 14)])).await;
+    wait_for_state(&stub, "success").await;
+    assert_eq!(
+        states_patched(&stub),
+        ["pending", "success", "pending", "success"]
+    );
+    let after = uuids(&kubelet, "nvidia.com/mig-1g.5gb");
+    assert_eq!(after.len(), 14);
+    assert!(after.is_disjoint(&before), "{after:?} vs {before:?}");
+    assert!(
+        events(&stub, "MigLayoutApplied")
+            .contains(&"MIG layout 'all-1g.5gb' applied (2 GPU(s) changed)".to_string())
+    );
+    wait_for_metric_line(
+        &metrics,
+        "gpu_slicer_mig_applies_total{result=\"success\"} 2",
+    )
+    .await;
+    kubelet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_say_why_keep_the_gpus_withdrawn_and_are_retried() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    // A process runs on GPU 0's first instance.
+    edit_driver(&topology, |node| {
+        let gi = node["gpus"][0]["mig_devices"][0]["gpu_instance_id"].clone();
+        node["gpus"][0]["processes"] = json!([{ "pid": 4242, "gpu_instance_id": gi }]);
+    });
+    let stub = KubeStub::start(
+        "n1",
+        &[(CONFIG, "all-1g.5gb")],
+        json!([{ "key": TAINT, "effect": "NoSchedule" }]),
+    )
+    .await;
+    let kubelet = kubelet(dir.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _daemon = start(dir.path(), &topology, &stub, &metrics);
+
+    // Busy: failed, with the reason; nothing offered, the taint stays.
+    wait_for_state(&stub, "failed").await;
+    let failed = events(&stub, "MigLayoutFailed");
+    assert!(
+        failed[0].starts_with("MIG layout 'all-1g.5gb' not applied: GPU 0 (GPU-")
+            && failed[0]
+                .ends_with(") is in use (process 4242); stop that work, or apply with force"),
+        "{failed:?}"
+    );
+    assert!(
+        crate::common::counts(&kubelet.node_status())
+            .values()
+            .all(|&healthy| healthy == 0),
+        "{:?}",
+        kubelet.node_status()
+    );
+    assert!(tainted(&stub));
+    wait_for_metric_line(&metrics, "gpu_slicer_mig_repartitioning 1").await;
+
+    // The process ends: the retry applies the layout.
+    edit_driver(&topology, |node| {
+        node["gpus"][0]
+            .as_object_mut()
+            .expect("gpu")
+            .remove("processes");
+    });
+    wait_for(&kubelet, &expect(&[("nvidia.com/mig-1g.5gb", 14)])).await;
+    wait_for_state(&stub, "success").await;
+    stub.wait_until("the start-up taint removed", |s| !tainted(s), TIMEOUT)
+        .await;
+
+    // A layout the GPUs do not have: failed, naming the valid ones.
+    stub.set_label(CONFIG, Some("all-3g.40gb"));
+    wait_for_state(&stub, "failed").await;
+    stub.wait_until(
+        "a second MigLayoutFailed event",
+        |s| events(s, "MigLayoutFailed").len() >= 2,
+        TIMEOUT,
+    )
+    .await;
+    let message = events(&stub, "MigLayoutFailed")[1].clone();
+    assert!(
+        message.starts_with("MIG layout 'all-3g.40gb' not applied: ")
+            && message.contains("valid layouts"),
+        "{message}"
+    );
+
+    // MIG off on an A100 needs a reset: reported, never done; after the
+    // reboot the retry finds the mode off and the node serves whole GPUs.
+    stub.set_label(CONFIG, Some("all-disabled"));
+    stub.wait_until(
+        "the reset to be reported",
+        |s| {
+            events(s, "MigLayoutFailed")
+                .iter()
+                .any(|m| m.contains("has MIG mode off pending: it takes effect after a GPU reset"))
+        },
+        TIMEOUT,
+    )
+    .await;
+    wait_for_state(&stub, "failed").await;
+    edit_driver(&topology, |node| {
+        for gpu in node["gpus"].as_array_mut().expect("gpus") {
+            gpu["mig_enabled"] = json!(false);
+            gpu.as_object_mut().expect("gpu").remove("mig_pending");
+        }
+    });
+    wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 2)])).await;
+    wait_for_state(&stub, "success").await;
+    wait_for_metric_line(&metrics, "gpu_slicer_mig_repartitioning 0").await;
+    kubelet.shutdown().await;
+}
+
+#[test]
+fn applying_layouts_needs_the_node_name_a_readable_file_and_excludes_following() {
+    let dir = temp_dir();
+    // Exit 1: refused at start; 2: clap's usage error.
+    let run = |code: i32, args: &[&str]| {
+        let out = std::process::Command::new(crate::BIN)
+            .args(["run", "--simulate", "p4d.24xlarge", "--device-plugin-path"])
+            .arg(dir.path())
+            .args(args)
+            .env_remove("NODE_NAME")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = run(1, &["--apply-mig-layouts"]);
+    assert!(
+        stderr.contains("--apply-mig-layouts needs --node-name (NODE_NAME from the downward API)"),
+        "{stderr}"
+    );
+    let stderr = run(2, &["--apply-mig-layouts", "--follow-mig-manager"]);
+    assert!(
+        stderr.contains("'--apply-mig-layouts' cannot be used with '--follow-mig-manager'"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("absent.yaml");
+    let stderr = run(
+        1,
+        &[
+            "--apply-mig-layouts",
+            "--node-name",
+            "n1",
+            "--mig-parted-config",
+            missing.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(stderr.contains("--mig-parted-config: "), "{stderr}");
+    assert!(stderr.contains("absent.yaml"), "{stderr}");
+}
