@@ -202,12 +202,31 @@ def check_minimal(docs):
         assert key not in c, key
 
 
+def check_mig_apply(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert "--apply-mig-layouts" in c["args"] and "--follow-mig-manager" not in c["args"], c["args"]
+    assert env["MIG_PARTED_CONFIG_FILE"] == "/mig-parted-config/config.yaml"
+    assert env["NVIDIA_MIG_CONFIG_DEVICES"] == "all"
+    assert "MIG_APPLY_FORCE" not in env
+    assert "NODE_NAME" in env
+    assert c["securityContext"] == {"privileged": True}, c["securityContext"]
+    assert mounts["/mig-parted-config"] == "mig-parted-config"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "mig-parted-config"]
+    assert volume["configMap"] == {"name": "default-mig-parted-config"}
+    (role,) = by_kind(docs, "ClusterRole")
+    rules = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
+    assert rules == {
+        ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("nodes", "patch"), ("events", "create")
+    }, rules
+
+
 CASES = {
     None: check_defaults,
     "nvidia-values.yaml": check_nvidia,
     "karpenter-values.yaml": check_karpenter,
     "mps-values.yaml": check_mps,
     "minimal-values.yaml": check_minimal,
+    "mig-apply-values.yaml": check_mig_apply,
 }
 
 for name, check in CASES.items():
@@ -250,6 +269,8 @@ BAD = [
     (["startupTaint=a/b:NoSchedule"], "give the key only"),
     (["namespace=x"], "Value 'namespace' set to x"),
     (["devicePlugin.enabled=false"], "uninstall the chart instead"),
+    (["migManager.apply=true", "migManager.followState=true"], "migManager.apply and migManager.followState exclude each other"),
+    (["migManager.force=true"], "set migManager.apply=true, or remove them"),
     (["gfd.enabled=true"], "set featureFile.enabled=true instead of gfd.enabled"),
     (["nfd.enabled=true"], "Remove nfd.enabled"),
 ]

@@ -90,9 +90,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* "true" when the daemon talks to the API server: per-node config, the start-up taint, MIG Manager's state. */}}
+{{/* "true" when the daemon talks to the API server: per-node config, the start-up taint, MIG Manager's state, applying MIG layouts. */}}
 {{- define "gpu-slicer.needsApi" -}}
-{{- or (ne (include "gpu-slicer.configMapName" . | trim) "") (ne .Values.startupTaint "") .Values.migManager.followState }}
+{{- or (ne (include "gpu-slicer.configMapName" . | trim) "") (ne .Values.startupTaint "") .Values.migManager.followState .Values.migManager.apply }}
 {{- end }}
 
 {{/* The Service for the metrics endpoint: asked for, or needed by the ServiceMonitor. */}}
