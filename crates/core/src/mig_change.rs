@@ -1,15 +1,16 @@
 //! What changing a GPU's MIG layout takes, as NVML operations, decided from
 //! what the GPU holds now and the layout wanted. Pure: `gpu-slicer mig
-//! apply --dry-run` prints the plan; nothing here touches a GPU.
+//! apply` runs the plan (`--dry-run` prints it); nothing here touches a GPU.
 //!
 //! Per GPU, as mig-parted does: a GPU already holding exactly the wanted
 //! instances is left alone; otherwise its compute and GPU instances are
 //! destroyed and the wanted ones created at the catalog's placements
 //! (largest first, lowest free start), each with one compute instance over
 //! the whole GPU instance. Turning MIG mode on or off is an operation of
-//! its own that takes effect only after a GPU reset (on some systems a
-//! reboot): the plan says so and goes no further for that GPU, since
-//! instances cannot be created before the reset.
+//! its own, which may take effect at once or only after a GPU reset (on
+//! some systems a reboot): the plan goes no further for that GPU, since
+//! instances cannot be created before the mode is active; the executor
+//! plans the GPU again once it is.
 
 use std::fmt;
 
@@ -164,7 +165,7 @@ fn plan_gpu(gpu: &GpuNow, layouts: &MigLayouts, layout: &str) -> Result<GpuChang
         if gpu.mig_current || gpu.mig_pending {
             change.ops.push(Op::SetMigMode { enable: false });
             change.needs_reset = gpu.mig_current;
-            change.reason = "MIG mode is on; turning it off takes effect after a GPU reset".into();
+            change.reason = "MIG mode is on; turning it off may need a GPU reset (NVML tells when the mode is set)".into();
         } else {
             change.reason = "MIG mode is already off".into();
         }
@@ -174,7 +175,7 @@ fn plan_gpu(gpu: &GpuNow, layouts: &MigLayouts, layout: &str) -> Result<GpuChang
         change.ops.push(Op::SetMigMode { enable: true });
         change.needs_reset = true;
         change.reason = format!(
-            "MIG mode is off{}; turning it on takes effect after a GPU reset, and the instances of '{layout}' can only be created after it",
+            "MIG mode is off{}; turning it on may need a GPU reset (NVML tells when the mode is set), and the instances of '{layout}' are created once it is on",
             if gpu.mig_pending {
                 " (already pending on)"
             } else {
@@ -265,7 +266,7 @@ pub fn render(changes: &[GpuChange], layout: &str) -> String {
         }
         if c.needs_reset {
             out.push_str(
-                "  then: a GPU reset (or a reboot), which gpu-slicer never does itself; MIG Manager would report state 'rebooting'\n",
+                "  then: if the mode stays pending, a GPU reset or a reboot, which gpu-slicer never does itself (the apply reports it and is finished afterwards); if it is active at once, the GPU is planned again and its instances created\n",
             );
         }
     }
@@ -393,7 +394,7 @@ mod tests {
         let c = &plan(&[h200(false, &[])], &MigLayouts::Builtin, "all-balanced").expect("plan")[0];
         assert_eq!(c.ops, vec![Op::SetMigMode { enable: true }]);
         assert!(c.needs_reset);
-        assert!(c.reason.contains("after a GPU reset"), "{}", c.reason);
+        assert!(c.reason.contains("may need a GPU reset"), "{}", c.reason);
     }
 
     #[test]
