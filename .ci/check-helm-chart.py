@@ -211,6 +211,7 @@ def check_mig_apply(docs):
     assert "NODE_NAME" in env
     assert c["securityContext"] == {"privileged": True}, c["securityContext"]
     assert mounts["/mig-parted-config"] == "mig-parted-config"
+    assert mounts["/var/lib/kubelet/pod-resources"] == "pod-resources"
     (volume,) = [v for v in pod["volumes"] if v["name"] == "mig-parted-config"]
     assert volume["configMap"] == {"name": "default-mig-parted-config"}
     (role,) = by_kind(docs, "ClusterRole")

@@ -5,3 +5,11 @@
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("v1beta1");
+
+/// The kubelet's PodResources API v1 (`k8s.io/kubelet/pkg/apis/podresources/v1`):
+/// which devices pods hold, read before a MIG layout change (client), served
+/// by the stand-in kubelet (server).
+pub mod pod_resources {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("v1");
+}

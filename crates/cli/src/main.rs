@@ -149,10 +149,20 @@ enum MigCommand {
         /// Print the NVML operations and why; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Change GPUs even while compute processes run on them (their work
-        /// is lost; NVML may still refuse to destroy an instance in use).
+        /// Change GPUs even while compute processes run on them or pods hold
+        /// their devices (their work is lost; NVML may still refuse to
+        /// destroy an instance in use).
         #[arg(long)]
         force: bool,
+        /// The kubelet's PodResources socket: GPUs whose devices pods hold
+        /// are refused (not checked when the socket does not exist).
+        #[arg(
+            long,
+            env = "POD_RESOURCES_SOCKET",
+            value_name = "PATH",
+            default_value = gpu_slicer_daemon::pod_resources::DEFAULT_SOCKET
+        )]
+        pod_resources_socket: PathBuf,
         #[command(flatten)]
         nvml: NvmlArgs,
     },
@@ -328,6 +338,7 @@ fn main() -> ExitCode {
                     config_file,
                     dry_run,
                     force,
+                    pod_resources_socket,
                     nvml,
                 },
         } => {
@@ -345,6 +356,7 @@ fn main() -> ExitCode {
                     config_file.as_deref(),
                     &layout,
                     force,
+                    &pod_resources_socket,
                 )
                 .map(|text| print!("{text}"))
             }

@@ -88,6 +88,15 @@ pub struct RunArgs {
     /// run on them (their work is lost).
     #[arg(long, env = "MIG_APPLY_FORCE", requires = "apply_mig_layouts")]
     pub mig_apply_force: bool,
+    /// With --apply-mig-layouts: the kubelet's PodResources socket, asked
+    /// which pods hold devices before a GPU is changed.
+    #[arg(
+        long,
+        env = "POD_RESOURCES_SOCKET",
+        value_name = "PATH",
+        default_value = crate::pod_resources::DEFAULT_SOCKET
+    )]
+    pub pod_resources_socket: PathBuf,
     /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
     /// default: the in-cluster service account or a kubeconfig.
     #[arg(long, env = "KUBE_API_URL", value_name = "URL", hide_short_help = true)]
@@ -229,6 +238,7 @@ impl RunArgs {
                     .then_some(crate::run::MigApplyOptions {
                         layouts_file: self.mig_parted_config,
                         force: self.mig_apply_force,
+                        pod_resources_socket: self.pod_resources_socket,
                     }),
             },
         }

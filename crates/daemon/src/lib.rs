@@ -39,6 +39,7 @@ pub mod nvml;
 pub mod nvml_health;
 pub mod nvml_report;
 pub mod plugin;
+pub mod pod_resources;
 pub mod process;
 pub mod reload;
 pub mod run;

@@ -8,7 +8,9 @@
 //!    admitted onto a GPU being repartitioned), and this task waits until it
 //!    has;
 //! 2. the layout is applied through NVML off the async runtime
-//!    ([`crate::mig_apply`]): busy GPUs are refused unless forced, a MIG
+//!    ([`crate::mig_apply`]): GPUs with compute processes, and GPUs whose
+//!    devices pods hold (the kubelet's PodResources API), are refused
+//!    unless forced; a MIG
 //!    mode change that needs a GPU reset is reported, never done;
 //! 3. on success the daemon rediscovers and advertises the new devices, and
 //!    then the state becomes `success`; otherwise it becomes `failed`, the
@@ -56,6 +58,8 @@ pub struct Applier {
     pub layouts_file: Option<PathBuf>,
     pub nvml: NvmlOptions,
     pub force: bool,
+    /// The kubelet's PodResources socket (`--pod-resources-socket`).
+    pub pod_resources_socket: PathBuf,
     /// The Node's `nvidia.com/mig.config`.
     pub config: watch::Receiver<Option<String>>,
     /// The state the daemon follows.
@@ -121,14 +125,24 @@ impl Applier {
         let force = self.force;
         let name = layout.to_string();
         let started = std::time::Instant::now();
+        // Read after the GPUs are withdrawn: no pod is admitted onto them
+        // from here on.
+        let pod_devices = if force {
+            Ok(Vec::new())
+        } else {
+            crate::pod_resources::list(&self.pod_resources_socket)
+                .await
+                .map_err(|e| e.to_string())
+        };
         let result = tokio::task::spawn_blocking(move || {
+            let pod_devices = pod_devices?;
             let layouts = crate::config_file::mig_layouts(layouts_file.as_deref())
                 .map_err(|e| e.to_string())?;
             let request = ApplyRequest {
                 layouts: &layouts,
                 layout: &name,
                 force,
-                holders: Default::default(),
+                pod_devices,
             };
             apply(&nvml, &request).map_err(|e| e.to_string())
         })

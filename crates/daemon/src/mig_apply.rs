@@ -28,6 +28,7 @@ use nvml_wrapper_sys::bindings::{
 
 use crate::nvml::{NvmlError, NvmlOptions, nvml};
 use crate::nvml_report::{GpuReport, ReportError, report};
+use crate::pod_resources::PodDevice;
 use gpu_slicer_core::mig_change::{
     self, GpuChange, GpuNow, GpuOutcome, Op, Outcome, compute_instance_profile,
 };
@@ -52,9 +53,43 @@ pub struct ApplyRequest<'a> {
     /// Change GPUs even while processes run on them (NVML may still refuse
     /// to destroy an instance in use).
     pub force: bool,
-    /// Who holds each GPU's devices besides processes (pods, by the
-    /// caller), by GPU UUID: such GPUs are refused unless forced.
-    pub holders: BTreeMap<String, Vec<String>>,
+    /// The devices pods hold (the kubelet's PodResources): their GPUs are
+    /// refused unless forced.
+    pub pod_devices: Vec<PodDevice>,
+}
+
+/// The GPU (NVML index) a device id names, in any form gpu-slicer hands
+/// out: a GPU or MIG UUID (`deviceIDStrategy: uuid`), `<gpu>` or
+/// `<gpu>:<mig>` (`index`), each maybe with a replica suffix `::<n>`.
+pub fn gpu_of_device_id(id: &str, gpus: &[GpuReport]) -> Option<u32> {
+    let base = id.split_once("::").map_or(id, |(base, _)| base);
+    if let Some(gpu) = gpus.iter().find(|g| g.uuid == base) {
+        return Some(gpu.index);
+    }
+    if base.starts_with("MIG-") {
+        return gpus
+            .iter()
+            .find(|g| {
+                g.mig
+                    .as_ref()
+                    .is_some_and(|m| m.devices.iter().any(|d| d.uuid == base))
+            })
+            .map(|g| g.index);
+    }
+    let index: u32 = base.split(':').next()?.parse().ok()?;
+    gpus.iter().any(|g| g.index == index).then_some(index)
+}
+
+/// Who holds GPU `index`'s devices: `pod <ns/name> (<resource>)`, once each.
+fn pods_holding(index: u32, gpus: &[GpuReport], pod_devices: &[PodDevice]) -> Vec<String> {
+    let mut holders: Vec<String> = pod_devices
+        .iter()
+        .filter(|d| gpu_of_device_id(&d.device_id, gpus) == Some(index))
+        .map(|d| format!("pod {} ({})", d.pod, d.resource))
+        .collect();
+    holders.sort();
+    holders.dedup();
+    holders
 }
 
 /// The GPUs as the planner sees them.
@@ -100,14 +135,18 @@ pub fn apply(
     request: &ApplyRequest<'_>,
 ) -> Result<Vec<GpuOutcome>, ApplyError> {
     let (nvml, _) = nvml(options)?;
-    let changes = plan(options, request)?;
+    let gpus = report(options)?;
+    let changes = mig_change::plan(&gpus_now(&gpus), request.layouts, request.layout)?;
     let mut outcomes = Vec::new();
     for change in changes {
         let outcome = if change.ops.is_empty() {
             Outcome::Unchanged
         } else {
             match nvml.device_by_index(change.index) {
-                Ok(device) => apply_gpu(options, request, &device, change.clone())?,
+                Ok(device) => {
+                    let pods = pods_holding(change.index, &gpus, &request.pod_devices);
+                    apply_gpu(options, request, &device, change.clone(), pods)?
+                }
                 Err(e) => Outcome::Failed {
                     operation: "nvmlDeviceGetHandleByIndex_v2".into(),
                     error: e.to_string(),
@@ -128,6 +167,7 @@ fn apply_gpu(
     request: &ApplyRequest<'_>,
     device: &Device<'static>,
     mut change: GpuChange,
+    pods: Vec<String>,
 ) -> Result<Outcome, ApplyError> {
     if !request.force {
         let mut holders: Vec<String> = match device.running_compute_processes() {
@@ -142,14 +182,7 @@ fn apply_gpu(
                 });
             }
         };
-        holders.extend(
-            request
-                .holders
-                .get(&change.uuid)
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
+        holders.extend(pods);
         if !holders.is_empty() {
             return Ok(Outcome::Busy { holders });
         }
@@ -366,5 +399,76 @@ fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<St
             created.compute_instances.push(ci);
             Ok(Step::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvml_report::MigReport;
+    use gpu_slicer_core::gpu::MigDevice;
+
+    fn gpu(index: u32, migs: &[&str]) -> GpuReport {
+        GpuReport {
+            index,
+            uuid: format!("GPU-{index}"),
+            model: "NVIDIA A100-SXM4-40GB".into(),
+            pci_device_id: 0x20B0_10DE,
+            memory_mib: 40536,
+            mig: Some(MigReport {
+                current: true,
+                pending: true,
+                profiles: Vec::new(),
+                devices: migs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, uuid)| MigDevice {
+                        index: j as u32,
+                        profile: "1g.5gb".into(),
+                        uuid: uuid.to_string(),
+                        gpu_instance_id: 7 + j as u32,
+                        compute_instance_id: 0,
+                        memory_mib: 4864,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn every_device_id_form_names_its_gpu() {
+        let gpus = [gpu(0, &["MIG-a"]), gpu(1, &["MIG-b", "MIG-c"])];
+        for (id, want) in [
+            ("GPU-1", Some(1)),
+            ("GPU-0::3", Some(0)),
+            ("MIG-c", Some(1)),
+            ("MIG-a::1", Some(0)),
+            ("1", Some(1)),
+            ("0:0", Some(0)),
+            ("1:1::2", Some(1)),
+            ("2", None),
+            ("MIG-z", None),
+            ("GPU-9", None),
+            ("x", None),
+        ] {
+            assert_eq!(gpu_of_device_id(id, &gpus), want, "{id}");
+        }
+        let held = [
+            PodDevice {
+                pod: "ml/train".into(),
+                resource: "nvidia.com/mig-1g.5gb".into(),
+                device_id: "MIG-c".into(),
+            },
+            PodDevice {
+                pod: "ml/train".into(),
+                resource: "nvidia.com/mig-1g.5gb".into(),
+                device_id: "MIG-b".into(),
+            },
+        ];
+        assert_eq!(
+            pods_holding(1, &gpus, &held),
+            ["pod ml/train (nvidia.com/mig-1g.5gb)"]
+        );
+        assert!(pods_holding(0, &gpus, &held).is_empty());
     }
 }

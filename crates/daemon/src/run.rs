@@ -108,12 +108,14 @@ pub struct NodeOptions {
 }
 
 /// `--apply-mig-layouts` and its options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MigApplyOptions {
     /// `--mig-parted-config`; `None`: the built-in layouts.
     pub layouts_file: Option<PathBuf>,
     /// `--mig-apply-force`.
     pub force: bool,
+    /// `--pod-resources-socket`.
+    pub pod_resources_socket: PathBuf,
 }
 
 /// The node label MIG Manager reports its progress in.
@@ -466,6 +468,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
                 ..NvmlOptions::default()
             },
             force: apply.force,
+            pod_resources_socket: apply.pod_resources_socket,
             config,
             state: state_tx,
             withdrawn,

@@ -50,6 +50,8 @@ impl ServerHandle {
 pub struct Kubelet {
     shared: Arc<Shared>,
     server: Option<ServerHandle>,
+    /// The PodResources server, when [`Options::pod_resources_socket`] is set.
+    pod_resources: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Kubelet {
@@ -62,9 +64,14 @@ impl Kubelet {
     pub async fn start(opts: Options) -> Result<Kubelet, SimError> {
         let shared = Shared::new(opts);
         let server = boot(&shared, 0, Duration::ZERO).await?;
+        let pod_resources = match shared.opts.pod_resources_socket.clone() {
+            Some(path) => Some(crate::pod_resources::serve(&shared, &path)?),
+            None => None,
+        };
         Ok(Kubelet {
             shared,
             server: Some(server),
+            pod_resources,
         })
     }
 
@@ -351,6 +358,9 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
+        if let Some(task) = self.pod_resources.take() {
+            task.abort();
+        }
         self.shared.lock().serving = false;
         if let Some(server) = self.server.take() {
             server.connections.kill();

@@ -86,6 +86,7 @@ mod admission;
 mod conn;
 mod error;
 mod kubelet;
+mod pod_resources;
 mod state;
 mod types;
 mod util;

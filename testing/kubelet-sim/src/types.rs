@@ -113,6 +113,10 @@ pub struct Options {
     /// Default true. Turn off to reach device-manager errors such as
     /// `no healthy devices present; ...`, which real kubelets show while node status lags.
     pub fit_check: bool,
+    /// Serve the PodResources API (`List`) on this socket, as the kubelet does on
+    /// `/var/lib/kubelet/pod-resources/kubelet.sock`; `None` (the default): not served.
+    /// Keep it outside [`dir`](Self::dir), whose clean-up would delete it.
+    pub pod_resources_socket: Option<PathBuf>,
 }
 
 impl Options {
@@ -128,6 +132,7 @@ impl Options {
             listen_delay: Duration::ZERO,
             cleanup: Cleanup::default(),
             fit_check: true,
+            pod_resources_socket: None,
         }
     }
 }

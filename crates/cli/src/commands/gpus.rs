@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use gpu_slicer_daemon::mig_apply::{self, ApplyRequest};
 use gpu_slicer_daemon::nvml::NvmlOptions;
 use gpu_slicer_daemon::nvml_report::{GpuReport, report};
+use gpu_slicer_daemon::pod_resources;
 
 pub struct GpusOptions {
     pub nvml_lib: Option<PathBuf>,
@@ -148,7 +149,7 @@ pub fn mig_apply_dry_run(
         layouts: &layouts,
         layout,
         force: false,
-        holders: Default::default(),
+        pod_devices: Vec::new(),
     };
     let changes = mig_apply::plan(&options.nvml(), &request).map_err(|e| e.to_string())?;
     Ok(gpu_slicer_core::mig_change::render(&changes, layout))
@@ -162,18 +163,38 @@ pub fn mig_apply(
     config_file: Option<&std::path::Path>,
     layout: &str,
     force: bool,
+    pod_resources_socket: &std::path::Path,
 ) -> Result<String, String> {
     use gpu_slicer_core::mig_change::{ConfigState, Outcome, summarize};
     let layouts =
         gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    // On a Kubernetes node the kubelet says which pods hold devices; a host
+    // without a kubelet has no socket, and only processes are checked.
+    let mut pod_devices = Vec::new();
+    if !force {
+        if pod_resources_socket.exists() {
+            gpu_slicer_daemon::process::block_on(async {
+                pod_devices = pod_resources::list(pod_resources_socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            })?;
+        } else {
+            let _ = writeln!(
+                out,
+                "note: no kubelet PodResources socket at {}: pods holding devices are not checked, only processes",
+                pod_resources_socket.display()
+            );
+        }
+    }
     let request = ApplyRequest {
         layouts: &layouts,
         layout,
         force,
-        holders: Default::default(),
+        pod_devices,
     };
     let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(|e| e.to_string())?;
-    let mut out = String::new();
     for g in &outcomes {
         let what = match &g.outcome {
             Outcome::Unchanged => "unchanged",

@@ -11,11 +11,12 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::common::{
-    TIMEOUT, aside, expect, fake_nvml, free_port, kubelet, start_logged, temp_dir, wait_for,
+    TIMEOUT, aside, expect, fake_nvml, free_port, start_logged, temp_dir, wait_for,
     wait_for_metric_line,
 };
 use crate::kube_stub::KubeStub;
 use gpu_slicer_core::gpu::simulated;
+use kubelet_sim::{Container, Kubelet, Options, Pod};
 
 const CONFIG: &str = "nvidia.com/mig.config";
 const STATE: &str = "nvidia.com/mig.config.state";
@@ -39,8 +40,25 @@ fn edit_driver(path: &Path, change: impl FnOnce(&mut Value)) {
     std::fs::rename(&staged, path).expect("rename");
 }
 
+/// The kubelet's PodResources socket, beside the device-plugin directory
+/// (as `/var/lib/kubelet/pod-resources/kubelet.sock` is).
+fn pod_resources_socket(dir: &Path) -> std::path::PathBuf {
+    aside(dir).join("pod-resources").join("kubelet.sock")
+}
+
+/// A stand-in kubelet that also serves PodResources.
+async fn kubelet(dir: &Path) -> Kubelet {
+    Kubelet::start(Options {
+        pod_resources_socket: Some(pod_resources_socket(dir)),
+        ..Options::new(dir)
+    })
+    .await
+    .expect("stand-in kubelet")
+}
+
 fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::common::Daemon {
     let lib = fake_nvml();
+    let pods = pod_resources_socket(dir);
     let (daemon, _log) = start_logged(
         dir,
         &[
@@ -59,6 +77,8 @@ fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::
             metrics,
             "--mig-apply-retry-ms",
             "200",
+            "--pod-resources-socket",
+            pods.to_str().expect("utf-8"),
         ],
         &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
     );
@@ -143,20 +163,46 @@ async fn a_labelled_layout_is_applied_reported_and_its_new_devices_advertised() 
     );
     let before = uuids(&kubelet, "nvidia.com/mig-1g.5gb");
 
-    // A new layout: pending, applied through NVML, new devices, success.
+    // A pod holds a slice: a new layout is refused while it does (the
+    // kubelet's PodResources says so), with the pod named.
+    let pod =
+        Pod::new("train").container(Container::new("main").limit("nvidia.com/mig-3g.20gb", 1));
+    kubelet.admit(&pod).await.expect("admitted");
     stub.set_label(CONFIG, Some("all-1g.5gb"));
+    stub.wait_until(
+        "a MigLayoutFailed event",
+        |s| !events(s, "MigLayoutFailed").is_empty(),
+        TIMEOUT,
+    )
+    .await;
+    let message = events(&stub, "MigLayoutFailed")[0].clone();
+    assert!(
+        message.contains(") is in use (pod default/train (nvidia.com/mig-3g.20gb)); stop that work, or apply with force"),
+        "{message}"
+    );
+    assert_eq!(
+        message.matches("is in use").count(),
+        1,
+        "only the pod's GPU: {message}"
+    );
+
+    // The pod is deleted: the retry applies the new layout, new devices.
+    kubelet.release("train");
     wait_for(&kubelet, &expect(&[("nvidia.com/mig-1g.5gb", 14)])).await;
     wait_for_state(&stub, "success").await;
-    assert_eq!(
-        states_patched(&stub),
-        ["pending", "success", "pending", "success"]
-    );
+    let states = states_patched(&stub);
+    assert_eq!(states[..3], ["pending", "success", "pending"], "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("success"));
+    assert!(states.contains(&"failed".to_string()), "{states:?}");
     let after = uuids(&kubelet, "nvidia.com/mig-1g.5gb");
     assert_eq!(after.len(), 14);
     assert!(after.is_disjoint(&before), "{after:?} vs {before:?}");
     assert!(
         events(&stub, "MigLayoutApplied")
-            .contains(&"MIG layout 'all-1g.5gb' applied (2 GPU(s) changed)".to_string())
+            // GPU 1 was changed by the refused attempt already.
+            .contains(&"MIG layout 'all-1g.5gb' applied (1 GPU(s) changed)".to_string()),
+        "{:?}",
+        events(&stub, "MigLayoutApplied")
     );
     wait_for_metric_line(
         &metrics,
@@ -256,6 +302,27 @@ async fn failures_say_why_keep_the_gpus_withdrawn_and_are_retried() {
     wait_for(&kubelet, &expect(&[("nvidia.com/gpu", 2)])).await;
     wait_for_state(&stub, "success").await;
     wait_for_metric_line(&metrics, "gpu_slicer_mig_repartitioning 0").await;
+    kubelet.shutdown().await;
+}
+
+/// Without the kubelet's PodResources, nobody can tell which pods hold
+/// devices: the change is refused, saying what to mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_refused_when_the_pods_devices_cannot_be_read() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    let stub = KubeStub::start("n1", &[(CONFIG, "all-1g.5gb")], json!([])).await;
+    let kubelet = crate::common::kubelet(dir.path()).await; // no PodResources
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _daemon = start(dir.path(), &topology, &stub, &metrics);
+    wait_for_state(&stub, "failed").await;
+    let message = events(&stub, "MigLayoutFailed")[0].clone();
+    assert!(
+        message.starts_with("MIG layout 'all-1g.5gb' not applied: cannot reach the kubelet's PodResources API at ")
+            && message.contains("mount the kubelet's pod-resources directory (/var/lib/kubelet/pod-resources), or force the change"),
+        "{message}"
+    );
     kubelet.shutdown().await;
 }
 
