@@ -57,6 +57,16 @@ async fn kubelet(dir: &Path) -> Kubelet {
 }
 
 fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::common::Daemon {
+    start_with(dir, topology, stub, metrics, &[])
+}
+
+fn start_with(
+    dir: &Path,
+    topology: &Path,
+    stub: &KubeStub,
+    metrics: &str,
+    more: &[&str],
+) -> crate::common::Daemon {
     let lib = fake_nvml();
     let pods = pod_resources_socket(dir);
     let (daemon, _log) = start_logged(
@@ -79,7 +89,11 @@ fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::
             "200",
             "--pod-resources-socket",
             pods.to_str().expect("utf-8"),
-        ],
+        ]
+        .iter()
+        .chain(more)
+        .copied()
+        .collect::<Vec<_>>(),
         &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
     );
     daemon
@@ -323,6 +337,55 @@ async fn a_change_is_refused_when_the_pods_devices_cannot_be_read() {
             && message.contains("mount the kubelet's pod-resources directory (/var/lib/kubelet/pod-resources), or force the change"),
         "{message}"
     );
+    kubelet.shutdown().await;
+}
+
+/// Layouts from a mig-parted file (the GPU Operator's format): read at every
+/// change, so an edited file applies without a restart; a layout that does
+/// not fit the GPU fails with the catalog's reason and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layouts_come_from_a_mig_parted_file_read_at_every_change() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    let layouts = aside(dir.path()).join("config.yaml");
+    std::fs::write(
+        &layouts,
+        "version: v1\nmig-configs:\n  too-big:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"3g.20gb\": 2, \"2g.10gb\": 1}\n",
+    )
+    .expect("write");
+    let stub = KubeStub::start("n1", &[(CONFIG, "too-big")], json!([])).await;
+    let kubelet = kubelet(dir.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _daemon = start_with(
+        dir.path(),
+        &topology,
+        &stub,
+        &metrics,
+        &["--mig-parted-config", layouts.to_str().expect("utf-8")],
+    );
+    wait_for_state(&stub, "failed").await;
+    let message = events(&stub, "MigLayoutFailed")[0].clone();
+    assert!(
+        message.starts_with("MIG layout 'too-big' not applied: ")
+            && message.contains("it needs 8 compute slices and the GPU has 7"),
+        "{message}"
+    );
+    let untouched: Value =
+        serde_json::from_str(&std::fs::read_to_string(&topology).expect("read")).expect("json");
+    assert_eq!(
+        untouched["gpus"][0]["mig_devices"].as_array().map(Vec::len),
+        Some(4)
+    );
+
+    // The file is edited (a ConfigMap update): the next attempt reads it.
+    std::fs::write(
+        &layouts,
+        "version: v1\nmig-configs:\n  too-big:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {\"3g.20gb\": 2}\n",
+    )
+    .expect("write");
+    wait_for(&kubelet, &expect(&[("nvidia.com/mig-3g.20gb", 4)])).await;
+    wait_for_state(&stub, "success").await;
     kubelet.shutdown().await;
 }
 
