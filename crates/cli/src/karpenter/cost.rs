@@ -137,6 +137,18 @@ pub struct WorkloadItem {
     pub shared_gpu: Option<u32>,
     #[serde(default, rename = "memoryGiB")]
     pub memory_gib: Option<f64>,
+    /// CPU architecture of the pods' images (`kubernetes.io/arch`):
+    /// `amd64` (default) or `arm64`. Only instance types of that
+    /// architecture are ranked (g5g is arm64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+impl WorkloadItem {
+    /// The architecture the pods' images need; `amd64` unless given.
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or("amd64")
+    }
 }
 
 fn one() -> u32 {
@@ -158,6 +170,13 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, Str
         return Err(format!("{source}: no pods; {hint}"));
     }
     for item in &items {
+        if !matches!(item.arch(), "amd64" | "arm64") {
+            return Err(format!(
+                "{source}: pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
+                item.name,
+                item.arch()
+            ));
+        }
         match (&item.slice, item.shared_gpu) {
             (Some(_), None) => {}
             (None, Some(n)) if n >= 1 => {
@@ -339,6 +358,10 @@ fn group(
     let mut choices = Vec::new();
     let mut unpriced = BTreeSet::new();
     for (instance, layout, replicas, config) in candidates {
+        // The pods' images must run on the instance's CPUs.
+        if items.iter().any(|i| i.arch() != instance.arch) {
+            continue;
+        }
         let layout_arg = (layout != "all-disabled").then_some(layout.as_str());
         let Ok(inventory) = simulated::from_instance(instance.name, layout_arg) else {
             continue;
