@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
+use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::plan::{Plan, Resource, Severity, plan};
 use gpu_slicer_daemon::config_file::config_for_layout;
 use gpu_slicer_daemon::simulate;
@@ -41,6 +42,17 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
     let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
         .map_err(|e| e.to_string())?;
     let table = price_table(options.prices.as_deref())?;
+    let preset = catalog::instance(&options.instance);
+    let fractional = preset.and_then(crate::karpenter::fractional_note);
+    if let Some(note) = &fractional
+        && layout.is_some_and(|l| catalog::canonical_layout_name(l) != "all-disabled")
+    {
+        return Err(format!(
+            "MIG layout '{}' cannot be applied: {note}. Drop --mig-config, or pick an instance with {} GPUs",
+            layout.unwrap_or_default(),
+            catalog::mig_families()
+        ));
+    }
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
     let plan = plan(&inventory, &config);
     if let Some(reason) = plan.refusal() {
@@ -63,7 +75,12 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
             render_json(&options.instance, &plan, &inventory, &table)
         )
     } else {
-        render(&plan, &inventory) + &render_costs(&options.instance, &plan, &inventory, &table)
+        let mut text =
+            render(&plan, &inventory) + &render_costs(&options.instance, &plan, &inventory, &table);
+        if let Some(note) = &fractional {
+            let _ = writeln!(text, "# note: {note}");
+        }
+        text
     };
     Ok(PlanReport { text, errors })
 }
@@ -156,6 +173,7 @@ pub fn render_json(
         })).collect::<Vec<_>>(),
         "diagnostics": plan.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         "price": price,
+        "gpuFraction": catalog::instance(instance).and_then(|i| i.gpu_fraction).map(|n| format!("1/{n}")),
         "priceTable": {"origin": table.origin, "date": table.date, "currency": table.currency},
     });
     serde_json::to_string_pretty(&value).unwrap_or_default()

@@ -137,6 +137,18 @@ pub struct WorkloadItem {
     pub shared_gpu: Option<u32>,
     #[serde(default, rename = "memoryGiB")]
     pub memory_gib: Option<f64>,
+    /// CPU architecture of the pods' images (`kubernetes.io/arch`):
+    /// `amd64` (default) or `arm64`. Only instance types of that
+    /// architecture are ranked (g5g is arm64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+impl WorkloadItem {
+    /// The architecture the pods' images need; `amd64` unless given.
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or("amd64")
+    }
 }
 
 fn one() -> u32 {
@@ -158,6 +170,13 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, Str
         return Err(format!("{source}: no pods; {hint}"));
     }
     for item in &items {
+        if !matches!(item.arch(), "amd64" | "arm64") {
+            return Err(format!(
+                "{source}: pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
+                item.name,
+                item.arch()
+            ));
+        }
         match (&item.slice, item.shared_gpu) {
             (Some(_), None) => {}
             (None, Some(n)) if n >= 1 => {
@@ -214,6 +233,34 @@ pub struct Group {
     pub choices: Vec<Choice>,
     /// Instance types that would fit but have no price.
     pub unpriced: Vec<String>,
+    /// What each pod requests, in the order Karpenter's queue takes them.
+    #[serde(skip)]
+    pub pod_requests: Vec<BTreeMap<String, u64>>,
+    /// What Karpenter launches from one NodePool allowing every row with
+    /// the cheapest row's layout ([`karpenter_launch`]).
+    pub karpenter: Option<KarpenterLaunch>,
+}
+
+/// The nodes Karpenter's scheduler would launch for a group's pods.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KarpenterLaunch {
+    /// The MIG layout of the NodePool (`all-disabled` for time-slicing).
+    pub layout: String,
+    /// One entry per NodeClaim: instance type and the pods packed on it.
+    pub nodes: Vec<LaunchedNode>,
+    pub usd_per_hour: f64,
+    /// Pods no instance type of the pool can hold.
+    pub unschedulable: usize,
+}
+
+/// One NodeClaim of a [`KarpenterLaunch`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchedNode {
+    pub instance: String,
+    pub pods: usize,
+    pub usd_per_hour: f64,
 }
 
 /// The ranking of a workload mix.
@@ -339,6 +386,10 @@ fn group(
     let mut choices = Vec::new();
     let mut unpriced = BTreeSet::new();
     for (instance, layout, replicas, config) in candidates {
+        // The pods' images must run on the instance's CPUs.
+        if items.iter().any(|i| i.arch() != instance.arch) {
+            continue;
+        }
         let layout_arg = (layout != "all-disabled").then_some(layout.as_str());
         let Ok(inventory) = simulated::from_instance(instance.name, layout_arg) else {
             continue;
@@ -388,6 +439,27 @@ fn group(
             .then(a.instance.cmp(&b.instance))
             .then(a.layout.cmp(&b.layout))
     });
+    let pod_requests: Vec<BTreeMap<String, u64>> = items
+        .iter()
+        .flat_map(|i| {
+            let request = match (&i.slice, i.shared_gpu) {
+                (Some(slice), _) => (
+                    format!("nvidia.com/mig-{}", slice.trim_start_matches("mig-")),
+                    1,
+                ),
+                (None, n) => ("nvidia.com/gpu".to_string(), u64::from(n.unwrap_or(1))),
+            };
+            std::iter::repeat_n(BTreeMap::from([request]), i.count as usize)
+        })
+        .collect();
+    let karpenter = choices.first().map(|best| {
+        let pool: Vec<Choice> = choices
+            .iter()
+            .filter(|c| c.layout == best.layout)
+            .cloned()
+            .collect();
+        karpenter_launch(&pool, &pod_requests)
+    });
     Ok(Group {
         kind: kind.to_string(),
         nodepool: pool.to_string(),
@@ -407,22 +479,141 @@ fn group(
         demand,
         choices,
         unpriced: unpriced.into_iter().collect(),
+        pod_requests,
+        karpenter,
     })
 }
 
-/// What Karpenter itself would launch for a group if one NodePool allowed
-/// every choice: its scheduler (kubernetes-sigs/karpenter,
-/// `pkg/controllers/provisioning/scheduling`) puts pending pods on one new
-/// NodeClaim while some instance type still fits them all, and the launch
-/// takes the cheapest of the types that do. So when a single node of some
-/// type holds the whole group, Karpenter launches the cheapest such type,
-/// even when several smaller nodes would cost less. `None` when no single
-/// node holds the group (Karpenter then opens several NodeClaims).
-pub fn karpenter_single_node_pick(choices: &[Choice]) -> Option<&Choice> {
-    choices
+/// What Karpenter launches for pods that are pending together, from one
+/// NodePool whose instance types are `pool` (each declaring, through its
+/// overlay, the capacity of its row), on-demand. The model follows
+/// kubernetes-sigs/karpenter `pkg/controllers/provisioning/scheduling` (at
+/// 2266468, 2026-08-20) with no existing nodes:
+///
+/// 1. The queue takes pods by CPU, then memory, descending, then by
+///    creation (`queue.go`, `byCPUAndMemoryDescending`); the workload file's
+///    pods have neither, so they go in file order.
+/// 2. For each pod (`Scheduler.add`), the NodeClaims planned so far are
+///    sorted by how many pods they hold, fewest first, and the pod joins the
+///    first one on which some instance type still fits all its pods plus
+///    this one (`addToInflightNode`, `NodeClaim.CanAdd`); that NodeClaim
+///    keeps only the types that do.
+/// 3. Otherwise a new NodeClaim starts with every type of the pool that fits
+///    the pod (`addToNewNodeClaim`); a pod that fits none stays pending.
+/// 4. Each NodeClaim is launched with its remaining types, and EC2 Fleet
+///    takes the cheapest (aws/karpenter-provider-aws 1d92708,
+///    `pkg/providers/instance/types.go`: on-demand allocation strategy
+///    `lowest-price` when no overlay sets a price, which gpu-slicer's never
+///    do). Spot uses `price-capacity-optimized`, not modelled.
+///
+/// So pods that arrive together fill one NodeClaim while one type can hold
+/// them all, and Karpenter launches the cheapest such type, even when
+/// several small nodes would cost less. Not modelled: CPU, memory and
+/// DaemonSet overhead (the file has none; they can only rule types out),
+/// NodePool limits, `minValues`, capacity errors (EC2 then takes the next
+/// cheapest), and pods arriving in separate batches (each batch starts from
+/// the nodes launched before it, which changes the result).
+pub fn karpenter_launch(pool: &[Choice], pods: &[BTreeMap<String, u64>]) -> KarpenterLaunch {
+    struct Claim {
+        pods: usize,
+        used: BTreeMap<String, u64>,
+        options: Vec<usize>,
+    }
+    let fits = |choice: &Choice, used: &BTreeMap<String, u64>, pod: &BTreeMap<String, u64>| {
+        pod.iter().all(|(r, n)| {
+            let want = used.get(r).copied().unwrap_or(0).saturating_add(*n);
+            choice.per_node.get(r).copied().unwrap_or(0) >= want
+        })
+    };
+    let mut claims: Vec<Claim> = Vec::new();
+    let mut unschedulable = 0;
+    for pod in pods {
+        // Fewest pods first; stable, so ties keep their creation order.
+        claims.sort_by_key(|c| c.pods);
+        let joined = claims.iter_mut().find_map(|claim| {
+            let options: Vec<usize> = claim
+                .options
+                .iter()
+                .copied()
+                .filter(|&t| fits(&pool[t], &claim.used, pod))
+                .collect();
+            (!options.is_empty()).then_some((claim, options))
+        });
+        if let Some((claim, options)) = joined {
+            claim.options = options;
+            claim.pods += 1;
+            for (r, n) in pod {
+                *claim.used.entry(r.clone()).or_insert(0) += n;
+            }
+            continue;
+        }
+        let empty = BTreeMap::new();
+        let options: Vec<usize> = (0..pool.len())
+            .filter(|&t| fits(&pool[t], &empty, pod))
+            .collect();
+        if options.is_empty() {
+            unschedulable += 1;
+            continue;
+        }
+        claims.push(Claim {
+            pods: 1,
+            used: pod.clone(),
+            options,
+        });
+    }
+    let nodes: Vec<LaunchedNode> = claims
         .iter()
-        .filter(|c| c.nodes == 1)
-        .min_by(|a, b| a.usd_per_hour.total_cmp(&b.usd_per_hour))
+        .filter_map(|claim| {
+            claim
+                .options
+                .iter()
+                .map(|&t| &pool[t])
+                .min_by(|a, b| {
+                    a.usd_per_node_hour
+                        .total_cmp(&b.usd_per_node_hour)
+                        .then(a.instance.cmp(&b.instance))
+                })
+                .map(|c| LaunchedNode {
+                    instance: c.instance.clone(),
+                    pods: claim.pods,
+                    usd_per_hour: c.usd_per_node_hour,
+                })
+        })
+        .collect();
+    KarpenterLaunch {
+        layout: pool.first().map_or_else(String::new, |c| c.layout.clone()),
+        usd_per_hour: nodes.iter().map(|n| n.usd_per_hour).sum(),
+        nodes,
+        unschedulable,
+    }
+}
+
+/// `1 x g4dn.12xlarge (5 pods)`, `2 x g6.xlarge (5, 1 pods)`.
+fn describe_launch(launch: &KarpenterLaunch) -> String {
+    let mut by_type: Vec<(&str, Vec<usize>)> = Vec::new();
+    for node in &launch.nodes {
+        match by_type.iter_mut().find(|(t, _)| *t == node.instance) {
+            Some((_, pods)) => pods.push(node.pods),
+            None => by_type.push((&node.instance, vec![node.pods])),
+        }
+    }
+    by_type
+        .iter()
+        .map(|(t, pods)| {
+            let list: Vec<String> = pods.iter().map(usize::to_string).collect();
+            format!(
+                "{} x {t} ({} pod{})",
+                pods.len(),
+                list.join(", "),
+                if pods.len() == 1 && pods[0] == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// The ranking as terminal tables: the best `top` choices per group, then
@@ -520,31 +711,39 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
             out,
             "   assumes: a NodePool restricted to the one instance type of each row, filled to the node counts shown"
         );
-        match karpenter_single_node_pick(&g.choices) {
-            Some(pick) => {
-                let _ = writeln!(
-                    out,
-                    "   a NodePool allowing every row: Karpenter puts all pending pods of this group on one NodeClaim and launches \
-                     the cheapest type that fits them all on one node: 1 x {} at ${}/h{}",
-                    pick.instance,
-                    prices::money(pick.usd_per_hour),
-                    if g.choices
-                        .first()
-                        .is_some_and(|best| best.usd_per_hour < pick.usd_per_hour)
-                    {
-                        " (more than the cheapest row: restrict the pool's instance types to get that)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "   a NodePool allowing every row: no single node fits the whole group, so Karpenter opens several NodeClaims; \
-                     which types it picks depends on the order pods are scheduled in"
-                );
-            }
+        if let (Some(launch), Some(best)) = (&g.karpenter, g.choices.first()) {
+            let layout = if launch.layout == "all-disabled" {
+                String::new()
+            } else {
+                format!(" with layout {}", launch.layout)
+            };
+            let _ = writeln!(
+                out,
+                "   Karpenter's pick from one NodePool allowing every row{layout}, pods pending together, on-demand: {} = ${}/h{}{}",
+                describe_launch(launch),
+                prices::money(launch.usd_per_hour),
+                if launch.unschedulable > 0 {
+                    format!(
+                        ", {} pods fit no type and stay pending",
+                        launch.unschedulable
+                    )
+                } else {
+                    String::new()
+                },
+                if launch.usd_per_hour > best.usd_per_hour + 1e-9 {
+                    format!(
+                        " (the cheapest row is ${}/h: restrict the pool's instance types to {} to get it)",
+                        prices::money(best.usd_per_hour),
+                        best.instance
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                out,
+                "   (Karpenter packs pods that arrive together onto one NodeClaim while one type holds them all, then launches the cheapest such type; docs/karpenter.md, \"What Karpenter launches\")"
+            );
         }
         if let Some(best) = g.choices.first() {
             let limits: Vec<String> = best
@@ -633,32 +832,64 @@ mod tests {
     }
 
     /// Defect: `plan --workload` ranked 2 x g4dn.xlarge first for 5
-    /// gpu.shared pods, but Karpenter launched one g4dn.12xlarge (it fits
-    /// them all on one node, and Karpenter takes the cheapest such type).
+    /// gpu.shared pods, but Karpenter launched one g4dn.12xlarge: pods that
+    /// arrive together share one NodeClaim while one type holds them all,
+    /// and the launch takes the cheapest such type. Rows: pods (4 GiB, one
+    /// replica each; a T4 holds 3), what Karpenter launches from a pool of
+    /// g4dn types, its cost.
     #[test]
-    fn five_shared_pods_karpenter_takes_one_node_that_fits_them_all() {
+    fn karpenter_launch_follows_its_scheduler() {
+        let cases: &[(u32, &[(&str, usize)], f64)] = &[
+            (3, &[("g4dn.xlarge", 3)], 0.526),
+            // The issue's example: 2 x g4dn.xlarge would be 1.052 USD/h.
+            (5, &[("g4dn.12xlarge", 5)], 3.912),
+            (12, &[("g4dn.12xlarge", 12)], 3.912),
+            // 13 fit only a metal (24): one node, not a 12xlarge + an xlarge.
+            (13, &[("g4dn.metal", 13)], 7.824),
+            // 25: the first NodeClaim is full at 24, the 25th pod opens a
+            // second one, which takes the cheapest type for one pod.
+            (25, &[("g4dn.metal", 24), ("g4dn.xlarge", 1)], 7.824 + 0.526),
+        ];
+        for &(count, want, usd) in cases {
+            let items = parse_workload(
+                &format!("- {{name: shared, count: {count}, sharedGpu: 1, memoryGiB: 4}}\n"),
+                "w.yaml",
+            )
+            .unwrap();
+            let r = rank(&items, &builtin(), "gpu").unwrap();
+            let group = &r.groups[0];
+            let g4dn: Vec<Choice> = group
+                .choices
+                .iter()
+                .filter(|c| c.instance.starts_with("g4dn."))
+                .cloned()
+                .collect();
+            let launch = karpenter_launch(&g4dn, &group.pod_requests);
+            let got: Vec<(&str, usize)> = launch
+                .nodes
+                .iter()
+                .map(|n| (n.instance.as_str(), n.pods))
+                .collect();
+            assert_eq!(got, want, "{count} pods");
+            assert!((launch.usd_per_hour - usd).abs() < 1e-9, "{count} pods");
+            assert_eq!(launch.unschedulable, 0);
+        }
+        // The issue's 5 pods: the ranking's cheapest g4dn row is two
+        // g4dn.xlarge; the printed ranking (every type allowed) shows both.
         let items = parse_workload(
             "- {name: shared, count: 5, sharedGpu: 1, memoryGiB: 4}\n",
             "w.yaml",
         )
         .unwrap();
         let r = rank(&items, &builtin(), "gpu").unwrap();
-        let g4dn: Vec<Choice> = r.groups[0]
+        let g4dn_best = r.groups[0]
             .choices
             .iter()
-            .filter(|c| c.instance.starts_with("g4dn."))
-            .cloned()
-            .collect();
-        // Ranked by total cost: two g4dn.xlarge (2 x 0.526 USD/h) first.
+            .find(|c| c.instance.starts_with("g4dn."))
+            .unwrap();
         assert_eq!(
-            (g4dn[0].instance.as_str(), g4dn[0].nodes),
+            (g4dn_best.instance.as_str(), g4dn_best.nodes),
             ("g4dn.xlarge", 2)
-        );
-        // What Karpenter launches from a pool of g4dn types: one g4dn.12xlarge.
-        let pick = karpenter_single_node_pick(&g4dn).expect("a single-node type");
-        assert_eq!(
-            (pick.instance.as_str(), pick.nodes, pick.usd_per_hour),
-            ("g4dn.12xlarge", 1, 3.912)
         );
         let text = render_ranking(&r, 5).unwrap();
         assert!(
@@ -666,8 +897,113 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Karpenter puts all pending pods of this group on one NodeClaim"),
+            text.contains("Karpenter's pick from one NodePool allowing every row, pods pending together, on-demand: "),
             "{text}"
+        );
+        // A pod larger than any type of the pool stays pending.
+        let launch = karpenter_launch(
+            &r.groups[0].choices,
+            &[BTreeMap::from([("nvidia.com/gpu".to_string(), 1000)])],
+        );
+        assert!(launch.nodes.is_empty() && launch.unschedulable == 1);
+    }
+
+    /// MIG slices: 8 pods of 1g.10gb from a pool of all-1g.10gb p5 types.
+    #[test]
+    fn karpenter_launch_of_mig_slices() {
+        let items = parse_workload(
+            "- {name: a, count: 7, slice: 1g.10gb}\n- {name: b, count: 1, slice: 1g.10gb}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let r = rank(&items, &builtin(), "gpu").unwrap();
+        let group = &r.groups[0];
+        // Pools of one layout: all-1g.10gb on p5.4xlarge (7) and
+        // p5.48xlarge (56): 8 pods fit only the 48xlarge.
+        let pool: Vec<Choice> = group
+            .choices
+            .iter()
+            .filter(|c| c.layout == "all-1g.10gb" && c.instance.starts_with("p5."))
+            .cloned()
+            .collect();
+        assert_eq!(pool.len(), 2, "{pool:?}");
+        let launch = karpenter_launch(&pool, &group.pod_requests);
+        let got: Vec<(&str, usize)> = launch
+            .nodes
+            .iter()
+            .map(|n| (n.instance.as_str(), n.pods))
+            .collect();
+        assert_eq!(got, [("p5.48xlarge", 8)]);
+        // The ranking's cheapest is two p5.4xlarge (13.76 USD/h), Karpenter's
+        // one p5.48xlarge (55.04 USD/h).
+        let cheapest = pool
+            .iter()
+            .min_by(|a, b| a.usd_per_hour.total_cmp(&b.usd_per_hour))
+            .unwrap();
+        assert_eq!(
+            (cheapest.instance.as_str(), cheapest.nodes),
+            ("p5.4xlarge", 2)
+        );
+        assert!((launch.usd_per_hour - 55.04).abs() < 1e-9);
+    }
+
+    /// Pods of different sizes: a pod goes to the NodeClaim with the fewest
+    /// pods that can take it (Karpenter sorts them so), not the oldest.
+    #[test]
+    fn karpenter_launch_tries_the_nodeclaim_with_fewest_pods_first() {
+        let choice = |name: &str, gpus: u64, usd: f64| Choice {
+            instance: name.to_string(),
+            layout: "all-disabled".to_string(),
+            replicas: 1,
+            nodes: 1,
+            usd_per_hour: usd,
+            usd_per_node_hour: usd,
+            price_source: "test".to_string(),
+            per_node: BTreeMap::from([("nvidia.com/gpu".to_string(), gpus)]),
+            limits: BTreeMap::new(),
+            overlay: Value::Null,
+        };
+        let pool = [choice("small", 2, 1.0), choice("large", 3, 2.0)];
+        let pod = |n: u64| BTreeMap::from([("nvidia.com/gpu".to_string(), n)]);
+        // 1, 1 share a NodeClaim; 2 opens a second; the last 1 joins the
+        // second (1 pod) rather than the first (2 pods).
+        let launch = karpenter_launch(&pool, &[pod(1), pod(1), pod(2), pod(1)]);
+        let got: Vec<(&str, usize)> = launch
+            .nodes
+            .iter()
+            .map(|n| (n.instance.as_str(), n.pods))
+            .collect();
+        // (Joining the oldest would give large 3 + small 1.)
+        let mut got = got;
+        got.sort();
+        assert_eq!(got, [("large", 2), ("small", 2)]);
+    }
+
+    /// g5g is arm64: ranked only for pods that say `arch: arm64`.
+    #[test]
+    fn workloads_rank_only_their_arch() {
+        for (arch, first) in [("", "g6.xlarge"), (", arch: arm64", "g5g.xlarge")] {
+            let items = parse_workload(
+                &format!("- {{name: nb, count: 6, sharedGpu: 1, memoryGiB: 8{arch}}}\n"),
+                "w.yaml",
+            )
+            .unwrap();
+            let r = rank(&items, &builtin(), "gpu").unwrap();
+            let choices = &r.groups[0].choices;
+            assert_eq!(choices[0].instance, first, "{arch}");
+            let arm = choices
+                .iter()
+                .filter(|c| c.instance.starts_with("g5g."))
+                .count();
+            assert_eq!(arm == choices.len(), !arch.is_empty(), "{arch}");
+        }
+        assert!(
+            parse_workload(
+                "- {name: a, count: 1, sharedGpu: 1, memoryGiB: 1, arch: riscv}",
+                "w"
+            )
+            .unwrap_err()
+            .contains("write amd64 or arm64")
         );
     }
 }

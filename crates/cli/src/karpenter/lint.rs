@@ -332,6 +332,24 @@ fn gpus_of(families: &[String]) -> String {
     }
 }
 
+/// For families with a fractional GPU (g6f, gr6f): why no MIG and what
+/// sharing remains.
+fn fractional_families_note(families: &[String]) -> String {
+    let fractional: BTreeSet<&str> = catalog::instances()
+        .iter()
+        .filter(|i| i.is_fractional() && families.iter().any(|f| f == family(i.name)))
+        .map(|i| family(i.name))
+        .collect();
+    if fractional.is_empty() {
+        return String::new();
+    }
+    format!(
+        " {} have a fractional GPU (1/8 to 1/2 of an L4, one vGPU, gpu-count 0 in Karpenter): it cannot be sliced \
+         with MIG; only time-slicing shares it.",
+        fractional.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}
+
 fn requirement_path(i: usize) -> String {
     format!("spec.template.spec.requirements[{i}]")
 }
@@ -467,10 +485,12 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                 "mig-on-non-mig-family",
                 format!(
                     "MIG layout '{layout}' on a pool that can launch {} ({}): no MIG on those GPUs, MIG Manager does not run there \
-                     and no nvidia.com/mig-* resource ever appears. Restrict MIG pools to p4d, p4de, p5, p5e, p5en, p6-b200 and put \
+                     and no nvidia.com/mig-* resource ever appears.{} Restrict MIG pools to {} and put \
                      time-slicing on the others in a separate pool",
                     bad.join(", "),
-                    gpus_of(bad)
+                    gpus_of(bad),
+                    fractional_families_note(bad),
+                    super::MIG_FAMILIES.join(", ")
                 ),
             );
         }
@@ -491,8 +511,9 @@ fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink<'_>) {
                     "mig-on-non-mig-family",
                     format!(
                         "MIG layout '{layout}' but no instance-family or instance-type requirement: the pool can launch {}, whose GPUs \
-                         have no MIG. Add karpenter.k8s.aws/instance-family In [p4d, p4de, p5, p5e, p5en, p6-b200]",
-                        bad.join(", ")
+                         have no MIG. Add karpenter.k8s.aws/instance-family In [{}]",
+                        bad.join(", "),
+                        super::MIG_FAMILIES.join(", ")
                     ),
                 );
             }
@@ -1447,7 +1468,7 @@ mod tests {
     }
 
     /// Missing rule: a pool that allows a GPU type without a preset (p5.4xlarge
-    /// was one) gets no overlay for it.
+    /// was one; then g5g, g6f, gr6f, g7, g7e, p6-b300) gets no overlay for it.
     #[test]
     fn nodepool_allowing_types_without_a_preset_is_flagged() {
         let pool = |labels: &str, requirement: &str| {
@@ -1463,38 +1484,80 @@ mod tests {
                 .map(|f| (f.severity, f.message))
                 .collect()
         };
+        // Every GPU type of Karpenter's data has a preset now (g5g, g6f,
+        // gr6f, g7, g7e and p6-b300 were the last): a pool of those families
+        // is not flagged.
+        assert!(
+            found(pool(
+                "nvidia.com/mig.config: all-balanced",
+                "{key: karpenter.k8s.aws/instance-family, operator: In, values: [p5, p6-b300, g7e]}",
+            ))
+            .is_empty()
+        );
+        assert!(
+            found(pool(
+                "team: a",
+                "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [t4g, l4]}",
+            ))
+            .is_empty()
+        );
+        // A type newer than the presets and Karpenter's data (a synthetic
+        // p7.48xlarge), named explicitly: an error in a MIG pool.
         let mig = found(pool(
             "nvidia.com/mig.config: all-balanced",
-            "{key: karpenter.k8s.aws/instance-family, operator: In, values: [p5, p6-b300]}",
+            "{key: node.kubernetes.io/instance-type, operator: In, values: [p5.48xlarge, p7.48xlarge, m7i.large]}",
         ));
         assert_eq!(mig.len(), 1, "{mig:?}");
         assert_eq!(mig[0].0, Severity::Error);
         assert!(
             mig[0].1.starts_with(
-                "allows GPU instance types gpu-slicer has no preset for (p6-b300.48xlarge)"
+                "allows GPU instance types gpu-slicer has no preset for (p7.48xlarge)"
             ),
             "{}",
             mig[0].1
         );
+        // An unknown GPU family: a warning without MIG. Known families, CPU
+        // families and the AMD g4ad are not flagged.
         let shared = found(pool(
             "team: a",
-            "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [t4g, l4]}",
+            "{key: karpenter.k8s.aws/instance-family, operator: In, values: [g6, g8, m7i, g4ad]}",
         ));
         assert_eq!(shared.len(), 1, "{shared:?}");
         assert_eq!(shared[0].0, Severity::Warning);
-        assert!(shared[0].1.contains("(g5g.xlarge, g5g.2xlarge, g5g.4xlarge, g5g.8xlarge, g5g.16xlarge, g5g.metal, g6f.large"), "{}", shared[0].1);
-        // Karpenter reports gpu-count 0 for the fractional g6f/gr6f.
-        let counted = found(pool("team: a", "{key: karpenter.k8s.aws/instance-gpu-name, operator: In, values: [l4]}").replace(
-            "      - {key: karpenter.k8s.aws/instance-gpu-name",
-            "      - {key: karpenter.k8s.aws/instance-gpu-count, operator: Gt, values: [\"0\"]}\n      - {key: karpenter.k8s.aws/instance-gpu-name",
-        ));
-        assert!(counted.is_empty(), "{counted:?}");
+        assert!(shared[0].1.contains("(g8)"), "{}", shared[0].1);
         assert!(
             found(pool(
                 "team: a",
                 "{key: node.kubernetes.io/instance-type, operator: In, values: [g5.xlarge]}"
             ))
             .is_empty()
+        );
+    }
+
+    /// g6f/gr6f have a fractional L4: a MIG pool that allows them is told
+    /// why no MIG, and what sharing remains; the MIG families listed include
+    /// the new p6-b300, g7 and g7e.
+    #[test]
+    fn mig_pool_on_fractional_gpus_says_why() {
+        let text = "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: p}\nspec:\n  template:\n    metadata:\n      labels: {nvidia.com/mig.config: all-balanced}\n    spec:\n      requirements:\n      - {key: karpenter.k8s.aws/instance-family, operator: In, values: [g6f, g7e]}\n      taints: [{key: nvidia.com/gpu, effect: NoSchedule}]\n";
+        let docs = super::super::parse_documents(text, "f.yaml").expect("yaml");
+        let found: Vec<String> = lint(&docs)
+            .into_iter()
+            .filter(|f| f.rule == "mig-on-non-mig-family")
+            .map(|f| f.message)
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .starts_with("MIG layout 'all-balanced' on a pool that can launch g6f (NVIDIA L4)"),
+            "{}",
+            found[0]
+        );
+        assert!(found[0].contains("g6f have a fractional GPU (1/8 to 1/2 of an L4, one vGPU, gpu-count 0 in Karpenter): it cannot be sliced with MIG; only time-slicing shares it."), "{}", found[0]);
+        assert!(
+            found[0].contains("p6-b200, p6-b300, g7, g7e"),
+            "{}",
+            found[0]
         );
     }
 }

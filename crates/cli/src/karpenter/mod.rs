@@ -255,12 +255,14 @@ fn category_and_generation(family: &str) -> (String, String) {
 pub fn instance_labels(instance: &InstanceType) -> BTreeMap<&'static str, String> {
     let fam = family(instance.name);
     let (category, generation) = category_and_generation(fam);
-    let gpu_name = instance
-        .model
-        .split('-')
-        .next()
-        .unwrap_or(instance.model)
-        .to_ascii_lowercase();
+    let gpu_name = karpenter_gpu_name(instance.model);
+    // EC2 reports a GPU count of 0 for a fractional GPU (g6f, gr6f), and
+    // Karpenter's label follows it.
+    let gpu_count = if instance.is_fractional() {
+        0
+    } else {
+        instance.gpus
+    };
     BTreeMap::from([
         (
             "node.kubernetes.io/instance-type",
@@ -280,11 +282,36 @@ pub fn instance_labels(instance: &InstanceType) -> BTreeMap<&'static str, String
         ),
         (
             "karpenter.k8s.aws/instance-gpu-count",
-            instance.gpus.to_string(),
+            gpu_count.to_string(),
         ),
-        ("kubernetes.io/arch", "amd64".to_string()),
+        ("kubernetes.io/arch", instance.arch.to_string()),
         ("kubernetes.io/os", "linux".to_string()),
     ])
+}
+
+/// Karpenter's `instance-gpu-name` of a catalog model: EC2's GPU name in
+/// lower kebab case (`rtx-pro-server-6000` for the RTX PRO 6000 Blackwell
+/// Server Edition, `rtx-pro-4500`; otherwise the key's first part, `h100`,
+/// `a100`, `l4` for the fractional L4s).
+pub fn karpenter_gpu_name(model_key: &str) -> String {
+    match model_key {
+        "RTX-PRO-6000" => "rtx-pro-server-6000".to_string(),
+        "RTX-PRO-4500" => "rtx-pro-4500".to_string(),
+        key => key.split('-').next().unwrap_or(key).to_ascii_lowercase(),
+    }
+}
+
+/// What gpu-slicer can and cannot do on a fractional-GPU preset (g6f,
+/// gr6f), for `plan` and lint: `None` for whole GPUs.
+pub fn fractional_note(instance: &InstanceType) -> Option<String> {
+    let denominator = instance.gpu_fraction?;
+    let memory = instance
+        .gpu_model()
+        .map_or(String::new(), |m| format!(", {} MiB", m.memory_mib));
+    Some(format!(
+        "{} has a fractional GPU: 1/{denominator} of an NVIDIA L4 as one vGPU{memory} (EC2's figure). EC2 and Karpenter report instance-gpu-count 0 and no nvidia.com/gpu for it, so only an overlay (gpu-slicer karpenter overlays) lets Karpenter launch it for GPU pods. It cannot be sliced with MIG (an L4 has no MIG, and AWS does not partition the vGPU further); time-slicing shares the fraction and its memory",
+        instance.name
+    ))
 }
 
 /// One `{key, operator, values}` entry.
@@ -380,44 +407,101 @@ pub fn instances_matching(requirements: &[Requirement]) -> Vec<&'static Instance
         .collect()
 }
 
-/// NVIDIA GPU instance types Karpenter's AWS provider knows (its generated
-/// instance-type reference, `website/content/en/preview/reference/instance-types.md`
-/// of aws/karpenter-provider-aws) that gpu-slicer has no preset for:
-/// `(name, instance-gpu-name, instance-gpu-count, arch)`. Without a preset
-/// gpu-slicer cannot say what such a node advertises, so no overlay covers
-/// it. g6f/gr6f are fractional L4s: Karpenter reports gpu-count 0 for them.
-pub const UNCATALOGUED_GPU_TYPES: &[(&str, &str, u32, &str)] = &[
-    ("g5g.xlarge", "t4g", 1, "arm64"),
-    ("g5g.2xlarge", "t4g", 1, "arm64"),
-    ("g5g.4xlarge", "t4g", 1, "arm64"),
-    ("g5g.8xlarge", "t4g", 1, "arm64"),
-    ("g5g.16xlarge", "t4g", 2, "arm64"),
-    ("g5g.metal", "t4g", 2, "arm64"),
-    ("g6f.large", "l4", 0, "amd64"),
-    ("g6f.xlarge", "l4", 0, "amd64"),
-    ("g6f.2xlarge", "l4", 0, "amd64"),
-    ("g6f.4xlarge", "l4", 0, "amd64"),
-    ("gr6f.4xlarge", "l4", 0, "amd64"),
-    ("g7.2xlarge", "rtx-pro-4500", 1, "amd64"),
-    ("g7.4xlarge", "rtx-pro-4500", 1, "amd64"),
-    ("g7.8xlarge", "rtx-pro-4500", 1, "amd64"),
-    ("g7.12xlarge", "rtx-pro-4500", 2, "amd64"),
-    ("g7.24xlarge", "rtx-pro-4500", 4, "amd64"),
-    ("g7.48xlarge", "rtx-pro-4500", 8, "amd64"),
-    ("g7e.2xlarge", "rtx-pro-server-6000", 1, "amd64"),
-    ("g7e.4xlarge", "rtx-pro-server-6000", 1, "amd64"),
-    ("g7e.8xlarge", "rtx-pro-server-6000", 1, "amd64"),
-    ("g7e.12xlarge", "rtx-pro-server-6000", 2, "amd64"),
-    ("g7e.24xlarge", "rtx-pro-server-6000", 4, "amd64"),
-    ("g7e.48xlarge", "rtx-pro-server-6000", 8, "amd64"),
-    ("p6-b300.48xlarge", "b300", 8, "amd64"),
+/// Every NVIDIA GPU instance type Karpenter's AWS provider knows, as its
+/// generated instance-type reference lists it
+/// (`website/content/en/preview/reference/instance-types.md` of
+/// aws/karpenter-provider-aws at 1d92708, 2026-08-21):
+/// `(name, instance-gpu-name, instance-gpu-count, instance-gpu-memory, arch)`.
+/// Each has a preset (a test checks it); the list stays so that a type
+/// Karpenter's data gains later, added here without a preset, is reported by
+/// lint (`nodepool-type-without-preset`).
+pub const KARPENTER_GPU_TYPES: &[(&str, &str, u32, u64, &str)] = &[
+    ("g4dn.xlarge", "t4", 1, 16384, "amd64"),
+    ("g4dn.2xlarge", "t4", 1, 16384, "amd64"),
+    ("g4dn.4xlarge", "t4", 1, 16384, "amd64"),
+    ("g4dn.8xlarge", "t4", 1, 16384, "amd64"),
+    ("g4dn.12xlarge", "t4", 4, 16384, "amd64"),
+    ("g4dn.16xlarge", "t4", 1, 16384, "amd64"),
+    ("g4dn.metal", "t4", 8, 16384, "amd64"),
+    ("g5.xlarge", "a10g", 1, 22888, "amd64"),
+    ("g5.2xlarge", "a10g", 1, 22888, "amd64"),
+    ("g5.4xlarge", "a10g", 1, 22888, "amd64"),
+    ("g5.8xlarge", "a10g", 1, 22888, "amd64"),
+    ("g5.12xlarge", "a10g", 4, 22888, "amd64"),
+    ("g5.16xlarge", "a10g", 1, 22888, "amd64"),
+    ("g5.24xlarge", "a10g", 4, 22888, "amd64"),
+    ("g5.48xlarge", "a10g", 8, 22888, "amd64"),
+    ("g5g.xlarge", "t4g", 1, 16384, "arm64"),
+    ("g5g.2xlarge", "t4g", 1, 16384, "arm64"),
+    ("g5g.4xlarge", "t4g", 1, 16384, "arm64"),
+    ("g5g.8xlarge", "t4g", 1, 16384, "arm64"),
+    ("g5g.16xlarge", "t4g", 2, 16384, "arm64"),
+    ("g5g.metal", "t4g", 2, 16384, "arm64"),
+    ("g6.xlarge", "l4", 1, 22888, "amd64"),
+    ("g6.2xlarge", "l4", 1, 22888, "amd64"),
+    ("g6.4xlarge", "l4", 1, 22888, "amd64"),
+    ("g6.8xlarge", "l4", 1, 22888, "amd64"),
+    ("g6.12xlarge", "l4", 4, 22888, "amd64"),
+    ("g6.16xlarge", "l4", 1, 22888, "amd64"),
+    ("g6.24xlarge", "l4", 4, 22888, "amd64"),
+    ("g6.48xlarge", "l4", 8, 22888, "amd64"),
+    ("g6e.xlarge", "l40s", 1, 45776, "amd64"),
+    ("g6e.2xlarge", "l40s", 1, 45776, "amd64"),
+    ("g6e.4xlarge", "l40s", 1, 45776, "amd64"),
+    ("g6e.8xlarge", "l40s", 1, 45776, "amd64"),
+    ("g6e.12xlarge", "l40s", 4, 45776, "amd64"),
+    ("g6e.16xlarge", "l40s", 1, 45776, "amd64"),
+    ("g6e.24xlarge", "l40s", 4, 45776, "amd64"),
+    ("g6e.48xlarge", "l40s", 8, 45776, "amd64"),
+    ("g6f.large", "l4", 0, 2861, "amd64"),
+    ("g6f.xlarge", "l4", 0, 2861, "amd64"),
+    ("g6f.2xlarge", "l4", 0, 5722, "amd64"),
+    ("g6f.4xlarge", "l4", 0, 11444, "amd64"),
+    ("g7.2xlarge", "rtx-pro-4500", 1, 32768, "amd64"),
+    ("g7.4xlarge", "rtx-pro-4500", 1, 32768, "amd64"),
+    ("g7.8xlarge", "rtx-pro-4500", 1, 32768, "amd64"),
+    ("g7.12xlarge", "rtx-pro-4500", 2, 32768, "amd64"),
+    ("g7.24xlarge", "rtx-pro-4500", 4, 32768, "amd64"),
+    ("g7.48xlarge", "rtx-pro-4500", 8, 32768, "amd64"),
+    ("g7e.2xlarge", "rtx-pro-server-6000", 1, 98304, "amd64"),
+    ("g7e.4xlarge", "rtx-pro-server-6000", 1, 98304, "amd64"),
+    ("g7e.8xlarge", "rtx-pro-server-6000", 1, 98304, "amd64"),
+    ("g7e.12xlarge", "rtx-pro-server-6000", 2, 98304, "amd64"),
+    ("g7e.24xlarge", "rtx-pro-server-6000", 4, 98304, "amd64"),
+    ("g7e.48xlarge", "rtx-pro-server-6000", 8, 98304, "amd64"),
+    ("gr6.4xlarge", "l4", 1, 22888, "amd64"),
+    ("gr6.8xlarge", "l4", 1, 22888, "amd64"),
+    ("gr6f.4xlarge", "l4", 0, 11444, "amd64"),
+    ("p3dn.24xlarge", "v100", 8, 32768, "amd64"),
+    ("p4d.24xlarge", "a100", 8, 40960, "amd64"),
+    ("p4de.24xlarge", "a100", 8, 81920, "amd64"),
+    ("p5.4xlarge", "h100", 1, 81920, "amd64"),
+    ("p5.48xlarge", "h100", 8, 81920, "amd64"),
+    ("p5e.48xlarge", "h200", 8, 144384, "amd64"),
+    ("p5en.48xlarge", "h200", 8, 144384, "amd64"),
+    ("p6-b200.48xlarge", "b200", 8, 183359, "amd64"),
+    ("p6-b300.48xlarge", "b300", 8, 275040, "amd64"),
 ];
 
-/// The uncatalogued GPU instance types a NodePool's requirements allow.
-pub fn uncatalogued_gpu_types_matching(requirements: &[Requirement]) -> Vec<&'static str> {
-    UNCATALOGUED_GPU_TYPES
+/// The GPU instance types of Karpenter's data that have no preset.
+pub fn uncatalogued_gpu_types() -> Vec<&'static (&'static str, &'static str, u32, u64, &'static str)>
+{
+    KARPENTER_GPU_TYPES
         .iter()
-        .filter(|(name, gpu_name, gpus, arch)| {
+        .filter(|(name, ..)| catalog::instance(name).is_none())
+        .collect()
+}
+
+/// The uncatalogued GPU instance types a NodePool's requirements allow:
+/// those of Karpenter's data without a preset, and instance types or
+/// families the requirements name explicitly (`instance-type In`,
+/// `instance-family In`) that look like NVIDIA GPU types (families of the
+/// `g`, `gr` and `p` categories; the AMD `g4ad` aside) and that neither the
+/// presets nor Karpenter's data know, e.g. a type newer than both.
+pub fn uncatalogued_gpu_types_matching(requirements: &[Requirement]) -> Vec<String> {
+    let mut out: Vec<String> = uncatalogued_gpu_types()
+        .into_iter()
+        .filter(|(name, gpu_name, gpus, _, arch)| {
             let fam = family(name);
             let (category, generation) = category_and_generation(fam);
             let labels = BTreeMap::from([
@@ -439,8 +523,38 @@ pub fn uncatalogued_gpu_types_matching(requirements: &[Requirement]) -> Vec<&'st
                 !evaluable(&r.key) || r.matches(labels.get(r.key.as_str()).map(String::as_str))
             })
         })
-        .map(|(name, ..)| *name)
-        .collect()
+        .map(|(name, ..)| name.to_string())
+        .collect();
+    let known_family = |fam: &str| {
+        catalog::instances().iter().any(|i| family(i.name) == fam)
+            || KARPENTER_GPU_TYPES.iter().any(|(n, ..)| family(n) == fam)
+    };
+    for r in requirements.iter().filter(|r| r.operator == "In") {
+        for value in &r.values {
+            let unknown = match r.key.as_str() {
+                "node.kubernetes.io/instance-type" => {
+                    looks_like_nvidia_gpu_family(family(value))
+                        && catalog::instance(value).is_none()
+                        && !KARPENTER_GPU_TYPES.iter().any(|(n, ..)| n == value)
+                }
+                "karpenter.k8s.aws/instance-family" => {
+                    looks_like_nvidia_gpu_family(value) && !known_family(value)
+                }
+                _ => false,
+            };
+            if unknown && !out.contains(value) {
+                out.push(value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A family of Karpenter's `g`, `gr` or `p` categories (where EC2's NVIDIA
+/// GPU families are), other than the AMD-GPU `g4ad`.
+fn looks_like_nvidia_gpu_family(fam: &str) -> bool {
+    let (category, generation) = category_and_generation(fam);
+    matches!(category.as_str(), "g" | "gr" | "p") && !generation.is_empty() && fam != "g4ad"
 }
 
 /// A NodePool's requirements (`spec.template.spec.requirements`).
@@ -500,6 +614,28 @@ mod tests {
         let b = instance_labels(catalog::instance("p6-b200.48xlarge").unwrap());
         assert_eq!(b["karpenter.k8s.aws/instance-family"], "p6-b200");
         assert_eq!(b["karpenter.k8s.aws/instance-gpu-name"], "b200");
+    }
+
+    /// Every NVIDIA GPU type of Karpenter's data has a preset whose GPU
+    /// count, GPU name, memory (EC2's figure, fractional L4s) and arch agree.
+    #[test]
+    fn every_karpenter_gpu_type_has_a_matching_preset() {
+        assert!(uncatalogued_gpu_types().is_empty());
+        for &(name, gpu_name, gpus, memory, arch) in KARPENTER_GPU_TYPES {
+            let preset = catalog::instance(name).unwrap_or_else(|| panic!("{name}"));
+            let l = instance_labels(preset);
+            assert_eq!(l["karpenter.k8s.aws/instance-gpu-name"], gpu_name, "{name}");
+            assert_eq!(
+                l["karpenter.k8s.aws/instance-gpu-count"],
+                gpus.to_string(),
+                "{name}"
+            );
+            assert_eq!(l["kubernetes.io/arch"], arch, "{name}");
+            if preset.is_fractional() {
+                let model = preset.gpu_model().unwrap_or_else(|| panic!("{name}"));
+                assert_eq!(model.memory_mib, memory, "{name}");
+            }
+        }
     }
 
     #[test]

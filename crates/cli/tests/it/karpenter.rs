@@ -635,3 +635,150 @@ fn cli_plan_prices_and_workload() {
         .collect();
     assert!(costs.windows(2).all(|w| w[0] <= w[1]), "{costs:?}");
 }
+
+/// Missing presets: every GPU family of Karpenter's AWS provider data that
+/// had none (g5g, g6f, gr6f, g7, g7e, p6-b300) plans, is priced, and gets an
+/// overlay with what gpu-slicer advertises. One row per family:
+/// (instance, MIG layout, plan lines, overlay capacity).
+#[test]
+fn new_families_plan_and_get_overlays() {
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
+    let cases: &[Case] = &[
+        (
+            "g5g.16xlarge",
+            None,
+            &["nvidia.com/gpu      2  whole GPUs, 16384 MiB each, on 2 GPUs (NVIDIA T4G)"],
+            &[("nvidia.com/gpu", "2")],
+        ),
+        (
+            "g6f.large",
+            None,
+            &[
+                "nvidia.com/gpu      1  whole GPUs, 2861 MiB each, on 1 GPU (NVIDIA L4)",
+                "# note: g6f.large has a fractional GPU: 1/8 of an NVIDIA L4 as one vGPU, 2861 MiB (EC2's figure).",
+            ],
+            // Karpenter's docs' g6f overlay also sets nvidia.com/gpu: 1.
+            &[("nvidia.com/gpu", "1")],
+        ),
+        (
+            "gr6f.4xlarge",
+            None,
+            &["nvidia.com/gpu      1  whole GPUs, 11444 MiB each, on 1 GPU (NVIDIA L4)"],
+            &[("nvidia.com/gpu", "1")],
+        ),
+        (
+            "g7.24xlarge",
+            Some("all-1g.16gb"),
+            &[
+                "nvidia.com/mig-1g.16gb      8  1g.16gb MIG slices, 16384 MiB each, on 4 GPUs (NVIDIA RTX PRO 4500 Blackwell Server Edition)",
+            ],
+            &[("nvidia.com/gpu", "0"), ("nvidia.com/mig-1g.16gb", "8")],
+        ),
+        (
+            "g7e.2xlarge",
+            Some("all-balanced"),
+            &[
+                "nvidia.com/mig-1g.24gb      2  1g.24gb MIG slices, 24576 MiB each, on 1 GPU (NVIDIA RTX PRO 6000 Blackwell Server Edition)",
+                "nvidia.com/mig-2g.48gb      1  2g.48gb MIG slices, 49152 MiB each, on 1 GPU (NVIDIA RTX PRO 6000 Blackwell Server Edition)",
+            ],
+            &[
+                ("nvidia.com/gpu", "0"),
+                ("nvidia.com/mig-1g.24gb", "2"),
+                ("nvidia.com/mig-2g.48gb", "1"),
+            ],
+        ),
+        (
+            "p6-b300.48xlarge",
+            Some("all-balanced"),
+            &[
+                "nvidia.com/mig-1g.34gb      16  1g.34gb MIG slices, 33024 MiB each, on 8 GPUs (NVIDIA B300)",
+                "nvidia.com/mig-3g.135gb      8  3g.135gb MIG slices, 133632 MiB each, on 8 GPUs (NVIDIA B300)",
+            ],
+            &[
+                ("nvidia.com/gpu", "0"),
+                ("nvidia.com/mig-1g.34gb", "16"),
+                ("nvidia.com/mig-2g.67gb", "8"),
+                ("nvidia.com/mig-3g.135gb", "8"),
+            ],
+        ),
+    ];
+    for &(instance, layout, lines, capacity) in cases {
+        let mut args = vec!["plan", "--instance", instance];
+        args.extend(layout.iter().flat_map(|l| ["--mig-config", l]));
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{instance}: {err}");
+        for line in lines {
+            assert!(
+                out.lines().any(|l| l.starts_with(line)),
+                "{instance}: no line {line:?} in\n{out}"
+            );
+        }
+        assert!(
+            out.contains(&format!("# price: {instance} $"))
+                && out.contains("Karpenter's AWS provider generated price table, 2026-07-20"),
+            "{instance}: {out}"
+        );
+        let mut args = vec![
+            "karpenter",
+            "overlays",
+            "--nodepool",
+            "p",
+            "--instance-type",
+            instance,
+        ];
+        args.extend(layout.iter().flat_map(|l| ["--mig-config", l]));
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{instance}: {err}");
+        let docs = karpenter::parse_documents(&out, "out").unwrap();
+        assert_eq!(docs.len(), 1, "{instance}");
+        let want: BTreeMap<String, String> = capacity
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(capacity_of(&docs[0].value), want, "{instance}");
+    }
+    // No MIG on a fractional GPU or a T4G: plan says so and fails.
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "g6f.xlarge",
+        "--mig-config",
+        "all-balanced",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("g6f.xlarge has a fractional GPU: 1/8 of an NVIDIA L4 as one vGPU")
+            && err.contains("It cannot be sliced with MIG"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "g5g.xlarge",
+        "--mig-config",
+        "all-balanced",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("g5g.xlarge has NVIDIA T4G (no MIG support)"),
+        "{err}"
+    );
+    // RTX PRO 4500 has no all-balanced in mig-parted's config.
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "g7.2xlarge",
+        "--mig-config",
+        "all-balanced",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("valid layouts: all-disabled, all-enabled, all-1g.16gb, all-2g.32gb"),
+        "{err}"
+    );
+}

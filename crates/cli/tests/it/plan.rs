@@ -291,7 +291,7 @@ fn bad_inputs_are_refused_with_a_clear_message() {
     assert_eq!(
         stderr.trim_end(),
         "error: MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); \
-         use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+         use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200/B300/RTX PRO GPUs"
     );
 
     let (ok, _, stderr) = plan(&["--instance", "p9.huge"]);

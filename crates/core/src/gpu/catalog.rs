@@ -108,6 +108,8 @@ const P0: &[u32] = &[0];
 // 4 / 4 slice parts (A30).
 const Q1: &[u32] = &[0, 1, 2, 3];
 const Q2: &[u32] = &[0, 2];
+// 2 / 2 slice parts (RTX PRO 4500 Blackwell).
+const Q1_HALF: &[u32] = &[0, 1];
 
 #[allow(clippy::too_many_arguments)]
 const fn prof(
@@ -212,6 +214,53 @@ const B200_PROFILES: &[MigProfile] = &[
     prof("7g.180gb", 0, 1, 178176, 7, P0, 8, 148),
 ];
 
+/// B300 (Blackwell Ultra). DOC: names and counts from the GPU Operator's
+/// default mig-parted config (NVIDIA/gpu-operator a22dbf6, 2026-08-21,
+/// `assets/state-mig-manager/0400_configmap.yaml`, device-filter
+/// 0x318210DE): 1g.34gb ×7, 1g.34gb+me ×1, 1g.67gb ×4, 2g.67gb ×3,
+/// 3g.135gb ×2, 4g.135gb ×1, 7g.269gb ×1. DER: IDs and placements as H100
+/// (8 memory slices in the same fractions); memory scaled from B200's
+/// DER figures (32.25 / 64.5 / 130.5 / 261.0 GiB); SMs as B200. No real
+/// `-lgip` output has been seen.
+const B300_PROFILES: &[MigProfile] = &[
+    prof("1g.34gb", 19, 7, 33024, 1, P1, 1, 18),
+    prof("1g.34gb+me", 20, 1, 33024, 1, P1, 1, 18),
+    prof("1g.67gb", 15, 4, 66048, 1, P1_DOUBLE, 2, 18),
+    prof("2g.67gb", 14, 3, 66048, 2, P2, 2, 36),
+    prof("3g.135gb", 9, 2, 133632, 3, P3, 4, 54),
+    prof("4g.135gb", 5, 1, 133632, 4, P0, 4, 72),
+    prof("7g.269gb", 0, 1, 267264, 7, P0, 8, 148),
+];
+
+/// RTX PRO 6000 Blackwell Server Edition 96GB (g7e). DOC: NVIDIA MIG User
+/// Guide, "Supported MIG Profiles" (RTX PRO 6000 Blackwell table: 1g.24gb ×4
+/// and 1g.24gb+me ×1 at 1/4 of memory and SMs, 2g.48gb ×2 at 1/2, 4g.96gb
+/// ×1 full; 4 compute / 4 memory slices), and "Supported GPUs" (at most 4
+/// instances). Not listed here: the `+gfx`, `-me` and `+me.all` variants the
+/// guide also has. DER: IDs as A30's (same 4/4 structure: 14, 21, 5, 0);
+/// memory = the fraction of the EC2 total (an upper bound: NVML reports
+/// less); SMs = the fraction of 188 (24,064 CUDA cores at 128 per SM,
+/// NVIDIA's RTX PRO 6000 Blackwell datasheet).
+const RTX_PRO_6000_PROFILES: &[MigProfile] = &[
+    prof("1g.24gb", 14, 4, 24576, 1, Q1, 1, 47),
+    prof("1g.24gb+me", 21, 1, 24576, 1, Q1, 1, 47),
+    prof("2g.48gb", 5, 2, 49152, 2, Q2, 2, 94),
+    prof("4g.96gb", 0, 1, 98304, 4, P0, 4, 188),
+];
+
+/// RTX PRO 4500 Blackwell 32GB (g7). DOC: NVIDIA MIG User Guide, "Supported
+/// GPUs" (r610 and later: RTX PRO 4500 Blackwell, GB203, 32GB, at most 2
+/// instances) and "Supported MIG Profiles" (RTX PRO 4500 Blackwell table:
+/// 1g.16gb ×2 at 1/2 of memory and SMs, 2g.32gb ×1 full; the `+gfx`, `-me`
+/// and `+me.all` variants are not listed here). DER: 2 compute / 2 memory
+/// slices (from the fractions), IDs by analogy with A30's half (5) and full
+/// (0) profiles, memory = the fraction of the EC2 total; SMs not published
+/// in the sources used: 0 (unknown).
+const RTX_PRO_4500_PROFILES: &[MigProfile] = &[
+    prof("1g.16gb", 5, 2, 16384, 1, Q1_HALF, 1, 0),
+    prof("2g.32gb", 0, 1, 32768, 2, P0, 2, 0),
+];
+
 const fn seven_slices(
     profiles: &'static [MigProfile],
     balanced: &'static [(&'static str, u32)],
@@ -297,6 +346,53 @@ static MODELS: &[GpuModel] = &[
             &[("1g.23gb", 2), ("2g.45gb", 1), ("3g.90gb", 1)],
         ),
     },
+    GpuModel {
+        key: "B300",
+        product_name: "NVIDIA B300", // DER: NVML's name not observed
+        // EC2's per-GPU figure (Karpenter's AWS provider instance-type
+        // reference, p6-b300.48xlarge instance-gpu-memory 275040); with it
+        // NVIDIA's naming rule gives mig-parted's names (1g.34gb ... 7g.269gb).
+        memory_mib: 275040,
+        pci_device_id: 0x3182_10DE, // GPU Operator mig-parted config (B300)
+        mig: seven_slices(
+            B300_PROFILES,
+            &[("1g.34gb", 2), ("2g.67gb", 1), ("3g.135gb", 1)],
+        ),
+    },
+    GpuModel {
+        key: "RTX-PRO-6000",
+        product_name: "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+        // EC2's figure (Karpenter's instance-type reference, g7e
+        // instance-gpu-memory 98304); NVML's total not observed.
+        memory_mib: 98304,
+        pci_device_id: 0x2BB5_10DE, // GPU Operator mig-parted config (RTX-PRO-6000-96GB)
+        mig: Some(MigGeometry {
+            compute_slices: 4,
+            memory_slices: 4,
+            profiles: RTX_PRO_6000_PROFILES,
+            // GPU Operator mig-parted config, device-filter 0x2BB510DE.
+            balanced: &[("1g.24gb", 2), ("2g.48gb", 1)],
+        }),
+    },
+    GpuModel {
+        key: "RTX-PRO-4500",
+        // DER: NVIDIA's vGPU docs call the part "RTX Pro 4500 SE 32 GB";
+        // NVML's name not observed.
+        product_name: "NVIDIA RTX PRO 4500 Blackwell Server Edition",
+        // EC2's figure (Karpenter's instance-type reference, g7
+        // instance-gpu-memory 32768); NVML's total not observed.
+        memory_mib: 32768,
+        // Not published in the sources used (the GPU Operator's config has
+        // no entry for this part): 0 means unknown, it matches no filter.
+        pci_device_id: 0x0000_10DE,
+        mig: Some(MigGeometry {
+            compute_slices: 2,
+            memory_slices: 2,
+            profiles: RTX_PRO_4500_PROFILES,
+            // mig-parted has no all-balanced entry for this part.
+            balanced: &[],
+        }),
+    },
     // Non-MIG parts (time-slicing only). Memory totals are what NVML
     // typically reports (slightly under the marketing size; DER).
     GpuModel {
@@ -325,6 +421,46 @@ static MODELS: &[GpuModel] = &[
         product_name: "Tesla T4",
         memory_mib: 15360,
         pci_device_id: 0x1EB8_10DE,
+        mig: None,
+    },
+    // T4G (g5g, arm64 Graviton2 hosts): no MIG (Turing). Memory: EC2's
+    // figure (Karpenter's instance-type reference, instance-gpu-memory
+    // 16384); DER: NVML's name and the PCI id (as T4's TU104) not observed.
+    GpuModel {
+        key: "T4G",
+        product_name: "NVIDIA T4G",
+        memory_mib: 16384,
+        pci_device_id: 0x1EB8_10DE,
+        mig: None,
+    },
+    // Fractional L4s (g6f, gr6f): AWS hands the instance one vGPU that is a
+    // fraction of an L4 (Karpenter's NodeOverlay docs, "Example: Fractional
+    // GPU Instances (g6f)": "a slice of a physical L4 GPU (from 1/8th to 1/2)
+    // as a single logical GPU device"; the NVIDIA device plugin reports
+    // nvidia.com/gpu: 1). Memory: EC2's figure, Karpenter's
+    // instance-gpu-memory of g6f.large/xlarge (2861), g6f.2xlarge (5722),
+    // g6f.4xlarge and gr6f.4xlarge (11444). No MIG (L4, and a vGPU cannot
+    // be partitioned further); time-slicing shares the fraction. DER: the
+    // vGPU's NVML name and PCI id (taken as the L4's) not observed.
+    GpuModel {
+        key: "L4-1/8",
+        product_name: "NVIDIA L4",
+        memory_mib: 2861,
+        pci_device_id: 0x27B8_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "L4-1/4",
+        product_name: "NVIDIA L4",
+        memory_mib: 5722,
+        pci_device_id: 0x27B8_10DE,
+        mig: None,
+    },
+    GpuModel {
+        key: "L4-1/2",
+        product_name: "NVIDIA L4",
+        memory_mib: 11444,
+        pci_device_id: 0x27B8_10DE,
         mig: None,
     },
     GpuModel {
@@ -376,11 +512,15 @@ pub fn model_by_pci_device_id(pci_device_id: u32) -> Option<&'static GpuModel> {
     MODELS.iter().find(|m| m.pci_device_id == pci_device_id)
 }
 
-/// Families of MIG-capable models, for messages: `A100/A30/H100/H200/B200`.
+/// Families of MIG-capable models, for messages: `A100/A30/H100/H200/B200/B300/RTX PRO`.
 pub fn mig_families() -> String {
     let mut families: Vec<&str> = Vec::new();
     for m in MODELS.iter().filter(|m| m.mig_capable()) {
-        let family = m.key.split('-').next().unwrap_or(m.key);
+        let family = if m.key.starts_with("RTX-PRO") {
+            "RTX PRO"
+        } else {
+            m.key.split('-').next().unwrap_or(m.key)
+        };
         if !families.contains(&family) {
             families.push(family);
         }
@@ -931,12 +1071,22 @@ pub struct InstanceType {
     pub numa_nodes: u32,
     /// GPUs are connected by NVLink (NVSwitch on p4/p5/p6, hybrid cube mesh on p3).
     pub nvlink: bool,
+    /// CPU architecture as Kubernetes names it (`amd64`, `arm64`).
+    pub arch: &'static str,
+    /// `Some(n)`: the instance has 1/n of a GPU, as one vGPU device (g6f,
+    /// gr6f). EC2 and so Karpenter report a GPU count of 0 for it.
+    pub gpu_fraction: Option<u32>,
 }
 
 impl InstanceType {
     /// The GPU model of this instance.
     pub fn gpu_model(&self) -> Option<&'static GpuModel> {
         model(self.model)
+    }
+
+    /// The instance has a fraction of a GPU (a vGPU), not whole GPUs.
+    pub fn is_fractional(&self) -> bool {
+        self.gpu_fraction.is_some()
     }
 }
 
@@ -953,6 +1103,24 @@ const fn inst(
         gpus,
         numa_nodes,
         nvlink,
+        arch: "amd64",
+        gpu_fraction: None,
+    }
+}
+
+/// An arm64 (Graviton) instance.
+const fn arm64(instance: InstanceType) -> InstanceType {
+    InstanceType {
+        arch: "arm64",
+        ..instance
+    }
+}
+
+/// An instance with 1/`denominator` of one GPU, as a single vGPU device.
+const fn fractional(name: &'static str, model: &'static str, denominator: u32) -> InstanceType {
+    InstanceType {
+        gpu_fraction: Some(denominator),
+        ..inst(name, model, 1, 1, false)
     }
 }
 
@@ -967,6 +1135,10 @@ static INSTANCES: &[InstanceType] = &[
     inst("p5e.48xlarge", "H200", 8, 2, true),
     inst("p5en.48xlarge", "H200", 8, 2, true),
     inst("p6-b200.48xlarge", "B200", 8, 2, true),
+    // 8 × B300 (Karpenter's AWS provider instance-type reference at
+    // aws/karpenter-provider-aws 1d92708, 2026-08-21: gpu-name b300,
+    // gpu-count 8); NVSwitch and 2 NUMA nodes as p6-b200 (DER).
+    inst("p6-b300.48xlarge", "B300", 8, 2, true),
     inst("g5.xlarge", "A10G", 1, 1, false),
     inst("g5.2xlarge", "A10G", 1, 1, false),
     inst("g5.4xlarge", "A10G", 1, 1, false),
@@ -994,6 +1166,40 @@ static INSTANCES: &[InstanceType] = &[
     inst("g6e.12xlarge", "L40S", 4, 1, false),
     inst("g6e.24xlarge", "L40S", 4, 1, false),
     inst("g6e.48xlarge", "L40S", 8, 2, false),
+    // The families below come from Karpenter's AWS provider instance-type
+    // reference (aws/karpenter-provider-aws 1d92708, 2026-08-21,
+    // website/content/en/preview/reference/instance-types.md): gpu-name,
+    // gpu-count, gpu-memory and kubernetes.io/arch per type. NUMA nodes:
+    // 1 (DER: not in that data); 2 for the 8-GPU sizes (DER, as the other
+    // 8-GPU PCIe families). No NVLink (not in that data; PCIe parts).
+    // g5g: T4G on arm64 (1 GPU; 2 on 16xlarge and metal).
+    arm64(inst("g5g.xlarge", "T4G", 1, 1, false)),
+    arm64(inst("g5g.2xlarge", "T4G", 1, 1, false)),
+    arm64(inst("g5g.4xlarge", "T4G", 1, 1, false)),
+    arm64(inst("g5g.8xlarge", "T4G", 1, 1, false)),
+    arm64(inst("g5g.16xlarge", "T4G", 2, 1, false)),
+    arm64(inst("g5g.metal", "T4G", 2, 1, false)),
+    // g6f/gr6f: a fraction of an L4 (gpu-count 0 in Karpenter's data;
+    // gpu-memory 2861 = 1/8, 5722 = 1/4, 11444 = 1/2 of the L4's 22888).
+    fractional("g6f.large", "L4-1/8", 8),
+    fractional("g6f.xlarge", "L4-1/8", 8),
+    fractional("g6f.2xlarge", "L4-1/4", 4),
+    fractional("g6f.4xlarge", "L4-1/2", 2),
+    fractional("gr6f.4xlarge", "L4-1/2", 2),
+    // g7: RTX PRO 4500 Blackwell (1 / 2 / 4 / 8 GPUs).
+    inst("g7.2xlarge", "RTX-PRO-4500", 1, 1, false),
+    inst("g7.4xlarge", "RTX-PRO-4500", 1, 1, false),
+    inst("g7.8xlarge", "RTX-PRO-4500", 1, 1, false),
+    inst("g7.12xlarge", "RTX-PRO-4500", 2, 1, false),
+    inst("g7.24xlarge", "RTX-PRO-4500", 4, 1, false),
+    inst("g7.48xlarge", "RTX-PRO-4500", 8, 2, false),
+    // g7e: RTX PRO 6000 Blackwell Server Edition (1 / 2 / 4 / 8 GPUs).
+    inst("g7e.2xlarge", "RTX-PRO-6000", 1, 1, false),
+    inst("g7e.4xlarge", "RTX-PRO-6000", 1, 1, false),
+    inst("g7e.8xlarge", "RTX-PRO-6000", 1, 1, false),
+    inst("g7e.12xlarge", "RTX-PRO-6000", 2, 1, false),
+    inst("g7e.24xlarge", "RTX-PRO-6000", 4, 1, false),
+    inst("g7e.48xlarge", "RTX-PRO-6000", 8, 2, false),
     inst("g4dn.xlarge", "T4", 1, 1, false),
     inst("g4dn.2xlarge", "T4", 1, 1, false),
     inst("g4dn.4xlarge", "T4", 1, 1, false),
@@ -1139,7 +1345,7 @@ mod tests {
             model_by_pci_device_id(0x2335_10DE).map(|m| m.key),
             Some("H200")
         );
-        assert_eq!(mig_families(), "A100/A30/H100/H200/B200");
+        assert_eq!(mig_families(), "A100/A30/H100/H200/B200/B300/RTX PRO");
     }
 
     fn counts(model: &str, name: &str) -> Vec<(&'static str, u32)> {
@@ -1196,6 +1402,21 @@ mod tests {
             ("A30", "all-1g.6gb", &[("1g.6gb", 4)]),
             ("H200", "all-1g.35gb", &[("1g.35gb", 4)]),
             ("B200", "all-7g.180gb", &[("7g.180gb", 1)]),
+            (
+                "B300",
+                "all-balanced",
+                &[("1g.34gb", 2), ("2g.67gb", 1), ("3g.135gb", 1)],
+            ),
+            ("B300", "all-1g.34gb", &[("1g.34gb", 7)]),
+            (
+                "RTX-PRO-6000",
+                "all-balanced",
+                &[("1g.24gb", 2), ("2g.48gb", 1)],
+            ),
+            ("RTX-PRO-6000", "all-1g.24gb", &[("1g.24gb", 4)]),
+            ("RTX-PRO-6000", "all-4g.96gb", &[("4g.96gb", 1)]),
+            ("RTX-PRO-4500", "all-1g.16gb", &[("1g.16gb", 2)]),
+            ("RTX-PRO-4500", "all-2g.32gb", &[("2g.32gb", 1)]),
             (
                 "A100-40GB",
                 "1g.5gb=2, 2g.10gb=1",
@@ -1258,11 +1479,11 @@ mod tests {
         let err = layout(a10g, "all-balanced").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "MIG layout 'all-balanced' needs a MIG-capable GPU, but this GPU has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+            "MIG layout 'all-balanced' needs a MIG-capable GPU, but this GPU has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200/B300/RTX PRO GPUs"
         );
         assert_eq!(
             err.in_context("g5.xlarge").to_string(),
-            "MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+            "MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200/B300/RTX PRO GPUs"
         );
         assert!(matches!(
             layout(a10g, "all-enabled"),
@@ -1392,5 +1613,45 @@ mod tests {
             instance("gr6.8xlarge").map(|i| (i.model, i.gpus)),
             Some(("L4", 1))
         );
+        // Karpenter's AWS provider knows these GPU families; each has a
+        // preset now: (instance, model, GPUs, arch, fraction).
+        type Case = (&'static str, &'static str, u32, &'static str, Option<u32>);
+        let cases: &[Case] = &[
+            ("g5g.xlarge", "T4G", 1, "arm64", None),
+            ("g5g.metal", "T4G", 2, "arm64", None),
+            ("g6f.large", "L4-1/8", 1, "amd64", Some(8)),
+            ("g6f.2xlarge", "L4-1/4", 1, "amd64", Some(4)),
+            ("gr6f.4xlarge", "L4-1/2", 1, "amd64", Some(2)),
+            ("g7.12xlarge", "RTX-PRO-4500", 2, "amd64", None),
+            ("g7e.48xlarge", "RTX-PRO-6000", 8, "amd64", None),
+            ("p6-b300.48xlarge", "B300", 8, "amd64", None),
+            ("p5.48xlarge", "H100-80GB", 8, "amd64", None),
+        ];
+        for &(name, model, gpus, arch, fraction) in cases {
+            let i = instance(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(
+                (i.model, i.gpus, i.arch, i.gpu_fraction),
+                (model, gpus, arch, fraction),
+                "{name}"
+            );
+        }
+        // MIG: B300 and both RTX PRO Blackwell parts (NVIDIA's MIG guide);
+        // not T4G nor a fractional L4.
+        for (key, mig) in [
+            ("B300", true),
+            ("RTX-PRO-6000", true),
+            ("RTX-PRO-4500", true),
+            ("T4G", false),
+            ("L4-1/8", false),
+        ] {
+            assert_eq!(m(key).mig_capable(), mig, "{key}");
+        }
+        // The fractional L4s' memory is the fraction of a full L4 as EC2
+        // reports it (22888 MiB).
+        for (key, n) in [("L4-1/8", 8), ("L4-1/4", 4), ("L4-1/2", 2)] {
+            assert_eq!(m(key).memory_mib * n, 22888, "{key}");
+        }
+        // A product-name lookup of "NVIDIA L4" is the whole GPU.
+        assert_eq!(model("NVIDIA L4").map(|m| m.key), Some("L4"));
     }
 }

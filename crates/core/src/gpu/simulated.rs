@@ -706,6 +706,7 @@ fn nvlinks_per_peer(model: &GpuModel) -> Option<u32> {
     match model.key {
         "A100-40GB" | "A100-80GB" => Some(12),
         "H100-80GB" | "H200" | "B200" => Some(18),
+        "B300" => Some(18),    // DER: NVLink 5, as B200
         "H100-NVL" => Some(6), // DER: NVL bridges
         "A30" => Some(4),      // DER: NVLink bridge
         "V100" | "V100-32GB" => Some(1),
@@ -1035,7 +1036,7 @@ mod tests {
         let err = from_instance("g5.xlarge", Some("all-balanced")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs"
+            "MIG layout 'all-balanced' needs a MIG-capable GPU, but g5.xlarge has NVIDIA A10G (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200/B300/RTX PRO GPUs"
         );
         assert!(from_instance("g4dn.xlarge", Some("all-enabled")).is_err());
         assert!(from_instance("g4dn.xlarge", Some("all-disabled")).is_ok());
@@ -1164,7 +1165,7 @@ gpus:
 
     #[test]
     fn topology_errors_name_file_key_and_fix() {
-        let known_models = "A100-40GB, A100-80GB, A30, H100-80GB, H100-NVL, H200, B200, A10G, L4, L40S, T4, V100, V100-32GB";
+        let known_models = "A100-40GB, A100-80GB, A30, H100-80GB, H100-NVL, H200, B200, B300, RTX-PRO-6000, RTX-PRO-4500, A10G, L4, L40S, T4, T4G, L4-1/8, L4-1/4, L4-1/2, V100, V100-32GB";
         let cases: Vec<(&str, String)> = vec![
             (
                 "gpus:\n  - model: RTX 4090\n",
@@ -1200,11 +1201,11 @@ gpus:
             ),
             (
                 "gpus:\n  - model: L4\n    migDevices: [1g.5gb]\n",
-                "t.yaml: gpus[0].migDevices: GPU 0 (gpus[0] in t.yaml) is NVIDIA L4 (no MIG support), so it cannot have migDevices; remove it or use a MIG-capable model (A100/A30/H100/H200/B200 GPUs)".to_string(),
+                "t.yaml: gpus[0].migDevices: GPU 0 (gpus[0] in t.yaml) is NVIDIA L4 (no MIG support), so it cannot have migDevices; remove it or use a MIG-capable model (A100/A30/H100/H200/B200/B300/RTX PRO GPUs)".to_string(),
             ),
             (
                 "gpus:\n  - model: A100-40GB\n  - model: L4\n    migLayout: all-balanced\n",
-                "MIG layout 'all-balanced' needs a MIG-capable GPU, but GPU 1 (gpus[1] in t.yaml) has NVIDIA L4 (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200 GPUs".to_string(),
+                "MIG layout 'all-balanced' needs a MIG-capable GPU, but GPU 1 (gpus[1] in t.yaml) has NVIDIA L4 (no MIG support); use time-slicing (sharing.timeSlicing) or an instance with A100/A30/H100/H200/B200/B300/RTX PRO GPUs".to_string(),
             ),
             (
                 "gpus:\n  - model: A100-40GB\n    migDevices: [3g.20gb, 3g.20gb, 1g.5gb]\n",
