@@ -408,7 +408,10 @@ pub fn discover(opts: &NvmlOptions) -> Result<Discovery, NvmlError> {
 
     let files = device_files(opts)?;
     Ok(Discovery {
-        inventory: Inventory { gpus },
+        inventory: Inventory {
+            gpus,
+            ..Default::default()
+        },
         files,
         library,
         driver_version,
@@ -479,6 +482,8 @@ fn full_gpu(
         mig_devices,
         nvlinks: Vec::new(),
         pcie: Vec::new(),
+        compute_capability: None,
+        pci_class: None,
     })
 }
 
@@ -642,6 +647,7 @@ fn mig_device(
         gpu_instance_id,
         compute_instance_id,
         memory_mib: memory.total / MIB,
+        attributes: None,
     })
 }
 

@@ -530,6 +530,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
             gpu_instance_id: gi.id,
             compute_instance_id: 0,
             memory_mib: profile.memory_mib,
+            // Not stored: nvmlDeviceGetAttributes_v2 derives them from the profile.
+            attributes: None,
         };
         s.extra[i].gpu_instances.retain(|g| g.id != gi.id);
         let gpu = &mut s.inventory.gpus[i];

@@ -201,6 +201,8 @@ fn gpu(index: u32, model: &str, memory_mib: u64) -> Gpu {
         mig_devices: Vec::new(),
         nvlinks: Vec::new(),
         pcie: Vec::new(),
+        compute_capability: None,
+        pci_class: None,
     }
 }
 
@@ -212,6 +214,7 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
         gpu_instance_id: gi,
         compute_instance_id: ci,
         memory_mib,
+        attributes: None,
     }
 }
 
@@ -247,7 +250,10 @@ fn eight_a100_all_balanced() {
             .collect();
         gpus.push(g);
     }
-    let want = Inventory { gpus };
+    let want = Inventory {
+        gpus,
+        ..Default::default()
+    };
     node.dev_nodes(&["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0"]);
     node.mig_minors(8);
     let topology = node.topology(&want);
@@ -308,6 +314,7 @@ fn mixed_node_with_non_mig_gpus_and_a_display_adapter() {
     h100.mig_devices = vec![mig(4, 0, "7g.80gb", 0, 0, 81152)];
     let all = Inventory {
         gpus: vec![g0.clone(), g1.clone(), g2.clone(), display, h100.clone()],
+        ..Default::default()
     };
     let topology = node.topology(&all);
     let results = run(Some(&fake_library()), &node, Some(&topology), &[]);
@@ -315,7 +322,8 @@ fn mixed_node_with_non_mig_gpus_and_a_display_adapter() {
     assert_eq!(
         got,
         Inventory {
-            gpus: vec![g0, g1, g2, h100]
+            gpus: vec![g0, g1, g2, h100],
+            ..Default::default()
         }
     );
     let ok = ok(&results[0]);
@@ -328,7 +336,10 @@ fn mig_enabled_gpu_without_instances() {
     let node = Node::new();
     let mut g = gpu(0, A100, 40960);
     g.mig_enabled = true;
-    let want = Inventory { gpus: vec![g] };
+    let want = Inventory {
+        gpus: vec![g],
+        ..Default::default()
+    };
     let topology = node.topology(&want);
     let results = run(Some(&fake_library()), &node, Some(&topology), &[]);
     let got = inventory(&results[0]);
@@ -348,6 +359,7 @@ fn repeated_discovery_reuses_nvml() {
     let node = Node::new();
     let want = Inventory {
         gpus: vec![gpu(0, A100, 40960), gpu(1, A100, 40960)],
+        ..Default::default()
     };
     let topology = node.topology(&want);
     let results = run(
@@ -371,6 +383,7 @@ fn library_is_found_under_the_driver_root() {
     std::fs::copy(fake_library(), &copy).expect("copy fake");
     let want = Inventory {
         gpus: vec![gpu(0, A100, 40960)],
+        ..Default::default()
     };
     let topology = node.topology(&want);
     let results = run(None, &node, Some(&topology), &[]);
@@ -387,7 +400,10 @@ fn failing_call_is_named_in_the_error() {
     let mut g = gpu(0, A100, 40960);
     g.mig_enabled = true;
     g.mig_devices = vec![mig(0, 0, "7g.40gb", 0, 0, 40192)];
-    let topology = node.topology(&Inventory { gpus: vec![g] });
+    let topology = node.topology(&Inventory {
+        gpus: vec![g],
+        ..Default::default()
+    });
     let lib = fake_library();
 
     let results = run(
@@ -542,6 +558,7 @@ fn xid_events_reach_the_registered_gpus() {
     ];
     let topology = node.topology(&Inventory {
         gpus: vec![g0, gpu(1, A100, 40960)],
+        ..Default::default()
     });
     let events = node.path("events");
     std::fs::write(&events, "").expect("events file");
