@@ -10,7 +10,7 @@
 //! | `FAKE_NVML_FAIL_FILE` | a file with entries in `FAKE_NVML_FAIL`'s syntax (commas or lines), re-read on every call, so a test can make a GPU fail and answer again while the daemon runs; a missing file injects nothing |
 //! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
 //! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
-//! | `FAKE_NVML_CUDA_DRIVER_VERSION` | what `nvmlSystemGetCudaDriverVersion(_v2)` answers (default: the topology's `node.cuda_driver_version`, else `13000`, CUDA 13.0, what driver 580.159.04 reported on the lent H200) |
+//! | `FAKE_NVML_CUDA_DRIVER_VERSION` | what `nvmlSystemGetCudaDriverVersion(_v2)` answers (default: the topology's `node.cuda_driver_version`, else `13000`, CUDA 13.0) |
 //! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
 //!
 //! Answers for node labels (GFD's), with values of the modelled hardware:

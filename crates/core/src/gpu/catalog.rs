@@ -376,8 +376,8 @@ pub fn model(name: &str) -> Option<&'static GpuModel> {
 // table so that table's rows stay as they are. ----
 
 /// CUDA compute capability `(major, minor)` of a catalog model (DOC: NVIDIA's
-/// "CUDA GPUs" compute-capability list; `9.0` for the H200 was also read off
-/// the lent H200 through NVML). `None` for a key the catalog does not know.
+/// "CUDA GPUs" compute-capability list). `None` for a key the catalog does
+/// not know.
 pub fn compute_capability(model_key: &str) -> Option<(u32, u32)> {
     Some(match model_key {
         "A100-40GB" | "A100-80GB" | "A30" => (8, 0),
