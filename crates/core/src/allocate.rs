@@ -342,15 +342,19 @@ mod tests {
                     gpu_instance_id: 1,
                     compute_instance_id: 0,
                     memory_mib: 20000,
+                    attributes: None,
                 }]
             } else {
                 vec![]
             },
             nvlinks: vec![],
             pcie: vec![],
+            compute_capability: None,
+            pci_class: None,
         };
         Inventory {
             gpus: vec![gpu(0, false), gpu(1, false), gpu(2, true)],
+            ..Default::default()
         }
     }
 
@@ -413,6 +417,7 @@ mod tests {
         });
         let inventory = Inventory {
             gpus: node().gpus.into_iter().take(2).collect(),
+            ..Default::default()
         };
         let mps_mounts = vec![
             Mount {
@@ -494,6 +499,7 @@ mod tests {
         });
         let inventory = Inventory {
             gpus: node().gpus.into_iter().take(2).collect(),
+            ..Default::default()
         };
         let plan = plan(&inventory, &config);
         let resource = plan.resource("nvidia.com/gpu").expect("planned");

@@ -364,6 +364,7 @@ mod tests {
                         gpu_instance_id: j as u32,
                         compute_instance_id: 0,
                         memory_mib: 4864,
+                        attributes: None,
                     })
                     .collect(),
                 nvlinks: (0..8u32)
@@ -374,9 +375,14 @@ mod tests {
                     })
                     .collect(),
                 pcie: vec![],
+                compute_capability: None,
+                pci_class: None,
             })
             .collect();
-        Inventory { gpus }
+        Inventory {
+            gpus,
+            ..Default::default()
+        }
     }
 
     fn resource_for(inventory: &Inventory, config: &Config, name: &str) -> Resource {

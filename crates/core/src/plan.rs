@@ -945,15 +945,21 @@ mod tests {
                     gpu_instance_id: j as u32 + 1,
                     compute_instance_id: 0,
                     memory_mib: 4864,
+                    attributes: None,
                 })
                 .collect(),
             nvlinks: vec![],
             pcie: vec![],
+            compute_capability: None,
+            pci_class: None,
         }
     }
 
     fn node(gpus: Vec<Gpu>) -> Inventory {
-        Inventory { gpus }
+        Inventory {
+            gpus,
+            ..Default::default()
+        }
     }
 
     fn with_strategy(strategy: MigStrategy) -> Config {

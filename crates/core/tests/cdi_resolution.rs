@@ -35,12 +35,15 @@ fn gpu(index: u32, mig: bool) -> Gpu {
                 gpu_instance_id: 1,
                 compute_instance_id: 0,
                 memory_mib: 20000,
+                attributes: None,
             }]
         } else {
             vec![]
         },
         nvlinks: vec![],
         pcie: vec![],
+        compute_capability: None,
+        pci_class: None,
     }
 }
 
@@ -92,6 +95,7 @@ fn every_cdi_name_allocate_returns_is_defined_once_in_the_written_specs() {
     use DeviceListStrategy::*;
     let inventory = Inventory {
         gpus: vec![gpu(0, false), gpu(1, false), gpu(2, true)],
+        ..Default::default()
     };
     let config_text = "version: v1\nflags:\n  migStrategy: mixed\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      rename: nvidia.com/gpu.shared\n      devices: [0]\n      replicas: 2\n";
     let mut files = NodeDeviceFiles {

@@ -429,6 +429,7 @@ mod tests {
                         gpu_instance_id: 7 + j as u32,
                         compute_instance_id: 0,
                         memory_mib: 4864,
+                        attributes: None,
                     })
                     .collect(),
             }),

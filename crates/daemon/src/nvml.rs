@@ -16,6 +16,11 @@
 //! |---|---|
 //! | index, name, UUID, memory, minor, PCI bus id, PCI device id | NVML device queries |
 //! | NUMA node | `<sysfs>/bus/pci/devices/<bus id>/numa_node` (NVIDIA's rule: value < 0 or no file → none) |
+//! | compute capability | `nvmlDeviceGetCudaComputeCapability` (labels only; an error leaves it unknown) |
+//! | PCI class | `<sysfs>/bus/pci/devices/<bus id>/class` (labels only: `gpu.mode`) |
+//! | driver / CUDA version | `nvmlSystemGetDriverVersion`, `nvmlSystemGetCudaDriverVersion_v2` |
+//! | machine type | `<sysfs>/class/dmi/id/product_name`, `unknown` when unreadable (as GFD) |
+//! | MIG device attributes | `nvmlDeviceGetAttributes_v2` (memory, SMs, slices, shared engines) |
 //! | NVLink peers | active links by remote PCI bus id, mapped to the peer GPU's index |
 //! | MIG capable / enabled | `nvmlDeviceGetMigMode`: `NotSupported` → not capable; `current == 1` → enabled |
 //! | MIG devices | handles `0..nvmlDeviceGetMaxMigDeviceCount`, empty slots skipped |
@@ -43,7 +48,10 @@ use nvml_wrapper_sys::bindings::{
 };
 
 use gpu_slicer_core::allocate::NodeDeviceFiles;
-use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, NvLinkPeer, PcieLevel, PciePeer};
+use gpu_slicer_core::gpu::{
+    ComputeCapability, Gpu, Inventory, MigAttributes, MigDevice, MigEngines, NodeFacts, NvLinkPeer,
+    PcieLevel, PciePeer,
+};
 
 /// File name of the NVML library.
 pub const LIBRARY_NAME: &str = "libnvidia-ml.so.1";
@@ -407,8 +415,18 @@ pub fn discover(opts: &NvmlOptions) -> Result<Discovery, NvmlError> {
     }
 
     let files = device_files(opts)?;
+    let node = NodeFacts {
+        driver_version: driver_version.clone(),
+        // GFD reads the same call; a driver without it leaves the CUDA
+        // labels out.
+        cuda_driver_version: nvml
+            .sys_cuda_driver_version()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok()),
+        machine: Some(read_machine_type(&opts.sysfs_root)),
+    };
     Ok(Discovery {
-        inventory: Inventory { gpus },
+        inventory: Inventory { gpus, node },
         files,
         library,
         driver_version,
@@ -455,6 +473,19 @@ fn full_gpu(
         .pci_info()
         .map_err(ctx.err("nvmlDeviceGetPciInfo_v3", &at))?;
     let numa_node = read_numa_node(&opts.sysfs_root, &pci.bus_id)?;
+    // For node labels only: a GPU that cannot say leaves its labels out
+    // (GFD would fail its whole labelling), it still serves.
+    let compute_capability = match device.cuda_compute_capability() {
+        Ok(cc) => u32::try_from(cc.major)
+            .ok()
+            .zip(u32::try_from(cc.minor).ok())
+            .map(|(major, minor)| ComputeCapability { major, minor }),
+        Err(e) => {
+            tracing::debug!(index, error = %e, "nvmlDeviceGetCudaComputeCapability failed");
+            None
+        }
+    };
+    let pci_class = read_pci_class(&opts.sysfs_root, &pci.bus_id);
     let (mig_capable, mig_enabled) = match device.mig_mode() {
         Ok(mode) => (true, mode.current == 1),
         Err(RawError::NotSupported) => (false, false),
@@ -479,6 +510,8 @@ fn full_gpu(
         mig_devices,
         nvlinks: Vec::new(),
         pcie: Vec::new(),
+        compute_capability,
+        pci_class,
     })
 }
 
@@ -615,17 +648,36 @@ fn mig_device(
         });
     };
 
-    // The compute instance's share of the GPU instance (C≠G profiles).
-    let ci_slices = match mig.attributes() {
-        Ok(a) if a.compute_instance_slice_count > 0 => a.compute_instance_slice_count,
-        Ok(_) => profile.slice_count,
+    // The compute instance's share of the GPU instance (C≠G profiles), and
+    // what GFD's per-profile labels say of the device.
+    let (ci_slices, attributes) = match mig.attributes() {
+        Ok(a) => (
+            if a.compute_instance_slice_count > 0 {
+                a.compute_instance_slice_count
+            } else {
+                profile.slice_count
+            },
+            Some(MigAttributes {
+                memory_mib: a.memory_size_mb,
+                multiprocessors: a.multiprocessor_count,
+                gpu_instance_slices: a.gpu_instance_slice_count,
+                compute_instance_slices: a.compute_instance_slice_count,
+                engines: Some(MigEngines {
+                    copy: a.shared_copy_engine_count,
+                    decoder: a.shared_decoder_count,
+                    encoder: a.shared_encoder_count,
+                    jpeg: a.shared_jpeg_count,
+                    ofa: a.shared_ofa_count,
+                }),
+            }),
+        ),
         Err(e) => {
             tracing::warn!(
                 mig = %uuid,
                 error = %e,
                 "nvmlDeviceGetAttributes_v2 failed; assuming the compute instance spans its GPU instance"
             );
-            profile.slice_count
+            (profile.slice_count, None)
         }
     };
 
@@ -642,6 +694,7 @@ fn mig_device(
         gpu_instance_id,
         compute_instance_id,
         memory_mib: memory.total / MIB,
+        attributes,
     })
 }
 
@@ -732,6 +785,44 @@ pub fn sysfs_bus_id(nvml_bus_id: &str) -> String {
         }
         _ => id,
     }
+}
+
+/// Where GFD reads the machine type (its `--machine-type-file` default),
+/// relative to the sysfs root.
+pub const MACHINE_TYPE_FILE: &str = "class/dmi/id/product_name";
+
+/// The machine type as GFD reads it: the DMI product name, trimmed; GFD's
+/// `unknown` when the file cannot be read (no DMI: some VMs, Arm boards).
+pub fn read_machine_type(sysfs_root: &Path) -> String {
+    let path = sysfs_root.join(MACHINE_TYPE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no machine type; labelling it unknown as GFD does");
+            "unknown".to_string()
+        }
+    }
+}
+
+/// The PCI class of a GPU from `<sysfs_root>/bus/pci/devices/<bus id>/class`
+/// (`0x030200`), as GFD reads it for `gpu.mode`; `None` when unreadable.
+pub fn read_pci_class(sysfs_root: &Path, nvml_bus_id: &str) -> Option<u32> {
+    let path = sysfs_root
+        .join("bus/pci/devices")
+        .join(sysfs_bus_id(nvml_bus_id))
+        .join("class");
+    let text = std::fs::read_to_string(&path).ok()?;
+    parse_pci_class(&text)
+}
+
+/// The content of a sysfs `class` file: hexadecimal, `0x` optional.
+pub fn parse_pci_class(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let hex = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    u32::from_str_radix(hex, 16).ok()
 }
 
 /// The content of a sysfs `numa_node` file: a negative value means none.
@@ -929,6 +1020,32 @@ mod tests {
         assert_eq!(sysfs_bus_id("00000000:0A:1C.0"), "0000:0a:1c.0");
         assert_eq!(sysfs_bus_id("0000:0a:00.0"), "0000:0a:00.0");
         assert_eq!(sysfs_bus_id("00000001:B3:00.0\0"), "0001:b3:00.0");
+    }
+
+    #[test]
+    fn pci_classes_and_machine_type_from_sysfs() {
+        for (text, want) in [
+            ("0x030200\n", Some(0x03_0200)),
+            ("0x030000", Some(0x03_0000)),
+            ("030200", Some(0x03_0200)),
+            ("garbage", None),
+        ] {
+            assert_eq!(parse_pci_class(text), want, "{text:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("bus/pci/devices/0000:10:1c.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("class"), "0x030200\n").unwrap();
+        assert_eq!(
+            read_pci_class(dir.path(), "00000000:10:1C.0"),
+            Some(0x03_0200)
+        );
+        assert_eq!(read_pci_class(dir.path(), "00000000:20:00.0"), None);
+        assert_eq!(read_machine_type(dir.path()), "unknown");
+        let dmi = dir.path().join(MACHINE_TYPE_FILE);
+        std::fs::create_dir_all(dmi.parent().unwrap()).unwrap();
+        std::fs::write(&dmi, "p5e.48xlarge\n").unwrap();
+        assert_eq!(read_machine_type(dir.path()), "p5e.48xlarge");
     }
 
     #[test]

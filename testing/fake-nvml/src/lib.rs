@@ -10,7 +10,18 @@
 //! | `FAKE_NVML_FAIL_FILE` | a file with entries in `FAKE_NVML_FAIL`'s syntax (commas or lines), re-read on every call, so a test can make a GPU fail and answer again while the daemon runs; a missing file injects nothing |
 //! | `FAKE_NVML_INIT_ERROR` | `DRIVER_NOT_LOADED` (any error name): init fails with it |
 //! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
+//! | `FAKE_NVML_CUDA_DRIVER_VERSION` | what `nvmlSystemGetCudaDriverVersion(_v2)` answers (default: the topology's `node.cuda_driver_version`, else `13000`, CUDA 13.0) |
 //! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
+//!
+//! Answers for node labels (GFD's), with values of the modelled hardware:
+//!
+//! | Function | Answer |
+//! |---|---|
+//! | `nvmlDeviceGetCudaComputeCapability` | the GPU's `compute_capability` in the topology; else the catalog's for its model (`8.0` for an A100, `9.0` for an H200); else `NOT_SUPPORTED` |
+//! | `nvmlDeviceGetAttributes_v2` (MIG handles) | 14 SMs per compute slice (an A100's), copy engines = GI slices, decoders = GI slices / 2, no encoder/JPEG/OFA, memory = the MIG device's |
+//!
+//! The PCI class (`gpu.mode`) and machine type (`gpu.machine`) are read
+//! from sysfs, not NVML: tests give the daemon a sysfs root of their own.
 //!
 //! Events: `nvmlEventSetWait_v2` returns the next line of `FAKE_NVML_EVENTS`
 //! not yet consumed by that event set whose device is registered in the set
@@ -53,7 +64,7 @@
 mod mig_admin;
 
 use std::collections::HashMap;
-use std::ffi::{CStr, c_char, c_uint, c_ulonglong};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_ulonglong};
 use std::sync::{Mutex, MutexGuard};
 
 use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, PcieLevel};
@@ -230,6 +241,7 @@ struct State {
     /// `FAKE_NVML_FAIL`, read at init.
     fail: Failures,
     driver_version: String,
+    cuda_driver_version: c_int,
 }
 
 /// Injected failures: whole calls, and calls on one GPU (`*`: every call).
@@ -330,6 +342,14 @@ fn load() -> Result<State, String> {
         Err(_) => Failures::default(),
     };
     let (inventory, extra, topology_text) = read_topology()?;
+    let cuda_driver_version = std::env::var("FAKE_NVML_CUDA_DRIVER_VERSION")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .or(inventory
+            .node
+            .cuda_driver_version
+            .and_then(|v| c_int::try_from(v).ok()))
+        .unwrap_or(13000);
     Ok(State {
         inventory,
         extra,
@@ -337,6 +357,7 @@ fn load() -> Result<State, String> {
         fail,
         driver_version: std::env::var("FAKE_NVML_DRIVER_VERSION")
             .unwrap_or_else(|_| "580.159.04".to_string()),
+        cuda_driver_version,
     })
 }
 
@@ -608,6 +629,45 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
     call("nvmlSystemGetDriverVersion", |s| {
         // SAFETY: NVML contract: `version` holds `length` bytes.
         unsafe { put_str(version, length, &s.driver_version) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> nvmlReturn_t {
+    call("nvmlSystemGetCudaDriverVersion", |s| {
+        // SAFETY: NVML contract: `version` is null or writable.
+        unsafe { put(version, s.cuda_driver_version) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> nvmlReturn_t {
+    call("nvmlSystemGetCudaDriverVersion_v2", |s| {
+        // SAFETY: NVML contract: `version` is null or writable.
+        unsafe { put(version, s.cuda_driver_version) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
+    device: nvmlDevice_t,
+    major: *mut c_int,
+    minor: *mut c_int,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetCudaComputeCapability", |s| {
+        let (_, gpu) = gpu_of(s, device)?;
+        let (ma, mi) = match gpu.compute_capability {
+            Some(cc) => (cc.major, cc.minor),
+            None => gpu_slicer_core::gpu::catalog::model(&gpu.model)
+                .and_then(|m| gpu_slicer_core::gpu::catalog::compute_capability(m.key))
+                .ok_or(NOT_SUPPORTED)?,
+        };
+        let to_c = |v: u32| c_int::try_from(v).map_err(|_| UNKNOWN);
+        // SAFETY: NVML contract: `major` and `minor` are null or writable.
+        unsafe {
+            put(major, to_c(ma)?)?;
+            put(minor, to_c(mi)?)
+        }
     })
 }
 

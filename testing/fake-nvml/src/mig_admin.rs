@@ -26,7 +26,7 @@
 use std::ffi::c_uint;
 
 use gpu_slicer_core::gpu::catalog::{self, GpuModel, MigProfile};
-use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice};
+use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, NodeFacts};
 use nvml_wrapper_sys::bindings::{
     nvmlComputeInstance_st, nvmlComputeInstance_t, nvmlComputeInstanceProfileInfo_t, nvmlDevice_t,
     nvmlGpuInstance_t, nvmlGpuInstancePlacement_t, nvmlProcessInfo_t, nvmlReturn_t,
@@ -42,6 +42,9 @@ use crate::{
 #[derive(Serialize, Deserialize)]
 pub struct FakeNode {
     gpus: Vec<FakeGpu>,
+    /// The inventory's node-wide facts (driver and CUDA versions for labels).
+    #[serde(default, skip_serializing_if = "NodeFacts::is_unknown")]
+    node: NodeFacts,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,7 +95,13 @@ struct Process {
 impl FakeNode {
     pub fn split(self) -> (Inventory, Vec<GpuExtra>) {
         let (gpus, extra) = self.gpus.into_iter().map(|g| (g.gpu, g.extra)).unzip();
-        (Inventory { gpus }, extra)
+        (
+            Inventory {
+                gpus,
+                node: self.node,
+            },
+            extra,
+        )
     }
 }
 
@@ -220,6 +229,7 @@ fn persist(s: &mut State) -> Result<(), nvmlReturn_t> {
             .zip(s.extra.iter().cloned())
             .map(|(gpu, extra)| FakeGpu { gpu, extra })
             .collect(),
+        node: s.inventory.node.clone(),
     };
     let text = serde_json::to_string_pretty(&node).map_err(|_| crate::UNKNOWN)?;
     let staged = format!("{path}.fake-nvml.{}", std::process::id());
@@ -530,6 +540,8 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
             gpu_instance_id: gi.id,
             compute_instance_id: 0,
             memory_mib: profile.memory_mib,
+            // Not stored: nvmlDeviceGetAttributes_v2 derives them from the profile.
+            attributes: None,
         };
         s.extra[i].gpu_instances.retain(|g| g.id != gi.id);
         let gpu = &mut s.inventory.gpus[i];

@@ -507,6 +507,58 @@ pub fn model(name: &str) -> Option<&'static GpuModel> {
         })
 }
 
+// ---- Facts for node labels (GPU Feature Discovery's gpu.compute.*, gpu.family
+// and per-MIG-profile engines) on simulated nodes. Kept apart from the model
+// table so that table's rows stay as they are. ----
+
+/// CUDA compute capability `(major, minor)` of a catalog model (DOC: NVIDIA's
+/// "CUDA GPUs" compute-capability list). `None` for a key the catalog does
+/// not know.
+pub fn compute_capability(model_key: &str) -> Option<(u32, u32)> {
+    Some(match model_key {
+        "A100-40GB" | "A100-80GB" | "A30" => (8, 0),
+        "A10G" => (8, 6),
+        "L4" | "L40S" => (8, 9),
+        "H100-80GB" | "H100-NVL" | "H200" => (9, 0),
+        "B200" => (10, 0),
+        "T4" => (7, 5),
+        "V100" | "V100-32GB" => (7, 0),
+        _ => return None,
+    })
+}
+
+/// Engines of one MIG profile: copy, decoder, encoder, JPEG, OFA, as NVML's
+/// GPU-instance profile info reports them. Only models whose profiles were
+/// read off hardware (HW: H100 80GB, `nvidia-smi mig -lgip`; H200, `gpu-slicer
+/// gpus`, docs/real-gpu.md); every other model: `None`, unknown, and the
+/// engine labels are left out rather than guessed.
+pub fn mig_engines(model_key: &str, profile: &str) -> Option<[u32; 5]> {
+    const H100_80GB: &[(&str, [u32; 5])] = &[
+        ("1g.10gb", [1, 1, 0, 1, 0]),
+        ("1g.10gb+me", [1, 1, 0, 1, 1]),
+        ("1g.20gb", [1, 1, 0, 1, 0]),
+        ("2g.20gb", [2, 2, 0, 2, 0]),
+        ("3g.40gb", [3, 3, 0, 3, 0]),
+        ("4g.40gb", [4, 4, 0, 4, 0]),
+        ("7g.80gb", [8, 7, 0, 7, 1]),
+    ];
+    const H200: &[(&str, [u32; 5])] = &[
+        ("1g.18gb", [1, 1, 0, 1, 0]),
+        ("1g.18gb+me", [1, 1, 0, 1, 1]),
+        ("1g.35gb", [1, 1, 0, 1, 0]),
+        ("2g.35gb", [2, 2, 0, 2, 0]),
+        ("3g.71gb", [3, 3, 0, 3, 0]),
+        ("4g.71gb", [4, 4, 0, 4, 0]),
+        ("7g.141gb", [8, 7, 0, 7, 1]),
+    ];
+    let table = match model_key {
+        "H100-80GB" => H100_80GB,
+        "H200" => H200,
+        _ => return None,
+    };
+    table.iter().find(|(p, _)| *p == profile).map(|(_, e)| *e)
+}
+
 /// A model by PCI device id (`0xDDDDVVVV`, as NVML's `pci_device_id`).
 pub fn model_by_pci_device_id(pci_device_id: u32) -> Option<&'static GpuModel> {
     MODELS.iter().find(|m| m.pci_device_id == pci_device_id)

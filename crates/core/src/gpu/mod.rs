@@ -13,6 +13,34 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Inventory {
     pub gpus: Vec<Gpu>,
+    /// Node-wide facts only node labels read; unknown by default, so older
+    /// topology and inventory files still parse.
+    #[serde(default, skip_serializing_if = "NodeFacts::is_unknown")]
+    pub node: NodeFacts,
+}
+
+/// Node-wide facts behind GPU Feature Discovery's `cuda.*` and `gpu.machine`
+/// labels. `None`: not known (a simulated node has no driver), and the labels
+/// that need it are left out rather than guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// `nvmlSystemGetDriverVersion`, e.g. `580.159.04`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// `nvmlSystemGetCudaDriverVersion_v2`: the CUDA version the driver
+    /// supports, as `1000 × major + 10 × minor` (`13000` = CUDA 13.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_driver_version: Option<u32>,
+    /// The machine type: `/sys/class/dmi/id/product_name`, trimmed (on EC2
+    /// the instance type, e.g. `p4d.24xlarge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+impl NodeFacts {
+    pub fn is_unknown(&self) -> bool {
+        *self == NodeFacts::default()
+    }
 }
 
 /// One physical GPU.
@@ -46,6 +74,22 @@ pub struct Gpu {
     /// PCIe path to each other GPU (empty: not known).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pcie: Vec<PciePeer>,
+    // Facts only node labels read (GFD's gpu.family, gpu.compute.*, gpu.mode);
+    // `None`: unknown, the label is left out.
+    /// CUDA compute capability (`nvmlDeviceGetCudaComputeCapability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<ComputeCapability>,
+    /// PCI class code as sysfs gives it (`0x030200`: 3D controller,
+    /// `0x030000`: VGA controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_class: Option<u32>,
+}
+
+/// A CUDA compute capability, `major.minor` (`8.0` for an A100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeCapability {
+    pub major: u32,
+    pub minor: u32,
 }
 
 /// The closest common PCIe ancestor of two GPUs, nearest first (NVML's
@@ -93,6 +137,35 @@ pub struct MigDevice {
     pub gpu_instance_id: u32,
     pub compute_instance_id: u32,
     pub memory_mib: u64,
+    /// What NVML says of the MIG device (`nvmlDeviceGetAttributes_v2`), for
+    /// GFD's per-profile labels; `None`: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<MigAttributes>,
+}
+
+/// A MIG device's size and engines, as `nvmlDeviceGetAttributes_v2` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigAttributes {
+    /// `memorySizeMB` (MiB, despite the name).
+    pub memory_mib: u64,
+    pub multiprocessors: u32,
+    pub gpu_instance_slices: u32,
+    pub compute_instance_slices: u32,
+    /// Shared engines; `None` where unknown (simulated models whose catalog
+    /// entry has no engine counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engines: Option<MigEngines>,
+}
+
+/// Engines a MIG device shares: copy (DMA), video decoders and encoders,
+/// JPEG decoders, optical-flow accelerators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigEngines {
+    pub copy: u32,
+    pub decoder: u32,
+    pub encoder: u32,
+    pub jpeg: u32,
+    pub ofa: u32,
 }
 
 impl Gpu {

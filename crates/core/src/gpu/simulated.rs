@@ -52,7 +52,10 @@
 use serde::Deserialize;
 
 use super::catalog::{self, CatalogError, GpuModel, MigGeometry, MigLayout, SliceShape};
-use super::{Gpu, Inventory, MigDevice, NvLinkPeer, PcieLevel, PciePeer};
+use super::{
+    ComputeCapability, Gpu, Inventory, MigAttributes, MigDevice, MigEngines, NodeFacts, NvLinkPeer,
+    PcieLevel, PciePeer,
+};
 
 /// A topology file (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -412,13 +415,31 @@ fn build_inner(topology: &Topology, file: Option<&str>) -> Result<Inventory, Sim
             mig_devices,
             nvlinks: Vec::new(),
             pcie: Vec::new(),
+            compute_capability: catalog::compute_capability(slot.model.key)
+                .map(|(major, minor)| ComputeCapability { major, minor }),
+            // The catalog has no PCI class: gpu.mode is left out on simulated nodes.
+            pci_class: None,
         });
     }
     if nvlink {
         connect_nvlinks(&mut gpus, &slots, src)?;
     }
     connect_pcie(&mut gpus);
-    Ok(Inventory { gpus })
+    // A simulated node has no driver, so no driver or CUDA version. Its
+    // machine type is known only for an instance preset: on EC2 (Nitro) the
+    // DMI product name GFD reads is the instance type.
+    let machine = topology
+        .instance
+        .as_deref()
+        .and_then(catalog::instance)
+        .map(|inst| inst.name.to_string());
+    Ok(Inventory {
+        gpus,
+        node: NodeFacts {
+            machine,
+            ..NodeFacts::default()
+        },
+    })
 }
 
 /// PCIe paths as on AWS's multi-GPU instances: GPUs in pairs behind one PCIe
@@ -697,8 +718,32 @@ fn place_devices(
             gpu_instance_id: gi,
             compute_instance_id: 0,
             memory_mib: inst.memory_mib,
+            attributes: catalog_attributes(slot.model, &inst.name),
         })
         .collect())
+}
+
+/// What NVML would report of a MIG device of a catalog profile (the
+/// profile's memory, SMs and slices; engines where the catalog has them).
+/// `None` for compute-instance profiles (`1c.3g.20gb`: the catalog has no
+/// compute-instance SM counts) and profiles the catalog does not know.
+fn catalog_attributes(model: &GpuModel, profile: &str) -> Option<MigAttributes> {
+    let p = model.mig_profile(profile)?;
+    Some(MigAttributes {
+        memory_mib: p.memory_mib,
+        multiprocessors: p.multiprocessors,
+        gpu_instance_slices: p.compute_slices,
+        compute_instance_slices: p.compute_slices,
+        engines: catalog::mig_engines(model.key, p.name).map(
+            |[copy, decoder, encoder, jpeg, ofa]| MigEngines {
+                copy,
+                decoder,
+                encoder,
+                jpeg,
+                ofa,
+            },
+        ),
+    })
 }
 
 /// NVLinks to each peer on NVSwitch systems (all-to-all), by model key.

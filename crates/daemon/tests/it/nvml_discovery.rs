@@ -182,8 +182,22 @@ fn err(result: &Value) -> String {
     }
 }
 
+/// The discovered inventory without the facts only node labels read (the
+/// driver's versions, machine type, compute capability, PCI class, MIG
+/// attributes): the scenarios here compare the rest, and
+/// [`label_facts_from_nvml_and_sysfs`] checks those.
 fn inventory(result: &Value) -> Inventory {
-    serde_json::from_value(ok(result)["inventory"].clone()).expect("inventory")
+    let mut inventory: Inventory =
+        serde_json::from_value(ok(result)["inventory"].clone()).expect("inventory");
+    inventory.node = Default::default();
+    for gpu in &mut inventory.gpus {
+        gpu.compute_capability = None;
+        gpu.pci_class = None;
+        for dev in &mut gpu.mig_devices {
+            dev.attributes = None;
+        }
+    }
+    inventory
 }
 
 fn gpu(index: u32, model: &str, memory_mib: u64) -> Gpu {
@@ -201,6 +215,8 @@ fn gpu(index: u32, model: &str, memory_mib: u64) -> Gpu {
         mig_devices: Vec::new(),
         nvlinks: Vec::new(),
         pcie: Vec::new(),
+        compute_capability: None,
+        pci_class: None,
     }
 }
 
@@ -212,6 +228,7 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
         gpu_instance_id: gi,
         compute_instance_id: ci,
         memory_mib,
+        attributes: None,
     }
 }
 
@@ -219,6 +236,89 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
 type MigCap = ((u32, u32, u32), (u32, u32));
 
 const A100: &str = "NVIDIA A100-SXM4-40GB";
+
+/// The facts behind GFD's labels: versions from NVML, compute capability
+/// from NVML (the fake: the catalog's A100, 8.0), PCI class and machine
+/// type from sysfs, MIG attributes from `nvmlDeviceGetAttributes_v2`.
+#[test]
+fn label_facts_from_nvml_and_sysfs() {
+    let node = Node::new();
+    let mut g0 = gpu(0, A100, 40960);
+    g0.mig_enabled = true;
+    g0.mig_devices = vec![mig(0, 0, "3g.20gb", 2, 0, 19968)];
+    let g1 = gpu(1, A100, 40960);
+    let topology = node.topology(&Inventory {
+        gpus: vec![g0, g1],
+        ..Default::default()
+    });
+    let class = |bus: &str, text: &str| {
+        let dev = node.path("sys/bus/pci/devices").join(bus);
+        std::fs::create_dir_all(&dev).expect("sysfs dir");
+        std::fs::write(dev.join("class"), text).expect("class");
+    };
+    class("0000:0a:00.0", "0x030200\n");
+    class("0000:1a:00.0", "0x030200\n");
+    let dmi = node.path("sys/class/dmi/id");
+    std::fs::create_dir_all(&dmi).expect("dmi dir");
+    std::fs::write(dmi.join("product_name"), "p4d.24xlarge\n").expect("product_name");
+    node.mig_minors(2);
+
+    let results = run(
+        Some(&fake_library()),
+        &node,
+        Some(&topology),
+        &[
+            ("FAKE_NVML_DRIVER_VERSION", "550.107.02"),
+            ("FAKE_NVML_CUDA_DRIVER_VERSION", "12040"),
+        ],
+    );
+    let got: Inventory =
+        serde_json::from_value(ok(&results[0])["inventory"].clone()).expect("inventory");
+    assert_eq!(got.node.driver_version.as_deref(), Some("550.107.02"));
+    assert_eq!(got.node.cuda_driver_version, Some(12040));
+    assert_eq!(got.node.machine.as_deref(), Some("p4d.24xlarge"));
+    for g in &got.gpus {
+        let cc = g.compute_capability.expect("compute capability");
+        assert_eq!((cc.major, cc.minor), (8, 0), "GPU {}", g.index);
+        assert_eq!(g.pci_class, Some(0x03_0200), "GPU {}", g.index);
+    }
+    let attributes = got.gpus[0].mig_devices[0]
+        .attributes
+        .expect("MIG attributes");
+    assert_eq!(
+        (
+            attributes.memory_mib,
+            attributes.multiprocessors,
+            attributes.gpu_instance_slices,
+            attributes.compute_instance_slices,
+        ),
+        (19968, 42, 3, 3)
+    );
+    let engines = attributes.engines.expect("engines");
+    assert_eq!(
+        (
+            engines.copy,
+            engines.decoder,
+            engines.encoder,
+            engines.jpeg,
+            engines.ofa
+        ),
+        (3, 1, 0, 0, 0)
+    );
+
+    // No DMI file: GFD's `unknown`; no class file: unknown, left out.
+    let bare = Node::new();
+    let topology = bare.topology(&Inventory {
+        gpus: vec![gpu(0, A100, 40960)],
+        ..Default::default()
+    });
+    let results = run(Some(&fake_library()), &bare, Some(&topology), &[]);
+    let got: Inventory =
+        serde_json::from_value(ok(&results[0])["inventory"].clone()).expect("inventory");
+    assert_eq!(got.node.machine.as_deref(), Some("unknown"));
+    assert_eq!(got.node.cuda_driver_version, Some(13000));
+    assert_eq!(got.gpus[0].pci_class, None);
+}
 
 #[test]
 fn eight_a100_all_balanced() {
@@ -247,7 +347,10 @@ fn eight_a100_all_balanced() {
             .collect();
         gpus.push(g);
     }
-    let want = Inventory { gpus };
+    let want = Inventory {
+        gpus,
+        ..Default::default()
+    };
     node.dev_nodes(&["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia0"]);
     node.mig_minors(8);
     let topology = node.topology(&want);
@@ -308,6 +411,7 @@ fn mixed_node_with_non_mig_gpus_and_a_display_adapter() {
     h100.mig_devices = vec![mig(4, 0, "7g.80gb", 0, 0, 81152)];
     let all = Inventory {
         gpus: vec![g0.clone(), g1.clone(), g2.clone(), display, h100.clone()],
+        ..Default::default()
     };
     let topology = node.topology(&all);
     let results = run(Some(&fake_library()), &node, Some(&topology), &[]);
@@ -315,7 +419,8 @@ fn mixed_node_with_non_mig_gpus_and_a_display_adapter() {
     assert_eq!(
         got,
         Inventory {
-            gpus: vec![g0, g1, g2, h100]
+            gpus: vec![g0, g1, g2, h100],
+            ..Default::default()
         }
     );
     let ok = ok(&results[0]);
@@ -328,7 +433,10 @@ fn mig_enabled_gpu_without_instances() {
     let node = Node::new();
     let mut g = gpu(0, A100, 40960);
     g.mig_enabled = true;
-    let want = Inventory { gpus: vec![g] };
+    let want = Inventory {
+        gpus: vec![g],
+        ..Default::default()
+    };
     let topology = node.topology(&want);
     let results = run(Some(&fake_library()), &node, Some(&topology), &[]);
     let got = inventory(&results[0]);
@@ -348,6 +456,7 @@ fn repeated_discovery_reuses_nvml() {
     let node = Node::new();
     let want = Inventory {
         gpus: vec![gpu(0, A100, 40960), gpu(1, A100, 40960)],
+        ..Default::default()
     };
     let topology = node.topology(&want);
     let results = run(
@@ -371,6 +480,7 @@ fn library_is_found_under_the_driver_root() {
     std::fs::copy(fake_library(), &copy).expect("copy fake");
     let want = Inventory {
         gpus: vec![gpu(0, A100, 40960)],
+        ..Default::default()
     };
     let topology = node.topology(&want);
     let results = run(None, &node, Some(&topology), &[]);
@@ -387,7 +497,10 @@ fn failing_call_is_named_in_the_error() {
     let mut g = gpu(0, A100, 40960);
     g.mig_enabled = true;
     g.mig_devices = vec![mig(0, 0, "7g.40gb", 0, 0, 40192)];
-    let topology = node.topology(&Inventory { gpus: vec![g] });
+    let topology = node.topology(&Inventory {
+        gpus: vec![g],
+        ..Default::default()
+    });
     let lib = fake_library();
 
     let results = run(
@@ -542,6 +655,7 @@ fn xid_events_reach_the_registered_gpus() {
     ];
     let topology = node.topology(&Inventory {
         gpus: vec![g0, gpu(1, A100, 40960)],
+        ..Default::default()
     });
     let events = node.path("events");
     std::fs::write(&events, "").expect("events file");

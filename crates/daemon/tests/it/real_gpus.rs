@@ -476,3 +476,88 @@ async fn the_cdi_spec_carries_the_driver_files_found_under_the_driver_root() {
     }
     kubelet.shutdown().await;
 }
+
+/// The feature file NFD reads carries GFD v0.20's labels as NVML answers
+/// them (the fake's: driver 580.159.04, CUDA 13.0, an A100's compute
+/// capability 8.0 and its MIG devices' attributes). The PCI class and the
+/// machine type come from this host's sysfs, so `gpu.mode` is not checked
+/// and `gpu.machine` only for presence (GFD writes `unknown` without a DMI
+/// product name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feature_file_has_gfd_labels_from_nvml() {
+    let dir = temp_dir();
+    let topology = inventory_file(dir.path(), "p4d.24xlarge", "all-balanced");
+    let features = aside(dir.path()).join("features");
+    let lib = fake_nvml();
+    let kubelet = kubelet(dir.path()).await;
+    let mut daemon = start_with_env(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--feature-file",
+            features.to_str().expect("utf-8"),
+        ],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    );
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 16),
+            ("nvidia.com/mig-2g.10gb", 8),
+            ("nvidia.com/mig-3g.20gb", 8),
+        ]),
+    )
+    .await;
+    // Written before the resources are served, so present by now.
+    let text = std::fs::read_to_string(&features).expect("feature file");
+    let labels: std::collections::BTreeMap<&str, &str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    for (key, value) in [
+        ("nvidia.com/gpu.present", "true"),
+        ("nvidia.com/gpu.product", "NVIDIA-A100-SXM4-40GB"),
+        ("nvidia.com/gpu.count", "8"),
+        ("nvidia.com/gpu.replicas", "0"),
+        ("nvidia.com/gpu.memory", "40960"),
+        ("nvidia.com/gpu.family", "ampere"),
+        ("nvidia.com/gpu.compute.major", "8"),
+        ("nvidia.com/gpu.compute.minor", "0"),
+        ("nvidia.com/cuda.driver.major", "580"),
+        ("nvidia.com/cuda.driver.minor", "159"),
+        ("nvidia.com/cuda.driver.rev", "04"),
+        ("nvidia.com/cuda.driver-version.full", "580.159.04"),
+        ("nvidia.com/cuda.driver-version.revision", "04"),
+        ("nvidia.com/cuda.runtime.major", "13"),
+        ("nvidia.com/cuda.runtime-version.full", "13.0"),
+        ("nvidia.com/mig.capable", "true"),
+        ("nvidia.com/mig.strategy", "mixed"),
+        ("nvidia.com/mps.capable", "false"),
+        ("nvidia.com/mig-1g.5gb.count", "16"),
+        (
+            "nvidia.com/mig-1g.5gb.product",
+            "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb",
+        ),
+        ("nvidia.com/mig-3g.20gb.memory", "20096"),
+        ("nvidia.com/mig-3g.20gb.multiprocessors", "42"),
+        ("nvidia.com/mig-3g.20gb.slices.gi", "3"),
+        ("nvidia.com/mig-3g.20gb.slices.ci", "3"),
+        ("nvidia.com/mig-3g.20gb.engines.copy", "3"),
+        ("nvidia.com/mig-3g.20gb.engines.decoder", "1"),
+        ("nvidia.com/mig-3g.20gb.engines.encoder", "0"),
+        ("nvidia.com/mig-3g.20gb.engines.jpeg", "0"),
+        ("nvidia.com/mig-3g.20gb.engines.ofa", "0"),
+    ] {
+        assert_eq!(labels.get(key).copied(), Some(value), "{key} in\n{text}");
+    }
+    assert!(
+        labels.contains_key("nvidia.com/gpu.machine"),
+        "gpu.machine in\n{text}"
+    );
+    assert!(daemon.terminate().success());
+    kubelet.shutdown().await;
+}
