@@ -518,10 +518,13 @@ pub fn compute_capability(model_key: &str) -> Option<(u32, u32)> {
     Some(match model_key {
         "A100-40GB" | "A100-80GB" | "A30" => (8, 0),
         "A10G" => (8, 6),
-        "L4" | "L40S" => (8, 9),
+        // The fractional L4s are vGPU slices of an L4: the same silicon.
+        "L4" | "L40S" | "L4-1/8" | "L4-1/4" | "L4-1/2" => (8, 9),
         "H100-80GB" | "H100-NVL" | "H200" => (9, 0),
         "B200" => (10, 0),
-        "T4" => (7, 5),
+        "B300" => (10, 3),
+        "RTX-PRO-6000" | "RTX-PRO-4500" => (12, 0),
+        "T4" | "T4G" => (7, 5),
         "V100" | "V100-32GB" => (7, 0),
         _ => return None,
     })
