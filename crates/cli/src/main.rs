@@ -38,8 +38,10 @@ enum Command {
     Demo {
         #[arg(long, default_value = "p4d.24xlarge")]
         instance: String,
-        #[arg(long, default_value = "all-balanced", value_parser = layout_arg)]
-        mig_config: String,
+        /// MIG layout (default: all-balanced where the instance's GPUs have
+        /// MIG, all-disabled where they do not).
+        #[arg(long, value_parser = layout_arg)]
+        mig_config: Option<String>,
         #[arg(long, env = "CONFIG_FILE")]
         config_file: Option<PathBuf>,
         #[command(flatten)]

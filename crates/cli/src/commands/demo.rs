@@ -22,7 +22,8 @@ use gpu_slicer_daemon::simulate;
 
 pub struct DemoOptions {
     pub instance: String,
-    pub mig_config: String,
+    /// `None`: all-balanced where the instance's GPUs have MIG, else all-disabled.
+    pub mig_config: Option<String>,
     pub config_file: Option<PathBuf>,
     pub flags: ConfigFlags,
 }
@@ -30,14 +31,31 @@ pub struct DemoOptions {
 /// How long to wait for every resource to reach the kubelet.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// `all-balanced` where the instance's GPUs have MIG, `all-disabled` for a
+/// catalog instance whose GPUs do not (so `demo --instance g5.xlarge` runs).
+fn default_layout(instance: &str) -> &'static str {
+    let no_mig = gpu_slicer_core::gpu::catalog::instance(instance)
+        .and_then(|i| i.gpu_model())
+        .is_some_and(|m| !m.mig_capable());
+    if no_mig {
+        "all-disabled"
+    } else {
+        "all-balanced"
+    }
+}
+
 pub async fn run(options: DemoOptions) -> Result<(), String> {
-    let layout = Some(options.mig_config.as_str());
+    let mig_config = options
+        .mig_config
+        .clone()
+        .unwrap_or_else(|| default_layout(&options.instance).to_string());
+    let layout = Some(mig_config.as_str());
     let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
         .map_err(|e| e.to_string())?;
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
     let title = format!(
         "MIG: {} with layout {} under migStrategy {}",
-        options.instance, options.mig_config, config.flags.mig_strategy
+        options.instance, mig_config, config.flags.mig_strategy
     );
     scene(&title, inventory, config).await?;
 
@@ -188,4 +206,22 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         .map_err(|e| e.to_string())?;
     kubelet.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_layout;
+
+    #[test]
+    fn the_default_layout_fits_the_instance() {
+        for (instance, layout) in [
+            ("p4d.24xlarge", "all-balanced"),
+            ("p5.48xlarge", "all-balanced"),
+            ("g5.xlarge", "all-disabled"),
+            ("g4dn.12xlarge", "all-disabled"),
+            ("topology.yaml", "all-balanced"),
+        ] {
+            assert_eq!(default_layout(instance), layout, "{instance}");
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub struct Document {
     /// The file it came from, as given.
     pub file: String,
     /// 0-based position among the file's documents (and, in Markdown, its
-    /// ```yaml blocks).
+    /// `yaml` code blocks).
     pub index: usize,
     pub value: Value,
 }
