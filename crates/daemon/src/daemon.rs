@@ -596,7 +596,7 @@ async fn mig_labels_changed(
     Some(labels.now())
 }
 
-async fn sleep_until_if(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_if(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

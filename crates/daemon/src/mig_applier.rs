@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::daemon::sleep_until_if;
 use crate::kube_api::{EventKind, KubeClient};
 use crate::metrics::Metrics;
 use crate::mig_apply::{ApplyRequest, apply};
@@ -214,12 +215,5 @@ impl Applier {
                 self.node
             );
         }
-    }
-}
-
-async fn sleep_until_if(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -27,6 +27,7 @@ use std::ffi::c_uint;
 
 use gpu_slicer_core::gpu::catalog::{self, GpuModel, MigProfile};
 use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, NodeFacts};
+use gpu_slicer_core::mig_change;
 use nvml_wrapper_sys::bindings::{
     nvmlComputeInstance_st, nvmlComputeInstance_t, nvmlComputeInstanceProfileInfo_t, nvmlDevice_t,
     nvmlGpuInstance_t, nvmlGpuInstancePlacement_t, nvmlProcessInfo_t, nvmlReturn_t,
@@ -295,18 +296,10 @@ fn decode_gi(s: &State, gi: nvmlGpuInstance_t) -> Result<(usize, GpuInstance), n
     Ok((gpu, found))
 }
 
-/// Compute-instance profile enum (`NVML_COMPUTE_INSTANCE_PROFILE_*`) → slices.
+/// Compute-instance profile enum (`NVML_COMPUTE_INSTANCE_PROFILE_*`) → slices:
+/// the inverse of the core's table.
 fn ci_profile_slices(profile: c_uint) -> Option<u32> {
-    match profile {
-        0 => Some(1),
-        1 => Some(2),
-        2 => Some(3),
-        3 => Some(4),
-        4 => Some(7),
-        5 => Some(8),
-        6 => Some(6),
-        _ => None,
-    }
+    (1..=8).find(|&slices| mig_change::compute_instance_profile(slices) == Some(profile))
 }
 
 // ---- Exported NVML functions ----
