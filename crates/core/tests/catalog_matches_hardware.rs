@@ -18,6 +18,14 @@ fn check(report: &str) {
             gpu["memory_mib"].as_u64().expect("memory"),
             "{product} memory"
         );
+        // Reports from before `gpus` printed the PCI id have none.
+        if let Some(pci_device_id) = gpu["pci_device_id"].as_u64() {
+            assert_eq!(
+                u64::from(model.pci_device_id),
+                pci_device_id,
+                "{product} PCI device id"
+            );
+        }
         let geometry = model.mig.as_ref().expect("a MIG-capable model");
         let reported = gpu["mig"]["profiles"].as_array().expect("profiles");
         assert_eq!(
@@ -68,6 +76,17 @@ fn check(report: &str) {
                 sizes.iter().all(|&s| s == u64::from(p.placement_size)),
                 "{product} {name}: placement size"
             );
+            // The engines the MIG-profile labels carry, where the catalog
+            // has them (None: left out of the labels, never guessed).
+            if let Some(engines) = catalog::mig_engines(model.key, name) {
+                let reported = ["copy_engines", "decoders", "encoders", "jpegs", "ofas"]
+                    .map(|k| row[k].as_u64().expect("engine count"));
+                assert_eq!(
+                    engines.map(u64::from),
+                    reported,
+                    "{product} {name}: engines (copy, decoder, encoder, JPEG, OFA)"
+                );
+            }
         }
     }
 }
@@ -75,4 +94,9 @@ fn check(report: &str) {
 #[test]
 fn the_h200_profiles_are_what_an_h200_reports() {
     check(include_str!("hardware/h200-gpus.json"));
+}
+
+#[test]
+fn the_h100_profiles_are_what_an_h100_reports() {
+    check(include_str!("hardware/h100-80gb-hbm3-gpus.json"));
 }
