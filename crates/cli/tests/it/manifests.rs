@@ -143,11 +143,27 @@ fn every_daemonset_is_hardened() {
             .iter()
             .map(|e| (e["name"].as_str().unwrap(), e))
             .collect();
+        let follows_mig_manager =
+            env.get("FOLLOW_MIG_MANAGER").map(|e| &e["value"]) == Some(&Value::from("true"));
+        if follows_mig_manager {
+            // MIG Manager's pause works through the operator's deploy label,
+            // and the state is read from the Node.
+            assert_eq!(
+                pod["nodeSelector"]["nvidia.com/gpu.deploy.device-plugin"], "true",
+                "{at}"
+            );
+            assert_eq!(pod["automountServiceAccountToken"], true, "{at}");
+            assert_eq!(
+                env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+                "{at}"
+            );
+        }
         match args[..3] {
-            ["run", "--config-file", "/config/config.yaml"] => {
+            ["run", "--config-file", "/config/config.yaml"] if !follows_mig_manager => {
                 assert_eq!(pod["automountServiceAccountToken"], false, "{at}");
                 assert!(!env.contains_key("NODE_NAME"), "{at}");
             }
+            ["run", "--config-file", "/config/config.yaml"] => {}
             ["run", "--config-dir", "/available-configs"] => {
                 assert_eq!(pod["automountServiceAccountToken"], true, "{at}");
                 assert_eq!(
@@ -158,6 +174,46 @@ fn every_daemonset_is_hardened() {
                 assert!(pod["shareProcessNamespace"].is_null(), "{at}");
             }
             _ => panic!("{at}: unexpected args {args:?}"),
+        }
+        if pod["automountServiceAccountToken"] == true {
+            let account = pod["serviceAccountName"].as_str().unwrap_or_default();
+            let same_file = |kind: &str| {
+                of_kind(kind)
+                    .into_iter()
+                    .filter(|(f, _)| f == file)
+                    .map(|(_, doc)| doc)
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                same_file("ServiceAccount")
+                    .iter()
+                    .any(|sa| name(sa) == account),
+                "{at}: no ServiceAccount '{account}' beside it"
+            );
+            let bound_roles: Vec<String> = same_file("ClusterRoleBinding")
+                .iter()
+                .filter(|b| {
+                    b["subjects"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s["name"] == account)
+                })
+                .map(|b| {
+                    b["roleRef"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect();
+            let reads_nodes = same_file("ClusterRole").iter().any(|role| {
+                bound_roles.iter().any(|r| r == name(role))
+                    && role["rules"].as_array().into_iter().flatten().any(|rule| {
+                        strs(&rule["resources"]) == ["nodes"]
+                            && strs(&rule["verbs"]) == ["get", "list", "watch"]
+                    })
+            });
+            assert!(reads_nodes, "{at}: '{account}' is not bound to read nodes");
         }
         assert_eq!(args[3..], ["--metrics-address", "0.0.0.0:9401"], "{at}");
         assert_eq!(

@@ -132,6 +132,15 @@ fn the_projects_deploy_files_lint_clean() {
         "{out}"
     );
 
+    // The MIG Manager DaemonSet with the ConfigMap its comment names.
+    let (code, out, err) = run(&[
+        "lint",
+        "deploy/static/gpu-slicer-mig-manager.yaml",
+        "deploy/static/configs/mig-mixed.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("0 errors, 0 warnings\n"), "{out}");
+
     for entry in std::fs::read_dir(root.join("deploy/static/configs")).expect("configs") {
         let path = entry.expect("entry").path();
         let path = path.to_str().expect("utf-8");
