@@ -3,7 +3,7 @@
 //! invariants checked after every step.
 //!
 //! The world executes actions the way the shell does: it reports what the
-//! directory holds before every event (as `daemon.rs` does), dials
+//! directory holds before every event (as `daemon/mod.rs` does), dials
 //! `kubelet.sock` by path (so a Register reaches whatever kubelet is there,
 //! not the one the machine meant), and its kubelet behaves as 1.25–1.35 do:
 //! a new registration does not close an older stream, a crash leaves a

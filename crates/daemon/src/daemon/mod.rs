@@ -6,15 +6,17 @@
 //! changes, streams, Register answers, deadlines, signals). Before every
 //! event it reports what the device-plugin directory holds now, so a late or
 //! repeated inotify event cannot start a second registration. Loading the
-//! config, health and device discovery are handled here as well; they only
-//! tell the machine which resources to serve.
+//! config and device discovery are handled here as well; they only tell the
+//! machine which resources to serve. Beside it: device health
+//! ([`health`]), MIG Manager's labels ([`mig_manager`]), the CDI specs
+//! ([`cdi`]) and the device-plugin directory's watch ([`dir_watch`]).
 //!
 //! One task owns all state; there is no polling and no shared mutable
 //! global state. Stream changes arrive as counts plus a wake-up, XIDs on a
 //! bounded channel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,19 +29,25 @@ use crate::backoff::Backoff;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::{kubelet_identity, register};
 use crate::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
-use crate::metrics::{Metrics, XidLabel};
+use crate::metrics::Metrics;
 use crate::nvml::UnreachableGpu;
 use crate::nvml_health::HealthReport;
 use crate::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
-use crate::watch::watch_dir;
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_core::health::{
-    Condition, HealthPolicy, HealthState, XidAction, XidEvent, affected,
-};
+use gpu_slicer_core::health::{Condition, HealthPolicy, HealthState};
 use gpu_slicer_core::placement::LinkScores;
 use gpu_slicer_core::plan::{Plan, Severity, plan};
+
+mod cdi;
+mod dir_watch;
+mod health;
+mod mig_manager;
+
+use dir_watch::DirectoryWatch;
+pub use mig_manager::{MigManagerLabels, mig_withdrawn};
+use mig_manager::{REPARTITIONING, mig_labels_changed};
 
 /// What the daemon serves: discovered devices plus the effective config.
 #[derive(Debug, Clone)]
@@ -92,46 +100,6 @@ pub struct Paths {
     pub mps_container_root: PathBuf,
     /// This node's MIG Manager labels, when followed (`--follow-mig-manager`).
     pub mig_manager: Option<MigManagerLabels>,
-}
-
-/// The node labels MIG Manager works with, each followed by a watch.
-#[derive(Debug, Clone)]
-pub struct MigManagerLabels {
-    /// `nvidia.com/mig.config.state`: pending, rebooting, success, failed.
-    pub state: tokio::sync::watch::Receiver<Option<String>>,
-    /// `nvidia.com/mig.config`: the layout asked for.
-    pub config: tokio::sync::watch::Receiver<Option<String>>,
-    /// Told whether the MIG-capable GPUs are withdrawn now (`true`) or
-    /// advertised again (`false`): what `--apply-mig-layouts` waits for
-    /// before it changes a GPU, and before it reports success.
-    pub withdrawn: Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
-}
-
-impl MigManagerLabels {
-    fn tell_withdrawn(&self, withdrawn: bool) {
-        if let Some(tx) = &self.withdrawn {
-            tx.send_replace(withdrawn);
-        }
-    }
-}
-
-impl MigManagerLabels {
-    fn now(&self) -> (Option<String>, Option<String>) {
-        (self.state.borrow().clone(), self.config.borrow().clone())
-    }
-}
-
-/// Whether MIG-capable GPUs are withdrawn under these labels: while a change
-/// is `pending` or `rebooting`, and while a layout is asked for
-/// (`nvidia.com/mig.config`) that MIG Manager has not reported on yet; a
-/// node that scales up from zero must not admit pods onto whole GPUs before
-/// its layout is applied.
-pub fn mig_withdrawn(state: Option<&str>, config: Option<&str>) -> bool {
-    match state {
-        Some("pending" | "rebooting") => true,
-        Some("success" | "failed") => false,
-        _ => config.is_some(),
-    }
 }
 
 /// The life-cycle waits, injectable so tests need not sit them out.
@@ -268,9 +236,6 @@ struct Daemon {
     /// MIG Manager is repartitioning: those GPUs' devices are withdrawn.
     repartitioning: bool,
 }
-
-/// Why the devices of a GPU MIG Manager is repartitioning are Unhealthy.
-const REPARTITIONING: &str = "MIG Manager is changing its MIG layout";
 
 /// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
 const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
@@ -471,129 +436,11 @@ pub async fn run(
     Ok(())
 }
 
-/// The device-plugin directory's watch, kept on the directory there now.
-///
-/// Deleting the directory ends its inotify watch with it; a directory
-/// created again at the path (a kubelet start creates it) is another one.
-/// The deletion is seen as an event (the watch's own, or the parent's), and
-/// the new directory is watched as soon as it is there: its parent is
-/// watched too, so its creation is an event as well. Without this, later
-/// kubelet restarts would go unseen until a stream dropped.
-///
-/// The deletion event, not the directory's inode, tells: a new directory
-/// often gets the inode number just freed.
-struct DirectoryWatch {
-    dir: PathBuf,
-    /// The watched directory was deleted; the one at the path (if any) is
-    /// not watched yet.
-    stale: bool,
-    watch: Option<crate::watch::DirWatch>,
-    events: mpsc::UnboundedReceiver<crate::watch::DirEvent>,
-    _parent: Option<crate::watch::DirWatch>,
-    parent_events: Option<mpsc::UnboundedReceiver<crate::watch::DirEvent>>,
-}
-
-impl DirectoryWatch {
-    fn start(dir: &Path) -> notify::Result<Self> {
-        let (watch, events) = watch_dir(dir)?;
-        let (parent, parent_events) = match dir.parent().filter(|p| p.is_dir()) {
-            Some(parent) => match watch_dir(parent) {
-                Ok((w, rx)) => (Some(w), Some(rx)),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {}: {e}; if {} is deleted and created again, it is watched again on the next wake-up",
-                        parent.display(),
-                        dir.display()
-                    );
-                    (None, None)
-                }
-            },
-            None => (None, None),
-        };
-        Ok(DirectoryWatch {
-            dir: dir.to_path_buf(),
-            stale: false,
-            watch: Some(watch),
-            events,
-            _parent: parent,
-            parent_events,
-        })
-    }
-
-    /// Notes an event about the directory itself (from its own watch or
-    /// its parent's), then watches the new directory if it is due.
-    fn saw(&mut self, event: &crate::watch::DirEvent) {
-        if event.path() == Some(self.dir.as_path())
-            && matches!(event, crate::watch::DirEvent::Removed(_))
-        {
-            self.stale = true;
-        }
-        self.rearm_if_replaced();
-    }
-
-    /// Watches the directory again when the watched one was deleted and a
-    /// new one is at the path. Safe against the watcher's own clean-up of
-    /// the old watch: it handles the deletion (read before the creation)
-    /// completely before it takes a new watch.
-    fn rearm_if_replaced(&mut self) {
-        if !self.stale || !self.dir.is_dir() {
-            return;
-        }
-        // The old watch goes first: the shared watcher skips a directory it
-        // believes it watches.
-        drop(self.watch.take());
-        match watch_dir(&self.dir) {
-            Ok((watch, events)) => {
-                tracing::info!(
-                    "{} was created again; watching the new directory",
-                    self.dir.display()
-                );
-                self.watch = Some(watch);
-                self.events = events;
-                self.stale = false;
-            }
-            Err(e) => tracing::warn!("cannot watch {} again: {e}", self.dir.display()),
-        }
-    }
-}
-
 async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Writes one CDI spec file into `dir`, atomically, readable by the runtime.
-fn write_spec(dir: &Path, file: &str, spec: &serde_json::Value) -> Result<(), ApplyError> {
-    let path = dir.join(file);
-    let text = serde_json::to_vec_pretty(spec).map_err(|e| ApplyError::CdiEncode(e.to_string()))?;
-    write_atomically(&path, &text, READABLE_FILE_MODE).map_err(|source| ApplyError::CdiSpec {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    tracing::info!("wrote CDI spec {}", path.display());
-    Ok(())
-}
-
-/// (state, config) after either MIG Manager label changes; never, when not
-/// followed.
-async fn mig_labels_changed(
-    labels: &mut Option<MigManagerLabels>,
-) -> Option<(Option<String>, Option<String>)> {
-    let Some(labels) = labels else {
-        return std::future::pending().await;
-    };
-    let changed = tokio::select! {
-        c = labels.state.changed() => c,
-        c = labels.config.changed() => c,
-    };
-    if changed.is_err() {
-        return std::future::pending().await;
-    }
-    labels.state.borrow_and_update();
-    labels.config.borrow_and_update();
-    Some(labels.now())
 }
 
 pub(crate) async fn sleep_until_if(deadline: Option<Instant>) {
@@ -961,78 +808,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// With a CDI device-list strategy, writes the spec every name Allocate
-    /// returns resolves in: to `--cdi-spec-dir`, by default
-    /// [`DEFAULT_CDI_SPEC_DIR`], where container runtimes look.
-    fn write_cdi_spec(&self, setup: &Setup) -> Result<(), ApplyError> {
-        let strategies = &setup.config.flags.plugin.device_list_strategy;
-        if !strategies.iter().any(|s| s.is_cdi()) {
-            return Ok(());
-        }
-        for class in gpu_slicer_core::allocate::enabled_classes(&setup.config.flags) {
-            if setup.files.classes.of(class).is_empty() {
-                tracing::warn!(
-                    "{} is enabled, but this node has none of its device nodes: containers get {}=enabled and no \
-                     CDI device {}=all (no spec would define it)",
-                    class.as_str(),
-                    class.env(),
-                    gpu_slicer_core::cdi::class_kind(class)
-                );
-            }
-        }
-        let dir = self
-            .paths
-            .cdi_spec_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CDI_SPEC_DIR));
-        let driver = &setup.files.driver;
-        if !driver.version.is_empty() && !driver.has_libcuda() {
-            tracing::warn!(
-                "the CDI spec mounts no libcuda.so.1: none of driver {} was found under the driver root {} \
-                 (looked in {}); containers get their GPUs' device nodes but not the CUDA driver library. \
-                 Mount the host's driver root into this pod and pass --driver-root-ctr-path",
-                driver.version,
-                setup.config.flags.plugin.container_driver_root,
-                gpu_slicer_core::driver_files::LIBRARY_DIRS.join(", ")
-            );
-        }
-        let spec = gpu_slicer_core::cdi::spec(
-            &setup.inventory,
-            &setup.files,
-            setup.config.flags.dev_root(),
-            &setup.config.flags.nvidia_driver_root,
-        );
-        write_spec(&dir, gpu_slicer_core::cdi::SPEC_FILE, &spec)?;
-        // The optional classes Allocate names: a spec each; a spec of a
-        // class no longer named goes.
-        let enabled: Vec<_> =
-            gpu_slicer_core::allocate::enabled_classes(&setup.config.flags).collect();
-        for class in gpu_slicer_core::device_nodes::DeviceClass::ALL {
-            let path = dir.join(gpu_slicer_core::cdi::class_spec_file(class));
-            let spec = enabled
-                .contains(&class)
-                .then(|| {
-                    gpu_slicer_core::cdi::class_spec(
-                        class,
-                        &setup.files,
-                        setup.config.flags.dev_root(),
-                    )
-                })
-                .flatten();
-            match spec {
-                Some(spec) => {
-                    write_spec(&dir, &gpu_slicer_core::cdi::class_spec_file(class), &spec)?
-                }
-                None => match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!("removed CDI spec {}", path.display()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
-                },
-            }
-        }
-        Ok(())
-    }
-
     /// GPUs discovery could not read stay unadvertised and discovery is
     /// retried on a back-off until every GPU answers; the rest serve.
     fn follow_discovery(&mut self, unreachable: &[UnreachableGpu]) {
@@ -1062,252 +837,6 @@ impl Daemon {
         } else {
             self.schedule_discovery();
         }
-    }
-
-    fn set_mps_health(&mut self, resource: &ResourceName, not_ready: Option<&str>) -> bool {
-        let mut changed = false;
-        for gpu in self.mps_gpus.get(resource).cloned().unwrap_or_default() {
-            changed |= self
-                .health
-                .set_condition(&gpu, Condition::MpsNotReady, not_ready);
-        }
-        changed
-    }
-
-    /// An MPS control daemon exited: its devices turn Unhealthy at once.
-    fn on_mps_exit(&mut self, exit: crate::mps::MpsExit) {
-        if let Some(name) = self.mps.on_exit(exit)
-            && self.set_mps_health(&name, Some("its MPS control daemon exited"))
-        {
-            self.push_health();
-        }
-    }
-
-    /// Daemons whose restart is due; the ready ones' devices turn Healthy.
-    async fn on_mps_restart_due(&mut self) {
-        let mut changed = false;
-        for name in self.mps.restart_due().await {
-            tracing::info!(
-                "the MPS control daemon of '{name}' is ready again; its devices are Healthy"
-            );
-            changed |= self.set_mps_health(&name, None);
-        }
-        if changed {
-            self.push_health();
-        }
-    }
-
-    /// A MIG Manager label changed. Withdrawing ([`mig_withdrawn`]) turns
-    /// the devices of every MIG-capable GPU Unhealthy (none is admitted onto
-    /// a GPU being repartitioned); the end of it, or a `failed` report,
-    /// asks for rediscovery (returns true).
-    fn on_mig_manager(&mut self, state: Option<&str>, config: Option<&str>) -> bool {
-        let withdraw = mig_withdrawn(state, config);
-        self.metrics.mig_repartitioning.set(i64::from(withdraw));
-        let shown = state.unwrap_or("(absent)");
-        if withdraw {
-            if !self.repartitioning {
-                self.repartitioning = true;
-                tracing::warn!(
-                    "MIG Manager is changing the MIG layout (nvidia.com/mig.config={}, nvidia.com/mig.config.state={shown}): \
-                     the devices of {} MIG-capable GPU(s) are Unhealthy until it reports success or failure",
-                    config.unwrap_or("(absent)"),
-                    self.mig_capable.len()
-                );
-                let mut changed = false;
-                for gpu in self.mig_capable.clone() {
-                    changed |= self.health.set_condition(
-                        &gpu,
-                        Condition::Repartitioning,
-                        Some(REPARTITIONING),
-                    );
-                }
-                if changed {
-                    self.push_health();
-                }
-                self.update_readiness();
-            }
-            if let Some(labels) = &self.paths.mig_manager {
-                labels.tell_withdrawn(true);
-            }
-            return false;
-        }
-        match state {
-            Some("failed") => {
-                tracing::error!(
-                    "MIG Manager reports that the MIG layout change failed (nvidia.com/mig.config.state=failed); \
-                     rediscovering and serving what the GPUs hold now; see MIG Manager's log"
-                );
-                true
-            }
-            Some("success") if self.repartitioning => {
-                tracing::info!("MIG Manager applied the MIG layout; rediscovering the GPUs");
-                true
-            }
-            _ if self.repartitioning => {
-                tracing::warn!(
-                    "nvidia.com/mig.config.state is now {shown} and no layout is asked for; rediscovering the GPUs"
-                );
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// After the rediscovery that ends a repartitioning.
-    fn end_repartitioning(&mut self) {
-        self.repartitioning = false;
-        self.update_readiness();
-        if let Some(labels) = &self.paths.mig_manager {
-            labels.tell_withdrawn(false);
-        }
-        let mut changed = false;
-        for gpu in self.mig_capable.clone() {
-            changed |= self
-                .health
-                .set_condition(&gpu, Condition::Repartitioning, None);
-        }
-        if changed {
-            self.push_health();
-        }
-    }
-
-    /// What the NVML health watcher reports.
-    fn on_health(&mut self, report: HealthReport) {
-        match report {
-            HealthReport::Xid(event) => self.on_xid(event),
-            HealthReport::Unreachable { gpu_uuid, reason } => {
-                if !self.policy.enabled {
-                    tracing::info!(gpu = %gpu_uuid, "health checks are off: not marking an unreachable GPU ({reason})");
-                    return;
-                }
-                if self
-                    .health
-                    .set_condition(&gpu_uuid, Condition::Unreachable, Some(&reason))
-                {
-                    for device in self.devices_of(&gpu_uuid) {
-                        tracing::warn!(
-                            "'{}' device marked unhealthy: {} (GPU {gpu_uuid} {reason})",
-                            device.0,
-                            device.1
-                        );
-                    }
-                    self.push_health();
-                }
-            }
-            HealthReport::Reachable { gpu_uuid } => {
-                if self
-                    .health
-                    .set_condition(&gpu_uuid, Condition::Unreachable, None)
-                {
-                    if self.health.is_healthy(&gpu_uuid) {
-                        tracing::info!(
-                            "GPU {gpu_uuid} answers again; its devices are healthy unless an XID holds them"
-                        );
-                    }
-                    self.push_health();
-                }
-            }
-        }
-    }
-
-    /// (resource, device id) of every advertised device on a GPU.
-    fn devices_of(&self, gpu_uuid: &str) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (name, served) in &self.served {
-            let state = served.handle.state();
-            for d in &state.resource.devices {
-                if d.physical.gpu_uuid == gpu_uuid {
-                    out.push((name.to_string(), d.id.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    /// An XID event: mark the devices it affects, per the policy.
-    fn on_xid(&mut self, event: XidEvent) {
-        self.metrics
-            .health_events
-            .get_or_create(&XidLabel {
-                xid: event.xid.to_string(),
-            })
-            .inc();
-        let action = self.policy.action(event.xid);
-        if action == XidAction::Ignore {
-            tracing::info!(xid = event.xid, gpu = %event.gpu_uuid, "Skipping event: XID ignored by the health policy");
-            return;
-        }
-        let now = std::time::Instant::now();
-        let mut changed = false;
-        for (name, served) in &self.served {
-            let state = served.handle.state();
-            let hit = affected(&event, &state.resource);
-            for device in &hit {
-                tracing::warn!(
-                    "XidCriticalError: Xid={} on Device={device}; marking device as unhealthy ({action:?}).",
-                    event.xid
-                );
-                tracing::warn!("'{name}' device marked unhealthy: {device}");
-            }
-            changed |= self
-                .health
-                .record(&hit, event.xid, action, now, &self.policy);
-        }
-        if changed {
-            self.push_health();
-        }
-    }
-
-    /// Devices whose quiet period is over turn healthy again.
-    fn on_recovery_due(&mut self) {
-        let recovered = self.health.recover(std::time::Instant::now());
-        for device in &recovered {
-            tracing::info!("device healthy again after a quiet period: {device}");
-        }
-        if !recovered.is_empty() {
-            self.push_health();
-        }
-    }
-
-    /// Re-sends every resource's list with the current health.
-    fn push_health(&mut self) {
-        let health = Arc::new(self.health.clone());
-        for served in self.served.values() {
-            let state = served.handle.state();
-            served.handle.update(ResourceState {
-                resource: state.resource.clone(),
-                health: health.clone(),
-                flags: state.flags.clone(),
-                files: state.files.clone(),
-                links: state.links.clone(),
-                owners: state.owners.clone(),
-            });
-        }
-        self.update_health_gauges();
-    }
-
-    fn update_health_gauges(&self) {
-        for (name, served) in &self.served {
-            let state = served.handle.state();
-            let healthy = state
-                .resource
-                .devices
-                .iter()
-                .filter(|d| {
-                    self.health.is_healthy(&d.physical.uuid)
-                        && self.health.is_healthy(&d.physical.gpu_uuid)
-                })
-                .count();
-            self.metrics
-                .healthy_devices
-                .get_or_create(&self.metrics.resource(name.as_str()))
-                .set(i64::try_from(healthy).unwrap_or(i64::MAX));
-        }
-        let unreachable = self.health.count(Condition::Unreachable);
-        self.metrics
-            .gpus_unreachable
-            .set(i64::try_from(unreachable).unwrap_or(i64::MAX));
     }
 
     fn update_readiness(&self) {
