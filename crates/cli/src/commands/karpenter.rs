@@ -187,8 +187,12 @@ pub fn workload_command(
 ) -> Result<String, String> {
     let table = price_table(prices)?;
     let source = workload.display().to_string();
-    let text = std::fs::read_to_string(workload)
-        .map_err(|e| format!("cannot read the workload file {source}: {e}; check --workload"))?;
+    let text = std::fs::read_to_string(workload).map_err(|e| {
+        format!(
+            "cannot read the workload file {source}: {}; check --workload",
+            gpu_slicer_core::messages::io_error(&e)
+        )
+    })?;
     let items = cost::parse_workload(&text, &source)?;
     let ranking = cost::rank(&items, &table, nodepool)?;
     match output {

@@ -16,6 +16,7 @@ use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::gpu::simulated;
+use gpu_slicer_core::messages::yaml_error;
 use gpu_slicer_core::plan::{Plan, plan};
 
 use super::overlays;
@@ -158,8 +159,8 @@ fn one() -> u32 {
 /// Parses a workload file (a YAML list, or `pods:` holding one).
 pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, String> {
     let hint = "expected a list of {name, count, slice: \"1g.10gb\"} or {name, count, sharedGpu: 1, memoryGiB: 8}";
-    let value: Value =
-        serde_saphyr::from_str(text).map_err(|e| format!("{source}: {e}; {hint}"))?;
+    let value: Value = serde_saphyr::from_str(text)
+        .map_err(|e| format!("{source}: {}; {hint}", yaml_error(&e)))?;
     let list = match value.get("pods") {
         Some(pods) => pods.clone(),
         None => value,

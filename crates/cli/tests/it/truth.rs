@@ -191,3 +191,119 @@ fn a_pool_labelled_mig_config_none_is_an_error() {
     );
     assert!(out.contains("\n1 error, "), "only that error: {out}");
 }
+
+/// Defect: a file too large or with two documents where one is expected
+/// printed the YAML parser's internals (`budget breached: Nodes { nodes:
+/// 250001 }`, `use from_str_multiple`) with a source snippet of `<input>`.
+#[test]
+fn yaml_limits_and_extra_documents_are_said_in_words() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let huge = dir.path().join("huge.yaml");
+    let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n");
+    for i in 0..130_000 {
+        text.push_str(&format!("  k{i}: v\n"));
+    }
+    std::fs::write(&huge, text).expect("write");
+    let huge = huge.to_str().expect("utf-8");
+    let (code, out, err) = run(&["lint", huge]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: {huge}: not valid YAML: the file holds more than 250000 YAML values (scalars, \
+             lists and mappings), the most gpu-slicer reads from one file: split it into smaller \
+             files; fix the YAML (or pass only Kubernetes manifests)\n"
+        )
+    );
+
+    let two = dir.path().join("two.yaml");
+    std::fs::write(
+        &two,
+        "gpus:\n  - model: A100-40GB\n---\ngpus:\n  - model: T4\n",
+    )
+    .expect("write");
+    let two = two.to_str().expect("utf-8");
+    let second = "a second YAML document starts at line 4 (after `---`), but this file holds \
+                  one: remove the separator or put each document in its own file";
+    for (args, want) in [
+        (
+            vec!["plan", "--instance", two],
+            format!("error: {two}: invalid topology file: {second}\n"),
+        ),
+        (
+            vec!["plan", "--instance", "g5.xlarge", "--config-file", two],
+            format!("error: unable to load config: {two}: {second}\n"),
+        ),
+        (
+            vec!["plan", "--workload", two],
+            format!(
+                "error: {two}: {second}; expected a list of {{name, count, slice: \"1g.10gb\"}} \
+                 or {{name, count, sharedGpu: 1, memoryGiB: 8}}\n"
+            ),
+        ),
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert_eq!(err, want, "{args:?}");
+    }
+
+    // A syntax error is one line: no snippet.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "date: 2026-01-01\nprices: [\n").expect("write");
+    let bad = bad.to_str().expect("utf-8");
+    let (code, _, err) = run(&["plan", "--instance", "g5.xlarge", "--prices", bad]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: {bad}: not a price table: unclosed bracket '[' at line 2, column 9; expected \
+             `date:` and `prices:` with `instance`, `usdPerHour`, `source` and `date` per entry\n"
+        )
+    );
+}
+
+/// Defect: `lint DIR` said `Is a directory (os error 21)`, and `plan
+/// --instance DIR` called a directory an unknown instance type.
+#[test]
+fn a_directory_where_a_file_is_expected_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().to_str().expect("utf-8");
+    let cases: [(Vec<&str>, String); 4] = [
+        (
+            vec!["lint", d],
+            format!(
+                "error: cannot read {d}: it is a directory, not a file; give the files in it (e.g. {d}/*.yaml)\n"
+            ),
+        ),
+        (
+            vec!["plan", "--instance", d],
+            format!("error: cannot read topology file {d}: it is a directory, not a file\n"),
+        ),
+        (
+            vec!["plan", "--instance", "g5.xlarge", "--config-file", d],
+            format!(
+                "error: unable to load config: {d}: unable to read config file: it is a directory, not a file\n"
+            ),
+        ),
+        (
+            vec!["plan", "--instance", "g5.xlarge", "--prices", d],
+            format!(
+                "error: cannot read the price file {d}: it is a directory, not a file; check --prices\n"
+            ),
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert_eq!(err, want, "{args:?}");
+    }
+    let missing = format!("{d}/missing.yaml");
+    let (code, _, err) = run(&["lint", &missing]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot read {missing}: no such file or directory; check the path and permissions\n"
+        )
+    );
+}
