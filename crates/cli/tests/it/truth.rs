@@ -307,3 +307,171 @@ fn a_directory_where_a_file_is_expected_is_named_as_such() {
         )
     );
 }
+
+/// Defect: `demo` said "all 1 resources registered".
+#[test]
+fn demo_counts_resources_in_english() {
+    let (code, out, err) = run(&["demo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let counts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            l.split(" registered and listed in ")
+                .next()
+                .filter(|_| l.contains(" registered and listed in "))
+        })
+        .collect();
+    // p4d.24xlarge all-balanced: 1g, 2g and 3g slices; then time-slicing: nvidia.com/gpu.
+    assert_eq!(counts, ["all 3 resources", "the 1 resource"], "{out}");
+}
+
+/// `demo` and `plan` take the daemon's flags that change what they show,
+/// and refuse the rest rather than accept and ignore them.
+#[test]
+fn plan_and_demo_take_only_the_flags_they_use() {
+    for (args, flag) in [
+        (
+            vec!["plan", "--instance", "g5.xlarge", "--kubelet-socket", "x"],
+            "--kubelet-socket",
+        ),
+        (
+            vec!["plan", "--instance", "g5.xlarge", "--driver-root", "/"],
+            "--driver-root",
+        ),
+        (
+            vec![
+                "plan",
+                "--instance",
+                "g5.xlarge",
+                "--device-list-strategy",
+                "cdi-cri",
+            ],
+            "--device-list-strategy",
+        ),
+        (
+            vec!["demo", "--metrics-address", "127.0.0.1:9401"],
+            "--metrics-address",
+        ),
+        (vec!["demo", "--fail-on-init-error"], "--fail-on-init-error"),
+        (vec!["demo", "--mps-root", "/run/nvidia/mps"], "--mps-root"),
+        (
+            vec!["lint", "--mig-strategy", "mixed", "x.yaml"],
+            "--mig-strategy",
+        ),
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.starts_with(&format!("error: unexpected argument '{flag}' found")),
+            "{args:?}: {err}"
+        );
+    }
+    // What plan --instance uses and --workload does not, and the reverse.
+    let (code, _, err) = run(&[
+        "plan",
+        "--workload",
+        "w.yaml",
+        "--mig-config",
+        "all-balanced",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with(
+            "error: the argument '--workload <FILE>' cannot be used with '--mig-config <NAME>'"
+        ),
+        "{err}"
+    );
+    for flag in ["--config-file", "--mig-strategy", "--mps-root"] {
+        let (code, _, err) = run(&["plan", "--workload", "w.yaml", flag, "x"]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "error: the argument '--workload <FILE>' cannot be used with '{flag}' (it is for --instance)\n"
+            )
+        );
+    }
+    let (code, _, err) = run(&["plan", "--instance", "g5.xlarge", "--nodepool", "gpu"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: the argument '--instance <INSTANCE|TOPOLOGY.yaml>' cannot be used with '--nodepool <NAME>'"),
+        "{err}"
+    );
+    // Without --instance or --workload, plan names both.
+    let (code, _, err) = run(&["plan"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with(
+            "error: the following required arguments were not provided:\n  <--instance <INSTANCE|TOPOLOGY.yaml>|--workload <FILE>>"
+        ),
+        "{err}"
+    );
+
+    // demo shows what the device-list and device-id strategies give a container.
+    let (code, out, err) = run(&[
+        "demo",
+        "--instance",
+        "g5.xlarge",
+        "--device-list-strategy",
+        "cdi-annotations",
+        "--device-id-strategy",
+        "index",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("    annotation cdi.k8s.io/")
+            && out.contains("=k8s.device-plugin.nvidia.com/gpu=0\n"),
+        "{out}"
+    );
+    assert!(!out.contains("env NVIDIA_VISIBLE_DEVICES"), "{out}");
+}
+
+/// Defect: `demo --config-file` with MPS sharing waited 20 s, then printed
+/// the stand-in kubelet's Rust structures (`Capacity { capacity: 2, .. }`).
+#[test]
+fn demo_refuses_mps_sharing_up_front() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("mps.yaml");
+    std::fs::write(
+        &path,
+        "version: v1\nflags: {mpsRoot: /run/nvidia/mps}\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 2\n",
+    )
+    .expect("write");
+    let path = path.to_str().expect("utf-8");
+    let started = std::time::Instant::now();
+    let (code, out, err) = run(&["demo", "--instance", "g5.xlarge", "--config-file", path]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(
+        err,
+        format!(
+            "error: {path}: the demo cannot show MPS sharing: its replicas need NVIDIA's MPS control daemon \
+             (nvidia-cuda-mps-control) on a GPU node. `gpu-slicer plan --instance g5.xlarge --config-file {path} \
+             --mps-root DIR` prints what the node would advertise\n"
+        )
+    );
+    // plan takes the config, with --mps-root as the daemon would.
+    let (code, out, err) = run(&["plan", "--instance", "g5.xlarge", "--config-file", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("nvidia.com/gpu      2  whole GPUs"),
+        "{out}"
+    );
+}
+
+/// Defect: `gpu-slicer demo | head -2` panicked ("failed printing to
+/// stdout: Broken pipe") once the reader was gone.
+#[test]
+fn demo_into_a_closed_pipe_finishes_quietly() {
+    let mut child = std::process::Command::new(crate::BIN)
+        .args(["demo", "--instance", "g5.xlarge"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gpu-slicer demo");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
