@@ -379,7 +379,13 @@ fn main() -> ExitCode {
                     &nodepool,
                     output.into(),
                 )
-                .map(|text| emit(&text))
+                .and_then(|report| {
+                    emit(&report.text);
+                    match report.errors.as_slice() {
+                        [] => Ok(()),
+                        errors => Err(errors.join("\nerror: ")),
+                    }
+                })
             } else {
                 let options = PlanOptions {
                     instance: instance.unwrap_or_default(),

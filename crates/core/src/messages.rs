@@ -20,13 +20,77 @@ pub fn yaml_error(error: &Error) -> String {
              one: remove the separator or put each document in its own file"
         ),
         Error::Budget { breach, .. } => budget_message(breach, line),
-        _ => error
-            .render_with_options(serde_saphyr::render_options! {
-                formatter: &DefaultMessageFormatter,
-                snippets: serde_saphyr::SnippetMode::Off,
-            })
-            .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+        _ => types_in_words(
+            &error
+                .render_with_options(serde_saphyr::render_options! {
+                    formatter: &DefaultMessageFormatter,
+                    snippets: serde_saphyr::SnippetMode::Off,
+                })
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+        ),
     }
+}
+
+/// A deserializer's message with Rust's type names in words: `invalid type:
+/// string "x", expected u32` → `... expected a whole number`, `invalid u32`
+/// → `not a whole number`, `expected sequence start` → `expected a list`.
+pub fn types_in_words(message: &str) -> String {
+    const WHOLE: [&str; 6] = ["u8", "u16", "u32", "u64", "u128", "usize"];
+    const INTEGER: [&str; 6] = ["i8", "i16", "i32", "i64", "i128", "isize"];
+    let mut text = message.to_string();
+    for (names, expected, invalid) in [
+        (
+            &WHOLE[..],
+            "a whole number (0 or more)",
+            "not a whole number (0 or more)",
+        ),
+        (&INTEGER[..], "an integer", "not an integer"),
+        (
+            &["f32", "f64", "floating point"][..],
+            "a number",
+            "not a number",
+        ),
+        (&["boolean"][..], "true or false", "not true or false"),
+        (
+            &["sequence start", "a sequence"][..],
+            "a list",
+            "not a list",
+        ),
+        (
+            &["mapping start", "a map"][..],
+            "a mapping",
+            "not a mapping",
+        ),
+    ] {
+        for name in names {
+            text = replace_word(
+                &text,
+                &format!("expected {name}"),
+                &format!("expected {expected}"),
+            );
+            text = replace_word(&text, &format!("invalid {name}"), invalid);
+        }
+    }
+    text
+}
+
+/// Replaces `from` where it is not followed by a letter, digit or `_`
+/// (`expected u32` but not `expected u32x`).
+fn replace_word(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let after = &rest[at + from.len()..];
+        out.push_str(&rest[..at]);
+        if after.starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 fn budget_message(breach: &BudgetBreach, line: u64) -> String {
@@ -124,6 +188,40 @@ mod tests {
             parse_error("a: 1\na: 2\n"),
             "duplicate mapping key: a at line 2, column 1"
         );
+    }
+
+    #[test]
+    fn rust_type_names_are_said_in_words() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Gpu {
+            count: u32,
+            share: f64,
+            on: bool,
+        }
+        let parse = |text: &str| {
+            let e = serde_saphyr::from_str::<Vec<Gpu>>(text).unwrap_err();
+            yaml_error(&e)
+        };
+        assert_eq!(
+            parse("- {count: many, share: 1, on: true}\n"),
+            "not a whole number (0 or more) at line 1, column 11"
+        );
+        assert_eq!(
+            parse("- {count: 1, share: half, on: true}\n"),
+            "not a number at line 1, column 21"
+        );
+        assert_eq!(
+            parse("- {count: 1, share: 1, on: maybe}\n"),
+            "not true or false at line 1, column 28"
+        );
+        assert_eq!(parse("gpus: 3\n"), "expected a list at line 1, column 1");
+        let e = serde_json::from_value::<Gpu>(serde_json::json!({"count": -2})).unwrap_err();
+        assert_eq!(
+            types_in_words(&e.to_string()),
+            "invalid value: integer `-2`, expected a whole number (0 or more)"
+        );
+        assert_eq!(types_in_words("expected u32x"), "expected u32x");
     }
 
     #[test]

@@ -475,3 +475,83 @@ fn demo_into_a_closed_pipe_finishes_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// Defects: a workload file's type errors named Rust types (`expected u32`,
+/// `expected struct WorkloadItem`); a slice no GPU has, or pods no
+/// instance type holds, printed "no priced instance type provides this" and
+/// exited 0.
+#[test]
+fn plan_workload_says_what_is_wrong_and_fails_when_pods_cannot_be_placed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hint = "expected a list of {name, count, slice: \"1g.10gb\"} or {name, count, sharedGpu: 1, memoryGiB: 8}";
+    let cases: [(&str, &str, String); 4] = [
+        (
+            "count.yaml",
+            "- {name: a, count: many, slice: 1g.10gb}\n",
+            format!(
+                "pods[0]: invalid type: string \"many\", expected a whole number (0 or more); {hint}"
+            ),
+        ),
+        (
+            "negative.yaml",
+            "- {name: a, count: -2, slice: 1g.10gb}\n",
+            format!(
+                "pods[0]: invalid value: integer `-2`, expected a whole number (0 or more); {hint}"
+            ),
+        ),
+        (
+            "string.yaml",
+            "- a\n",
+            format!("pods[0] is the string \"a\", not a pod; {hint}"),
+        ),
+        (
+            "number.yaml",
+            "pods: 3\n",
+            format!("the number 3 is not a list; {hint}"),
+        ),
+    ];
+    for (name, text, why) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let path = path.to_str().expect("utf-8");
+        let (code, out, err) = run(&["plan", "--workload", path]);
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert_eq!(err, format!("error: {path}: {why}\n"), "{name}");
+    }
+
+    let path = dir.path().join("unknown.yaml");
+    std::fs::write(&path, "- {name: a, count: 2, slice: 1g.11gb}\n").expect("write");
+    let path = path.to_str().expect("utf-8");
+    let (code, _, err) = run(&["plan", "--workload", path]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: {path}: pod 'a' asks for slice '1g.11gb', which is no MIG profile of any GPU; MIG profiles: 1g.5gb, 1g.5gb.me, 1g.10gb, "
+        )),
+        "{err}"
+    );
+
+    // A's 1g.5gb and 7g.40gb are in no one named layout: printed, then an error.
+    let path = dir.path().join("apart.yaml");
+    std::fs::write(
+        &path,
+        "- {name: a, count: 2, slice: 1g.5gb}\n- {name: b, count: 1, slice: 7g.40gb}\n",
+    )
+    .expect("write");
+    let path = path.to_str().expect("utf-8");
+    let why = "no instance type of the pods' arch has a named MIG layout (all-<profile>, all-balanced) \
+               with every slice they ask for, and a NodePool has one layout: rank such slices in separate files";
+    let (code, out, err) = run(&["plan", "--workload", path]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("   no instance type provides this: {why}\n")),
+        "{out}"
+    );
+    assert_eq!(
+        err,
+        format!("error: no instance type holds the pods of pool 'gpu-slices-mig': {why}\n")
+    );
+    let (code, out, _) = run(&["plan", "--workload", path, "--output", "json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"choices\": []"), "{out}");
+}
