@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
 use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
@@ -36,32 +38,36 @@ enum Command {
     Run(RunArgs),
     /// Show the whole path on a simulated node with a stand-in kubelet.
     Demo {
-        #[arg(long, default_value = "p4d.24xlarge")]
+        /// A cloud instance type or a topology file: the simulated node.
+        #[arg(
+            long,
+            value_name = "INSTANCE|TOPOLOGY.yaml",
+            default_value = "p4d.24xlarge"
+        )]
         instance: String,
         /// MIG layout (default: all-balanced where the instance's GPUs have
         /// MIG, all-disabled where they do not).
-        #[arg(long, value_parser = layout_arg)]
+        #[arg(long, value_name = "NAME", value_parser = layout_arg)]
         mig_config: Option<String>,
-        #[arg(long, env = "CONFIG_FILE")]
+        /// NVIDIA's configuration file (version: v1), as the daemon reads it.
+        #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
         config_file: Option<PathBuf>,
         #[command(flatten)]
-        flags: ConfigFlags,
+        flags: DemoFlags,
     },
     /// Print what a node would advertise, without starting anything; with
     /// prices, the cost per slice-hour; with --workload, rank instance types
     /// and layouts for a mix of pods by cost.
+    #[command(group(ArgGroup::new("node").required(true).args(["instance", "workload"])))]
     Plan {
         /// A cloud instance type (p4d.24xlarge) or a topology file.
-        #[arg(
-            long,
-            value_name = "INSTANCE|TOPOLOGY.yaml",
-            required_unless_present = "workload"
-        )]
+        #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
         instance: Option<String>,
         /// MIG layout (all-balanced, all-1g.5gb, 1g.5gb=2, ...; none or all-disabled: MIG off).
-        #[arg(long, value_name = "NAME", value_parser = layout_arg)]
+        #[arg(long, value_name = "NAME", value_parser = layout_arg, conflicts_with = "workload")]
         mig_config: Option<String>,
-        #[arg(long, env = "CONFIG_FILE")]
+        /// NVIDIA's configuration file (version: v1), as the daemon reads it.
+        #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
         config_file: Option<PathBuf>,
         /// On-demand price table replacing the built-in one (see docs/karpenter.md).
         #[arg(long, value_name = "FILE")]
@@ -71,12 +77,18 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "instance")]
         workload: Option<PathBuf>,
         /// NodePool name prefix used in the overlays that --workload prints.
-        #[arg(long, value_name = "NAME", default_value = "gpu-slices")]
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "gpu-slices",
+            conflicts_with = "instance"
+        )]
         nodepool: String,
+        /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
         #[command(flatten)]
-        flags: ConfigFlags,
+        flags: PlanFlags,
     },
     /// Show this node's GPUs from NVML (read-only): MIG mode current and
     /// pending, the MIG profile table with possible placements, the MIG
@@ -84,6 +96,7 @@ enum Command {
     Gpus {
         #[command(flatten)]
         nvml: NvmlArgs,
+        /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -101,11 +114,71 @@ enum Command {
     /// workloads together (YAML files, or Markdown files' ```yaml blocks).
     /// Exits non-zero when there are errors.
     Lint {
+        /// YAML or Markdown files, checked together (a NodePool's label may
+        /// name a config in another file).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
+}
+
+/// NVIDIA's flags that change what `plan` computes; the daemon's others
+/// (driver paths, device-list strategies, ...) change nothing it prints.
+#[derive(clap::Args)]
+struct PlanFlags {
+    /// How MIG devices are advertised: none, single or mixed (default: the
+    /// config file's, else mixed with a MIG layout).
+    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
+    mig_strategy: Option<String>,
+    /// The MPS root folder on the host: a config with sharing.mps needs it,
+    /// as the daemon does.
+    #[arg(long, env = "MPS_ROOT", value_name = "PATH")]
+    mps_root: Option<String>,
+}
+
+impl From<PlanFlags> for ConfigFlags {
+    fn from(f: PlanFlags) -> ConfigFlags {
+        ConfigFlags {
+            mig_strategy: f.mig_strategy,
+            mps_root: f.mps_root,
+            ..ConfigFlags::default()
+        }
+    }
+}
+
+/// NVIDIA's flags that change what `demo` shows: what is advertised and
+/// what an admitted pod's container receives.
+#[derive(clap::Args)]
+struct DemoFlags {
+    /// How MIG devices are advertised: none, single or mixed (default: the
+    /// config file's, else mixed with a MIG layout).
+    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
+    mig_strategy: Option<String>,
+    /// How containers receive their devices: envvar, volume-mounts,
+    /// cdi-annotations, cdi-cri (comma-separated or repeated).
+    #[arg(
+        long,
+        env = "DEVICE_LIST_STRATEGY",
+        value_delimiter = ',',
+        value_name = "STRATEGY"
+    )]
+    device_list_strategy: Option<Vec<String>>,
+    /// How devices are named to containers: uuid or index.
+    #[arg(long, env = "DEVICE_ID_STRATEGY", value_name = "STRATEGY")]
+    device_id_strategy: Option<String>,
+}
+
+impl From<DemoFlags> for ConfigFlags {
+    fn from(f: DemoFlags) -> ConfigFlags {
+        ConfigFlags {
+            mig_strategy: f.mig_strategy,
+            device_list_strategy: f.device_list_strategy,
+            device_id_strategy: f.device_id_strategy,
+            ..ConfigFlags::default()
+        }
+    }
 }
 
 /// Where the people's NVML commands (`gpus`, `mig apply`) find the driver.
@@ -193,6 +266,7 @@ enum KarpenterCommand {
         /// Instance type(s) (default: every preset the NodePool allows, else every preset with the layout).
         #[arg(long, value_name = "TYPE")]
         instance_type: Vec<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: OutputFormat,
     },
@@ -249,8 +323,43 @@ fn args() -> Vec<std::ffi::OsString> {
     args
 }
 
+/// Writes a command's output. A reader that stopped reading (`| head`) is
+/// not an error of the command: the rest goes nowhere, with no panic.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// Parses the command line. `plan --workload` refuses the options only
+/// `plan --instance` uses when they are on the command line; from the
+/// environment (`CONFIG_FILE` in the daemon's container) they stay unused.
+fn parse() -> Cli {
+    let matches = Cli::command().get_matches_from(args());
+    if let Some(("plan", plan)) = matches.subcommand()
+        && plan.contains_id("workload")
+    {
+        for (id, flag) in [
+            ("config_file", "--config-file"),
+            ("mig_strategy", "--mig-strategy"),
+            ("mps_root", "--mps-root"),
+        ] {
+            if plan.value_source(id) == Some(ValueSource::CommandLine) {
+                clap::Error::raw(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "the argument '--workload <FILE>' cannot be used with '{flag}' \
+                         (it is for --instance)\n"
+                    ),
+                )
+                .exit();
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(args());
+    let cli = parse();
     let result = match cli.command {
         Command::Plan {
             instance,
@@ -270,7 +379,13 @@ fn main() -> ExitCode {
                     &nodepool,
                     output.into(),
                 )
-                .map(|text| print!("{text}"))
+                .and_then(|report| {
+                    emit(&report.text);
+                    match report.errors.as_slice() {
+                        [] => Ok(()),
+                        errors => Err(errors.join("\nerror: ")),
+                    }
+                })
             } else {
                 let options = PlanOptions {
                     instance: instance.unwrap_or_default(),
@@ -278,10 +393,10 @@ fn main() -> ExitCode {
                     config_file,
                     prices,
                     json: matches!(output, OutputFormat::Json),
-                    flags,
+                    flags: flags.into(),
                 };
                 commands::plan::run(&options).and_then(|report| {
-                    print!("{}", report.text);
+                    emit(&report.text);
                     match report.errors {
                         0 => Ok(()),
                         n => Err(format!(
@@ -313,13 +428,13 @@ fn main() -> ExitCode {
                 nodepool_files: nodepool_file,
                 instance_types: instance_type,
             };
-            karpenter_cmd::overlays_command(&options, output.into()).map(|text| print!("{text}"))
+            karpenter_cmd::overlays_command(&options, output.into()).map(|text| emit(&text))
         }
         Command::Lint { files, output } => {
             init_tracing(cli.log_format, "warn");
             match karpenter_cmd::lint_command(&files, output.into()) {
                 Ok((text, failed)) => {
-                    print!("{text}");
+                    emit(&text);
                     if failed {
                         return ExitCode::FAILURE;
                     }
@@ -331,7 +446,7 @@ fn main() -> ExitCode {
         Command::Gpus { nvml, output } => {
             init_tracing(cli.log_format, "warn");
             commands::gpus::run(&nvml.options(matches!(output, OutputFormat::Json)))
-                .map(|text| print!("{text}"))
+                .map(|text| emit(&text))
         }
         Command::Mig {
             command:
@@ -351,7 +466,7 @@ fn main() -> ExitCode {
                     config_file.as_deref(),
                     &layout,
                 )
-                .map(|text| print!("{text}"))
+                .map(|text| emit(&text))
             } else {
                 commands::gpus::mig_apply(
                     &nvml.options(false),
@@ -360,7 +475,7 @@ fn main() -> ExitCode {
                     force,
                     &pod_resources_socket,
                 )
-                .map(|text| print!("{text}"))
+                .map(|text| emit(&text))
             }
         }
         Command::Run(args) => {
@@ -378,7 +493,7 @@ fn main() -> ExitCode {
                 instance,
                 mig_config,
                 config_file,
-                flags,
+                flags: flags.into(),
             }))
         }
     };
@@ -388,5 +503,34 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every option and argument `--help` lists, in every command, says in
+    /// one line what it is for.
+    #[test]
+    fn every_listed_option_has_a_one_line_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                if help.trim().is_empty() || help.contains('\n') {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "gpu-slicer", &mut missing);
+        assert!(missing.is_empty(), "no one-line help: {missing:?}");
     }
 }

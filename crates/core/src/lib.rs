@@ -28,6 +28,7 @@ pub mod driver_files;
 pub mod gpu;
 pub mod health;
 pub mod labels;
+pub mod messages;
 pub mod mig_change;
 pub mod mig_parted;
 pub mod mps;

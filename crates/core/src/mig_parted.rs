@@ -241,11 +241,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<MigPartedConfig, MigParted
     }
     let raw: RawSpec = serde_saphyr::from_str(text).map_err(|e| MigPartedError::Syntax {
         source_name: source_name.to_string(),
-        message: e
-            .render_with_options(serde_saphyr::render_options! {
-                snippets: serde_saphyr::SnippetMode::Off,
-            })
-            .replace(", set DuplicateKeyPolicy in Options if acceptable", ""),
+        message: crate::messages::yaml_error(&e),
     })?;
     let invalid = |key: String, message: String| MigPartedError::Invalid {
         source_name: source_name.to_string(),

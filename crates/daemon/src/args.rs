@@ -1,6 +1,7 @@
 //! The daemon's command line, declared once: the daemon binary parses it
 //! directly, and the people's `gpu-slicer run` flattens the same struct.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use gpu_slicer_core::config::ConfigFlags;
@@ -141,9 +142,15 @@ pub struct RunArgs {
     /// feature file, e.g. /etc/kubernetes/node-feature-discovery/features.d/gpu-slicer.
     #[arg(long, env = "FEATURE_FILE", value_name = "PATH")]
     pub feature_file: Option<PathBuf>,
-    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9401); off when unset.
-    #[arg(long, env = "METRICS_ADDRESS", value_name = "ADDR:PORT")]
-    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 0.0.0.0:9401,
+    /// localhost:9401, [::1]:9401; a host name is resolved at start); off when unset.
+    #[arg(
+        long,
+        env = "METRICS_ADDRESS",
+        value_name = "HOST:PORT",
+        value_parser = metrics_address
+    )]
+    pub metrics_address: Option<SocketAddr>,
     /// The MPS control program (`nvidia-cuda-mps-control`); by default it is
     /// looked for in the driver's bin directories under the driver root,
     /// then on PATH.
@@ -197,6 +204,41 @@ pub struct RunArgs {
     pub mig_apply_retry_ms: Option<u64>,
     #[command(flatten)]
     pub flags: ConfigFlags,
+}
+
+/// `--metrics-address`: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`, the host
+/// name resolved once, here, at start (its first address is served).
+fn metrics_address(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = value.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let write = "write HOST:PORT, e.g. 0.0.0.0:9401 (every address), localhost:9401 or [::1]:9401";
+    let no_port = value.ends_with(']') || !value.contains(':');
+    let (host, port) = match value.rsplit_once(':') {
+        Some(split) if !no_port => split,
+        _ => return Err(format!("no port; {write}")),
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{port}' is not a port number (0 to 65535); {write}"))?;
+    if host.is_empty() {
+        return Err(format!("no host before ':{port}'; {write}"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "an IPv6 address takes brackets ([{host}]:{port}), or the address is not valid; {write}"
+        ));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let resolved = (host, port).to_socket_addrs().map_err(|e| {
+        format!(
+            "cannot resolve the host name '{host}': {}; write an IP address, or a name this node resolves",
+            gpu_slicer_core::messages::io_error(&e)
+        )
+    })?;
+    resolved.into_iter().next().ok_or_else(|| {
+        format!("the host name '{host}' resolves to no address; write an IP address")
+    })
 }
 
 impl RunArgs {
@@ -263,6 +305,65 @@ mod tests {
         Cli::try_parse_from(argv)
             .map(|cli| cli.run.fallback_strategies)
             .map_err(|e| e.to_string())
+    }
+
+    fn metrics(value: &str) -> Result<Option<std::net::SocketAddr>, String> {
+        Cli::try_parse_from(["daemon", "--metrics-address", value])
+            .map(|cli| cli.run.metrics_address)
+            .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn metrics_address_takes_addresses_and_host_names() {
+        let at = |v: &str| metrics(v).unwrap().unwrap().to_string();
+        assert_eq!(at("0.0.0.0:9401"), "0.0.0.0:9401");
+        assert_eq!(at("[::1]:9401"), "[::1]:9401");
+        let local = metrics("localhost:9401").unwrap().unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 9401, "{local}");
+        let cli = Cli::try_parse_from(["daemon"]).unwrap();
+        assert_eq!(cli.run.metrics_address, None);
+    }
+
+    #[test]
+    fn a_bad_metrics_address_says_what_to_write() {
+        let head =
+            |v: &str| format!("error: invalid value '{v}' for '--metrics-address <HOST:PORT>': ");
+        let write =
+            "write HOST:PORT, e.g. 0.0.0.0:9401 (every address), localhost:9401 or [::1]:9401";
+        for (value, why) in [
+            ("localhost", format!("no port; {write}")),
+            ("[::1]", format!("no port; {write}")),
+            (
+                "localhost:http",
+                format!("'http' is not a port number (0 to 65535); {write}"),
+            ),
+            (
+                "0.0.0.0:94010",
+                format!("'94010' is not a port number (0 to 65535); {write}"),
+            ),
+            (":9401", format!("no host before ':9401'; {write}")),
+            (
+                "::1:9401",
+                format!(
+                    "an IPv6 address takes brackets ([::1]:9401), or the address is not valid; {write}"
+                ),
+            ),
+        ] {
+            assert_eq!(
+                metrics(value).unwrap_err(),
+                format!("{}{why}", head(value)),
+                "{value}"
+            );
+        }
+        // RFC 6761: `.invalid` never resolves.
+        let e = metrics("no-such-host.invalid:9401").unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{}cannot resolve the host name 'no-such-host.invalid': ",
+                head("no-such-host.invalid:9401")
+            )) && e.ends_with("; write an IP address, or a name this node resolves"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ pub fn refuse_blank_on_reload(path: &Path) -> Result<(), ConfigError> {
 /// Why a mig-parted config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MigConfigFileError {
-    #[error("{}: unable to read the MIG config file: {source}", path.display())]
+    #[error(
+        "{}: unable to read the MIG config file: {}",
+        path.display(),
+        gpu_slicer_core::messages::io_error(source)
+    )]
     Read {
         path: std::path::PathBuf,
         source: std::io::Error,

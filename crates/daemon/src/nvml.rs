@@ -169,6 +169,18 @@ impl NvmlError {
                 | NvmlError::Init { .. }
         )
     }
+
+    /// The message already says what to check or change (the library's
+    /// paths, the kernel driver, permissions, the driver's age).
+    pub fn says_what_to_do(&self) -> bool {
+        matches!(
+            self,
+            NvmlError::LibraryNotFound { .. }
+                | NvmlError::DriverNotLoaded { .. }
+                | NvmlError::NoPermission { .. }
+                | NvmlError::MissingSymbol { .. }
+        )
+    }
 }
 
 /// Why discovery failed; every message says what to do about it.

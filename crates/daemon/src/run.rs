@@ -221,11 +221,16 @@ pub fn setup_source(
                 })
             }
             Err(e) => {
-                let message = format!(
-                    "Failed to initialize NVML: {e}. If this is a GPU node, did you set the default container \
-                     runtime to `nvidia`, or mount the driver root and pass --driver-root-ctr-path / --nvml-lib? \
-                     If this is not a GPU node, use a toleration or nodeSelector to keep gpu-slicer off it."
-                );
+                // NVIDIA's advice, where the error does not already say
+                // what to check (said twice, the two disagreed).
+                let advice = if e.says_what_to_do() {
+                    ""
+                } else {
+                    ". If this is a GPU node, did you set the default container runtime to `nvidia`, \
+                     or mount the driver root and pass --driver-root-ctr-path / --nvml-lib? If this is \
+                     not a GPU node, use a nodeSelector or affinity to keep gpu-slicer off it"
+                };
+                let message = format!("Failed to initialize NVML: {e}{advice}");
                 if config.flags.fail_on_init_error {
                     Err(SetupError::Fatal(message))
                 } else {

@@ -43,9 +43,21 @@ mod tests {
         );
         let missing = dir.path().join("missing.yml");
         let err = load(missing.to_str().unwrap(), None).unwrap_err();
-        assert!(
-            err.to_string().starts_with("cannot read topology file "),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read topology file {}: no such file or directory",
+                missing.display()
+            )
+        );
+        // A directory is a path, not an unknown instance type.
+        let err = load(dir.path().to_str().unwrap(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read topology file {}: it is a directory, not a file",
+                dir.path().display()
+            )
         );
     }
 }

@@ -13,12 +13,30 @@ use kubelet_sim::{Container, Kubelet, Options, Pod};
 use tokio_util::sync::CancellationToken;
 
 use gpu_slicer_core::allocate::NodeDeviceFiles;
-use gpu_slicer_core::config::{Config, ConfigFlags, MigStrategy, ReplicatedResource};
+use gpu_slicer_core::config::{
+    Config, ConfigFlags, MigStrategy, ReplicatedResource, SharingStrategy,
+};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::plan::plan;
-use gpu_slicer_daemon::config_file::{config_for_layout, effective_config};
+use gpu_slicer_daemon::config_file::{config_for_layout, effective_config, load_file};
 use gpu_slicer_daemon::daemon::{self, Paths, Setup};
 use gpu_slicer_daemon::simulate;
+
+/// `println!` that never panics: once stdout is closed (`demo | head`) the
+/// lines go nowhere and the demo still finishes and cleans up after itself.
+macro_rules! say {
+    () => {
+        say(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        say(format_args!($($arg)*))
+    };
+}
+
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
 
 pub struct DemoOptions {
     pub instance: String,
@@ -50,6 +68,19 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| default_layout(&options.instance).to_string());
     let layout = Some(mig_config.as_str());
+    if let Some(path) = &options.config_file {
+        let file = load_file(path).map_err(|e| format!("unable to load config: {e}"))?;
+        if file.sharing.strategy() == SharingStrategy::Mps {
+            return Err(format!(
+                "{}: the demo cannot show MPS sharing: its replicas need NVIDIA's MPS control \
+                 daemon (nvidia-cuda-mps-control) on a GPU node. `gpu-slicer plan --instance {} \
+                 --config-file {} --mps-root DIR` prints what the node would advertise",
+                path.display(),
+                options.instance,
+                path.display()
+            ));
+        }
+    }
     let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
         .map_err(|e| e.to_string())?;
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
@@ -78,18 +109,18 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
 }
 
 async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), String> {
-    println!("=== {title}");
+    say!("=== {title}");
     let gpus = inventory.gpus.len();
     let model = inventory
         .gpus
         .first()
         .map(|g| g.model.clone())
         .unwrap_or_default();
-    println!("simulated node: {gpus} × {model}");
+    say!("simulated node: {gpus} × {model}");
 
     let planned = plan(&inventory, &config);
     for d in &planned.diagnostics {
-        println!("  {d}");
+        say!("  {d}");
     }
     let expected: BTreeMap<String, usize> = planned.counts().into_iter().collect();
 
@@ -100,7 +131,7 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
     let kubelet = Kubelet::start(Options::new(dir.path()))
         .await
         .map_err(|e| format!("stand-in kubelet failed to start: {e}"))?;
-    println!(
+    say!(
         "stand-in kubelet listening on {}",
         kubelet.socket_path().display()
     );
@@ -151,29 +182,41 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
             REGISTRATION_TIMEOUT,
         )
         .await;
-    if let Err(e) = registered {
+    if registered.is_err() {
+        let status = kubelet.node_status();
         shutdown.cancel();
         let _ = daemon.await;
-        return Err(format!("resources did not reach the kubelet: {e}"));
+        let missing: Vec<String> = expected
+            .iter()
+            .map(|(name, want)| {
+                let got = status.get(name).map_or(0, |c| c.allocatable);
+                format!("{name} {got} of {want} allocatable")
+            })
+            .collect();
+        return Err(format!(
+            "the resources did not all reach the stand-in kubelet within {} s: {}",
+            REGISTRATION_TIMEOUT.as_secs(),
+            missing.join(", ")
+        ));
     }
-    println!(
-        "all {} resources registered and listed in {:.1} ms\n",
-        expected.len(),
+    say!(
+        "{} registered and listed in {:.1} ms\n",
+        registered_count(expected.len()),
         started.elapsed().as_secs_f64() * 1000.0
     );
 
     let status = kubelet.node_status();
     let width = status.keys().map(String::len).max().unwrap_or(0) + 1;
-    println!("$ kubectl describe node   (as the stand-in kubelet reports it)");
+    say!("$ kubectl describe node   (as the stand-in kubelet reports it)");
     for (heading, pick) in [("Capacity:", true), ("Allocatable:", false)] {
-        println!("{heading}");
+        say!("{heading}");
         for (name, c) in &status {
             let value = if pick { c.capacity } else { c.allocatable };
-            println!("  {:<width$} {value}", format!("{name}:"));
+            say!("  {:<width$} {value}", format!("{name}:"));
         }
     }
 
-    println!("\nPods admitted (one per resource):");
+    say!("\nPods admitted (one per resource):");
     for name in expected.keys() {
         let short = name.rsplit('/').next().unwrap_or(name).replace('.', "-");
         let pod = Pod::new(format!("demo-{short}"))
@@ -188,16 +231,30 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
                     .values()
                     .flat_map(|r| r.device_ids.clone())
                     .collect();
-                println!("  pod {} ({name}: 1)", pod.name);
-                println!("    device: {}", devices.join(", "));
-                for (key, value) in &container.merged.envs {
-                    println!("    env {key}={value}");
+                say!("  pod {} ({name}: 1)", pod.name);
+                say!("    device: {}", devices.join(", "));
+                let merged = &container.merged;
+                for (key, value) in &merged.envs {
+                    say!("    env {key}={value}");
+                }
+                for mount in &merged.mounts {
+                    say!(
+                        "    mount {} from {}",
+                        mount.container_path,
+                        mount.host_path
+                    );
+                }
+                for (key, value) in &merged.annotations {
+                    say!("    annotation {key}={value}");
+                }
+                for name in &merged.cdi_devices {
+                    say!("    CDI device {name}");
                 }
             }
-            Err(e) => println!("  pod {}: {e}", pod.name),
+            Err(e) => say!("  pod {}: {e}", pod.name),
         }
     }
-    println!();
+    say!();
 
     shutdown.cancel();
     daemon
@@ -206,6 +263,14 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         .map_err(|e| e.to_string())?;
     kubelet.shutdown().await;
     Ok(())
+}
+
+/// `the 1 resource` / `all 3 resources`.
+fn registered_count(n: usize) -> String {
+    match n {
+        1 => "the 1 resource".to_string(),
+        n => format!("all {n} resources"),
+    }
 }
 
 #[cfg(test)]

@@ -184,17 +184,41 @@ pub fn workload_command(
     prices: Option<&Path>,
     nodepool: &str,
     output: Output,
-) -> Result<String, String> {
+) -> Result<WorkloadReport, String> {
     let table = price_table(prices)?;
     let source = workload.display().to_string();
-    let text = std::fs::read_to_string(workload)
-        .map_err(|e| format!("cannot read the workload file {source}: {e}; check --workload"))?;
+    let text = std::fs::read_to_string(workload).map_err(|e| {
+        format!(
+            "cannot read the workload file {source}: {}; check --workload",
+            gpu_slicer_core::messages::io_error(&e)
+        )
+    })?;
     let items = cost::parse_workload(&text, &source)?;
     let ranking = cost::rank(&items, &table, nodepool)?;
-    match output {
+    let text = match output {
         Output::Json => serde_json::to_string_pretty(&ranking)
             .map(|s| s + "\n")
-            .map_err(|e| format!("cannot render JSON: {e}")),
-        Output::Text => cost::render_ranking(&ranking, 10),
-    }
+            .map_err(|e| format!("cannot render JSON: {e}"))?,
+        Output::Text => cost::render_ranking(&ranking, 10)?,
+    };
+    let errors = ranking
+        .groups
+        .iter()
+        .filter_map(|g| {
+            cost::unplaced(g).map(|why| {
+                format!(
+                    "no instance type holds the pods of pool '{}': {why}",
+                    g.nodepool
+                )
+            })
+        })
+        .collect();
+    Ok(WorkloadReport { text, errors })
+}
+
+/// What `plan --workload` prints, and the pods it could not place (the
+/// command fails when there are any).
+pub struct WorkloadReport {
+    pub text: String,
+    pub errors: Vec<String>,
 }

@@ -16,6 +16,7 @@ use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::gpu::simulated;
+use gpu_slicer_core::messages::{types_in_words, yaml_error};
 use gpu_slicer_core::plan::{Plan, plan};
 
 use super::overlays;
@@ -155,21 +156,83 @@ fn one() -> u32 {
     1
 }
 
+/// A workload file's value, as a user wrote it: `the number 3`, `a mapping`.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "empty".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+/// Every MIG profile of the catalog's GPUs, once each, in catalog order.
+fn mig_profile_names() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for profile in catalog::models()
+        .iter()
+        .filter_map(|m| m.mig.as_ref())
+        .flat_map(|g| g.profiles)
+    {
+        let name = profile.dotted_name();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Parses a workload file (a YAML list, or `pods:` holding one).
 pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, String> {
     let hint = "expected a list of {name, count, slice: \"1g.10gb\"} or {name, count, sharedGpu: 1, memoryGiB: 8}";
-    let value: Value =
-        serde_saphyr::from_str(text).map_err(|e| format!("{source}: {e}; {hint}"))?;
+    let value: Value = serde_saphyr::from_str(text)
+        .map_err(|e| format!("{source}: {}; {hint}", yaml_error(&e)))?;
     let list = match value.get("pods") {
         Some(pods) => pods.clone(),
         None => value,
     };
-    let items: Vec<WorkloadItem> =
-        serde_json::from_value(list).map_err(|e| format!("{source}: {e}; {hint}"))?;
+    let Value::Array(entries) = list else {
+        return Err(format!(
+            "{source}: {} is not a list; {hint}",
+            describe(&list)
+        ));
+    };
+    let mut items = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        if !entry.is_object() {
+            return Err(format!(
+                "{source}: pods[{i}] is {}, not a pod; {hint}",
+                describe(&entry)
+            ));
+        }
+        let item: WorkloadItem = serde_json::from_value(entry).map_err(|e| {
+            format!(
+                "{source}: pods[{i}]: {}; {hint}",
+                types_in_words(&e.to_string())
+            )
+        })?;
+        items.push(item);
+    }
     if items.is_empty() {
         return Err(format!("{source}: no pods; {hint}"));
     }
     for item in &items {
+        if let Some(slice) = &item.slice {
+            let profile = slice.trim_start_matches("mig-");
+            if !catalog::models()
+                .iter()
+                .any(|m| m.mig_profile(profile).is_some())
+            {
+                return Err(format!(
+                    "{source}: pod '{}' asks for slice '{slice}', which is no MIG profile of any \
+                     GPU; MIG profiles: {}",
+                    item.name,
+                    mig_profile_names().join(", ")
+                ));
+            }
+        }
         if !matches!(item.arch(), "amd64" | "arm64") {
             return Err(format!(
                 "{source}: pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
@@ -616,6 +679,28 @@ fn describe_launch(launch: &KarpenterLaunch) -> String {
         .join(" + ")
 }
 
+/// Why no instance type is ranked for a group's pods; `None` when some is.
+pub fn unplaced(g: &Group) -> Option<String> {
+    if !g.choices.is_empty() {
+        return None;
+    }
+    Some(if !g.unpriced.is_empty() {
+        format!(
+            "the instance types that fit have no price ({}): add them with --prices FILE",
+            g.unpriced.join(", ")
+        )
+    } else if g.kind == "mig" {
+        "no instance type of the pods' arch has a named MIG layout (all-<profile>, \
+         all-balanced) with every slice they ask for, and a NodePool has one layout: rank such \
+         slices in separate files"
+            .to_string()
+    } else {
+        "no instance type of the pods' arch has GPUs with the memory each pod asks for \
+         (memoryGiB)"
+            .to_string()
+    })
+}
+
 /// The ranking as terminal tables: the best `top` choices per group, then
 /// the NodePool limits and overlay of the cheapest.
 pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
@@ -638,15 +723,8 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
         if g.choices.is_empty() {
             let _ = writeln!(
                 out,
-                "   no priced instance type provides this{}",
-                if g.unpriced.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " (without a price: {}; add them with --prices FILE)",
-                        g.unpriced.join(", ")
-                    )
-                }
+                "   no instance type provides this: {}",
+                unplaced(g).unwrap_or_default()
             );
             continue;
         }

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
+use gpu_slicer_core::messages::{io_error, yaml_error};
 
 /// The node label NVIDIA's config-manager (and gpu-slicer) read to pick a
 /// named config out of a ConfigMap with several.
@@ -62,7 +63,10 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, String> 
 
 fn parse_documents_from(text: &str, file: &str, first: usize) -> Result<Vec<Document>, String> {
     let values: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        format!("{file}: not valid YAML: {e}; fix the YAML (or pass only Kubernetes manifests)")
+        format!(
+            "{file}: not valid YAML: {}; fix the YAML (or pass only Kubernetes manifests)",
+            yaml_error(&e)
+        )
     })?;
     Ok(values
         .into_iter()
@@ -108,8 +112,14 @@ pub fn markdown_yaml_blocks(text: &str) -> Vec<(usize, String)> {
 /// ```yaml blocks are read in order.
 pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {file}: {e}; check the path and permissions"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = if path.is_dir() {
+            format!("give the files in it (e.g. {file}/*.yaml)")
+        } else {
+            "check the path and permissions".to_string()
+        };
+        format!("cannot read {file}: {}; {hint}", io_error(&e))
+    })?;
     let is_markdown = path
         .extension()
         .and_then(|e| e.to_str())

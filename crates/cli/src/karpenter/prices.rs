@@ -176,8 +176,9 @@ impl PriceTable {
     pub fn parse(text: &str, source: &str) -> Result<PriceTable, String> {
         let mut table: PriceTable = serde_saphyr::from_str(text).map_err(|e| {
             format!(
-                "{source}: not a price table: {e}; expected `date:` and `prices:` with \
-                 `instance`, `usdPerHour`, `source` and `date` per entry"
+                "{source}: not a price table: {}; expected `date:` and `prices:` with \
+                 `instance`, `usdPerHour`, `source` and `date` per entry",
+                gpu_slicer_core::messages::yaml_error(&e)
             )
         })?;
         for entry in &table.prices {
@@ -195,8 +196,12 @@ impl PriceTable {
     /// Reads a price file.
     pub fn load(path: &Path) -> Result<PriceTable, String> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the price file {source}: {e}; check --prices"))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the price file {source}: {}; check --prices",
+                gpu_slicer_core::messages::io_error(&e)
+            )
+        })?;
         Self::parse(&text, &source)
     }
 

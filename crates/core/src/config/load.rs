@@ -43,7 +43,7 @@ use super::schema::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("{}: unable to read config file: {source}", path.display())]
+    #[error("{}: unable to read config file: {}", path.display(), crate::messages::io_error(source))]
     Read { path: PathBuf, source: io::Error },
     /// The text is not YAML/JSON; `message` carries line and column.
     #[error("{source_name}: {message}")]
@@ -482,11 +482,7 @@ fn parse_tree(text: &str, source: &str) -> Result<Value, ConfigError> {
         return Ok(Value::Null);
     }
     serde_saphyr::from_str::<Value>(text).or_else(|e| {
-        let rendered = e
-            .render_with_options(serde_saphyr::render_options! {
-                snippets: serde_saphyr::SnippetMode::Off,
-            })
-            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+        let rendered = crate::messages::yaml_error(&e);
         // JSON is YAML, but pretty-printed JSON may use tabs YAML rejects.
         if text.trim_start().starts_with('{')
             && !rendered.contains("duplicate mapping key")
@@ -524,18 +520,6 @@ fn describe(v: &Value) -> String {
         Value::String(s) => format!("string {s:?}"),
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "a mapping".into(),
-    }
-}
-
-/// Go's `%v, %T` of a decoded JSON value.
-fn go_value_and_type(v: &Value) -> String {
-    match v {
-        Value::Null => "<nil>, <nil>".into(),
-        Value::Bool(b) => format!("{b}, bool"),
-        Value::Number(n) => format!("{n}, float64"),
-        Value::String(s) => format!("{s}, string"),
-        Value::Array(_) => format!("{v}, []interface {{}}"),
-        Value::Object(_) => format!("{v}, map[string]interface {{}}"),
     }
 }
 
@@ -1119,9 +1103,15 @@ impl Cx<'_> {
                     format!("devices set as '{n}' but a count of devices must be > 0"),
                 )),
                 Some(c) => u32::try_from(c).map(DeviceSelection::Count).map_err(|_| {
-                    self.invalid(path, format!("unrecognized type for devices spec: {n}"))
+                    self.invalid(
+                        path,
+                        format!("devices set as '{n}', more devices than any node has"),
+                    )
                 }),
-                None => Err(self.invalid(path, format!("unrecognized type for devices spec: {n}"))),
+                None => Err(self.invalid(
+                    path,
+                    format!("devices set as '{n}' but a count of devices must be a whole number"),
+                )),
             },
             Value::Array(items) => {
                 let mut refs = Vec::with_capacity(items.len());
@@ -1134,17 +1124,22 @@ impl Cx<'_> {
                             None => Err(unsupported_device_ref(&n.to_string()).into()),
                         },
                         other => Err(InvalidValue(format!(
-                            "unsupported type for device in devices list: {}",
-                            go_value_and_type(other)
+                            "unsupported device in devices list: {} (expected a GPU index '0', \
+                             a MIG device index '0:1', 'GPU-<uuid>' or 'MIG-<uuid>')",
+                            describe(other)
                         ))),
                     };
                     refs.push(parsed.map_err(|e| self.invalid(&item_path, e))?);
                 }
                 Ok(DeviceSelection::List(refs))
             }
-            other => {
-                Err(self.invalid(path, format!("unrecognized type for devices spec: {other}")))
-            }
+            other => Err(self.invalid(
+                path,
+                format!(
+                    "devices is {}; expected 'all', a count of devices or a list of devices",
+                    describe(other)
+                ),
+            )),
         }
     }
 
@@ -1522,9 +1517,26 @@ mod tests {
                  count of devices must be > 0",
             ),
             (
+                ts("{name: gpu, replicas: 2, devices: 1.5}"),
+                "config.yaml: sharing.timeSlicing.resources[0].devices: devices set as '1.5' but a \
+                 count of devices must be a whole number",
+            ),
+            (
+                ts("{name: gpu, replicas: 2, devices: 99999999999}"),
+                "config.yaml: sharing.timeSlicing.resources[0].devices: devices set as \
+                 '99999999999', more devices than any node has",
+            ),
+            (
+                ts("{name: gpu, replicas: 2, devices: [0, [1]]}"),
+                "config.yaml: sharing.timeSlicing.resources[0].devices[1]: unsupported device \
+                 in devices list: a list (expected a GPU index '0', a MIG device index \
+                 '0:1', 'GPU-<uuid>' or 'MIG-<uuid>')",
+            ),
+            (
                 ts("{name: gpu, replicas: 2, devices: [0, true]}"),
-                "config.yaml: sharing.timeSlicing.resources[0].devices[1]: unsupported type for \
-                 device in devices list: true, bool",
+                "config.yaml: sharing.timeSlicing.resources[0].devices[1]: unsupported device \
+                 in devices list: boolean true (expected a GPU index '0', a MIG device index \
+                 '0:1', 'GPU-<uuid>' or 'MIG-<uuid>')",
             ),
             (
                 ts("{name: gpu, replicas: 2, devices: [nvme0]}"),
@@ -1534,8 +1546,8 @@ mod tests {
             ),
             (
                 ts("{name: gpu, replicas: 2, devices: {a: 1}}"),
-                "config.yaml: sharing.timeSlicing.resources[0].devices: unrecognized type for \
-                 devices spec: {\"a\":1}",
+                "config.yaml: sharing.timeSlicing.resources[0].devices: devices is a mapping; \
+                 expected 'all', a count of devices or a list of devices",
             ),
             (
                 ts(&format!("{{name: {}, replicas: 2}}", "a".repeat(53))),

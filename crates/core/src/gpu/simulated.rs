@@ -107,7 +107,10 @@ pub enum SimulationError {
         model: String,
         known: String,
     },
-    #[error("cannot read topology file {path}: {error}")]
+    #[error(
+        "cannot read topology file {path}: {}",
+        crate::messages::io_error(error)
+    )]
     Read {
         path: String,
         #[source]
@@ -177,11 +180,11 @@ pub fn from_topology_str(text: &str, source: &str) -> Result<Inventory, Simulati
 }
 
 /// Whether a `--simulate` argument names a topology file rather than an
-/// instance preset, by its name alone (the shell also takes any existing
-/// file).
+/// instance preset, by its name alone: a YAML suffix or a path (no instance
+/// type has a `/`). The shell also takes any existing file.
 pub fn looks_like_topology_file(spec: &str) -> bool {
     let lower = spec.to_ascii_lowercase();
-    lower.ends_with(".yaml") || lower.ends_with(".yml")
+    lower.ends_with(".yaml") || lower.ends_with(".yml") || spec.contains('/')
 }
 
 /// Builds a topology file's text; `source` names it in errors.
@@ -216,7 +219,7 @@ pub fn build(topology: &Topology, source: &str) -> Result<Inventory, SimulationE
 fn parse_topology(text: &str, source: &str) -> Result<Topology, SimulationError> {
     serde_saphyr::from_str(text).map_err(|e| SimulationError::Parse {
         file: source.to_string(),
-        message: e.to_string(),
+        message: crate::messages::yaml_error(&e),
     })
 }
 
@@ -1196,6 +1199,7 @@ gpus:
             from_instance("p5.48xlarge", None).unwrap()
         );
         assert!(looks_like_topology_file("Node.YML"));
+        assert!(looks_like_topology_file("topologies/node"));
         assert!(!looks_like_topology_file("p4d.24xlarge"));
         // Not a preset.
         assert!(matches!(

@@ -62,7 +62,30 @@ fn driver_not_loaded_is_fatal_by_default() {
         last.starts_with("error: Failed to initialize NVML: "),
         "{stderr}"
     );
-    assert!(last.contains("If this is a GPU node"), "{stderr}");
+    // One piece of advice, the one for this error.
+    assert!(
+        last.contains("the NVIDIA kernel driver is not loaded. Check `nvidia-smi`"),
+        "{stderr}"
+    );
+    assert!(!last.contains("If this is a GPU node"), "{stderr}");
+
+    // An error that says nothing of what to check gets NVIDIA's advice.
+    let out = Command::new(BIN)
+        .args(["run", "--device-plugin-path"])
+        .arg(dir.path())
+        .arg("--nvml-lib")
+        .arg(&lib)
+        .env("FAKE_NVML_INIT_ERROR", "UNKNOWN")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: Failed to initialize NVML: ")
+            && last.contains(". If this is a GPU node, did you set the default container runtime"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
