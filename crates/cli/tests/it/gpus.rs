@@ -252,6 +252,62 @@ fn mig_apply_reports_a_mode_change_that_needs_a_reset_and_finishes_after_it() {
     assert_eq!(devices(&topology, 1).len(), 4);
 }
 
+/// gpu-operator #2833: an apply that fails half-way must not leave the GPU
+/// half-configured. The driver refuses compute instances: the GPU instance
+/// this attempt created is destroyed again, the GPU is left with MIG on and
+/// nothing on it, and the next attempt starts from there and completes.
+#[test]
+fn mig_apply_that_fails_half_way_undoes_what_it_created_and_a_retry_completes() {
+    let dir = temp_dir();
+    let mut inventory =
+        simulated::from_instance("p5e.48xlarge", Some("all-balanced")).expect("p5e");
+    inventory.gpus.truncate(1);
+    let topology = aside(dir.path()).join("inventory.json");
+    std::fs::write(&topology, serde_json::to_string(&inventory).expect("json")).expect("write");
+    let before = devices(&topology, 0);
+    assert_eq!(before.len(), 4);
+
+    let out = Command::new(BIN)
+        .args(["mig", "apply", "all-1g.18gb", "--nvml-lib"])
+        .arg(fake_nvml())
+        .env("FAKE_NVML_TOPOLOGY", &topology)
+        .env(
+            "FAKE_NVML_FAIL",
+            "nvmlGpuInstanceCreateComputeInstance:INSUFFICIENT_RESOURCES",
+        )
+        .output()
+        .expect("run mig apply");
+    let text = text_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("): failed\n"), "{text}");
+    assert!(
+        text.contains(
+            "nvmlGpuInstanceCreateComputeInstance(GPU instance 7, 1-slice profile: the whole instance) failed: "
+        ),
+        "{text}"
+    );
+    // Nothing half-built: no MIG device, and no GPU instance without its
+    // compute instance left in the driver.
+    assert!(devices(&topology, 0).is_empty());
+    let driver: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&topology).expect("read")).expect("json");
+    assert!(
+        driver["gpus"][0]["gpu_instances"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{}",
+        driver["gpus"][0]
+    );
+    assert!(run(&topology, "text").contains("MIG: enabled (pending: enabled)"));
+
+    // The driver answers again: the retry creates the whole layout.
+    let out = mig_apply(&topology, &["all-1g.18gb"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let now = devices(&topology, 0);
+    assert_eq!(now.len(), 7, "{now:?}");
+    assert!(now.iter().all(|(p, _)| p == "1g.18gb"), "{now:?}");
+}
+
 #[test]
 fn mig_apply_refuses_a_gpu_in_use_unless_forced_and_layouts_that_do_not_fit() {
     let dir = temp_dir();
