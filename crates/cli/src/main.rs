@@ -9,7 +9,7 @@ use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEn
 use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
 use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
-use gpu_slicer_core::config::ConfigFlags;
+use gpu_slicer_core::config::{ConfigFlags, DeviceNamingFlags, MigStrategyFlag, MpsRootFlag};
 use gpu_slicer_daemon::args::RunArgs;
 use gpu_slicer_daemon::process::{
     LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
@@ -126,23 +126,20 @@ enum Command {
 
 /// NVIDIA's flags that change what `plan` computes; the daemon's others
 /// (driver paths, device-list strategies, ...) change nothing it prints.
+/// Each is declared once, in the core's [`ConfigFlags`] groups.
 #[derive(clap::Args)]
 struct PlanFlags {
-    /// How MIG devices are advertised: none, single or mixed (default: the
-    /// config file's, else mixed with a MIG layout).
-    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
-    mig_strategy: Option<String>,
-    /// The MPS root folder on the host: a config with sharing.mps needs it,
-    /// as the daemon does.
-    #[arg(long, env = "MPS_ROOT", value_name = "PATH")]
-    mps_root: Option<String>,
+    #[command(flatten)]
+    mig: MigStrategyFlag,
+    #[command(flatten)]
+    mps: MpsRootFlag,
 }
 
 impl From<PlanFlags> for ConfigFlags {
     fn from(f: PlanFlags) -> ConfigFlags {
         ConfigFlags {
-            mig_strategy: f.mig_strategy,
-            mps_root: f.mps_root,
+            mig: f.mig,
+            mps: f.mps,
             ..ConfigFlags::default()
         }
     }
@@ -152,30 +149,17 @@ impl From<PlanFlags> for ConfigFlags {
 /// what an admitted pod's container receives.
 #[derive(clap::Args)]
 struct DemoFlags {
-    /// How MIG devices are advertised: none, single or mixed (default: the
-    /// config file's, else mixed with a MIG layout).
-    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
-    mig_strategy: Option<String>,
-    /// How containers receive their devices: envvar, volume-mounts,
-    /// cdi-annotations, cdi-cri (comma-separated or repeated).
-    #[arg(
-        long,
-        env = "DEVICE_LIST_STRATEGY",
-        value_delimiter = ',',
-        value_name = "STRATEGY"
-    )]
-    device_list_strategy: Option<Vec<String>>,
-    /// How devices are named to containers: uuid or index.
-    #[arg(long, env = "DEVICE_ID_STRATEGY", value_name = "STRATEGY")]
-    device_id_strategy: Option<String>,
+    #[command(flatten)]
+    mig: MigStrategyFlag,
+    #[command(flatten)]
+    naming: DeviceNamingFlags,
 }
 
 impl From<DemoFlags> for ConfigFlags {
     fn from(f: DemoFlags) -> ConfigFlags {
         ConfigFlags {
-            mig_strategy: f.mig_strategy,
-            device_list_strategy: f.device_list_strategy,
-            device_id_strategy: f.device_id_strategy,
+            mig: f.mig,
+            naming: f.naming,
             ..ConfigFlags::default()
         }
     }

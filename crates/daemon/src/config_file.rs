@@ -121,7 +121,7 @@ pub fn config_for_layout(
 ) -> Result<Config, EffectiveConfigError> {
     let mut config = effective_config(config_file, flags)?;
     let layout_uses_mig = mig_layout.is_some_and(|l| l != "all-disabled");
-    if layout_uses_mig && config_file.is_none() && flags.mig_strategy.is_none() {
+    if layout_uses_mig && config_file.is_none() && flags.mig.mig_strategy.is_none() {
         config.flags.mig_strategy = MigStrategy::Mixed;
     }
     Ok(config)

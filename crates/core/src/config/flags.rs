@@ -20,6 +20,42 @@ pub fn parse_go_bool(s: &str) -> Result<bool, InvalidValue> {
     }
 }
 
+/// `--mig-strategy`: declared once, flattened into [`ConfigFlags`] and into
+/// the people's commands that take it (`plan`, `demo`).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct MigStrategyFlag {
+    /// The desired strategy for exposing MIG devices: none, single or mixed.
+    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
+    pub mig_strategy: Option<String>,
+}
+
+/// `--device-list-strategy` and `--device-id-strategy`: how containers
+/// receive their devices (the daemon, and `demo`, which shows it).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct DeviceNamingFlags {
+    /// How devices are passed to the runtime: envvar, volume-mounts,
+    /// cdi-annotations, cdi-cri (comma-separated or repeated).
+    #[arg(
+        long,
+        env = "DEVICE_LIST_STRATEGY",
+        value_delimiter = ',',
+        value_name = "STRATEGY"
+    )]
+    pub device_list_strategy: Option<Vec<String>>,
+
+    /// How devices are identified to the runtime: uuid or index.
+    #[arg(long, env = "DEVICE_ID_STRATEGY", value_name = "STRATEGY")]
+    pub device_id_strategy: Option<String>,
+}
+
+/// `--mps-root` (the daemon, and `plan`: a config with MPS sharing needs it).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct MpsRootFlag {
+    /// The MPS root folder on the host (required when MPS sharing is used).
+    #[arg(long, env = "MPS_ROOT", value_name = "PATH")]
+    pub mps_root: Option<String>,
+}
+
 /// Every NVIDIA flag that changes the config. `None` = not given (neither
 /// flag nor env), so the config file's value stands.
 ///
@@ -27,9 +63,8 @@ pub fn parse_go_bool(s: &str) -> Result<bool, InvalidValue> {
 /// var with a `strconv.ParseBool` value.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
 pub struct ConfigFlags {
-    /// The desired strategy for exposing MIG devices: none, single or mixed.
-    #[arg(long, env = "MIG_STRATEGY", value_name = "STRATEGY")]
-    pub mig_strategy: Option<String>,
+    #[command(flatten)]
+    pub mig: MigStrategyFlag,
 
     /// Fail the plugin if an error is encountered during initialization,
     /// otherwise block indefinitely.
@@ -60,19 +95,8 @@ pub struct ConfigFlags {
           require_equals = true, value_parser = parse_go_bool, value_name = "BOOL")]
     pub pass_device_specs: Option<bool>,
 
-    /// How devices are passed to the runtime: envvar, volume-mounts,
-    /// cdi-annotations, cdi-cri (comma-separated or repeated).
-    #[arg(
-        long,
-        env = "DEVICE_LIST_STRATEGY",
-        value_delimiter = ',',
-        value_name = "STRATEGY"
-    )]
-    pub device_list_strategy: Option<Vec<String>>,
-
-    /// How devices are identified to the runtime: uuid or index.
-    #[arg(long, env = "DEVICE_ID_STRATEGY", value_name = "STRATEGY")]
-    pub device_id_strategy: Option<String>,
+    #[command(flatten)]
+    pub naming: DeviceNamingFlags,
 
     /// Ensure that containers are started with NVIDIA_GDRCOPY=enabled.
     #[arg(long, env = "GDRCOPY_ENABLED", num_args = 0..=1, default_missing_value = "true",
@@ -113,9 +137,8 @@ pub struct ConfigFlags {
     )]
     pub driver_root_ctr_path: Option<String>,
 
-    /// The MPS root folder on the host (required when MPS sharing is used).
-    #[arg(long, env = "MPS_ROOT", value_name = "PATH")]
-    pub mps_root: Option<String>,
+    #[command(flatten)]
+    pub mps: MpsRootFlag,
 
     /// How shared devices are preferred: distributed or packed.
     #[arg(long, env = "SHARED_DEVICES_ALLOCATION_POLICY", value_name = "POLICY")]
@@ -181,7 +204,7 @@ impl ConfigFlags {
     /// NVIDIA's messages, then runs [`validate_cross`].
     fn apply_given(&self, mut config: Config) -> Result<Config, ConfigError> {
         let flags = &mut config.flags;
-        if let Some(v) = &self.mig_strategy {
+        if let Some(v) = &self.mig.mig_strategy {
             flags.mig_strategy = v
                 .parse::<MigStrategy>()
                 .map_err(|e| invalid("--mig-strategy", e.to_string()))?;
@@ -195,7 +218,7 @@ impl ConfigFlags {
         if let Some(v) = &self.nvidia_dev_root {
             flags.nvidia_dev_root = Some(v.clone());
         }
-        if let Some(v) = &self.mps_root {
+        if let Some(v) = &self.mps.mps_root {
             flags.mps_root = v.clone();
         }
         if let Some(v) = self.gdrcopy_enabled {
@@ -215,7 +238,7 @@ impl ConfigFlags {
         if let Some(v) = self.pass_device_specs {
             plugin.pass_device_specs = v;
         }
-        if let Some(v) = &self.device_list_strategy {
+        if let Some(v) = &self.naming.device_list_strategy {
             plugin.device_list_strategy = parse_device_list_strategies(v).map_err(|m| {
                 invalid(
                     "--device-list-strategy",
@@ -223,7 +246,7 @@ impl ConfigFlags {
                 )
             })?;
         }
-        if let Some(v) = &self.device_id_strategy {
+        if let Some(v) = &self.naming.device_id_strategy {
             plugin.device_id_strategy = v
                 .parse::<DeviceIdStrategy>()
                 .map_err(|e| invalid("--device-id-strategy", e.to_string()))?;
@@ -355,19 +378,25 @@ mod tests {
         assert_eq!(
             f,
             ConfigFlags {
-                mig_strategy: Some("mixed".into()),
+                mig: MigStrategyFlag {
+                    mig_strategy: Some("mixed".into()),
+                },
                 nvidia_driver_root: Some("/run/nvidia/driver".into()),
                 nvidia_dev_root: Some("/".into()),
-                device_list_strategy: Some(vec![
-                    "envvar".into(),
-                    "cdi-cri".into(),
-                    "volume-mounts".into()
-                ]),
-                device_id_strategy: Some("index".into()),
+                naming: DeviceNamingFlags {
+                    device_list_strategy: Some(vec![
+                        "envvar".into(),
+                        "cdi-cri".into(),
+                        "volume-mounts".into()
+                    ]),
+                    device_id_strategy: Some("index".into()),
+                },
                 cdi_annotation_prefix: Some("cdi.example.com/".into()),
                 nvidia_cdi_hook_path: Some("/ctk".into()),
                 driver_root_ctr_path: Some("/drv".into()),
-                mps_root: Some("/mps".into()),
+                mps: MpsRootFlag {
+                    mps_root: Some("/mps".into()),
+                },
                 shared_devices_allocation_policy: Some("packed".into()),
                 device_discovery_strategy: Some("nvml".into()),
                 ..ConfigFlags::default()
