@@ -47,16 +47,23 @@ async fn nvml_backend_advertises_mig_devices() {
 fn driver_not_loaded_is_fatal_by_default() {
     let dir = temp_dir();
     let lib = fake_nvml();
-    let out = Command::new(BIN)
-        .args(["run", "--device-plugin-path"])
-        .arg(dir.path())
-        .arg("--nvml-lib")
-        .arg(&lib)
-        .env("FAKE_NVML_INIT_ERROR", "DRIVER_NOT_LOADED")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The daemon's exit code and stderr when NVML's init fails with `error`.
+    let start_with_init_error = |error: &str| {
+        let out = Command::new(BIN)
+            .args(["run", "--device-plugin-path"])
+            .arg(dir.path())
+            .arg("--nvml-lib")
+            .arg(&lib)
+            .env("FAKE_NVML_INIT_ERROR", error)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = start_with_init_error("DRIVER_NOT_LOADED");
+    assert_eq!(code, Some(1));
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("error: Failed to initialize NVML: "),
@@ -70,16 +77,8 @@ fn driver_not_loaded_is_fatal_by_default() {
     assert!(!last.contains("If this is a GPU node"), "{stderr}");
 
     // An error that says nothing of what to check gets NVIDIA's advice.
-    let out = Command::new(BIN)
-        .args(["run", "--device-plugin-path"])
-        .arg(dir.path())
-        .arg("--nvml-lib")
-        .arg(&lib)
-        .env("FAKE_NVML_INIT_ERROR", "UNKNOWN")
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = start_with_init_error("UNKNOWN");
+    assert_eq!(code, Some(1));
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("error: Failed to initialize NVML: ")
