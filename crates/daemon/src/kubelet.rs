@@ -27,6 +27,10 @@ pub enum RegisterError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(
+        "not registering '{resource}': {socket} was replaced by a new kubelet while connecting; registering with the new kubelet instead"
+    )]
+    Replaced { resource: String, socket: PathBuf },
     #[error("the kubelet refused to register '{resource}': {}", .status.message())]
     Refused {
         resource: String,
@@ -35,9 +39,16 @@ pub enum RegisterError {
 }
 
 /// Registers one resource whose server listens on `endpoint` (a file name in
-/// the kubelet's device-plugin directory; the kubelet joins it itself).
+/// the kubelet's device-plugin directory; the kubelet joins it itself), with
+/// the kubelet whose `kubelet.sock` has identity `meant` only.
+///
+/// The socket is dialled by path, so a kubelet that restarted after the
+/// caller looked would get the call: the identity is checked again once
+/// connected, and a replaced socket sends nothing (the caller registers with
+/// the new kubelet once it sees it; see the life cycle's "A deleted socket").
 pub async fn register(
     kubelet_socket: &Path,
+    meant: KubeletId,
     endpoint: &str,
     resource: &ResourceName,
 ) -> Result<(), RegisterError> {
@@ -48,10 +59,25 @@ pub async fn register(
         .timeout(REGISTER_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = connect_to.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            async move {
+                let stream = UnixStream::connect(&path).await?;
+                if kubelet_identity(&path) != Some(meant) {
+                    return Err(std::io::Error::other(REPLACED));
+                }
+                Ok(TokioIo::new(stream))
+            }
         }))
         .await
-        .map_err(|source| RegisterError::Connect { socket, source })?;
+        .map_err(|source| {
+            if is_replaced(&source) {
+                RegisterError::Replaced {
+                    resource: resource.to_string(),
+                    socket: socket.clone(),
+                }
+            } else {
+                RegisterError::Connect { socket, source }
+            }
+        })?;
     let mut client = RegistrationClient::new(channel);
     client
         .register(RegisterRequest {
@@ -66,6 +92,20 @@ pub async fn register(
             status,
         })?;
     Ok(())
+}
+
+/// The connector's error when `kubelet.sock` changed under it.
+const REPLACED: &str = "kubelet.sock was replaced while connecting";
+
+fn is_replaced(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.to_string() == REPLACED {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Identity of a socket file (device, inode): tells the socket a server

@@ -27,6 +27,38 @@
 //! accepted: a new kubelet, a replaced server or a confirmed stream loss
 //! each change the key once, however many signs announced them.
 //!
+//! # A deleted socket
+//!
+//! The deletion of a plugin's own socket file is ambiguous on its own: a
+//! restarting kubelet deletes it and then binds a new `kubelet.sock`, but
+//! anyone else deleting it leaves the kubelet running with its connection
+//! (and ListAndWatch stream) to the plugin alive: a Unix connection does
+//! not depend on the file it was dialled through. The kubelet's own code
+//! (v1.32 `pkg/kubelet/cm/devicemanager/plugin/v1beta1`) decides the rule:
+//! its registration server keys clients by resource name only
+//! (`handler.go`: `registerClient`, `deregisterClient`), and when a stream
+//! ends `runClient` disconnects whichever client the map holds *now*, so a
+//! second Register followed by the end of the first stream disconnects the
+//! new client, and `PluginDisconnected` marks every device of the resource
+//! Unhealthy (allocatable 0) until yet another registration.
+//!
+//! So a deleted socket is served again at once, and nothing else changes:
+//! the new server listens at the path (for the next Register, the kubelet's
+//! or ours), the old one is *retired*, not stopped: it keeps serving the
+//! kubelet's connection until that stream ends, and is stopped once it has
+//! no stream and no Register is in flight (one in flight may be dialling
+//! it). A registration is keyed by (kubelet, stream epoch), not by server,
+//! so the replacement registers nothing. Only a real restart sign
+//! registers: a different `kubelet.sock`, or a stream loss confirmed after
+//! [`Timings::stream_grace`].
+//!
+//! The shell closes the last gap: a Register names the kubelet it is meant
+//! for ([`Action::Register`]'s `kubelet`), and the shell checks, after
+//! connecting and before sending anything, that `kubelet.sock` is still
+//! that file. A call that would reach a kubelet bound after the
+//! observation sends nothing and fails; the machine registers with the new
+//! kubelet once it observes it, so one restart is one Register.
+//!
 //! # Invariants
 //!
 //! Checked after every step by the simulation test (`lifecycle::sim`), over
@@ -37,22 +69,27 @@
 //!
 //! 1. **One registration per cause.** Per kubelet instance, a resource has
 //!    at most one Register accepted, plus one per later cause that needs
-//!    another (its socket deleted by someone else, its stream dropped by the
-//!    kubelet, the resource removed and added back).
-//! 2. **At most one Register in flight per resource**, and never one aimed
-//!    at a kubelet the machine no longer sees.
-//! 3. **No replaced server left running.** A resource has at most one live
-//!    server; a replaced or removed one is stopped, which closes its
-//!    connections and so ends its ListAndWatch streams.
-//! 4. **Registered within a bound.** Once a kubelet accepts connections
+//!    another (its stream dropped by the kubelet, the resource removed and
+//!    added back, its socket failing to bind). A deleted socket is no
+//!    cause, whatever the order of a restart's signs and of pending retries.
+//! 2. **A deleted socket under a live kubelet changes nothing the kubelet
+//!    sees**: no Register, and no stream of the resource ends.
+//! 3. **At most one Register in flight per resource**, never one aimed
+//!    at a kubelet the machine no longer sees, and none delivered to a
+//!    kubelet other than the one it was meant for.
+//! 4. **No server left running without a purpose.** A resource has one
+//!    server at its socket path, plus retired ones only while they carry a
+//!    stream or a Register is in flight; a removed resource's servers are
+//!    stopped, which closes their connections and ends their streams.
+//! 5. **Registered within a bound.** Once a kubelet accepts connections
 //!    and nothing else goes wrong, every resource has a live stream from it
 //!    within [`Timings::stream_grace`] plus the registration back-off cap.
-//! 5. **SIGTERM removes every socket**: after [`Event::Shutdown`] no server
+//! 6. **SIGTERM removes every socket**: after [`Event::Shutdown`] no server
 //!    is left live.
-//! 6. **The running resource set is the last one applied**, plus resources
+//! 7. **The running resource set is the last one applied**, plus resources
 //!    draining their removal.
-//! 7. **No timer is postponed** by an event that does not concern it.
-//! 8. **Never stuck.** A resource without a stream from the kubelet that
+//! 8. **No timer is postponed** by an event that does not concern it.
+//! 9. **Never stuck.** A resource without a stream from the kubelet that
 //!    accepts connections has a Register in flight or a timer due, also
 //!    when the kubelet opened and lost the stream before Register's answer
 //!    arrived (its handler dials the plugin from a goroutine).
@@ -191,7 +228,8 @@ pub enum Notice {
         failures: u32,
         retry_in: Duration,
     },
-    /// The resource's socket was deleted by someone else: served again.
+    /// The resource's socket was deleted by someone else: served again,
+    /// the kubelet's connection kept, nothing registered.
     SocketReplaced {
         resource: ResourceName,
     },
@@ -209,12 +247,14 @@ pub enum Notice {
     },
 }
 
-/// What a registration was for: the kubelet, the server it points the
-/// kubelet at, and the stream epoch (bumped by each confirmed stream loss).
+/// What a registration was for: the kubelet, and the stream epoch (bumped
+/// by each confirmed stream loss and each return from a drain). The server
+/// is not part of it: a Register names the socket *path*, and which server
+/// listens there changes nothing for a kubelet whose connection is alive
+/// (see "A deleted socket" in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
     kubelet: KubeletId,
-    server: ServerId,
     epoch: u64,
 }
 
@@ -230,6 +270,12 @@ enum Server {
 #[derive(Debug, Clone)]
 struct Resource {
     server: Server,
+    /// Earlier servers of the resource whose socket file was deleted while
+    /// the kubelet's connection to them was alive (or may be opening: a
+    /// Register was in flight), with their open streams. They keep serving
+    /// that connection, so nothing the kubelet holds changes; each stops
+    /// once it has no stream and no Register is in flight.
+    retired: BTreeMap<ServerId, u32>,
     /// Binds that failed in a row (reset once the kubelet accepts a
     /// registration, which proves the socket works).
     serve_failures: u32,
@@ -260,6 +306,7 @@ impl Resource {
     fn new(server: Server) -> Self {
         Resource {
             server,
+            retired: BTreeMap::new(),
             serve_failures: 0,
             streams: 0,
             stream_opened_at: None,
@@ -280,6 +327,35 @@ impl Resource {
             Server::Up(id) => Some(id),
             Server::RetryAt { .. } => None,
         }
+    }
+
+    /// Streams open on any of the resource's servers, retired ones included.
+    fn all_streams(&self) -> u32 {
+        self.retired
+            .values()
+            .fold(self.streams, |sum, n| sum.saturating_add(*n))
+    }
+
+    fn owns(&self, server: ServerId) -> bool {
+        self.server_id() == Some(server) || self.retired.contains_key(&server)
+    }
+
+    /// Stops every retired server that no connection can need any more: no
+    /// stream on it and no Register in flight (the kubelet may be dialling).
+    fn reap_retired(&mut self, name: &ResourceName, out: &mut Vec<Action>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        self.retired.retain(|server, streams| {
+            if *streams > 0 {
+                return true;
+            }
+            out.push(Action::Stop {
+                resource: name.clone(),
+                server: *server,
+            });
+            false
+        });
     }
 }
 
@@ -321,7 +397,10 @@ impl Machine {
             }
             Event::StreamOpened { server } => {
                 if let Some(r) = self.by_server(server) {
-                    r.streams += 1;
+                    match r.retired.get_mut(&server) {
+                        Some(streams) => *streams += 1,
+                        None => r.streams += 1,
+                    }
                     r.stream_opened_at.get_or_insert(now);
                     r.loss_deadline = None;
                 }
@@ -338,6 +417,10 @@ impl Machine {
         }
         self.fire_timers(now, &mut out);
         self.register_due(now, &mut out);
+        // Last, once every stream and Register of this event is accounted for.
+        for (name, r) in &mut self.resources {
+            r.reap_retired(name, &mut out);
+        }
         out
     }
 
@@ -358,19 +441,25 @@ impl Machine {
             if let Server::RetryAt { at } = r.server {
                 consider(Some(at));
             }
-            // A back-off only matters while a registration is wanted.
-            if self.kubelet.is_some() && r.in_flight.is_none() && r.draining_until.is_none() {
+            // A back-off only matters while a registration is wanted: a
+            // past one that cannot fire (no socket bound yet, a loss still
+            // in its grace) would wake the shell in a busy loop.
+            if self.wants_register(r) {
                 consider(r.register_retry_at);
             }
         }
         next
     }
 
-    /// Resources served now (those draining included) and their servers.
+    /// Live servers (those of draining resources and retired ones
+    /// included) and their resources.
     pub fn servers(&self) -> impl Iterator<Item = (&ResourceName, ServerId)> {
-        self.resources
-            .iter()
-            .filter_map(|(name, r)| r.server_id().map(|id| (name, id)))
+        self.resources.iter().flat_map(|(name, r)| {
+            r.server_id()
+                .into_iter()
+                .chain(r.retired.keys().copied())
+                .map(move |id| (name, id))
+        })
     }
 
     /// The resources of the last applied set (not those draining).
@@ -403,15 +492,27 @@ impl Machine {
     fn current_key(&self, r: &Resource) -> Option<Key> {
         Some(Key {
             kubelet: self.kubelet?,
-            server: r.server_id()?,
             epoch: r.epoch,
         })
     }
 
+    /// The resource needs a Register (now, or once its back-off ends): its
+    /// registration is not for the kubelet and epoch of now, none is in
+    /// flight, a socket is bound to point the kubelet at, and no stream loss
+    /// is still in its grace.
+    fn wants_register(&self, r: &Resource) -> bool {
+        let Some(key) = self.current_key(r) else {
+            return false;
+        };
+        r.registered != Some(key)
+            && r.server_id().is_some()
+            && r.in_flight.is_none()
+            && r.draining_until.is_none()
+            && r.loss_deadline.is_none()
+    }
+
     fn by_server(&mut self, server: ServerId) -> Option<&mut Resource> {
-        self.resources
-            .values_mut()
-            .find(|r| r.server_id() == Some(server))
+        self.resources.values_mut().find(|r| r.owns(server))
     }
 
     fn new_id(&mut self) -> u64 {
@@ -463,27 +564,21 @@ impl Machine {
         }
     }
 
-    /// Stops the resource's server (ending its streams) and binds a new one.
+    /// The resource's socket file is gone: binds a new server at the path.
+    /// The old one keeps serving a connection that is (or may be becoming)
+    /// the kubelet's, so nothing the kubelet holds changes and nothing is
+    /// registered; it stops once no connection can need it. See "A deleted
+    /// socket" in the module docs.
     fn replace_server(&mut self, name: &ResourceName, out: &mut Vec<Action>) {
         let id = self.new_id();
         let Some(r) = self.resources.get_mut(name) else {
             return;
         };
         if let Some(old) = r.server_id() {
-            out.push(Action::Stop {
-                resource: name.clone(),
-                server: old,
-            });
-        }
-        if let Some((attempt, _)) = r.in_flight.take() {
-            out.push(Action::CancelRegister { attempt });
+            r.retired.insert(old, r.streams);
         }
         r.server = Server::Up(id);
         r.streams = 0;
-        r.stream_opened_at = None;
-        r.loss_deadline = None;
-        r.register_failures = 0;
-        r.register_retry_at = None;
         out.push(Action::Serve {
             resource: name.clone(),
             server: id,
@@ -545,9 +640,9 @@ impl Machine {
         if let Some((attempt, _)) = r.in_flight.take() {
             out.push(Action::CancelRegister { attempt });
         }
+        // The failed server never listened: it had no stream. A loss
+        // pending on a retired server's stream stays pending.
         r.streams = 0;
-        r.stream_opened_at = None;
-        r.loss_deadline = None;
         out.push(Action::Notify(Notice::ServeFailed {
             resource: name.clone(),
             error,
@@ -559,15 +654,14 @@ impl Machine {
     fn on_stream_closed(&mut self, server: ServerId, now: Instant, out: &mut Vec<Action>) {
         let grace = self.timings.stream_grace;
         let current_kubelet = self.kubelet;
-        let Some((name, r)) = self
-            .resources
-            .iter_mut()
-            .find(|(_, r)| r.server_id() == Some(server))
-        else {
-            return; // a replaced server's stream: nothing to do
+        let Some((name, r)) = self.resources.iter_mut().find(|(_, r)| r.owns(server)) else {
+            return; // a stopped server's stream: nothing to do
         };
-        r.streams = r.streams.saturating_sub(1);
-        if r.streams > 0 {
+        match r.retired.get_mut(&server) {
+            Some(streams) => *streams = streams.saturating_sub(1),
+            None => r.streams = r.streams.saturating_sub(1),
+        }
+        if r.all_streams() > 0 {
             return;
         }
         let lived = r
@@ -580,13 +674,9 @@ impl Machine {
         // Only a registered resource's loss needs a new registration; one
         // still registering will get its stream from that.
         let registered = current_kubelet.is_some()
-            && r.registered.is_some_and(|k| {
-                Some(k.kubelet) == current_kubelet && k.server == server && k.epoch == r.epoch
-            });
-        if !registered
-            && r.draining_until.is_none()
-            && r.in_flight.is_some_and(|(_, k)| k.server == server)
-        {
+            && r.registered
+                .is_some_and(|k| Some(k.kubelet) == current_kubelet && k.epoch == r.epoch);
+        if !registered && r.draining_until.is_none() && r.in_flight.is_some() {
             r.lost_while_registering = true;
             return;
         }
@@ -622,7 +712,7 @@ impl Machine {
                 out.push(Action::Notify(Notice::Registered {
                     resource: name.clone(),
                 }));
-                if std::mem::take(&mut r.lost_while_registering) && r.streams == 0 {
+                if std::mem::take(&mut r.lost_while_registering) && r.all_streams() == 0 {
                     stream_lost(name, r, self.timings.stream_grace, now, out);
                 }
             }
@@ -650,7 +740,7 @@ impl Machine {
             }
             if r.loss_deadline.is_some_and(|at| at <= now) {
                 r.loss_deadline = None;
-                if r.streams == 0 {
+                if r.all_streams() == 0 {
                     r.epoch += 1;
                     out.push(Action::Notify(Notice::StreamLossConfirmed {
                         resource: name.clone(),
@@ -664,11 +754,8 @@ impl Machine {
             }
         }
         for name in drained {
-            if let Some(server) = self.resources.remove(&name).and_then(|r| r.server_id()) {
-                out.push(Action::Stop {
-                    resource: name,
-                    server,
-                });
+            if let Some(r) = self.resources.remove(&name) {
+                stop_all(&name, &r, out);
             }
         }
         for name in rebind {
@@ -689,20 +776,11 @@ impl Machine {
         };
         let mut due = Vec::new();
         for (name, r) in &self.resources {
-            let Some(server) = r.server_id() else {
-                continue;
-            };
             let key = Key {
                 kubelet,
-                server,
                 epoch: r.epoch,
             };
-            let wanted = r.registered != Some(key)
-                && r.in_flight.is_none()
-                && r.draining_until.is_none()
-                && r.loss_deadline.is_none()
-                && r.register_retry_at.is_none_or(|at| at <= now);
-            if wanted {
+            if self.wants_register(r) && r.register_retry_at.is_none_or(|at| at <= now) {
                 due.push((name.clone(), key));
             }
         }
@@ -727,13 +805,18 @@ impl Machine {
             if let Some((attempt, _)) = r.in_flight {
                 out.push(Action::CancelRegister { attempt });
             }
-            if let Some(server) = r.server_id() {
-                out.push(Action::Stop {
-                    resource: name,
-                    server,
-                });
-            }
+            stop_all(&name, &r, out);
         }
+    }
+}
+
+/// Stops every live server of a resource that goes away.
+fn stop_all(name: &ResourceName, r: &Resource, out: &mut Vec<Action>) {
+    for server in r.server_id().into_iter().chain(r.retired.keys().copied()) {
+        out.push(Action::Stop {
+            resource: name.clone(),
+            server,
+        });
     }
 }
 

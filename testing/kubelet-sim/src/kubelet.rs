@@ -125,6 +125,17 @@ impl Kubelet {
         self.shared.lock().open_streams(resource)
     }
 
+    /// How often the kubelet disconnected `resource`'s plugin client and marked
+    /// every device unhealthy (`PluginDisconnected`): each time, the node's
+    /// allocatable for it dropped to 0 until a new stream's first list.
+    pub fn disconnects(&self, resource: &str) -> u64 {
+        self.shared
+            .lock()
+            .resources
+            .get(resource)
+            .map_or(0, |r| r.disconnects)
+    }
+
     /// Node capacity/allocatable per device-plugin resource: capacity = healthy + unhealthy,
     /// allocatable = healthy. A resource appears after its first ListAndWatch message (or a
     /// stream failure) and never disappears (0/0 after a restart until re-registration).

@@ -89,6 +89,9 @@ pub(crate) struct ResourceState {
     /// The kubelet has a device entry for the resource (first ListAndWatch message, stream
     /// failure, or restart placeholder): it appears in node status and counts as registered.
     pub in_status: bool,
+    /// Times `PluginDisconnected` stopped the endpoint and marked every device
+    /// unhealthy while it had some: each is a dip of the node's allocatable.
+    pub disconnects: u64,
 }
 
 /// A cached allocation of (pod, container, resource).
@@ -252,6 +255,7 @@ impl State {
             return;
         }
         ep.stop();
+        res.disconnects += 1;
         for d in res.devices.values_mut() {
             d.healthy = false;
         }

@@ -188,10 +188,12 @@ pub enum DaemonError {
     },
 }
 
-/// A served resource: its live state, and its server while one is bound.
+/// A served resource: its live state, and its live servers: the one at its
+/// socket path, plus retired ones still carrying the kubelet's connection
+/// (see the life cycle's "A deleted socket").
 struct Served {
     handle: ResourceHandle,
-    server: Option<Bound>,
+    servers: Vec<Bound>,
 }
 
 struct Bound {
@@ -512,7 +514,7 @@ impl Daemon {
             sockets: self
                 .served
                 .values()
-                .filter_map(|s| s.server.as_ref())
+                .flat_map(|s| &s.servers)
                 .filter(|b| b.server.socket_in_place())
                 .map(|b| b.id)
                 .collect(),
@@ -536,7 +538,7 @@ impl Daemon {
                 ) {
                     Ok(running) => {
                         tracing::info!("Starting to serve '{resource}' on {}", socket.display());
-                        served.server = Some(Bound {
+                        served.servers.push(Bound {
                             id: server,
                             server: running,
                             seen: (0, 0),
@@ -552,16 +554,15 @@ impl Daemon {
             Action::Stop { resource, server } => {
                 let planned = self.machine.servers().any(|(name, _)| *name == resource);
                 let served = self.served.get_mut(&resource)?;
-                if served.server.as_ref().is_some_and(|b| b.id == server)
-                    && let Some(bound) = served.server.take()
-                {
+                if let Some(i) = served.servers.iter().position(|b| b.id == server) {
+                    let bound = served.servers.remove(i);
                     tracing::info!(
                         "Stopping to serve '{resource}' on {}",
                         bound.server.socket.display()
                     );
                     bound.server.stop().await;
                 }
-                if !planned {
+                if !planned && served.servers.is_empty() {
                     self.served.remove(&resource);
                 }
                 None
@@ -589,11 +590,13 @@ impl Daemon {
                 None
             }
             Action::Register {
-                resource, attempt, ..
+                resource,
+                attempt,
+                kubelet: meant,
             } => {
                 let kubelet = self.paths.kubelet_socket.clone()?;
                 let handle = self.registrations.spawn(async move {
-                    let result = register(&kubelet, &resource.socket_file_name(), &resource)
+                    let result = register(&kubelet, meant, &resource.socket_file_name(), &resource)
                         .await
                         .map_err(|e| e.to_string());
                     Registered { attempt, result }
@@ -653,7 +656,10 @@ impl Daemon {
                     .inc();
             }
             Notice::SocketReplaced { resource } => {
-                tracing::info!("the socket of '{resource}' was removed; serving it again");
+                tracing::info!(
+                    "the socket of '{resource}' was removed while the kubelet runs; serving it again \
+                     (the kubelet's connection is kept; nothing is registered)"
+                );
             }
             Notice::StreamLost {
                 resource,
@@ -686,10 +692,7 @@ impl Daemon {
     /// Feeds the machine every stream opened or closed since the last wake.
     async fn on_streams(&mut self) {
         let mut events = Vec::new();
-        for served in self.served.values_mut() {
-            let Some(bound) = served.server.as_mut() else {
-                continue;
-            };
+        for bound in self.served.values_mut().flat_map(|s| &mut s.servers) {
             let (opened, closed) = bound.server.stream_counts();
             let server = bound.id;
             for _ in bound.seen.0..opened {
@@ -796,7 +799,7 @@ impl Daemon {
                         name.clone(),
                         Served {
                             handle: ResourceHandle::new(state),
-                            server: None,
+                            servers: Vec::new(),
                         },
                     );
                 }

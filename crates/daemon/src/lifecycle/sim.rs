@@ -4,8 +4,12 @@
 //!
 //! The world executes actions the way the shell does: it reports what the
 //! directory holds before every event (as `daemon/mod.rs` does), dials
-//! `kubelet.sock` by path (so a Register reaches whatever kubelet is there,
-//! not the one the machine meant), and its kubelet behaves as 1.25–1.35 do:
+//! `kubelet.sock` by path, and checks once connected that it is still the
+//! kubelet the machine meant (`kubelet::register`). A Register is dialled
+//! either at once or only at the world's next step, after a restarting
+//! kubelet may have replaced `kubelet.sock`; cancelling it stops it only
+//! before it was dialled (a Register already sent is received, as an
+//! aborted task cannot take back its bytes). Its kubelet behaves as 1.25–1.35 do:
 //! a new registration does not close an older stream, a crash leaves a
 //! stale `kubelet.sock`, a start deletes every socket and then binds, and
 //! the stream it opens after accepting a Register (its handler dials the
@@ -103,6 +107,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// How long after it is issued an undialled Register dials, unless
+/// `kubelet.sock` changes first.
+const DIAL_DELAY: Duration = Duration::from_micros(200);
+
 /// The shell's bound on one Register call.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -110,6 +118,14 @@ struct Pending {
     resource: ResourceName,
     /// The kubelet the machine meant.
     target: KubeletId,
+    /// Not dialled yet: it dials once time moves on, or at the next change
+    /// of `kubelet.sock`, whichever comes first (the shell's call runs on
+    /// its own task, after the event that issued it).
+    undialled: bool,
+    issued: Instant,
+    /// The machine cancelled it after it was dialled: the kubelet still
+    /// gets it, the machine never hears the answer.
+    cancelled: bool,
     /// The kubelet the call reached (by path), if any.
     reached: Option<KubeletId>,
     due: Instant,
@@ -243,48 +259,96 @@ impl World {
             }
             Action::Drain { .. } | Action::Notify(_) => {}
             Action::CancelRegister { attempt } => {
-                self.pending.remove(&attempt);
+                let dialled = self.pending.get(&attempt).is_some_and(|p| !p.undialled);
+                if dialled {
+                    if let Some(p) = self.pending.get_mut(&attempt) {
+                        p.cancelled = true;
+                    }
+                } else {
+                    self.pending.remove(&attempt);
+                }
             }
             Action::Register {
                 resource,
                 attempt,
                 kubelet: target,
             } => {
-                // Dialled by path: whatever kubelet is there gets it.
-                let (reached, due, result) = match (self.kubelet_file, self.listening) {
-                    (Some(k), true) => match self.mode {
-                        RegisterMode::Normal => (
-                            Some(k),
-                            self.now + Duration::from_millis(attempt % 21),
-                            Ok(()),
-                        ),
-                        RegisterMode::Failing => (
-                            None,
-                            self.now,
-                            Err("the kubelet refused: failed to dial".into()),
-                        ),
-                        RegisterMode::Hanging => (
-                            None,
-                            self.now + REGISTER_TIMEOUT,
-                            Err("deadline exceeded".into()),
-                        ),
-                        RegisterMode::Late => (Some(k), self.now + Duration::from_secs(3), Ok(())),
-                    },
-                    (Some(_), false) => (None, self.now, Err("connection refused".into())),
-                    (None, _) => (None, self.now, Err("no such file".into())),
+                let mut pending = Pending {
+                    resource,
+                    target,
+                    undialled: true,
+                    issued: self.now,
+                    cancelled: false,
+                    reached: None,
+                    due: self.now,
+                    result: Ok(()),
                 };
-                self.pending.insert(
-                    attempt,
-                    Pending {
-                        resource,
-                        target,
-                        reached,
-                        due,
-                        result,
-                    },
-                );
+                // Half the calls dial at once, half after the world's next
+                // file-system step.
+                if attempt.is_multiple_of(2) {
+                    self.dial(attempt, &mut pending);
+                }
+                self.pending.insert(attempt, pending);
             }
         }
+    }
+
+    /// Dials the Registers not dialled yet that were issued before now, or
+    /// all of them (`every`: `kubelet.sock` just changed).
+    fn dial_pending(&mut self, every: bool) {
+        let now = self.now;
+        let undialled: Vec<AttemptId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.undialled && (every || p.issued < now))
+            .map(|(a, _)| *a)
+            .collect();
+        for attempt in undialled {
+            if let Some(mut p) = self.pending.remove(&attempt) {
+                self.dial(attempt, &mut p);
+                self.pending.insert(attempt, p);
+            }
+        }
+    }
+
+    /// Dials `kubelet.sock` by path, as the shell does: whatever kubelet is
+    /// there is reached, unless the shell's check after connecting finds
+    /// it is not the one the machine meant.
+    fn dial(&mut self, attempt: AttemptId, p: &mut Pending) {
+        p.undialled = false;
+        let (reached, due, result) = if self.kubelet_file != Some(p.target) {
+            (
+                None,
+                self.now,
+                Err("kubelet.sock was replaced while connecting".into()),
+            )
+        } else {
+            match (self.kubelet_file, self.listening) {
+                (Some(k), true) => match self.mode {
+                    RegisterMode::Normal => (
+                        Some(k),
+                        self.now + Duration::from_millis(attempt % 21),
+                        Ok(()),
+                    ),
+                    RegisterMode::Failing => (
+                        None,
+                        self.now,
+                        Err("the kubelet refused: failed to dial".into()),
+                    ),
+                    RegisterMode::Hanging => (
+                        None,
+                        self.now + REGISTER_TIMEOUT,
+                        Err("deadline exceeded".into()),
+                    ),
+                    RegisterMode::Late => (Some(k), self.now + Duration::from_secs(3), Ok(())),
+                },
+                (Some(_), false) => (None, self.now, Err("connection refused".into())),
+                (None, _) => (None, self.now, Err("no such file".into())),
+            }
+        };
+        p.reached = reached;
+        p.due = due;
+        p.result = result;
     }
 
     /// The kubelet answers a Register: dials the plugin back, opens a stream.
@@ -292,10 +356,36 @@ impl World {
         let Some(p) = self.pending.remove(&attempt) else {
             return Ok(());
         };
+        if p.cancelled {
+            return self.deliver_cancelled(p);
+        }
         self.answering = Some(p.resource.clone());
         let delivered = self.deliver(attempt, p);
         self.answering = None;
         delivered
+    }
+
+    /// A Register the machine cancelled after it was sent: the kubelet it
+    /// reached still accepts it and dials the plugin's socket; the machine
+    /// is told of the stream only.
+    fn deliver_cancelled(&mut self, p: Pending) -> Result<(), TestCaseError> {
+        let Some(k) = p.reached else {
+            return Ok(());
+        };
+        if p.result.is_err() || self.kubelet_file != Some(k) || !self.listening {
+            return Ok(());
+        }
+        let Some(server) = self
+            .socket_files
+            .get(&p.resource)
+            .copied()
+            .filter(|s| self.live_servers.contains_key(s))
+        else {
+            return Ok(());
+        };
+        *self.accepted.entry((k, p.resource.clone())).or_default() += 1;
+        self.streams.push((server, k));
+        self.feed(Event::StreamOpened { server })
     }
 
     fn deliver(&mut self, attempt: AttemptId, p: Pending) -> Result<(), TestCaseError> {
@@ -340,28 +430,53 @@ impl World {
     /// Moves time to `until`, delivering answers and timer ticks on the way.
     fn run_until(&mut self, until: Instant) -> Result<(), TestCaseError> {
         loop {
+            self.dial_pending(false);
             let answer = self
                 .pending
                 .iter()
+                .filter(|(_, p)| !p.undialled)
                 .min_by_key(|(a, p)| (p.due, **a))
                 .map(|(a, p)| (p.due, *a));
             let timer = self.machine.next_deadline();
-            let next = match (answer, timer) {
-                (Some((due, _)), Some(t)) => due.min(t),
-                (Some((due, _)), None) => due,
-                (None, Some(t)) => t,
-                (None, None) => break,
+            // An undialled call dials a moment after it was issued.
+            let dial = self
+                .pending
+                .values()
+                .filter(|p| p.undialled)
+                .map(|p| p.issued + DIAL_DELAY)
+                .min();
+            let Some(next) = [answer.map(|(due, _)| due), timer, dial]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                break;
             };
             if next > until {
                 break;
             }
             self.now = self.now.max(next);
+            if dial == Some(next) {
+                continue; // dialled at the top
+            }
             match answer {
                 Some((due, attempt)) if due <= next => self.complete(attempt)?,
-                _ => self.feed(Event::Tick)?,
+                _ => {
+                    self.feed(Event::Tick)?;
+                    // Never spins: a due timer fires, so the next deadline
+                    // is later (a past one firing nothing would busy-loop
+                    // the shell).
+                    let after = self.machine.next_deadline();
+                    prop_assert!(
+                        after.is_none_or(|d| d > self.now),
+                        "a deadline at {} ms fired nothing: the shell would spin",
+                        self.t()
+                    );
+                }
             }
         }
         self.now = self.now.max(until);
+        self.dial_pending(false);
         self.feed(Event::Tick)
     }
 
@@ -373,7 +488,8 @@ impl World {
         if remove_file {
             self.kubelet_file = None;
         }
-        for (server, _) in std::mem::take(&mut self.streams) {
+        // One at a time, as the machine hears of them.
+        while let Some((server, _)) = self.streams.pop() {
             self.feed(Event::StreamClosed { server })?;
         }
         Ok(())
@@ -395,6 +511,14 @@ impl World {
             } => {
                 self.kubelet_gone(false)?;
                 self.run_until(self.now + Duration::from_millis(downtime.into()))?;
+                // Half the time the new kubelet starts just as the machine's
+                // next timer fires (a Register retry against the stale
+                // socket, say), so that call dials only after the clean-up.
+                if order >> 63 == 1
+                    && let Some(due) = self.machine.next_deadline()
+                {
+                    self.run_until(due.max(self.now))?;
+                }
                 // The clean-up: every non-directory entry, in readdir order.
                 let mut files: Vec<Option<ResourceName>> = vec![None];
                 files.extend(self.socket_files.keys().cloned().map(Some));
@@ -411,12 +535,21 @@ impl World {
                         }
                     }
                     if observe_between >> i & 1 == 1 {
-                        self.feed(Event::Tick)?;
+                        // The shell sees this step, and time may pass (a
+                        // Register retry against the stale socket fires).
+                        let gap = (observe_between >> (32 + 2 * i)) & 3;
+                        self.run_until(self.now + Duration::from_millis(gap))?;
                     }
                 }
                 self.next_kubelet += 1;
                 let k = self.next_kubelet;
                 self.kubelet_file = Some((1, k, k as i64, 0));
+                settle(self, Duration::from_millis(100 + u64::from(listen_gap)));
+                if listen_gap == 0 {
+                    self.listening = true;
+                }
+                // Calls issued before the shell saw the new socket dial now.
+                self.dial_pending(true);
                 self.feed(Event::Tick)?;
                 self.run_until(self.now + Duration::from_millis(listen_gap.into()))?;
                 self.listening = true;
@@ -425,11 +558,38 @@ impl World {
             Op::DeleteSocket(i) => {
                 let r = resource(i);
                 if self.socket_files.remove(&r).is_some() {
-                    if let Some(k) = self.kubelet_file {
-                        *self.allowance.entry((k, r)).or_default() += 1;
-                    }
+                    // Invariant 2: under a live kubelet, nothing it sees
+                    // changes: no stream of the resource ends, no Register.
+                    let streams_of = |w: &World| -> Vec<(ServerId, KubeletId)> {
+                        w.streams
+                            .iter()
+                            .filter(|(s, _)| w.live_servers.get(s) == Some(&r))
+                            .copied()
+                            .collect()
+                    };
+                    let registers_of = |w: &World| -> BTreeSet<AttemptId> {
+                        w.pending
+                            .iter()
+                            .filter(|(_, p)| p.resource == r)
+                            .map(|(a, _)| *a)
+                            .collect()
+                    };
+                    let (streams, registers) = (streams_of(self), registers_of(self));
                     settle(self, Duration::from_millis(100));
                     self.feed(Event::Tick)?;
+                    if self.listening && !streams.is_empty() {
+                        prop_assert_eq!(streams_of(self), streams, "a stream of {} ended", r);
+                        prop_assert!(
+                            registers_of(self).is_subset(&registers),
+                            "{} registered again after its socket was deleted",
+                            r
+                        );
+                    }
+                    prop_assert!(
+                        self.socket_files.contains_key(&r) || self.bind_failing,
+                        "{} is not served again",
+                        r
+                    );
                 }
             }
             Op::DropStream(i) => {
@@ -467,7 +627,7 @@ impl World {
                 self.feed(Event::Apply(set))?;
             }
             Op::Health => {
-                // Invariant 7: an event that concerns no timer moves none.
+                // Invariant 8: an event that concerns no timer moves none.
                 let before = self.machine.next_deadline();
                 if before.is_none_or(|d| d > self.now) {
                     let actions = self.machine.handle(Event::Tick, self.now);
@@ -506,10 +666,11 @@ impl World {
                 allowed
             );
         }
-        // 2. At most one Register in flight per resource, aimed at the
-        //    kubelet the machine sees.
+        // 3. At most one Register in flight per resource, aimed at the
+        //    kubelet the machine sees (calls it cancelled may still be on
+        //    their way: they are not its).
         let mut in_flight = BTreeSet::new();
-        for p in self.pending.values() {
+        for p in self.pending.values().filter(|p| !p.cancelled) {
             prop_assert!(
                 in_flight.insert(p.resource.clone()),
                 "two Registers in flight for {}",
@@ -517,19 +678,41 @@ impl World {
             );
             prop_assert_eq!(Some(p.target), self.machine.kubelet());
         }
-        // 3. No replaced server left running.
+        // 4. No server left running without a purpose: the world's live
+        //    servers are the machine's, and a retired one (not at the path)
+        //    carries a stream or waits on a Register in flight.
         let machine: BTreeMap<ServerId, ResourceName> = self
             .machine
             .servers()
             .map(|(name, id)| (id, name.clone()))
             .collect();
         prop_assert_eq!(&self.live_servers, &machine);
-        // 5. SIGTERM removes every socket: checked in `run`.
-        // 6. The running set is the last applied.
+        for (id, name) in &machine {
+            let at_path = self.socket_files.get(name) == Some(id);
+            let carries = self.streams.iter().any(|(s, _)| s == id);
+            let awaited = self
+                .pending
+                .values()
+                .any(|p| &p.resource == name && !p.cancelled);
+            prop_assert!(
+                at_path || carries || awaited || self.answering.as_ref() == Some(name),
+                "retired server {} of {} left running with no stream",
+                id,
+                name
+            );
+        }
+        // 6. SIGTERM removes every socket: checked in `run`.
+        // 7. The running set is the last applied.
         if !self.machine.is_stopped() {
             prop_assert_eq!(self.machine.planned(), self.applied.clone());
         }
-        // 8. Never stuck: a planned resource without a stream from the
+        // A resource's streams from kubelet `k`, on any of its servers.
+        let has_stream = |name: &ResourceName, k: KubeletId| {
+            self.streams
+                .iter()
+                .any(|(s, from)| *from == k && machine.get(s) == Some(name))
+        };
+        // 9. Never stuck: a planned resource without a stream from the
         //    kubelet that accepts has a Register in flight or a timer coming
         //    (a loss the machine forgot would leave it registered, streamless,
         //    with nothing due).
@@ -537,9 +720,12 @@ impl World {
             && !self.machine.is_stopped()
         {
             let planned = self.machine.planned();
-            for (id, name) in &machine {
-                let streamless = planned.contains(name) && !self.streams.contains(&(*id, k));
-                let in_flight = self.pending.values().any(|p| &p.resource == name)
+            for name in machine.values() {
+                let streamless = planned.contains(name) && !has_stream(name, k);
+                let in_flight = self
+                    .pending
+                    .values()
+                    .any(|p| &p.resource == name && !p.cancelled)
                     || self.answering.as_ref() == Some(name);
                 prop_assert!(
                     !streamless || in_flight || self.machine.next_deadline().is_some(),
@@ -549,17 +735,17 @@ impl World {
                 );
             }
         }
-        // 4. Registered within a bound.
+        // 5. Registered within a bound.
         let serving = self.mode == RegisterMode::Normal && !self.bind_failing;
         if let (true, true, Some(k)) = (serving, self.listening, self.kubelet_file)
             && self.now >= self.settled_after
             && !self.machine.is_stopped()
         {
             let planned = self.machine.planned();
-            for (id, name) in &machine {
+            for name in machine.values() {
                 if planned.contains(name) {
                     prop_assert!(
-                        self.streams.contains(&(*id, k)),
+                        has_stream(name, k),
                         "{} has no stream from the kubelet {}",
                         name,
                         self.t()
@@ -579,7 +765,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             world.apply(op)?;
         }
         world.feed(Event::Shutdown)?;
-        // 5. SIGTERM removes every socket.
+        // 6. SIGTERM removes every socket.
         prop_assert!(world.live_servers.is_empty());
         prop_assert!(world.socket_files.is_empty(), "{:?}", world.socket_files);
         Ok(())

@@ -49,17 +49,14 @@ fn registers(kubelet: &Kubelet, generation: u64, resource: &str) -> usize {
         .count()
 }
 
-/// The slowest registration may take after the new `kubelet.sock` accepts:
-/// the issue's requirement. Measured on the 2-core development machine
-/// with the whole suite running beside it: 15 ms at most; the old
-/// behaviour waited out a 100 ms-doubling back-off (~800 ms).
-const REGISTER_BOUND: Duration = Duration::from_millis(100);
-
 /// The real sequence, 100 times: the kubelet is killed (its streams end,
 /// `kubelet.sock` stays behind), stays down 0–300 ms (below and beyond the
 /// daemon's stream grace, shortened to 100 ms), then a new one deletes
 /// every socket, binds `kubelet.sock` and accepts 3 ms later. Each restart
-/// must bring exactly one Register per resource, soon after the accept.
+/// must bring exactly one Register per resource. How soon is a benchmark's
+/// question (`examples/bench.rs`), not this test's: it only prints the
+/// slowest, and passes on a machine whose cores are busy (issue 23, item 3:
+/// a 100 ms bound failed 3 runs of 3 at load 4.5–7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_kubelet_restarted_after_downtime_gets_one_registration_per_resource() {
     let dir = temp_dir();
@@ -107,10 +104,6 @@ async fn a_crashed_kubelet_restarted_after_downtime_gets_one_registration_per_re
         assert_eq!(kubelet.open_streams(resource), 1, "{resource}");
     }
     println!("slowest registration after kubelet.sock accepted: {slowest:?}");
-    assert!(
-        slowest <= REGISTER_BOUND,
-        "a registration took {slowest:?} after kubelet.sock accepted"
-    );
     kubelet.shutdown().await;
 }
 
@@ -137,41 +130,47 @@ async fn a_kubelet_down_for_five_seconds_gets_one_registration_per_resource() {
     kubelet.shutdown().await;
 }
 
-/// Someone deletes a plugin socket under a running kubelet: the server is
-/// replaced, registered again, and the replaced server's stream ends (the
-/// kubelet held three streams after two deletions before).
+/// Someone deletes a plugin socket under a running kubelet (issue 23, item
+/// 2): the socket is served again, and nothing the kubelet holds changes: no
+/// Register, the same stream, no disconnect (a re-registration used to end
+/// the old stream, and the kubelet's `runClient` then disconnected the new
+/// client and marked every device unhealthy: allocatable 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_socket_is_served_again_and_the_old_stream_ends() {
+async fn a_deleted_socket_under_a_live_kubelet_changes_nothing_the_kubelet_sees() {
     let dir = temp_dir();
     let kubelet = Kubelet::start(Options::new(dir.path()))
         .await
         .expect("kubelet");
     let _daemon = start_daemon(dir.path(), &[]);
     wait_for(&kubelet, &want()).await;
+    let resource = "nvidia.com/mig-2g.10gb";
     let socket = dir.path().join("nvidia-mig-2g.10gb.sock");
-    for deletion in 1..=2 {
+    for deletion in 1..=3 {
         std::fs::remove_file(&socket).expect("delete the plugin socket");
-        kubelet
-            .wait_for("a new registration and one stream", TIMEOUT, |k| {
-                registers(k, 0, "nvidia.com/mig-2g.10gb") == deletion + 1
-                    && k.open_streams("nvidia.com/mig-2g.10gb") == 1
-            })
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "after deletion {deletion}: {} streams open: {e}",
-                    kubelet.open_streams("nvidia.com/mig-2g.10gb")
-                )
-            });
-        wait_for(&kubelet, &want()).await;
+        let deadline = Instant::now() + TIMEOUT;
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "deletion {deletion}: the socket was not served again within {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(kubelet.open_streams("nvidia.com/mig-2g.10gb"), 1);
-    assert_eq!(
-        registers(&kubelet, 0, "nvidia.com/mig-1g.5gb"),
-        1,
-        "others untouched"
-    );
+    // Whatever the daemon would do wrongly (register, end the stream) it
+    // does within its stream grace (2 s) of the deletion: wait past it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for r in RESOURCES {
+        assert_eq!(registers(&kubelet, 0, r), 1, "{r} registered again");
+        assert_eq!(kubelet.open_streams(r), 1, "{r}");
+        assert_eq!(
+            kubelet.disconnects(r),
+            0,
+            "{r}: the kubelet disconnected it"
+        );
+    }
+    let endpoint = kubelet.endpoint(resource).expect("endpoint");
+    assert!(!endpoint.stopped);
+    assert_eq!(endpoint.stream_error, None);
     wait_for(&kubelet, &want()).await;
     kubelet.shutdown().await;
 }
