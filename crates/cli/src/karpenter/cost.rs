@@ -338,9 +338,9 @@ fn show_amount(resource: &str, n: u64) -> String {
         nodes::CPU => format!("cpu={n}m"),
         nodes::MEMORY | nodes::EPHEMERAL_STORAGE => {
             let gib = n as f64 / f64::from(1u32 << 30);
-            if n % (1 << 30) == 0 {
+            if n.is_multiple_of(1 << 30) {
                 format!("{resource}={}Gi", n >> 30)
-            } else if n % (1 << 20) == 0 {
+            } else if n.is_multiple_of(1 << 20) {
                 format!("{resource}={}Mi", n >> 20)
             } else {
                 format!("{resource}={gib:.2}Gi")
@@ -1012,9 +1012,6 @@ pub fn unplaced(g: &Group) -> Option<String> {
     })
 }
 
-/// The ranking as terminal tables: the best `top` choices per group, then
-/// the NodePool limits and overlay of the cheapest.
-
 /// The names once each, in order.
 fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
@@ -1026,6 +1023,8 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
     out
 }
 
+/// The ranking as terminal tables: the best `top` choices per group, then
+/// the NodePool limits and overlay of the cheapest.
 pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(

@@ -614,7 +614,7 @@ impl Threshold {
     fn of(self, capacity: u64) -> u64 {
         match self {
             Threshold::Bytes(b) => b,
-            Threshold::Percent(p) if p == 100.0 => 0,
+            Threshold::Percent(100.0) => 0,
             Threshold::Percent(p) => (capacity as f64 / 100.0 * p).ceil() as u64,
         }
     }

@@ -163,7 +163,9 @@ fn mig_profile_names() -> Vec<String> {
 pub fn parse_workload(text: &str, source: &str) -> Result<Workload, String> {
     if let Ok(documents) = serde_saphyr::from_multiple::<Value>(text) {
         let documents: Vec<Value> = documents.into_iter().filter(|d| !d.is_null()).collect();
-        if documents.len() > 1 || documents.first().is_some_and(|d| !d["kind"].is_null()) {
+        // Kubernetes objects when any document has a kind; otherwise the
+        // list form, whose parser says what is wrong with extra documents.
+        if documents.iter().any(|d| !d["kind"].is_null()) {
             return parse_objects(&documents, source);
         }
     }
