@@ -254,6 +254,10 @@ pub struct Ranking {
     pub node_settings: String,
     /// What the DaemonSets take on every node (`pods` included).
     pub daemon_overhead: BTreeMap<String, u64>,
+    /// The DaemonSets counted on every node.
+    pub daemon_sets: Vec<String>,
+    /// DaemonSets that do not tolerate the NodePool's taints: not counted.
+    pub daemon_sets_elsewhere: Vec<String>,
     pub groups: Vec<Group>,
 }
 
@@ -428,6 +432,12 @@ pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<R
         node_facts: nodes::FACTS_SOURCE.to_string(),
         node_settings: describe_settings(&workload.node),
         daemon_overhead: daemon_overhead(workload),
+        daemon_sets: workload
+            .daemon_sets
+            .iter()
+            .map(|d| d.name.clone())
+            .collect(),
+        daemon_sets_elsewhere: workload.daemon_sets_elsewhere.clone(),
         groups,
     })
 }
@@ -1040,7 +1050,19 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
             .iter()
             .map(|(r, n)| show_amount(r, *n))
             .collect();
-        format!("DaemonSets take {} per node", list.join(" "))
+        format!(
+            "DaemonSets {} take {} per node",
+            ranking.daemon_sets.join(", "),
+            list.join(" ")
+        )
+    };
+    let overhead = if ranking.daemon_sets_elsewhere.is_empty() {
+        overhead
+    } else {
+        format!(
+            "{overhead}; not on this pool (its taints not tolerated): {}",
+            ranking.daemon_sets_elsewhere.join(", ")
+        )
     };
     let _ = writeln!(
         out,

@@ -96,6 +96,9 @@ pub struct Workload {
     /// The EC2NodeClass's AMI family and kubelet settings.
     pub node: NodeSettings,
     pub daemon_sets: Vec<DaemonSet>,
+    /// DaemonSets whose pods do not tolerate the NodePool's taints: not on
+    /// its nodes (Karpenter does not count them).
+    pub daemon_sets_elsewhere: Vec<String>,
     /// The NodePool's instance types (`None`: every preset).
     pub instance_types: Option<Vec<String>>,
     /// Time-shared pods ask for `nvidia.com/gpu.shared` and the overlays set
@@ -421,6 +424,8 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
     }
     let mut workload = Workload::default();
     let mut node_class_seen = false;
+    let mut taints: Vec<Value> = Vec::new();
+    let mut daemon_sets: Vec<(DaemonSet, Vec<Value>)> = Vec::new();
     for object in objects {
         let kind = object["kind"].as_str().unwrap_or_default();
         let name = object["metadata"]["name"].as_str().unwrap_or("unnamed");
@@ -444,10 +449,17 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
                     .into_iter()
                     .filter(|(r, _)| matches!(r.as_str(), CPU | MEMORY | EPHEMERAL_STORAGE))
                     .collect::<BTreeMap<_, _>>();
-                workload.daemon_sets.push(DaemonSet {
-                    name: name.to_string(),
-                    requests: host_requests(&host, &at)?,
-                });
+                let tolerations = object["spec"]["template"]["spec"]["tolerations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                daemon_sets.push((
+                    DaemonSet {
+                        name: name.to_string(),
+                        requests: host_requests(&host, &at)?,
+                    },
+                    tolerations,
+                ));
                 continue;
             }
             "NodePool" => {
@@ -456,6 +468,10 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
                         "{at}: a second NodePool; plan --workload models one pool per file"
                     ));
                 }
+                taints = object["spec"]["template"]["spec"]["taints"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let requirements = super::nodepool_requirements(object);
                 workload.instance_types = Some(
                     super::instances_matching(&requirements)
@@ -526,6 +542,13 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             slices_per_pod: 1,
         });
     }
+    for (daemon_set, tolerations) in daemon_sets {
+        if tolerates_all(&tolerations, &taints) {
+            workload.daemon_sets.push(daemon_set);
+        } else {
+            workload.daemon_sets_elsewhere.push(daemon_set.name);
+        }
+    }
     if workload.items.is_empty() {
         return Err(format!(
             "{source}: no pods (no Pod, Deployment, StatefulSet, ReplicaSet or Job with replicas)"
@@ -533,6 +556,33 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
     }
     validate(&mut workload, source)?;
     Ok(workload)
+}
+
+/// Whether a DaemonSet's pods tolerate every taint of the NodePool, as
+/// Karpenter decides whether they run there (`isDaemonPodCompatible`,
+/// which also tolerates `PreferNoSchedule`; Kubernetes'
+/// `Toleration.ToleratesTaint` for `Equal` and `Exists`).
+fn tolerates_all(tolerations: &[Value], taints: &[Value]) -> bool {
+    taints
+        .iter()
+        .filter(|t| t["effect"].as_str() != Some("PreferNoSchedule"))
+        .all(|taint| {
+            tolerations.iter().any(|t| {
+                let effect = t["effect"].as_str().unwrap_or_default();
+                let key = t["key"].as_str().unwrap_or_default();
+                (effect.is_empty() || Some(effect) == taint["effect"].as_str())
+                    && (key.is_empty() || Some(key) == taint["key"].as_str())
+                    && match t["operator"].as_str().unwrap_or("Equal") {
+                        "Exists" => true,
+                        "Equal" => {
+                            !key.is_empty()
+                                && t["value"].as_str().unwrap_or_default()
+                                    == taint["value"].as_str().unwrap_or_default()
+                        }
+                        _ => false,
+                    }
+            })
+        })
 }
 
 /// A pod spec's requests as the scheduler counts them (Kubernetes'
@@ -738,5 +788,70 @@ spec:
         )
         .unwrap_err();
         assert!(err.contains("does not read Service objects"), "{err}");
+    }
+
+    /// Karpenter counts a DaemonSet on a NodePool's nodes only when its pods
+    /// tolerate the pool's taints (`isDaemonPodCompatible`).
+    #[test]
+    fn daemon_sets_count_where_they_tolerate_the_taints() {
+        let text = r#"
+apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata: {name: gpu}
+spec:
+  template:
+    spec:
+      taints:
+        - {key: nvidia.com/gpu, effect: NoSchedule}
+        - {key: team, value: ml, effect: PreferNoSchedule}
+      requirements:
+        - {key: node.kubernetes.io/instance-type, operator: In, values: [g6.xlarge]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: gpu-slicer}
+spec:
+  template:
+    spec:
+      tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+      containers: [{name: d, resources: {requests: {cpu: 50m}}}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: everywhere}
+spec:
+  template:
+    spec:
+      tolerations: [{operator: Exists}]
+      containers: [{name: d, resources: {requests: {cpu: 10m}}}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: wrong-value}
+spec:
+  template:
+    spec:
+      tolerations: [{key: nvidia.com/gpu, operator: Equal, value: "true", effect: NoSchedule}]
+      containers: [{name: d, resources: {requests: {cpu: 10m}}}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: kube-proxy-like}
+spec:
+  template:
+    spec:
+      containers: [{name: d, resources: {requests: {cpu: 100m}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers: [{name: c, resources: {limits: {nvidia.com/mig-1g.5gb: 1}}}]
+"#;
+        let w = parse_workload(text, "w.yaml").unwrap();
+        let counted: Vec<&str> = w.daemon_sets.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(counted, ["gpu-slicer", "everywhere"]);
+        assert_eq!(w.daemon_sets_elsewhere, ["wrong-value", "kube-proxy-like"]);
+        assert_eq!(w.instance_types, Some(vec!["g6.xlarge".to_string()]));
     }
 }
