@@ -291,10 +291,11 @@ fn shared_resource(workload: &Workload) -> &'static str {
 
 /// What the DaemonSets take on every node, `pods` included.
 fn daemon_overhead(workload: &Workload) -> BTreeMap<String, u64> {
-    let mut overhead = BTreeMap::new();
+    let mut overhead: BTreeMap<String, u64> = BTreeMap::new();
     for d in &workload.daemon_sets {
         for (r, n) in &d.requests {
-            *overhead.entry(r.clone()).or_insert(0) += n;
+            let e = overhead.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(*n);
         }
     }
     if !workload.daemon_sets.is_empty() {
@@ -500,7 +501,8 @@ fn group(
     for pod in &pods {
         for (r, n) in &pod.requests {
             if r.starts_with("nvidia.com/") {
-                *demand.entry(r.clone()).or_insert(0) += n;
+                let e = demand.entry(r.clone()).or_insert(0);
+                *e = (*e).saturating_add(*n);
             }
         }
     }
@@ -694,7 +696,11 @@ pub fn karpenter_launch(
         .collect();
     let fits = |t: usize, used: &BTreeMap<String, u64>, pod: &BTreeMap<String, u64>| {
         used.keys().chain(pod.keys()).all(|r| {
-            let want = used.get(r).copied().unwrap_or(0) + pod.get(r).copied().unwrap_or(0);
+            let want = used
+                .get(r)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(pod.get(r).copied().unwrap_or(0));
             capacity[t].get(r.as_str()).copied().unwrap_or(0) >= want
         })
     };
@@ -716,7 +722,8 @@ pub fn karpenter_launch(
             claim.options = options;
             claim.pods += 1;
             for (r, n) in &pod.requests {
-                *claim.used.entry(r.clone()).or_insert(0) += n;
+                let e = claim.used.entry(r.clone()).or_insert(0);
+                *e = (*e).saturating_add(*n);
             }
             continue;
         }
@@ -729,7 +736,8 @@ pub fn karpenter_launch(
         }
         let mut used = overhead.clone();
         for (r, n) in &pod.requests {
-            *used.entry(r.clone()).or_insert(0) += n;
+            let e = used.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(*n);
         }
         claims.push(Claim {
             id: claims.len(),
@@ -778,7 +786,8 @@ pub fn karpenter_launch(
 
 /// Orders simulated one by one up to this many; beyond, a fixed sample.
 const EXHAUSTIVE_ORDERS: u64 = 5_000;
-/// Orders of the sample when there are too many to try them all.
+/// Orders of the sample when there are too many to try them all (fewer for
+/// many pods: at most about 200,000 pod placements in all).
 const SAMPLED_ORDERS: u64 = 200;
 
 /// The best and worst launch over the orders Karpenter may take `pods` in:
@@ -893,7 +902,8 @@ pub fn order_range(
             .map(|s| s.iter().rev().copied().collect())
             .collect();
         consider(simulate(&reversed));
-        for _ in 2..SAMPLED_ORDERS {
+        let samples = (200_000 / pods.len().max(1) as u64).clamp(10, SAMPLED_ORDERS);
+        for _ in 2..samples {
             for seq in sequences.iter_mut() {
                 for i in (1..seq.len()).rev() {
                     let j = (random() % (i as u64 + 1)) as usize;
@@ -902,7 +912,7 @@ pub fn order_range(
             }
             consider(simulate(&sequences));
         }
-        tried = SAMPLED_ORDERS;
+        tried = samples;
     }
     let (best, worst) = (best?, worst?);
     if (worst.usd_per_hour - best.usd_per_hour).abs() < 1e-9
@@ -971,6 +981,16 @@ fn describe_launch(launch: &KarpenterLaunch) -> String {
     let text = by_type
         .iter()
         .map(|(t, pods)| {
+            if pods.len() > 6 {
+                let (least, most) = (pods.iter().min(), pods.iter().max());
+                return format!(
+                    "{} x {t} ({} to {} pods each, {} in all)",
+                    pods.len(),
+                    least.copied().unwrap_or(0),
+                    most.copied().unwrap_or(0),
+                    pods.iter().sum::<usize>()
+                );
+            }
             let list: Vec<String> = pods.iter().map(usize::to_string).collect();
             format!(
                 "{} x {t} ({} pod{})",

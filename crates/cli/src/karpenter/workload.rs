@@ -21,6 +21,10 @@ use gpu_slicer_core::messages::{types_in_words, yaml_error};
 
 use super::nodes::{self, CPU, EPHEMERAL_STORAGE, MEMORY, NodeSettings};
 
+/// The most pods a workload file may hold: each is simulated one by one,
+/// for every instance type and for many orders.
+pub const MAX_PODS: u64 = 2_000;
+
 /// The annotation that says how much GPU memory a time-shared pod needs
 /// (Kubernetes objects have no field for it): `gpu-slicer.io/gpu-memory: 8Gi`.
 pub const GPU_MEMORY_ANNOTATION: &str = "gpu-slicer.io/gpu-memory";
@@ -400,6 +404,13 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
     if renamed.contains(&Some(true)) {
         workload.rename_by_default = true;
     }
+    let total: u64 = workload.items.iter().map(|i| u64::from(i.count)).sum();
+    if total > MAX_PODS {
+        return Err(format!(
+            "{source}: {total} pods; plan --workload simulates at most {MAX_PODS} pods per file: split it \
+             into separate files or scale the counts down"
+        ));
+    }
     if let Some(types) = &workload.instance_types {
         for t in types {
             if catalog::instance(t).is_none() {
@@ -607,7 +618,8 @@ fn pod_requests(spec: &Value, at: &str) -> Result<BTreeMap<String, Value>, Strin
     };
     let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
         for (r, n) in from {
-            *into.entry(r.clone()).or_insert(0) += n;
+            let e = into.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(*n);
         }
     };
     let mut sum = BTreeMap::new();
@@ -640,7 +652,8 @@ fn pod_requests(spec: &Value, at: &str) -> Result<BTreeMap<String, Value>, Strin
     }
     if let Some(overhead) = spec["overhead"].as_object() {
         for (r, v) in overhead {
-            *sum.entry(r.clone()).or_insert(0) += amount(r, v)?;
+            let e = sum.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(amount(r, v)?);
         }
     }
     Ok(sum
@@ -696,6 +709,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("'m5.large' is no GPU instance type"), "{err}");
+        let err =
+            parse_workload("- {name: a, count: 4000000000, slice: 1g.5gb}\n", "w").unwrap_err();
+        assert_eq!(
+            err,
+            "w: 4000000000 pods; plan --workload simulates at most 2000 pods per file: split it \
+             into separate files or scale the counts down"
+        );
         let err = parse_workload("pods: [{name: a, slice: 1g.5gb}]\nnodes: 3\n", "w").unwrap_err();
         assert!(err.contains("unknown field `nodes`"), "{err}");
     }
