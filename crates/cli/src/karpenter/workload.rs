@@ -437,6 +437,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
     let mut node_class_seen = false;
     let mut taints: Vec<Value> = Vec::new();
     let mut daemon_sets: Vec<(DaemonSet, Vec<Value>)> = Vec::new();
+    // Pods that exist carry their creation time; pods of controllers do not
+    // exist yet and are taken as created together with the first.
+    let mut created_at: Vec<Option<u64>> = Vec::new();
     for object in objects {
         let kind = object["kind"].as_str().unwrap_or_default();
         let name = object["metadata"]["name"].as_str().unwrap_or("unnamed");
@@ -518,6 +521,26 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
         if count == 0 {
             continue;
         }
+        if let Some(node) = object["spec"]["nodeName"]
+            .as_str()
+            .filter(|_| kind == "Pod")
+        {
+            return Err(format!(
+                "{at}: already runs on node {node}; plan --workload sizes new nodes for pending \
+                 pods (existing nodes are not modelled): leave it out"
+            ));
+        }
+        if kind == "StatefulSet"
+            && count > 1
+            && object["spec"]["podManagementPolicy"].as_str() != Some("Parallel")
+        {
+            return Err(format!(
+                "{at}: creates its pods one at a time, each after the previous is Ready \
+                 (podManagementPolicy OrderedReady, the default): Karpenter sees them in separate \
+                 batches, which plan --workload does not model; set podManagementPolicy: Parallel \
+                 in the file to size them pending together"
+            ));
+        }
         let spec = &template["spec"];
         let requests = pod_requests(spec, &at)?;
         let resources = serde_json::json!({"requests": requests});
@@ -539,6 +562,16 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
                  {GPU_MEMORY_ANNOTATION}: <the GPU memory each pod needs, e.g. 8Gi>"
             ));
         }
+        let created = match (kind, object["metadata"]["creationTimestamp"].as_str()) {
+            ("Pod", Some(stamp)) => Some(unix_seconds(stamp).ok_or_else(|| {
+                format!(
+                    "{at}: metadata.creationTimestamp '{stamp}' is not a time as Kubernetes writes \
+                     it (2026-12-07T05:00:00Z)"
+                )
+            })?),
+            _ => None,
+        };
+        created_at.push(created);
         workload.items.push(WorkloadItem {
             name: format!("{}/{name}", kind.to_ascii_lowercase()),
             count: u32::try_from(count).unwrap_or(u32::MAX),
@@ -552,6 +585,10 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             host: BTreeMap::new(),
             slices_per_pod: 1,
         });
+    }
+    let first = created_at.iter().flatten().min().copied().unwrap_or(0);
+    for (item, created) in workload.items.iter_mut().zip(&created_at) {
+        item.created = created.map_or(0, |c| c - first);
     }
     for (daemon_set, tolerations) in daemon_sets {
         if tolerates_all(&tolerations, &taints) {
@@ -567,6 +604,47 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
     }
     validate(&mut workload, source)?;
     Ok(workload)
+}
+
+/// Seconds since 1970 of an RFC 3339 UTC time as Kubernetes writes it
+/// (`2026-12-07T05:00:00Z`; the 1-second resolution Karpenter's queue
+/// compares).
+fn unix_seconds(stamp: &str) -> Option<u64> {
+    let b = stamp.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<u64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), March-based years.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// Whether a DaemonSet's pods tolerate every taint of the NodePool, as
@@ -873,5 +951,44 @@ spec:
         assert_eq!(counted, ["gpu-slicer", "everywhere"]);
         assert_eq!(w.daemon_sets_elsewhere, ["wrong-value", "kube-proxy-like"]);
         assert_eq!(w.instance_types, Some(vec!["g6.xlarge".to_string()]));
+    }
+
+    /// Pending Pods as `kubectl get pods -o yaml` prints them: their
+    /// creation times order them (1-second resolution), relative to the
+    /// first.
+    #[test]
+    fn pods_keep_their_creation_time() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(unix_seconds("2026-12-07T05:00:00"), None);
+        let pod = |name: &str, stamp: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, creationTimestamp: \"{stamp}\"}}\nspec:\n  containers: [{{name: c, resources: {{limits: {{nvidia.com/mig-1g.5gb: 1}}}}}}]\n"
+            )
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: List\nitems: []\n---\n{}---\n{}",
+            pod("late", "2026-12-07T05:00:02Z"),
+            pod("early", "2026-12-06T23:59:59Z")
+        );
+        let w = parse_workload(&text, "pods.yaml").unwrap();
+        let created: Vec<(&str, u64)> = w
+            .items
+            .iter()
+            .map(|i| (i.name.as_str(), i.created))
+            .collect();
+        assert_eq!(created, [("pod/late", 5 * 3600 + 3), ("pod/early", 0)]);
+        let bound =
+            pod("p", "2026-12-07T05:00:00Z").replace("spec:\n", "spec:\n  nodeName: ip-10-0-0-1\n");
+        let err = parse_workload(&bound, "p.yaml").unwrap_err();
+        assert!(
+            err.contains("Pod p: already runs on node ip-10-0-0-1"),
+            "{err}"
+        );
+        let err = parse_workload(&pod("p", "yesterday"), "p.yaml").unwrap_err();
+        assert!(
+            err.contains("creationTimestamp 'yesterday' is not a time"),
+            "{err}"
+        );
     }
 }
