@@ -599,6 +599,9 @@ pub struct NodeSettings {
     pub eviction_hard: BTreeMap<String, Threshold>,
     /// Bytes; `None`: the AMI family's default (20 GiB).
     pub ephemeral_bytes: Option<u64>,
+    /// `spec.networkInterfaces` of `interfaceType: efa-only` on network
+    /// card 0: each takes an ENI that holds no pod IPs.
+    pub efa_only_enis: u64,
 }
 
 /// An eviction threshold: an absolute amount or a share of capacity.
@@ -658,6 +661,15 @@ impl NodeSettings {
             ..NodeSettings::default()
         };
         settings.read_kubelet(&spec["kubelet"], &format!("{source}: spec.kubelet"))?;
+        settings.efa_only_enis = spec["networkInterfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["networkCardIndex"].as_u64().unwrap_or(0) == 0
+                    && n["interfaceType"].as_str() == Some("efa-only")
+            })
+            .count() as u64;
         if let Some(mappings) = spec["blockDeviceMappings"].as_array() {
             let root = mappings
                 .iter()
@@ -747,7 +759,14 @@ impl NodeSettings {
     /// What a node of this type can hold besides GPUs: `cpu` (millicores),
     /// `memory` and `ephemeral-storage` (bytes), `pods`.
     pub fn allocatable(&self, facts: &InstanceFacts, arch: &str) -> BTreeMap<String, u64> {
-        let eni_pods = facts.enis * facts.ipv4_per_eni.saturating_sub(1) + 2;
+        // `ENILimitedPods`: ENIs of the default card less the EFA-only ones
+        // (`RESERVED_ENIS` is 0 by default), none usable: no pods.
+        let usable_enis = facts.enis.saturating_sub(self.efa_only_enis);
+        let eni_pods = if usable_enis == 0 {
+            0
+        } else {
+            usable_enis * facts.ipv4_per_eni.saturating_sub(1) + 2
+        };
         let mut pods = self.max_pods.unwrap_or(eni_pods);
         if let Some(per_core) = self.pods_per_core.filter(|p| *p > 0)
             && self.ami_family.pods_per_core_enabled()
@@ -957,6 +976,16 @@ mod tests {
         let eviction = (capacity as f64 * 0.05).ceil() as u64;
         assert_eq!(a[MEMORY], capacity - 893 * MIB - 100 * MIB - eviction);
         assert_eq!(a[EPHEMERAL_STORAGE], 100 * GIB - GIB - GIB);
+        // EFA-only interfaces on card 0 take ENIs: p5.48xlarge has 2, so one
+        // leaves 1 x 49 + 2 = 51 pods.
+        let p5 = facts("p5.48xlarge").unwrap();
+        let class = serde_json::json!({"spec": {"networkInterfaces": [
+            {"networkCardIndex": 0, "deviceIndex": 0, "interfaceType": "interface"},
+            {"networkCardIndex": 0, "deviceIndex": 1, "interfaceType": "efa-only"},
+            {"networkCardIndex": 1, "deviceIndex": 0, "interfaceType": "efa-only"}
+        ]}});
+        let s = NodeSettings::from_node_class(&class, "nc.yaml").unwrap();
+        assert_eq!(s.allocatable(&p5, "amd64")[PODS], 51);
         // Bottlerocket's kube-reserved memory counts maxPods instead.
         let class =
             serde_json::json!({"spec": {"amiFamily": "Bottlerocket", "kubelet": {"maxPods": 20}}});
