@@ -571,7 +571,14 @@ fn group(
         choice.usd_per_hour = launch.usd_per_hour;
         choice.limits = demand
             .keys()
-            .map(|r| (r.clone(), (nodes * choice.per_node[r]).to_string()))
+            .map(|r| {
+                (
+                    r.clone(),
+                    nodes
+                        .saturating_mul(choice.per_node.get(r).copied().unwrap_or(0))
+                        .to_string(),
+                )
+            })
             .collect();
         choice.limits.insert("nodes".into(), nodes.to_string());
         choices.push(choice);
