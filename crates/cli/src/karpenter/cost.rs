@@ -1519,4 +1519,47 @@ mod tests {
             .contains("write amd64 or arm64")
         );
     }
+
+    /// Karpenter's queue (`queue.go`, `byCPUAndMemoryDescending`): CPU
+    /// descending, then memory descending, then creation time; the file
+    /// order stands in for the UID.
+    #[test]
+    fn pods_go_in_karpenters_queue_order() {
+        let w = parse_workload(
+            "- {name: a, count: 1, slice: 1g.5gb, created: 1}\n\
+             - {name: b, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 1Gi}}\n\
+             - {name: c, count: 1, slice: 1g.5gb, requests: {cpu: 2}}\n\
+             - {name: d, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 2Gi}}\n\
+             - {name: e, count: 1, slice: 1g.5gb}\n\
+             - {name: f, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 2Gi}, created: 5}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let order: Vec<&str> = pod_asks(&w, &[0, 1, 2, 3, 4, 5])
+            .iter()
+            .map(|p| w.items[p.item].name.as_str())
+            .collect();
+        assert_eq!(order, ["c", "d", "f", "b", "e", "a"]);
+    }
+
+    /// Every distinct order of pods that Karpenter cannot tell apart is
+    /// visited once: 4!/(2!2!) = 6 for two pods of each of two kinds.
+    #[test]
+    fn orders_of_tied_pods_are_enumerated_once_each() {
+        let mut seq = vec![0, 0, 1, 1];
+        assert_eq!(distinct_permutations(&seq), 6);
+        let mut seen = vec![seq.clone()];
+        while next_permutation(&mut seq) {
+            assert!(!seen.contains(&seq), "{seq:?} twice");
+            seen.push(seq.clone());
+        }
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seq, [0, 0, 1, 1], "back at the first order");
+        assert_eq!(distinct_permutations(&[0, 1, 1, 1, 1, 1, 1, 1, 1]), 9);
+        assert_eq!(distinct_permutations(&[0; 200]), 1);
+        assert_eq!(
+            distinct_permutations(&(0..40).collect::<Vec<_>>()),
+            u64::MAX
+        );
+    }
 }
