@@ -193,8 +193,8 @@ pub fn workload_command(
             gpu_slicer_core::messages::io_error(&e)
         )
     })?;
-    let items = cost::parse_workload(&text, &source)?;
-    let ranking = cost::rank(&items, &table, nodepool)?;
+    let workload = cost::parse_workload(&text, &source)?;
+    let ranking = cost::rank(&workload, &table, nodepool)?;
     let text = match output {
         Output::Json => serde_json::to_string_pretty(&ranking)
             .map(|s| s + "\n")

@@ -9,16 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::gpu::simulated;
-use gpu_slicer_core::messages::{types_in_words, yaml_error};
 use gpu_slicer_core::plan::{Plan, plan};
 
+use super::nodes::{self, NodeSettings};
 use super::overlays;
 use super::prices::{self, PriceTable};
 
@@ -123,143 +123,7 @@ pub fn render_costs(
 // ---------------------------------------------------------------------------
 // Workload mixes
 
-/// One line of a workload file: `count` pods, each asking for one MIG
-/// `slice` (`1g.10gb`), or for `sharedGpu` time-shared replicas with
-/// `memoryGiB` of GPU memory each.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadItem {
-    pub name: String,
-    #[serde(default = "one")]
-    pub count: u32,
-    #[serde(default)]
-    pub slice: Option<String>,
-    #[serde(default)]
-    pub shared_gpu: Option<u32>,
-    #[serde(default, rename = "memoryGiB")]
-    pub memory_gib: Option<f64>,
-    /// CPU architecture of the pods' images (`kubernetes.io/arch`):
-    /// `amd64` (default) or `arm64`. Only instance types of that
-    /// architecture are ranked (g5g is arm64).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
-}
-
-impl WorkloadItem {
-    /// The architecture the pods' images need; `amd64` unless given.
-    pub fn arch(&self) -> &str {
-        self.arch.as_deref().unwrap_or("amd64")
-    }
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// A workload file's value, as a user wrote it: `the number 3`, `a mapping`.
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "empty".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Array(_) => "a list".into(),
-        Value::Object(_) => "a mapping".into(),
-    }
-}
-
-/// Every MIG profile of the catalog's GPUs, once each, in catalog order.
-fn mig_profile_names() -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for profile in catalog::models()
-        .iter()
-        .filter_map(|m| m.mig.as_ref())
-        .flat_map(|g| g.profiles)
-    {
-        let name = profile.dotted_name();
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names
-}
-
-/// Parses a workload file (a YAML list, or `pods:` holding one).
-pub fn parse_workload(text: &str, source: &str) -> Result<Vec<WorkloadItem>, String> {
-    let hint = "expected a list of {name, count, slice: \"1g.10gb\"} or {name, count, sharedGpu: 1, memoryGiB: 8}";
-    let value: Value = serde_saphyr::from_str(text)
-        .map_err(|e| format!("{source}: {}; {hint}", yaml_error(&e)))?;
-    let list = match value.get("pods") {
-        Some(pods) => pods.clone(),
-        None => value,
-    };
-    let Value::Array(entries) = list else {
-        return Err(format!(
-            "{source}: {} is not a list; {hint}",
-            describe(&list)
-        ));
-    };
-    let mut items = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.into_iter().enumerate() {
-        if !entry.is_object() {
-            return Err(format!(
-                "{source}: pods[{i}] is {}, not a pod; {hint}",
-                describe(&entry)
-            ));
-        }
-        let item: WorkloadItem = serde_json::from_value(entry).map_err(|e| {
-            format!(
-                "{source}: pods[{i}]: {}; {hint}",
-                types_in_words(&e.to_string())
-            )
-        })?;
-        items.push(item);
-    }
-    if items.is_empty() {
-        return Err(format!("{source}: no pods; {hint}"));
-    }
-    for item in &items {
-        if let Some(slice) = &item.slice {
-            let profile = slice.trim_start_matches("mig-");
-            if !catalog::models()
-                .iter()
-                .any(|m| m.mig_profile(profile).is_some())
-            {
-                return Err(format!(
-                    "{source}: pod '{}' asks for slice '{slice}', which is no MIG profile of any \
-                     GPU; MIG profiles: {}",
-                    item.name,
-                    mig_profile_names().join(", ")
-                ));
-            }
-        }
-        if !matches!(item.arch(), "amd64" | "arm64") {
-            return Err(format!(
-                "{source}: pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
-                item.name,
-                item.arch()
-            ));
-        }
-        match (&item.slice, item.shared_gpu) {
-            (Some(_), None) => {}
-            (None, Some(n)) if n >= 1 => {
-                if item.memory_gib.is_none_or(|m| m.is_nan() || m <= 0.0) {
-                    return Err(format!(
-                        "{source}: pod '{}' shares GPUs but has no memoryGiB: say how much GPU memory each pod needs",
-                        item.name
-                    ));
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "{source}: pod '{}' needs exactly one of `slice` (a MIG profile such as 1g.10gb) or `sharedGpu` (replicas, at least 1)",
-                    item.name
-                ));
-            }
-        }
-    }
-    Ok(items)
-}
+pub use super::workload::{Workload, WorkloadItem, parse_workload};
 
 /// One way to run a group of pods: a NodePool of one instance type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -276,10 +140,28 @@ pub struct Choice {
     pub price_source: String,
     /// What one node advertises (all resources, as the overlay declares).
     pub per_node: BTreeMap<String, u64>,
+    /// What one node holds besides GPUs, after the AWS provider's overhead:
+    /// `cpu` (millicores), `memory`, `ephemeral-storage` (bytes), `pods`.
+    pub allocatable: BTreeMap<String, u64>,
+    /// The AWS provider's launch drops this type from a NodeClaim's options
+    /// while a non-exotic one remains: a metal size, or (after the overlay)
+    /// `nvidia.com/gpu` above 0.
+    pub exotic: bool,
     /// NodePool `limits` in slice units for the demanded resources, plus `nodes`.
     pub limits: BTreeMap<String, String>,
     /// The overlay to apply for this NodePool and instance type.
     pub overlay: Value,
+}
+
+/// An instance type (with its layout) on which some pod fits on no node:
+/// never a ranked row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unfit {
+    pub instance: String,
+    pub layout: String,
+    /// Pods that would stay pending in a pool of only this type.
+    pub pending: usize,
 }
 
 /// Pods that go to one kind of pool.
@@ -292,16 +174,35 @@ pub struct Group {
     pub pods: Vec<String>,
     /// Resource → devices the pods need in total.
     pub demand: BTreeMap<String, u64>,
-    /// Cheapest first.
+    /// Cheapest first; every pod fits on a node of each.
     pub choices: Vec<Choice>,
+    /// Instance types on which some pod fits no node (CPU, memory, pods or
+    /// GPUs): not candidates.
+    pub unfit: Vec<Unfit>,
     /// Instance types that would fit but have no price.
     pub unpriced: Vec<String>,
-    /// What each pod requests, in the order Karpenter's queue takes them.
+    /// Each pod as Karpenter's scheduler sees it, in its queue's order.
     #[serde(skip)]
-    pub pod_requests: Vec<BTreeMap<String, u64>>,
-    /// What Karpenter launches from one NodePool allowing every row with
-    /// the cheapest row's layout ([`karpenter_launch`]).
+    pub pod_requests: Vec<PodAsk>,
+    /// What Karpenter launches from one NodePool allowing every priced type
+    /// (or the file's NodePool's) with the cheapest row's layout, pods in
+    /// Karpenter's order with ties in file order ([`karpenter_launch`]).
     pub karpenter: Option<KarpenterLaunch>,
+    /// When pods created in the same second make the outcome depend on
+    /// their (random) UIDs: the cheapest and dearest outcome.
+    pub karpenter_orders: Option<OrderRange>,
+}
+
+/// One pod as Karpenter's scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAsk {
+    /// Index of the workload entry.
+    pub item: usize,
+    /// GPU resource, `cpu` (millicores), `memory`, `ephemeral-storage`
+    /// (bytes) and `pods: 1`.
+    pub requests: BTreeMap<String, u64>,
+    /// Seconds after the first pod's creation.
+    pub created: u64,
 }
 
 /// The nodes Karpenter's scheduler would launch for a group's pods.
@@ -326,6 +227,20 @@ pub struct LaunchedNode {
     pub usd_per_hour: f64,
 }
 
+/// The outcomes of every order Karpenter may take pods created in the same
+/// second in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRange {
+    /// Distinct orders of the pods (saturating).
+    pub orders: u64,
+    /// Orders simulated; all of them when `exhaustive`.
+    pub tried: u64,
+    pub exhaustive: bool,
+    pub best: KarpenterLaunch,
+    pub worst: KarpenterLaunch,
+}
+
 /// The ranking of a workload mix.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -333,6 +248,16 @@ pub struct Ranking {
     pub price_table: String,
     pub price_table_date: String,
     pub currency: String,
+    /// Where the instance types' vCPUs, memory and ENI limits come from.
+    pub node_facts: String,
+    /// The AMI family and kubelet settings the allocatable assumes.
+    pub node_settings: String,
+    /// What the DaemonSets take on every node (`pods` included).
+    pub daemon_overhead: BTreeMap<String, u64>,
+    /// The DaemonSets counted on every node.
+    pub daemon_sets: Vec<String>,
+    /// DaemonSets that do not tolerate the NodePool's taints: not counted.
+    pub daemon_sets_elsewhere: Vec<String>,
     pub groups: Vec<Group>,
 }
 
@@ -344,10 +269,10 @@ fn mixed_config() -> Result<Config, String> {
     .map_err(|e| e.to_string())
 }
 
-fn time_slicing_config(replicas: u32) -> Result<Config, String> {
+fn time_slicing_config(replicas: u32, rename: bool) -> Result<Config, String> {
     let text = if replicas >= 2 {
         format!(
-            "version: v1\nflags:\n  migStrategy: none\nsharing:\n  timeSlicing:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}\n"
+            "version: v1\nflags:\n  migStrategy: none\nsharing:\n  timeSlicing:\n    renameByDefault: {rename}\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}\n"
         )
     } else {
         "version: v1\nflags:\n  migStrategy: none\n".to_string()
@@ -355,29 +280,104 @@ fn time_slicing_config(replicas: u32) -> Result<Config, String> {
     config::parse(&text, "built-in time-slicing config").map_err(|e| e.to_string())
 }
 
-/// Ranks instance/layout choices for `items`, cheapest first, in one group
-/// per pool kind (MIG slices; time-shared GPUs). `nodepool` prefixes the
-/// NodePool names of the overlays (`<nodepool>-mig`, `<nodepool>-shared`).
-pub fn rank(items: &[WorkloadItem], table: &PriceTable, nodepool: &str) -> Result<Ranking, String> {
-    let mut groups = Vec::new();
-    let slices: Vec<&WorkloadItem> = items.iter().filter(|i| i.slice.is_some()).collect();
-    let shared: Vec<&WorkloadItem> = items.iter().filter(|i| i.shared_gpu.is_some()).collect();
-    if !slices.is_empty() {
-        let mut demand = BTreeMap::new();
-        for i in &slices {
-            let profile = i
-                .slice
-                .as_deref()
-                .unwrap_or_default()
-                .trim_start_matches("mig-");
-            *demand
-                .entry(format!("nvidia.com/mig-{profile}"))
-                .or_insert(0) += u64::from(i.count);
+/// The resource a time-shared pod asks for.
+fn shared_resource(workload: &Workload) -> &'static str {
+    if workload.rename_by_default {
+        "nvidia.com/gpu.shared"
+    } else {
+        "nvidia.com/gpu"
+    }
+}
+
+/// What the DaemonSets take on every node, `pods` included.
+fn daemon_overhead(workload: &Workload) -> BTreeMap<String, u64> {
+    let mut overhead: BTreeMap<String, u64> = BTreeMap::new();
+    for d in &workload.daemon_sets {
+        for (r, n) in &d.requests {
+            let e = overhead.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(*n);
         }
+    }
+    if !workload.daemon_sets.is_empty() {
+        overhead.insert(nodes::PODS.to_string(), workload.daemon_sets.len() as u64);
+    }
+    overhead
+}
+
+/// `AL2023, kubelet defaults` / `Bottlerocket, maxPods 50`.
+fn describe_settings(s: &NodeSettings) -> String {
+    let mut parts = vec![s.ami_family.name().to_string()];
+    if let Some(n) = s.max_pods {
+        parts.push(format!("maxPods {n}"));
+    }
+    if let Some(n) = s.pods_per_core {
+        parts.push(format!("podsPerCore {n}"));
+    }
+    for (name, map) in [
+        ("kubeReserved", &s.kube_reserved),
+        ("systemReserved", &s.system_reserved),
+    ] {
+        if !map.is_empty() {
+            let list: Vec<String> = map.iter().map(|(r, n)| show_amount(r, *n)).collect();
+            parts.push(format!("{name} {}", list.join(" ")));
+        }
+    }
+    if !s.eviction_hard.is_empty() {
+        parts.push("evictionHard set".into());
+    }
+    if let Some(b) = s.ephemeral_bytes {
+        parts.push(format!(
+            "root volume {}",
+            show_amount(nodes::EPHEMERAL_STORAGE, b)
+        ));
+    }
+    if parts.len() == 1 {
+        parts.push("kubelet defaults".into());
+    }
+    parts.join(", ")
+}
+
+/// `cpu=500m`, `memory=12Gi`, `pods=3`.
+fn show_amount(resource: &str, n: u64) -> String {
+    match resource {
+        nodes::CPU => format!("cpu={n}m"),
+        nodes::MEMORY | nodes::EPHEMERAL_STORAGE => {
+            let gib = n as f64 / f64::from(1u32 << 30);
+            if n.is_multiple_of(1 << 30) {
+                format!("{resource}={}Gi", n >> 30)
+            } else if n.is_multiple_of(1 << 20) {
+                format!("{resource}={}Mi", n >> 20)
+            } else {
+                format!("{resource}={gib:.2}Gi")
+            }
+        }
+        _ => format!("{resource}={n}"),
+    }
+}
+
+/// Ranks instance/layout choices for a workload, cheapest first, in one
+/// group per pool kind (MIG slices; time-shared GPUs). `nodepool` prefixes
+/// the NodePool names of the overlays (`<nodepool>-mig`, `<nodepool>-shared`).
+pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<Ranking, String> {
+    let mut groups = Vec::new();
+    let items = &workload.items;
+    let slices: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].slice.is_some())
+        .collect();
+    let shared: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].shared_gpu.is_some())
+        .collect();
+    let allowed = |name: &str| {
+        workload
+            .instance_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t.eq_ignore_ascii_case(name)))
+    };
+    if !slices.is_empty() {
         let config = mixed_config()?;
         let pool = format!("{nodepool}-mig");
         let mut candidates = Vec::new();
-        for instance in catalog::instances() {
+        for instance in catalog::instances().iter().filter(|i| allowed(i.name)) {
             let Some(model) = instance.gpu_model().filter(|m| m.mig_capable()) else {
                 continue;
             };
@@ -388,44 +388,40 @@ pub fn rank(items: &[WorkloadItem], table: &PriceTable, nodepool: &str) -> Resul
                 candidates.push((instance, layout, 1, config.clone()));
             }
         }
-        groups.push(group("mig", &pool, &slices, demand, candidates, table)?);
+        groups.push(group("mig", &pool, workload, &slices, candidates, table)?);
     }
     if !shared.is_empty() {
-        let demand = BTreeMap::from([(
-            "nvidia.com/gpu".to_string(),
-            shared
-                .iter()
-                .map(|i| u64::from(i.count) * u64::from(i.shared_gpu.unwrap_or(1)))
-                .sum(),
-        )]);
         let pool = format!("{nodepool}-shared");
         let mut candidates = Vec::new();
-        for instance in catalog::instances() {
+        for instance in catalog::instances().iter().filter(|i| allowed(i.name)) {
             let Some(model) = instance.gpu_model() else {
                 continue;
             };
             let gib = model.memory_mib as f64 / 1024.0;
             let replicas = shared
                 .iter()
-                .map(|i| (gib / i.memory_gib.unwrap_or(gib)).floor() as u32)
+                .map(|&i| (gib / items[i].memory_gib.unwrap_or(gib)).floor() as u32)
                 .min()
                 .unwrap_or(1)
                 .clamp(0, 48);
             if replicas == 0 {
                 continue; // a pod needs more memory than one GPU has
             }
+            if workload.rename_by_default && replicas < 2 {
+                continue; // no replicas, so no nvidia.com/gpu.shared
+            }
             candidates.push((
                 instance,
                 "all-disabled".to_string(),
                 replicas,
-                time_slicing_config(replicas)?,
+                time_slicing_config(replicas, workload.rename_by_default)?,
             ));
         }
         groups.push(group(
             "time-slicing",
             &pool,
+            workload,
             &shared,
-            demand,
             candidates,
             table,
         )?);
@@ -434,25 +430,93 @@ pub fn rank(items: &[WorkloadItem], table: &PriceTable, nodepool: &str) -> Resul
         price_table: table.origin.clone(),
         price_table_date: table.date.clone(),
         currency: table.currency.clone(),
+        node_facts: nodes::FACTS_SOURCE.to_string(),
+        node_settings: describe_settings(&workload.node),
+        daemon_overhead: daemon_overhead(workload),
+        daemon_sets: workload
+            .daemon_sets
+            .iter()
+            .map(|d| d.name.clone())
+            .collect(),
+        daemon_sets_elsewhere: workload.daemon_sets_elsewhere.clone(),
         groups,
     })
+}
+
+/// Each pod of `members` as Karpenter sees it, in its queue's order: CPU,
+/// then memory, descending, then creation time; file order stands in for
+/// the UID among pods created in the same second.
+fn pod_asks(workload: &Workload, members: &[usize]) -> Vec<PodAsk> {
+    let mut pods: Vec<PodAsk> = Vec::new();
+    for &i in members {
+        let item = &workload.items[i];
+        let (resource, n) = match (&item.slice, item.shared_gpu) {
+            (Some(slice), _) => (
+                format!("nvidia.com/mig-{}", slice.trim_start_matches("mig-")),
+                u64::from(item.slices_per_pod.max(1)),
+            ),
+            (None, n) => (
+                shared_resource(workload).to_string(),
+                u64::from(n.unwrap_or(1)),
+            ),
+        };
+        let mut requests = item.host.clone();
+        requests.insert(resource, n);
+        requests.insert(nodes::PODS.to_string(), 1);
+        for _ in 0..item.count {
+            pods.push(PodAsk {
+                item: i,
+                requests: requests.clone(),
+                created: item.created,
+            });
+        }
+    }
+    pods.sort_by(|a, b| {
+        queue_key(b)
+            .cmp(&queue_key(a))
+            .then(a.created.cmp(&b.created))
+    });
+    pods
+}
+
+/// What Karpenter's queue sorts by, descending (`byCPUAndMemoryDescending`).
+fn queue_key(pod: &PodAsk) -> (u64, u64) {
+    (
+        pod.requests.get(nodes::CPU).copied().unwrap_or(0),
+        pod.requests.get(nodes::MEMORY).copied().unwrap_or(0),
+    )
 }
 
 fn group(
     kind: &str,
     pool: &str,
-    items: &[&WorkloadItem],
-    demand: BTreeMap<String, u64>,
+    workload: &Workload,
+    members: &[usize],
     candidates: Vec<(&'static InstanceType, String, u32, Config)>,
     table: &PriceTable,
 ) -> Result<Group, String> {
-    let mut choices = Vec::new();
+    let items: Vec<&WorkloadItem> = members.iter().map(|&i| &workload.items[i]).collect();
+    let pods = pod_asks(workload, members);
+    let mut demand: BTreeMap<String, u64> = BTreeMap::new();
+    for pod in &pods {
+        for (r, n) in &pod.requests {
+            if r.starts_with("nvidia.com/") {
+                let e = demand.entry(r.clone()).or_insert(0);
+                *e = (*e).saturating_add(*n);
+            }
+        }
+    }
+    let overhead = daemon_overhead(workload);
+    let mut pool_types = Vec::new();
     let mut unpriced = BTreeSet::new();
     for (instance, layout, replicas, config) in candidates {
         // The pods' images must run on the instance's CPUs.
         if items.iter().any(|i| i.arch() != instance.arch) {
             continue;
         }
+        let Some(facts) = nodes::facts(instance.name) else {
+            continue; // every preset has facts (a test checks it)
+        };
         let layout_arg = (layout != "all-disabled").then_some(layout.as_str());
         let Ok(inventory) = simulated::from_instance(instance.name, layout_arg) else {
             continue;
@@ -472,28 +536,52 @@ fn group(
             unpriced.insert(instance.name.to_string());
             continue;
         };
-        let nodes = demand
-            .iter()
-            .map(|(r, n)| n.div_ceil(cap.counts[r]))
-            .max()
-            .unwrap_or(0);
-        let mut limits: BTreeMap<String, String> = demand
-            .keys()
-            .map(|r| (r.clone(), (nodes * cap.counts[r]).to_string()))
-            .collect();
-        limits.insert("nodes".into(), nodes.to_string());
-        choices.push(Choice {
+        let exotic = instance.name.contains("metal")
+            || cap.counts.get("nvidia.com/gpu").copied().unwrap_or(0) > 0;
+        pool_types.push(Choice {
             instance: instance.name.to_string(),
             layout: layout.clone(),
             replicas,
-            nodes,
-            usd_per_hour: nodes as f64 * price.usd_per_hour,
+            nodes: 0,
+            usd_per_hour: 0.0,
             usd_per_node_hour: price.usd_per_hour,
             price_source: format!("{}, {}", price.source, price.date),
             overlay: overlays::overlay(pool, instance.name, Some(&layout), None, &cap),
             per_node: cap.counts,
-            limits,
+            allocatable: workload.node.allocatable(&facts, instance.arch),
+            exotic,
+            limits: BTreeMap::new(),
         });
+    }
+    // A row is a pool of one type: every pod must fit on some node of it.
+    let mut choices = Vec::new();
+    let mut unfit = Vec::new();
+    for mut choice in pool_types.clone() {
+        let launch = karpenter_launch(std::slice::from_ref(&choice), &pods, &overhead);
+        if launch.unschedulable > 0 {
+            unfit.push(Unfit {
+                instance: choice.instance.clone(),
+                layout: choice.layout.clone(),
+                pending: launch.unschedulable,
+            });
+            continue;
+        }
+        let nodes = launch.nodes.len() as u64;
+        choice.nodes = nodes;
+        choice.usd_per_hour = launch.usd_per_hour;
+        choice.limits = demand
+            .keys()
+            .map(|r| {
+                (
+                    r.clone(),
+                    nodes
+                        .saturating_mul(choice.per_node.get(r).copied().unwrap_or(0))
+                        .to_string(),
+                )
+            })
+            .collect();
+        choice.limits.insert("nodes".into(), nodes.to_string());
+        choices.push(choice);
     }
     choices.sort_by(|a, b| {
         a.usd_per_hour
@@ -502,90 +590,125 @@ fn group(
             .then(a.instance.cmp(&b.instance))
             .then(a.layout.cmp(&b.layout))
     });
-    let pod_requests: Vec<BTreeMap<String, u64>> = items
-        .iter()
-        .flat_map(|i| {
-            let request = match (&i.slice, i.shared_gpu) {
-                (Some(slice), _) => (
-                    format!("nvidia.com/mig-{}", slice.trim_start_matches("mig-")),
-                    1,
-                ),
-                (None, n) => ("nvidia.com/gpu".to_string(), u64::from(n.unwrap_or(1))),
-            };
-            std::iter::repeat_n(BTreeMap::from([request]), i.count as usize)
+    // Karpenter's pool: every priced type of the cheapest row's layout,
+    // including those some pods do not fit (others may use them).
+    let launch_pool: Vec<Choice> = choices
+        .first()
+        .map(|best| {
+            pool_types
+                .iter()
+                .filter(|c| c.layout == best.layout)
+                .cloned()
+                .collect()
         })
-        .collect();
-    let karpenter = choices.first().map(|best| {
-        let pool: Vec<Choice> = choices
-            .iter()
-            .filter(|c| c.layout == best.layout)
-            .cloned()
-            .collect();
-        karpenter_launch(&pool, &pod_requests)
-    });
+        .unwrap_or_default();
+    let (karpenter, karpenter_orders) = if launch_pool.is_empty() {
+        (None, None)
+    } else {
+        let canonical = karpenter_launch(&launch_pool, &pods, &overhead);
+        let range = order_range(&launch_pool, &pods, &overhead);
+        (Some(canonical), range)
+    };
     Ok(Group {
         kind: kind.to_string(),
         nodepool: pool.to_string(),
         pods: items
             .iter()
-            .map(|i| match (&i.slice, i.shared_gpu) {
-                (Some(s), _) => format!("{} ({} x {s})", i.name, i.count),
-                (None, Some(n)) => format!(
-                    "{} ({} x {n} shared GPU, {} GiB)",
-                    i.name,
-                    i.count,
-                    i.memory_gib.unwrap_or(0.0)
-                ),
-                _ => i.name.clone(),
+            .map(|i| {
+                let mut text = match (&i.slice, i.shared_gpu) {
+                    (Some(s), _) if i.slices_per_pod > 1 => {
+                        format!("{} ({} x {} {s}", i.name, i.count, i.slices_per_pod)
+                    }
+                    (Some(s), _) => format!("{} ({} x {s}", i.name, i.count),
+                    (None, n) => format!(
+                        "{} ({} x {} shared GPU, {} GiB",
+                        i.name,
+                        i.count,
+                        n.unwrap_or(1),
+                        i.memory_gib.unwrap_or(0.0)
+                    ),
+                };
+                for (r, n) in &i.host {
+                    text.push_str(", ");
+                    text.push_str(&show_amount(r, *n));
+                }
+                if i.created > 0 {
+                    let _ = write!(text, ", created +{}s", i.created);
+                }
+                text.push(')');
+                text
             })
             .collect(),
         demand,
         choices,
+        unfit,
         unpriced: unpriced.into_iter().collect(),
-        pod_requests,
+        pod_requests: pods,
         karpenter,
+        karpenter_orders,
     })
 }
 
-/// What Karpenter launches for pods that are pending together, from one
-/// NodePool whose instance types are `pool` (each declaring, through its
-/// overlay, the capacity of its row), on-demand. The model follows
-/// kubernetes-sigs/karpenter `pkg/controllers/provisioning/scheduling` (at
-/// 2266468, 2026-08-20) with no existing nodes:
+/// What Karpenter launches for pods that are pending together, taken in
+/// the order of `pods`, from one NodePool whose instance types are `pool`
+/// (each declaring, through its overlay, the capacity of its row, and
+/// holding the allocatable of its row), every new node first holding
+/// `overhead` (DaemonSets). The model follows kubernetes-sigs/karpenter
+/// `pkg/controllers/provisioning/scheduling` (at 2266468, 2026-08-20) with
+/// no existing nodes:
 ///
 /// 1. The queue takes pods by CPU, then memory, descending, then by
-///    creation (`queue.go`, `byCPUAndMemoryDescending`); the workload file's
-///    pods have neither, so they go in file order.
+///    creation time, then by UID (`queue.go`, `byCPUAndMemoryDescending`);
+///    the caller orders `pods` so.
 /// 2. For each pod (`Scheduler.add`), the NodeClaims planned so far are
 ///    sorted by how many pods they hold, fewest first, and the pod joins the
 ///    first one on which some instance type still fits all its pods plus
-///    this one (`addToInflightNode`, `NodeClaim.CanAdd`); that NodeClaim
-///    keeps only the types that do.
+///    this one plus the DaemonSets (`addToInflightNode`, `NodeClaim.CanAdd`,
+///    `filterInstanceTypesByRequirements`: requests against each type's
+///    allocatable); that NodeClaim keeps only the types that do.
 /// 3. Otherwise a new NodeClaim starts with every type of the pool that fits
-///    the pod (`addToNewNodeClaim`); a pod that fits none stays pending.
-/// 4. Each NodeClaim is launched with its remaining types, and EC2 Fleet
-///    takes the cheapest (aws/karpenter-provider-aws 1d92708,
-///    `pkg/providers/instance/types.go`: on-demand allocation strategy
-///    `lowest-price` when no overlay sets a price, which gpu-slicer's never
-///    do). Spot uses `price-capacity-optimized`, not modelled.
-///
-/// So pods that arrive together fill one NodeClaim while one type can hold
-/// them all, and Karpenter launches the cheapest such type, even when
-/// several small nodes would cost less. Not modelled: CPU, memory and
-/// DaemonSet overhead (the file has none; they can only rule types out),
-/// NodePool limits, `minValues`, capacity errors (EC2 then takes the next
-/// cheapest), and pods arriving in separate batches (each batch starts from
-/// the nodes launched before it, which changes the result).
-pub fn karpenter_launch(pool: &[Choice], pods: &[BTreeMap<String, u64>]) -> KarpenterLaunch {
+///    the pod and the DaemonSets (`addToNewNodeClaim`); a pod that fits
+///    none stays pending.
+/// 4. At launch the AWS provider drops exotic types (metal sizes, types
+///    with GPUs or other accelerators after the overlays) while others
+///    remain (aws/karpenter-provider-aws 1d92708,
+///    `pkg/providers/instance/filter/filter.go`, `ExoticInstanceTypeFilter`;
+///    overlays are applied first, `pkg/cloudprovider/cloudprovider.go`
+///    `Create`), and EC2 Fleet takes the cheapest remaining type
+///    (on-demand allocation strategy `lowest-price`,
+///    `pkg/providers/instance/types.go`, when no overlay sets a price,
+///    which gpu-slicer's never do). Spot uses `price-capacity-optimized`,
+///    not modelled.
+pub fn karpenter_launch(
+    pool: &[Choice],
+    pods: &[PodAsk],
+    overhead: &BTreeMap<String, u64>,
+) -> KarpenterLaunch {
     struct Claim {
+        /// Creation order, for the output.
+        id: usize,
         pods: usize,
         used: BTreeMap<String, u64>,
         options: Vec<usize>,
     }
-    let fits = |choice: &Choice, used: &BTreeMap<String, u64>, pod: &BTreeMap<String, u64>| {
-        pod.iter().all(|(r, n)| {
-            let want = used.get(r).copied().unwrap_or(0).saturating_add(*n);
-            choice.per_node.get(r).copied().unwrap_or(0) >= want
+    let capacity: Vec<BTreeMap<&str, u64>> = pool
+        .iter()
+        .map(|c| {
+            c.per_node
+                .iter()
+                .chain(c.allocatable.iter())
+                .map(|(r, n)| (r.as_str(), *n))
+                .collect()
+        })
+        .collect();
+    let fits = |t: usize, used: &BTreeMap<String, u64>, pod: &BTreeMap<String, u64>| {
+        used.keys().chain(pod.keys()).all(|r| {
+            let want = used
+                .get(r)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(pod.get(r).copied().unwrap_or(0));
+            capacity[t].get(r.as_str()).copied().unwrap_or(0) >= want
         })
     };
     let mut claims: Vec<Claim> = Vec::new();
@@ -598,37 +721,54 @@ pub fn karpenter_launch(pool: &[Choice], pods: &[BTreeMap<String, u64>]) -> Karp
                 .options
                 .iter()
                 .copied()
-                .filter(|&t| fits(&pool[t], &claim.used, pod))
+                .filter(|&t| fits(t, &claim.used, &pod.requests))
                 .collect();
             (!options.is_empty()).then_some((claim, options))
         });
         if let Some((claim, options)) = joined {
             claim.options = options;
             claim.pods += 1;
-            for (r, n) in pod {
-                *claim.used.entry(r.clone()).or_insert(0) += n;
+            for (r, n) in &pod.requests {
+                let e = claim.used.entry(r.clone()).or_insert(0);
+                *e = (*e).saturating_add(*n);
             }
             continue;
         }
-        let empty = BTreeMap::new();
         let options: Vec<usize> = (0..pool.len())
-            .filter(|&t| fits(&pool[t], &empty, pod))
+            .filter(|&t| fits(t, overhead, &pod.requests))
             .collect();
         if options.is_empty() {
             unschedulable += 1;
             continue;
         }
+        let mut used = overhead.clone();
+        for (r, n) in &pod.requests {
+            let e = used.entry(r.clone()).or_insert(0);
+            *e = (*e).saturating_add(*n);
+        }
         claims.push(Claim {
+            id: claims.len(),
             pods: 1,
-            used: pod.clone(),
+            used,
             options,
         });
     }
+    claims.sort_by_key(|c| c.id);
     let nodes: Vec<LaunchedNode> = claims
         .iter()
         .filter_map(|claim| {
-            claim
+            let generic: Vec<usize> = claim
                 .options
+                .iter()
+                .copied()
+                .filter(|&t| !pool[t].exotic)
+                .collect();
+            let options = if generic.is_empty() {
+                &claim.options
+            } else {
+                &generic
+            };
+            options
                 .iter()
                 .map(|&t| &pool[t])
                 .min_by(|a, b| {
@@ -651,6 +791,191 @@ pub fn karpenter_launch(pool: &[Choice], pods: &[BTreeMap<String, u64>]) -> Karp
     }
 }
 
+/// Orders simulated one by one up to this many; beyond, a fixed sample.
+const EXHAUSTIVE_ORDERS: u64 = 5_000;
+/// Orders of the sample when there are too many to try them all (fewer for
+/// many pods: at most about 200,000 pod placements in all).
+const SAMPLED_ORDERS: u64 = 200;
+
+/// The best and worst launch over the orders Karpenter may take `pods` in:
+/// pods of equal CPU and memory created in the same second go by UID, so
+/// in any order. `None` when every order gives the same cost.
+pub fn order_range(
+    pool: &[Choice],
+    pods: &[PodAsk],
+    overhead: &BTreeMap<String, u64>,
+) -> Option<OrderRange> {
+    // Runs of pods Karpenter's queue cannot tell apart by CPU, memory and
+    // creation time; inside each, only the kinds of pod matter.
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    for i in 1..=pods.len() {
+        if i == pods.len()
+            || queue_key(&pods[i]) != queue_key(&pods[start])
+            || pods[i].created != pods[start].created
+        {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    // Each run as a sorted sequence of kinds (indices into `kinds`).
+    let mut kinds: Vec<&BTreeMap<String, u64>> = Vec::new();
+    let mut sequences: Vec<Vec<usize>> = runs
+        .iter()
+        .map(|run| {
+            let mut seq: Vec<usize> = pods[run.clone()]
+                .iter()
+                .map(|p| match kinds.iter().position(|k| **k == p.requests) {
+                    Some(k) => k,
+                    None => {
+                        kinds.push(&p.requests);
+                        kinds.len() - 1
+                    }
+                })
+                .collect();
+            seq.sort_unstable();
+            seq
+        })
+        .collect();
+    let orders = sequences
+        .iter()
+        .map(|s| distinct_permutations(s))
+        .fold(1u64, u64::saturating_mul);
+    if orders <= 1 {
+        return None;
+    }
+    let simulate = |sequences: &[Vec<usize>]| {
+        // Pods of one kind are interchangeable: only the kinds' order counts.
+        let ordered: Vec<PodAsk> = sequences
+            .iter()
+            .flatten()
+            .map(|&k| PodAsk {
+                item: 0,
+                requests: kinds[k].clone(),
+                created: 0,
+            })
+            .collect();
+        karpenter_launch(pool, &ordered, overhead)
+    };
+    // Fewer pending pods first, then the lower cost.
+    let cheaper = |a: &KarpenterLaunch, b: &KarpenterLaunch| {
+        a.unschedulable < b.unschedulable
+            || (a.unschedulable == b.unschedulable && a.usd_per_hour < b.usd_per_hour - 1e-9)
+    };
+    let mut best: Option<KarpenterLaunch> = None;
+    let mut worst: Option<KarpenterLaunch> = None;
+    let mut consider = |launch: KarpenterLaunch| {
+        if best.as_ref().is_none_or(|b| cheaper(&launch, b)) {
+            best = Some(launch.clone());
+        }
+        if worst.as_ref().is_none_or(|w| cheaper(w, &launch)) {
+            worst = Some(launch);
+        }
+    };
+    let exhaustive = orders <= EXHAUSTIVE_ORDERS;
+    let tried;
+    if exhaustive {
+        // Every order: an odometer of each run's next permutation.
+        let mut count = 0;
+        loop {
+            consider(simulate(&sequences));
+            count += 1;
+            let mut advanced = false;
+            for seq in sequences.iter_mut().rev() {
+                if next_permutation(seq) {
+                    advanced = true;
+                    break;
+                }
+                // wrapped around to the first order; carry to the next run
+            }
+            if !advanced {
+                break;
+            }
+        }
+        tried = count;
+    } else {
+        // A fixed sample: the sorted orders, their reverses, and shuffles
+        // from a fixed seed, so every run prints the same.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        consider(simulate(&sequences));
+        let reversed: Vec<Vec<usize>> = sequences
+            .iter()
+            .map(|s| s.iter().rev().copied().collect())
+            .collect();
+        consider(simulate(&reversed));
+        let samples = (200_000 / pods.len().max(1) as u64).clamp(10, SAMPLED_ORDERS);
+        for _ in 2..samples {
+            for seq in sequences.iter_mut() {
+                for i in (1..seq.len()).rev() {
+                    let j = (random() % (i as u64 + 1)) as usize;
+                    seq.swap(i, j);
+                }
+            }
+            consider(simulate(&sequences));
+        }
+        tried = samples;
+    }
+    let (best, worst) = (best?, worst?);
+    if (worst.usd_per_hour - best.usd_per_hour).abs() < 1e-9
+        && worst.unschedulable == best.unschedulable
+    {
+        return None;
+    }
+    Some(OrderRange {
+        orders,
+        tried,
+        exhaustive,
+        best,
+        worst,
+    })
+}
+
+/// How many distinct orders a sequence's items have (saturating).
+fn distinct_permutations(seq: &[usize]) -> u64 {
+    // n! / (c1! c2! ...), built as a product of binomials.
+    let mut counts: BTreeMap<usize, u64> = BTreeMap::new();
+    for &k in seq {
+        *counts.entry(k).or_insert(0) += 1;
+    }
+    let mut total: u64 = 1;
+    let mut placed: u64 = 0;
+    for c in counts.values() {
+        // binomial(placed + c, c)
+        let mut b: u128 = 1;
+        for i in 1..=u128::from(*c) {
+            b = b * (u128::from(placed) + i) / i;
+            if b > u128::from(u64::MAX) {
+                return u64::MAX;
+            }
+        }
+        total = total.saturating_mul(u64::try_from(b).unwrap_or(u64::MAX));
+        placed += c;
+    }
+    total
+}
+
+/// The next lexicographic order of `seq` (repeats allowed); `false`, with
+/// `seq` back at its first (sorted) order, after the last.
+fn next_permutation(seq: &mut [usize]) -> bool {
+    let Some(i) = (1..seq.len()).rev().find(|&i| seq[i - 1] < seq[i]) else {
+        seq.reverse();
+        return false;
+    };
+    let pivot = i - 1;
+    let Some(j) = (i..seq.len()).rev().find(|&j| seq[j] > seq[pivot]) else {
+        return false;
+    };
+    seq.swap(pivot, j);
+    seq[i..].reverse();
+    true
+}
+
 /// `1 x g4dn.12xlarge (5 pods)`, `2 x g6.xlarge (5, 1 pods)`.
 fn describe_launch(launch: &KarpenterLaunch) -> String {
     let mut by_type: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -660,9 +985,19 @@ fn describe_launch(launch: &KarpenterLaunch) -> String {
             None => by_type.push((&node.instance, vec![node.pods])),
         }
     }
-    by_type
+    let text = by_type
         .iter()
         .map(|(t, pods)| {
+            if pods.len() > 6 {
+                let (least, most) = (pods.iter().min(), pods.iter().max());
+                return format!(
+                    "{} x {t} ({} to {} pods each, {} in all)",
+                    pods.len(),
+                    least.copied().unwrap_or(0),
+                    most.copied().unwrap_or(0),
+                    pods.iter().sum::<usize>()
+                );
+            }
             let list: Vec<String> = pods.iter().map(usize::to_string).collect();
             format!(
                 "{} x {t} ({} pod{})",
@@ -676,7 +1011,12 @@ fn describe_launch(launch: &KarpenterLaunch) -> String {
             )
         })
         .collect::<Vec<_>>()
-        .join(" + ")
+        .join(" + ");
+    if text.is_empty() {
+        "no node".to_string()
+    } else {
+        text
+    }
 }
 
 /// Why no instance type is ranked for a group's pods; `None` when some is.
@@ -684,7 +1024,15 @@ pub fn unplaced(g: &Group) -> Option<String> {
     if !g.choices.is_empty() {
         return None;
     }
-    Some(if !g.unpriced.is_empty() {
+    Some(if !g.unfit.is_empty() {
+        let types: Vec<&str> = g.unfit.iter().map(|u| u.instance.as_str()).collect();
+        format!(
+            "on every instance type that has the GPUs some pod fits on no node (its CPU, memory, \
+             ephemeral storage or GPUs, plus the DaemonSets, exceed one node, or the node's pod \
+             limit is reached): {}",
+            dedup(&types).join(", ")
+        )
+    } else if !g.unpriced.is_empty() {
         format!(
             "the instance types that fit have no price ({}): add them with --prices FILE",
             g.unpriced.join(", ")
@@ -701,6 +1049,17 @@ pub fn unplaced(g: &Group) -> Option<String> {
     })
 }
 
+/// The names once each, in order.
+fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// The ranking as terminal tables: the best `top` choices per group, then
 /// the NodePool limits and overlay of the cheapest.
 pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
@@ -709,6 +1068,33 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
         out,
         "Prices: {} (dated {}, {}, on-demand; each price names its source and date)",
         ranking.price_table, ranking.price_table_date, ranking.currency
+    );
+    let overhead = if ranking.daemon_overhead.is_empty() {
+        "no DaemonSets given".to_string()
+    } else {
+        let list: Vec<String> = ranking
+            .daemon_overhead
+            .iter()
+            .map(|(r, n)| show_amount(r, *n))
+            .collect();
+        format!(
+            "DaemonSets {} take {} per node",
+            ranking.daemon_sets.join(", "),
+            list.join(" ")
+        )
+    };
+    let overhead = if ranking.daemon_sets_elsewhere.is_empty() {
+        overhead
+    } else {
+        format!(
+            "{overhead}; not on this pool (its taints not tolerated): {}",
+            ranking.daemon_sets_elsewhere.join(", ")
+        )
+    };
+    let _ = writeln!(
+        out,
+        "Nodes: allocatable CPU, memory, ephemeral storage and pods as Karpenter's AWS provider computes them ({}); {overhead}",
+        ranking.node_settings
     );
     for g in &ranking.groups {
         let _ = writeln!(
@@ -783,6 +1169,14 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
         if !g.unpriced.is_empty() {
             let _ = writeln!(out, "   not ranked, no price: {}", g.unpriced.join(", "));
         }
+        if !g.unfit.is_empty() {
+            let types: Vec<&str> = g.unfit.iter().map(|u| u.instance.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "   not ranked, some pod fits on no node (it would stay pending): {}",
+                dedup(&types).join(", ")
+            );
+        }
         // The ranking prices each choice as a pool of one instance type;
         // say so, and what Karpenter picks when the pool allows them all.
         let _ = writeln!(
@@ -795,32 +1189,77 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
             } else {
                 format!(" with layout {}", launch.layout)
             };
-            let _ = writeln!(
-                out,
-                "   Karpenter's pick from one NodePool allowing every row{layout}, pods pending together, on-demand: {} = ${}/h{}{}",
-                describe_launch(launch),
-                prices::money(launch.usd_per_hour),
-                if launch.unschedulable > 0 {
-                    format!(
-                        ", {} pods fit no type and stay pending",
-                        launch.unschedulable
-                    )
-                } else {
-                    String::new()
-                },
-                if launch.usd_per_hour > best.usd_per_hour + 1e-9 {
-                    format!(
-                        " (the cheapest row is ${}/h: restrict the pool's instance types to {} to get it)",
-                        prices::money(best.usd_per_hour),
-                        best.instance
-                    )
+            let pool = if g.choices.len() + g.unfit.len() > 1 {
+                format!("one NodePool allowing every type above{layout}")
+            } else {
+                format!("the NodePool{layout}")
+            };
+            let pending = |l: &KarpenterLaunch| {
+                if l.unschedulable > 0 {
+                    format!(", {} pods fit no type and stay pending", l.unschedulable)
                 } else {
                     String::new()
                 }
-            );
+            };
+            let dearer = |l: &KarpenterLaunch| l.usd_per_hour > best.usd_per_hour + 1e-9;
+            match &g.karpenter_orders {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "   Karpenter's pick from {pool}, pods pending together, on-demand: {} = ${}/h{}",
+                        describe_launch(launch),
+                        prices::money(launch.usd_per_hour),
+                        pending(launch)
+                    );
+                }
+                Some(range) => {
+                    let _ = writeln!(
+                        out,
+                        "   Karpenter's pick from {pool}, pods pending together, on-demand, depends on the order of pods created in the same second (by UID, at random; {} of {} orders{}):",
+                        range.tried,
+                        range.orders,
+                        if range.exhaustive {
+                            ", all"
+                        } else {
+                            " tried, a fixed sample: the range may be wider"
+                        }
+                    );
+                    let _ = writeln!(
+                        out,
+                        "     best:  {} = ${}/h{}",
+                        describe_launch(&range.best),
+                        prices::money(range.best.usd_per_hour),
+                        pending(&range.best)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "     worst: {} = ${}/h{} (+{:.0} %)",
+                        describe_launch(&range.worst),
+                        prices::money(range.worst.usd_per_hour),
+                        pending(&range.worst),
+                        (range.worst.usd_per_hour / range.best.usd_per_hour.max(1e-9) - 1.0)
+                            * 100.0
+                    );
+                    let _ = writeln!(
+                        out,
+                        "     in file order (pods created in that order, a second apart): {} = ${}/h",
+                        describe_launch(launch),
+                        prices::money(launch.usd_per_hour)
+                    );
+                }
+            }
+            let worst = g.karpenter_orders.as_ref().map_or(launch, |r| &r.worst);
+            if dearer(worst) {
+                let _ = writeln!(
+                    out,
+                    "   (the cheapest row is ${}/h: restrict the pool's instance types to {} to get it)",
+                    prices::money(best.usd_per_hour),
+                    best.instance
+                );
+            }
             let _ = writeln!(
                 out,
-                "   (Karpenter packs pods that arrive together onto one NodeClaim while one type holds them all, then launches the cheapest such type; docs/karpenter.md, \"What Karpenter launches\")"
+                "   (Karpenter packs pods that arrive together onto one NodeClaim while one type holds them all, then launches the cheapest type that is not metal or, after the overlays, a GPU type, if one remains; docs/karpenter.md, \"What Karpenter launches\")"
             );
         }
         if let Some(best) = g.choices.first() {
@@ -852,6 +1291,15 @@ pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::karpenter::{default_config, prices::builtin};
+
+    /// A pod asking for these resources.
+    fn pod(requests: &[(&str, u64)]) -> PodAsk {
+        PodAsk {
+            item: 0,
+            requests: requests.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            created: 0,
+        }
+    }
 
     #[test]
     fn slice_costs_add_up_to_the_instance_price() {
@@ -895,20 +1343,6 @@ mod tests {
         assert!(text.contains("dated 2026-07-20"), "{text}");
     }
 
-    #[test]
-    fn workload_errors_say_what_to_do() {
-        assert!(
-            parse_workload("- {name: a}", "w")
-                .unwrap_err()
-                .contains("exactly one")
-        );
-        assert!(
-            parse_workload("- {name: a, sharedGpu: 1}", "w")
-                .unwrap_err()
-                .contains("memoryGiB")
-        );
-    }
-
     /// Defect: `plan --workload` ranked 2 x g4dn.xlarge first for 5
     /// gpu.shared pods, but Karpenter launched one g4dn.12xlarge: pods that
     /// arrive together share one NodeClaim while one type holds them all,
@@ -942,7 +1376,7 @@ mod tests {
                 .filter(|c| c.instance.starts_with("g4dn."))
                 .cloned()
                 .collect();
-            let launch = karpenter_launch(&g4dn, &group.pod_requests);
+            let launch = karpenter_launch(&g4dn, &group.pod_requests, &BTreeMap::new());
             let got: Vec<(&str, usize)> = launch
                 .nodes
                 .iter()
@@ -975,13 +1409,14 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("Karpenter's pick from one NodePool allowing every row, pods pending together, on-demand: "),
+            text.contains("Karpenter's pick from one NodePool allowing every type above, pods pending together, on-demand: "),
             "{text}"
         );
         // A pod larger than any type of the pool stays pending.
         let launch = karpenter_launch(
             &r.groups[0].choices,
-            &[BTreeMap::from([("nvidia.com/gpu".to_string(), 1000)])],
+            &[pod(&[("nvidia.com/gpu", 1000)])],
+            &BTreeMap::new(),
         );
         assert!(launch.nodes.is_empty() && launch.unschedulable == 1);
     }
@@ -1005,7 +1440,7 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(pool.len(), 2, "{pool:?}");
-        let launch = karpenter_launch(&pool, &group.pod_requests);
+        let launch = karpenter_launch(&pool, &group.pod_requests, &BTreeMap::new());
         let got: Vec<(&str, usize)> = launch
             .nodes
             .iter()
@@ -1038,23 +1473,23 @@ mod tests {
             usd_per_node_hour: usd,
             price_source: "test".to_string(),
             per_node: BTreeMap::from([("nvidia.com/gpu".to_string(), gpus)]),
+            allocatable: BTreeMap::from([("pods".to_string(), 110)]),
+            exotic: true,
             limits: BTreeMap::new(),
             overlay: Value::Null,
         };
         let pool = [choice("small", 2, 1.0), choice("large", 3, 2.0)];
-        let pod = |n: u64| BTreeMap::from([("nvidia.com/gpu".to_string(), n)]);
+        let pod = |n: u64| pod(&[("nvidia.com/gpu", n), ("pods", 1)]);
         // 1, 1 share a NodeClaim; 2 opens a second; the last 1 joins the
         // second (1 pod) rather than the first (2 pods).
-        let launch = karpenter_launch(&pool, &[pod(1), pod(1), pod(2), pod(1)]);
+        let launch = karpenter_launch(&pool, &[pod(1), pod(1), pod(2), pod(1)], &BTreeMap::new());
         let got: Vec<(&str, usize)> = launch
             .nodes
             .iter()
             .map(|n| (n.instance.as_str(), n.pods))
             .collect();
         // (Joining the oldest would give large 3 + small 1.)
-        let mut got = got;
-        got.sort();
-        assert_eq!(got, [("large", 2), ("small", 2)]);
+        assert_eq!(got, [("small", 2), ("large", 2)]);
     }
 
     /// g5g is arm64: ranked only for pods that say `arch: arm64`.
@@ -1082,6 +1517,49 @@ mod tests {
             )
             .unwrap_err()
             .contains("write amd64 or arm64")
+        );
+    }
+
+    /// Karpenter's queue (`queue.go`, `byCPUAndMemoryDescending`): CPU
+    /// descending, then memory descending, then creation time; the file
+    /// order stands in for the UID.
+    #[test]
+    fn pods_go_in_karpenters_queue_order() {
+        let w = parse_workload(
+            "- {name: a, count: 1, slice: 1g.5gb, created: 1}\n\
+             - {name: b, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 1Gi}}\n\
+             - {name: c, count: 1, slice: 1g.5gb, requests: {cpu: 2}}\n\
+             - {name: d, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 2Gi}}\n\
+             - {name: e, count: 1, slice: 1g.5gb}\n\
+             - {name: f, count: 1, slice: 1g.5gb, requests: {cpu: 1, memory: 2Gi}, created: 5}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let order: Vec<&str> = pod_asks(&w, &[0, 1, 2, 3, 4, 5])
+            .iter()
+            .map(|p| w.items[p.item].name.as_str())
+            .collect();
+        assert_eq!(order, ["c", "d", "f", "b", "e", "a"]);
+    }
+
+    /// Every distinct order of pods that Karpenter cannot tell apart is
+    /// visited once: 4!/(2!2!) = 6 for two pods of each of two kinds.
+    #[test]
+    fn orders_of_tied_pods_are_enumerated_once_each() {
+        let mut seq = vec![0, 0, 1, 1];
+        assert_eq!(distinct_permutations(&seq), 6);
+        let mut seen = vec![seq.clone()];
+        while next_permutation(&mut seq) {
+            assert!(!seen.contains(&seq), "{seq:?} twice");
+            seen.push(seq.clone());
+        }
+        assert_eq!(seen.len(), 6);
+        assert_eq!(seq, [0, 0, 1, 1], "back at the first order");
+        assert_eq!(distinct_permutations(&[0, 1, 1, 1, 1, 1, 1, 1, 1]), 9);
+        assert_eq!(distinct_permutations(&[0; 200]), 1);
+        assert_eq!(
+            distinct_permutations(&(0..40).collect::<Vec<_>>()),
+            u64::MAX
         );
     }
 }

@@ -14,8 +14,10 @@
 
 pub mod cost;
 pub mod lint;
+pub mod nodes;
 pub mod overlays;
 pub mod prices;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::path::Path;

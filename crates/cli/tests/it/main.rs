@@ -36,3 +36,4 @@ mod karpenter;
 mod manifests;
 mod plan;
 mod truth;
+mod workload;
