@@ -886,20 +886,44 @@ fn regenerated_overlays_do_not_conflict_with_the_shipped_one() {
         "overlays",
         "--nodepool-file",
         "deploy/karpenter/nodepool-mig.yaml",
+        "--config-file",
+        "deploy/static/gpu-slicer-config-manager.yaml",
     ]);
     assert_eq!(code, 0, "{err}");
     let (_dir, path) = file("overlays.yaml", &generated);
     let (code, out, err) = run(&[
         "lint",
         "deploy/karpenter/nodepool-mig.yaml",
-        "deploy/karpenter/nodeoverlay-p4d-all-balanced.yaml",
+        "deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml",
         &path,
         "deploy/karpenter/ec2nodeclass-al2023.yaml",
         "deploy/static/gpu-slicer-config-manager.yaml",
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    for rule in [
+        "overlay-conflict",
+        "overlay-same-name",
+        "overlay-coverage",
+        "no-overlay",
+    ] {
+        assert!(!out.contains(rule), "{rule}: {out}");
+    }
+    // Overlays of one name with other specs are one object: said, once.
+    let edited = generated.replacen(
+        "nvidia.com/mig-1g.5gb: \"16\"",
+        "nvidia.com/mig-1g.5gb: \"15\"",
+        1,
+    );
+    let (_dir2, edited) = file("edited.yaml", &edited);
+    let (_, out, _) = run(&[
+        "lint",
+        "deploy/karpenter/nodepool-mig.yaml",
+        "deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml",
+        &edited,
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
     assert!(!out.contains("overlay-conflict"), "{out}");
-    assert!(!out.contains("overlay-coverage"), "{out}");
+    assert_eq!(out.matches("warning[overlay-same-name]: NodeOverlay gpu-mig-balanced-p4d-24xlarge is also defined in deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml").count(), 1, "{out}");
 }
 
 /// Defects (issue 25): `--mig-strategy mixd` did not list the valid values;
