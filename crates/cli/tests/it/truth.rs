@@ -1001,6 +1001,20 @@ fn lint_reads_standard_input() {
         stdout.starts_with("(standard input) (document 1) NodePool/Broken_Pool at metadata.name"),
         "{stdout}"
     );
+    // Nothing to check on standard input is said as for a file.
+    let out = std::process::Command::new(crate::BIN)
+        .args(["lint", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(
+            "(standard input)\n  error[no-kubernetes-object]: holds no Kubernetes object"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Defect (issue 25): a YAML alias bomb printed the parser's internals

@@ -209,7 +209,10 @@ pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
     for path in paths {
         let loaded = super::load_documents(path.as_ref())?;
         if !loaded.iter().any(is_lintable) {
-            empty_files.push(path.as_ref().display().to_string());
+            empty_files.push(match path.as_ref() {
+                p if p == Path::new("-") => "(standard input)".to_string(),
+                p => p.display().to_string(),
+            });
         }
         docs.extend(loaded);
     }
