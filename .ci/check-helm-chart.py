@@ -128,10 +128,13 @@ def check_nvidia(docs):
         "GDRCOPY_ENABLED": "true",
         "GDS_ENABLED": "false",
         "MOFED_ENABLED": "true",
-        "NVIDIA_CDI_HOOK_PATH": "/usr/local/nvidia/toolkit/nvidia-cdi-hook",
     }
     for key, value in want.items():
         assert env.get(key) == value, (key, env.get(key))
+    assert "NVIDIA_CDI_HOOK_PATH" not in env
+    # gfd.securityContext is NVIDIA's GFD DaemonSet's, not the plugin's.
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}, c["securityContext"]
+    assert c["image"] == "ghcr.io/gpu-slicer/gpu-slicer:0.1.0", c["image"]
     assert mounts["/driver-root"] == "driver-root"
     args = c["args"]
     assert args[args.index("--feature-file") + 1] == "/etc/kubernetes/node-feature-discovery/features.d/gpu-slicer"
@@ -251,6 +254,9 @@ if unused:
     fail("ci/", f"values files no case checks: {sorted(unused)}")
 
 MAP2 = ["config.map.a=version: v1", "config.map.b=version: v1"]
+# Template checks (templates/validation.yaml) and values.schema.json's
+# words for a value of the wrong spelling or type, and for a key neither this
+# chart nor NVIDIA's has.
 BAD = [
     (["config.name=x", "config.map.a=version: v1"], "Only one of 'config.name' or 'config.map'"),
     (MAP2, "A default config must be provided"),
@@ -259,7 +265,24 @@ BAD = [
         ["config.map.default=version: v1", "config.map.b=version: v1", "config.fallbackStrategies={single}"],
         "the current set is [single]",
     ),
-    (["config.fallbackStrategies={first}"], 'unknown strategy "first"'),
+    (["config.fallbackStrategies={first}"], 'config.fallbackStrategies.0 must be one of the following: "named", "single", "empty"'),
+    (["migStrategy=mixd"], 'migStrategy must be one of the following: "none", "single", "mixed"'),
+    (["deviceIDStrategy=idx"], 'deviceIDStrategy must be one of the following: "uuid", "index"'),
+    (["deviceListStrategy=cdi"], "deviceListStrategy: Does not match pattern"),
+    (["deviceDiscoveryStrategy=gpu"], 'deviceDiscoveryStrategy must be one of the following: "auto", "nvml"'),
+    (["deviceDiscoveryStrategy=tegra"], "Tegra's integrated GPUs (Jetson, IGX) are not NVML devices"),
+    (["string:failOnInitError=true"], "failOnInitError: Invalid type. Expected: [boolean,null], given: string"),
+    (["string:compatWithCPUManager=yes"], "compatWithCPUManager: Invalid type. Expected: [boolean,null], given: string"),
+    (["nvidiaDriverRoot=run/nvidia/driver"], "nvidiaDriverRoot: Does not match pattern '^/'"),
+    (["image.pullPolicy=Sometimes"], "image.pullPolicy must be one of the following"),
+    (["metrics.port=0"], "metrics.port: Must be greater than or equal to 1"),
+    (["migStratgy=mixed"], "(root): Additional property migStratgy is not allowed"),
+    (["metrics.prot=9402"], "metrics: Additional property prot is not allowed"),
+    (["readinessProbe.initialDelaySeconds=5"], "readinessProbe: Additional property initialDelaySeconds is not allowed"),
+    (["gfd.sleepIntervall=60s"], "gfd: Additional property sleepIntervall is not allowed"),
+    (["cdi.nvidiaHookPath=/usr/bin/nvidia-cdi-hook"], "Remove cdi.nvidiaHookPath"),
+    (["mps.enableHostNetwork=true"], "set devicePlugin.enableHostNetwork=true"),
+    (["image.repository=nvcr.io/nvidia/k8s-device-plugin"], "NVIDIA's device plugin image"),
     (["config.map.Bad Name=version: v1"], "cannot be a value of the node label"),
     (["cdi.featureFlags=x"], "Remove cdi.featureFlags"),
     (["metrics.enabled=false"], "set metrics.enabled=true, or disable the probes"),
@@ -275,10 +298,17 @@ BAD = [
     (["gfd.enabled=true"], "set featureFile.enabled=true instead of gfd.enabled"),
     (["nfd.enabled=true"], "Remove nfd.enabled"),
 ]
+def set_flag(s):
+    """`string:k=v` and config.map's texts are strings; the rest as typed."""
+    if s.startswith("string:"):
+        return ("--set-string", s.removeprefix("string:"))
+    return ("--set-string" if "config.map." in s else "--set", s)
+
+
 for sets, message in BAD:
     out = subprocess.run(
         [HELM, "template", "t", str(CHART), "--namespace", NAMESPACE]
-        + [a for s in sets for a in ("--set-string" if "config.map." in s else "--set", s)],
+        + [a for s in sets for a in set_flag(s)],
         capture_output=True,
         text=True,
     )

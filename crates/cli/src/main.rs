@@ -37,6 +37,7 @@ enum Command {
     /// the leaner `gpu-slicer-daemon` binary).
     Run(RunArgs),
     /// Show the whole path on a simulated node with a stand-in kubelet.
+    #[command(after_help = ASSUMPTIONS_HELP)]
     Demo {
         /// A cloud instance type or a topology file: the simulated node.
         #[arg(
@@ -49,9 +50,12 @@ enum Command {
         /// MIG, all-disabled where they do not).
         #[arg(long, value_name = "NAME", value_parser = layout_arg)]
         mig_config: Option<String>,
-        /// NVIDIA's configuration file (version: v1), as the daemon reads it.
+        /// NVIDIA's configuration file (version: v1), or a ConfigMap manifest holding such configs.
         #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
         config_file: Option<PathBuf>,
+        /// Which config of a ConfigMap with several (default: the only one, else config.yaml, else default).
+        #[arg(long, value_name = "NAME", requires = "config_file")]
+        config_name: Option<String>,
         #[command(flatten)]
         flags: DemoFlags,
     },
@@ -59,6 +63,7 @@ enum Command {
     /// prices, the cost per slice-hour; with --workload, rank instance types
     /// and layouts for a mix of pods by cost.
     #[command(group(ArgGroup::new("node").required(true).args(["instance", "workload"])))]
+    #[command(after_help = ASSUMPTIONS_HELP)]
     Plan {
         /// A cloud instance type (p4d.24xlarge) or a topology file.
         #[arg(long, value_name = "INSTANCE|TOPOLOGY.yaml")]
@@ -66,9 +71,17 @@ enum Command {
         /// MIG layout (all-balanced, all-1g.5gb, 1g.5gb=2, ...; none or all-disabled: MIG off).
         #[arg(long, value_name = "NAME", value_parser = layout_arg, conflicts_with = "workload")]
         mig_config: Option<String>,
-        /// NVIDIA's configuration file (version: v1), as the daemon reads it.
+        /// NVIDIA's configuration file (version: v1), or a ConfigMap manifest holding such configs.
         #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
         config_file: Option<PathBuf>,
+        /// Which config of a ConfigMap with several (default: the only one, else config.yaml, else default).
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "config_file",
+            conflicts_with = "workload"
+        )]
+        config_name: Option<String>,
         /// On-demand price table replacing the built-in one (see docs/karpenter.md).
         #[arg(long, value_name = "FILE")]
         prices: Option<PathBuf>,
@@ -114,8 +127,7 @@ enum Command {
     /// workloads together (YAML files, or Markdown files' ```yaml blocks).
     /// Exits non-zero when there are errors.
     Lint {
-        /// YAML or Markdown files, checked together (a NodePool's label may
-        /// name a config in another file).
+        /// YAML or Markdown files, checked together (a NodePool's label may name a config in another file); - reads standard input.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Output format.
@@ -194,8 +206,16 @@ impl NvmlArgs {
 
 #[derive(Subcommand)]
 enum MigCommand {
-    /// Print the NVML operations that would give this node's GPUs LAYOUT
-    /// (all-balanced, all-1g.5gb, 1g.5gb=2,3g.20gb=1, all-disabled), and why.
+    /// Give this node's GPUs a MIG layout through NVML (all-balanced,
+    /// all-1g.5gb, 1g.5gb=2,3g.20gb=1, all-disabled).
+    ///
+    /// Changes only the GPUs whose layout differs: MIG mode, then the GPU
+    /// and compute instances, undoing a half-built GPU on failure. Refuses a
+    /// GPU with compute processes or devices that pods hold (the kubelet's
+    /// PodResources), unless --force. With --dry-run, prints the NVML
+    /// operations and why, and changes nothing. Run it on the node (root);
+    /// in a cluster, gpu-slicer's DaemonSet does this from the
+    /// nvidia.com/mig.config label (--apply-mig-layouts).
     Apply {
         /// A named layout or a custom profile=count list (none: MIG off).
         #[arg(value_parser = layout_arg)]
@@ -271,6 +291,14 @@ impl From<OutputFormat> for Output {
     }
 }
 
+/// `plan --help` and `demo --help`: what they choose when the user did not.
+const ASSUMPTIONS_HELP: &str = "Assumptions, each printed as `# assumed:` (plan) or `assumed:` (demo): \
+where a GPU has MIG enabled and neither --config-file nor --mig-strategy (MIG_STRATEGY) chooses a \
+strategy, migStrategy mixed (NVIDIA's default, none, would advertise the MIG-enabled GPUs whole, and \
+no workload can run on them); of a ConfigMap with several configs and no --config-name, the one \
+NVIDIA's config-manager would pick. A plan whose devices no workload can use (MIG enabled under \
+migStrategy none) is an error.";
+
 /// NVIDIA's config-manager signals the process whose argv[0] is exactly
 /// `nvidia-device-plugin`, and NVIDIA's manifests run it without a
 /// subcommand: under that name, `run` is implied.
@@ -318,7 +346,10 @@ fn emit(text: &str) {
 /// `plan --instance` uses when they are on the command line; from the
 /// environment (`CONFIG_FILE` in the daemon's container) they stay unused.
 fn parse() -> Cli {
-    let matches = Cli::command().get_matches_from(args());
+    let args = args();
+    let matches = Cli::command()
+        .try_get_matches_from(&args)
+        .unwrap_or_else(|e| without_far_suggestion(e, &args).exit());
     if let Some(("plan", plan)) = matches.subcommand()
         && plan.contains_id("workload")
     {
@@ -339,7 +370,114 @@ fn parse() -> Cli {
             }
         }
     }
+    if let Some((command @ ("plan" | "demo"), sub)) = matches.subcommand() {
+        check_mig_strategy(command, sub);
+    }
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `--mig-strategy` (or `MIG_STRATEGY`) of `plan` and `demo` is checked
+/// while parsing, so that a typo lists the valid values as clap does for
+/// its own enums. (The daemon keeps NVIDIA's message.)
+fn check_mig_strategy(command: &str, sub: &clap::ArgMatches) {
+    use gpu_slicer_core::config::MigStrategy;
+    let Some(value) = sub.get_one::<String>("mig_strategy") else {
+        return;
+    };
+    if value.parse::<MigStrategy>().is_ok() {
+        return;
+    }
+    let valid: Vec<&str> = MigStrategy::ALL.iter().map(|(_, name)| *name).collect();
+    let given = match sub.value_source("mig_strategy") {
+        Some(ValueSource::EnvVariable) => "the environment variable MIG_STRATEGY".to_string(),
+        _ => "'--mig-strategy <STRATEGY>'".to_string(),
+    };
+    clap::Error::raw(
+        ErrorKind::InvalidValue,
+        format!(
+            "invalid value '{value}' for {given}\n  [possible values: {}]\n\n\
+             For more information, try 'gpu-slicer {command} --help'.\n",
+            valid.join(", ")
+        ),
+    )
+    .exit();
+}
+
+/// clap suggests the most similar argument for an unknown one, however far
+/// it is (`plan --replicas` got "a similar argument exists: '--prices'").
+/// Kept only for a likely typo (at most 2 edits, or a third of the name);
+/// otherwise the error says to read the command's help, and for the
+/// config file's keys where they are set.
+fn without_far_suggestion(mut error: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() != ErrorKind::UnknownArgument {
+        return error;
+    }
+    let Some(ContextValue::String(given)) = error.get(ContextKind::InvalidArg).cloned() else {
+        return error;
+    };
+    let given_name = given.trim_start_matches('-');
+    let given_name = given_name.split('=').next().unwrap_or(given_name);
+    let close = match error.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(suggested)) => {
+            let suggested = suggested.trim_start_matches('-');
+            let suggested = suggested.split_whitespace().next().unwrap_or(suggested);
+            let distance = strsim::levenshtein(given_name, suggested);
+            distance <= 2 || distance * 3 <= given_name.len().max(suggested.len())
+        }
+        _ => return error,
+    };
+    if close {
+        return error;
+    }
+    error.remove(ContextKind::SuggestedArg);
+    let command: Vec<String> = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .take_while(|a| !a.starts_with('-'))
+        .collect();
+    // clap's usage line named the far suggestion as if it were required.
+    let mut sub = Cli::command();
+    sub.build();
+    for name in &command {
+        let Some(next) = sub.find_subcommand(name).cloned() else {
+            break;
+        };
+        sub = next;
+    }
+    error.insert(
+        ContextKind::Usage,
+        ContextValue::StyledStr(sub.render_usage()),
+    );
+    let mut tips = Vec::new();
+    if let Some(key) = config_file_key(given_name) {
+        tips.push(format!(
+            "{given} is not a flag: it is the config file's {key}; write it in a config file \
+             and pass --config-file"
+        ));
+    }
+    tips.push(format!(
+        "'gpu-slicer {} --help' lists the arguments",
+        command.join(" ")
+    ));
+    error.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(tips.into_iter().map(Into::into).collect()),
+    );
+    error
+}
+
+/// Config file keys that people try as flags.
+fn config_file_key(flag: &str) -> Option<&'static str> {
+    Some(match flag {
+        "replicas" => "sharing.timeSlicing.resources[].replicas (or sharing.mps)",
+        "rename-by-default" | "renameByDefault" => "sharing.timeSlicing.renameByDefault",
+        "fail-requests-greater-than-one" | "failRequestsGreaterThanOne" => {
+            "sharing.timeSlicing.failRequestsGreaterThanOne"
+        }
+        _ => return None,
+    })
 }
 
 fn main() -> ExitCode {
@@ -349,6 +487,7 @@ fn main() -> ExitCode {
             instance,
             mig_config,
             config_file,
+            config_name,
             prices,
             workload,
             nodepool,
@@ -375,6 +514,7 @@ fn main() -> ExitCode {
                     instance: instance.unwrap_or_default(),
                     mig_config,
                     config_file,
+                    config_name,
                     prices,
                     json: matches!(output, OutputFormat::Json),
                     flags: flags.into(),
@@ -470,6 +610,7 @@ fn main() -> ExitCode {
             instance,
             mig_config,
             config_file,
+            config_name,
             flags,
         } => {
             init_tracing(cli.log_format, "warn");
@@ -477,6 +618,7 @@ fn main() -> ExitCode {
                 instance,
                 mig_config,
                 config_file,
+                config_name,
                 flags: flags.into(),
             }))
         }

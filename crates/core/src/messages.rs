@@ -14,7 +14,25 @@ use serde_saphyr::{DefaultMessageFormatter, Error};
 /// is expected.
 pub fn yaml_error(error: &Error) -> String {
     let line = error.location().map_or(0, |l| l.line());
-    match error.without_snippet() {
+    // An error met while expanding an alias comes wrapped with where the
+    // alias was defined and used (and possibly a snippet): unwrapped, so an
+    // alias bomb's budget breach gets the plain message too.
+    let mut inner = error;
+    let mut via_alias = false;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = inner {
+        via_alias |= matches!(inner, Error::AliasError { .. });
+        inner = error;
+    }
+    match inner {
+        Error::Budget {
+            breach: BudgetBreach::Nodes { .. },
+            ..
+        } if via_alias => format!(
+            "the file's YAML aliases (*name) expand to more than {} values (scalars, lists and \
+             mappings), the most gpu-slicer reads from one file: write the values out instead of \
+             repeating aliases",
+            serde_saphyr::Budget::default().max_nodes
+        ),
         Error::MultipleDocuments { .. } => format!(
             "a second YAML document starts at line {line} (after `---`), but this file holds \
              one: remove the separator or put each document in its own file"
@@ -169,6 +187,18 @@ mod tests {
             e,
             "the file holds more than 250000 YAML values (scalars, lists and mappings), the \
              most gpu-slicer reads from one file: split it into smaller files"
+        );
+        // An alias bomb: 10 aliases of 10 aliases of ... (10^6 values).
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..7 {
+            let uses = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{uses}]\n"));
+        }
+        assert_eq!(
+            parse_error(&bomb),
+            "the file's YAML aliases (*name) expand to more than 250000 values (scalars, lists \
+             and mappings), the most gpu-slicer reads from one file: write the values out \
+             instead of repeating aliases"
         );
         let deep = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
         assert_eq!(

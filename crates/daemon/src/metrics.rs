@@ -311,9 +311,14 @@ fn respond(
     registry: &Registry,
     metrics: &Metrics,
 ) -> hyper::Response<Full<Bytes>> {
+    let accept = request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
     let (status, content_type, body) = route(
         request.method().as_str(),
         request.uri().path(),
+        accept,
         registry,
         metrics,
     );
@@ -323,12 +328,18 @@ fn respond(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    // The body of /metrics depends on Accept: caches must not mix them.
+    response.headers_mut().insert(
+        hyper::header::VARY,
+        hyper::header::HeaderValue::from_static("Accept"),
+    );
     response
 }
 
 fn route(
     method: &str,
     path: &str,
+    accept: Option<&str>,
     registry: &Registry,
     metrics: &Metrics,
 ) -> (StatusCode, &'static str, String) {
@@ -340,11 +351,12 @@ fn route(
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
-                Ok(()) => (
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body,
-                ),
+                Ok(()) => match negotiate(accept) {
+                    Exposition::OpenMetrics => (StatusCode::OK, OPENMETRICS, body),
+                    Exposition::PrometheusText => {
+                        (StatusCode::OK, PROMETHEUS_TEXT, prometheus_text(&body))
+                    }
+                },
                 Err(_) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT,
@@ -364,5 +376,217 @@ fn route(
             TEXT,
             "try /metrics, /healthz or /readyz\n".into(),
         ),
+    }
+}
+
+/// `/metrics` in OpenMetrics (prometheus-client's encoding).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` in Prometheus' text format 0.0.4, for scrapers that ask for it.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition formats `/metrics` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    OpenMetrics,
+    PrometheusText,
+}
+
+/// The format a request's `Accept` prefers (the highest `q`; on a tie, or
+/// with no preference, OpenMetrics). Prometheus itself sends
+/// `application/openmetrics-text;version=1.0.0;q=0.5,...,text/plain;version=0.0.4;q=0.3`;
+/// a scraper that reads only the 0.0.4 format asks for `text/plain` alone,
+/// and an OpenMetrics body would split every counter into an empty family
+/// and an untyped `_total` series for it.
+pub fn negotiate(accept: Option<&str>) -> Exposition {
+    let mut best: Option<(f32, Exposition)> = None;
+    for range in accept.unwrap_or_default().split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut q = 1.0_f32;
+        for param in parts {
+            if let Some(v) = param
+                .strip_prefix("q=")
+                .or_else(|| param.strip_prefix("Q="))
+            {
+                q = v.trim().parse().unwrap_or(0.0);
+            }
+        }
+        let format = match media.as_str() {
+            "application/openmetrics-text" => Exposition::OpenMetrics,
+            "text/plain" => Exposition::PrometheusText,
+            _ => continue,
+        };
+        let better = match best {
+            None => true,
+            Some((best_q, best_format)) => {
+                q > best_q
+                    || (q == best_q && format == Exposition::OpenMetrics && best_format != format)
+            }
+        };
+        if q > 0.0 && better {
+            best = Some((q, format));
+        }
+    }
+    best.map_or(Exposition::OpenMetrics, |(_, format)| format)
+}
+
+/// Rewrites prometheus-client's OpenMetrics text as Prometheus' text format
+/// 0.0.4: a counter's family is named with its `_total` suffix (as its
+/// samples are), `info` becomes a gauge named `_info`, `unknown` is
+/// `untyped`, and what 0.0.4 lacks (`# UNIT`, `# EOF`, exemplars,
+/// `_created` samples) is left out.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, String)> = None;
+    let mut counter: Option<String> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text.replace("\\\"", "\"")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (family, kind) = match kind {
+                "counter" if !name.ends_with("_total") => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_string(), "untyped"),
+                "stateset" => (name.to_string(), "gauge"),
+                "gaugehistogram" => (name.to_string(), "histogram"),
+                other => (name.to_string(), other),
+            };
+            counter = (kind == "counter").then(|| name.to_string());
+            if let Some((help_name, text)) = help.take()
+                && help_name == name
+            {
+                out.push_str(&format!("# HELP {family} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
+        let name = sample.split(['{', ' ']).next().unwrap_or_default();
+        if counter
+            .as_deref()
+            .is_some_and(|c| name == format!("{c}_created"))
+        {
+            continue;
+        }
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod exposition_tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_the_format() {
+        use Exposition::*;
+        for (accept, want) in [
+            (None, OpenMetrics),
+            (Some("*/*"), OpenMetrics),
+            (Some("text/plain; version=0.0.4"), PrometheusText),
+            (
+                Some("text/plain;version=0.0.4;q=0.9, */*;q=0.1"),
+                PrometheusText,
+            ),
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                OpenMetrics,
+            ),
+            (
+                Some("application/openmetrics-text;q=0.2, text/plain;q=0.8"),
+                PrometheusText,
+            ),
+            (Some("text/plain;q=0, application/json"), OpenMetrics),
+            (
+                Some("application/openmetrics-text, text/plain"),
+                OpenMetrics,
+            ),
+        ] {
+            assert_eq!(negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_answers_in_the_format_asked() {
+        let metrics = Metrics::default();
+        let registry = metrics.registry();
+        let (status, content_type, body) = route(
+            "GET",
+            "/metrics",
+            Some("text/plain; version=0.0.4"),
+            &registry,
+            &metrics,
+        );
+        assert_eq!((status, content_type), (StatusCode::OK, PROMETHEUS_TEXT));
+        assert!(!body.contains("# EOF"), "{body}");
+        let (status, content_type, body) = route("GET", "/metrics", None, &registry, &metrics);
+        assert_eq!((status, content_type), (StatusCode::OK, OPENMETRICS));
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    /// Every 0.0.4 sample belongs to the family its TYPE line declares, so
+    /// a 0.0.4 parser sees one typed family per metric.
+    #[test]
+    fn the_text_format_names_counters_as_their_samples() {
+        let metrics = Metrics::default();
+        metrics.count_allocation("nvidia.com/gpu", true);
+        metrics.kubelet_restarts.inc();
+        metrics
+            .devices
+            .get_or_create(&ResourceLabel {
+                resource: "nvidia.com/gpu".into(),
+            })
+            .set(4);
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &metrics.registry()).unwrap();
+        let text = prometheus_text(&om);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        let mut families = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.insert(name.to_string(), kind.to_string());
+            }
+        }
+        assert_eq!(families["gpu_slicer_kubelet_restarts_total"], "counter");
+        assert_eq!(families["gpu_slicer_devices"], "gauge");
+        assert!(
+            !families.contains_key("gpu_slicer_kubelet_restarts"),
+            "{text}"
+        );
+        let mut samples = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                families.contains_key(name),
+                "{name} has no TYPE line:\n{text}"
+            );
+            samples += 1;
+        }
+        assert!(samples >= 3, "{text}");
+        assert!(
+            text.contains("# HELP gpu_slicer_kubelet_restarts_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("gpu_slicer_kubelet_restarts_total 1\n"),
+            "{text}"
+        );
     }
 }

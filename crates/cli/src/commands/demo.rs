@@ -18,9 +18,11 @@ use gpu_slicer_core::config::{
 };
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::plan::plan;
-use gpu_slicer_daemon::config_file::{config_for_layout, effective_config, load_file};
+use gpu_slicer_daemon::config_file::effective_config;
 use gpu_slicer_daemon::daemon::{self, Paths, Setup};
 use gpu_slicer_daemon::simulate;
+
+use super::node_config::{self, NodeConfig};
 
 /// `println!` that never panics: once stdout is closed (`demo | head`) the
 /// lines go nowhere and the demo still finishes and cleans up after itself.
@@ -43,6 +45,8 @@ pub struct DemoOptions {
     /// `None`: all-balanced where the instance's GPUs have MIG, else all-disabled.
     pub mig_config: Option<String>,
     pub config_file: Option<PathBuf>,
+    /// Which config of a ConfigMap manifest with several.
+    pub config_name: Option<String>,
     pub flags: ConfigFlags,
 }
 
@@ -69,7 +73,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         .unwrap_or_else(|| default_layout(&options.instance).to_string());
     let layout = Some(mig_config.as_str());
     if let Some(path) = &options.config_file {
-        let file = load_file(path).map_err(|e| format!("unable to load config: {e}"))?;
+        let file =
+            node_config::file_config(Some(path), options.config_name.as_deref(), &mut Vec::new())
+                .map_err(|e| e.to_string())?;
         if file.sharing.strategy() == SharingStrategy::Mps {
             return Err(format!(
                 "{}: the demo cannot show MPS sharing: its replicas need NVIDIA's MPS control \
@@ -81,9 +87,31 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             ));
         }
     }
-    let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
-        .map_err(|e| e.to_string())?;
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let NodeConfig {
+        config,
+        assumptions,
+    } = node_config::resolve(
+        options.config_file.as_deref(),
+        options.config_name.as_deref(),
+        &options.flags,
+        &inventory,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(why) = node_config::unusable_devices(&inventory, &config) {
+        return Err(format!(
+            "the demo would admit pods onto devices they cannot use: {why}"
+        ));
+    }
+    if options.mig_config.is_none() {
+        say!(
+            "assumed: MIG layout {mig_config} (the default for {}); choose another with --mig-config",
+            options.instance
+        );
+    }
+    for assumption in &assumptions {
+        say!("assumed: {assumption}");
+    }
     let title = format!(
         "MIG: {} with layout {} under migStrategy {}",
         options.instance, mig_config, config.flags.mig_strategy

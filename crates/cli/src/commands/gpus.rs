@@ -26,7 +26,88 @@ impl GpusOptions {
     }
 
     fn report(&self) -> Result<Vec<GpuReport>, String> {
-        report(&self.nvml()).map_err(|e| e.to_string())
+        report(&self.nvml()).map_err(|e| for_a_person(&e.into()))
+    }
+}
+
+/// The NVML errors a person at a node meets, with advice for them (the
+/// daemon's own messages advise about its pod: runtime class, node
+/// selector).
+fn for_a_person(error: &mig_apply::ApplyError) -> String {
+    use gpu_slicer_daemon::nvml::NvmlError;
+    use gpu_slicer_daemon::nvml_report::ReportError;
+    let nvml = match error {
+        mig_apply::ApplyError::Nvml(e) | mig_apply::ApplyError::Report(ReportError::Nvml(e)) => e,
+        other => return other.to_string(),
+    };
+    match nvml {
+        NvmlError::LibraryNotFound {
+            library,
+            driver_root,
+            tried,
+            detail,
+        } => format!(
+            "cannot load the NVML library {library}: {detail}. Looked under the driver root {driver_root} in \
+             [{tried}], then asked the dynamic loader. This command reads the GPUs of the machine it runs on: \
+             run it on a GPU node whose NVIDIA driver works (nvidia-smi lists the GPUs), or point --nvml-lib at \
+             that driver's libnvidia-ml.so.1 (--driver-root-ctr-path where its root is mounted). Without a GPU, \
+             `gpu-slicer plan --instance TYPE --mig-config LAYOUT` shows what a node would advertise"
+        ),
+        NvmlError::NoPermission { call, context } => format!(
+            "NVML {call}{context} failed: no permission to the GPUs' device files (/dev/nvidiactl, /dev/nvidia*): \
+             run the command as root on the node"
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Checks the layout name before any GPU is read, so that a typo is
+/// reported as one (with the valid names) on any machine, not as whatever
+/// NVML says first.
+fn check_layout_name(
+    layouts: &gpu_slicer_core::mig_parted::MigLayouts,
+    layout: &str,
+) -> Result<(), String> {
+    use gpu_slicer_core::gpu::catalog;
+    use gpu_slicer_core::mig_parted::{GpuIdentity, MigLayouts};
+    let mig_models = catalog::models().iter().filter(|m| m.mig_capable());
+    match layouts {
+        MigLayouts::File { .. } => {
+            // An unknown name is refused before the GPU is looked at, so
+            // any MIG-capable model serves to ask.
+            let Some(model) = mig_models.into_iter().next() else {
+                return Ok(());
+            };
+            let gpu = GpuIdentity {
+                index: 0,
+                pci_device_id: 0,
+                model,
+            };
+            match layouts.resolve(layout, gpu) {
+                Err(e @ gpu_slicer_core::mig_parted::LayoutError::UnknownConfig { .. }) => {
+                    Err(e.to_string())
+                }
+                _ => Ok(()),
+            }
+        }
+        MigLayouts::Builtin => {
+            let models: Vec<_> = mig_models.collect();
+            if models.iter().any(|m| catalog::layout(m, layout).is_ok()) {
+                return Ok(());
+            }
+            let mut names: Vec<String> = models
+                .iter()
+                .flat_map(|m| catalog::layout_names(m))
+                .collect();
+            names.sort();
+            names.dedup();
+            Err(format!(
+                "MIG layout '{layout}' exists on no MIG-capable GPU gpu-slicer knows (checked before reading this \
+                 node's GPUs): the named layouts are {}; or give a custom list of profile=count such as \
+                 '1g.5gb=2,3g.20gb=1'",
+                names.join(", ")
+            ))
+        }
     }
 }
 
@@ -145,13 +226,14 @@ pub fn mig_apply_dry_run(
 ) -> Result<String, String> {
     let layouts =
         gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    check_layout_name(&layouts, layout)?;
     let request = ApplyRequest {
         layouts: &layouts,
         layout,
         force: false,
         pod_devices: Vec::new(),
     };
-    let changes = mig_apply::plan(&options.nvml(), &request).map_err(|e| e.to_string())?;
+    let changes = mig_apply::plan(&options.nvml(), &request).map_err(|e| for_a_person(&e))?;
     Ok(gpu_slicer_core::mig_change::render(&changes, layout))
 }
 
@@ -168,6 +250,7 @@ pub fn mig_apply(
     use gpu_slicer_core::mig_change::{ConfigState, Outcome, summarize};
     let layouts =
         gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    check_layout_name(&layouts, layout)?;
     let mut out = String::new();
     // On a Kubernetes node the kubelet says which pods hold devices; a host
     // without a kubelet has no socket, and only processes are checked.
@@ -194,7 +277,7 @@ pub fn mig_apply(
         force,
         pod_devices,
     };
-    let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(|e| e.to_string())?;
+    let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(|e| for_a_person(&e))?;
     for g in &outcomes {
         let what = match &g.outcome {
             Outcome::Unchanged => "unchanged",

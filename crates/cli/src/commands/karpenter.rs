@@ -92,6 +92,24 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
     let mut header = String::new();
     for pool in &nodepools {
         let doc = pool_docs.iter().find(|d| d.name() == pool);
+        // Defect: a pool the API server rejects got overlays with invalid
+        // names (and the command exited 0).
+        let rejections = match doc {
+            Some(d) => lint::api::nodepool_rejections(&d.value),
+            None => lint::api::nodepool_name_problem(pool)
+                .map(|why| vec![("metadata.name".to_string(), why)])
+                .unwrap_or_default(),
+        };
+        if !rejections.is_empty() {
+            return Err(format!(
+                "NodePool {pool} would be rejected by the API server, so no overlay is generated for it: {}",
+                rejections
+                    .iter()
+                    .map(|(path, why)| format!("{path}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
         if doc.is_none() && !opts.nodepool_files.is_empty() {
             return Err(format!(
                 "NodePool {pool} is not in {}; check --nodepool",
@@ -121,7 +139,24 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
         let instances: Vec<&'static InstanceType> = if opts.instance_types.is_empty() {
             let reqs = doc.map(|d| karpenter::nodepool_requirements(&d.value));
             // MIG-capable presets get the layout; the others only when MIG is off.
-            overlays::default_instances(reqs.as_deref(), layout)
+            let fitting = overlays::default_instances(reqs.as_deref(), layout);
+            // Defect: the pool's other types were dropped without a word.
+            if let (Some(reqs), Some(layout)) = (&reqs, layout) {
+                let dropped: Vec<&str> = karpenter::instances_matching(reqs)
+                    .into_iter()
+                    .filter(|i| !fitting.iter().any(|f| f.name == i.name))
+                    .map(|i| i.name)
+                    .collect();
+                if !dropped.is_empty() {
+                    return Err(format!(
+                        "NodePool {pool} can launch {}, whose GPUs have no MIG layout '{layout}' (no MIG, or not those \
+                         profiles): MIG Manager fails there and no overlay can say what they advertise. Narrow the pool's \
+                         instance types (`gpu-slicer lint` names the rule), or pass --instance-type for the types to cover",
+                        dropped.join(", ")
+                    ));
+                }
+            }
+            fitting
         } else {
             opts.instance_types
                 .iter()

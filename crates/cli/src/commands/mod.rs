@@ -4,4 +4,5 @@
 pub mod demo;
 pub mod gpus;
 pub mod karpenter;
+pub mod node_config;
 pub mod plan;

@@ -9,10 +9,10 @@ use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::plan::{Plan, Resource, Severity, plan};
-use gpu_slicer_daemon::config_file::config_for_layout;
 use gpu_slicer_daemon::simulate;
 
 use super::karpenter::price_table;
+use super::node_config::{self, NodeConfig};
 use crate::karpenter::cost::render_costs;
 
 /// `plan --instance`: what to plan and how to print it.
@@ -21,6 +21,8 @@ pub struct PlanOptions {
     pub instance: String,
     pub mig_config: Option<String>,
     pub config_file: Option<PathBuf>,
+    /// Which config of a ConfigMap manifest with several.
+    pub config_name: Option<String>,
     /// A price table replacing the built-in one.
     pub prices: Option<PathBuf>,
     pub json: bool,
@@ -39,8 +41,6 @@ pub struct PlanReport {
 /// plan go to stderr as they are found.
 pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
     let layout = options.mig_config.as_deref();
-    let config = config_for_layout(options.config_file.as_deref(), &options.flags, layout)
-        .map_err(|e| e.to_string())?;
     let table = price_table(options.prices.as_deref())?;
     let preset = catalog::instance(&options.instance);
     let fractional = preset.and_then(crate::karpenter::fractional_note);
@@ -54,6 +54,16 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
         ));
     }
     let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let NodeConfig {
+        config,
+        assumptions,
+    } = node_config::resolve(
+        options.config_file.as_deref(),
+        options.config_name.as_deref(),
+        &options.flags,
+        &inventory,
+    )
+    .map_err(|e| e.to_string())?;
     let plan = plan(&inventory, &config);
     if let Some(reason) = plan.refusal() {
         return Err(format!(
@@ -64,21 +74,36 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
     for d in &plan.diagnostics {
         eprintln!("{d}");
     }
+    let unusable = node_config::unusable_devices(&inventory, &config);
+    if let Some(why) = &unusable {
+        eprintln!("error: {why}");
+    }
     let errors = plan
         .diagnostics
         .iter()
         .filter(|d| d.severity >= Severity::Error)
-        .count();
+        .count()
+        + usize::from(unusable.is_some());
     let text = if options.json {
+        let mut value = render_json(&options.instance, &plan, &inventory, &table);
+        value["assumptions"] = serde_json::json!(assumptions);
+        if let Some(why) = &unusable
+            && let Some(list) = value["diagnostics"].as_array_mut()
+        {
+            list.push(serde_json::json!(format!("error: {why}")));
+        }
         format!(
             "{}\n",
-            render_json(&options.instance, &plan, &inventory, &table)
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         )
     } else {
         let mut text =
             render(&plan, &inventory) + &render_costs(&options.instance, &plan, &inventory, &table);
         if let Some(note) = &fractional {
             let _ = writeln!(text, "# note: {note}");
+        }
+        for assumption in &assumptions {
+            let _ = writeln!(text, "# assumed: {assumption}");
         }
         text
     };
@@ -154,12 +179,12 @@ fn describe(resource: &Resource, inventory: &Inventory) -> String {
 }
 
 /// `plan --output json`: resources, counts, and costs when priced.
-pub fn render_json(
+fn render_json(
     instance: &str,
     plan: &Plan,
     inventory: &Inventory,
     table: &crate::karpenter::prices::PriceTable,
-) -> String {
+) -> serde_json::Value {
     let price = table.price(instance);
     let costs =
         price.map(|p| crate::karpenter::cost::resource_costs(plan, inventory, p.usd_per_hour));
@@ -176,5 +201,5 @@ pub fn render_json(
         "gpuFraction": catalog::instance(instance).and_then(|i| i.gpu_fraction).map(|n| format!("1/{n}")),
         "priceTable": {"origin": table.origin, "date": table.date, "currency": table.currency},
     });
-    serde_json::to_string_pretty(&value).unwrap_or_default()
+    value
 }

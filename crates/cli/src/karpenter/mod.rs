@@ -113,6 +113,9 @@ pub fn markdown_yaml_blocks(text: &str) -> Vec<(usize, String)> {
 /// Reads a manifest file: YAML (several documents allowed) or Markdown, whose
 /// ```yaml blocks are read in order.
 pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
+    if path == Path::new("-") {
+        return parse_documents(&read_stdin()?, "(standard input)");
+    }
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         let hint = if path.is_dir() {
@@ -136,6 +139,27 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
         docs.extend(more);
     }
     Ok(docs)
+}
+
+/// The most `-` (standard input) may hold: far more than any set of
+/// manifests, far less than what would exhaust memory.
+pub const MAX_STDIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Standard input as text, at most [`MAX_STDIN_BYTES`].
+fn read_stdin() -> Result<String, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read standard input: {}", io_error(&e)))?;
+    if bytes.len() as u64 > MAX_STDIN_BYTES {
+        return Err(format!(
+            "standard input holds more than {} MiB; save it to files and lint those",
+            MAX_STDIN_BYTES / (1024 * 1024)
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "standard input is not UTF-8 text".to_string())
 }
 
 /// The gpu-slicer configs held by a document: a ConfigMap whose data values

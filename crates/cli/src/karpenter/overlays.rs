@@ -33,17 +33,36 @@ pub fn plan_instance(
     instance: &str,
     layout: Option<&str>,
     config: &Config,
-) -> Result<Plan, String> {
-    let inventory = simulated::from_instance(instance, layout).map_err(|e| e.to_string())?;
+) -> Result<Plan, PlanInstanceError> {
+    let inventory = simulated::from_instance(instance, layout)
+        .map_err(|e| PlanInstanceError::Simulate(e.to_string()))?;
     let plan = plan(&inventory, config);
     if let Some(error) = plan.errors().next() {
-        return Err(format!(
-            "{instance} with MIG layout '{}': {}; fix the config or pick another layout",
-            layout.unwrap_or("all-disabled"),
-            error.message
-        ));
+        return Err(PlanInstanceError::Plan {
+            instance: instance.to_string(),
+            layout: layout.unwrap_or("all-disabled").to_string(),
+            message: error.message.clone(),
+        });
     }
     Ok(plan)
+}
+
+/// Why a preset has no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanInstanceError {
+    /// The preset or the layout cannot be simulated.
+    #[error("{0}")]
+    Simulate(String),
+    /// The plan has an error: the daemon would not advertise what the
+    /// config asks for.
+    #[error(
+        "{instance} with MIG layout '{layout}': {message}; fix the config or pick another layout"
+    )]
+    Plan {
+        instance: String,
+        layout: String,
+        message: String,
+    },
 }
 
 /// Overlay capacity of a plan: every advertised resource with its count, and
@@ -63,7 +82,9 @@ pub fn capacity_of(plan: &Plan) -> Capacity {
 
 /// [`capacity_of`] the plan of a preset.
 pub fn capacity(instance: &str, layout: Option<&str>, config: &Config) -> Result<Capacity, String> {
-    plan_instance(instance, layout, config).map(|p| capacity_of(&p))
+    plan_instance(instance, layout, config)
+        .map(|p| capacity_of(&p))
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a named layout exists for the preset's GPU (`all-disabled`

@@ -513,12 +513,14 @@ fn cli_overlays_from_a_nodepool_file() {
         docs[0].value["metadata"]["annotations"]["gpu-slicer.io/config-name"],
         "mig-mixed"
     );
-    // The hand-written example overlay agrees with the generated one.
-    let example = karpenter::load_documents(
-        &root().join("deploy/karpenter/nodeoverlay-p4d-all-balanced.yaml"),
+    // The shipped overlays are what the command generates.
+    let shipped = karpenter::load_documents(
+        &root().join("deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml"),
     )
     .unwrap();
-    assert_eq!(capacity_of(&example[0].value), capacity_of(&docs[0].value));
+    let values = |d: &[karpenter::Document]| d.iter().map(|d| d.value.clone()).collect::<Vec<_>>();
+    assert_eq!(values(&shipped), values(&docs));
+    assert_eq!(capacity_of(&shipped[0].value), capacity_of(&docs[0].value));
     // Generated overlays lint clean next to their pool, and silence no-overlay.
     let dir = temp_dir();
     let path = dir.path().join("overlays.yaml");

@@ -519,7 +519,11 @@ fn karpenter_examples_are_correct() {
         gpu_slicer_core::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed")
             .unwrap();
     let overlays = of_kind("NodeOverlay");
-    assert_eq!(overlays.len(), 1);
+    assert_eq!(
+        overlays.len(),
+        7,
+        "one per instance type of gpu-mig-balanced"
+    );
     for (_, overlay) in &overlays {
         let n = name(overlay);
         assert_eq!(overlay["apiVersion"], "karpenter.sh/v1alpha1", "{n}");

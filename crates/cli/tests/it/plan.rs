@@ -283,7 +283,9 @@ fn bad_inputs_are_refused_with_a_clear_message() {
     assert!(!ok);
     assert_eq!(
         stderr.trim_end(),
-        "error: --mig-strategy: unknown MIG strategy: bogus"
+        "error: invalid value 'bogus' for '--mig-strategy <STRATEGY>'\n  \
+         [possible values: none, single, mixed]\n\n\
+         For more information, try 'gpu-slicer plan --help'."
     );
 
     let (ok, _, stderr) = plan(&["--instance", "g5.xlarge", "--mig-config", "all-balanced"]);

@@ -564,3 +564,556 @@ fn plan_workload_says_what_is_wrong_and_fails_when_pods_cannot_be_placed() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("\"choices\": []"), "{out}");
 }
+
+/// Writes `text` to `name` in a fresh temporary directory (kept alive by
+/// the returned guard) and gives the path.
+fn file(name: &str, text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    let path = path.to_str().expect("utf-8").to_string();
+    (dir, path)
+}
+
+const TIME_SLICING_4: &str = "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      \
+     - name: nvidia.com/gpu\n        replicas: 4\n";
+
+/// Defect (issue 25): a time-slicing config without migStrategy on a MIG
+/// layout printed 32 × nvidia.com/gpu with a price, 8 warnings, exit 0, and
+/// `demo` admitted a pod onto it: devices no workload can use.
+#[test]
+fn a_plan_whose_devices_cannot_be_used_is_an_error() {
+    let (_dir, ts4) = file("ts4.yaml", TIME_SLICING_4);
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--config-file",
+        &ts4,
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(
+            "error: GPUs 0, 1, 2, 3, 4, 5, 6, 7 have MIG enabled but the config's migStrategy is none: \
+             they would be advertised whole, and no workload can run on a MIG-enabled GPU without its MIG devices. \
+             Set flags.migStrategy: mixed (or single) in the config, or pass --mig-strategy mixed"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with(
+            "error: 1 error above: this node would not advertise what the configuration asks for"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = run(&["demo", "--instance", "p4d.24xlarge", "--config-file", &ts4]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("Pods admitted"), "{out}");
+    assert!(
+        err.starts_with(
+            "error: the demo would admit pods onto devices they cannot use: GPUs 0, 1,"
+        ),
+        "{err}"
+    );
+    // The same config with MIG off is a good plan.
+    let (code, out, err) = run(&["plan", "--instance", "g5.48xlarge", "--config-file", &ts4]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("nvidia.com/gpu     32  whole GPUs"),
+        "{out}"
+    );
+}
+
+/// Defect (issue 25): without --config-file, plan silently assumed
+/// `mixed`, and its help did not say so. Every assumption is printed.
+#[test]
+fn plan_prints_what_it_assumes() {
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "\n# assumed: migStrategy mixed: MIG is enabled and neither --config-file nor --mig-strategy \
+             (MIG_STRATEGY) chose a strategy"
+        ),
+        "{out}"
+    );
+    let (_, json, _) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--output",
+        "json",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert!(
+        value["assumptions"][0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("migStrategy mixed")),
+        "{json}"
+    );
+    // A chosen strategy is not an assumption.
+    let (_, out, _) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-balanced",
+        "--mig-strategy",
+        "mixed",
+    ]);
+    assert!(!out.contains("# assumed"), "{out}");
+    for command in ["plan", "demo"] {
+        let (_, help, _) = run(&[command, "--help"]);
+        assert!(
+            help.contains("migStrategy mixed (NVIDIA's default, none, would advertise the MIG-enabled GPUs whole"),
+            "{command}: {help}"
+        );
+    }
+}
+
+/// Defect (issue 25): `plan`/`demo --config-file` of the project's own
+/// ConfigMaps failed with "unknown key 'apiVersion'", while `lint` and
+/// `karpenter overlays` took them.
+#[test]
+fn plan_and_demo_take_configmaps() {
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "g5.48xlarge",
+        "--config-file",
+        "deploy/static/configs/time-slicing.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("nvidia.com/gpu     32  whole GPUs, 23028 MiB each, 4 time-slicing"),
+        "{out}"
+    );
+    // Several configs: the one NVIDIA's config-manager picks, said; or the named one.
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-config",
+        "all-disabled",
+        "--config-file",
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "# assumed: config 'default' of deploy/static/gpu-slicer-config-manager.yaml (it holds "
+        ),
+        "{out}"
+    );
+    let (code, out, err) = run(&[
+        "plan",
+        "--instance",
+        "g5.48xlarge",
+        "--config-file",
+        "deploy/static/gpu-slicer-config-manager.yaml",
+        "--config-name",
+        "time-slicing-4",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("nvidia.com/gpu     32"), "{out}");
+    assert!(!out.contains("# assumed"), "{out}");
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "g5.48xlarge",
+        "--config-file",
+        "deploy/static/gpu-slicer-config-manager.yaml",
+        "--config-name",
+        "nope",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("has no config named 'nope' (it has: "),
+        "{err}"
+    );
+    let (code, out, err) = run(&[
+        "demo",
+        "--instance",
+        "g5.xlarge",
+        "--config-file",
+        "deploy/static/configs/time-slicing.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nvidia.com/gpu: 4"), "{out}");
+}
+
+const POOL: &str = "apiVersion: karpenter.sh/v1
+kind: NodePool
+metadata:
+  name: NAME
+spec:
+  template:
+    metadata:
+      labels: {nvidia.com/device-plugin.config: CONFIG}
+    spec:
+      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: CLASS}
+      requirements:
+        - {key: karpenter.k8s.aws/instance-family, operator: In, values: [FAMILIES]}
+      taints: [{key: nvidia.com/gpu, effect: NoSchedule}]
+";
+
+fn pool(name: &str, config: &str, class: &str, families: &str) -> String {
+    POOL.replace("NAME", name)
+        .replace("CONFIG", config)
+        .replace("CLASS", class)
+        .replace("FAMILIES", families)
+}
+
+fn configmap(key: &str, config: &str) -> String {
+    let indented: String = config.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gpu-slicer-configs}}\ndata:\n  {key}: |\n{indented}"
+    )
+}
+
+/// Defect (issue 25): lint dropped plan errors (`.ok()`): a config the
+/// daemon refuses on every node linted with 0 errors.
+#[test]
+fn lint_reports_configs_the_daemon_refuses() {
+    let huge = TIME_SLICING_4.replace("replicas: 4", "replicas: 1000000000");
+    let twice = format!("{TIME_SLICING_4}      - name: nvidia.com/gpu\n        replicas: 2\n");
+    for (case, config) in [("huge", huge), ("twice", twice)] {
+        let text = format!(
+            "{}---\n{}",
+            pool("gpu-ts", case, "gpu-al2023", "g5"),
+            configmap(case, &config)
+        );
+        let (_dir, path) = file("pool.yaml", &text);
+        let (code, out, err) = run(&["lint", &path]);
+        assert_eq!(code, 1, "{case}: {out}{err}");
+        assert!(
+            out.contains("error[config-refused]: on g5.xlarge")
+                || out.contains("error[config-invalid]"),
+            "{case}: {out}"
+        );
+    }
+    let huge = TIME_SLICING_4.replace("replicas: 4", "replicas: 1000000000");
+    let text = format!(
+        "{}---\n{}",
+        pool("gpu-ts", "huge", "c", "g5"),
+        configmap("huge", &huge)
+    );
+    let (_dir, path) = file("pool.yaml", &text);
+    let (_, out, _) = run(&["lint", &path]);
+    assert!(
+        out.contains("more than the 4194304 bytes a kubelet accepts in one ListAndWatch message"),
+        "{out}"
+    );
+}
+
+/// Defect (issue 25): lint missed what the API server rejects and a
+/// nodeClassRef to a missing class; `karpenter overlays` on such a pool
+/// exited 0 with invalid object names, and dropped a MIG pool's types.
+#[test]
+fn lint_and_overlays_refuse_what_the_api_server_rejects() {
+    let broken = pool("Broken_Pool", "default", "missing-class", "g5")
+        .replace("      taints:", "      expireAfter: 30days\n      taints:")
+        + "  disruption:\n    consolidationPolicy: WhenIdle\n";
+    let (_dir, path) = file("broken.yaml", &broken);
+    let (code, out, err) = run(&["lint", &path, "deploy/karpenter/ec2nodeclass-al2023.yaml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    for needle in [
+        "NodePool/Broken_Pool at metadata.name\n  error[api-server-rejects]: 'Broken_Pool' is not a valid object name",
+        "e.g. 'broken-pool'",
+        "at spec.disruption.consolidateAfter\n  error[api-server-rejects]: karpenter.sh/v1 requires consolidateAfter",
+        "at spec.disruption.consolidationPolicy\n  error[api-server-rejects]: consolidationPolicy 'WhenIdle' is not one of WhenEmpty, WhenEmptyOrUnderutilized",
+        "at spec.template.spec.expireAfter\n  error[api-server-rejects]: '30days' is not a Karpenter duration",
+        "error[nodeclass-missing]: EC2NodeClass 'missing-class' is not in these files (they define gpu-al2023)",
+    ] {
+        assert!(out.contains(needle), "{needle}\n{out}");
+    }
+    let (code, out, err) = run(&["karpenter", "overlays", "--nodepool-file", &path]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("error: NodePool Broken_Pool would be rejected by the API server, so no overlay is generated for it: metadata.name: 'Broken_Pool' is not a valid object name"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "karpenter",
+        "overlays",
+        "--nodepool",
+        "Broken_Pool",
+        "--instance-type",
+        "g5.xlarge",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("'Broken_Pool' is not a valid object name"),
+        "{err}"
+    );
+
+    // A MIG pool whose types do not all have the layout: refused, named.
+    let mixed = pool("gpu-mig", "default", "gpu-al2023", "p4d, p5");
+    let (_dir, path) = file("mixed.yaml", &mixed);
+    let (code, out, err) = run(&[
+        "karpenter",
+        "overlays",
+        "--nodepool-file",
+        &path,
+        "--mig-config",
+        "all-1g.5gb",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("NodePool gpu-mig can launch p5.4xlarge, p5.48xlarge, whose GPUs have no MIG layout 'all-1g.5gb'"),
+        "{err}"
+    );
+}
+
+/// Defect (issue 25): regenerating the overlays as the shipped overlay's
+/// comment says, then linting them with the shipped file, reported an
+/// overlay-conflict between two documents of one object.
+#[test]
+fn regenerated_overlays_do_not_conflict_with_the_shipped_one() {
+    let (code, generated, err) = run(&[
+        "karpenter",
+        "overlays",
+        "--nodepool-file",
+        "deploy/karpenter/nodepool-mig.yaml",
+        "--config-file",
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_dir, path) = file("overlays.yaml", &generated);
+    let (code, out, err) = run(&[
+        "lint",
+        "deploy/karpenter/nodepool-mig.yaml",
+        "deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml",
+        &path,
+        "deploy/karpenter/ec2nodeclass-al2023.yaml",
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    for rule in [
+        "overlay-conflict",
+        "overlay-same-name",
+        "overlay-coverage",
+        "no-overlay",
+    ] {
+        assert!(!out.contains(rule), "{rule}: {out}");
+    }
+    // Overlays of one name with other specs are one object: said, once.
+    let edited = generated.replacen(
+        "nvidia.com/mig-1g.5gb: \"16\"",
+        "nvidia.com/mig-1g.5gb: \"15\"",
+        1,
+    );
+    let (_dir2, edited) = file("edited.yaml", &edited);
+    let (_, out, _) = run(&[
+        "lint",
+        "deploy/karpenter/nodepool-mig.yaml",
+        "deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml",
+        &edited,
+        "deploy/static/gpu-slicer-config-manager.yaml",
+    ]);
+    assert!(!out.contains("overlay-conflict"), "{out}");
+    assert_eq!(out.matches("warning[overlay-same-name]: NodeOverlay gpu-mig-balanced-p4d-24xlarge is also defined in deploy/karpenter/nodeoverlays-gpu-mig-balanced.yaml").count(), 1, "{out}");
+}
+
+/// Defects (issue 25): `--mig-strategy mixd` did not list the valid values;
+/// `plan --replicas` got "a similar argument exists: '--prices'".
+#[test]
+fn flag_mistakes_get_useful_answers() {
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-strategy",
+        "mixd",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: invalid value 'mixd' for '--mig-strategy <STRATEGY>'\n  [possible values: none, single, mixed]"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["demo", "--mig-strategy", "singel"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("[possible values: none, single, mixed]"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["plan", "--instance", "p4d.24xlarge", "--replicas", "3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("--prices"), "{err}");
+    assert!(
+        err.contains("tip: --replicas is not a flag: it is the config file's sharing.timeSlicing.resources[].replicas"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tip: 'gpu-slicer plan --help' lists the arguments"),
+        "{err}"
+    );
+    assert!(err.contains("Usage: gpu-slicer plan [OPTIONS]"), "{err}");
+    // A likely typo keeps clap's suggestion.
+    let (code, _, err) = run(&[
+        "plan",
+        "--instance",
+        "p4d.24xlarge",
+        "--mig-stratgy",
+        "mixed",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tip: a similar argument exists: '--mig-strategy'"),
+        "{err}"
+    );
+}
+
+/// Defect (issue 25): `lint -` could not read standard input.
+#[test]
+fn lint_reads_standard_input() {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(crate::BIN)
+        .args(["lint", "-"])
+        .current_dir(repo_root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let text = pool("Broken_Pool", "default", "c", "g5");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("(standard input) (document 1) NodePool/Broken_Pool at metadata.name"),
+        "{stdout}"
+    );
+    // Nothing to check on standard input is said as for a file.
+    let out = std::process::Command::new(crate::BIN)
+        .args(["lint", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(
+            "(standard input)\n  error[no-kubernetes-object]: holds no Kubernetes object"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Defect (issue 25): a YAML alias bomb printed the parser's internals
+/// (`budget breached: Nodes { nodes: 250001 }`).
+#[test]
+fn an_alias_bomb_gets_a_plain_message() {
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..7 {
+        let uses = vec![format!("*a{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("a{i}: &a{i} [{uses}]\n"));
+    }
+    let (_dir, path) = file("bomb.yaml", &bomb);
+    for args in [
+        vec!["lint", path.as_str()],
+        vec![
+            "plan",
+            "--instance",
+            "g5.xlarge",
+            "--config-file",
+            path.as_str(),
+        ],
+        vec![
+            "karpenter",
+            "overlays",
+            "--nodepool",
+            "x",
+            "--config-file",
+            path.as_str(),
+        ],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("the file's YAML aliases (*name) expand to more than 250000 values"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("budget breached") && !err.contains("Nodes {"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Defects (issue 25): `mig apply --help` described only the dry run; a
+/// typo'd layout reported NVML's error; the no-GPU advice of `gpus` and
+/// `mig apply` was written for a pod.
+#[test]
+fn mig_apply_and_gpus_speak_to_a_person_at_a_node() {
+    let (_, help, _) = run(&["mig", "apply", "--help"]);
+    assert!(
+        help.starts_with("Give this node's GPUs a MIG layout through NVML"),
+        "{help}"
+    );
+    assert!(
+        help.contains("With --dry-run, prints the NVML operations and why, and changes nothing"),
+        "{help}"
+    );
+    let missing = "/nonexistent/gpu-slicer-test/libnvidia-ml.so.1";
+    let (code, _, err) = run(&[
+        "mig",
+        "apply",
+        "all-balnced",
+        "--dry-run",
+        "--nvml-lib",
+        missing,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(
+            "error: MIG layout 'all-balnced' exists on no MIG-capable GPU gpu-slicer knows"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("all-balanced"), "{err}");
+    for args in [
+        vec!["gpus", "--nvml-lib", missing],
+        vec![
+            "mig",
+            "apply",
+            "all-balanced",
+            "--dry-run",
+            "--nvml-lib",
+            missing,
+        ],
+        vec!["mig", "apply", "all-balanced", "--nvml-lib", missing],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(
+                "This command reads the GPUs of the machine it runs on: run it on a GPU node"
+            ),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("runtimeClassName") && !err.contains("nodeSelector"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -35,12 +35,16 @@
 //! | `overlay-custom-key` | error/warning | a key the pool does not define: `NotIn`/`DoesNotExist` match every instance type (error), other operators never match (warning) |
 //! | `overlay-restricted-key` | error | a key the NodeOverlay CRD rejects (`kubernetes.io/hostname`, most `karpenter.sh/*`, `karpenter.k8s.aws/*`) |
 //! | `overlay-conflict` | error | overlays of equal weight setting the same capacity key or price for one pool and instance type: Karpenter applies neither |
+//! | `overlay-same-name` | warning | two NodeOverlays of one name with different specs: applying both keeps the last |
 //! | `overlay-price-and-adjustment` | error | `price` and `priceAdjustment` together |
 //! | `overlay-capacity-mismatch` | error/warning | capacity differs from what gpu-slicer advertises |
 //! | `selects-mig-config` | warning | workload selects `nvidia.com/mig.config` |
 //! | `unadvertised-request` | error | workload requests a name no pool/config advertises |
 //! | `request-greater-than-one` | error | request above 1 under `failRequestsGreaterThanOne` |
 //! | `config-invalid` | error | a gpu-slicer ConfigMap does not parse |
+//! | `config-refused` | error | the daemon refuses the pool's config on some of its instance types (a plan error) |
+//! | `api-server-rejects` | error | the API server would refuse the NodePool: its name, disruption, expireAfter, nodeClassRef |
+//! | `nodeclass-missing` | error | `nodeClassRef` names an EC2NodeClass that none of the files (which hold some) defines |
 //! | `no-kubernetes-object` | error | a file holding no Kubernetes object or gpu-slicer config |
 //!
 //! One file per kind of object: `pool.rs`, `node_class.rs`, `overlay.rs`,
@@ -64,6 +68,7 @@ use super::{
     nodepool_label, nodepool_requirements, quantity, strings,
 };
 
+pub mod api;
 mod node_class;
 mod overlay;
 mod pool;
@@ -204,7 +209,10 @@ pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
     for path in paths {
         let loaded = super::load_documents(path.as_ref())?;
         if !loaded.iter().any(is_lintable) {
-            empty_files.push(path.as_ref().display().to_string());
+            empty_files.push(match path.as_ref() {
+                p if p == Path::new("-") => "(standard input)".to_string(),
+                p => p.display().to_string(),
+            });
         }
         docs.extend(loaded);
     }
@@ -258,7 +266,39 @@ pub fn lint(docs: &[Document]) -> Vec<Finding> {
     for doc in docs.iter().filter(|d| d.kind() == "NodePool") {
         pools.push(build_pool(doc, &configs, any_configmap, &mut sink));
     }
+    let classes: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.kind() == "EC2NodeClass")
+        .map(Document::name)
+        .collect();
     for pool in &pools {
+        for (path, message) in api::nodepool_rejections(&pool.doc.value) {
+            sink.add(
+                pool.doc,
+                path,
+                Severity::Error,
+                "api-server-rejects",
+                message,
+            );
+        }
+        let class = &pool.doc.value["spec"]["template"]["spec"]["nodeClassRef"];
+        if let Some(name) = class["name"].as_str()
+            && !classes.is_empty()
+            && class["kind"].as_str().is_none_or(|k| k == "EC2NodeClass")
+            && !classes.contains(&name)
+        {
+            sink.add(
+                pool.doc,
+                "spec.template.spec.nodeClassRef.name",
+                Severity::Error,
+                "nodeclass-missing",
+                format!(
+                    "EC2NodeClass '{name}' is not in these files (they define {}): Karpenter launches nothing for the pool \
+                     (NodePool condition NodeClassReady=False). Fix the name, or lint the pool with its EC2NodeClass",
+                    classes.join(", ")
+                ),
+            );
+        }
         lint_pool(pool, &overlays, &mut sink);
     }
     for doc in docs.iter().filter(|d| d.kind() == "EC2NodeClass") {
@@ -324,13 +364,48 @@ fn build_pool<'a>(
         instances: instances.clone(),
         plans: Vec::new(),
     };
+    // Defect: plan errors were dropped (`.ok()`), so a config the daemon
+    // refuses on every node (replicas: 1000000000, a resource named twice)
+    // linted clean. Each distinct error is one finding naming its types.
+    let mut refused: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for instance in instances {
         let layout = pool.layout_on(instance);
         let plan = match layout {
             Some(l) if !layout_fits(instance, l) => None,
-            _ => overlays::plan_instance(instance.name, layout, &pool.config).ok(),
+            _ => match overlays::plan_instance(instance.name, layout, &pool.config) {
+                Ok(plan) => Some(plan),
+                Err(overlays::PlanInstanceError::Plan { message, .. }) => {
+                    refused.entry(message).or_default().push(instance.name);
+                    continue;
+                }
+                Err(overlays::PlanInstanceError::Simulate(message)) => {
+                    refused.entry(message).or_default().push(instance.name);
+                    continue;
+                }
+            },
         };
         pool.plans.push((instance, plan));
+    }
+    for (message, instances) in refused {
+        let path = match label {
+            Some(_) => format!("spec.template.metadata.labels{}", key_segment(CONFIG_LABEL)),
+            None => "metadata.name".to_string(),
+        };
+        sink.add(
+            doc,
+            path,
+            Severity::Error,
+            "config-refused",
+            format!(
+                "on {} gpu-slicer refuses {}: {message}. The daemon exits at start (or keeps the running config on a reload) \
+                 on every such node; fix the config, or narrow the pool's instance types",
+                instances.join(", "),
+                match &pool.config_name {
+                    Some(name) => format!("config '{name}'"),
+                    None => "the default config".to_string(),
+                },
+            ),
+        );
     }
     pool
 }
