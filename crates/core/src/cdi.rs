@@ -23,7 +23,9 @@
 //!
 //! The spec-wide edits carry the control nodes and, when every device-list
 //! strategy is a CDI one, `NVIDIA_VISIBLE_DEVICES=void`. What each strategy
-//! sets, as NVIDIA's plugin and toolkit do:
+//! sets, read from NVIDIA's plugin (`internal/plugin/server.go`) and toolkit
+//! sources; the last case departs from NVIDIA's plugin, whose spec always
+//! carries `void`:
 //!
 //! - `envvar`: the answer's `NVIDIA_VISIBLE_DEVICES=<ids>`, which the
 //!   NVIDIA runtime hook reads (the last value of the variable wins:
@@ -33,8 +35,8 @@
 //!   spec's edits after the answer's environment, replacing a variable of
 //!   the same name (podman; containerd's CDI library likewise). `void`
 //!   keeps a hook, if one is installed, from reading a CUDA image's own
-//!   `NVIDIA_VISIBLE_DEVICES=all` and injecting every GPU (toolkit
-//!   `pkg/nvcdi/wrapper.go` adds it for that reason).
+//!   `NVIDIA_VISIBLE_DEVICES=all` and injecting every GPU (the toolkit's
+//!   `pkg/nvcdi/wrapper.go` adds it to every spec it generates).
 //! - a CDI strategy beside `envvar` or `volume-mounts`: the answer already
 //!   names exactly the allocated devices, so `void` has nothing to guard
 //!   against, and it would replace that value and switch off the hook the
