@@ -13,15 +13,44 @@
 //!
 //! Each device (named by UUID and by index, since `deviceIDStrategy` picks
 //! either) carries its device nodes: `/dev/nvidia<minor>`, plus the GPU- and
-//! compute-instance capability nodes for a MIG device. The spec-wide edits
-//! carry the control nodes and `NVIDIA_VISIBLE_DEVICES=void`, which keeps an
-//! NVIDIA runtime hook, if one is also installed, from injecting every GPU.
+//! compute-instance capability nodes for a MIG device. Each node carries
+//! the file mode it has on the host, as NVIDIA's generated spec does
+//! (nvidia-container-toolkit `internal/edits/device.go` stats the node):
+//! without one, runc creates the node 0666, which would make a MIG
+//! capability node (0444 on the host) writable in the container. A MIG
+//! capability node the daemon cannot see gets the driver's mode for it,
+//! [`MIG_CAPABILITY_MODE`].
+//!
+//! The spec-wide edits carry the control nodes and, when every device-list
+//! strategy is a CDI one, `NVIDIA_VISIBLE_DEVICES=void`. What each strategy
+//! sets, read from NVIDIA's plugin (`internal/plugin/server.go`) and toolkit
+//! sources; the last case departs from NVIDIA's plugin, whose spec always
+//! carries `void`:
+//!
+//! - `envvar`: the answer's `NVIDIA_VISIBLE_DEVICES=<ids>`, which the
+//!   NVIDIA runtime hook reads (the last value of the variable wins:
+//!   toolkit `internal/config/image/builder.go`) to inject the devices and
+//!   the driver's files.
+//! - `cdi-cri`, `cdi-annotations`: the CDI names; the runtime applies the
+//!   spec's edits after the answer's environment, replacing a variable of
+//!   the same name (podman; containerd's CDI library likewise). `void`
+//!   keeps a hook, if one is installed, from reading a CUDA image's own
+//!   `NVIDIA_VISIBLE_DEVICES=all` and injecting every GPU (the toolkit's
+//!   `pkg/nvcdi/wrapper.go` adds it to every spec it generates).
+//! - a CDI strategy beside `envvar` or `volume-mounts`: the answer already
+//!   names exactly the allocated devices, so `void` has nothing to guard
+//!   against, and it would replace that value and switch off the hook the
+//!   non-CDI strategy was chosen for (and with it the driver's files when
+//!   the daemon has no driver root to put them in the spec). The spec then
+//!   sets no `NVIDIA_VISIBLE_DEVICES`: both paths inject the same devices.
+//!
 //! No per-device environment is set: CDI merges environment variables by
 //! name, so a per-device `NVIDIA_VISIBLE_DEVICES` would keep only the last
 //! device of a multi-device container.
 
 use serde_json::{Value, json};
 
+use crate::config::DeviceListStrategy;
 use crate::device_nodes::{self, DeviceClass, NodeDeviceFiles};
 use crate::driver_files::{FILE_OPTIONS, FileKind, SOCKET_OPTIONS};
 use crate::gpu::Inventory;
@@ -29,12 +58,41 @@ use crate::gpu::Inventory;
 pub const KIND: &str = "k8s.device-plugin.nvidia.com/gpu";
 pub const SPEC_FILE: &str = "k8s.device-plugin.nvidia.com-gpu.json";
 
+/// The mode the driver gives a MIG capability node
+/// (`/proc/driver/nvidia/capabilities/gpu<N>/mig/gi<G>/access`,
+/// `DeviceFileMode: 292`): readable by all, writable by none. Opening it
+/// for reading is what grants the capability.
+pub const MIG_CAPABILITY_MODE: u32 = 0o444;
+
+/// The permission bits of a device node on the host, by container path
+/// (`/dev/nvidia0`); `None` when the daemon cannot see it.
+pub type HostMode<'a> = &'a dyn Fn(&str) -> Option<u32>;
+
 fn node(container_path: &str, dev_root: &str) -> Value {
     json!({
         "path": container_path,
         "hostPath": device_nodes::host_path(dev_root, container_path),
         "permissions": "rw",
     })
+}
+
+/// A GPU's or MIG device's node, with its host file mode when known (a MIG
+/// capability node always has one).
+fn node_with_mode(container_path: &str, dev_root: &str, host_mode: HostMode) -> Value {
+    let mut value = node(container_path, dev_root);
+    let mode = host_mode(container_path).or_else(|| {
+        device_nodes::is_capability_node(container_path).then_some(MIG_CAPABILITY_MODE)
+    });
+    if let Some(mode) = mode {
+        value["fileMode"] = json!(mode & 0o7777);
+    }
+    value
+}
+
+/// Whether the spec sets `NVIDIA_VISIBLE_DEVICES=void`: only when every
+/// device-list strategy is a CDI one (the module's documentation says why).
+pub fn sets_void(strategies: &[DeviceListStrategy]) -> bool {
+    strategies.iter().all(|s| s.is_cdi())
 }
 
 /// The CDI kind of an optional class (`k8s.device-plugin.nvidia.com/gdrcopy`).
@@ -67,17 +125,22 @@ pub fn class_spec(class: DeviceClass, files: &NodeDeviceFiles, dev_root: &str) -
 }
 
 /// The CDI spec for every GPU and MIG device of the node. `driver_root` is
-/// the host's driver root, which the driver files' host paths start with.
+/// the host's driver root, which the driver files' host paths start with;
+/// `strategies` are the device-list strategies in use; `host_mode` gives
+/// the nodes' modes on the host.
 pub fn spec(
     inventory: &Inventory,
     files: &NodeDeviceFiles,
     dev_root: &str,
     driver_root: &str,
+    strategies: &[DeviceListStrategy],
+    host_mode: HostMode,
 ) -> Value {
+    let with_mode = |p: &String| node_with_mode(p, dev_root, host_mode);
     let mut devices = Vec::new();
     let mut push = |names: [String; 2], nodes: Vec<String>| {
         let edits = json!({
-            "deviceNodes": nodes.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+            "deviceNodes": nodes.iter().map(with_mode).collect::<Vec<_>>(),
         });
         for name in names {
             devices.push(json!({ "name": name, "containerEdits": edits.clone() }));
@@ -116,9 +179,11 @@ pub fn spec(
         })
         .collect();
     let mut edits = json!({
-        "env": ["NVIDIA_VISIBLE_DEVICES=void"],
-        "deviceNodes": files.control.iter().map(|p| node(p, dev_root)).collect::<Vec<_>>(),
+        "deviceNodes": files.control.iter().map(with_mode).collect::<Vec<_>>(),
     });
+    if sets_void(strategies) {
+        edits["env"] = json!(["NVIDIA_VISIBLE_DEVICES=void"]);
+    }
     if !mounts.is_empty() {
         edits["mounts"] = Value::Array(mounts);
     }
@@ -167,6 +232,8 @@ mod tests {
             &files,
             "/run/nvidia/driver",
             "/run/nvidia/driver",
+            &[DeviceListStrategy::CdiCri],
+            &|_| None,
         );
         assert_eq!(spec["kind"], KIND);
         let devices = spec["devices"].as_array().expect("devices");
@@ -209,7 +276,14 @@ mod tests {
         let inventory = simulated::from_instance("g5.xlarge", None).expect("sim");
         let mut files = NodeDeviceFiles::default();
         assert!(
-            spec(&inventory, &files, "/", "/")["containerEdits"]
+            spec(
+                &inventory,
+                &files,
+                "/",
+                "/",
+                &[DeviceListStrategy::CdiCri],
+                &|_| None
+            )["containerEdits"]
                 .get("mounts")
                 .is_none(),
             "no driver files, no mounts"
@@ -229,7 +303,14 @@ mod tests {
                 },
             ],
         };
-        let spec = spec(&inventory, &files, "/", "/run/nvidia/driver");
+        let spec = spec(
+            &inventory,
+            &files,
+            "/",
+            "/run/nvidia/driver",
+            &[DeviceListStrategy::CdiCri],
+            &|_| None,
+        );
         assert_eq!(
             spec["containerEdits"]["mounts"],
             json!([
@@ -241,5 +322,90 @@ mod tests {
                  "options": ["nosuid", "nodev", "rbind", "rprivate", "noexec"]},
             ])
         );
+    }
+
+    /// NVIDIA's generated spec takes each node's mode from the host; a MIG
+    /// capability node the daemon cannot see gets the driver's 0444, never
+    /// the runtime's default 0666.
+    #[test]
+    fn device_nodes_carry_their_host_file_mode() {
+        let inventory =
+            simulated::from_instance("p4d.24xlarge", Some("all-balanced")).expect("sim");
+        let files = NodeDeviceFiles {
+            control: vec!["/dev/nvidiactl".into()],
+            mig_caps: NodeDeviceFiles::synthetic_mig_minors(8),
+            ..Default::default()
+        };
+        let mode_of = |spec: &Value, name: &str, path: &str| -> Option<u64> {
+            let edits = if name.is_empty() {
+                &spec["containerEdits"]
+            } else {
+                &spec["devices"]
+                    .as_array()
+                    .expect("devices")
+                    .iter()
+                    .find(|d| d["name"] == name)
+                    .expect("device")["containerEdits"]
+            };
+            let node = edits["deviceNodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .find(|n| n["path"] == path)
+                .expect("node");
+            node.get("fileMode").map(|m| m.as_u64().expect("a number"))
+        };
+        let gi = 3 + 135 + 9 * inventory.gpus[1].mig_devices[0].gpu_instance_id;
+        let cap = format!("/dev/nvidia-caps/nvidia-cap{gi}");
+        let strategies = [DeviceListStrategy::CdiCri];
+
+        // Nothing seen on the host: only the capability nodes get a mode.
+        let unseen = spec(&inventory, &files, "/", "/", &strategies, &|_| None);
+        assert_eq!(mode_of(&unseen, "1:0", &cap), Some(0o444));
+        assert_eq!(mode_of(&unseen, "1:0", "/dev/nvidia1"), None);
+        assert_eq!(mode_of(&unseen, "", "/dev/nvidiactl"), None);
+
+        // Seen: the host's permission bits, file-type bits dropped.
+        let host = |path: &str| match path {
+            "/dev/nvidia1" => Some(0o020_666),
+            "/dev/nvidiactl" => Some(0o660),
+            p if p.starts_with("/dev/nvidia-caps/") => Some(0o400),
+            _ => None,
+        };
+        let seen = spec(&inventory, &files, "/", "/", &strategies, &host);
+        assert_eq!(mode_of(&seen, "1:0", &cap), Some(0o400));
+        assert_eq!(mode_of(&seen, "1:0", "/dev/nvidia1"), Some(0o666));
+        assert_eq!(mode_of(&seen, "", "/dev/nvidiactl"), Some(0o660));
+    }
+
+    /// `NVIDIA_VISIBLE_DEVICES=void` only when every strategy is CDI: beside
+    /// `envvar` or `volume-mounts` it would replace the answer's value.
+    #[test]
+    fn void_is_set_only_when_every_strategy_is_cdi() {
+        use DeviceListStrategy::*;
+        let inventory = simulated::from_instance("g5.xlarge", None).expect("sim");
+        let files = NodeDeviceFiles::default();
+        let cases: [(&[DeviceListStrategy], bool); 7] = [
+            (&[CdiCri], true),
+            (&[CdiAnnotations], true),
+            (&[CdiAnnotations, CdiCri], true),
+            (&[Envvar, CdiCri], false),
+            (&[Envvar, CdiAnnotations], false),
+            (&[VolumeMounts, CdiCri], false),
+            (&[Envvar, VolumeMounts, CdiAnnotations, CdiCri], false),
+        ];
+        for (strategies, void) in cases {
+            let spec = spec(&inventory, &files, "/", "/", strategies, &|_| None);
+            let env = spec["containerEdits"].get("env");
+            if void {
+                assert_eq!(
+                    env,
+                    Some(&json!(["NVIDIA_VISIBLE_DEVICES=void"])),
+                    "{strategies:?}"
+                );
+            } else {
+                assert_eq!(env, None, "{strategies:?}");
+            }
+        }
     }
 }

@@ -12,7 +12,15 @@ pub fn gpu_node(minor: u32) -> String {
 
 /// The container path of a MIG capability node.
 pub fn capability_node(minor: u32) -> String {
-    format!("/dev/nvidia-caps/nvidia-cap{minor}")
+    format!("{CAPABILITY_DIR}nvidia-cap{minor}")
+}
+
+/// Where the MIG capability nodes are (container path).
+const CAPABILITY_DIR: &str = "/dev/nvidia-caps/";
+
+/// Whether a container path is a MIG capability node.
+pub fn is_capability_node(container_path: &str) -> bool {
+    container_path.starts_with(CAPABILITY_DIR)
 }
 
 /// The host path of a device node under the dev root (`/` or a driver

@@ -135,7 +135,14 @@ fn every_cdi_name_allocate_returns_is_defined_once_in_the_written_specs() {
                 config.flags.mofed_enabled = classes.contains(&DeviceClass::Mofed);
                 let plan = gpu_slicer_core::plan::plan(&inventory, &config);
                 // What the daemon writes: the GPU spec and one per enabled class.
-                let mut specs = vec![cdi::spec(&inventory, &files, "/", "/")];
+                let mut specs = vec![cdi::spec(
+                    &inventory,
+                    &files,
+                    "/",
+                    "/",
+                    &strategies,
+                    &|_| None,
+                )];
                 for class in gpu_slicer_core::allocate::enabled_classes(&config.flags) {
                     specs.extend(cdi::class_spec(class, &files, "/"));
                 }

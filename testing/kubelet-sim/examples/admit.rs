@@ -3,8 +3,11 @@
 //! it, start the device plugin against the same directory, and it waits
 //! until `RESOURCE` has enough healthy devices, admits `PODS` pods asking for
 //! `COUNT` each, prints one JSON line per container (`envs`, `mounts`,
-//! `devices`), and exits. `COUNT` may be a list (`2,1,1`): pod *i* then
-//! asks for its *i*-th entry, round robin.
+//! `devices`, `cdi`: the CDI names it receives, `annotations`), and exits.
+//! `COUNT` may be a list (`2,1,1`): pod *i* then asks for its *i*-th entry,
+//! round robin. `RESOURCE` may join several with `+`
+//! (`nvidia.com/mig-1g.5gb+nvidia.com/mig-2g.10gb`): each container then
+//! asks for `COUNT` of each (.ci/check-cdi-podman uses it).
 //!
 //! `cargo run -p kubelet-sim --example admit -- DIR RESOURCE COUNT PODS`
 
@@ -21,18 +24,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counts: Vec<usize> = count.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let pods: usize = pods.parse()?;
     let count_of = |i: usize| counts[i % counts.len()];
+    let resources: Vec<String> = resource.split('+').map(str::to_string).collect();
     let kubelet = Kubelet::start(Options::new(dir)).await?;
     let wanted: usize = (0..pods).map(count_of).sum();
-    let name = resource.clone();
+    let names = resources.clone();
     kubelet
         .wait_until(
-            move |s| s.get(&name).is_some_and(|c| c.allocatable >= wanted),
+            move |s| {
+                names
+                    .iter()
+                    .all(|name| s.get(name).is_some_and(|c| c.allocatable >= wanted))
+            },
             Duration::from_secs(60),
         )
         .await?;
     for i in 0..pods {
-        let pod = Pod::new(format!("pod-{i}"))
-            .container(Container::new("main").limit(resource, count_of(i) as u64));
+        let container = resources.iter().fold(Container::new("main"), |c, r| {
+            c.limit(r, count_of(i) as u64)
+        });
+        let pod = Pod::new(format!("pod-{i}")).container(container);
         let admission = kubelet.admit(&pod).await?;
         for container in &admission.containers {
             let merged = &container.merged;
@@ -56,11 +66,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .values()
                 .flat_map(|r| r.device_ids.iter().map(|d| format!("{d:?}")))
                 .collect();
+            let cdi: Vec<String> = merged
+                .cdi_devices
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect();
+            let annotations: Vec<String> = merged
+                .annotations
+                .iter()
+                .map(|(k, v)| format!("{k:?}:{v:?}"))
+                .collect();
             println!(
-                "{{\"pod\":\"pod-{i}\",\"devices\":[{}],\"envs\":{{{}}},\"mounts\":[{}]}}",
+                "{{\"pod\":\"pod-{i}\",\"devices\":[{}],\"envs\":{{{}}},\"mounts\":[{}],\"cdi\":[{}],\"annotations\":{{{}}}}}",
                 devices.join(","),
                 envs.join(","),
-                mounts.join(",")
+                mounts.join(","),
+                cdi.join(","),
+                annotations.join(",")
             );
         }
     }

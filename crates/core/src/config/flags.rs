@@ -148,7 +148,9 @@ pub struct ConfigFlags {
     #[arg(long, env = "DEVICE_DISCOVERY_STRATEGY", value_name = "STRATEGY")]
     pub device_discovery_strategy: Option<String>,
 
-    /// IMEX channel ids to inject (only none or 0); accepted and validated, then ignored.
+    /// IMEX channel ids. gpu-slicer injects no IMEX channel, so only an
+    /// empty list is accepted; `0` (NVIDIA's only valid id) is refused with
+    /// a message, and any other id is invalid.
     #[arg(
         long,
         env = "IMEX_CHANNEL_IDS",
@@ -157,7 +159,8 @@ pub struct ConfigFlags {
     )]
     pub imex_channel_ids: Option<Vec<i64>>,
 
-    /// Whether IMEX channels are required; accepted and ignored.
+    /// Whether IMEX channels are required; type-checked, and without
+    /// effect, since no channel is ever requested.
     #[arg(long, env = "IMEX_REQUIRED", num_args = 0..=1, default_missing_value = "true",
           require_equals = true, value_parser = parse_go_bool, value_name = "BOOL")]
     pub imex_required: Option<bool>,
@@ -355,6 +358,28 @@ mod tests {
         assert!(e.contains("--fail-on-init-error"), "{e}");
         // Like Go's flag package, a bool flag's value must be attached with '='.
         assert!(clap_err(&["--pass-device-specs", "false"]).contains("false"));
+    }
+
+    /// `--help` says what the code does with IMEX ids: only an empty list
+    /// passes; `0` is refused with the reason.
+    #[test]
+    fn imex_help_matches_what_is_refused() {
+        use clap::CommandFactory;
+        let help = T::command().render_long_help().to_string();
+        assert!(help.contains("only an empty list is accepted"), "{help}");
+        assert!(!help.contains("then ignored"), "{help}");
+        let refused = apply(&flags(&["--imex-channel-ids", "0"]), "version: v1\n")
+            .expect_err("IMEX channel 0 is refused");
+        assert!(
+            refused.contains("IMEX channels are not supported"),
+            "{refused}"
+        );
+        let invalid = apply(&flags(&["--imex-channel-ids", "1"]), "version: v1\n")
+            .expect_err("IMEX channel 1 is invalid");
+        assert!(
+            invalid.contains("channelIDs must be [] or [0]"),
+            "{invalid}"
+        );
     }
 
     #[test]

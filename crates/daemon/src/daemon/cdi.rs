@@ -44,11 +44,15 @@ impl Daemon {
                 gpu_slicer_core::driver_files::LIBRARY_DIRS.join(", ")
             );
         }
+        let flags = &setup.config.flags;
+        let host_mode = |path: &str| host_node_mode(flags, path);
         let spec = gpu_slicer_core::cdi::spec(
             &setup.inventory,
             &setup.files,
-            setup.config.flags.dev_root(),
-            &setup.config.flags.nvidia_driver_root,
+            flags.dev_root(),
+            &flags.nvidia_driver_root,
+            strategies,
+            &host_mode,
         );
         write_spec(&dir, gpu_slicer_core::cdi::SPEC_FILE, &spec)?;
         // The optional classes Allocate names: a spec each; a spec of a
@@ -80,6 +84,36 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// The permission bits of a device node on the host, as the daemon sees
+/// it (NVIDIA's plugin stats the node the same way): through the driver
+/// root mounted into the pod when the dev root is the driver root, else at
+/// its host path (a daemon on the host, or a host directory mounted at the
+/// same path), else at its container path in the daemon's own `/dev`
+/// (where the NVIDIA runtime injected it with the host's mode). `None`
+/// when none of them is a character device.
+fn host_node_mode(flags: &gpu_slicer_core::config::Flags, container_path: &str) -> Option<u32> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dev_root = flags.dev_root();
+    let mut candidates = Vec::with_capacity(3);
+    if dev_root == flags.nvidia_driver_root {
+        candidates.push(gpu_slicer_core::device_nodes::host_path(
+            &flags.plugin.container_driver_root,
+            container_path,
+        ));
+    }
+    candidates.push(gpu_slicer_core::device_nodes::host_path(
+        dev_root,
+        container_path,
+    ));
+    candidates.push(container_path.to_string());
+    candidates.iter().find_map(|path| {
+        let meta = std::fs::metadata(path).ok()?;
+        meta.file_type()
+            .is_char_device()
+            .then(|| meta.permissions().mode() & 0o7777)
+    })
 }
 
 /// Writes one CDI spec file into `dir`, atomically, readable by the runtime.
