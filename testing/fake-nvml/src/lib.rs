@@ -1337,7 +1337,18 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
             found = next_event(s, index)?;
             Ok(())
         });
-        if code != SUCCESS {
+        if code == TIMEOUT {
+            // An injected TIMEOUT is an interrupted wait: NVML returns at
+            // once, but an event already queued is returned first (a wait
+            // with an event ready does not block, so nothing interrupts it).
+            let guard = state();
+            if let Some(s) = guard.as_ref() {
+                found = next_event(s, index).ok().flatten();
+            }
+            if found.is_none() {
+                return TIMEOUT;
+            }
+        } else if code != SUCCESS {
             return code;
         }
         if let Some((gpu, xid, gi, ci)) = found {
