@@ -16,6 +16,28 @@
 //!
 //! The configuration overrides any XID (`health.xids`, `health.recoverAfter`);
 //! NVIDIA's `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS` keep working.
+//!
+//! # Fail closed: healthy only while watched
+//!
+//! An XID that nobody reads is lost for good, so a GPU is advertised Healthy
+//! only while its XID events are being watched: a gap in watching is a gap
+//! in health. Two pure parts decide it, the shell only gathers what they
+//! need:
+//!
+//! - the watcher's side, per GPU: [`WatchFacts::verdict`]. Watched means it
+//!   answers, is registered in the current event set (or reports no XID
+//!   events at all), the set's waits work ([`SetState::Working`]), and it
+//!   passed a check made after that registration (the check stands for
+//!   whatever happened in the gap before it); [`WaitPacer`] keeps the waits
+//!   from spinning (absolute deadlines, a minimum spacing after a wait
+//!   without an event);
+//! - the daemon's side: [`HealthState::advertise`] and
+//!   [`HealthState::watch_report`]. Where a watcher is required (GPUs read
+//!   from NVML, health checks on), an advertised GPU holds
+//!   [`Condition::Unreachable`] until the watcher reports it watched, and
+//!   again whenever it reports it is not. Each GPU is counted once
+//!   ([`HealthState::count_advertised`]): a GPU that is not advertised is the
+//!   daemon's "undiscovered", never "unreachable".
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -191,8 +213,9 @@ pub struct Unhealthy {
 /// its own, and a GPU is healthy only when none holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Condition {
-    /// Its NVML calls fail, or its health cannot be watched; clears when
-    /// it answers again.
+    /// Not watched: its NVML calls fail, its XID events cannot be read (or
+    /// are not registered yet), or the driver says it needs a reset; clears
+    /// when the watcher reports it watched again.
     Unreachable,
     /// Its MPS control daemon is not ready (MPS resources).
     MpsNotReady,

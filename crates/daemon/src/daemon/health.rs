@@ -1,7 +1,13 @@
 //! Device health in the daemon: what the NVML health watcher reports (XID
-//! events, GPUs that stop answering), MPS control daemons that exit or come
+//! events, GPUs watched or not), MPS control daemons that exit or come
 //! back, and the quiet periods after which devices recover; every change is
 //! pushed to the kubelet with the resource's device list.
+//!
+//! Fail closed: with GPUs read from NVML and health checks on, an
+//! advertised GPU is Healthy only after the watcher has reported it
+//! watched, and Unhealthy again whenever it reports it is not (the rule is
+//! the core's, [`gpu_slicer_core::health::HealthState::advertise`]; the
+//! watcher's side is in [`crate::nvml_health`]).
 
 use std::sync::Arc;
 
