@@ -28,7 +28,9 @@
 //!   answers, is registered in the current event set (or reports no XID
 //!   events at all), the set's waits work ([`SetState::Working`]), and it
 //!   passed a check made after that registration (the check stands for
-//!   whatever happened in the gap before it); [`WaitPacer`] keeps the waits
+//!   whatever happened in the gap before it); [`SetWatch`] decides when a
+//!   set works (a returned wait; while waits keep failing, the zero-timeout
+//!   confirmation of a new set is not enough); [`WaitPacer`] keeps the waits
 //!   from spinning (absolute deadlines, a minimum spacing after a wait
 //!   without an event);
 //! - the daemon's side: [`HealthState::advertise`] and
@@ -496,6 +498,71 @@ pub enum SetState {
     Working,
     /// Its latest wait failed: events queued in it are lost.
     Failed(String),
+}
+
+/// The watcher's event set through its life: created, confirmed by its
+/// waits, failed. Which wait outcome makes the set count as working is
+/// decided here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetWatch {
+    state: SetState,
+    /// Waits failed since the last real (non-confirming) one that returned.
+    failures: u32,
+}
+
+impl Default for SetWatch {
+    fn default() -> Self {
+        SetWatch {
+            state: SetState::Missing("not created yet".into()),
+            failures: 0,
+        }
+    }
+}
+
+impl SetWatch {
+    pub fn state(&self) -> &SetState {
+        &self.state
+    }
+
+    /// A new set was created (it replaces any other).
+    pub fn created(&mut self) {
+        self.state = SetState::Unconfirmed;
+    }
+
+    /// No set could be created; one that still exists keeps its state.
+    pub fn creation_failed(&mut self, reason: String, a_set_exists: bool) {
+        if !a_set_exists {
+            self.state = SetState::Missing(reason);
+        }
+    }
+
+    /// A wait returned an event or a timeout. `confirming`: the
+    /// zero-timeout wait on a new set. It confirms the set after one
+    /// failure (a lost GPU left out: the others are never reported
+    /// unwatched), but not after several in a row: a driver whose
+    /// zero-timeout waits work while its real ones fail must not have its
+    /// GPUs flap Healthy, so only a real wait that returns ends a streak.
+    /// Returns true if the set counts as working now.
+    pub fn returned(&mut self, confirming: bool) -> bool {
+        if confirming {
+            if self.failures > 1 {
+                return false;
+            }
+        } else {
+            self.failures = 0;
+        }
+        self.state = SetState::Working;
+        true
+    }
+
+    /// A wait failed: the set is gone with its unread events. Returns true
+    /// for the first failure of a streak (rebuilt at once; later ones back
+    /// off).
+    pub fn failed(&mut self, reason: String) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        self.state = SetState::Failed(reason);
+        self.failures == 1
+    }
 }
 
 /// What the NVML watcher knows of one GPU; [`WatchFacts::verdict`] decides
@@ -1085,5 +1152,51 @@ mod tests {
         // A timeout at its deadline is not early.
         pacer.started(now, soon);
         assert_eq!(pacer.ended(WaitEnd::Timeout, soon), 0);
+    }
+
+    #[test]
+    fn a_set_works_once_a_wait_returns_and_a_confirmation_does_not_end_a_failing_streak() {
+        let mut set = SetWatch::default();
+        assert!(matches!(set.state(), SetState::Missing(_)));
+        set.creation_failed("Unknown Error".into(), false);
+        assert_eq!(set.state(), &SetState::Missing("Unknown Error".into()));
+        set.created();
+        assert_eq!(set.state(), &SetState::Unconfirmed);
+        assert!(
+            set.returned(true),
+            "a new set is confirmed by a zero-timeout wait"
+        );
+        assert_eq!(set.state(), &SetState::Working);
+        // One failure: rebuilt at once, and confirmed at once.
+        assert!(set.failed("lost".into()));
+        set.created();
+        assert!(set.returned(true));
+        assert!(
+            set.returned(false),
+            "a real wait returned: the streak is over"
+        );
+        // Failures in a row: the first confirmation counts, then real waits
+        // keep failing; later confirmations are not enough, a real wait is.
+        assert!(set.failed("Unknown Error".into()));
+        set.created();
+        assert!(set.returned(true));
+        assert!(
+            !set.failed("Unknown Error".into()),
+            "the streak goes on: back off"
+        );
+        set.created();
+        assert!(!set.returned(true));
+        assert_eq!(set.state(), &SetState::Unconfirmed);
+        assert!(!set.failed("Unknown Error".into()));
+        set.created();
+        assert!(!set.returned(true));
+        assert!(set.returned(false), "a real wait returned");
+        assert_eq!(set.state(), &SetState::Working);
+        assert!(set.failed("x".into()), "a new streak");
+        // A set that still exists keeps its state when a replacement cannot be made.
+        set.created();
+        set.returned(false);
+        set.creation_failed("Unknown Error".into(), true);
+        assert_eq!(set.state(), &SetState::Working);
     }
 }

@@ -49,9 +49,12 @@
 //!   rebuilt at once without that GPU, the new set made, filled, checked
 //!   and confirmed before the old one is drained and freed, so the GPUs
 //!   that still answer are never reported unwatched;
-//! - a wait that fails while every GPU answers rebuilds the set at once,
-//!   then on a back-off (100 ms doubling to a minute) while it keeps
-//!   failing; every GPU is Unhealthy meanwhile;
+//! - a wait that fails while every GPU answers rebuilds the set at once
+//!   (a one-off failure: the GPUs, registered and checked again, are never
+//!   reported unwatched), then on a back-off (100 ms doubling to a minute)
+//!   while it keeps failing; every GPU is Unhealthy meanwhile, until a wait
+//!   on a rebuilt set returns (after two failures in a row the
+//!   zero-timeout confirmation alone is not enough);
 //! - a registration that fails with `UNKNOWN` leaves the set undefined
 //!   (NVML's documentation): it is rebuilt at the next probe;
 //! - a set that cannot be created leaves the probes running; every GPU is
@@ -61,6 +64,10 @@
 //!   interrupted, or a failure) is followed by the next one no sooner than
 //!   [`MIN_WAIT_SPACING`] after it started
 //!   ([`gpu_slicer_core::health::WaitPacer`]), so the thread never spins.
+//!
+//! Which wait outcome makes a set count as working is the core's
+//! [`gpu_slicer_core::health::SetWatch`]; this module only makes the calls
+//! and feeds it.
 //!
 //! Every failed call is counted per call (`gpu_slicer_health_check_errors`)
 //! and logged when a GPU's state changes, not on every pass.
@@ -80,7 +87,7 @@ use crate::backoff::Backoff;
 use crate::metrics::{CallLabel, Metrics};
 use crate::nvml::{NvmlOptions, nvml};
 use gpu_slicer_core::health::{
-    NextWait, Registration, SetState, WaitEnd, WaitPacer, WatchFacts, XidEvent,
+    NextWait, Registration, SetState, SetWatch, WaitEnd, WaitPacer, WatchFacts, XidEvent,
 };
 
 /// Reports waiting for the daemon. A full queue makes the watcher thread
@@ -188,7 +195,7 @@ struct Watcher<'a> {
     metrics: &'a Metrics,
     timings: Timings,
     set: Option<EventSet<'static>>,
-    set_state: SetState,
+    set_watch: SetWatch,
     /// The set being replaced: drained once the new one is confirmed.
     replaced: Option<EventSet<'static>>,
     /// By NVML index; `None` while its handle or UUID cannot be read (such a
@@ -199,8 +206,6 @@ struct Watcher<'a> {
     /// wait, an undefined set).
     rebuild_at: Option<Instant>,
     set_error_logged: bool,
-    /// The last wait failed (the next failure backs off).
-    waits_failing: bool,
     pacer: WaitPacer,
     /// Checks a GPU does not support, said once each.
     unsupported_logged: std::collections::BTreeSet<&'static str>,
@@ -219,13 +224,12 @@ impl<'a> Watcher<'a> {
             metrics,
             timings,
             set: None,
-            set_state: SetState::Missing("not created yet".into()),
+            set_watch: SetWatch::default(),
             replaced: None,
             gpus: Vec::new(),
             rebuild: REBUILD_BACKOFF,
             rebuild_at: None,
             set_error_logged: false,
-            waits_failing: false,
             pacer: WaitPacer::new(MIN_WAIT_SPACING),
             unsupported_logged: Default::default(),
         }
@@ -259,7 +263,7 @@ impl<'a> Watcher<'a> {
                         .gpus
                         .iter()
                         .flatten()
-                        .filter(|g| g.facts.verdict(&self.set_state).is_none())
+                        .filter(|g| g.facts.verdict(self.set_watch.state()).is_none())
                         .count();
                     tracing::info!(
                         gpus = watched,
@@ -281,7 +285,7 @@ impl<'a> Watcher<'a> {
                 }
                 NextWait::Wait(timeout) => {
                     self.pacer.started(now, wake);
-                    let end = self.wait(set, timeout);
+                    let end = self.wait(set, timeout, false);
                     let early = self.pacer.ended(end, Instant::now());
                     if early == EARLY_STREAK_LOGGED {
                         tracing::warn!(
@@ -299,7 +303,7 @@ impl<'a> Watcher<'a> {
         let mut reports = Vec::new();
         for (index, gpu) in self.gpus.iter_mut().enumerate() {
             let Some(gpu) = gpu else { continue };
-            let verdict = gpu.facts.verdict(&self.set_state);
+            let verdict = gpu.facts.verdict(self.set_watch.state());
             if gpu.told.as_ref() == Some(&verdict) {
                 continue;
             }
@@ -353,12 +357,12 @@ impl<'a> Watcher<'a> {
         for index in 0..count {
             self.probe_gpu(index, now);
         }
-        if self.set_state == SetState::Unconfirmed
+        if *self.set_watch.state() == SetState::Unconfirmed
             && let Some(set) = self.set_handle()
         {
             // A wait of zero timeout: an event, a timeout (the set works) or
             // the error every wait on it would give.
-            self.wait(set, Duration::ZERO);
+            self.wait(set, Duration::ZERO, true);
         }
         self.drain_replaced();
     }
@@ -372,7 +376,7 @@ impl<'a> Watcher<'a> {
                 if let Some(old) = self.set.replace(set) {
                     self.replaced = Some(old);
                 }
-                self.set_state = SetState::Unconfirmed;
+                self.set_watch.created();
                 for gpu in self.gpus.iter_mut().flatten() {
                     if *gpu.facts.registration() != Registration::Unsupported {
                         gpu.facts.set_registration(Registration::NotYet);
@@ -389,9 +393,10 @@ impl<'a> Watcher<'a> {
                         self.timings.probe
                     );
                 }
-                if self.set.is_none() {
-                    self.set_state = SetState::Missing(format!("nvmlEventSetCreate failed: {e}"));
-                }
+                self.set_watch.creation_failed(
+                    format!("nvmlEventSetCreate failed: {e}"),
+                    self.set.is_some(),
+                );
             }
         }
     }
@@ -632,14 +637,17 @@ impl<'a> Watcher<'a> {
 
     /// One wait on the current set, up to `timeout` (rounded up to NVML's
     /// whole milliseconds, so it never returns before the deadline).
-    fn wait(&mut self, set: nvmlEventSet_t, timeout: Duration) -> WaitEnd {
+    ///
+    /// `confirming`: the zero-timeout wait on a new set (which counts only
+    /// outside a streak of failures: [`SetWatch::returned`]).
+    fn wait(&mut self, set: nvmlEventSet_t, timeout: Duration, confirming: bool) -> WaitEnd {
         let ms = timeout.as_micros().div_ceil(1000);
         let ms = u32::try_from(ms).unwrap_or(u32::MAX);
         match self.raw_wait(set, ms) {
             Ok(data) => {
-                self.rebuild.reset();
-                self.waits_failing = false;
-                self.set_state = SetState::Working;
+                if self.set_watch.returned(confirming) {
+                    self.rebuild.reset();
+                }
                 match data {
                     Some(data) => {
                         self.deliver(&data);
@@ -690,20 +698,19 @@ impl<'a> Watcher<'a> {
     /// confirmed, no GPU of it is watched.
     fn wait_failed(&mut self, error: &str) {
         self.failed("nvmlEventSetWait_v2");
-        let delay = if self.waits_failing {
-            self.rebuild.next_delay()
-        } else {
+        let first = self.set_watch.failed(error.to_owned());
+        let delay = if first {
             Duration::ZERO
+        } else {
+            self.rebuild.next_delay()
         };
-        if !self.waits_failing {
+        if first {
             tracing::warn!(
                 "waiting for NVML events failed: {error}; checking every GPU, and rebuilding the event set \
                  from those that answer (a GPU whose events cannot be read is Unhealthy until they can)"
             );
         }
-        self.waits_failing = true;
         self.set = None;
-        self.set_state = SetState::Failed(error.to_owned());
         self.rebuild_at = Some(Instant::now() + delay);
         for gpu in self.gpus.iter_mut().flatten() {
             if *gpu.facts.registration() == Registration::Registered {

@@ -237,6 +237,14 @@ async fn a_gpu_that_stops_answering_turns_unhealthy_alone_and_recovers() {
 
     // The event set was rebuilt without GPU 5: XIDs of the others still arrive.
     xid_until(&node, &kubelet, 1, 79, 6).await;
+    // The rebuild registered and checked the others before the old set went:
+    // none of them was ever reported unwatched.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let others: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("marking its devices Unhealthy") && !l.contains("GPU 5 ("))
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
 
     // GPU 5 answers again: healthy; GPU 1 keeps its reset-class XID.
     node.fail("");
