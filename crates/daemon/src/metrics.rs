@@ -58,6 +58,15 @@ pub struct XidLabel {
     pub xid: String,
 }
 
+/// One GPU, labelled as dcgm-exporter labels it: `gpu` is the NVML index,
+/// `UUID` the GPU's UUID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[allow(non_snake_case)] // the label's name is dcgm-exporter's
+pub struct GpuLabel {
+    pub gpu: String,
+    pub UUID: String,
+}
+
 /// Every metric gpu-slicer exports. Cheap to clone (all handles are `Arc`s).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -74,9 +83,17 @@ pub struct Metrics {
     pub mig_applies: Family<OutcomeLabel, Counter>,
     pub health_events: Family<XidLabel, Counter>,
     /// GPUs NVML counts that the last discovery could not read (not advertised).
+    /// With `gpus_unreachable`: each GPU is counted once, in one or neither.
     pub gpus_undiscovered: Gauge,
-    /// Advertised GPUs that stopped answering NVML or cannot be watched (their devices Unhealthy).
+    /// Advertised GPUs that are not watched: they stopped answering NVML,
+    /// their XID events cannot be read (or are not registered yet), or the
+    /// driver says they need a reset (their devices Unhealthy). GPUs that are
+    /// not advertised are not counted here (see `gpus_undiscovered`).
     pub gpus_unreachable: Gauge,
+    /// Per advertised GPU: 1 while every device on it is advertised Healthy.
+    pub gpu_healthy: Family<GpuLabel, Gauge>,
+    /// The GPUs `gpu_healthy` has a line for (stale ones are removed).
+    gpu_health_lines: Arc<std::sync::Mutex<std::collections::BTreeSet<GpuLabel>>>,
     /// Failed NVML health-check calls, per call.
     pub health_check_errors: Family<CallLabel, Counter>,
     /// 1 while MIG Manager reports a layout change in progress.
@@ -144,8 +161,13 @@ impl Metrics {
         );
         registry.register(
             "gpus_unreachable",
-            "Advertised GPUs whose NVML calls fail or whose health cannot be watched; their devices are Unhealthy",
+            "Advertised GPUs that are not watched (NVML calls fail, XID events cannot be read or are not registered yet, or the driver says a reset is needed); their devices are Unhealthy. Not advertised GPUs are counted in gpus_undiscovered instead",
             self.gpus_unreachable.clone(),
+        );
+        registry.register(
+            "gpu_healthy",
+            "1 while every device of the GPU is advertised Healthy, 0 otherwise; one line per advertised GPU (gpu: NVML index, UUID), as dcgm-exporter labels them",
+            self.gpu_healthy.clone(),
         );
         registry.register(
             "mig_applies",
@@ -213,6 +235,30 @@ impl Metrics {
                 result: if success { "success" } else { "failed" }.into(),
             })
             .inc();
+    }
+
+    /// Sets `gpu_healthy` for the advertised GPUs (index, UUID, healthy);
+    /// GPUs no longer advertised lose their line.
+    pub fn set_gpu_health(&self, gpus: impl Iterator<Item = (u32, String, bool)>) {
+        let mut lines = self
+            .gpu_health_lines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = std::collections::BTreeSet::new();
+        for (index, uuid, healthy) in gpus {
+            let label = GpuLabel {
+                gpu: index.to_string(),
+                UUID: uuid,
+            };
+            self.gpu_healthy
+                .get_or_create(&label)
+                .set(i64::from(healthy));
+            now.insert(label);
+        }
+        for stale in lines.difference(&now) {
+            self.gpu_healthy.remove(stale);
+        }
+        *lines = now;
     }
 
     /// Ready = every planned resource is registered with the kubelet.

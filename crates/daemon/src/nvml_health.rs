@@ -8,23 +8,66 @@
 //! and its `EventData` drops the GPU- and compute-instance ids that
 //! attribute an event to one MIG device.
 //!
-//! # Failing closed
+//! # The rule: a GPU is Healthy only while its XID events are watched
 //!
-//! NVIDIA's plugin, when a wait fails, marks every device unhealthy for good,
-//! or with its checks off keeps advertising a GPU that fell off the bus. Here
-//! each GPU is judged on its own:
+//! An XID that nobody reads is lost for good: NVML delivers events only to
+//! a set that holds the GPU when they happen, and a set whose wait fails
+//! takes its unread events with it. So a gap in watching is a gap in health
+//! (fail closed). The daemon advertises a GPU Healthy only after this
+//! thread has reported it [`HealthReport::Watched`], which needs all of
+//! (decided in the core, [`gpu_slicer_core::health::WatchFacts::verdict`]):
 //!
-//! - every [`Timings::probe`] (the wait's timeout, an absolute deadline) each
-//!   GPU answers a cheap query (`nvmlDeviceGetMemoryInfo_v2`); one that fails
-//!   is reported [`HealthReport::Unreachable`] (its devices turn Unhealthy)
-//!   and, once it answers, [`HealthReport::Reachable`]. NVML has no event for
-//!   "this GPU stopped answering", so this is the one periodic query;
-//! - a GPU whose events cannot be registered is unreachable too: its faults
-//!   would go unseen. Registration is retried at every probe;
-//! - a wait that fails (NVML returns `GPU_IS_LOST` for a set holding a lost
-//!   GPU) rebuilds the set from the GPUs that answer, after a back-off, so
-//!   a wait that keeps failing never spins;
-//! - a set that cannot be created leaves the probes running.
+//! - it answers a cheap query (`nvmlDeviceGetMemoryInfo_v2`) at every
+//!   [`Timings::probe`]; NVML has no event for "this GPU stopped answering",
+//!   so this is the one periodic query;
+//! - it is registered for critical XID events in the current set (a GPU
+//!   that reports no XID events at all has nothing to watch and is kept
+//!   Healthy, as NVIDIA's plugin does);
+//! - the set works: a new set is confirmed by a wait of zero timeout before
+//!   any GPU in it counts as watched, and a wait that fails makes every GPU
+//!   in it unwatched at once;
+//! - it passed a check made **after** that registration: no pages pending
+//!   retirement (`nvmlDeviceGetRetiredPagesPendingStatus`) and no row
+//!   remapping pending or failed (`nvmlDeviceGetRemappedRows`). The faults
+//!   whose XIDs ask for a reset (48, 63, 64, 94, 95, 140: ECC; 79 and the
+//!   GSP errors: the GPU stops answering) leave these traces until the GPU
+//!   is reset, so an XID lost in a gap is still seen after it, and a GPU
+//!   that needs a reset is held Unhealthy until the driver says it no
+//!   longer does. A check that is not supported (or not permitted) by the
+//!   GPU proves nothing either way and does not hold it. XIDs that leave no
+//!   trace (application faults, recoverable ones) and fall in a gap are
+//!   lost, as with NVML itself; the GPU was Unhealthy meanwhile.
+//!
+//! A GPU is reported [`HealthReport::Unreachable`], with the reason, when
+//! any of these stops holding. A GPU the daemon advertises that this thread
+//! has not reported on yet (just rediscovered, or at start) is Unhealthy
+//! too, until the next probe registers and checks it.
+//!
+//! # Rebuilding the set, and pacing the waits
+//!
+//! - a set that holds a lost GPU fails its waits (`GPU_IS_LOST`): it is
+//!   rebuilt at once without that GPU, the new set made, filled, checked
+//!   and confirmed before the old one is drained and freed, so the GPUs
+//!   that still answer are never reported unwatched;
+//! - a wait that fails while every GPU answers rebuilds the set at once
+//!   (a one-off failure: the GPUs, registered and checked again, are never
+//!   reported unwatched), then on a back-off (100 ms doubling to a minute)
+//!   while it keeps failing; every GPU is Unhealthy meanwhile, until a wait
+//!   on a rebuilt set returns (after two failures in a row the
+//!   zero-timeout confirmation alone is not enough);
+//! - a registration that fails with `UNKNOWN` leaves the set undefined
+//!   (NVML's documentation): it is rebuilt at the next probe;
+//! - a set that cannot be created leaves the probes running; every GPU is
+//!   Unhealthy until one can;
+//! - every deadline is absolute, and a wait that returns without an event
+//!   (`TIMEOUT`, which NVML also returns at once when the wait is
+//!   interrupted, or a failure) is followed by the next one no sooner than
+//!   [`MIN_WAIT_SPACING`] after it started
+//!   ([`gpu_slicer_core::health::WaitPacer`]), so the thread never spins.
+//!
+//! Which wait outcome makes a set count as working is the core's
+//! [`gpu_slicer_core::health::SetWatch`]; this module only makes the calls
+//! and feeds it.
 //!
 //! Every failed call is counted per call (`gpu_slicer_health_check_errors`)
 //! and logged when a GPU's state changes, not on every pass.
@@ -35,15 +78,17 @@ use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::error::{NvmlError as RawError, nvml_try};
 use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings::{
-    nvmlEventData_t, nvmlEventTypeXidCriticalError, nvmlReturn_enum_NVML_ERROR_TIMEOUT,
-    nvmlReturn_enum_NVML_SUCCESS,
+    nvmlEventData_t, nvmlEventSet_t, nvmlEventTypeXidCriticalError,
+    nvmlReturn_enum_NVML_ERROR_TIMEOUT, nvmlReturn_enum_NVML_SUCCESS,
 };
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::metrics::{CallLabel, Metrics};
 use crate::nvml::{NvmlOptions, nvml};
-use gpu_slicer_core::health::XidEvent;
+use gpu_slicer_core::health::{
+    NextWait, Registration, SetState, SetWatch, WaitEnd, WaitPacer, WatchFacts, XidEvent,
+};
 
 /// Reports waiting for the daemon. A full queue makes the watcher thread
 /// wait (the driver keeps its own queue meanwhile) rather than grow memory.
@@ -56,6 +101,13 @@ const START_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::fr
 /// (a lost GPU is left out and the rest are watched again), repeated
 /// failures wait up to a minute.
 const REBUILD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+/// The least time from the start of one event wait to the next when the
+/// first returned without an event: at most ten such waits a second.
+pub const MIN_WAIT_SPACING: Duration = Duration::from_millis(100);
+/// Early timeouts in a row before the watcher says so (once per streak).
+const EARLY_STREAK_LOGGED: u32 = 3;
+/// Events read from a replaced set before it is freed, at most.
+const DRAIN_LIMIT: usize = 256;
 /// The call whose failure means a GPU no longer answers: cheap, and
 /// answered by every GPU the driver can still reach.
 const PROBE_CALL: &str = "nvmlDeviceGetMemoryInfo_v2";
@@ -66,13 +118,15 @@ const MAX_GPUS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthReport {
     Xid(XidEvent),
-    /// A GPU stopped answering NVML, or its health cannot be watched.
+    /// A GPU is not watched: it stopped answering NVML, its XID events
+    /// cannot be read, or the driver says it needs a reset.
     Unreachable {
         gpu_uuid: String,
         reason: String,
     },
-    /// A GPU that was reported unreachable answers and is watched again.
-    Reachable {
+    /// A GPU's XID events are watched, and it passed a check made after they
+    /// were registered (reported the first time and after every gap).
+    Watched {
         gpu_uuid: String,
     },
 }
@@ -129,10 +183,10 @@ pub fn spawn_health_watcher(
 struct Watched {
     device: Device<'static>,
     uuid: String,
-    /// Registered in the current event set.
-    in_set: bool,
-    /// Why it is reported unreachable; `None`: reachable.
-    unreachable: Option<String>,
+    facts: WatchFacts,
+    /// What the daemon was told last (`None`: nothing yet; `Some(None)`:
+    /// watched; `Some(Some(reason))`: not).
+    told: Option<Option<String>>,
 }
 
 struct Watcher<'a> {
@@ -141,15 +195,20 @@ struct Watcher<'a> {
     metrics: &'a Metrics,
     timings: Timings,
     set: Option<EventSet<'static>>,
+    set_watch: SetWatch,
+    /// The set being replaced: drained once the new one is confirmed.
+    replaced: Option<EventSet<'static>>,
     /// By NVML index; `None` while its handle or UUID cannot be read (such a
     /// GPU is not advertised either: discovery left it out).
     gpus: Vec<Option<Watched>>,
     rebuild: Backoff,
-    /// When the current set may be rebuilt (after a failed wait).
+    /// When the current set must be replaced (a lost GPU in it, a failed
+    /// wait, an undefined set).
     rebuild_at: Option<Instant>,
     set_error_logged: bool,
-    /// The last wait failed (the next failure backs off).
-    waits_failing: bool,
+    pacer: WaitPacer,
+    /// Checks a GPU does not support, said once each.
+    unsupported_logged: std::collections::BTreeSet<&'static str>,
 }
 
 impl<'a> Watcher<'a> {
@@ -165,11 +224,14 @@ impl<'a> Watcher<'a> {
             metrics,
             timings,
             set: None,
+            set_watch: SetWatch::default(),
+            replaced: None,
             gpus: Vec::new(),
             rebuild: REBUILD_BACKOFF,
             rebuild_at: None,
             set_error_logged: false,
-            waits_failing: false,
+            pacer: WaitPacer::new(MIN_WAIT_SPACING),
+            unsupported_logged: Default::default(),
         }
     }
 
@@ -197,55 +259,94 @@ impl<'a> Watcher<'a> {
                 }
                 if !started {
                     started = true;
-                    let watched = self.gpus.iter().flatten().filter(|g| g.in_set).count();
+                    let watched = self
+                        .gpus
+                        .iter()
+                        .flatten()
+                        .filter(|g| g.facts.verdict(self.set_watch.state()).is_none())
+                        .count();
                     tracing::info!(
                         gpus = watched,
                         "health checks started (critical XID events)"
                     );
                 }
             }
+            self.tell();
             // Both deadlines are absolute: an event does not move them.
             let wake = self.rebuild_at.map_or(next_probe, |at| at.min(next_probe));
-            let timeout = wake.saturating_duration_since(Instant::now());
-            match self.set_handle() {
-                Some(handle) => self.wait(handle, timeout),
-                None => std::thread::sleep(timeout),
-            }
-        }
-    }
-
-    /// Every GPU: read it if it is new, check that it answers, register it
-    /// for events; report the changes. A rebuild that is due starts a new set.
-    fn probe(&mut self, now: Instant) {
-        if self.rebuild_at.is_some_and(|at| at <= now) {
-            self.rebuild_at = None;
-            self.drop_set();
-        }
-        if self.set.is_none() && self.rebuild_at.is_none() {
-            match self.nvml.create_event_set() {
-                Ok(set) => {
-                    self.set = Some(set);
-                    self.set_error_logged = false;
+            let now = Instant::now();
+            let Some(set) = self.set_handle() else {
+                std::thread::sleep(wake.saturating_duration_since(now));
+                continue;
+            };
+            match self.pacer.next(now, wake) {
+                NextWait::SleepUntil(until) => {
+                    std::thread::sleep(until.saturating_duration_since(now));
                 }
-                Err(e) => {
-                    self.failed("nvmlEventSetCreate");
-                    if !self.set_error_logged {
-                        self.set_error_logged = true;
-                        tracing::error!(
-                            "cannot create an NVML event set: {e}; XID events are not seen until it can be \
-                             created (retried every {:?}); GPUs that stop answering are still marked Unhealthy",
-                            self.timings.probe
+                NextWait::Wait(timeout) => {
+                    self.pacer.started(now, wake);
+                    let end = self.wait(set, timeout, false);
+                    let early = self.pacer.ended(end, Instant::now());
+                    if early == EARLY_STREAK_LOGGED {
+                        tracing::warn!(
+                            "nvmlEventSetWait_v2 keeps returning TIMEOUT before its deadline (interrupted?); \
+                             waits are spaced at least {MIN_WAIT_SPACING:?} apart, events are read between them"
                         );
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the daemon of every GPU whose verdict changed.
+    fn tell(&mut self) {
+        let mut reports = Vec::new();
+        for (index, gpu) in self.gpus.iter_mut().enumerate() {
+            let Some(gpu) = gpu else { continue };
+            let verdict = gpu.facts.verdict(self.set_watch.state());
+            if gpu.told.as_ref() == Some(&verdict) {
+                continue;
+            }
+            let was = gpu.told.replace(verdict.clone());
+            let uuid = gpu.uuid.clone();
+            match verdict {
+                Some(reason) => {
+                    tracing::error!("GPU {index} ({uuid}) {reason}; marking its devices Unhealthy");
+                    reports.push(HealthReport::Unreachable {
+                        gpu_uuid: uuid,
+                        reason,
+                    });
+                }
+                None => {
+                    if was.is_some() {
+                        tracing::info!(
+                            "GPU {index} ({uuid}) answers again and its XID events are watched"
+                        );
+                    }
+                    reports.push(HealthReport::Watched { gpu_uuid: uuid });
+                }
+            }
+        }
+        for report in reports {
+            self.report(report);
+        }
+    }
+
+    /// Every GPU: read it if it is new, check that it answers, register it
+    /// for events, check it; a set that is missing or due to be rebuilt is
+    /// made first, confirmed, and only then is the old one drained.
+    fn probe(&mut self, now: Instant) {
+        let rebuild_due = self.rebuild_at.is_some_and(|at| at <= now);
+        if rebuild_due || (self.set.is_none() && self.rebuild_at.is_none()) {
+            self.rebuild_at = None;
+            self.new_set();
         }
         let count = match self.nvml.device_count() {
             Ok(count) => count,
             Err(e) => {
                 self.failed("nvmlDeviceGetCount_v2");
                 tracing::warn!("health check: nvmlDeviceGetCount_v2 failed: {e}");
-                return;
+                0
             }
         };
         // Bounded: NVML's own limit is far below this.
@@ -254,26 +355,79 @@ impl<'a> Watcher<'a> {
             self.gpus.resize_with(count, || None);
         }
         for index in 0..count {
-            self.probe_gpu(index);
+            self.probe_gpu(index, now);
+        }
+        if *self.set_watch.state() == SetState::Unconfirmed
+            && let Some(set) = self.set_handle()
+        {
+            // A wait of zero timeout: an event, a timeout (the set works) or
+            // the error every wait on it would give.
+            self.wait(set, Duration::ZERO, true);
+        }
+        self.drain_replaced();
+    }
+
+    /// Makes a new event set; the current one (if any) is kept to be
+    /// drained. Every GPU is registered again in the new one.
+    fn new_set(&mut self) {
+        match self.nvml.create_event_set() {
+            Ok(set) => {
+                self.set_error_logged = false;
+                if let Some(old) = self.set.replace(set) {
+                    self.replaced = Some(old);
+                }
+                self.set_watch.created();
+                for gpu in self.gpus.iter_mut().flatten() {
+                    if *gpu.facts.registration() != Registration::Unsupported {
+                        gpu.facts.set_registration(Registration::NotYet);
+                    }
+                }
+            }
+            Err(e) => {
+                self.failed("nvmlEventSetCreate");
+                if !self.set_error_logged {
+                    self.set_error_logged = true;
+                    tracing::error!(
+                        "cannot create an NVML event set: {e}; XID events cannot be watched, so no GPU is \
+                         advertised Healthy until it can be created (retried every {:?})",
+                        self.timings.probe
+                    );
+                }
+                self.set_watch.creation_failed(
+                    format!("nvmlEventSetCreate failed: {e}"),
+                    self.set.is_some(),
+                );
+            }
         }
     }
 
+    /// Reads what is left in a replaced set, then frees it. Its GPUs are
+    /// registered in the new set already, so nothing between is unread
+    /// unless the old set's waits fail (then the check made after the new
+    /// registration stands for what was lost).
+    fn drain_replaced(&mut self) {
+        let Some(old) = self.replaced.take() else {
+            return;
+        };
+        // SAFETY: `old` owns the set and outlives every use of the handle.
+        let handle = unsafe { old.handle() };
+        for _ in 0..DRAIN_LIMIT {
+            match self.raw_wait(handle, 0) {
+                Ok(Some(data)) => self.deliver(&data),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(old);
+    }
+
     /// The raw handle of the current set, for the raw calls.
-    fn set_handle(&self) -> Option<nvml_wrapper_sys::bindings::nvmlEventSet_t> {
+    fn set_handle(&self) -> Option<nvmlEventSet_t> {
         // SAFETY: the handle is used only while `self.set` owns the set
         // (the raw calls below, made before the set is dropped).
         self.set.as_ref().map(|set| unsafe { set.handle() })
     }
 
-    /// Forgets the event set; every GPU is registered again in the next one.
-    fn drop_set(&mut self) {
-        self.set = None;
-        for gpu in self.gpus.iter_mut().flatten() {
-            gpu.in_set = false;
-        }
-    }
-
-    fn probe_gpu(&mut self, index: usize) {
+    fn probe_gpu(&mut self, index: usize, now: Instant) {
         if self.gpus[index].is_none() {
             let Ok(i) = u32::try_from(index) else { return };
             let Ok(device) = self.nvml.device_by_index(i) else {
@@ -284,8 +438,8 @@ impl<'a> Watcher<'a> {
             self.gpus[index] = Some(Watched {
                 device,
                 uuid,
-                in_set: false,
-                unreachable: None,
+                facts: WatchFacts::default(),
+                told: None,
             });
         }
         let answer = match self.gpus[index].as_ref().map(|g| g.device.memory_info()) {
@@ -293,49 +447,73 @@ impl<'a> Watcher<'a> {
             Some(Err(e)) => Err(format!("{PROBE_CALL} failed: {e}")),
             None => return,
         };
-        if let Err(reason) = answer {
-            self.failed(PROBE_CALL);
-            // A set that holds a lost GPU fails its waits: rebuild it.
-            if self.gpus[index].as_ref().is_some_and(|g| g.in_set) {
-                self.rebuild_at.get_or_insert_with(Instant::now);
+        let Some(gpu) = self.gpus[index].as_mut() else {
+            return;
+        };
+        gpu.facts.answers = answer.clone();
+        if answer.is_err() {
+            // A set that holds a lost GPU fails its waits: rebuild it now,
+            // without this GPU.
+            if *gpu.facts.registration() == Registration::Registered {
+                gpu.facts.set_registration(Registration::NotYet);
+                self.rebuild_at.get_or_insert(now);
             }
-            self.set_unreachable(index, Some(reason));
+            self.failed(PROBE_CALL);
             return;
         }
-        let registered = self.register(index);
-        self.set_unreachable(index, registered.err());
+        if matches!(
+            gpu.facts.registration(),
+            Registration::NotYet | Registration::Failed(_)
+        ) {
+            self.register(index);
+        }
+        let registered = self.gpus[index].as_ref().is_some_and(|g| {
+            matches!(
+                g.facts.registration(),
+                Registration::Registered | Registration::Unsupported
+            )
+        });
+        if registered {
+            // After the registration: what happened before it shows here.
+            let checked = self.check(index);
+            if let Some(gpu) = self.gpus[index].as_mut() {
+                gpu.facts.set_checked(checked);
+            }
+        }
     }
 
-    /// Registers a GPU that answers for XID events, once per set.
-    fn register(&mut self, index: usize) -> Result<(), String> {
+    /// Registers a GPU that answers for XID events in the current set.
+    fn register(&mut self, index: usize) {
         let Some(set) = self.set_handle() else {
-            // No set: nothing can be watched; the probe alone decides.
-            return Ok(());
+            // No set: nothing can be registered (the verdict says why).
+            return;
         };
         let Some(gpu) = self.gpus[index].as_mut() else {
-            return Ok(());
+            return;
         };
-        if gpu.in_set {
-            return Ok(());
-        }
         match gpu.device.supported_event_types() {
             Ok(types) if types.contains(EventTypes::CRITICAL_XID_ERROR) => {}
             Ok(_) | Err(RawError::NotSupported) => {
                 tracing::warn!("Device {} is too old to support healthchecking.", gpu.uuid);
-                // Nothing to register; not asked again for this set.
-                gpu.in_set = true;
-                return Ok(());
+                gpu.facts.set_registration(Registration::Unsupported);
+                return;
             }
             Err(e) => {
+                gpu.facts.set_registration(Registration::Failed(format!(
+                    "nvmlDeviceGetSupportedEventTypes failed: {e}"
+                )));
                 self.failed("nvmlDeviceGetSupportedEventTypes");
-                return Err(format!(
-                    "its health cannot be watched: nvmlDeviceGetSupportedEventTypes failed: {e}"
-                ));
+                return;
             }
         }
         let register = match self.nvml.lib().nvmlDeviceRegisterEvents.as_ref() {
             Ok(f) => *f,
-            Err(e) => return Err(format!("nvmlDeviceRegisterEvents is missing: {e}")),
+            Err(e) => {
+                gpu.facts.set_registration(Registration::Failed(format!(
+                    "nvmlDeviceRegisterEvents is missing: {e}"
+                )));
+                return;
+            }
         };
         // SAFETY: the device handle is live (owned by `gpu.device`, whose
         // Nvml is 'static) and `set` is the live set owned by `self.set`.
@@ -347,11 +525,11 @@ impl<'a> Watcher<'a> {
             )
         };
         match nvml_try(ret) {
-            Ok(()) => {
-                gpu.in_set = true;
-                Ok(())
-            }
+            Ok(()) => gpu.facts.set_registration(Registration::Registered),
             Err(e) => {
+                gpu.facts.set_registration(Registration::Failed(format!(
+                    "nvmlDeviceRegisterEvents failed: {e}"
+                )));
                 if matches!(e, RawError::Unknown) {
                     // NVML: the set is in an undefined state after UNKNOWN.
                     // Rebuilt at the next probe, not at once: a GPU that
@@ -360,77 +538,133 @@ impl<'a> Watcher<'a> {
                     self.rebuild_at.get_or_insert(next);
                 }
                 self.failed("nvmlDeviceRegisterEvents");
-                Err(format!(
-                    "its health cannot be watched: nvmlDeviceRegisterEvents failed: {e}"
-                ))
             }
         }
     }
 
-    /// Records and reports a change of a GPU's reachability.
-    fn set_unreachable(&mut self, index: usize, reason: Option<String>) {
-        let Some(gpu) = self.gpus[index].as_mut() else {
-            return;
+    /// What the driver says of a GPU now: `Err(reason)` when it needs a
+    /// reset (pages pending retirement, a row remapping pending or failed).
+    fn check(&mut self, index: usize) -> Result<(), String> {
+        let Some(gpu) = self.gpus[index].as_ref() else {
+            return Ok(());
         };
-        if gpu.unreachable == reason {
-            return;
+        match gpu.device.are_pages_pending_retired() {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(
+                    "has pages pending retirement (nvmlDeviceGetRetiredPagesPendingStatus): an ECC fault \
+                     that needs a GPU reset"
+                        .into(),
+                );
+            }
+            Err(e) => self.unchecked("nvmlDeviceGetRetiredPagesPendingStatus", &e)?,
         }
-        let was = std::mem::replace(&mut gpu.unreachable, reason.clone());
-        let uuid = gpu.uuid.clone();
-        match reason {
-            Some(reason) => {
-                tracing::error!("GPU {index} ({uuid}) {reason}; marking its devices Unhealthy");
-                self.report(HealthReport::Unreachable {
-                    gpu_uuid: uuid,
-                    reason,
-                });
-            }
-            None if was.is_some() => {
-                tracing::info!("GPU {index} ({uuid}) answers again and is watched");
-                self.report(HealthReport::Reachable { gpu_uuid: uuid });
-            }
-            None => {}
+        let Some(gpu) = self.gpus[index].as_ref() else {
+            return Ok(());
+        };
+        let remapped = match self.nvml.lib().nvmlDeviceGetRemappedRows.as_ref() {
+            Ok(f) => *f,
+            Err(_) => return self.unchecked("nvmlDeviceGetRemappedRows", &RawError::NotSupported),
+        };
+        let (mut corrected, mut uncorrected, mut pending, mut failure) = (0, 0, 0, 0);
+        // SAFETY: the device handle is live (owned by `gpu.device`) and the
+        // four out pointers are valid, writable integers.
+        let ret = unsafe {
+            remapped(
+                gpu.device.handle(),
+                &mut corrected,
+                &mut uncorrected,
+                &mut pending,
+                &mut failure,
+            )
+        };
+        match nvml_try(ret) {
+            Ok(()) if failure != 0 => Err(
+                "reports a failed row remapping (nvmlDeviceGetRemappedRows): its memory needs service".into(),
+            ),
+            Ok(()) if pending != 0 => Err(
+                "has a row remapping pending (nvmlDeviceGetRemappedRows): an ECC fault that needs a GPU reset"
+                    .into(),
+            ),
+            Ok(()) => Ok(()),
+            Err(e) => self.unchecked("nvmlDeviceGetRemappedRows", &e),
         }
     }
 
-    /// One wait for an event, up to `timeout`.
-    fn wait(&mut self, set: nvml_wrapper_sys::bindings::nvmlEventSet_t, timeout: Duration) {
-        let result = match self.nvml.lib().nvmlEventSetWait_v2.as_ref() {
-            Ok(wait) => {
-                let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-                // SAFETY: all-zero is a valid nvmlEventData_t (a null pointer and integers).
-                let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
-                // SAFETY: `set` is the live set owned by `self.set`, and
-                // `data` is a valid, writable nvmlEventData_t.
-                let ret = unsafe { wait(set, &mut data, ms) };
-                if ret == nvmlReturn_enum_NVML_SUCCESS {
-                    Ok(Some(data))
-                } else if ret == nvmlReturn_enum_NVML_ERROR_TIMEOUT {
-                    Ok(None)
-                } else {
-                    Err(nvml_try(ret)
-                        .err()
-                        .map_or_else(|| format!("NVML error {ret}"), |e| e.to_string()))
+    /// A check that failed: one the GPU does not support (or this process
+    /// may not make) proves nothing and holds nothing; any other error
+    /// holds the GPU (its state is unknown).
+    fn unchecked(&mut self, call: &'static str, error: &RawError) -> Result<(), String> {
+        match error {
+            RawError::NotSupported | RawError::NoPermission | RawError::FailedToLoadSymbol(_) => {
+                if self.unsupported_logged.insert(call) {
+                    tracing::info!("health check: {call} is not available ({error}); not checked");
                 }
+                Ok(())
             }
-            Err(e) => Err(format!(
-                "nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {e}"
-            )),
+            _ => {
+                self.failed(call);
+                Err(format!("cannot be checked: {call} failed: {error}"))
+            }
+        }
+    }
+
+    /// One raw wait on `set`: an event, `None` on a timeout, or the error.
+    fn raw_wait(&self, set: nvmlEventSet_t, ms: u32) -> Result<Option<nvmlEventData_t>, String> {
+        let wait = match self.nvml.lib().nvmlEventSetWait_v2.as_ref() {
+            Ok(wait) => wait,
+            Err(e) => {
+                return Err(format!(
+                    "nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {e}"
+                ));
+            }
         };
-        let data = match result {
-            Ok(Some(data)) => data,
-            Ok(None) => {
-                self.rebuild.reset();
-                self.waits_failing = false;
-                return;
+        // SAFETY: all-zero is a valid nvmlEventData_t (a null pointer and integers).
+        let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live set owned by this watcher, and `data` is a
+        // valid, writable nvmlEventData_t.
+        let ret = unsafe { wait(set, &mut data, ms) };
+        if ret == nvmlReturn_enum_NVML_SUCCESS {
+            Ok(Some(data))
+        } else if ret == nvmlReturn_enum_NVML_ERROR_TIMEOUT {
+            Ok(None)
+        } else {
+            Err(nvml_try(ret)
+                .err()
+                .map_or_else(|| format!("NVML error {ret}"), |e| e.to_string()))
+        }
+    }
+
+    /// One wait on the current set, up to `timeout` (rounded up to NVML's
+    /// whole milliseconds, so it never returns before the deadline).
+    ///
+    /// `confirming`: the zero-timeout wait on a new set (which counts only
+    /// outside a streak of failures: [`SetWatch::returned`]).
+    fn wait(&mut self, set: nvmlEventSet_t, timeout: Duration, confirming: bool) -> WaitEnd {
+        let ms = timeout.as_micros().div_ceil(1000);
+        let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        match self.raw_wait(set, ms) {
+            Ok(data) => {
+                if self.set_watch.returned(confirming) {
+                    self.rebuild.reset();
+                }
+                match data {
+                    Some(data) => {
+                        self.deliver(&data);
+                        WaitEnd::Event
+                    }
+                    None => WaitEnd::Timeout,
+                }
             }
             Err(error) => {
                 self.wait_failed(&error);
-                return;
+                WaitEnd::Failed
             }
-        };
-        self.rebuild.reset();
-        self.waits_failing = false;
+        }
+    }
+
+    /// Reports an XID event read from a set.
+    fn deliver(&self, data: &nvmlEventData_t) {
         if data.eventType & u64::from(nvmlEventTypeXidCriticalError) == 0 {
             return;
         }
@@ -458,30 +692,38 @@ impl<'a> Watcher<'a> {
         }));
     }
 
-    /// A failed wait: the set is dropped and rebuilt after a back-off, and
-    /// every GPU is checked now (the failure may be one GPU's).
+    /// A failed wait: its unread events are lost with the set. The set is
+    /// rebuilt (at once the first time, then on a back-off); every GPU is
+    /// checked now (the failure may be one lost GPU's). Until a new set is
+    /// confirmed, no GPU of it is watched.
     fn wait_failed(&mut self, error: &str) {
         self.failed("nvmlEventSetWait_v2");
-        // The first failure in a row rebuilds at once (one lost GPU is left
-        // out, and XIDs of the rest are missed for no longer than that);
-        // repeated ones back off.
-        let delay = if self.waits_failing {
-            self.rebuild.next_delay()
-        } else {
+        let first = self.set_watch.failed(error.to_owned());
+        let delay = if first {
             Duration::ZERO
+        } else {
+            self.rebuild.next_delay()
         };
-        self.waits_failing = true;
-        tracing::warn!(
-            "waiting for NVML events failed: {error}; checking every GPU, and rebuilding the event set from \
-             those that answer in {delay:?}"
-        );
-        self.drop_set();
+        if first {
+            tracing::warn!(
+                "waiting for NVML events failed: {error}; checking every GPU, and rebuilding the event set \
+                 from those that answer (a GPU whose events cannot be read is Unhealthy until they can)"
+            );
+        }
+        self.set = None;
         self.rebuild_at = Some(Instant::now() + delay);
-        for index in 0..self.gpus.len() {
-            let answer = self.gpus[index].as_ref().map(|g| g.device.memory_info());
-            if let Some(Err(e)) = answer {
-                self.failed(PROBE_CALL);
-                self.set_unreachable(index, Some(format!("{PROBE_CALL} failed: {e}")));
+        for gpu in self.gpus.iter_mut().flatten() {
+            if *gpu.facts.registration() == Registration::Registered {
+                gpu.facts.set_registration(Registration::NotYet);
+            }
+            if let Err(e) = gpu.device.memory_info() {
+                gpu.facts.answers = Err(format!("{PROBE_CALL} failed: {e}"));
+                self.metrics
+                    .health_check_errors
+                    .get_or_create(&CallLabel {
+                        call: PROBE_CALL.into(),
+                    })
+                    .inc();
             }
         }
     }

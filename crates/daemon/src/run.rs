@@ -285,6 +285,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         feature_file: options.feature_file,
         cdi_spec_dir: options.cdi_spec_dir,
         health_env: HealthEnv::from_process(),
+        // Simulated nodes have no NVML to watch.
+        health_watched: options.simulate.is_none(),
         timings: options.timings,
         mps_control_bin: options.mps_control_bin.clone(),
         mps_container_root: options.mps_container_root.clone(),

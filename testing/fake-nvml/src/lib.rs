@@ -12,6 +12,7 @@
 //! | `FAKE_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` answers (default `580.159.04`) |
 //! | `FAKE_NVML_CUDA_DRIVER_VERSION` | what `nvmlSystemGetCudaDriverVersion(_v2)` answers (default: the topology's `node.cuda_driver_version`, else `13000`, CUDA 13.0) |
 //! | `FAKE_NVML_EVENTS` | file of XID events, one per line: `<GPU or MIG uuid> <xid> [<gi> <ci>]`; append lines while the test runs |
+//! | `FAKE_NVML_GPU_STATE_FILE` | what the driver says a GPU needs, re-read on every call: lines `<gpu index> <state>`, state `pages-pending-retirement` (`nvmlDeviceGetRetiredPagesPendingStatus` answers enabled), `row-remap-pending` or `row-remap-failed` (`nvmlDeviceGetRemappedRows` sets `isPending` / `failureOccurred`): what the driver shows after an ECC fault (XID 48, 63, 64, 94, 95) until the GPU is reset; a missing file: nothing pending |
 //!
 //! Answers for node labels (GFD's), with values of the modelled hardware:
 //!
@@ -32,7 +33,12 @@
 //! timeout and returns `NVML_ERROR_TIMEOUT`. Regular files only (not FIFOs).
 //! While a GPU registered in the set fails every call (`*@<gpu>`), the wait
 //! returns that error, as NVML's documentation says of a lost GPU
-//! (`NVML_ERROR_GPU_IS_LOST`).
+//! (`NVML_ERROR_GPU_IS_LOST`). Injected failures reach the event calls as
+//! the driver's do: `nvmlDeviceRegisterEvents@<gpu>:UNKNOWN`,
+//! `nvmlEventSetCreate:UNKNOWN`, `nvmlEventSetWait_v2:UNKNOWN` (every wait
+//! fails at once; the set keeps its unread events, as the driver's queue
+//! does) and `nvmlEventSetWait_v2:TIMEOUT` (every wait returns `TIMEOUT` at
+//! once, as NVML does when the wait is interrupted).
 //!
 //! `nvmlDeviceGetCount_v2` counts GPUs whose calls fail, as NVML's does (its
 //! documentation: the count includes devices that `nvmlDeviceGetHandleByIndex_v2`
@@ -1331,7 +1337,18 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
             found = next_event(s, index)?;
             Ok(())
         });
-        if code != SUCCESS {
+        if code == TIMEOUT {
+            // An injected TIMEOUT is an interrupted wait: NVML returns at
+            // once, but an event already queued is returned first (a wait
+            // with an event ready does not block, so nothing interrupts it).
+            let guard = state();
+            if let Some(s) = guard.as_ref() {
+                found = next_event(s, index).ok().flatten();
+            }
+            if found.is_none() {
+                return TIMEOUT;
+            }
+        } else if code != SUCCESS {
             return code;
         }
         if let Some((gpu, xid, gi, ci)) = found {
@@ -1353,4 +1370,58 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+// ---- What the driver says a GPU needs (ECC page retirement, row remapping) ----
+
+/// `FAKE_NVML_GPU_STATE_FILE`: does GPU `gpu` (list position) hold `state`?
+fn gpu_state(gpu: usize, state: &str) -> bool {
+    let Ok(path) = std::env::var("FAKE_NVML_GPU_STATE_FILE") else {
+        return false;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        fields.next().and_then(|g| g.parse::<usize>().ok()) == Some(gpu)
+            && fields.next() == Some(state)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetRetiredPagesPendingStatus(
+    device: nvmlDevice_t,
+    is_pending: *mut nvmlEnableState_t,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetRetiredPagesPendingStatus", |s| {
+        let (gpu, _) = gpu_of(s, device)?;
+        let state = if gpu_state(gpu, "pages-pending-retirement") {
+            nvmlEnableState_enum_NVML_FEATURE_ENABLED
+        } else {
+            nvmlEnableState_enum_NVML_FEATURE_DISABLED
+        };
+        // SAFETY: NVML contract: `is_pending` is null or writable.
+        unsafe { put(is_pending, state) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
+    device: nvmlDevice_t,
+    corrected: *mut c_uint,
+    uncorrected: *mut c_uint,
+    is_pending: *mut c_uint,
+    failure_occurred: *mut c_uint,
+) -> nvmlReturn_t {
+    call("nvmlDeviceGetRemappedRows", |s| {
+        let (gpu, _) = gpu_of(s, device)?;
+        let pending = gpu_state(gpu, "row-remap-pending");
+        let failed = gpu_state(gpu, "row-remap-failed");
+        // SAFETY: NVML contract: every pointer is null or writable.
+        unsafe {
+            put(corrected, 0)?;
+            put(uncorrected, c_uint::from(pending || failed))?;
+            put(is_pending, c_uint::from(pending))?;
+            put(failure_occurred, c_uint::from(failed))
+        }
+    })
 }

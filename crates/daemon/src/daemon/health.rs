@@ -1,7 +1,13 @@
 //! Device health in the daemon: what the NVML health watcher reports (XID
-//! events, GPUs that stop answering), MPS control daemons that exit or come
+//! events, GPUs watched or not), MPS control daemons that exit or come
 //! back, and the quiet periods after which devices recover; every change is
 //! pushed to the kubelet with the resource's device list.
+//!
+//! Fail closed: with GPUs read from NVML and health checks on, an
+//! advertised GPU is Healthy only after the watcher has reported it
+//! watched, and Unhealthy again whenever it reports it is not (the rule is
+//! the core's, [`gpu_slicer_core::health::HealthState::advertise`]; the
+//! watcher's side is in [`crate::nvml_health`]).
 
 use std::sync::Arc;
 
@@ -10,7 +16,9 @@ use crate::metrics::XidLabel;
 use crate::nvml_health::HealthReport;
 use crate::plugin::ResourceState;
 use gpu_slicer_core::config::ResourceName;
-use gpu_slicer_core::health::{Condition, XidAction, XidEvent, affected};
+use gpu_slicer_core::health::{
+    AdvertisedGpu, Condition, NOT_WATCHED_YET, XidAction, XidEvent, affected,
+};
 
 impl Daemon {
     pub(super) fn set_mps_health(
@@ -50,19 +58,18 @@ impl Daemon {
         }
     }
 
-    /// What the NVML health watcher reports.
+    /// What the NVML health watcher reports. A GPU is Healthy only while
+    /// the watcher says its XID events are watched (see
+    /// [`crate::nvml_health`]); [`gpu_slicer_core::health::HealthState::watch_report`] keeps that
+    /// rule, and keeps the watcher's word while health checks are off.
     pub(super) fn on_health(&mut self, report: HealthReport) {
         match report {
             HealthReport::Xid(event) => self.on_xid(event),
             HealthReport::Unreachable { gpu_uuid, reason } => {
                 if !self.policy.enabled {
-                    tracing::info!(gpu = %gpu_uuid, "health checks are off: not marking an unreachable GPU ({reason})");
-                    return;
+                    tracing::info!(gpu = %gpu_uuid, "health checks are off: not marking a GPU that is not watched ({reason})");
                 }
-                if self
-                    .health
-                    .set_condition(&gpu_uuid, Condition::Unreachable, Some(&reason))
-                {
+                if self.health.watch_report(&gpu_uuid, Some(&reason)) {
                     for device in self.devices_of(&gpu_uuid) {
                         tracing::warn!(
                             "'{}' device marked unhealthy: {} (GPU {gpu_uuid} {reason})",
@@ -73,19 +80,52 @@ impl Daemon {
                     self.push_health();
                 }
             }
-            HealthReport::Reachable { gpu_uuid } => {
-                if self
-                    .health
-                    .set_condition(&gpu_uuid, Condition::Unreachable, None)
-                {
-                    if self.health.is_healthy(&gpu_uuid) {
+            HealthReport::Watched { gpu_uuid } => {
+                let first = matches!(
+                    self.health.condition(&gpu_uuid, Condition::Unreachable),
+                    None | Some(NOT_WATCHED_YET)
+                );
+                if self.health.watch_report(&gpu_uuid, None) {
+                    if self.health.is_healthy(&gpu_uuid) && !first {
                         tracing::info!(
-                            "GPU {gpu_uuid} answers again; its devices are healthy unless an XID holds them"
+                            "GPU {gpu_uuid} is watched again; its devices are healthy unless an XID holds them"
                         );
                     }
                     self.push_health();
                 }
             }
+        }
+    }
+
+    /// The GPUs a setup advertises: each one is Healthy only once the NVML
+    /// watcher reports it watched, when there is a watcher (GPUs read from
+    /// NVML) and health checks are on.
+    pub(super) fn advertise_gpus(&mut self, inventory: &gpu_slicer_core::gpu::Inventory) {
+        let gpus = inventory.gpus.iter().map(AdvertisedGpu::of).collect();
+        let required = self.paths.health_watched && self.policy.enabled;
+        let before: Vec<String> = self
+            .health
+            .advertised()
+            .iter()
+            .map(|g| g.uuid.clone())
+            .collect();
+        self.health.advertise(gpus, required);
+        let waiting: Vec<String> = self
+            .health
+            .advertised()
+            .iter()
+            .filter(|g| {
+                !before.contains(&g.uuid)
+                    && self.health.condition(&g.uuid, Condition::Unreachable)
+                        == Some(NOT_WATCHED_YET)
+            })
+            .map(|g| format!("{} {}", g.index, g.uuid))
+            .collect();
+        if !waiting.is_empty() {
+            tracing::info!(
+                "advertised Unhealthy until the health watcher has registered and checked them ({NOT_WATCHED_YET}): GPUs {}",
+                waiting.join(", ")
+            );
         }
     }
 
@@ -182,9 +222,17 @@ impl Daemon {
                 .get_or_create(&self.metrics.resource(name.as_str()))
                 .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         }
-        let unreachable = self.health.count(Condition::Unreachable);
+        // Each GPU NVML counts is in at most one of: undiscovered (not
+        // advertised), unreachable (advertised, not watched).
+        let unreachable = self.health.count_advertised(Condition::Unreachable);
         self.metrics
             .gpus_unreachable
             .set(i64::try_from(unreachable).unwrap_or(i64::MAX));
+        self.metrics.set_gpu_health(
+            self.health
+                .advertised()
+                .iter()
+                .map(|gpu| (gpu.index, gpu.uuid.clone(), self.health.gpu_healthy(gpu))),
+        );
     }
 }

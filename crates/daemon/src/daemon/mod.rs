@@ -91,6 +91,9 @@ pub struct Paths {
     pub cdi_spec_dir: Option<PathBuf>,
     /// NVIDIA's `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS`.
     pub health_env: HealthEnv,
+    /// The NVML health watcher runs (GPUs read from NVML): a GPU is
+    /// Healthy only once it reports the GPU watched (fail closed).
+    pub health_watched: bool,
     /// Life-cycle waits (tests shorten them).
     pub timings: Timings,
     /// `--mps-control-bin`: the MPS control program (found under the driver
@@ -755,6 +758,7 @@ impl Daemon {
         for message in &self.policy.malformed {
             tracing::warn!("{message}");
         }
+        self.advertise_gpus(&setup.inventory);
         // MPS daemons first: a replica is advertised Healthy only with a
         // ready daemon behind it.
         self.mps.set_driver_root(PathBuf::from(
