@@ -181,6 +181,8 @@ impl Daemon {
             return;
         }
         if !self.repartitioning && self.mig.discovered == Some(levels.revision) {
+            // Acted on already: nothing to do, nothing to retry.
+            self.mig.retry = None;
             return;
         }
         let state = levels.state.as_deref();
