@@ -323,11 +323,17 @@ async fn keep_node_state(
             .borrow_and_update()
             .label(MIG_CONFIG_STATE)
             .map(str::to_owned);
-        if let Some((number, state)) = report {
-            if on_node.as_deref() == Some(state.as_str()) {
+        // What the Node says: the watcher's view, unless it has not caught
+        // up with the last write the API server accepted.
+        let known = match accepted {
+            Some(a) if on_node.as_deref() != Some(a.as_str()) => Some(a.as_str().to_owned()),
+            _ => {
                 accepted = None;
-                written.send_replace(number);
-            } else if accepted == Some(state) {
+                on_node
+            }
+        };
+        if let Some((number, state)) = report {
+            if known.as_deref() == Some(state.as_str()) {
                 written.send_replace(number);
             } else {
                 let patch = serde_json::json!({
