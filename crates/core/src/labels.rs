@@ -34,7 +34,7 @@ pub fn labels(inventory: &Inventory, config: &Config, plan: &Plan) -> Labels {
         MigStrategy::Single => single_mig_labels(&mut out, inventory, config),
         MigStrategy::Mixed => mixed_mig_labels(&mut out, inventory, config),
     }
-    put(&mut out, "gpu-slicer.io/config-hash", config_hash(plan));
+    put(&mut out, crate::node_labels::CONFIG_HASH, config_hash(plan));
     out
 }
 

@@ -14,6 +14,7 @@
 //! | [`placement`] | which devices to prefer |
 //! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
+//! | [`node_labels`] | the Node labels with a protocol behind them (config selection, MIG Manager's), declared once |
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
 //! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
@@ -32,5 +33,6 @@ pub mod messages;
 pub mod mig_change;
 pub mod mig_parted;
 pub mod mps;
+pub mod node_labels;
 pub mod placement;
 pub mod plan;

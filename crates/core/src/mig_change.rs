@@ -298,23 +298,9 @@ pub struct GpuOutcome {
     pub outcome: Outcome,
 }
 
-/// `nvidia.com/mig.config.state` after an apply, as MIG Manager reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigState {
-    Pending,
-    Success,
-    Failed,
-}
-
-impl ConfigState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfigState::Pending => "pending",
-            ConfigState::Success => "success",
-            ConfigState::Failed => "failed",
-        }
-    }
-}
+/// `nvidia.com/mig.config.state` after an apply, as MIG Manager reports it
+/// (declared once, with the label's name, in [`crate::node_labels`]).
+pub use crate::node_labels::MigConfigState as ConfigState;
 
 /// The state to report and, for `failed`, why (one clause per GPU that
 /// did not get the layout): `success` only when every GPU holds it.

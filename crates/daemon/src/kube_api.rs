@@ -6,7 +6,9 @@
 //! kube-client and what only it pulls in (jsonpath-rust, regex, pest, jiff,
 //! k8s-openapi's decoders, tower-http) were about 2 MiB of a 7.5 MiB binary,
 //! against a 5 MiB budget for the binary every GPU node runs; the daemon uses
-//! three calls on one object. kube-runtime's watcher would add to that.
+//! three calls on one object. kube-runtime's watcher would add to that: its
+//! shape (a state enum and a step function) is rebuilt for one Node in
+//! [`crate::node::step`].
 //!
 //! Credentials: the in-cluster service account (the token file is read on
 //! every request, so the kubelet's rotation of bound tokens is picked up;

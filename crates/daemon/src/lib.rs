@@ -13,7 +13,7 @@
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets, for the CDI spec |
 //! | [`mps`] | the CUDA MPS control daemons of MPS-shared resources |
 //! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
-//! | [`node`] | per-node config by node label, start-up taint |
+//! | [`node`] | the one watcher of the own Node (its labels, for everything that follows one), per-node config by node label, start-up taint |
 //! | [`kube_api`] | the Kubernetes API client (get, watch, patch the Node) |
 //! | [`reload`] | signals and config-file changes |
 //! | [`watch`] | the one directory watcher (device-plugin and config directories) |

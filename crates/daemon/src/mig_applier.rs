@@ -20,8 +20,16 @@
 //!
 //! Each outcome is also a Kubernetes Event on the Node and a metric.
 //!
+//! The Node's state label is kept level-triggered: one writer task holds
+//! the latest outcome and compares it with the label as the Node watcher
+//! sees it ([`crate::node::NodeView`]); while they differ it patches the
+//! Node, retrying failed writes on a back-off until the API server has the
+//! value. A newer outcome supersedes an older one still being retried, so
+//! the Node always ends with the last outcome, whatever the API server
+//! answered in between.
+//!
 //! The daemon sees this task's progress as MIG Manager's labels
-//! ([`crate::daemon::MigManagerLabels`]): the state it follows is this
+//! ([`crate::daemon::MigManagerLabels`]): the levels it follows are this
 //! task's, not the Node's (which this task writes), so the two never race.
 
 use std::path::PathBuf;
@@ -32,13 +40,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::daemon::sleep_until_if;
+use crate::daemon::{MigLevels, sleep_until_if};
 use crate::kube_api::{EventKind, KubeClient};
 use crate::metrics::Metrics;
 use crate::mig_apply::{ApplyRequest, apply};
+use crate::node::NodeView;
 use crate::nvml::NvmlOptions;
-use crate::run::MIG_CONFIG_STATE;
 use gpu_slicer_core::mig_change::{ConfigState, summarize};
+use gpu_slicer_core::node_labels::MIG_CONFIG_STATE;
 
 /// Retries of a failed change: soon (a process may just be ending), then
 /// doubling up to every [`RETRY_MAX`] (a reset or reboot is someone's
@@ -49,6 +58,13 @@ pub const RETRY_MAX: Duration = Duration::from_secs(600);
 /// How long to wait for the daemon to withdraw or advertise before going on
 /// (it may not be serving at all, e.g. while NVML is not ready).
 const DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a change waits for the API server to take its state label
+/// before going on; the writer keeps retrying after that.
+const STATE_WAIT: Duration = Duration::from_secs(10);
+
+/// Retries of a state label write the API server refused: 1 s doubling to 1 min.
+const STATE_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// What the task needs.
 pub struct Applier {
@@ -63,8 +79,11 @@ pub struct Applier {
     pub pod_resources_socket: PathBuf,
     /// The Node's `nvidia.com/mig.config`.
     pub config: watch::Receiver<Option<String>>,
-    /// The state the daemon follows.
-    pub state: watch::Sender<Option<String>>,
+    /// The Node as its watcher sees it: the state label as it is now.
+    pub node_view: watch::Receiver<NodeView>,
+    /// The levels the daemon follows: the layout being applied and this
+    /// task's state.
+    pub levels: watch::Sender<MigLevels>,
     /// The daemon's answer: MIG-capable GPUs withdrawn (`true`) or
     /// advertised again (`false`).
     pub withdrawn: watch::Receiver<bool>,
@@ -74,7 +93,53 @@ pub struct Applier {
 }
 
 impl Applier {
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (report, reports) = watch::channel(None);
+        let (written_tx, written) = watch::channel(0);
+        tokio::spawn(keep_node_state(
+            self.client.clone(),
+            self.node.clone(),
+            reports,
+            self.node_view.clone(),
+            written_tx,
+            shutdown.clone(),
+        ));
+        let mut task = Task {
+            applier: self,
+            report,
+            written,
+            reported: 0,
+        };
+        task.run(shutdown).await;
+    }
+}
+
+/// The applier at work: its state reports go to [`keep_node_state`].
+struct Task {
+    applier: Applier,
+    /// The latest outcome for the Node's state label, numbered.
+    report: watch::Sender<Option<(u64, ConfigState)>>,
+    /// The number of the latest report the API server has (or that is
+    /// superseded).
+    written: watch::Receiver<u64>,
+    reported: u64,
+}
+
+impl std::ops::Deref for Task {
+    type Target = Applier;
+    fn deref(&self) -> &Applier {
+        &self.applier
+    }
+}
+
+impl std::ops::DerefMut for Task {
+    fn deref_mut(&mut self) -> &mut Applier {
+        &mut self.applier
+    }
+}
+
+impl Task {
+    async fn run(&mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.retry_first, RETRY_MAX.max(self.retry_first));
         let mut retry_at: Option<tokio::time::Instant>;
         let mut layout = self.config.borrow_and_update().clone();
@@ -82,7 +147,7 @@ impl Applier {
             match layout.clone() {
                 None => {
                     // Nothing asked for: the GPUs are served as they are.
-                    self.state.send_replace(None);
+                    self.publish(None, None);
                     retry_at = None;
                 }
                 Some(name) => {
@@ -114,10 +179,25 @@ impl Applier {
         }
     }
 
+    /// What the daemon follows: the layout and this task's state (a new
+    /// revision with each step, so the daemon acts on every one).
+    fn publish(&self, layout: Option<&str>, state: Option<ConfigState>) {
+        let config = layout.map(str::to_owned);
+        let state = state.map(|s| s.as_str().to_owned());
+        self.levels.send_if_modified(|levels| {
+            if levels.config == config && levels.state == state {
+                return false;
+            }
+            levels.config = config;
+            levels.state = state;
+            levels.revision += 1;
+            true
+        });
+    }
+
     /// One attempt at `layout`; true when the GPUs hold it.
     async fn change(&mut self, layout: &str) -> bool {
-        self.state
-            .send_replace(Some(ConfigState::Pending.as_str().into()));
+        self.publish(Some(layout), Some(ConfigState::Pending));
         self.set_node_state(ConfigState::Pending).await;
         self.wait_daemon(true).await;
 
@@ -161,8 +241,7 @@ impl Applier {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "{message}");
             // The daemon rediscovers, then the Node says success: by then
             // the new devices are advertised.
-            self.state
-                .send_replace(Some(ConfigState::Success.as_str().into()));
+            self.publish(Some(layout), Some(ConfigState::Success));
             self.wait_daemon(false).await;
             // The Event first: whoever sees the state finds the why.
             self.event(EventKind::Normal, "MigLayoutApplied", &message)
@@ -190,17 +269,20 @@ impl Applier {
         }
     }
 
-    async fn set_node_state(&self, state: ConfigState) {
-        let patch = serde_json::json!({
-            "metadata": { "labels": { MIG_CONFIG_STATE: state.as_str() } }
-        });
-        match self.client.merge_patch_node(&self.node, &patch).await {
-            Ok(()) => tracing::info!("node {}: {MIG_CONFIG_STATE}={}", self.node, state.as_str()),
-            Err(e) => tracing::error!(
-                "cannot set {MIG_CONFIG_STATE}={} on node {}: {e}; gpu-slicer needs `patch` on nodes for --apply-mig-layouts",
-                state.as_str(),
-                self.node
-            ),
+    /// Hands `state` to the writer (superseding any report it still
+    /// retries) and waits, bounded by [`STATE_WAIT`], until the API server
+    /// has it: observers see `pending` before the GPUs change.
+    async fn set_node_state(&mut self, state: ConfigState) {
+        self.reported += 1;
+        let number = self.reported;
+        self.report.send_replace(Some((number, state)));
+        let written = self.written.wait_for(|w| *w >= number);
+        if tokio::time::timeout(STATE_WAIT, written).await.is_err() {
+            tracing::warn!(
+                "node {}: {MIG_CONFIG_STATE}={} not written within {STATE_WAIT:?}; going on, and still retrying",
+                self.node,
+                state.as_str()
+            );
         }
     }
 
@@ -214,6 +296,80 @@ impl Applier {
                 "cannot record event {reason} for node {}: {e}; gpu-slicer needs `create` on events",
                 self.node
             );
+        }
+    }
+}
+
+/// Keeps the Node's state label at the latest report: level-triggered (see
+/// the module docs). `written` gets the number of each report the API
+/// server has (or that needed no write: the label already said so).
+async fn keep_node_state(
+    client: Arc<KubeClient>,
+    node: String,
+    mut reports: watch::Receiver<Option<(u64, ConfigState)>>,
+    mut view: watch::Receiver<NodeView>,
+    written: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = STATE_RETRY;
+    // The last state the API server accepted, until the watcher shows it
+    // (so a lagging view does not cause a second write).
+    let mut accepted: Option<ConfigState> = None;
+    let mut failures = 0u32;
+    let mut view_alive = true;
+    loop {
+        let report = *reports.borrow_and_update();
+        let on_node = view
+            .borrow_and_update()
+            .label(MIG_CONFIG_STATE)
+            .map(str::to_owned);
+        // What the Node says: the watcher's view, unless it has not caught
+        // up with the last write the API server accepted.
+        let known = match accepted {
+            Some(a) if on_node.as_deref() != Some(a.as_str()) => Some(a.as_str().to_owned()),
+            _ => {
+                accepted = None;
+                on_node
+            }
+        };
+        if let Some((number, state)) = report {
+            if known.as_deref() == Some(state.as_str()) {
+                written.send_replace(number);
+            } else {
+                let patch = serde_json::json!({
+                    "metadata": { "labels": { MIG_CONFIG_STATE: state.as_str() } }
+                });
+                match client.merge_patch_node(&node, &patch).await {
+                    Ok(()) => {
+                        tracing::info!("node {node}: {MIG_CONFIG_STATE}={}", state.as_str());
+                        accepted = Some(state);
+                        failures = 0;
+                        backoff.reset();
+                        written.send_replace(number);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = backoff.next_delay();
+                        tracing::error!(
+                            "cannot set {MIG_CONFIG_STATE}={} on node {node} (attempt {failures}): {e}; retrying in {delay:?} \
+                             (gpu-slicer needs `patch` on nodes for --apply-mig-layouts)",
+                            state.as_str()
+                        );
+                        // A newer report supersedes this one at once.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            changed = reports.changed() => if changed.is_err() { return },
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = reports.changed() => if changed.is_err() { return },
+            changed = view.changed(), if view_alive => view_alive = changed.is_ok(),
         }
     }
 }

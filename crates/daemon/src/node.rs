@@ -4,9 +4,10 @@
 //! named config is mounted as a directory (`--config-dir`, e.g.
 //! `/available-configs`); the node label `nvidia.com/device-plugin.config`
 //! names the key to use. [`select_config`] is the pure rule,
-//! [`watch_node_label`] follows the label on the daemon's own Node, and
-//! [`LabelSelectedConfig`] ties the two together for the daemon's
-//! `SetupSource`. Unlike NVIDIA's sidecar, which exits on a label value that
+//! [`NodeWatcher`] follows the daemon's own Node (the one watcher of it:
+//! the config label, MIG Manager's labels and the MIG applier all read its
+//! [`NodeView`]), and [`LabelSelectedConfig`] ties the two together for the
+//! daemon's `SetupSource`. Unlike NVIDIA's sidecar, which exits on a label value that
 //! names no config, a bad value is refused like an invalid config: the
 //! running configuration stays and the refusal is logged and counted.
 //!
@@ -31,6 +32,7 @@
 //! field-selected watch, so `list`/`watch` apply to all nodes; the daemon
 //! only ever asks for its own (`fieldSelector=metadata.name=<node>`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,10 +41,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::kube_api::{KubeClient, KubeError, Node, WatchEvent};
+use crate::kube_api::{KubeClient, KubeError, Node, NodeWatch, WatchEvent};
 
-/// NVIDIA's label for the per-node config name.
-pub const CONFIG_LABEL: &str = "nvidia.com/device-plugin.config";
+/// NVIDIA's label for the per-node config name (declared in the core).
+pub use gpu_slicer_core::node_labels::DEVICE_PLUGIN_CONFIG as CONFIG_LABEL;
 /// NVIDIA's `named` fallback: the key used when no label and no
 /// `DEFAULT_CONFIG` say otherwise.
 pub const DEFAULT_KEY: &str = "default";
@@ -267,7 +269,7 @@ pub fn list_configs(dir: &Path) -> std::io::Result<Vec<String>> {
 }
 
 /// The daemon's view of `--config-dir`: the directory, the label's latest
-/// value (from [`watch_node_label`]) and the default; [`Self::resolve`] is
+/// value (from the [`NodeWatcher`], through [`follow`]) and the default; [`Self::resolve`] is
 /// called from the `SetupSource` on every (re)load.
 pub struct LabelSelectedConfig {
     pub dir: PathBuf,
@@ -377,130 +379,321 @@ impl ApiBackoff {
     }
 }
 
-fn label_of(node: &Node, label: &str) -> Option<String> {
-    node.metadata.labels.get(label).cloned()
+/// What the daemon knows of its Node's labels: the one [`NodeWatcher`]
+/// publishes it, and everything that follows a label (the config choice,
+/// MIG Manager's labels, the MIG applier) reads it from there.
+///
+/// Followers act on levels, not on the changes they happen to see: a
+/// `watch` channel keeps only the latest value, so two label steps that
+/// arrive together are seen as one. What the counts are for: a follower that
+/// must know whether a label may have changed since it last acted (even
+/// back to the same value) compares [`NodeView::revision`] with the one it
+/// acted at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// False until the Node was read once.
+    pub synced: bool,
+    pub labels: BTreeMap<String, String>,
+    /// Per label: how many changes of its value the watcher saw (set,
+    /// changed or removed; the first read counts none).
+    pub changes: BTreeMap<String, u64>,
+    /// How many times the Node was read afresh after a gap in watching it
+    /// (an error, an expired resourceVersion): what changed in a gap is not
+    /// seen one change at a time, so any label may have changed meanwhile.
+    pub relists: u64,
+}
+
+impl NodeView {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// Grows whenever one of `keys` may have changed: each change seen, and
+    /// each gap in watching.
+    pub fn revision(&self, keys: &[&str]) -> u64 {
+        let seen: u64 = keys
+            .iter()
+            .map(|k| self.changes.get(*k).copied().unwrap_or(0))
+            .sum();
+        seen + self.relists
+    }
+
+    /// Takes the labels of a Node read by a get (`relist`: after a gap) or
+    /// reported by the watch; returns the keys whose value changed, with
+    /// the old value.
+    pub fn observe(
+        &mut self,
+        labels: &BTreeMap<String, String>,
+        relist: bool,
+    ) -> Vec<(String, Option<String>)> {
+        let first = !self.synced;
+        self.synced = true;
+        if relist && !first {
+            self.relists += 1;
+        }
+        let mut changed = Vec::new();
+        for (key, value) in labels {
+            if self.labels.get(key) != Some(value) {
+                changed.push((key.clone(), self.labels.get(key).cloned()));
+            }
+        }
+        for (key, value) in &self.labels {
+            if !labels.contains_key(key) {
+                changed.push((key.clone(), Some(value.clone())));
+            }
+        }
+        if !first {
+            for (key, _) in &changed {
+                *self.changes.entry(key.clone()).or_default() += 1;
+            }
+        }
+        self.labels = labels.clone();
+        changed
+    }
+}
+
+/// Where the Node watcher is: kube-runtime's watcher, for one object, on
+/// this crate's small client. Each [`step`] does one request or reads one
+/// event and says where it ends up.
+pub enum WatcherState {
+    /// Nothing is known: read the Node (a get; the list of one object).
+    /// `gap`: after an error, so the read is a relist.
+    Empty { gap: bool },
+    /// Read or watched up to `version`: open a watch from there.
+    Listed { version: String },
+    /// A watch is open.
+    Watching {
+        version: String,
+        stream: NodeWatch,
+        started: tokio::time::Instant,
+    },
+}
+
+/// What one [`step`] saw.
+#[derive(Debug)]
+pub enum WatcherEvent {
+    /// The Node as a get returned it; `relist`: after a gap in watching.
+    Listed { node: Node, relist: bool },
+    /// The Node as the watch reported it (added or modified).
+    Applied(Node),
+    /// The watch reported the Node deleted.
+    Deleted(Node),
+    /// The server ended the watch (its timeout) after `lasted`; the next
+    /// step watches again from the last version.
+    WatchEnded { lasted: Duration },
+    /// A call failed; the next step reads the Node afresh.
+    Error(String),
+}
+
+/// One step of the watcher (kube-runtime's `step`): from `state`, one get,
+/// one watch request or one watch event; returns what was seen and the
+/// next state. Errors always go back to [`WatcherState::Empty`] (a relist):
+/// a watch that broke may have missed changes, and only a fresh read shows
+/// the labels as they are. Waiting between failed steps is the caller's.
+pub async fn step(
+    client: &KubeClient,
+    name: &str,
+    state: WatcherState,
+) -> (Option<WatcherEvent>, WatcherState) {
+    const GAP: WatcherState = WatcherState::Empty { gap: true };
+    match state {
+        WatcherState::Empty { gap } => match client.get_node(name).await {
+            Ok(node) => {
+                let version = node.metadata.resource_version.clone();
+                (
+                    Some(WatcherEvent::Listed { node, relist: gap }),
+                    WatcherState::Listed { version },
+                )
+            }
+            Err(e) => (
+                Some(WatcherEvent::Error(format!("cannot get node {name}: {e}"))),
+                WatcherState::Empty { gap },
+            ),
+        },
+        WatcherState::Listed { version } => match client.watch_node(name, &version).await {
+            Ok(stream) => (
+                None,
+                WatcherState::Watching {
+                    version,
+                    stream,
+                    started: tokio::time::Instant::now(),
+                },
+            ),
+            Err(e) => (
+                Some(WatcherEvent::Error(format!(
+                    "cannot watch node {name}: {e}"
+                ))),
+                GAP,
+            ),
+        },
+        WatcherState::Watching {
+            version,
+            mut stream,
+            started,
+        } => {
+            let watching = |version: String, stream: NodeWatch| WatcherState::Watching {
+                version,
+                stream,
+                started,
+            };
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(node) | WatchEvent::Modified(node))) => {
+                    let version = node.metadata.resource_version.clone();
+                    (Some(WatcherEvent::Applied(node)), watching(version, stream))
+                }
+                Some(Ok(WatchEvent::Deleted(node))) => {
+                    let version = node.metadata.resource_version.clone();
+                    (Some(WatcherEvent::Deleted(node)), watching(version, stream))
+                }
+                Some(Ok(WatchEvent::Bookmark(version))) => (None, watching(version, stream)),
+                Some(Ok(WatchEvent::Error { code, message })) => (
+                    Some(WatcherEvent::Error(format!(
+                        "watch of node {name} failed: {message} ({code})"
+                    ))),
+                    GAP,
+                ),
+                Some(Err(e)) => (
+                    Some(WatcherEvent::Error(format!(
+                        "watch of node {name} broke: {e}"
+                    ))),
+                    GAP,
+                ),
+                None => (
+                    Some(WatcherEvent::WatchEnded {
+                        lasted: started.elapsed(),
+                    }),
+                    WatcherState::Listed { version },
+                ),
+            }
+        }
+    }
 }
 
 /// A watch that ends sooner than this after it started counts as a failure
 /// (back off before the next), so a server that closes at once is not hammered.
 const SHORT_WATCH: Duration = Duration::from_secs(5);
 
-/// Follows `label` on the Node `node_name`: gets the Node, sends the
-/// label's value, then watches that one Node and sends on every change. The
-/// first value is always sent (even `None`), so a receiver can wait for it
-/// with `changed()`; later ones only when they differ. Re-gets and
+/// The one watcher of the daemon's own Node: gets it, watches it, and
+/// publishes its labels as a [`NodeView`] on every change; re-reads and
 /// re-watches after errors with back-off; between events it only waits on
-/// the open watch (no polling). Returns on `shutdown`.
-pub async fn watch_node_label(
-    client: Arc<KubeClient>,
-    node_name: String,
-    label: String,
-    tx: watch::Sender<Option<String>>,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = api_backoff();
-    let mut first = true;
-    let publish = |value: Option<String>, first: &mut bool| {
-        if std::mem::take(first) {
-            tracing::info!(node = %node_name, "node label {label}={}", value.as_deref().unwrap_or("(absent)"));
-            tx.send_replace(value);
-        } else {
+/// the open watch (no polling).
+pub struct NodeWatcher {
+    pub client: Arc<KubeClient>,
+    pub node: String,
+    /// Labels whose changes are logged (the others are only published).
+    pub logged: Vec<String>,
+}
+
+impl NodeWatcher {
+    /// Starts the watcher; it runs until `shutdown`. The receiver's value is
+    /// not [`NodeView::synced`] until the Node was read once (see [`synced`]).
+    pub fn spawn(self, shutdown: CancellationToken) -> watch::Receiver<NodeView> {
+        let (tx, rx) = watch::channel(NodeView::default());
+        tokio::spawn(self.run(tx, shutdown));
+        rx
+    }
+
+    async fn run(self, tx: watch::Sender<NodeView>, shutdown: CancellationToken) {
+        let mut backoff = api_backoff();
+        let mut state = WatcherState::Empty { gap: false };
+        loop {
+            let (event, next) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                stepped = step(&self.client, &self.node, state) => stepped,
+            };
+            state = next;
+            let labels = match event {
+                None => continue,
+                Some(WatcherEvent::Listed { node, relist }) => {
+                    if relist {
+                        tracing::info!("read node {} again after a gap in watching it", self.node);
+                    }
+                    Some((node.metadata.labels, relist))
+                }
+                Some(WatcherEvent::Applied(node)) => {
+                    backoff.reset();
+                    Some((node.metadata.labels, false))
+                }
+                Some(WatcherEvent::Deleted(_)) => {
+                    // Keep the labels: a re-created Node is read on the next gap.
+                    tracing::warn!("node {} was deleted; keeping its last labels", self.node);
+                    None
+                }
+                Some(WatcherEvent::WatchEnded { lasted }) => {
+                    if lasted < SHORT_WATCH && !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    None
+                }
+                Some(WatcherEvent::Error(e)) => {
+                    tracing::warn!("{e}; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    None
+                }
+            };
+            if let Some((labels, relist)) = labels {
+                tx.send_if_modified(|view| {
+                    let first = !view.synced;
+                    let before = view.clone();
+                    let changed = view.observe(&labels, relist);
+                    for (key, old) in changed {
+                        if !self.logged.contains(&key) {
+                            continue;
+                        }
+                        let new = view.label(&key).unwrap_or("(absent)");
+                        if first {
+                            tracing::info!(node = %self.node, "node label {key}={new}");
+                        } else {
+                            tracing::info!(
+                                node = %self.node,
+                                "node label {key} changed from {} to {new}",
+                                old.as_deref().unwrap_or("(absent)")
+                            );
+                        }
+                    }
+                    *view != before
+                });
+            }
+        }
+    }
+}
+
+/// Waits until the view holds the Node as read once; false when the
+/// watcher stopped first (shutdown).
+pub async fn synced(view: &mut watch::Receiver<NodeView>) -> bool {
+    view.wait_for(|v| v.synced).await.is_ok()
+}
+
+/// Publishes `f(view)` on `tx` whenever it differs from what `tx` holds,
+/// from the first read of the Node on (a caller that must have the first
+/// value before it goes on sets it itself, from a synced view). Runs until
+/// the watcher stops or every receiver of `tx` is gone.
+pub fn follow<T, F>(mut view: watch::Receiver<NodeView>, tx: watch::Sender<T>, f: F)
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: Fn(&NodeView) -> T + Send + 'static,
+{
+    tokio::spawn(async move {
+        if !synced(&mut view).await {
+            return;
+        }
+        loop {
+            let value = f(&view.borrow_and_update());
             tx.send_if_modified(|current| {
                 if *current == value {
                     return false;
                 }
-                tracing::info!(node = %node_name, "node label {label} changed to {}", value.as_deref().unwrap_or("(absent)"));
                 *current = value;
                 true
             });
-        }
-    };
-    'get: loop {
-        let got = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            got = client.get_node(&node_name) => got,
-        };
-        let mut version = match got {
-            Ok(node) => {
-                publish(label_of(&node, &label), &mut first);
-                node.metadata.resource_version
-            }
-            Err(e) => {
-                tracing::warn!("cannot get node {node_name}: {e}; retrying");
-                if backoff.wait(&shutdown).await {
-                    continue 'get;
-                }
-                return;
-            }
-        };
-        loop {
-            let started = tokio::time::Instant::now();
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                stream = client.watch_node(&node_name, &version) => stream,
-            };
-            let mut stream = match stream {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::warn!("cannot watch node {node_name}: {e}; retrying");
-                    if backoff.wait(&shutdown).await {
-                        continue 'get;
-                    }
-                    return;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = stream.next() => next,
-                };
-                match next {
-                    Some(Ok(WatchEvent::Added(node) | WatchEvent::Modified(node))) => {
-                        backoff.reset();
-                        version = node.metadata.resource_version.clone();
-                        publish(label_of(&node, &label), &mut first);
-                    }
-                    Some(Ok(WatchEvent::Deleted(node))) => {
-                        // Keep the selection: a re-created Node is seen on re-get.
-                        tracing::warn!("node {node_name} was deleted; keeping the running config");
-                        version = node.metadata.resource_version;
-                    }
-                    Some(Ok(WatchEvent::Bookmark(resource_version))) => {
-                        version = resource_version;
-                    }
-                    Some(Ok(WatchEvent::Error { code: 410, .. })) => {
-                        // Our resourceVersion is too old: get afresh.
-                        tracing::debug!("watch of node {node_name} expired; getting it again");
-                        continue 'get;
-                    }
-                    Some(Ok(WatchEvent::Error { code, message })) => {
-                        tracing::warn!(
-                            "watch of node {node_name} failed: {message} ({code}); retrying"
-                        );
-                        if backoff.wait(&shutdown).await {
-                            continue 'get;
-                        }
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!("watch of node {node_name} broke: {e}; retrying");
-                        if backoff.wait(&shutdown).await {
-                            continue 'get;
-                        }
-                        return;
-                    }
-                    None => {
-                        // The server ended the watch (its timeout): watch again
-                        // from where we are, backing off if it ended at once.
-                        if started.elapsed() < SHORT_WATCH && !backoff.wait(&shutdown).await {
-                            return;
-                        }
-                        break;
-                    }
-                }
+            tokio::select! {
+                _ = tx.closed() => return,
+                changed = view.changed() => if changed.is_err() { return },
             }
         }
-    }
+    });
 }
 
 /// How many times [`remove_taint`] retries a conflicting update.

@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config_file::{config_for_layout, refuse_blank_on_reload};
 use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource, Timings};
-use crate::kube_api::KubeClient;
 use crate::metrics::{self, Metrics};
-use crate::node::{self, LabelSelectedConfig};
+use crate::node::{self, LabelSelectedConfig, NodeView, NodeWatcher};
 use crate::nvml::{self, NvmlOptions};
 use crate::{reload, simulate};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ConfigFlags};
+use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE};
 
 pub struct RunOptions {
     /// Life-cycle waits (defaults, or shortened by tests).
@@ -117,11 +117,6 @@ pub struct MigApplyOptions {
     /// `--pod-resources-socket`.
     pub pod_resources_socket: PathBuf,
 }
-
-/// The node label MIG Manager reports its progress in.
-pub const MIG_CONFIG_STATE: &str = "nvidia.com/mig.config.state";
-/// The node label naming the MIG layout MIG Manager is to apply.
-pub const MIG_CONFIG: &str = "nvidia.com/mig.config";
 
 /// Which config file a (re)load reads.
 #[derive(Clone)]
@@ -315,6 +310,39 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     } else {
         None
     };
+    // The one watcher of the Node: everything that follows a label reads
+    // its view. Read once before anything is loaded or advertised.
+    let node_view = match (&node_options.node_name, &client) {
+        (Some(name), Some(client))
+            if node_options.config_dir.is_some()
+                || node_options.follow_mig_manager
+                || node_options.apply_mig_layouts.is_some() =>
+        {
+            let mut view = NodeWatcher {
+                client: client.clone(),
+                node: name.clone(),
+                logged: vec![
+                    node_options.config_label.clone(),
+                    MIG_CONFIG.to_string(),
+                    MIG_CONFIG_STATE.to_string(),
+                ],
+            }
+            .spawn(shutdown.clone());
+            let synced = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                synced = node::synced(&mut view) => synced,
+            };
+            if !synced {
+                return if shutdown.is_cancelled() {
+                    Ok(())
+                } else {
+                    Err(RunError::LabelWatchStopped)
+                };
+            }
+            Some(view)
+        }
+        _ => None,
+    };
 
     let (choice, _config_watch, label) = match node_options.config_dir.clone() {
         None => {
@@ -382,51 +410,30 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         options.mig_minors,
         nvml_used,
     );
-    if let Some((tx, rx)) = label
-        && !follow_label(&node_options, client.clone(), tx, rx, &reload_tx, &shutdown).await?
-    {
-        return Ok(()); // shut down while waiting for the node
+    if let Some((tx, rx)) = label {
+        follow_label(&node_options, node_view.clone(), tx, rx, &reload_tx);
     }
 
     let mut paths = paths;
     if node_options.follow_mig_manager
-        && let (Some(name), Some(client)) = (node_options.node_name.clone(), client.clone())
+        && let (Some(name), Some(view)) = (node_options.node_name.clone(), node_view.clone())
     {
         tracing::info!("following node {name}'s {MIG_CONFIG} and {MIG_CONFIG_STATE} (MIG Manager)");
-        let follow = |label: &str| {
-            let (tx, rx) = tokio::sync::watch::channel(None);
-            tokio::spawn(node::watch_node_label(
-                client.clone(),
-                name.clone(),
-                label.to_string(),
-                tx,
-                shutdown.clone(),
-            ));
-            rx
-        };
-        let mut labels = daemon::MigManagerLabels {
-            state: follow(MIG_CONFIG_STATE),
-            config: follow(MIG_CONFIG),
+        // The view is read already: the first levels are there before the
+        // first advertisement, so a node whose layout is not applied yet
+        // never offers its GPUs whole.
+        let (tx, levels) = tokio::sync::watch::channel(daemon::MigLevels::of_node(&view.borrow()));
+        node::follow(view, tx, daemon::MigLevels::of_node);
+        paths.mig_manager = Some(daemon::MigManagerLabels {
+            levels,
             withdrawn: None,
-        };
-        // Both first values before the first advertisement, so that a node
-        // whose layout is not applied yet never offers its GPUs whole.
-        for rx in [&mut labels.state, &mut labels.config] {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                first = rx.changed() => {
-                    if first.is_err() {
-                        return Err(RunError::LabelWatchStopped);
-                    }
-                }
-            }
-        }
-        paths.mig_manager = Some(labels);
+        });
     }
-    if let (Some(apply), Some(name), Some(client)) = (
+    if let (Some(apply), Some(name), Some(client), Some(view)) = (
         node_options.apply_mig_layouts.clone(),
         node_options.node_name.clone(),
         client.clone(),
+        node_view.clone(),
     ) {
         tracing::info!(
             "applying the MIG layouts node {name}'s {MIG_CONFIG} names (in place of MIG Manager), from {}",
@@ -437,29 +444,18 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
                     .display()
                     .to_string())
         );
-        let (config_tx, mut config) = tokio::sync::watch::channel(None);
-        tokio::spawn(node::watch_node_label(
-            client.clone(),
-            name.clone(),
-            MIG_CONFIG.to_string(),
-            config_tx,
-            shutdown.clone(),
-        ));
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            first = config.changed() => {
-                if first.is_err() {
-                    return Err(RunError::LabelWatchStopped);
-                }
-            }
-        }
+        let layout = |v: &NodeView| v.label(MIG_CONFIG).map(str::to_owned);
+        let (config_tx, config) = tokio::sync::watch::channel(layout(&view.borrow()));
+        node::follow(view.clone(), config_tx, layout);
         // Nothing is reported until the applier has looked: a node with a
         // layout asked for starts withdrawn.
-        let (state_tx, state) = tokio::sync::watch::channel(None);
+        let (levels_tx, levels) = tokio::sync::watch::channel(daemon::MigLevels {
+            config: config.borrow().clone(),
+            ..daemon::MigLevels::default()
+        });
         let (withdrawn_tx, withdrawn) = tokio::sync::watch::channel(false);
         paths.mig_manager = Some(daemon::MigManagerLabels {
-            state,
-            config: config.clone(),
+            levels,
             withdrawn: Some(Arc::new(withdrawn_tx)),
         });
         let driver_root = apply_driver_root
@@ -477,7 +473,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             force: apply.force,
             pod_resources_socket: apply.pod_resources_socket,
             config,
-            state: state_tx,
+            node_view: view,
+            levels: levels_tx,
             withdrawn,
             metrics: metrics.clone(),
             retry_first: options.timings.mig_apply_retry,
@@ -501,46 +498,31 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         .map_err(RunError::Daemon)
 }
 
-/// Starts following the node label (when there is a node to read) and
-/// waits for its first value, so the first load already uses the right
-/// config; every later change asks for a reload. `Ok(false)`: shut down
-/// while waiting.
-async fn follow_label(
+/// Starts following the node label (when there is a node to read): its
+/// first value is there before the first load, so that load already uses the
+/// right config; every later change asks for a reload.
+fn follow_label(
     options: &NodeOptions,
-    client: Option<Arc<KubeClient>>,
+    view: Option<tokio::sync::watch::Receiver<NodeView>>,
     tx: tokio::sync::watch::Sender<Option<String>>,
     mut rx: tokio::sync::watch::Receiver<Option<String>>,
     reload: &tokio::sync::mpsc::Sender<()>,
-    shutdown: &CancellationToken,
-) -> Result<bool, RunError> {
-    let (Some(name), Some(client)) = (options.node_name.clone(), client) else {
+) {
+    let (Some(name), Some(view)) = (options.node_name.clone(), view) else {
         tracing::warn!(
             "--config-dir without --node-name (NODE_NAME): the node label {} is not read; \
              the default config applies",
             options.config_label
         );
-        return Ok(true);
+        return;
     };
     tracing::info!("reading the label {} of node {name}", options.config_label);
-    tokio::spawn(node::watch_node_label(
-        client,
-        name,
-        options.config_label.clone(),
-        tx,
-        shutdown.clone(),
-    ));
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(false),
-        first = rx.changed() => first,
-    };
-    if first.is_err() {
-        // The watch task only ends on shutdown.
-        return if shutdown.is_cancelled() {
-            Ok(false)
-        } else {
-            Err(RunError::LabelWatchStopped)
-        };
-    }
+    let key = options.config_label.clone();
+    let label = move |v: &NodeView| v.label(&key).map(str::to_owned);
+    // The view is read already: the first load uses the label's value.
+    tx.send_replace(label(&view.borrow()));
+    rx.borrow_and_update();
+    node::follow(view, tx, label);
     let reload = reload.clone();
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
@@ -548,5 +530,4 @@ async fn follow_label(
             let _ = reload.try_send(());
         }
     });
-    Ok(true)
 }

@@ -28,13 +28,15 @@ use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::messages::{io_error, yaml_error};
 
-/// The node label NVIDIA's config-manager (and gpu-slicer) read to pick a
-/// named config out of a ConfigMap with several.
-pub const CONFIG_LABEL: &str = "nvidia.com/device-plugin.config";
-/// The node label the GPU Operator's MIG Manager reads.
-pub const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
-/// The label (and overlay annotation) holding the hash of what a node advertises.
-pub const CONFIG_HASH_LABEL: &str = "gpu-slicer.io/config-hash";
+/// The label names, declared once in the core (the daemon follows the same
+/// ones): the node label NVIDIA's config-manager (and gpu-slicer) read to
+/// pick a named config out of a ConfigMap with several; the one the GPU
+/// Operator's MIG Manager reads; the label (and overlay annotation) holding
+/// the hash of what a node advertises.
+pub use gpu_slicer_core::node_labels::{
+    CONFIG_HASH as CONFIG_HASH_LABEL, DEVICE_PLUGIN_CONFIG as CONFIG_LABEL,
+    MIG_CONFIG as MIG_CONFIG_LABEL,
+};
 
 /// One YAML document of a file.
 #[derive(Debug, Clone)]

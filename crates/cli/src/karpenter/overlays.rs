@@ -150,11 +150,14 @@ pub fn overlay(
     let mut annotations = serde_json::Map::new();
     annotations.insert(CONFIG_HASH_LABEL.into(), json!(cap.config_hash));
     annotations.insert(
-        "gpu-slicer.io/mig-config".into(),
+        gpu_slicer_core::node_labels::OVERLAY_MIG_CONFIG.into(),
         json!(layout.unwrap_or("all-disabled")),
     );
     if let Some(name) = config_name {
-        annotations.insert("gpu-slicer.io/config-name".into(), json!(name));
+        annotations.insert(
+            gpu_slicer_core::node_labels::OVERLAY_CONFIG_NAME.into(),
+            json!(name),
+        );
     }
     json!({
         "apiVersion": "karpenter.sh/v1alpha1",

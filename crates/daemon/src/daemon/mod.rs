@@ -46,8 +46,8 @@ mod health;
 mod mig_manager;
 
 use dir_watch::DirectoryWatch;
-pub use mig_manager::{MigManagerLabels, mig_withdrawn};
-use mig_manager::{REPARTITIONING, mig_labels_changed};
+use mig_manager::{MigFollow, REPARTITIONING, mig_wake};
+pub use mig_manager::{MigLevels, MigManagerLabels, mig_withdrawn};
 
 /// What the daemon serves: discovered devices plus the effective config.
 #[derive(Debug, Clone)]
@@ -240,6 +240,8 @@ struct Daemon {
     mig_capable: Vec<String>,
     /// MIG Manager is repartitioning: those GPUs' devices are withdrawn.
     repartitioning: bool,
+    /// What the MIG labels were last acted on at ([`mig_manager`]).
+    mig: MigFollow,
 }
 
 /// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
@@ -255,6 +257,11 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    // Read before the first load: a MIG label change during it is acted on.
+    let mig_at_start = paths
+        .mig_manager
+        .as_ref()
+        .map(|labels| labels.levels.borrow().revision);
     let first = match load(&source).await {
         Ok(loaded) => Some(loaded),
         Err(e @ SetupError::Fatal(_)) => return Err(DaemonError::Setup(e)),
@@ -307,6 +314,7 @@ pub async fn run(
         mps_gpus: BTreeMap::new(),
         mig_capable: Vec::new(),
         repartitioning: false,
+        mig: MigFollow::new(mig_at_start),
         machine: Machine::new(lifecycle::Timings {
             stream_grace: paths.timings.stream_grace,
         }),
@@ -323,21 +331,7 @@ pub async fn run(
         health: HealthState::default(),
         policy: HealthPolicy::new(&Default::default(), None, None),
     };
-    if let Some(labels) = &daemon.paths.mig_manager {
-        let (state, config) = labels.now();
-        if mig_withdrawn(state.as_deref(), config.as_deref()) {
-            // From the first advertisement on: applied by `apply`.
-            daemon.repartitioning = true;
-            labels.tell_withdrawn(true);
-            daemon.metrics.mig_repartitioning.set(1);
-            tracing::warn!(
-                "MIG Manager has not applied the MIG layout yet (nvidia.com/mig.config={}, nvidia.com/mig.config.state={}): \
-                 the devices of MIG-capable GPUs are Unhealthy until it reports success or failure",
-                config.as_deref().unwrap_or("(absent)"),
-                state.as_deref().unwrap_or("(absent)")
-            );
-        }
-    }
+    daemon.start_following_mig();
     match first {
         // Refused at start (exit 1): a CDI strategy whose spec cannot be
         // written would hand out names no runtime resolves.
@@ -351,12 +345,15 @@ pub async fn run(
         }
     }
 
+    // The loop's one receiver of the MIG labels: a change is marked seen
+    // on it, so it wakes the loop once.
+    let mut mig_levels = daemon.paths.mig_manager.as_ref().map(|l| l.levels.clone());
     loop {
         let deadline = daemon.machine.next_deadline().map(Instant::from_std);
         let rediscover = daemon.discovery;
         let recovery = daemon.health.next_recovery();
         let mps_restart = daemon.mps.next_restart();
-        let mut mig_labels = daemon.paths.mig_manager.clone();
+        let mig_retry = daemon.mig.next_retry();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -385,20 +382,7 @@ pub async fn run(
             }
             Some(report) = health.recv() => daemon.on_health(report),
             Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
-            Some((state, config)) = mig_labels_changed(&mut mig_labels) => {
-                if daemon.on_mig_manager(state.as_deref(), config.as_deref()) {
-                    // Repartitioned (or given up): what the GPUs hold now.
-                    match load(&source).await {
-                        Ok((setup, plan)) => match daemon.apply(&setup, plan).await {
-                            Ok(()) => daemon.end_repartitioning(),
-                            Err(e) => tracing::error!("{e}; the GPUs stay withdrawn"),
-                        },
-                        Err(e) => {
-                            tracing::error!("rediscovery after MIG Manager's change failed: {e}; the GPUs stay withdrawn");
-                        }
-                    }
-                }
-            }
+            () = mig_wake(&mut mig_levels, mig_retry) => daemon.reconcile_mig(&source).await,
             _ = sleep_until_if(mps_restart) => daemon.on_mps_restart_due().await,
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             Some(()) = reload.recv() => {

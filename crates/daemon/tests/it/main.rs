@@ -24,6 +24,7 @@ mod mig_apply;
 mod mig_manager;
 mod mps;
 mod node_config;
+mod node_watch;
 mod nvml_discovery;
 mod real_gpus;
 mod restarts;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -223,6 +224,61 @@ async fn a_labelled_layout_is_applied_reported_and_its_new_devices_advertised() 
         "gpu_slicer_mig_applies_total{result=\"success\"} 2",
     )
     .await;
+    kubelet.shutdown().await;
+}
+
+/// The state label is level-triggered: a PATCH the API server fails is
+/// retried until the Node has the value, and a newer outcome supersedes an
+/// older one still being retried. The Node ends with the last outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_that_fails_is_retried_and_the_node_ends_with_the_last_outcome() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    let stub = KubeStub::start("n1", &[(CONFIG, "all-balanced")], json!([])).await;
+    let sets = |state: &'static str| -> crate::kube_stub::PatchFilter {
+        Arc::new(move |patch: &Value| patch["metadata"]["labels"][STATE] == state)
+    };
+    // The write of `success` gets one 500.
+    stub.fail_patches(1, sets("success"));
+    let kubelet = kubelet(dir.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let daemon = start(dir.path(), &topology, &stub, &metrics);
+    wait_for(
+        &kubelet,
+        &expect(&[
+            ("nvidia.com/mig-1g.5gb", 4),
+            ("nvidia.com/mig-2g.10gb", 2),
+            ("nvidia.com/mig-3g.20gb", 2),
+        ]),
+    )
+    .await;
+    wait_for_state(&stub, "success").await;
+    assert_eq!(states_patched(&stub), ["pending", "success", "success"]);
+
+    // Every write of `pending` fails: the change goes on without it (after
+    // a bounded wait), and its `success` supersedes the `pending` still
+    // being retried; the Node, which says `success` already, keeps it.
+    stub.fail_patches(usize::MAX, sets("pending"));
+    stub.set_label(CONFIG, Some("all-1g.5gb"));
+    wait_for(&kubelet, &expect(&[("nvidia.com/mig-1g.5gb", 14)])).await;
+    stub.wait_until(
+        "the new layout applied",
+        |s| events(s, "MigLayoutApplied").len() == 2,
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(
+        events(&stub, "MigLayoutApplied")[1],
+        "MIG layout 'all-1g.5gb' applied (2 GPU(s) changed)"
+    );
+    crate::mig_manager::assert_idle(&daemon).await;
+    let states = states_patched(&stub);
+    assert!(
+        states.len() > 3 && states[3..].iter().all(|s| s == "pending"),
+        "only the failing pending writes after the first change: {states:?}"
+    );
+    assert_eq!(stub.label(STATE).as_deref(), Some("success"));
     kubelet.shutdown().await;
 }
 

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// recorded with the patch (e.g. what the kubelet saw at that moment).
 pub type PatchHook = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Picks the PATCHes (by body) to answer with 500.
+pub type PatchFilter = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct RecordedPatch {
     pub content_type: String,
@@ -46,6 +49,12 @@ struct Inner {
     compacted: u64,
     /// Answer the next PATCHes with 409 Conflict.
     conflicts: usize,
+    /// While set, every request is answered 500 (an API server in trouble).
+    failing: bool,
+    /// Requests answered 500 because of `failing`.
+    failed: usize,
+    /// The next PATCHes matching the filter are answered 500 (recorded, not applied).
+    failing_patches: Option<(usize, PatchFilter)>,
 }
 
 struct State {
@@ -93,6 +102,9 @@ impl KubeStub {
                 hook: None,
                 compacted: 0,
                 conflicts: 0,
+                failing: false,
+                failed: 0,
+                failing_patches: None,
             }),
             changed: watch::channel(1).0,
             ends: watch::channel(0).0,
@@ -160,6 +172,55 @@ impl KubeStub {
         inner.events.clear();
         drop(inner);
         self.end_watches();
+    }
+
+    /// Sets (`Some`) or removes (`None`) several labels one after the other
+    /// with nothing in between: one MODIFIED event each, announced at once,
+    /// so a watch delivers them together (label steps that arrive together).
+    pub fn set_labels_at_once(&self, changes: &[(&str, Option<&str>)]) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        for (key, value) in changes {
+            let labels = &mut inner.node["metadata"]["labels"];
+            if !labels.is_object() {
+                *labels = json!({});
+            }
+            if let Some(labels) = labels.as_object_mut() {
+                match value {
+                    Some(v) => labels.insert(key.to_string(), (*v).into()),
+                    None => labels.remove(*key),
+                };
+            }
+            inner.version += 1;
+            let version = inner.version;
+            inner.node["metadata"]["resourceVersion"] = Value::String(version.to_string());
+            let event = json!({ "type": "MODIFIED", "object": inner.node }).to_string();
+            inner.events.push((version, event));
+        }
+        let version = inner.version;
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// While `failing`, every request is answered 500 Internal Server Error
+    /// and open watches end (the Node still changes: what a client misses
+    /// meanwhile it must read afterwards).
+    pub fn fail_requests(&self, failing: bool) {
+        self.state.inner.lock().expect("stub").failing = failing;
+        if failing {
+            self.end_watches();
+        }
+        self.state.changed.send_modify(|_| {});
+    }
+
+    /// How many requests were answered 500 by [`Self::fail_requests`].
+    pub fn failed_requests(&self) -> usize {
+        self.state.inner.lock().expect("stub").failed
+    }
+
+    /// The next `times` PATCHes whose body `which` picks are answered 500
+    /// (recorded, not applied).
+    pub fn fail_patches(&self, times: usize, which: PatchFilter) {
+        self.state.inner.lock().expect("stub").failing_patches = Some((times, which));
     }
 
     /// The next `n` PATCHes get 409 Conflict (someone else changed the Node).
@@ -365,12 +426,22 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
     let Some(request) = read_request(&mut stream).await else {
         return;
     };
-    state
-        .inner
-        .lock()
-        .expect("stub")
-        .requests
-        .push(format!("{} {}", request.method, request.path));
+    let failing = {
+        let mut inner = state.inner.lock().expect("stub");
+        inner
+            .requests
+            .push(format!("{} {}", request.method, request.path));
+        if inner.failing {
+            inner.failed += 1;
+        }
+        inner.failing
+    };
+    if failing {
+        state.changed.send_modify(|_| {});
+        let body = status(500, "InternalError", "the stub is failing on purpose");
+        respond(&mut stream, "500 Internal Server Error", &body).await;
+        return;
+    }
     let own = format!("/api/v1/nodes/{}", state.name);
     let param = |k: &str| {
         request
@@ -440,7 +511,7 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
             };
             let hook = state.inner.lock().expect("stub").hook.clone();
             let seen = hook.map(|h| h()).unwrap_or_default();
-            let (current, conflict) = {
+            let (current, conflict, fail) = {
                 let mut inner = state.inner.lock().expect("stub");
                 inner.patches.push(RecordedPatch {
                     content_type: request.content_type.clone(),
@@ -449,9 +520,21 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
                 });
                 let conflict = inner.conflicts > 0;
                 inner.conflicts = inner.conflicts.saturating_sub(1);
-                (inner.version, conflict)
+                let fail = match &mut inner.failing_patches {
+                    Some((times, which)) if *times > 0 && which(&patch) => {
+                        *times -= 1;
+                        true
+                    }
+                    _ => false,
+                };
+                (inner.version, conflict, fail)
             };
             state.changed.send_modify(|_| {});
+            if fail {
+                let body = status(500, "InternalError", "the stub fails this patch on purpose");
+                respond(&mut stream, "500 Internal Server Error", &body).await;
+                return;
+            }
             if conflict
                 || patch["metadata"]["resourceVersion"]
                     .as_str()

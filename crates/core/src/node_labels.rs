@@ -1,0 +1,107 @@
+//! The names of the Node labels (and NodeOverlay annotations) gpu-slicer
+//! reads or writes, declared once: the daemon follows and patches them, the
+//! people's commands (lint, Karpenter overlays) check and write them, and a
+//! misspelt name in one place must not silently disagree with the other.
+//!
+//! The labels a GPU's facts produce (GPU Feature Discovery's names) are
+//! built in [`crate::labels`]; this module holds the ones with a protocol
+//! behind them: who sets them, who reads them, what their values mean.
+
+/// NVIDIA's config-manager label: names the config, among the keys of a
+/// ConfigMap mounted as `--config-dir`, this node uses.
+pub const DEVICE_PLUGIN_CONFIG: &str = "nvidia.com/device-plugin.config";
+
+/// The GPU Operator's MIG Manager label: the MIG layout (a key of
+/// mig-parted's `mig-configs:`) the node's GPUs should hold.
+pub const MIG_CONFIG: &str = "nvidia.com/mig.config";
+
+/// MIG Manager's report on [`MIG_CONFIG`]: one of [`MigConfigState`]'s
+/// values (`pending`, `rebooting`, `success`, `failed`).
+pub const MIG_CONFIG_STATE: &str = "nvidia.com/mig.config.state";
+
+/// The hash of what a node advertises (written as a node label through the
+/// feature file, and as a NodeOverlay annotation), so a node can be
+/// compared with the configuration meant for it.
+pub const CONFIG_HASH: &str = "gpu-slicer.io/config-hash";
+
+/// NodeOverlay annotation: the MIG layout an overlay's capacity assumes.
+pub const OVERLAY_MIG_CONFIG: &str = "gpu-slicer.io/mig-config";
+
+/// NodeOverlay annotation: the named config an overlay's capacity assumes.
+pub const OVERLAY_CONFIG_NAME: &str = "gpu-slicer.io/config-name";
+
+/// The values of [`MIG_CONFIG_STATE`], as MIG Manager writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigConfigState {
+    /// A change is under way: nothing may be admitted onto the GPUs.
+    Pending,
+    /// The node reboots to finish a change (MIG mode needs a reset).
+    Rebooting,
+    /// The GPUs hold the layout [`MIG_CONFIG`] names.
+    Success,
+    /// The change did not complete; the GPUs hold whatever they hold.
+    Failed,
+}
+
+impl MigConfigState {
+    pub const ALL: [MigConfigState; 4] = [
+        MigConfigState::Pending,
+        MigConfigState::Rebooting,
+        MigConfigState::Success,
+        MigConfigState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigConfigState::Pending => "pending",
+            MigConfigState::Rebooting => "rebooting",
+            MigConfigState::Success => "success",
+            MigConfigState::Failed => "failed",
+        }
+    }
+
+    /// The state a label value names; `None` for anything else.
+    pub fn parse(value: &str) -> Option<MigConfigState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+/// Whether the devices of MIG-capable GPUs must be withdrawn (advertised
+/// Unhealthy) under these label values: while a change is `pending` or
+/// `rebooting`, and while a layout is asked for that nobody has reported on
+/// yet (a node that scales up from zero must not admit pods onto whole GPUs
+/// before its layout is applied). `success` and `failed` end it: the GPUs
+/// then hold whatever discovery finds.
+pub fn mig_withdrawn(state: Option<&str>, config: Option<&str>) -> bool {
+    match state.and_then(MigConfigState::parse) {
+        Some(MigConfigState::Pending | MigConfigState::Rebooting) => true,
+        Some(MigConfigState::Success | MigConfigState::Failed) => false,
+        None => config.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_decide_withdrawal() {
+        for state in MigConfigState::ALL {
+            assert_eq!(MigConfigState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(MigConfigState::parse("Success"), None);
+        let cases = [
+            (Some("pending"), None, true),
+            (Some("rebooting"), Some("all-1g.5gb"), true),
+            (Some("success"), Some("all-1g.5gb"), false),
+            (Some("failed"), Some("all-1g.5gb"), false),
+            (None, Some("all-1g.5gb"), true),
+            (Some("unknown"), Some("all-1g.5gb"), true),
+            (Some("unknown"), None, false),
+            (None, None, false),
+        ];
+        for (state, config, want) in cases {
+            assert_eq!(mig_withdrawn(state, config), want, "{state:?} {config:?}");
+        }
+    }
+}
