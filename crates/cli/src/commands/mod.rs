@@ -5,3 +5,4 @@ pub mod demo;
 pub mod gpus;
 pub mod karpenter;
 pub mod plan;
+pub mod simulate;

@@ -35,4 +35,5 @@ mod gpus;
 mod karpenter;
 mod manifests;
 mod plan;
+mod simulate;
 mod truth;
