@@ -505,19 +505,27 @@ fn render_text(
     let gpus: usize = workload.cluster.nodes.iter().map(|n| n.gpus.len()).sum();
     let _ = writeln!(
         out,
-        "{}: {} nodes, {gpus} GPUs, {} pods; replayed for {} s in steps of {} s",
+        "{}: {}, {}, {}{}; replayed for {} s in steps of {} s",
         file.display(),
-        workload.cluster.nodes.len(),
-        workload.pods.len(),
+        counted(workload.cluster.nodes.len(), "node"),
+        counted(gpus, "GPU"),
+        counted(workload.pods.len(), "pod"),
+        match workload.ignored_pods {
+            0 => String::new(),
+            n => format!(
+                " ({} finished or asking for no MIG slice left out)",
+                counted(n, "pod")
+            ),
+        },
         options.horizon_s,
         options.step_s
     );
     for run in runs {
         let _ = writeln!(
             out,
-            "\n{}: {} decisions that changed something",
+            "\n{}: {} that changed something",
             run.policy,
-            run.decisions.len()
+            counted(run.decisions.len(), "decision")
         );
         for d in &run.decisions {
             let _ = writeln!(
@@ -573,4 +581,9 @@ fn render_text(
          idle: compute slices of MIG GPUs no pod runs on, in slice-hours"
     );
     out
+}
+
+/// `1 node`, `2 nodes`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
