@@ -650,8 +650,10 @@ pub fn decide(cluster: &Cluster, demand: &Demand, settings: &Settings) -> Plan {
                         pick = Some((*c, g));
                     }
                 }
-                if let Some((c, g)) = pick {
-                    let profile = res.profile[gpus[g].model][r].expect("a candidate has a profile");
+                // A GPU has a candidate only for a profile of its model.
+                if let Some((c, g)) = pick
+                    && let Some(profile) = res.profile[gpus[g].model][r]
+                {
                     gpus[g].commit(profile, c.start);
                     refresh(&gpus, &mut best, g);
                     outcomes[k] = PodOutcome::Unlocked { node: gpus[g].node };

@@ -67,22 +67,23 @@ pub fn draw(path: &Path, runs: &[Run], title: &str) -> Result<(), String> {
             .map_err(|e| fail(&e))?;
         for (i, run) in runs.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
+            // Earlier lines wider, so one that coincides with a later one
+            // still shows at its edges.
+            let width = [5, 3, 2][i.min(2)];
             chart
                 .draw_series(LineSeries::new(
-                    run.samples
-                        .iter()
-                        .map(|s| (minutes(s.at_seconds), value(s))),
-                    color.stroke_width(2),
+                    steps(&run.samples, value, minutes),
+                    color.stroke_width(width),
                 ))
                 .map_err(|e| fail(&e))?
                 .label(run.policy)
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
                 });
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -90,4 +91,29 @@ pub fn draw(path: &Path, runs: &[Run], title: &str) -> Result<(), String> {
     }
     root.present().map_err(|e| fail(&e))?;
     Ok(())
+}
+
+/// The samples as a step line with a point only where the value changes
+/// (a trace of hours holds thousands of steps; the picture needs far fewer).
+fn steps(
+    samples: &[super::Sample],
+    value: fn(&super::Sample) -> f64,
+    x: impl Fn(u64) -> f64,
+) -> Vec<(f64, f64)> {
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for s in samples {
+        let v = value(s);
+        match points.last() {
+            Some(&(_, last)) if last == v => {}
+            Some(&(_, last)) => {
+                points.push((x(s.at_seconds), last));
+                points.push((x(s.at_seconds), v));
+            }
+            None => points.push((x(s.at_seconds), v)),
+        }
+    }
+    if let (Some(s), Some(&(_, last))) = (samples.last(), points.last()) {
+        points.push((x(s.at_seconds), last));
+    }
+    points
 }
