@@ -182,3 +182,107 @@ fn a_missing_file_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_replay_too_long_to_run_is_refused_with_what_to_change() {
+    let (code, _, stderr) = run_cli(&[
+        "simulate",
+        "examples/simulate/mixed.yaml",
+        "--step-seconds",
+        "1",
+        "--horizon-seconds",
+        "31000000",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("at most 1000000") && stderr.contains("raise --step-seconds"),
+        "{stderr}"
+    );
+}
+
+/// The smallest story: one A100 node described by GPU Feature Discovery's
+/// labels and the per-GPU state annotation, a 1g held by a running pod, and
+/// a 3g pending that only a change can serve.
+#[test]
+fn a_3g_is_cut_beside_a_running_1g_only_by_per_instance_changes() {
+    let yaml = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: gfd-node
+    labels:
+      nvidia.com/gpu.product: NVIDIA-A100-SXM4-40GB
+      nvidia.com/gpu.count: "1"
+    annotations:
+      gpu-slicer.io/mig-state: '[{"mig": true, "instances": [{"profile": "1g.5gb", "start": 0}, {"profile": "1g.5gb", "start": 1}, {"profile": "1g.5gb", "start": 4}, {"profile": "1g.5gb", "start": 5}, {"profile": "1g.5gb", "start": 6}]}]'
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: running
+    namespace: team
+  spec:
+    nodeName: gfd-node
+    containers:
+    - name: c
+      resources:
+        limits: {nvidia.com/mig-1g.5gb: "1"}
+  status: {phase: Running}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: wants-3g
+    namespace: team
+    annotations:
+      gpu-slicer.io/simulate-arrival-seconds: "30"
+      gpu-slicer.io/simulate-run-seconds: "600"
+  spec:
+    containers:
+    - name: c
+      resources:
+        requests: {nvidia.com/mig-3g.20gb: "1"}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: done}
+  spec:
+    containers:
+    - name: c
+      resources:
+        limits: {nvidia.com/mig-1g.5gb: "1"}
+  status: {phase: Succeeded}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let (code, stdout, stderr) = run_cli(&[
+        "simulate",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+        "--min-free-age-seconds",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["nodes"], 1);
+    assert_eq!(report["pods"], 2, "the finished pod is left out");
+    assert_eq!(summary(&report, "fixed")["pods_scheduled"], 0);
+    let per_instance = summary(&report, "per-instance");
+    assert_eq!(per_instance["pods_scheduled"], 1);
+    assert_eq!(per_instance["disruptions"], 0);
+    let runs = report["policies"].as_array().unwrap();
+    let decisions = &runs.iter().find(|r| r["policy"] == "per-instance").unwrap()["decisions"];
+    // The running pod holds the first 1g (slice 0): the 3g goes to slices
+    // 4-7, destroying the three free 1g there.
+    assert_eq!(
+        decisions[0]["changes"][0]["destroy"],
+        serde_json::json!(["1g.5gb@4", "1g.5gb@5", "1g.5gb@6"])
+    );
+    assert_eq!(
+        decisions[0]["changes"][0]["create"],
+        serde_json::json!(["3g.20gb@4"])
+    );
+    // Whole-GPU repartitioning leaves a GPU a pod runs on alone.
+    assert_eq!(summary(&report, "whole-gpu")["pods_scheduled"], 0);
+}

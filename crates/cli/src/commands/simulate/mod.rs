@@ -82,6 +82,8 @@ impl From<PolicyArg> for Policy {
 
 /// The longest replay, in steps: a bound on the work a trace can ask for.
 const MAX_STEPS: u64 = 1_000_000;
+/// The most pods × steps a replay may take (about a minute of work).
+const MAX_POD_STEPS: u64 = 2_000_000_000;
 
 /// Runs the command: the report as text or JSON.
 pub fn run(args: &SimulateArgs) -> Result<String, String> {
@@ -89,8 +91,12 @@ pub fn run(args: &SimulateArgs) -> Result<String, String> {
     let policies: Vec<Policy> = if args.policy.is_empty() {
         Policy::ALL.to_vec()
     } else {
-        let mut p: Vec<Policy> = args.policy.iter().map(|&p| p.into()).collect();
-        p.dedup();
+        let mut p: Vec<Policy> = Vec::new();
+        for &asked in &args.policy {
+            if !p.contains(&asked.into()) {
+                p.push(asked.into());
+            }
+        }
         p
     };
     let options = Options {
@@ -102,11 +108,20 @@ pub fn run(args: &SimulateArgs) -> Result<String, String> {
             .horizon_seconds
             .unwrap_or_else(|| workload.default_horizon_s()),
     };
-    if options.horizon_s / options.step_s > MAX_STEPS {
+    let steps = options.horizon_s / options.step_s;
+    if steps > MAX_STEPS {
         return Err(format!(
-            "the replay would take {} steps of {} s (at most {MAX_STEPS}); raise --step-seconds or lower --horizon-seconds",
-            options.horizon_s / options.step_s,
+            "the replay would take {steps} steps of {} s (at most {MAX_STEPS}); raise --step-seconds or lower --horizon-seconds",
             options.step_s
+        ));
+    }
+    // Every step looks at every pod: bound the work as well as the steps.
+    let work = steps.saturating_mul(workload.pods.len() as u64);
+    if work > MAX_POD_STEPS {
+        return Err(format!(
+            "{} pods over {steps} steps is more than this command replays ({MAX_POD_STEPS} pod-steps); \
+             raise --step-seconds, lower --horizon-seconds or split the trace",
+            workload.pods.len()
         ));
     }
     let runs: Vec<Run> = policies
