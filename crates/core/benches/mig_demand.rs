@@ -30,6 +30,16 @@ fn main() {
             plan.changes.len()
         );
     }
+    // The peak memory of the input and three decisions (Linux only): a
+    // floor for what a controller holding this cluster would need.
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+        {
+            println!("{line}");
+        }
+    }
     divan::main();
 }
 
