@@ -123,6 +123,9 @@ enum Command {
         #[command(subcommand)]
         command: KarpenterCommand,
     },
+    /// Replay nodes and pods (kubectl get nodes,pods -o yaml) through demand-driven MIG
+    /// changes under three policies, and compare.
+    Simulate(commands::simulate::SimulateArgs),
     /// Check NodePools, EC2NodeClasses, NodeOverlays, gpu-slicer ConfigMaps and
     /// workloads together (YAML files, or Markdown files' ```yaml blocks).
     /// Exits non-zero when there are errors.
@@ -566,6 +569,10 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err(e),
             }
+        }
+        Command::Simulate(args) => {
+            init_tracing(cli.log_format, "warn");
+            commands::simulate::run(&args).map(|text| emit(&text))
         }
         Command::Gpus { nvml, output } => {
             init_tracing(cli.log_format, "warn");

@@ -19,6 +19,7 @@
 //! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
 //! | [`mig_change`] | a MIG layout change as NVML operations, from what the GPUs hold now |
+//! | [`mig_demand`] | MIG capacity that follows demand: which free instances to destroy and create for pending pods |
 //! | [`mig_parted`] | mig-parted's config file (`mig-configs:`) and which layout each GPU gets from it |
 
 pub mod allocate;
@@ -31,6 +32,7 @@ pub mod health;
 pub mod labels;
 pub mod messages;
 pub mod mig_change;
+pub mod mig_demand;
 pub mod mig_parted;
 pub mod mps;
 pub mod node_labels;

@@ -6,3 +6,4 @@ pub mod gpus;
 pub mod karpenter;
 pub mod node_config;
 pub mod plan;
+pub mod simulate;

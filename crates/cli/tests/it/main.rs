@@ -35,5 +35,6 @@ mod gpus;
 mod karpenter;
 mod manifests;
 mod plan;
+mod simulate;
 mod truth;
 mod workload;

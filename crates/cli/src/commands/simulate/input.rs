@@ -1,0 +1,441 @@
+//! The simulator's input: Nodes and Pods as `kubectl get nodes,pods -o
+//! yaml` prints them (a `v1` `List`; several documents, or Lists, are read
+//! in order), plus the trace annotations.
+//!
+//! A Node's GPUs come from its `node.kubernetes.io/instance-type` label
+//! (the catalog's instance types), else GPU Feature Discovery's
+//! `nvidia.com/gpu.product` and `nvidia.com/gpu.count`. Its MIG state comes
+//! from the `gpu-slicer.io/mig-state` annotation when present (per GPU: MIG
+//! mode and instances with placements), else from the
+//! `nvidia.com/mig.config` label, placed as mig-parted creates it; no label:
+//! MIG off. A Pod asks for what its containers' `nvidia.com/mig-*` limits
+//! (else requests) say; a Pod with `spec.nodeName` runs there from the
+//! start; finished Pods and Pods asking for no MIG slice are left out.
+
+use std::path::Path;
+
+use gpu_slicer_core::gpu::catalog::{self, GpuModel, MigLayout};
+use gpu_slicer_core::messages::{io_error, yaml_error};
+use gpu_slicer_core::mig_demand::{Cluster, Gpu, Instance, InstanceAt, Node, layout_valid};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::TracePod;
+
+/// When the pod becomes pending, in seconds from the start of the trace
+/// (default 0). Ignored for pods running at the start.
+pub const ARRIVAL_ANNOTATION: &str = "gpu-slicer.io/simulate-arrival-seconds";
+/// How long the pod runs once bound, in seconds (for a pod running at the
+/// start: how long it still runs). Default: to the end of the replay.
+pub const RUN_ANNOTATION: &str = "gpu-slicer.io/simulate-run-seconds";
+/// A Node's per-GPU MIG state, JSON: `[{"mig": true, "instances":
+/// [{"profile": "3g.20gb", "start": 4}]}, ...]`, one entry per GPU in index
+/// order.
+pub const MIG_STATE_ANNOTATION: &str = "gpu-slicer.io/mig-state";
+
+const INSTANCE_TYPE_LABELS: [&str; 2] = [
+    "node.kubernetes.io/instance-type",
+    "beta.kubernetes.io/instance-type",
+];
+const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
+const RESOURCE_PREFIX: &str = "nvidia.com/mig-";
+/// Largest input file read.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Most objects read.
+const MAX_OBJECTS: usize = 200_000;
+/// Longest arrival or run time: a year.
+const MAX_SECONDS: u64 = 366 * 24 * 3600;
+/// Most slices of one profile a pod may ask for (a node has at most 8 GPUs
+/// of 7 instances).
+const MAX_SLICES: u32 = 64;
+
+/// The cluster at the start of the trace and the pods that come.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub cluster: Cluster,
+    pub node_names: Vec<String>,
+    pub pods: Vec<TracePod>,
+    /// Pods left out (finished, or asking for no MIG slice).
+    pub ignored_pods: usize,
+}
+
+impl Workload {
+    /// Ten minutes past the last arrival or finish the trace names.
+    pub fn default_horizon_s(&self) -> u64 {
+        let last = self
+            .pods
+            .iter()
+            .map(|p| {
+                if p.running_on.is_some() {
+                    p.run_s.unwrap_or(0)
+                } else {
+                    p.arrival_s + p.run_s.unwrap_or(0)
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        last + 600
+    }
+}
+
+pub fn load(path: &Path) -> Result<Workload, String> {
+    let file = path.display().to_string();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{file}: {}", io_error(&e)))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(format!(
+            "{file}: {size} bytes, more than the {MAX_FILE_BYTES} this command reads; split the trace"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {}", io_error(&e)))?;
+    parse(&text, &file)
+}
+
+/// Parses the objects of `text`; `file` names it in messages.
+pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| format!("{file}: not valid YAML: {}", yaml_error(&e)))?;
+    let mut objects: Vec<Value> = Vec::new();
+    for doc in documents.into_iter().filter(|d| !d.is_null()) {
+        if doc["kind"] == "List" {
+            match doc.get("items") {
+                Some(Value::Array(items)) => objects.extend(items.iter().cloned()),
+                Some(Value::Null) | None => {}
+                Some(_) => return Err(format!("{file}: a List's items must be a list")),
+            }
+        } else {
+            objects.push(doc);
+        }
+        if objects.len() > MAX_OBJECTS {
+            return Err(format!(
+                "{file}: more than {MAX_OBJECTS} objects; split the trace"
+            ));
+        }
+    }
+    let mut cluster = Cluster::default();
+    let mut node_names = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        if object["kind"] == "Node" {
+            let name = object_name(object, file, i)?;
+            if node_names.contains(&name) {
+                return Err(format!("{file}: Node {name} appears twice"));
+            }
+            let node = node(object, &name).map_err(|e| format!("{file}: Node {name}: {e}"))?;
+            cluster.nodes.push(node);
+            node_names.push(name);
+        }
+    }
+    let mut pods = Vec::new();
+    let mut ignored_pods = 0;
+    for (i, object) in objects.iter().enumerate() {
+        if object["kind"] == "Pod" {
+            let name = object_name(object, file, i)?;
+            let namespace = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            let full = format!("{namespace}/{name}");
+            match pod(object, &full, &node_names).map_err(|e| format!("{file}: Pod {full}: {e}"))? {
+                Some(p) => pods.push(p),
+                None => ignored_pods += 1,
+            }
+        }
+    }
+    // Pods running at the start must fit their node's free instances.
+    let mut start = cluster.clone();
+    for p in &pods {
+        if let Some(node) = p.running_on
+            && super::bind_on(&mut start, node, &p.slices).is_none()
+        {
+            return Err(format!(
+                "{file}: Pod {} runs on {} but that node has no free instances left for {}; \
+                 fix the Node's {MIG_CONFIG_LABEL} label or {MIG_STATE_ANNOTATION} annotation",
+                p.name,
+                node_names[node],
+                render_slices(&p.slices)
+            ));
+        }
+    }
+    Ok(Workload {
+        cluster,
+        node_names,
+        pods,
+        ignored_pods,
+    })
+}
+
+fn object_name(object: &Value, file: &str, index: usize) -> Result<String, String> {
+    match object["metadata"]["name"].as_str() {
+        Some(n) if !n.is_empty() && n.len() <= 253 => Ok(n.to_string()),
+        _ => Err(format!(
+            "{file}: object {index} ({}) has no metadata.name (of at most 253 characters)",
+            object["kind"].as_str().unwrap_or("?")
+        )),
+    }
+}
+
+fn render_slices(slices: &[(String, u32)]) -> String {
+    slices
+        .iter()
+        .map(|(r, n)| format!("{n} × {RESOURCE_PREFIX}{r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object["metadata"]["labels"][key].as_str()
+}
+
+fn node(object: &Value, name: &str) -> Result<Node, String> {
+    let (model, count) = node_gpus(object)?;
+    let Some((model, count)) = model.zip(Some(count)) else {
+        return Ok(Node {
+            name: name.to_string(),
+            frozen: false,
+            gpus: Vec::new(),
+        });
+    };
+    let gpus = match object["metadata"]["annotations"][MIG_STATE_ANNOTATION].as_str() {
+        Some(state) => mig_state(model, count, state)
+            .map_err(|e| format!("annotation {MIG_STATE_ANNOTATION}: {e}"))?,
+        None => {
+            let layout = match label(object, MIG_CONFIG_LABEL) {
+                Some(l) => catalog::layout(model, l)
+                    .map_err(|e| e.in_context("this node's GPUs").to_string())?,
+                None => MigLayout::Disabled,
+            };
+            let instances = match &layout {
+                MigLayout::Instances(profiles) => catalog::place(model, profiles)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|p| Instance {
+                        profile: p.profile,
+                        start: p.start,
+                        held: false,
+                        free_since_s: 0,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (0..count)
+                .map(|_| Gpu {
+                    model,
+                    mig_enabled: layout.mig_enabled() && model.mig_capable(),
+                    instances: instances.clone(),
+                })
+                .collect()
+        }
+    };
+    Ok(Node {
+        name: name.to_string(),
+        frozen: false,
+        gpus,
+    })
+}
+
+/// The GPU model and count a Node's labels name.
+fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), String> {
+    if let Some((key, value)) = INSTANCE_TYPE_LABELS
+        .iter()
+        .find_map(|k| label(object, k).map(|v| (*k, v)))
+    {
+        return match catalog::instance(value) {
+            Some(it) if !it.is_fractional() => Ok((it.gpu_model(), it.gpus)),
+            Some(_) => Ok((None, 0)),
+            None if value.starts_with('p') || value.starts_with('g') => Err(format!(
+                "label {key}={value}: not an instance type gpu-slicer's catalog knows; \
+                 label the node with nvidia.com/gpu.product and nvidia.com/gpu.count instead"
+            )),
+            // A CPU-only instance type.
+            None => Ok((None, 0)),
+        };
+    }
+    match label(object, "nvidia.com/gpu.product") {
+        Some(product) => {
+            // GFD writes the product name with dashes for spaces, and adds
+            // `-MIG-<profile>` under the single strategy.
+            let bare = product.split("-MIG-").next().unwrap_or(product);
+            let model = catalog::models()
+                .iter()
+                .find(|m| m.product_name.replace(' ', "-").eq_ignore_ascii_case(bare))
+                .or_else(|| catalog::model(bare))
+                .ok_or_else(|| {
+                    format!("label nvidia.com/gpu.product={product}: not a GPU model gpu-slicer's catalog knows")
+                })?;
+            let count: u32 = label(object, "nvidia.com/gpu.count")
+                .unwrap_or("1")
+                .parse()
+                .ok()
+                .filter(|c| (1..=16).contains(c))
+                .ok_or("label nvidia.com/gpu.count: not a whole number from 1 to 16")?;
+            Ok((Some(model), count))
+        }
+        None => Ok((None, 0)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuState {
+    mig: bool,
+    #[serde(default)]
+    instances: Vec<InstanceState>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceState {
+    profile: String,
+    start: u32,
+}
+
+fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, String> {
+    let states: Vec<GpuState> =
+        serde_json::from_str(text).map_err(|e| format!("not the expected JSON: {e}"))?;
+    if states.len() != count as usize {
+        return Err(format!(
+            "{} GPU entries for a node of {count} GPUs",
+            states.len()
+        ));
+    }
+    states
+        .into_iter()
+        .enumerate()
+        .map(|(g, s)| {
+            if s.mig && !model.mig_capable() {
+                return Err(format!("GPU {g}: {} has no MIG", model.product_name));
+            }
+            let mut at = Vec::new();
+            for i in &s.instances {
+                let profile = model.mig_profile(&i.profile).ok_or_else(|| {
+                    format!("GPU {g}: {} has no MIG profile {}", model.key, i.profile)
+                })?;
+                at.push(InstanceAt {
+                    profile,
+                    start: i.start,
+                });
+            }
+            if s.mig {
+                layout_valid(model, &at).map_err(|e| format!("GPU {g}: {e}"))?;
+            } else if !at.is_empty() {
+                return Err(format!("GPU {g}: instances listed with MIG off"));
+            }
+            Ok(Gpu {
+                model,
+                mig_enabled: s.mig,
+                instances: at
+                    .into_iter()
+                    .map(|a| Instance {
+                        profile: a.profile,
+                        start: a.start,
+                        held: false,
+                        free_since_s: 0,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<TracePod>, String> {
+    if matches!(
+        object["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Ok(None);
+    }
+    let spec = &object["spec"];
+    let mut slices: Vec<(String, u32)> = Vec::new();
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for c in containers {
+        for (r, n) in container_slices(c)? {
+            add(&mut slices, r, n, |a, b| a + b);
+        }
+    }
+    // Init containers run one at a time: the pod needs the most any asks.
+    if let Some(init) = spec["initContainers"].as_array() {
+        for c in init {
+            for (r, n) in container_slices(c)? {
+                add(&mut slices, r, n, u32::max);
+            }
+        }
+    }
+    slices.retain(|(_, n)| *n > 0);
+    if slices.is_empty() {
+        return Ok(None);
+    }
+    if let Some((r, n)) = slices.iter().find(|(_, n)| *n > MAX_SLICES) {
+        return Err(format!(
+            "{n} × {RESOURCE_PREFIX}{r}: more than {MAX_SLICES}, which no node holds"
+        ));
+    }
+    let running_on = match spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        Some(node) => Some(
+            node_names
+                .iter()
+                .position(|n| n == node)
+                .ok_or_else(|| format!("spec.nodeName {node} is not a Node of the input"))?,
+        ),
+        None => None,
+    };
+    let annotations = &object["metadata"]["annotations"];
+    let seconds = |key: &str| -> Result<Option<u64>, String> {
+        match &annotations[key] {
+            Value::Null => Ok(None),
+            v => v
+                .as_str()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .or_else(|| v.as_u64())
+                .filter(|s| *s <= MAX_SECONDS)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {key}: not a whole number of seconds from 0 to {MAX_SECONDS}"
+                    )
+                }),
+        }
+    };
+    Ok(Some(TracePod {
+        name: name.to_string(),
+        slices,
+        arrival_s: seconds(ARRIVAL_ANNOTATION)?.unwrap_or(0),
+        run_s: seconds(RUN_ANNOTATION)?,
+        running_on,
+    }))
+}
+
+fn add(slices: &mut Vec<(String, u32)>, r: String, n: u32, merge: fn(u32, u32) -> u32) {
+    match slices.iter_mut().find(|(have, _)| *have == r) {
+        Some((_, have)) => *have = merge(*have, n),
+        None => slices.push((r, n)),
+    }
+}
+
+/// `nvidia.com/mig-*` of one container: limits, else requests (extended
+/// resources must have both equal when both are set).
+fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, String> {
+    let resources = &container["resources"];
+    let table = match resources["limits"].as_object() {
+        Some(l) if l.keys().any(|k| k.starts_with(RESOURCE_PREFIX)) => l,
+        _ => match resources["requests"].as_object() {
+            Some(r) => r,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some(profile) = key.strip_prefix(RESOURCE_PREFIX) else {
+            continue;
+        };
+        let n = value
+            .as_u64()
+            .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{key}: not a whole number of slices"))?;
+        out.push((profile.to_string(), n));
+    }
+    Ok(out)
+}
