@@ -9,7 +9,7 @@
 //! the rename, so a crash leaves either file whole.
 
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Mode of the files gpu-slicer writes for others to read: world-readable,
@@ -78,6 +78,12 @@ pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), W
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Identity of a socket file (device, inode): tells the socket a server
+/// bound apart from one bound later at the same path.
+pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(test)]

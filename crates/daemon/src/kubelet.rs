@@ -108,12 +108,6 @@ fn is_replaced(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Identity of a socket file (device, inode): tells the socket a server
-/// bound apart from one bound later at the same path.
-pub fn socket_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 /// Identity of `kubelet.sock`: device, inode and change time. A restarted
 /// kubelet binds a new file; its inode number may be the one just freed,
 /// its change time (in nanoseconds) is not.

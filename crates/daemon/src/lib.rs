@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod config_file;
 pub mod connection;
 pub mod daemon;
+pub mod deadline;
 pub mod driver_files;
 pub mod files;
 pub mod kube_api;

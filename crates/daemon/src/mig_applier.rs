@@ -40,10 +40,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::daemon::{MigLevels, sleep_until_if};
+use crate::deadline::sleep_until_if;
 use crate::kube_api::{EventKind, KubeClient};
 use crate::metrics::Metrics;
 use crate::mig_apply::{ApplyRequest, apply};
+use crate::node::MigLevels;
 use crate::node::NodeView;
 use crate::nvml::NvmlOptions;
 use gpu_slicer_core::mig_change::{ConfigState, summarize};

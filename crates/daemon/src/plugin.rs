@@ -382,7 +382,7 @@ pub fn serve(
     // Explicit, not the umask's (0777 under umask 000): only the kubelet,
     // which runs as root, connects.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    let identity = crate::kubelet::socket_identity(socket);
+    let identity = crate::files::socket_identity(socket);
     let stop = CancellationToken::new();
     let counts = Arc::new(StreamCounts::default());
     let service = PluginService::new(
@@ -432,7 +432,7 @@ impl RunningServer {
 
     /// Whether the file at the socket path is still the one this server bound.
     pub fn socket_in_place(&self) -> bool {
-        self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
+        self.identity.is_some() && crate::files::socket_identity(&self.socket) == self.identity
     }
 
     /// Stops serving: closes every connection (which ends its ListAndWatch
@@ -445,8 +445,7 @@ impl RunningServer {
             task.abort();
             let _ = task.await;
         }
-        if self.identity.is_some() && crate::kubelet::socket_identity(&self.socket) == self.identity
-        {
+        if self.identity.is_some() && crate::files::socket_identity(&self.socket) == self.identity {
             let _ = std::fs::remove_file(&self.socket);
         }
     }

@@ -31,38 +31,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Daemon, SetupSource, load, sleep_until_if};
+use super::{Daemon, SetupSource, load};
 use crate::backoff::Backoff;
+use crate::deadline::sleep_until_if;
+pub use crate::node::MigLevels;
 use gpu_slicer_core::health::Condition;
 pub use gpu_slicer_core::node_labels::mig_withdrawn;
 use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MigConfigState};
-
-/// What MIG Manager's labels ask, as the daemon follows them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MigLevels {
-    /// `nvidia.com/mig.config`: the layout asked for.
-    pub config: Option<String>,
-    /// `nvidia.com/mig.config.state`: pending, rebooting, success, failed.
-    pub state: Option<String>,
-    /// Grows whenever the two labels may have changed (each change seen,
-    /// each gap in watching them); equal revisions mean nothing changed.
-    pub revision: u64,
-}
-
-impl MigLevels {
-    /// The levels in a view of the Node (`--follow-mig-manager`).
-    pub fn of_node(view: &crate::node::NodeView) -> MigLevels {
-        MigLevels {
-            config: view.label(MIG_CONFIG).map(str::to_owned),
-            state: view.label(MIG_CONFIG_STATE).map(str::to_owned),
-            revision: view.revision(&[MIG_CONFIG, MIG_CONFIG_STATE]),
-        }
-    }
-
-    fn withdrawn(&self) -> bool {
-        mig_withdrawn(self.state.as_deref(), self.config.as_deref())
-    }
-}
 
 /// The MIG labels the daemon follows, and whom it tells when it withdrew.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::deadline::sleep_until_if;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::{kubelet_identity, register};
 use crate::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
@@ -428,13 +429,6 @@ pub async fn run(
 async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-pub(crate) async fn sleep_until_if(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
