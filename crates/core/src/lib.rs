@@ -13,6 +13,8 @@
 //! | [`allocate`] | what a container receives |
 //! | [`placement`] | which devices to prefer |
 //! | [`health`] | XID policy: which devices turn unhealthy, and when they recover |
+//! | [`lifecycle`] | the registration life cycle as a sans-IO machine: when to serve, register, re-register (with its simulation) |
+//! | [`backoff`] | the one back-off every retry uses |
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
 //! | [`node_labels`] | the Node labels with a protocol behind them (config selection, MIG Manager's), declared once |
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
@@ -23,6 +25,7 @@
 //! | [`mig_parted`] | mig-parted's config file (`mig-configs:`) and which layout each GPU gets from it |
 
 pub mod allocate;
+pub mod backoff;
 pub mod cdi;
 pub mod config;
 pub mod device_nodes;
@@ -30,6 +33,7 @@ pub mod driver_files;
 pub mod gpu;
 pub mod health;
 pub mod labels;
+pub mod lifecycle;
 pub mod messages;
 pub mod mig_change;
 pub mod mig_demand;

@@ -9,11 +9,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Endpoint, Uri};
 
-use crate::lifecycle::KubeletId;
 use crate::plugin::options;
 use gpu_slicer_api::RegisterRequest;
 use gpu_slicer_api::registration_client::RegistrationClient;
 use gpu_slicer_core::config::ResourceName;
+use gpu_slicer_core::lifecycle::KubeletId;
 
 /// A kubelet ≥ 1.25 dials back and asks for options inside Register (up to
 /// 10 s); this bounds the whole call.

@@ -6,7 +6,8 @@
 //! | Module | |
 //! |---|---|
 //! | [`run`] | wires the daemon from its options |
-//! | [`daemon`] | life cycle: start, reload, re-register, health, stop |
+//! | [`daemon`] | the shell of the life cycle: executes the core's `lifecycle::Machine` (start, reload, re-register, health, stop) |
+//! | [`deadline`] | absolute deadlines in `select!` loops |
 //! | [`plugin`] | one DevicePlugin gRPC server per resource |
 //! | [`kubelet`] | registration, socket-directory watch |
 //! | [`nvml`], [`nvml_health`] | GPU discovery through NVML; health: XID events and GPUs that stop answering |
@@ -21,7 +22,6 @@
 //! | [`args`], [`process`] | the command line, logging and the runtime |
 
 pub mod args;
-pub mod backoff;
 pub mod config_file;
 pub mod connection;
 pub mod daemon;
@@ -30,7 +30,6 @@ pub mod driver_files;
 pub mod files;
 pub mod kube_api;
 pub mod kubelet;
-pub mod lifecycle;
 pub mod metrics;
 pub mod mig_applier;
 pub mod mig_apply;

@@ -39,7 +39,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::deadline::sleep_until_if;
 use crate::kube_api::{EventKind, KubeClient};
 use crate::metrics::Metrics;
@@ -47,6 +46,7 @@ use crate::mig_apply::{ApplyRequest, apply};
 use crate::node::MigLevels;
 use crate::node::NodeView;
 use crate::nvml::NvmlOptions;
+use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::mig_change::{ConfigState, summarize};
 use gpu_slicer_core::node_labels::MIG_CONFIG_STATE;
 

@@ -34,8 +34,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::config::ResourceName;
 use gpu_slicer_core::mps::{self, ControlDaemon, DaemonKey};
 

@@ -40,8 +40,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::kube_api::{KubeClient, KubeError, Node, NodeWatch, WatchEvent};
+use gpu_slicer_core::backoff::Backoff;
 
 /// NVIDIA's label for the per-node config name (declared in the core).
 pub use gpu_slicer_core::node_labels::DEVICE_PLUGIN_CONFIG as CONFIG_LABEL;

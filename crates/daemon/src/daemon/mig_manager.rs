@@ -32,9 +32,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Daemon, SetupSource, load};
-use crate::backoff::Backoff;
 use crate::deadline::sleep_until_if;
 pub use crate::node::MigLevels;
+use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::health::Condition;
 pub use gpu_slicer_core::node_labels::mig_withdrawn;
 use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MigConfigState};

@@ -1,6 +1,6 @@
 //! The daemon: the shell that executes the life cycle.
 //!
-//! [`crate::lifecycle::Machine`] decides when to serve, stop and register;
+//! [`gpu_slicer_core::lifecycle::Machine`] decides when to serve, stop and register;
 //! this module does the I/O it asks for (bind sockets, call Register, write
 //! files, update the device lists) and feeds it what happens (directory
 //! changes, streams, Register answers, deadlines, signals). Before every
@@ -25,19 +25,19 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::deadline::sleep_until_if;
 use crate::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::{kubelet_identity, register};
-use crate::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
 use crate::metrics::Metrics;
 use crate::nvml::UnreachableGpu;
 use crate::nvml_health::HealthReport;
 use crate::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
+use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::health::{Condition, HealthPolicy, HealthState};
+use gpu_slicer_core::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
 use gpu_slicer_core::placement::LinkScores;
 use gpu_slicer_core::plan::{Plan, Severity, plan};
 

@@ -3,7 +3,7 @@
 //!
 //! [`Machine`] decides when a resource is served, when its server is
 //! replaced or stopped, and when it registers with the kubelet. It does no
-//! I/O and reads no clock: the shell ([`crate::daemon`]) feeds it events
+//! I/O and reads no clock: the shell (the daemon crate's `daemon` module) feeds it events
 //! with the current instant and executes the [`Action`]s it returns. Every
 //! timer is an absolute deadline kept in the state ([`Machine::next_deadline`]),
 //! so no event can postpone another's timer.
@@ -98,7 +98,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use gpu_slicer_core::config::ResourceName;
+use crate::config::ResourceName;
 
 /// Identity of the `kubelet.sock` file: device, inode and change time. A
 /// restarted kubelet's socket is a new file; the inode number alone may be
