@@ -145,12 +145,32 @@ fn every_daemonset_is_hardened() {
             .collect();
         let follows_mig_manager =
             env.get("FOLLOW_MIG_MANAGER").map(|e| &e["value"]) == Some(&Value::from("true"));
+        let startup_taint = env.get("STARTUP_TAINT").and_then(|e| e["value"].as_str());
         if follows_mig_manager {
-            // MIG Manager's pause works through the operator's deploy label,
-            // and the state is read from the Node.
-            assert_eq!(
-                pod["nodeSelector"]["nvidia.com/gpu.deploy.device-plugin"], "true",
-                "{at}"
+            // MIG Manager's pause works through the operator's deploy label
+            // (a nodeSelector on `true`, or every affinity term excluding
+            // the paused value), and the state is read from the Node.
+            let selected = pod["nodeSelector"]["nvidia.com/gpu.deploy.device-plugin"] == "true";
+            let terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let excluded = !terms.is_empty()
+                && terms.iter().all(|term| {
+                    term["matchExpressions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| {
+                            e["key"] == "nvidia.com/gpu.deploy.device-plugin"
+                                && e["operator"] == "NotIn"
+                                && strs(&e["values"]).contains(&"paused-for-mig-change")
+                        })
+                });
+            assert!(
+                selected || excluded,
+                "{at}: follows MIG Manager but stays on a node it paused"
             );
             assert_eq!(pod["automountServiceAccountToken"], true, "{at}");
             assert_eq!(
@@ -206,14 +226,49 @@ fn every_daemonset_is_hardened() {
                         .to_string()
                 })
                 .collect();
-            let reads_nodes = same_file("ClusterRole").iter().any(|role| {
-                bound_roles.iter().any(|r| r == name(role))
-                    && role["rules"].as_array().into_iter().flatten().any(|rule| {
-                        strs(&rule["resources"]) == ["nodes"]
-                            && strs(&rule["verbs"]) == ["get", "list", "watch"]
-                    })
-            });
-            assert!(reads_nodes, "{at}: '{account}' is not bound to read nodes");
+            // Least RBAC, exactly: read the Node; `patch` it only to remove
+            // the start-up taint (a merge patch); nothing else.
+            let mut granted: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = Vec::new();
+            let roles = same_file("ClusterRole");
+            for role in roles
+                .iter()
+                .filter(|r| bound_roles.iter().any(|b| b == name(r)))
+            {
+                for rule in role["rules"].as_array().into_iter().flatten() {
+                    granted.push((
+                        strs(&rule["apiGroups"]),
+                        strs(&rule["resources"]),
+                        strs(&rule["verbs"]),
+                    ));
+                }
+            }
+            let mut wanted = vec![(vec![""], vec!["nodes"], vec!["get", "list", "watch"])];
+            if startup_taint.is_some() {
+                wanted.push((vec![""], vec!["nodes"], vec!["patch"]));
+            }
+            assert_eq!(
+                granted, wanted,
+                "{at}: '{account}' is not granted least RBAC"
+            );
+        } else {
+            assert!(
+                startup_taint.is_none(),
+                "{at}: a start-up taint without a token"
+            );
+        }
+        if let Some(taint) = startup_taint {
+            assert!(
+                pod["tolerations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["key"] == taint && t["operator"] == "Exists"),
+                "{at}: does not tolerate its start-up taint {taint}"
+            );
+            assert_eq!(
+                env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+                "{at}"
+            );
         }
         assert_eq!(args[3..], ["--metrics-address", "0.0.0.0:9401"], "{at}");
         assert_eq!(
@@ -502,6 +557,30 @@ fn karpenter_examples_are_correct() {
             for f in &families {
                 assert!(MIG_FAMILIES.contains(&f.as_str()), "{n}: {f} has no MIG");
             }
+            // A new node's GPUs are whole until MIG Manager partitions them:
+            // a start-up taint keeps pods off until the DaemonSet the pool's
+            // nodes run (the config-manager one, whose configs the pool's
+            // label names) has followed MIG Manager and removes it.
+            let startup: Vec<&str> = spec["startupTaints"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{n}: MIG pool without startupTaints"))
+                .iter()
+                .map(|t| t["key"].as_str().unwrap())
+                .collect();
+            assert_eq!(startup, ["gpu-slicer.io/slicing-pending"], "{n}");
+            let (_, ds) = of_kind("DaemonSet")
+                .into_iter()
+                .find(|(f, _)| f.ends_with("static/gpu-slicer-config-manager.yaml"))
+                .unwrap();
+            let env: BTreeMap<String, Value> =
+                ds["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
+                    .collect();
+            assert_eq!(env["FOLLOW_MIG_MANAGER"], "true", "{n}");
+            assert_eq!(env["STARTUP_TAINT"], startup[0], "{n}");
             pool_layouts.insert(n.to_string(), layout.to_string());
         } else {
             for f in &families {
