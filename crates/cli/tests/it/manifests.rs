@@ -491,6 +491,9 @@ fn karpenter_examples_are_correct() {
     let pools = of_kind("NodePool");
     assert_eq!(pools.len(), 2);
     let mut pool_layouts = BTreeMap::new();
+    // Per pool: its layout, the config its label names, the instance types
+    // it can launch (catalog presets of its families).
+    let mut pool_nodes: BTreeMap<String, (String, String, BTreeSet<String>)> = BTreeMap::new();
     for (file, pool) in &pools {
         let n = name(pool);
         assert_eq!(pool["apiVersion"], "karpenter.sh/v1", "{n}");
@@ -590,19 +593,34 @@ fn karpenter_examples_are_correct() {
                 );
             }
         }
+        let layout = labels["nvidia.com/mig.config"]
+            .as_str()
+            .unwrap_or("all-disabled");
+        let config = labels["nvidia.com/device-plugin.config"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{n}: no nvidia.com/device-plugin.config label"));
+        let types = catalog::instances()
+            .iter()
+            .filter(|i| {
+                families
+                    .iter()
+                    .any(|f| f == i.name.split('.').next().unwrap())
+            })
+            .map(|i| i.name.to_string())
+            .collect();
+        pool_nodes.insert(
+            n.to_string(),
+            (layout.to_string(), config.to_string(), types),
+        );
     }
     assert_eq!(pool_layouts.len(), 1, "one MIG pool");
 
-    // Overlays: scoped by pool, counts equal to what gpu-slicer plans.
-    let mixed =
-        gpu_slicer_core::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed")
-            .unwrap();
+    // Overlays: one per instance type of every pool (without them Karpenter
+    // counts physical GPUs: `no-overlay`), scoped by pool, counts equal to
+    // what gpu-slicer plans with the config the pool's label names.
+    let configs = configs();
     let overlays = of_kind("NodeOverlay");
-    assert_eq!(
-        overlays.len(),
-        7,
-        "one per instance type of gpu-mig-balanced"
-    );
+    let mut covered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (_, overlay) in &overlays {
         let n = name(overlay);
         assert_eq!(overlay["apiVersion"], "karpenter.sh/v1alpha1", "{n}");
@@ -615,10 +633,19 @@ fn karpenter_examples_are_correct() {
         };
         let pools = values("karpenter.sh/nodepool");
         assert_eq!(pools.len(), 1, "{n}: not scoped to one NodePool");
-        let layout = &pool_layouts[pools[0]];
+        let (layout, config_name, _) = &pool_nodes[pools[0]];
+        let config = &configs[&format!("gpu-slicer-config-manager.yaml:{config_name}")];
         let types = values("node.kubernetes.io/instance-type");
         assert_eq!(types.len(), 1, "{n}");
-        let planned: BTreeMap<String, String> = counts(types[0], layout, &mixed)
+        assert!(
+            covered
+                .entry(pools[0].to_string())
+                .or_default()
+                .insert(types[0].to_string()),
+            "{n}: a second overlay for {}",
+            types[0]
+        );
+        let planned: BTreeMap<String, String> = counts(types[0], layout, config)
             .into_iter()
             .map(|(r, c)| (r, c.to_string()))
             .collect();
@@ -633,6 +660,40 @@ fn karpenter_examples_are_correct() {
         declared.retain(|k, v| planned.contains_key(k) || v != "0");
         assert_eq!(declared, planned, "{n}");
     }
+    // The MIG pool cannot launch for a slice without them: every instance
+    // type it can launch has its overlay. The time-slicing pool has none
+    // shipped (it launches without, counting physical GPUs; lint says
+    // `no-overlay`), or all of them.
+    for (pool, (_, _, types)) in &pool_nodes {
+        assert!(types.len() >= 7, "{pool}: too few instance types {types:?}");
+        if pool_layouts.contains_key(pool) || covered.contains_key(pool) {
+            assert_eq!(covered.get(pool), Some(types), "{pool}: overlays");
+        }
+    }
+    assert!(covered.contains_key("gpu-mig-balanced"), "{covered:?}");
+}
+
+/// The project's own Karpenter files, with the config manager's ConfigMap
+/// their labels select from, lint with one finding only: `no-overlay` for
+/// the time-slicing pool, whose overlays are not shipped (it launches
+/// without them, counting whole GPUs). The MIG pool's start-up taint,
+/// removed by the DaemonSet its nodes run, keeps `mig-config-label` away.
+#[test]
+fn the_projects_karpenter_files_lint_with_one_known_warning() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("deploy/karpenter"), false, &mut files);
+    files.push(root().join("deploy/static/gpu-slicer-config-manager.yaml"));
+    let findings = gpu_slicer::karpenter::lint::lint_files(&files).unwrap();
+    let found: Vec<(&str, &str)> = findings
+        .iter()
+        .map(|f| (f.rule, f.object.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("no-overlay", "NodePool/gpu-time-slicing")],
+        "{}",
+        gpu_slicer::karpenter::lint::render(&findings)
+    );
 }
 
 // ---------------------------------------------------------------------------
