@@ -2,10 +2,13 @@
 //!
 //! Starts the stand-in kubelet in a temporary directory, runs the daemon on
 //! a simulated instance against it, and prints what `kubectl describe node`
-//! would show and what an admitted pod's container receives.
+//! would show and what an admitted pod's container receives. Everything the
+//! daemon writes stays in that directory, the CDI spec of a CDI strategy
+//! included: never the host's /var/run/cdi, where it would overwrite a real
+//! node's spec (or remove its gdrcopy/gds/mofed specs).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,7 +119,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         "MIG: {} with layout {} under migStrategy {}",
         options.instance, mig_config, config.flags.mig_strategy
     );
-    scene(&title, inventory, config).await?;
+    scene_in_temp_dir(&title, inventory, config).await?;
 
     // Without a config file of the user's, also show time-slicing: the same
     // instance with MIG off and every GPU shared four ways.
@@ -131,12 +134,35 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
             "Time-slicing: {} with MIG disabled and 4 replicas per GPU",
             options.instance
         );
-        scene(&title, inventory, config).await?;
+        scene_in_temp_dir(&title, inventory, config).await?;
     }
     Ok(())
 }
 
-async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), String> {
+/// [`scene`] in a fresh temporary directory, removed when it ends.
+async fn scene_in_temp_dir(
+    title: &str,
+    inventory: Inventory,
+    config: Config,
+) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("gpu-slicer-demo")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    scene(title, inventory, config, dir.path()).await
+}
+
+/// The directory under a scene's directory where its CDI spec goes.
+const CDI_SUBDIR: &str = "cdi";
+
+/// One node: the stand-in kubelet's sockets in `dir`, and the CDI spec (with
+/// a CDI strategy) in `dir`/cdi.
+async fn scene(
+    title: &str,
+    inventory: Inventory,
+    config: Config,
+    dir: &Path,
+) -> Result<(), String> {
     say!("=== {title}");
     let gpus = inventory.gpus.len();
     let model = inventory
@@ -152,11 +178,14 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
     }
     let expected: BTreeMap<String, usize> = planned.counts().into_iter().collect();
 
-    let dir = tempfile::Builder::new()
-        .prefix("gpu-slicer-demo")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let kubelet = Kubelet::start(Options::new(dir.path()))
+    let cdi_spec_dir = dir.join(CDI_SUBDIR);
+    let cdi = config
+        .flags
+        .plugin
+        .device_list_strategy
+        .iter()
+        .any(|s| s.is_cdi());
+    let kubelet = Kubelet::start(Options::new(dir))
         .await
         .map_err(|e| format!("stand-in kubelet failed to start: {e}"))?;
     say!(
@@ -175,10 +204,10 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         unreachable: Vec::new(),
     };
     let paths = Paths {
-        device_plugin_dir: dir.path().to_path_buf(),
+        device_plugin_dir: dir.to_path_buf(),
         kubelet_socket: Some(kubelet.socket_path()),
         feature_file: None,
-        cdi_spec_dir: None,
+        cdi_spec_dir: Some(cdi_spec_dir.clone()),
         health_env: Default::default(),
         health_watched: false,
         timings: Default::default(),
@@ -229,10 +258,18 @@ async fn scene(title: &str, inventory: Inventory, config: Config) -> Result<(), 
         ));
     }
     say!(
-        "{} registered and listed in {:.1} ms\n",
+        "{} registered and listed in {:.1} ms",
         registered_count(expected.len()),
         started.elapsed().as_secs_f64() * 1000.0
     );
+    if cdi {
+        say!(
+            "CDI spec written to {} (the demo's temporary directory, removed when it ends; a node's daemon writes \
+             /var/run/cdi, or --cdi-spec-dir)",
+            cdi_spec_dir.join(gpu_slicer_core::cdi::SPEC_FILE).display()
+        );
+    }
+    say!();
 
     let status = kubelet.node_status();
     let width = status.keys().map(String::len).max().unwrap_or(0) + 1;
@@ -304,7 +341,35 @@ fn registered_count(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::default_layout;
+    use super::{CDI_SUBDIR, default_layout, scene};
+
+    /// Defect: with a CDI strategy the demo wrote its spec into the host's
+    /// /var/run/cdi (over a real node's spec). It goes to the scene's own
+    /// directory: the test gives it one and finds the spec there, holding
+    /// the simulated node's devices.
+    #[tokio::test]
+    async fn the_cdi_spec_goes_to_the_demos_own_directory() {
+        let inventory =
+            gpu_slicer_daemon::simulate::load("p4d.24xlarge", Some("all-balanced")).unwrap();
+        let config = gpu_slicer_core::config::parse(
+            "version: v1\nflags:\n  migStrategy: mixed\n  plugin:\n    deviceListStrategy: [cdi-annotations]\n",
+            "test",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        scene("test", inventory, config, dir.path()).await.unwrap();
+        let path = dir
+            .path()
+            .join(CDI_SUBDIR)
+            .join(gpu_slicer_core::cdi::SPEC_FILE);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no CDI spec at {}: {e}", path.display()));
+        let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let devices = spec["devices"].as_array().unwrap();
+        // 8 GPUs x (2 x 1g + 1 x 2g + 1 x 3g) MIG devices, each named by
+        // index and by UUID, at least.
+        assert!(devices.len() >= 32, "{} devices in {text}", devices.len());
+    }
 
     #[test]
     fn the_default_layout_fits_the_instance() {

@@ -145,12 +145,32 @@ fn every_daemonset_is_hardened() {
             .collect();
         let follows_mig_manager =
             env.get("FOLLOW_MIG_MANAGER").map(|e| &e["value"]) == Some(&Value::from("true"));
+        let startup_taint = env.get("STARTUP_TAINT").and_then(|e| e["value"].as_str());
         if follows_mig_manager {
-            // MIG Manager's pause works through the operator's deploy label,
-            // and the state is read from the Node.
-            assert_eq!(
-                pod["nodeSelector"]["nvidia.com/gpu.deploy.device-plugin"], "true",
-                "{at}"
+            // MIG Manager's pause works through the operator's deploy label
+            // (a nodeSelector on `true`, or every affinity term excluding
+            // the paused value), and the state is read from the Node.
+            let selected = pod["nodeSelector"]["nvidia.com/gpu.deploy.device-plugin"] == "true";
+            let terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let excluded = !terms.is_empty()
+                && terms.iter().all(|term| {
+                    term["matchExpressions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| {
+                            e["key"] == "nvidia.com/gpu.deploy.device-plugin"
+                                && e["operator"] == "NotIn"
+                                && strs(&e["values"]).contains(&"paused-for-mig-change")
+                        })
+                });
+            assert!(
+                selected || excluded,
+                "{at}: follows MIG Manager but stays on a node it paused"
             );
             assert_eq!(pod["automountServiceAccountToken"], true, "{at}");
             assert_eq!(
@@ -206,14 +226,49 @@ fn every_daemonset_is_hardened() {
                         .to_string()
                 })
                 .collect();
-            let reads_nodes = same_file("ClusterRole").iter().any(|role| {
-                bound_roles.iter().any(|r| r == name(role))
-                    && role["rules"].as_array().into_iter().flatten().any(|rule| {
-                        strs(&rule["resources"]) == ["nodes"]
-                            && strs(&rule["verbs"]) == ["get", "list", "watch"]
-                    })
-            });
-            assert!(reads_nodes, "{at}: '{account}' is not bound to read nodes");
+            // Least RBAC, exactly: read the Node; `patch` it only to remove
+            // the start-up taint (a merge patch); nothing else.
+            let mut granted: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = Vec::new();
+            let roles = same_file("ClusterRole");
+            for role in roles
+                .iter()
+                .filter(|r| bound_roles.iter().any(|b| b == name(r)))
+            {
+                for rule in role["rules"].as_array().into_iter().flatten() {
+                    granted.push((
+                        strs(&rule["apiGroups"]),
+                        strs(&rule["resources"]),
+                        strs(&rule["verbs"]),
+                    ));
+                }
+            }
+            let mut wanted = vec![(vec![""], vec!["nodes"], vec!["get", "list", "watch"])];
+            if startup_taint.is_some() {
+                wanted.push((vec![""], vec!["nodes"], vec!["patch"]));
+            }
+            assert_eq!(
+                granted, wanted,
+                "{at}: '{account}' is not granted least RBAC"
+            );
+        } else {
+            assert!(
+                startup_taint.is_none(),
+                "{at}: a start-up taint without a token"
+            );
+        }
+        if let Some(taint) = startup_taint {
+            assert!(
+                pod["tolerations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["key"] == taint && t["operator"] == "Exists"),
+                "{at}: does not tolerate its start-up taint {taint}"
+            );
+            assert_eq!(
+                env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+                "{at}"
+            );
         }
         assert_eq!(args[3..], ["--metrics-address", "0.0.0.0:9401"], "{at}");
         assert_eq!(
@@ -436,6 +491,9 @@ fn karpenter_examples_are_correct() {
     let pools = of_kind("NodePool");
     assert_eq!(pools.len(), 2);
     let mut pool_layouts = BTreeMap::new();
+    // Per pool: its layout, the config its label names, the instance types
+    // it can launch (catalog presets of its families).
+    let mut pool_nodes: BTreeMap<String, (String, String, BTreeSet<String>)> = BTreeMap::new();
     for (file, pool) in &pools {
         let n = name(pool);
         assert_eq!(pool["apiVersion"], "karpenter.sh/v1", "{n}");
@@ -502,6 +560,30 @@ fn karpenter_examples_are_correct() {
             for f in &families {
                 assert!(MIG_FAMILIES.contains(&f.as_str()), "{n}: {f} has no MIG");
             }
+            // A new node's GPUs are whole until MIG Manager partitions them:
+            // a start-up taint keeps pods off until the DaemonSet the pool's
+            // nodes run (the config-manager one, whose configs the pool's
+            // label names) has followed MIG Manager and removes it.
+            let startup: Vec<&str> = spec["startupTaints"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{n}: MIG pool without startupTaints"))
+                .iter()
+                .map(|t| t["key"].as_str().unwrap())
+                .collect();
+            assert_eq!(startup, ["gpu-slicer.io/slicing-pending"], "{n}");
+            let (_, ds) = of_kind("DaemonSet")
+                .into_iter()
+                .find(|(f, _)| f.ends_with("static/gpu-slicer-config-manager.yaml"))
+                .unwrap();
+            let env: BTreeMap<String, Value> =
+                ds["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].clone()))
+                    .collect();
+            assert_eq!(env["FOLLOW_MIG_MANAGER"], "true", "{n}");
+            assert_eq!(env["STARTUP_TAINT"], startup[0], "{n}");
             pool_layouts.insert(n.to_string(), layout.to_string());
         } else {
             for f in &families {
@@ -511,19 +593,34 @@ fn karpenter_examples_are_correct() {
                 );
             }
         }
+        let layout = labels["nvidia.com/mig.config"]
+            .as_str()
+            .unwrap_or("all-disabled");
+        let config = labels["nvidia.com/device-plugin.config"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{n}: no nvidia.com/device-plugin.config label"));
+        let types = catalog::instances()
+            .iter()
+            .filter(|i| {
+                families
+                    .iter()
+                    .any(|f| f == i.name.split('.').next().unwrap())
+            })
+            .map(|i| i.name.to_string())
+            .collect();
+        pool_nodes.insert(
+            n.to_string(),
+            (layout.to_string(), config.to_string(), types),
+        );
     }
     assert_eq!(pool_layouts.len(), 1, "one MIG pool");
 
-    // Overlays: scoped by pool, counts equal to what gpu-slicer plans.
-    let mixed =
-        gpu_slicer_core::config::parse("version: v1\nflags: {migStrategy: mixed}\n", "mixed")
-            .unwrap();
+    // Overlays: one per instance type of every pool (without them Karpenter
+    // counts physical GPUs: `no-overlay`), scoped by pool, counts equal to
+    // what gpu-slicer plans with the config the pool's label names.
+    let configs = configs();
     let overlays = of_kind("NodeOverlay");
-    assert_eq!(
-        overlays.len(),
-        7,
-        "one per instance type of gpu-mig-balanced"
-    );
+    let mut covered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (_, overlay) in &overlays {
         let n = name(overlay);
         assert_eq!(overlay["apiVersion"], "karpenter.sh/v1alpha1", "{n}");
@@ -536,10 +633,19 @@ fn karpenter_examples_are_correct() {
         };
         let pools = values("karpenter.sh/nodepool");
         assert_eq!(pools.len(), 1, "{n}: not scoped to one NodePool");
-        let layout = &pool_layouts[pools[0]];
+        let (layout, config_name, _) = &pool_nodes[pools[0]];
+        let config = &configs[&format!("gpu-slicer-config-manager.yaml:{config_name}")];
         let types = values("node.kubernetes.io/instance-type");
         assert_eq!(types.len(), 1, "{n}");
-        let planned: BTreeMap<String, String> = counts(types[0], layout, &mixed)
+        assert!(
+            covered
+                .entry(pools[0].to_string())
+                .or_default()
+                .insert(types[0].to_string()),
+            "{n}: a second overlay for {}",
+            types[0]
+        );
+        let planned: BTreeMap<String, String> = counts(types[0], layout, config)
             .into_iter()
             .map(|(r, c)| (r, c.to_string()))
             .collect();
@@ -554,6 +660,40 @@ fn karpenter_examples_are_correct() {
         declared.retain(|k, v| planned.contains_key(k) || v != "0");
         assert_eq!(declared, planned, "{n}");
     }
+    // The MIG pool cannot launch for a slice without them: every instance
+    // type it can launch has its overlay. The time-slicing pool has none
+    // shipped (it launches without, counting physical GPUs; lint says
+    // `no-overlay`), or all of them.
+    for (pool, (_, _, types)) in &pool_nodes {
+        assert!(types.len() >= 7, "{pool}: too few instance types {types:?}");
+        if pool_layouts.contains_key(pool) || covered.contains_key(pool) {
+            assert_eq!(covered.get(pool), Some(types), "{pool}: overlays");
+        }
+    }
+    assert!(covered.contains_key("gpu-mig-balanced"), "{covered:?}");
+}
+
+/// The project's own Karpenter files, with the config manager's ConfigMap
+/// their labels select from, lint with one finding only: `no-overlay` for
+/// the time-slicing pool, whose overlays are not shipped (it launches
+/// without them, counting whole GPUs). The MIG pool's start-up taint,
+/// removed by the DaemonSet its nodes run, keeps `mig-config-label` away.
+#[test]
+fn the_projects_karpenter_files_lint_with_one_known_warning() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("deploy/karpenter"), false, &mut files);
+    files.push(root().join("deploy/static/gpu-slicer-config-manager.yaml"));
+    let findings = gpu_slicer::karpenter::lint::lint_files(&files).unwrap();
+    let found: Vec<(&str, &str)> = findings
+        .iter()
+        .map(|f| (f.rule, f.object.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("no-overlay", "NodePool/gpu-time-slicing")],
+        "{}",
+        gpu_slicer::karpenter::lint::render(&findings)
+    );
 }
 
 // ---------------------------------------------------------------------------
