@@ -11,7 +11,7 @@ use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
 use gpu_slicer_core::config::{ConfigFlags, DeviceNamingFlags, MigStrategyFlag, MpsRootFlag};
 use gpu_slicer_daemon::args::RunArgs;
-use gpu_slicer_daemon::process::{
+use gpu_slicer_daemon::host::process::{
     LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
 };
 
@@ -242,7 +242,7 @@ enum MigCommand {
             long,
             env = "POD_RESOURCES_SOCKET",
             value_name = "PATH",
-            default_value = gpu_slicer_daemon::pod_resources::DEFAULT_SOCKET
+            default_value = gpu_slicer_daemon::kubelet::pod_resources::DEFAULT_SOCKET
         )]
         pod_resources_socket: PathBuf,
         #[command(flatten)]

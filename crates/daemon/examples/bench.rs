@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gpu_slicer_core::plan::plan;
-use gpu_slicer_daemon::simulate;
+use gpu_slicer_daemon::gpus::simulate;
 use hyper_util::rt::TokioIo;
 use kubelet_sim::api::device_plugin_client::DevicePluginClient;
 use kubelet_sim::api::{
@@ -371,7 +371,7 @@ fn expected_counts(
     scenario: &Scenario,
     config: &Path,
 ) -> Result<BTreeMap<String, usize>, String> {
-    let config = gpu_slicer_daemon::config_file::load_file(config)
+    let config = gpu_slicer_daemon::host::config_file::load_file(config)
         .map_err(|e| format!("scenario {}: bad configuration: {e}", scenario.name))?;
     let inventory = simulate::load(spec, Some(scenario.layout.unwrap_or("all-disabled")))
         .map_err(|e| format!("scenario {}: {e}", scenario.name))?;

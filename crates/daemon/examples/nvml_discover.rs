@@ -2,7 +2,7 @@
 //!
 //! `cargo run --example nvml_discover [-- <libnvidia-ml.so.1 path> [driver root]]`
 
-use gpu_slicer_daemon::nvml::{NvmlOptions, discover};
+use gpu_slicer_daemon::gpus::nvml::{NvmlOptions, discover};
 
 fn main() {
     let mut args = std::env::args().skip(1);

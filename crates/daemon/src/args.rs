@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "NODE_LABEL",
-        default_value = crate::node::CONFIG_LABEL,
+        default_value = crate::cluster::node::CONFIG_LABEL,
         value_name = "LABEL"
     )]
     pub node_config_label: String,
@@ -54,7 +54,7 @@ pub struct RunArgs {
         default_value = "named,single,empty",
         value_name = "LIST"
     )]
-    pub fallback_strategies: Vec<crate::node::FallbackStrategy>,
+    pub fallback_strategies: Vec<crate::cluster::node::FallbackStrategy>,
     /// Remove this taint from the node once every resource is registered with the
     /// kubelet (a Karpenter start-up taint). Needs --node-name and `patch` on nodes.
     #[arg(long, env = "STARTUP_TAINT", value_name = "KEY")]
@@ -95,7 +95,7 @@ pub struct RunArgs {
         long,
         env = "POD_RESOURCES_SOCKET",
         value_name = "PATH",
-        default_value = crate::pod_resources::DEFAULT_SOCKET
+        default_value = crate::kubelet::pod_resources::DEFAULT_SOCKET
     )]
     pub pod_resources_socket: PathBuf,
     /// Kubernetes API server URL, without credentials (tests, `kubectl proxy`);
@@ -292,7 +292,7 @@ mod tests {
     use clap::Parser;
 
     use super::RunArgs;
-    use crate::node::{DEFAULT_FALLBACKS, FallbackStrategy};
+    use crate::cluster::node::{DEFAULT_FALLBACKS, FallbackStrategy};
 
     #[derive(Parser)]
     struct Cli {

@@ -3,46 +3,28 @@
 //! kubelet, registration and the life cycle, NVML discovery and XID events,
 //! file and signal watching, the HTTP endpoints, and the Kubernetes client.
 //!
-//! | Module | |
+//! The floor plan: the front door ([`run`], from [`args`]), the
+//! orchestrator ([`daemon`]) that executes the core's decisions, and one
+//! room per thing the daemon talks to. Arrows run downwards only (CI checks
+//! that no modules import each other in a loop: `.ci/check-module-cycles`).
+//!
+//! | Module | talks to |
 //! |---|---|
-//! | [`run`] | wires the daemon from its options |
-//! | [`daemon`] | the shell of the life cycle: executes the core's `lifecycle::Machine` (start, reload, re-register, health, stop) |
+//! | [`run`], [`args`] | the front door: wires the daemon from its options |
+//! | [`daemon`] | the shell of the life cycle: executes the core's `lifecycle::Machine` (start, reload, re-register, health, MIG withdrawal, stop) |
+//! | [`kubelet`] | the kubelet: registration, the DevicePlugin servers, PodResources |
+//! | [`gpus`] | the GPUs: NVML discovery and report, health (XID events), MIG layout changes, the simulated backend |
+//! | [`cluster`] | the API server: the client, the one Node watcher, per-node config, start-up taint, MIG applier |
+//! | [`host`] | the host: files, driver files, config file and environment, the file watcher, signals, MPS daemons, the process |
+//! | [`metrics`] | Prometheus scrapers: metrics, `/healthz`, `/readyz` |
 //! | [`deadline`] | absolute deadlines in `select!` loops |
-//! | [`plugin`] | one DevicePlugin gRPC server per resource |
-//! | [`kubelet`] | registration, socket-directory watch |
-//! | [`nvml`], [`nvml_health`] | GPU discovery through NVML; health: XID events and GPUs that stop answering |
-//! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets, for the CDI spec |
-//! | [`mps`] | the CUDA MPS control daemons of MPS-shared resources |
-//! | [`metrics`] | Prometheus metrics, `/healthz`, `/readyz` |
-//! | [`node`] | the one watcher of the own Node (its labels, for everything that follows one), per-node config by node label, start-up taint |
-//! | [`kube_api`] | the Kubernetes API client (get, watch, patch the Node) |
-//! | [`reload`] | signals and config-file changes |
-//! | [`watch`] | the one directory watcher (device-plugin and config directories) |
-//! | [`config_file`], [`simulate`], [`files`] | reading the config and topology files, writing files atomically |
-//! | [`args`], [`process`] | the command line, logging and the runtime |
 
 pub mod args;
-pub mod config_file;
-pub mod connection;
+pub mod cluster;
 pub mod daemon;
 pub mod deadline;
-pub mod driver_files;
-pub mod files;
-pub mod kube_api;
+pub mod gpus;
+pub mod host;
 pub mod kubelet;
 pub mod metrics;
-pub mod mig_applier;
-pub mod mig_apply;
-pub mod mps;
-pub mod node;
-pub mod nvml;
-pub mod nvml_health;
-pub mod nvml_report;
-pub mod plugin;
-pub mod pod_resources;
-pub mod process;
-pub mod reload;
 pub mod run;
-pub mod simulate;
-pub mod watch;
-pub mod wire;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gpu_slicer_daemon::args::RunArgs;
-use gpu_slicer_daemon::process::{LogFormat, block_on, init_tracing, use_one_malloc_arena};
+use gpu_slicer_daemon::host::process::{LogFormat, block_on, init_tracing, use_one_malloc_arena};
 
 #[derive(Parser)]
 #[command(

@@ -7,12 +7,13 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config_file::{config_for_layout, refuse_blank_on_reload};
+use crate::cluster::node::{self, LabelSelectedConfig, NodeView, NodeWatcher};
 use crate::daemon::{self, HealthEnv, Paths, Setup, SetupError, SetupSource, Timings};
+use crate::gpus::nvml::{self, NvmlOptions};
+use crate::gpus::simulate;
+use crate::host::config_file::{config_for_layout, refuse_blank_on_reload};
+use crate::host::reload;
 use crate::metrics::{self, Metrics};
-use crate::node::{self, LabelSelectedConfig, NodeView, NodeWatcher};
-use crate::nvml::{self, NvmlOptions};
-use crate::{reload, simulate};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ConfigFlags};
 use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE};
@@ -64,7 +65,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Kube(#[from] crate::kube_api::KubeError),
+    Kube(#[from] crate::cluster::api::KubeError),
     #[error("cannot watch {}: {source}", path.display())]
     Watch {
         path: PathBuf,
@@ -80,11 +81,11 @@ pub enum RunError {
     #[error(transparent)]
     Daemon(daemon::DaemonError),
     #[error(transparent)]
-    Runtime(#[from] crate::process::RuntimeError),
+    Runtime(#[from] crate::host::process::RuntimeError),
 }
 
 /// Per-node configuration by node label, and the start-up taint (see
-/// [`crate::node`] for the contract and the RBAC they need).
+/// [`crate::cluster::node`] for the contract and the RBAC they need).
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
     /// This node's name (`NODE_NAME` from the downward API).
@@ -96,7 +97,7 @@ pub struct NodeOptions {
     pub config_label: String,
     /// The config to use when the node has no label (`DEFAULT_CONFIG`).
     pub default_config: Option<String>,
-    pub fallback_strategies: Vec<crate::node::FallbackStrategy>,
+    pub fallback_strategies: Vec<crate::cluster::node::FallbackStrategy>,
     /// Talk to this API server URL instead of the in-cluster one (tests).
     pub kube_api_url: Option<String>,
     /// Remove this taint from the Node once every resource is registered.
@@ -195,7 +196,7 @@ pub fn setup_source(
             Ok(mut found) => {
                 if let Some(version) = &found.driver_version {
                     found.files.driver =
-                        crate::driver_files::discover(&options.driver_root, version);
+                        crate::host::driver_files::discover(&options.driver_root, version);
                 }
                 if let Some(used) = &nvml_used {
                     // Full: the watcher has its options already.
@@ -255,10 +256,10 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let apply_driver_root = options.flags.driver_root_ctr_path.clone();
     if let Some(apply) = &node_options.apply_mig_layouts {
         // A bad layouts file is refused at start, not at the first change.
-        crate::config_file::mig_layouts(apply.layouts_file.as_deref())
+        crate::host::config_file::mig_layouts(apply.layouts_file.as_deref())
             .map_err(|e| RunError::MigLayouts(e.to_string()))?;
     }
-    match crate::process::raise_fd_limit() {
+    match crate::host::process::raise_fd_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!("raised the open-file limit from {before} to {after}");
         }
@@ -383,15 +384,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     };
     // Health events come from NVML; simulated nodes have none. The watcher
     // starts with the options of the first successful discovery.
-    let (xid_tx, xid_rx) = tokio::sync::mpsc::channel(crate::nvml_health::QUEUE);
+    let (xid_tx, xid_rx) = tokio::sync::mpsc::channel(crate::gpus::health::QUEUE);
     let nvml_used = if options.simulate.is_none() {
         let (used_tx, used_rx): (SyncSender<NvmlOptions>, Receiver<NvmlOptions>) =
             std::sync::mpsc::sync_channel(1);
-        crate::nvml_health::spawn_health_watcher(
+        crate::gpus::health::spawn_health_watcher(
             used_rx,
             xid_tx,
             metrics.clone(),
-            crate::nvml_health::Timings {
+            crate::gpus::health::Timings {
                 probe: options.timings.health_probe,
             },
         )
@@ -461,7 +462,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         let driver_root = apply_driver_root
             .clone()
             .unwrap_or_else(|| Config::default().flags.plugin.container_driver_root);
-        let applier = crate::mig_applier::Applier {
+        let applier = crate::cluster::mig_applier::Applier {
             client: client.clone(),
             node: name,
             layouts_file: apply.layouts_file,

@@ -21,9 +21,9 @@ use gpu_slicer_core::config::{
 };
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::plan::plan;
-use gpu_slicer_daemon::config_file::effective_config;
 use gpu_slicer_daemon::daemon::{self, Paths, Setup};
-use gpu_slicer_daemon::simulate;
+use gpu_slicer_daemon::gpus::simulate;
+use gpu_slicer_daemon::host::config_file::effective_config;
 
 use super::node_config::{self, NodeConfig};
 
@@ -350,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn the_cdi_spec_goes_to_the_demos_own_directory() {
         let inventory =
-            gpu_slicer_daemon::simulate::load("p4d.24xlarge", Some("all-balanced")).unwrap();
+            gpu_slicer_daemon::gpus::simulate::load("p4d.24xlarge", Some("all-balanced")).unwrap();
         let config = gpu_slicer_core::config::parse(
             "version: v1\nflags:\n  migStrategy: mixed\n  plugin:\n    deviceListStrategy: [cdi-annotations]\n",
             "test",

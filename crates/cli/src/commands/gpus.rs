@@ -5,10 +5,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use gpu_slicer_daemon::mig_apply::{self, ApplyRequest};
-use gpu_slicer_daemon::nvml::NvmlOptions;
-use gpu_slicer_daemon::nvml_report::{GpuReport, report};
-use gpu_slicer_daemon::pod_resources;
+use gpu_slicer_daemon::gpus::mig_apply::{self, ApplyRequest};
+use gpu_slicer_daemon::gpus::nvml::NvmlOptions;
+use gpu_slicer_daemon::gpus::report::{GpuReport, report};
+use gpu_slicer_daemon::kubelet::pod_resources;
 
 pub struct GpusOptions {
     pub nvml_lib: Option<PathBuf>,
@@ -34,8 +34,8 @@ impl GpusOptions {
 /// daemon's own messages advise about its pod: runtime class, node
 /// selector).
 fn for_a_person(error: &mig_apply::ApplyError) -> String {
-    use gpu_slicer_daemon::nvml::NvmlError;
-    use gpu_slicer_daemon::nvml_report::ReportError;
+    use gpu_slicer_daemon::gpus::nvml::NvmlError;
+    use gpu_slicer_daemon::gpus::report::ReportError;
     let nvml = match error {
         mig_apply::ApplyError::Nvml(e) | mig_apply::ApplyError::Report(ReportError::Nvml(e)) => e,
         other => return other.to_string(),
@@ -224,8 +224,8 @@ pub fn mig_apply_dry_run(
     config_file: Option<&std::path::Path>,
     layout: &str,
 ) -> Result<String, String> {
-    let layouts =
-        gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)
+        .map_err(|e| e.to_string())?;
     check_layout_name(&layouts, layout)?;
     let request = ApplyRequest {
         layouts: &layouts,
@@ -248,8 +248,8 @@ pub fn mig_apply(
     pod_resources_socket: &std::path::Path,
 ) -> Result<String, String> {
     use gpu_slicer_core::mig_change::{ConfigState, Outcome, summarize};
-    let layouts =
-        gpu_slicer_daemon::config_file::mig_layouts(config_file).map_err(|e| e.to_string())?;
+    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)
+        .map_err(|e| e.to_string())?;
     check_layout_name(&layouts, layout)?;
     let mut out = String::new();
     // On a Kubernetes node the kubelet says which pods hold devices; a host
@@ -257,7 +257,7 @@ pub fn mig_apply(
     let mut pod_devices = Vec::new();
     if !force {
         if pod_resources_socket.exists() {
-            gpu_slicer_daemon::process::block_on(async {
+            gpu_slicer_daemon::host::process::block_on(async {
                 pod_devices = pod_resources::list(pod_resources_socket)
                     .await
                     .map_err(|e| e.to_string())?;

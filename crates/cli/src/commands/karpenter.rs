@@ -43,7 +43,7 @@ pub fn load_configs(path: &Path) -> Result<BTreeMap<String, Config>, String> {
             return configs;
         }
     }
-    let config = gpu_slicer_daemon::config_file::load_file(path).map_err(|e| {
+    let config = gpu_slicer_daemon::host::config_file::load_file(path).map_err(|e| {
         format!(
             "{e}; --config-file takes a gpu-slicer config (version: v1) or a ConfigMap holding one"
         )

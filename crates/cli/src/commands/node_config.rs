@@ -8,7 +8,7 @@ use std::path::Path;
 
 use gpu_slicer_core::config::{Config, ConfigError, ConfigFlags, MigStrategy};
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_daemon::config_file::{load_file, process_env};
+use gpu_slicer_daemon::host::config_file::{load_file, process_env};
 
 use crate::karpenter::{Document, configs_of, parse_documents, pick_config};
 

@@ -9,7 +9,7 @@ use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::plan::{Plan, Resource, Severity, plan};
-use gpu_slicer_daemon::simulate;
+use gpu_slicer_daemon::gpus::simulate;
 
 use super::karpenter::price_table;
 use super::node_config::{self, NodeConfig};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{ApplyError, DEFAULT_CDI_SPEC_DIR, Daemon, Setup};
-use crate::files::{READABLE_FILE_MODE, write_atomically};
+use crate::host::files::{READABLE_FILE_MODE, write_atomically};
 
 impl Daemon {
     /// With a CDI device-list strategy, writes the spec every name Allocate

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use crate::watch::watch_dir;
+use crate::host::watch::watch_dir;
 
 /// The device-plugin directory's watch, kept on the directory there now.
 ///
@@ -23,10 +23,10 @@ pub(super) struct DirectoryWatch {
     /// The watched directory was deleted; the one at the path (if any) is
     /// not watched yet.
     stale: bool,
-    watch: Option<crate::watch::DirWatch>,
-    pub(super) events: mpsc::UnboundedReceiver<crate::watch::DirEvent>,
-    _parent: Option<crate::watch::DirWatch>,
-    pub(super) parent_events: Option<mpsc::UnboundedReceiver<crate::watch::DirEvent>>,
+    watch: Option<crate::host::watch::DirWatch>,
+    pub(super) events: mpsc::UnboundedReceiver<crate::host::watch::DirEvent>,
+    _parent: Option<crate::host::watch::DirWatch>,
+    pub(super) parent_events: Option<mpsc::UnboundedReceiver<crate::host::watch::DirEvent>>,
 }
 
 impl DirectoryWatch {
@@ -58,9 +58,9 @@ impl DirectoryWatch {
 
     /// Notes an event about the directory itself (from its own watch or
     /// its parent's), then watches the new directory if it is due.
-    pub(super) fn saw(&mut self, event: &crate::watch::DirEvent) {
+    pub(super) fn saw(&mut self, event: &crate::host::watch::DirEvent) {
         if event.path() == Some(self.dir.as_path())
-            && matches!(event, crate::watch::DirEvent::Removed(_))
+            && matches!(event, crate::host::watch::DirEvent::Removed(_))
         {
             self.stale = true;
         }

@@ -7,14 +7,14 @@
 //! advertised GPU is Healthy only after the watcher has reported it
 //! watched, and Unhealthy again whenever it reports it is not (the rule is
 //! the core's, [`gpu_slicer_core::health::HealthState::advertise`]; the
-//! watcher's side is in [`crate::nvml_health`]).
+//! watcher's side is in [`crate::gpus::health`]).
 
 use std::sync::Arc;
 
 use super::Daemon;
+use crate::gpus::health::HealthReport;
+use crate::kubelet::plugin::ResourceState;
 use crate::metrics::XidLabel;
-use crate::nvml_health::HealthReport;
-use crate::plugin::ResourceState;
 use gpu_slicer_core::config::ResourceName;
 use gpu_slicer_core::health::{
     AdvertisedGpu, Condition, NOT_WATCHED_YET, XidAction, XidEvent, affected,
@@ -36,7 +36,7 @@ impl Daemon {
     }
 
     /// An MPS control daemon exited: its devices turn Unhealthy at once.
-    pub(super) fn on_mps_exit(&mut self, exit: crate::mps::MpsExit) {
+    pub(super) fn on_mps_exit(&mut self, exit: crate::host::mps::MpsExit) {
         if let Some(name) = self.mps.on_exit(exit)
             && self.set_mps_health(&name, Some("its MPS control daemon exited"))
         {
@@ -60,7 +60,7 @@ impl Daemon {
 
     /// What the NVML health watcher reports. A GPU is Healthy only while
     /// the watcher says its XID events are watched (see
-    /// [`crate::nvml_health`]); [`gpu_slicer_core::health::HealthState::watch_report`] keeps that
+    /// [`crate::gpus::health`]); [`gpu_slicer_core::health::HealthState::watch_report`] keeps that
     /// rule, and keeps the watcher's word while health checks are off.
     pub(super) fn on_health(&mut self, report: HealthReport) {
         match report {

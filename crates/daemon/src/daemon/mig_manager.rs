@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Daemon, SetupSource, load};
+pub use crate::cluster::node::MigLevels;
 use crate::deadline::sleep_until_if;
-pub use crate::node::MigLevels;
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::health::Condition;
 pub use gpu_slicer_core::node_labels::mig_withdrawn;

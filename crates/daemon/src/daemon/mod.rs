@@ -26,12 +26,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadline::sleep_until_if;
-use crate::files::{READABLE_FILE_MODE, write_atomically};
+use crate::gpus::health::HealthReport;
+use crate::gpus::nvml::UnreachableGpu;
+use crate::host::files::{READABLE_FILE_MODE, write_atomically};
+use crate::kubelet::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
 use crate::kubelet::{kubelet_identity, register};
 use crate::metrics::Metrics;
-use crate::nvml::UnreachableGpu;
-use crate::nvml_health::HealthReport;
-use crate::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::config::{Config, ResourceName};
@@ -117,10 +117,10 @@ pub struct Timings {
     /// a writer that is not atomic (an editor, `cp`) produces several events
     /// and, in between, a truncated file that must not be applied.
     pub config_settle: Duration,
-    /// How often every GPU must answer NVML (see [`crate::nvml_health`]).
+    /// How often every GPU must answer NVML (see [`crate::gpus::health`]).
     pub health_probe: Duration,
     /// The first retry of a failed MIG layout change
-    /// ([`crate::mig_applier::RETRY_FIRST`]).
+    /// ([`crate::cluster::mig_applier::RETRY_FIRST`]).
     pub mig_apply_retry: Duration,
 }
 
@@ -129,8 +129,8 @@ impl Default for Timings {
         Timings {
             stream_grace: Duration::from_secs(2),
             config_settle: Duration::from_millis(150),
-            health_probe: crate::nvml_health::Timings::default().probe,
-            mig_apply_retry: crate::mig_applier::RETRY_FIRST,
+            health_probe: crate::gpus::health::Timings::default().probe,
+            mig_apply_retry: crate::cluster::mig_applier::RETRY_FIRST,
         }
     }
 }
@@ -164,7 +164,7 @@ pub enum ApplyError {
     CdiSpec {
         dir: PathBuf,
         #[source]
-        source: crate::files::WriteError,
+        source: crate::host::files::WriteError,
     },
     #[error("cannot encode the CDI spec: {0}")]
     CdiEncode(String),
@@ -233,7 +233,7 @@ struct Daemon {
     discovery_backoff: Backoff,
     health: HealthState,
     policy: HealthPolicy,
-    mps: crate::mps::Supervisor,
+    mps: crate::host::mps::Supervisor,
     /// The GPUs behind each MPS resource's control daemon.
     mps_gpus: BTreeMap<ResourceName, Vec<String>>,
     /// UUIDs of the MIG-capable GPUs of the last setup (what MIG Manager
@@ -301,8 +301,8 @@ pub async fn run(
             source,
         })?;
     let (mps_exits_tx, mut mps_exits) = mpsc::channel(16);
-    let mps = crate::mps::Supervisor::new(
-        crate::mps::MpsOptions {
+    let mps = crate::host::mps::Supervisor::new(
+        crate::host::mps::MpsOptions {
             control_bin: paths.mps_control_bin.clone(),
             driver_root: PathBuf::from("/"),
             container_root: paths.mps_container_root.clone(),

@@ -209,23 +209,23 @@ async fn remove_taint_keeps_other_taints_and_retries_conflicts() {
         json!([other, { "key": TAINT, "effect": "NoSchedule" }]),
     )
     .await;
-    let client = gpu_slicer_daemon::node::client(Some(&stub.url)).expect("client");
+    let client = gpu_slicer_daemon::cluster::node::client(Some(&stub.url)).expect("client");
 
     // Someone else changes the Node twice meanwhile: read again, retry.
     stub.conflict_next_patches(2);
-    let removed = gpu_slicer_daemon::node::remove_taint(&client, "n1", TAINT).await;
+    let removed = gpu_slicer_daemon::cluster::node::remove_taint(&client, "n1", TAINT).await;
     assert!(removed.expect("removed"));
     assert_eq!(stub.patches().len(), 3);
     assert_eq!(stub.node()["spec"]["taints"], json!([other]));
 
     // Not there (any more): nothing to do, no patch.
-    let removed = gpu_slicer_daemon::node::remove_taint(&client, "n1", TAINT).await;
+    let removed = gpu_slicer_daemon::cluster::node::remove_taint(&client, "n1", TAINT).await;
     assert!(!removed.expect("no error"));
     assert_eq!(stub.patches().len(), 3);
 
     // The last taint: the field goes away.
     assert!(
-        gpu_slicer_daemon::node::remove_taint(&client, "n1", "example.com/other")
+        gpu_slicer_daemon::cluster::node::remove_taint(&client, "n1", "example.com/other")
             .await
             .expect("removed")
     );

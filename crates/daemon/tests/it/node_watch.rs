@@ -1,4 +1,4 @@
-//! The one Node watcher ([`gpu_slicer_daemon::node::step`] and
+//! The one Node watcher ([`gpu_slicer_daemon::cluster::node::step`] and
 //! [`NodeWatcher`]) against the stub API server: every transition of its
 //! state machine, and the view it publishes (labels, the changes seen, the
 //! gaps in watching).
@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::TIMEOUT;
 use crate::kube_stub::KubeStub;
-use gpu_slicer_daemon::kube_api::KubeClient;
-use gpu_slicer_daemon::node::{NodeView, NodeWatcher, WatcherEvent, WatcherState, step, synced};
+use gpu_slicer_daemon::cluster::api::KubeClient;
+use gpu_slicer_daemon::cluster::node::{
+    NodeView, NodeWatcher, WatcherEvent, WatcherState, step, synced,
+};
 
 const STATE: &str = "nvidia.com/mig.config.state";
 const CONFIG: &str = "nvidia.com/mig.config";

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::gpu::{Gpu, Inventory, MigDevice, NvLinkPeer};
-use gpu_slicer_daemon::nvml::{NvmlOptions, discover};
+use gpu_slicer_daemon::gpus::nvml::{NvmlOptions, discover};
 use serde_json::{Value, json};
 
 const CHILD: &str = "NVML_DISCOVERY_CHILD";
@@ -611,7 +611,7 @@ fn child_events() {
         lib_path: std::env::var_os("NVML_TEST_LIB").map(PathBuf::from),
         ..NvmlOptions::default()
     };
-    let (nvml, _) = gpu_slicer_daemon::nvml::nvml(&opts).expect("nvml");
+    let (nvml, _) = gpu_slicer_daemon::gpus::nvml::nvml(&opts).expect("nvml");
     let gpu0 = nvml.device_by_index(0).expect("gpu 0");
     let set = nvml.create_event_set().expect("event set");
     let supported = gpu0.supported_event_types().expect("supported");

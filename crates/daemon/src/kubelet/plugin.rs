@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use std::collections::HashMap;
 
-use crate::connection::Closable;
+use crate::kubelet::connection::Closable;
 use crate::metrics::Metrics;
 use gpu_slicer_api::device_plugin_server::{DevicePlugin, DevicePluginServer};
 use gpu_slicer_api::{
@@ -326,7 +326,7 @@ impl DevicePlugin for PluginService {
             })?;
             self.metrics.count_allocation(self.name.as_str(), true);
             tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");
-            container_responses.push(crate::wire::container_response(response));
+            container_responses.push(crate::kubelet::wire::container_response(response));
         }
         Ok(Response::new(AllocateResponse {
             container_responses,
@@ -382,7 +382,7 @@ pub fn serve(
     // Explicit, not the umask's (0777 under umask 000): only the kubelet,
     // which runs as root, connects.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    let identity = crate::files::socket_identity(socket);
+    let identity = crate::host::files::socket_identity(socket);
     let stop = CancellationToken::new();
     let counts = Arc::new(StreamCounts::default());
     let service = PluginService::new(
@@ -432,7 +432,8 @@ impl RunningServer {
 
     /// Whether the file at the socket path is still the one this server bound.
     pub fn socket_in_place(&self) -> bool {
-        self.identity.is_some() && crate::files::socket_identity(&self.socket) == self.identity
+        self.identity.is_some()
+            && crate::host::files::socket_identity(&self.socket) == self.identity
     }
 
     /// Stops serving: closes every connection (which ends its ListAndWatch
@@ -445,7 +446,9 @@ impl RunningServer {
             task.abort();
             let _ = task.await;
         }
-        if self.identity.is_some() && crate::files::socket_identity(&self.socket) == self.identity {
+        if self.identity.is_some()
+            && crate::host::files::socket_identity(&self.socket) == self.identity
+        {
             let _ = std::fs::remove_file(&self.socket);
         }
     }

@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::kube_api::{KubeClient, KubeError, Node, NodeWatch, WatchEvent};
+use crate::cluster::api::{KubeClient, KubeError, Node, NodeWatch, WatchEvent};
 use gpu_slicer_core::backoff::Backoff;
 
 /// NVIDIA's label for the per-node config name (declared in the core).

@@ -83,8 +83,8 @@ use nvml_wrapper_sys::bindings::{
 };
 use tokio::sync::mpsc;
 
+use crate::gpus::nvml::{NvmlOptions, nvml};
 use crate::metrics::{CallLabel, Metrics};
-use crate::nvml::{NvmlOptions, nvml};
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::health::{
     NextWait, Registration, SetState, SetWatch, WaitEnd, WaitPacer, WatchFacts, XidEvent,

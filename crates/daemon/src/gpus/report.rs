@@ -14,7 +14,7 @@ use nvml_wrapper::error::{NvmlError as RawError, nvml_try};
 use nvml_wrapper_sys::bindings::{NVML_GPU_INSTANCE_PROFILE_COUNT, nvmlGpuInstancePlacement_t};
 use serde::Serialize;
 
-use crate::nvml::{NvmlError, NvmlOptions, discover, nvml, profile_attribute, profile_name};
+use crate::gpus::nvml::{NvmlError, NvmlOptions, discover, nvml, profile_attribute, profile_name};
 use gpu_slicer_core::gpu::MigDevice;
 
 /// More placements than any GPU offers for one profile; NVML's count is

@@ -8,7 +8,7 @@
 //! against a 5 MiB budget for the binary every GPU node runs; the daemon uses
 //! three calls on one object. kube-runtime's watcher would add to that: its
 //! shape (a state enum and a step function) is rebuilt for one Node in
-//! [`crate::node::step`].
+//! [`crate::cluster::node::step`].
 //!
 //! Credentials: the in-cluster service account (the token file is read on
 //! every request, so the kubelet's rotation of bound tokens is picked up;

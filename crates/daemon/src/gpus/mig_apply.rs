@@ -26,9 +26,9 @@ use nvml_wrapper_sys::bindings::{
     nvmlComputeInstanceProfileInfo_t, nvmlGpuInstance_t, nvmlGpuInstancePlacement_t, nvmlReturn_t,
 };
 
-use crate::nvml::{NvmlError, NvmlOptions, nvml};
-use crate::nvml_report::{GpuReport, ReportError, report};
-use crate::pod_resources::PodDevice;
+use crate::gpus::nvml::{NvmlError, NvmlOptions, nvml};
+use crate::gpus::report::{GpuReport, ReportError, report};
+use crate::kubelet::pod_resources::PodDevice;
 use gpu_slicer_core::mig_change::{
     self, GpuChange, GpuNow, GpuOutcome, Op, Outcome, compute_instance_profile,
 };
@@ -405,7 +405,7 @@ fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvml_report::MigReport;
+    use crate::gpus::report::MigReport;
     use gpu_slicer_core::gpu::MigDevice;
 
     fn gpu(index: u32, migs: &[&str]) -> GpuReport {

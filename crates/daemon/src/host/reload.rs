@@ -53,12 +53,12 @@ fn watch_settled<S, F>(
     what: String,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<crate::watch::DirWatch>
+) -> notify::Result<crate::host::watch::DirWatch>
 where
     S: PartialEq + Send + 'static,
     F: Fn() -> S + Send + 'static,
 {
-    let (watcher, mut rx) = crate::watch::watch_dir(dir)?;
+    let (watcher, mut rx) = crate::host::watch::watch_dir(dir)?;
     let mut last = state();
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
@@ -87,7 +87,7 @@ pub fn watch_config_file(
     file: &Path,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<crate::watch::DirWatch> {
+) -> notify::Result<crate::host::watch::DirWatch> {
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -105,14 +105,14 @@ pub fn watch_config_file(
 }
 
 /// Watches a directory of named configs (a mounted ConfigMap, see
-/// [`crate::node`]) and asks for a reload whenever a config is added,
+/// [`crate::cluster::node`]) and asks for a reload whenever a config is added,
 /// removed or changed: any of those can change which one is selected, or
 /// what it says. The returned watcher must be kept alive.
 pub fn watch_config_dir(
     dir: &Path,
     settle: Duration,
     reload: mpsc::Sender<()>,
-) -> notify::Result<crate::watch::DirWatch> {
+) -> notify::Result<crate::host::watch::DirWatch> {
     let dir_path = dir.to_path_buf();
     let what = dir_path.display().to_string();
     watch_settled(dir, move || snapshot(&dir_path), what, settle, reload)
@@ -120,7 +120,7 @@ pub fn watch_config_dir(
 
 /// Every config's name and content (unreadable ones as `None`).
 fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
-    crate::node::list_configs(dir)
+    crate::cluster::node::list_configs(dir)
         .unwrap_or_default()
         .into_iter()
         .map(|name| {

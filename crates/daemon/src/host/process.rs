@@ -52,7 +52,7 @@ pub enum LogFormat {
 /// Logs to stderr, filtered by `RUST_LOG` (else `default_level`).
 ///
 /// `RUST_LOG` takes levels and per-target levels (`debug`,
-/// `info,gpu_slicer_daemon::node=debug`): tracing-subscriber's `Targets`,
+/// `info,gpu_slicer_daemon::cluster::node=debug`): tracing-subscriber's `Targets`,
 /// not its regex-based `EnvFilter`, which would add the regex engine to the
 /// binary every GPU node runs. A value that does not parse is reported and
 /// `default_level` applies.

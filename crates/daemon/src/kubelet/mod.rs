@@ -1,5 +1,12 @@
-//! The kubelet side: registering on `kubelet.sock`, and telling one
-//! `kubelet.sock` from the next.
+//! Everything that talks to the kubelet: registering on `kubelet.sock` and
+//! telling one `kubelet.sock` from the next (here), the DevicePlugin gRPC
+//! servers ([`plugin`]), their closable connections, the wire types, and
+//! the PodResources client.
+
+pub mod connection;
+pub mod plugin;
+pub mod pod_resources;
+pub mod wire;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -9,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Endpoint, Uri};
 
-use crate::plugin::options;
+use crate::kubelet::plugin::options;
 use gpu_slicer_api::RegisterRequest;
 use gpu_slicer_api::registration_client::RegistrationClient;
 use gpu_slicer_core::config::ResourceName;

@@ -8,7 +8,7 @@
 //!    admitted onto a GPU being repartitioned), and this task waits until it
 //!    has;
 //! 2. the layout is applied through NVML off the async runtime
-//!    ([`crate::mig_apply`]): GPUs with compute processes, and GPUs whose
+//!    ([`crate::gpus::mig_apply`]): GPUs with compute processes, and GPUs whose
 //!    devices pods hold (the kubelet's PodResources API), are refused
 //!    unless forced; a MIG
 //!    mode change that needs a GPU reset is reported, never done;
@@ -22,7 +22,7 @@
 //!
 //! The Node's state label is kept level-triggered: one writer task holds
 //! the latest outcome and compares it with the label as the Node watcher
-//! sees it ([`crate::node::NodeView`]); while they differ it patches the
+//! sees it ([`crate::cluster::node::NodeView`]); while they differ it patches the
 //! Node, retrying failed writes on a back-off until the API server has the
 //! value. A newer outcome supersedes an older one still being retried, so
 //! the Node always ends with the last outcome, whatever the API server
@@ -39,13 +39,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::api::{EventKind, KubeClient};
+use crate::cluster::node::MigLevels;
+use crate::cluster::node::NodeView;
 use crate::deadline::sleep_until_if;
-use crate::kube_api::{EventKind, KubeClient};
+use crate::gpus::mig_apply::{ApplyRequest, apply};
+use crate::gpus::nvml::NvmlOptions;
 use crate::metrics::Metrics;
-use crate::mig_apply::{ApplyRequest, apply};
-use crate::node::MigLevels;
-use crate::node::NodeView;
-use crate::nvml::NvmlOptions;
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::mig_change::{ConfigState, summarize};
 use gpu_slicer_core::node_labels::MIG_CONFIG_STATE;
@@ -212,13 +212,13 @@ impl Task {
         let pod_devices = if force {
             Ok(Vec::new())
         } else {
-            crate::pod_resources::list(&self.pod_resources_socket)
+            crate::kubelet::pod_resources::list(&self.pod_resources_socket)
                 .await
                 .map_err(|e| e.to_string())
         };
         let result = tokio::task::spawn_blocking(move || {
             let pod_devices = pod_devices?;
-            let layouts = crate::config_file::mig_layouts(layouts_file.as_deref())
+            let layouts = crate::host::config_file::mig_layouts(layouts_file.as_deref())
                 .map_err(|e| e.to_string())?;
             let request = ApplyRequest {
                 layouts: &layouts,
