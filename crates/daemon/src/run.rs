@@ -290,6 +290,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     };
 
     let shutdown = CancellationToken::new();
+    // Tasks that must reach a safe point before the process exits.
+    let background = tokio_util::task::TaskTracker::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
     reload::handle_signals(reload_tx.clone(), shutdown.clone()).map_err(RunError::Signals)?;
 
@@ -480,12 +482,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             metrics: metrics.clone(),
             retry_first: options.timings.mig_apply_retry,
         };
-        tokio::spawn(applier.run(shutdown.clone()));
+        background.spawn(applier.run(shutdown.clone()));
     }
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)
     {
-        tokio::spawn(node::remove_taint_when_ready(
+        background.spawn(node::remove_taint_when_ready(
             client,
             name,
             taint,
@@ -494,10 +496,27 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         ));
     }
 
-    daemon::run(paths, source, reload_rx, xid_rx, metrics, shutdown)
+    let result = daemon::run(paths, source, reload_rx, xid_rx, metrics, shutdown)
         .await
-        .map_err(RunError::Daemon)
+        .map_err(RunError::Daemon);
+    // SIGTERM: the owned background tasks reach their safe point first (the
+    // MIG applier finishes an apply NVML has started and reports it), within
+    // the pod's default termination grace.
+    background.close();
+    if tokio::time::timeout(BACKGROUND_STOP, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "background tasks did not stop within {BACKGROUND_STOP:?} of shutting down; exiting anyway"
+        );
+    }
+    result
 }
+
+/// How long SIGTERM waits for background tasks (a MIG apply under way):
+/// within Kubernetes' default 30 s termination grace period.
+const BACKGROUND_STOP: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// Starts following the node label (when there is a node to read): its
 /// first value is there before the first load, so that load already uses the

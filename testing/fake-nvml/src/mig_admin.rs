@@ -385,6 +385,14 @@ pub unsafe extern "C" fn nvmlDeviceCreateGpuInstanceWithPlacement(
     placement: *const nvmlGpuInstancePlacement_t,
     gpu_instance: *mut nvmlGpuInstance_t,
 ) -> nvmlReturn_t {
+    // A driver takes a while per instance (tests interrupt an apply with it):
+    // `FAKE_NVML_GPU_INSTANCE_CREATE_MS`, outside the state lock.
+    if let Some(ms) = std::env::var("FAKE_NVML_GPU_INSTANCE_CREATE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+    }
     call_mut("nvmlDeviceCreateGpuInstanceWithPlacement", |s| {
         let (i, gpu) = gpu_of(s, device)?;
         mig_capable(gpu)?;

@@ -94,16 +94,20 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// Runs until `shutdown`, then returns at the apply's safe point once
+    /// its last outcome is on the Node (bounded by [`STATE_WAIT`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let (report, reports) = watch::channel(None);
         let (written_tx, written) = watch::channel(0);
-        tokio::spawn(keep_node_state(
+        // The writer outlives SIGTERM: the last outcome still gets written.
+        let writer_stop = CancellationToken::new();
+        let writer = tokio::spawn(keep_node_state(
             self.client.clone(),
             self.node.clone(),
             reports,
             self.node_view.clone(),
             written_tx,
-            shutdown.clone(),
+            writer_stop.clone(),
         ));
         let mut task = Task {
             applier: self,
@@ -112,6 +116,16 @@ impl Applier {
             reported: 0,
         };
         task.run(shutdown).await;
+        let last = task.reported;
+        let written = task.written.wait_for(|w| *w >= last);
+        if tokio::time::timeout(STATE_WAIT, written).await.is_err() {
+            tracing::warn!(
+                "node {}: the last {MIG_CONFIG_STATE} was not written within {STATE_WAIT:?} of shutting down",
+                task.node
+            );
+        }
+        writer_stop.cancel();
+        let _ = writer.await;
     }
 }
 
@@ -152,10 +166,14 @@ impl Task {
                     retry_at = None;
                 }
                 Some(name) => {
-                    let applied = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        ok = self.change(&name) => ok,
-                    };
+                    // Not raced against SIGTERM: `change` stops early only
+                    // before NVML is touched, and otherwise runs to its
+                    // safe point (every GPU done or undone, the outcome on
+                    // the Node); `run` in `crate::run` waits for it.
+                    let applied = self.change(&name, &shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
                     retry_at = if applied {
                         backoff.reset();
                         None
@@ -196,11 +214,17 @@ impl Task {
         });
     }
 
-    /// One attempt at `layout`; true when the GPUs hold it.
-    async fn change(&mut self, layout: &str) -> bool {
+    /// One attempt at `layout`; true when the GPUs hold it. SIGTERM before
+    /// the NVML apply starts abandons it (nothing changed; the Node says
+    /// `pending` and the next start applies it); after, the apply finishes
+    /// and its outcome is reported.
+    async fn change(&mut self, layout: &str, shutdown: &CancellationToken) -> bool {
         self.publish(Some(layout), Some(ConfigState::Pending));
         self.set_node_state(ConfigState::Pending).await;
-        self.wait_daemon(true).await;
+        self.wait_daemon(true, shutdown).await;
+        if shutdown.is_cancelled() {
+            return false;
+        }
 
         let layouts_file = self.layouts_file.clone();
         let nvml = self.nvml.clone();
@@ -243,7 +267,7 @@ impl Task {
             // The daemon rediscovers, then the Node says success: by then
             // the new devices are advertised.
             self.publish(Some(layout), Some(ConfigState::Success));
-            self.wait_daemon(false).await;
+            self.wait_daemon(false, shutdown).await;
             // The Event first: whoever sees the state finds the why.
             self.event(EventKind::Normal, "MigLayoutApplied", &message)
                 .await;
@@ -260,9 +284,15 @@ impl Task {
     }
 
     /// Waits until the daemon reports `withdrawn`, bounded by [`DAEMON_WAIT`].
-    async fn wait_daemon(&mut self, withdrawn: bool) {
+    async fn wait_daemon(&mut self, withdrawn: bool, shutdown: &CancellationToken) {
         let wait = self.withdrawn.wait_for(|w| *w == withdrawn);
-        if tokio::time::timeout(DAEMON_WAIT, wait).await.is_err() {
+        let bounded = tokio::time::timeout(DAEMON_WAIT, wait);
+        // A daemon shutting down withdraws and advertises nothing more.
+        let timed_out = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            waited = bounded => waited.is_err(),
+        };
+        if timed_out {
             tracing::warn!(
                 "the daemon did not {} the MIG-capable GPUs within {DAEMON_WAIT:?}; going on",
                 if withdrawn { "withdraw" } else { "advertise" }

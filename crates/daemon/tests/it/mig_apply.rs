@@ -484,3 +484,71 @@ fn applying_layouts_needs_the_node_name_a_readable_file_and_excludes_following()
     assert!(stderr.contains("--mig-parted-config: "), "{stderr}");
     assert!(stderr.contains("absent.yaml"), "{stderr}");
 }
+
+/// SIGTERM while NVML applies a layout (issue 23, design item 3): the
+/// daemon lets the apply reach its safe point (each GPU done or undone),
+/// writes the outcome on the Node, and exits 0. It used to drop the applier
+/// task at SIGTERM: the Node kept `pending` after the GPUs had changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_apply_waits_for_its_safe_point_and_reports_it() {
+    let dir = temp_dir();
+    let topology = aside(dir.path()).join("inventory.json");
+    write_topology(&topology, "all-balanced");
+    let initial = std::fs::read_to_string(&topology).expect("read");
+    let stub = KubeStub::start("n1", &[(CONFIG, "all-1g.5gb")], json!([])).await;
+    let _kubelet = kubelet(dir.path()).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let lib = fake_nvml();
+    let pods = pod_resources_socket(dir.path());
+    let (mut daemon, _log) = start_logged(
+        dir.path(),
+        &[
+            "--nvml-lib",
+            lib.to_str().expect("utf-8"),
+            "--mig-strategy",
+            "mixed",
+            "--node-name",
+            "n1",
+            "--kube-api-url",
+            &stub.url,
+            "--apply-mig-layouts",
+            "--metrics-address",
+            &metrics,
+            "--pod-resources-socket",
+            pods.to_str().expect("utf-8"),
+        ],
+        &[
+            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
+            // 14 GPU instances to create: seconds of apply to interrupt.
+            ("FAKE_NVML_GPU_INSTANCE_CREATE_MS", "300"),
+        ],
+    );
+    // The fake driver's state changes with the apply's first operation.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read_to_string(&topology).is_ok_and(|t| t == initial) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the apply did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        stub.node()["metadata"]["labels"][STATE].as_str(),
+        Some("success"),
+        "the outcome of the interrupted apply is on the Node"
+    );
+    let node: Value =
+        serde_json::from_str(&std::fs::read_to_string(&topology).expect("read")).expect("json");
+    let gpus = node["gpus"].as_array().expect("gpus");
+    assert_eq!(gpus.len(), 2);
+    for gpu in gpus {
+        assert_eq!(
+            gpu["mig_devices"].as_array().map(Vec::len),
+            Some(7),
+            "GPU {} holds all-1g.5gb whole: {gpu}",
+            gpu["index"]
+        );
+    }
+}
