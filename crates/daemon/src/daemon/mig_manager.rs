@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Daemon, SetupSource, load};
+use super::{Daemon, SetupSource};
 pub use crate::cluster::node::MigLevels;
 use crate::deadline::sleep_until_if;
 use gpu_slicer_core::backoff::Backoff;
@@ -180,14 +180,12 @@ impl Daemon {
                 shown(state)
             ),
         }
-        let outcome = match load(source).await {
-            Ok((setup, plan)) => self.apply(&setup, plan).await.map_err(|e| e.to_string()),
-            Err(e) => Err(format!(
-                "rediscovery after MIG Manager's change failed: {e}"
-            )),
-        };
+        let outcome = self
+            .load_and_apply(source)
+            .await
+            .map_err(|e| format!("rediscovery after MIG Manager's change failed: {e}"));
         match outcome {
-            Ok(()) => {
+            Ok(_) => {
                 self.mig.discovered = Some(levels.revision);
                 self.mig.retry = None;
                 self.mig.backoff.reset();

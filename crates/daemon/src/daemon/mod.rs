@@ -388,32 +388,21 @@ pub async fn run(
             _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
-                match load(&source).await {
-                    Ok((setup, plan)) => match daemon.apply(&setup, plan).await {
-                        Ok(()) => daemon.metrics.count_reload(true),
-                        Err(e) => {
-                            daemon.metrics.count_reload(false);
-                            tracing::error!("configuration reload refused, keeping the running configuration: {e}");
-                        }
-                    },
-                    Err(e) => {
-                        daemon.metrics.count_reload(false);
-                        tracing::error!("configuration reload refused, keeping the running configuration: {e}");
-                    }
+                let outcome = daemon.load_and_apply(&source).await;
+                daemon.metrics.count_reload(outcome.is_ok());
+                if let Err(e) = outcome {
+                    tracing::error!("configuration reload refused, keeping the running configuration: {e}");
                 }
             }
             _ = sleep_until_if(rediscover) => {
-                match load(&source).await {
-                    Ok((setup, plan)) => {
-                        if setup.unreachable.is_empty() {
-                            tracing::info!("device discovery succeeded");
-                        }
-                        if let Err(e) = daemon.apply(&setup, plan).await {
-                            tracing::error!("{e}; retrying");
-                            daemon.schedule_discovery();
-                        }
+                match daemon.load_and_apply(&source).await {
+                    Ok(Discovered::Every) => tracing::info!("device discovery succeeded"),
+                    Ok(Discovered::Some) => {}
+                    Err(e @ NotApplied::Apply(_)) => {
+                        tracing::error!("{e}; retrying");
+                        daemon.schedule_discovery();
                     }
-                    Err(e) => {
+                    Err(e @ NotApplied::Load(_)) => {
                         tracing::warn!("device discovery failed again: {e}");
                         daemon.schedule_discovery();
                     }
@@ -430,6 +419,40 @@ async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a successful [`Daemon::load_and_apply`] discovered.
+enum Discovered {
+    /// Every GPU NVML counts.
+    Every,
+    /// Some GPUs could not be read: they are left out, discovery is retried.
+    Some,
+}
+
+/// Why a [`Daemon::load_and_apply`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+enum NotApplied {
+    #[error("{0}")]
+    Load(SetupError),
+    #[error("{0}")]
+    Apply(ApplyError),
+}
+
+impl Daemon {
+    /// The one load-and-apply (a reload, a discovery retry, a rediscovery
+    /// after a MIG layout change): a fresh setup read off the runtime,
+    /// planned, and the running plugins brought in line with it. A refusal
+    /// changes nothing.
+    async fn load_and_apply(&mut self, source: &SetupSource) -> Result<Discovered, NotApplied> {
+        let (setup, plan) = load(source).await.map_err(NotApplied::Load)?;
+        let discovered = if setup.unreachable.is_empty() {
+            Discovered::Every
+        } else {
+            Discovered::Some
+        };
+        self.apply(&setup, plan).await.map_err(NotApplied::Apply)?;
+        Ok(discovered)
     }
 }
 
