@@ -391,11 +391,20 @@ pub fn validate_imex_channel_ids(ids: &[i64]) -> Result<(), InvalidValue> {
     )))
 }
 
+/// Why a `memoryPerReplica` size is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("'{0}' is not a size: write it as 10Gi or 4096Mi")]
+    NotASize(String),
+    #[error("'{0}' is no memory: give at least 1Mi")]
+    Zero(String),
+}
+
 /// `memoryPerReplica`: a size in Mi or Gi (binary, as Kubernetes writes
 /// them); the result in MiB.
-pub fn parse_mebibytes(text: &str) -> Result<u64, String> {
+pub fn parse_mebibytes(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
-    let bad = || format!("'{text}' is not a size: write it as 10Gi or 4096Mi");
+    let bad = || SizeError::NotASize(text.to_string());
     let (digits, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map_or((text, ""), |at| text.split_at(at));
@@ -407,7 +416,7 @@ pub fn parse_mebibytes(text: &str) -> Result<u64, String> {
     }
     .ok_or_else(bad)?;
     if mib == 0 {
-        return Err(format!("'{text}' is no memory: give at least 1Mi"));
+        return Err(SizeError::Zero(text.to_string()));
     }
     Ok(mib)
 }
@@ -1013,7 +1022,7 @@ impl Cx<'_> {
         let memory_per_replica_mib = match m.get("memoryPerReplica") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => {
-                Some(parse_mebibytes(text).map_err(|e| self.invalid(&memory_path, e))?)
+                Some(parse_mebibytes(text).map_err(|e| self.invalid(&memory_path, e.to_string()))?)
             }
             Some(other) => {
                 return Err(self.invalid(
