@@ -293,9 +293,9 @@ fn time_slicing_config(replicas: u32, rename: bool) -> Result<Config, ConfigErro
 /// The resource a time-shared pod asks for.
 fn shared_resource(workload: &Workload) -> &'static str {
     if workload.rename_by_default {
-        "nvidia.com/gpu.shared"
+        config::SHARED_GPU_RESOURCE
     } else {
-        "nvidia.com/gpu"
+        config::GPU_RESOURCE
     }
 }
 
@@ -462,7 +462,7 @@ fn pod_asks(workload: &Workload, members: &[usize]) -> Vec<PodAsk> {
         let item = &workload.items[i];
         let (resource, n) = match (&item.slice, item.shared_gpu) {
             (Some(slice), _) => (
-                format!("nvidia.com/mig-{}", slice.trim_start_matches("mig-")),
+                config::mig_resource(slice),
                 u64::from(item.slices_per_pod.max(1)),
             ),
             (None, n) => (
@@ -547,7 +547,7 @@ fn group(
             continue;
         };
         let exotic = instance.name.contains("metal")
-            || cap.counts.get("nvidia.com/gpu").copied().unwrap_or(0) > 0;
+            || cap.counts.get(config::GPU_RESOURCE).copied().unwrap_or(0) > 0;
         pool_types.push(Choice {
             instance: instance.name.to_string(),
             layout: layout.clone(),

@@ -634,9 +634,9 @@ pub fn quantity(v: &Value) -> Option<u64> {
 /// Whether a name is a device-plugin (extended) resource name that users
 /// confuse with labels.
 pub fn is_resource_name(key: &str) -> bool {
-    key == "nvidia.com/gpu"
-        || key == "nvidia.com/gpu.shared"
-        || key.starts_with("nvidia.com/mig-")
+    key == config::GPU_RESOURCE
+        || key == config::SHARED_GPU_RESOURCE
+        || config::mig_profile_of(key).is_some()
         || key == "amd.com/gpu"
         || key.starts_with("aws.amazon.com/neuron")
         || key == "habana.ai/gaudi"
@@ -646,8 +646,8 @@ pub fn is_resource_name(key: &str) -> bool {
 /// A slice resource: a MIG profile or shared replicas, unknown to Karpenter
 /// without an overlay.
 pub fn is_slice_resource(key: &str) -> bool {
-    key.starts_with("nvidia.com/mig-")
-        || (key.starts_with("nvidia.com/") && key.ends_with(".shared"))
+    config::mig_profile_of(key).is_some()
+        || (key.starts_with("nvidia.com/") && key.ends_with(config::SHARED_SUFFIX))
 }
 
 #[cfg(test)]

@@ -79,7 +79,9 @@ pub fn capacity_of(plan: &Plan) -> Capacity {
         .into_iter()
         .map(|(name, n)| (name, n as u64))
         .collect();
-    counts.entry("nvidia.com/gpu".to_string()).or_insert(0);
+    counts
+        .entry(gpu_slicer_core::config::GPU_RESOURCE.to_string())
+        .or_insert(0);
     Capacity {
         counts,
         config_hash: labels::config_hash(plan),

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use gpu_slicer_core::config;
 use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::messages::{types_in_words, yaml_error};
 
@@ -318,12 +319,12 @@ fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, In
     }
     let mut renamed = None;
     match gpu.as_slice() {
-        [(r, n)] if r.starts_with("nvidia.com/mig-") => {
-            item.slice = Some(r.trim_start_matches("nvidia.com/mig-").to_string());
+        [(r, n)] if let Some(profile) = config::mig_profile_of(r) => {
+            item.slice = Some(profile.to_string());
             item.slices_per_pod = u32::try_from(*n).unwrap_or(u32::MAX);
         }
-        [(r, n)] if r == "nvidia.com/gpu" || r == "nvidia.com/gpu.shared" => {
-            renamed = Some(r == "nvidia.com/gpu.shared");
+        [(r, n)] if r == config::GPU_RESOURCE || r == config::SHARED_GPU_RESOURCE => {
+            renamed = Some(r == config::SHARED_GPU_RESOURCE);
             item.shared_gpu = Some(u32::try_from(*n).unwrap_or(u32::MAX));
         }
         [] => {
@@ -579,8 +580,8 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, InputErr
                     / f64::from(1u32 << 30),
             ),
         };
-        let shared = requests.contains_key("nvidia.com/gpu")
-            || requests.contains_key("nvidia.com/gpu.shared");
+        let shared = requests.contains_key(config::GPU_RESOURCE)
+            || requests.contains_key(config::SHARED_GPU_RESOURCE);
         if shared && memory_gib.is_none() {
             return Err(crate::invalid!(
                 at,

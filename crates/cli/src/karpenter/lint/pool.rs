@@ -284,7 +284,7 @@ pub(super) fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink
                         ),
                     );
                 }
-            } else if key == "nvidia.com/gpu" {
+            } else if key == gpu_slicer_core::config::GPU_RESOURCE {
                 let max_gpus = pool.instances.iter().map(|i| i.gpus).max().unwrap_or(0);
                 if layout.is_some() {
                     sink.add(doc, &path, Severity::Warning, "gpu-limit", format!(
@@ -312,7 +312,7 @@ pub(super) fn lint_pool(pool: &Pool<'_>, overlays: &[&Document], sink: &mut Sink
     // Overlays for slices and shared replicas.
     let sliced = advertised.iter().any(|(r, (max, _, _))| {
         is_slice_resource(r)
-            || (r == "nvidia.com/gpu"
+            || (r == gpu_slicer_core::config::GPU_RESOURCE
                 && pool.plans.iter().any(|(i, p)| {
                     p.as_ref().is_some_and(|p| {
                         p.resource(r).is_some_and(|res| {
