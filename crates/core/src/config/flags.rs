@@ -3,6 +3,7 @@
 //! `env` gives flag > env, and [`ConfigFlags::apply`] lays whatever was given
 //! over the file's values.
 
+use super::keys::with_override_keys;
 use super::load::{
     ConfigError, IMEX_UNSUPPORTED, parse_device_discovery_strategy, parse_device_list_strategies,
     validate_cross, validate_imex_channel_ids,
@@ -166,6 +167,60 @@ pub struct ConfigFlags {
     pub imex_required: Option<bool>,
 }
 
+/// Lays one override of [`with_override_keys`]'s table over its field.
+macro_rules! overlay_key {
+    ($given:expr, $target:expr, $flag:literal, bool) => {
+        if let Some(v) = $given {
+            $target = v;
+        }
+    };
+    ($given:expr, $target:expr, $flag:literal, string) => {
+        if let Some(v) = &$given {
+            $target = v.clone();
+        }
+    };
+    ($given:expr, $target:expr, $flag:literal, optional) => {
+        if let Some(v) = &$given {
+            $target = Some(v.clone());
+        }
+    };
+    ($given:expr, $target:expr, $flag:literal, parsed($parse:expr)) => {
+        if let Some(v) = &$given {
+            $target = ($parse)(v.as_str()).map_err(|e| invalid($flag, e.to_string()))?;
+        }
+    };
+    ($given:expr, $target:expr, $flag:literal, list($parse:expr)) => {
+        if let Some(v) = &$given {
+            $target = ($parse)(v.as_slice())
+                .map_err(|m| invalid($flag, format!("invalid {} option: {m}", $flag)))?;
+        }
+    };
+}
+
+/// From the table: the overlay of every given override on its key.
+macro_rules! overlay {
+    (
+        flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
+                   $($facc:ident).+, $fflag:literal, $fenv:literal; )* }
+        plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
+                    $($pacc:ident).+, $pflag:literal, $penv:literal; )* }
+    ) => {
+        impl ConfigFlags {
+            /// Lays the given overrides of the table's keys over `config`.
+            fn overlay_declared(&self, config: &mut Config) -> Result<(), ConfigError> {
+                let given = self;
+                let flags = &mut config.flags;
+                $( overlay_key!(given.$($facc).+, flags.$ffield, $fflag, $fkind $(($fparse))?); )*
+                let plugin = &mut flags.plugin;
+                $( overlay_key!(given.$($pacc).+, plugin.$pfield, $pflag, $pkind $(($pparse))?); )*
+                Ok(())
+            }
+        }
+    };
+}
+
+with_override_keys!(overlay);
+
 fn invalid(flag: &str, message: String) -> ConfigError {
     ConfigError::Override {
         flag: flag.to_string(),
@@ -206,68 +261,7 @@ impl ConfigFlags {
     /// Lays exactly the given fields over `config`, validates them with
     /// NVIDIA's messages, then runs [`validate_cross`].
     fn apply_given(&self, mut config: Config) -> Result<Config, ConfigError> {
-        let flags = &mut config.flags;
-        if let Some(v) = &self.mig.mig_strategy {
-            flags.mig_strategy = v
-                .parse::<MigStrategy>()
-                .map_err(|e| invalid("--mig-strategy", e.to_string()))?;
-        }
-        if let Some(v) = self.fail_on_init_error {
-            flags.fail_on_init_error = v;
-        }
-        if let Some(v) = &self.nvidia_driver_root {
-            flags.nvidia_driver_root = v.clone();
-        }
-        if let Some(v) = &self.nvidia_dev_root {
-            flags.nvidia_dev_root = Some(v.clone());
-        }
-        if let Some(v) = &self.mps.mps_root {
-            flags.mps_root = v.clone();
-        }
-        if let Some(v) = self.gdrcopy_enabled {
-            flags.gdrcopy_enabled = v;
-        }
-        if let Some(v) = self.gds_enabled {
-            flags.gds_enabled = v;
-        }
-        if let Some(v) = self.mofed_enabled {
-            flags.mofed_enabled = v;
-        }
-        if let Some(v) = &self.device_discovery_strategy {
-            flags.device_discovery_strategy = parse_device_discovery_strategy(v)
-                .map_err(|m| invalid("--device-discovery-strategy", m.into()))?;
-        }
-        let plugin = &mut flags.plugin;
-        if let Some(v) = self.pass_device_specs {
-            plugin.pass_device_specs = v;
-        }
-        if let Some(v) = &self.naming.device_list_strategy {
-            plugin.device_list_strategy = parse_device_list_strategies(v).map_err(|m| {
-                invalid(
-                    "--device-list-strategy",
-                    format!("invalid --device-list-strategy option: {m}"),
-                )
-            })?;
-        }
-        if let Some(v) = &self.naming.device_id_strategy {
-            plugin.device_id_strategy = v
-                .parse::<DeviceIdStrategy>()
-                .map_err(|e| invalid("--device-id-strategy", e.to_string()))?;
-        }
-        if let Some(v) = &self.cdi_annotation_prefix {
-            plugin.cdi_annotation_prefix = v.clone();
-        }
-        if let Some(v) = &self.nvidia_cdi_hook_path {
-            plugin.nvidia_ctk_path = v.clone();
-        }
-        if let Some(v) = &self.driver_root_ctr_path {
-            plugin.container_driver_root = v.clone();
-        }
-        if let Some(v) = &self.shared_devices_allocation_policy {
-            plugin.shared_devices_allocation_policy = v
-                .parse::<AllocationPolicy>()
-                .map_err(|e| invalid("--shared-devices-allocation-policy", e.to_string()))?;
-        }
+        self.overlay_declared(&mut config)?;
         if let Some(ids) = &self.imex_channel_ids {
             validate_imex_channel_ids(ids).map_err(|m| {
                 invalid(
@@ -323,6 +317,41 @@ mod tests {
     fn apply(f: &ConfigFlags, file: &str) -> Result<Config, String> {
         let config = parse(file, "config.yaml").map_err(|e| e.to_string())?;
         f.apply_with_env(config, no_env).map_err(|e| e.to_string())
+    }
+
+    /// The command line declares every flag of the key table with the
+    /// table's environment variable, and no other flag that sets a config
+    /// key (the IMEX flags only validate).
+    #[test]
+    fn the_command_line_declares_each_table_flag_with_its_env() {
+        use crate::config::keys::OVERRIDES;
+        use clap::CommandFactory;
+        let cmd = T::command();
+        for (key, flag, env) in OVERRIDES {
+            let long = flag.trim_start_matches("--");
+            let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(long)) else {
+                panic!("{key}: the command line has no {flag}");
+            };
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(*env),
+                "{key}: {flag}"
+            );
+        }
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long.starts_with("imex-") || long == "help" {
+                continue;
+            }
+            assert!(
+                OVERRIDES
+                    .iter()
+                    .any(|(_, flag, _)| flag.trim_start_matches("--") == long),
+                "--{long} is not in the key table (config/keys.rs)"
+            );
+        }
+        let keys: std::collections::BTreeSet<_> = OVERRIDES.iter().map(|(k, _, _)| k).collect();
+        assert_eq!(keys.len(), OVERRIDES.len(), "a key declared twice");
     }
 
     #[test]

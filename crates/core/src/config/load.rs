@@ -32,6 +32,8 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use super::keys::with_override_keys;
+
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
     Flags, InvalidValue, MigStrategy, MpsLimits, PluginFlags, ReplicatedResource,
@@ -100,16 +102,6 @@ const fn leaf(key: &'static str) -> Field {
     }
 }
 
-const PLUGIN: &[Field] = &[
-    leaf("passDeviceSpecs"),
-    leaf("deviceListStrategy"),
-    leaf("deviceIDStrategy"),
-    leaf("cdiAnnotationPrefix"),
-    leaf("nvidiaCTKPath"),
-    leaf("containerDriverRoot"),
-    leaf("sharedDevicesAllocationPolicy"),
-];
-
 /// GPU Feature Discovery keys: accepted and discarded.
 const GFD: &[Field] = &[
     leaf("oneshot"),
@@ -119,26 +111,87 @@ const GFD: &[Field] = &[
     leaf("machineTypeFile"),
 ];
 
-const FLAGS: &[Field] = &[
-    leaf("migStrategy"),
-    leaf("failOnInitError"),
-    leaf("mpsRoot"),
-    leaf("nvidiaDriverRoot"),
-    leaf("nvidiaDevRoot"),
-    leaf("gdrcopyEnabled"),
-    leaf("gdsEnabled"),
-    leaf("mofedEnabled"),
-    leaf("useNodeFeatureAPI"),
-    leaf("deviceDiscoveryStrategy"),
-    Field {
-        key: "plugin",
-        kind: Kind::Map(PLUGIN),
-    },
-    Field {
-        key: "gfd",
-        kind: Kind::Map(GFD),
-    },
-];
+/// Reads one key of [`with_override_keys`]'s table into its field.
+macro_rules! read_key {
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, bool) => {
+        if let Some(v) = $cx.bool($m, $key, $path)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, string) => {
+        if let Some(v) = $cx.string($m, $key, $path)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, optional) => {
+        if let Some(v) = $cx.string($m, $key, $path)? {
+            $target = Some(v);
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, parsed($parse:expr)) => {
+        if let Some(v) = $cx.parsed($m, $key, $path, $parse)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, list($parse:expr)) => {
+        if let Some(v) = $cx.string_list($m, $key, $path, $parse)? {
+            $target = v;
+        }
+    };
+}
+
+/// From the table: the known keys of `flags` and `flags.plugin`, and the
+/// loader's walk of those a flag overrides.
+macro_rules! schema_and_walker {
+    (
+        flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
+                   $($facc:ident).+, $fflag:literal, $fenv:literal; )* }
+        plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
+                    $($pacc:ident).+, $pflag:literal, $penv:literal; )* }
+    ) => {
+        const PLUGIN: &[Field] = &[ $( leaf($pkey), )* ];
+
+        const FLAGS: &[Field] = &[
+            $( leaf($fkey), )*
+            // GPU Feature Discovery's: type-checked, then discarded.
+            leaf("useNodeFeatureAPI"),
+            Field {
+                key: "plugin",
+                kind: Kind::Map(PLUGIN),
+            },
+            Field {
+                key: "gfd",
+                kind: Kind::Map(GFD),
+            },
+        ];
+
+        impl Cx<'_> {
+            /// The keys of `flags` a flag overrides.
+            fn overridable_flags(
+                &self,
+                m: &Map<String, Value>,
+                flags: &mut Flags,
+            ) -> Result<(), ConfigError> {
+                let cx = self;
+                $( read_key!(cx, m, "flags", $fkey, flags.$ffield, $fkind $(($fparse))?); )*
+                Ok(())
+            }
+
+            /// The keys of `flags.plugin` (a flag overrides each).
+            fn overridable_plugin(
+                &self,
+                m: &Map<String, Value>,
+                plugin: &mut PluginFlags,
+            ) -> Result<(), ConfigError> {
+                let cx = self;
+                $( read_key!(cx, m, "flags.plugin", $pkey, plugin.$pfield, $pkind $(($pparse))?); )*
+                Ok(())
+            }
+        }
+    };
+}
+
+with_override_keys!(schema_and_walker);
 
 const PATTERN: &[Field] = &[leaf("pattern"), leaf("name")];
 
@@ -736,99 +789,51 @@ impl Cx<'_> {
     fn flags(&self, m: &Map<String, Value>) -> Result<Flags, ConfigError> {
         let p = "flags";
         let mut flags = Flags::default();
-        if let Some(v) = self.parsed(m, "migStrategy", p, str::parse::<MigStrategy>)? {
-            flags.mig_strategy = v;
-        }
-        if let Some(v) = self.bool(m, "failOnInitError", p)? {
-            flags.fail_on_init_error = v;
-        }
-        if let Some(v) = self.string(m, "mpsRoot", p)? {
-            flags.mps_root = v;
-        }
-        if let Some(v) = self.string(m, "nvidiaDriverRoot", p)? {
-            flags.nvidia_driver_root = v;
-        }
-        flags.nvidia_dev_root = self.string(m, "nvidiaDevRoot", p)?;
-        if let Some(v) = self.bool(m, "gdrcopyEnabled", p)? {
-            flags.gdrcopy_enabled = v;
-        }
-        if let Some(v) = self.bool(m, "gdsEnabled", p)? {
-            flags.gds_enabled = v;
-        }
-        if let Some(v) = self.bool(m, "mofedEnabled", p)? {
-            flags.mofed_enabled = v;
-        }
+        self.overridable_flags(m, &mut flags)?;
         // GFD only: type-checked, then discarded.
         self.bool(m, "useNodeFeatureAPI", p)?;
         self.map(m, "gfd", p, GFD)?;
-        if let Some(v) = self.parsed(
-            m,
-            "deviceDiscoveryStrategy",
-            p,
-            parse_device_discovery_strategy,
-        )? {
-            flags.device_discovery_strategy = v;
-        }
         if let Some(plugin) = self.map(m, "plugin", p, PLUGIN)? {
-            flags.plugin = self.plugin(plugin)?;
+            self.overridable_plugin(plugin, &mut flags.plugin)?;
         }
         Ok(flags)
     }
 
-    fn plugin(&self, m: &Map<String, Value>) -> Result<PluginFlags, ConfigError> {
-        let p = "flags.plugin";
-        let mut plugin = PluginFlags::default();
-        if let Some(v) = self.bool(m, "passDeviceSpecs", p)? {
-            plugin.pass_device_specs = v;
-        }
-        let dls_path = join(p, "deviceListStrategy");
-        match m.get("deviceListStrategy") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => {
-                plugin.device_list_strategy =
-                    parse_device_list_strategies(&[s]).map_err(|e| self.invalid(&dls_path, e))?;
-            }
+    /// A string or a list of strings (NVIDIA's `deviceListStrategy`),
+    /// checked by `parse`.
+    fn string_list<T, E: std::fmt::Display>(
+        &self,
+        map: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        parse: impl Fn(&[String]) -> Result<T, E>,
+    ) -> Result<Option<T>, ConfigError> {
+        let at = join(path, key);
+        let names: Vec<String> = match map.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => {
                 let mut names = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::String(s) => names.push(s.as_str()),
+                        Value::String(s) => names.push(s.clone()),
                         other => {
                             return Err(self.invalid(
-                                &format!("{dls_path}[{i}]"),
-                                format!("invalid deviceListStrategy: {other}"),
+                                &format!("{at}[{i}]"),
+                                format!("invalid {key}: {other}"),
                             ));
                         }
                     }
                 }
-                plugin.device_list_strategy =
-                    parse_device_list_strategies(&names).map_err(|e| self.invalid(&dls_path, e))?;
+                names
             }
             Some(other) => {
-                return Err(self.invalid(&dls_path, format!("invalid deviceListStrategy: {other}")));
+                return Err(self.invalid(&at, format!("invalid {key}: {other}")));
             }
-        }
-        if let Some(v) = self.parsed(m, "deviceIDStrategy", p, str::parse::<DeviceIdStrategy>)? {
-            plugin.device_id_strategy = v;
-        }
-        if let Some(v) = self.string(m, "cdiAnnotationPrefix", p)? {
-            plugin.cdi_annotation_prefix = v;
-        }
-        if let Some(v) = self.string(m, "nvidiaCTKPath", p)? {
-            plugin.nvidia_ctk_path = v;
-        }
-        if let Some(v) = self.string(m, "containerDriverRoot", p)? {
-            plugin.container_driver_root = v;
-        }
-        if let Some(v) = self.parsed(
-            m,
-            "sharedDevicesAllocationPolicy",
-            p,
-            str::parse::<AllocationPolicy>,
-        )? {
-            plugin.shared_devices_allocation_policy = v;
-        }
-        Ok(plugin)
+        };
+        parse(&names)
+            .map(Some)
+            .map_err(|e| self.invalid(&at, e.to_string()))
     }
 
     /// The list of mappings under `key`, each checked against `fields`.
@@ -1277,8 +1282,8 @@ mod tests {
     }
 
     const FLAGS_KEYS: &str = "migStrategy, failOnInitError, mpsRoot, nvidiaDriverRoot, \
-        nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, useNodeFeatureAPI, \
-        deviceDiscoveryStrategy, plugin, gfd";
+        nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, deviceDiscoveryStrategy, \
+        useNodeFeatureAPI, plugin, gfd";
 
     #[test]
     fn unknown_and_misplaced_keys() {
