@@ -9,8 +9,8 @@ use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEn
 use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
 use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
-use gpu_slicer_core::config::{ConfigFlags, DeviceNamingFlags, MigStrategyFlag, MpsRootFlag};
-use gpu_slicer_daemon::args::RunArgs;
+use gpu_slicer_core::config::ConfigFlags;
+use gpu_slicer_daemon::args::{DeviceNamingArgs, MigStrategyArg, MpsRootArg, RunArgs};
 use gpu_slicer_daemon::process::{
     LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
 };
@@ -141,20 +141,21 @@ enum Command {
 
 /// NVIDIA's flags that change what `plan` computes; the daemon's others
 /// (driver paths, device-list strategies, ...) change nothing it prints.
-/// Each is declared once, in the core's [`ConfigFlags`] groups.
+/// Each is declared once, in the daemon's command-line groups, and mapped
+/// onto the core's plain [`ConfigFlags`].
 #[derive(clap::Args)]
 struct PlanFlags {
     #[command(flatten)]
-    mig: MigStrategyFlag,
+    mig: MigStrategyArg,
     #[command(flatten)]
-    mps: MpsRootFlag,
+    mps: MpsRootArg,
 }
 
 impl From<PlanFlags> for ConfigFlags {
     fn from(f: PlanFlags) -> ConfigFlags {
         ConfigFlags {
-            mig: f.mig,
-            mps: f.mps,
+            mig: f.mig.into(),
+            mps: f.mps.into(),
             ..ConfigFlags::default()
         }
     }
@@ -165,16 +166,16 @@ impl From<PlanFlags> for ConfigFlags {
 #[derive(clap::Args)]
 struct DemoFlags {
     #[command(flatten)]
-    mig: MigStrategyFlag,
+    mig: MigStrategyArg,
     #[command(flatten)]
-    naming: DeviceNamingFlags,
+    naming: DeviceNamingArgs,
 }
 
 impl From<DemoFlags> for ConfigFlags {
     fn from(f: DemoFlags) -> ConfigFlags {
         ConfigFlags {
-            mig: f.mig,
-            naming: f.naming,
+            mig: f.mig.into(),
+            naming: f.naming.into(),
             ..ConfigFlags::default()
         }
     }

@@ -2,8 +2,8 @@
 //! environment variable) overrides, each declared once: its YAML key, the
 //! field of [`Flags`](super::Flags) / [`PluginFlags`](super::PluginFlags)
 //! it sets, how its value is read, the override field of
-//! [`ConfigFlags`](super::ConfigFlags) that replaces it, its flag and its
-//! environment variable.
+//! [`ConfigFlags`](super::ConfigFlags) that replaces it, and its flag (the
+//! shell's command line declares the flag with its environment variable).
 //!
 //! From this one table come: the known keys (unknown-key hints) of both
 //! sections, the loader's walk of them, the flag/env overlay, and the test
@@ -17,49 +17,47 @@
 //! `list(f)` (a string or a list of strings, checked by `f`).
 
 /// Calls `$generate!` with the table. Each line:
-/// `"yamlKey" => config_field: kind, override.path, "--flag", "ENV";`
+/// `"yamlKey" => config_field: kind, override.path, "--flag";`
 macro_rules! with_override_keys {
     ($generate:ident) => {
         $generate! {
             flags {
                 "migStrategy" => mig_strategy: parsed(str::parse::<MigStrategy>),
-                    mig.mig_strategy, "--mig-strategy", "MIG_STRATEGY";
+                    mig.mig_strategy, "--mig-strategy";
                 "failOnInitError" => fail_on_init_error: bool,
-                    fail_on_init_error, "--fail-on-init-error", "FAIL_ON_INIT_ERROR";
+                    fail_on_init_error, "--fail-on-init-error";
                 "mpsRoot" => mps_root: string,
-                    mps.mps_root, "--mps-root", "MPS_ROOT";
+                    mps.mps_root, "--mps-root";
                 "nvidiaDriverRoot" => nvidia_driver_root: string,
-                    nvidia_driver_root, "--driver-root", "NVIDIA_DRIVER_ROOT";
+                    nvidia_driver_root, "--driver-root";
                 "nvidiaDevRoot" => nvidia_dev_root: optional,
-                    nvidia_dev_root, "--dev-root", "NVIDIA_DEV_ROOT";
+                    nvidia_dev_root, "--dev-root";
                 "gdrcopyEnabled" => gdrcopy_enabled: bool,
-                    gdrcopy_enabled, "--gdrcopy-enabled", "GDRCOPY_ENABLED";
+                    gdrcopy_enabled, "--gdrcopy-enabled";
                 "gdsEnabled" => gds_enabled: bool,
-                    gds_enabled, "--gds-enabled", "GDS_ENABLED";
+                    gds_enabled, "--gds-enabled";
                 "mofedEnabled" => mofed_enabled: bool,
-                    mofed_enabled, "--mofed-enabled", "MOFED_ENABLED";
+                    mofed_enabled, "--mofed-enabled";
                 "deviceDiscoveryStrategy" => device_discovery_strategy:
                     parsed(parse_device_discovery_strategy),
-                    device_discovery_strategy, "--device-discovery-strategy",
-                    "DEVICE_DISCOVERY_STRATEGY";
+                    device_discovery_strategy, "--device-discovery-strategy";
             }
             plugin {
                 "passDeviceSpecs" => pass_device_specs: bool,
-                    pass_device_specs, "--pass-device-specs", "PASS_DEVICE_SPECS";
+                    pass_device_specs, "--pass-device-specs";
                 "deviceListStrategy" => device_list_strategy: list(parse_device_list_strategies),
-                    naming.device_list_strategy, "--device-list-strategy", "DEVICE_LIST_STRATEGY";
+                    naming.device_list_strategy, "--device-list-strategy";
                 "deviceIDStrategy" => device_id_strategy: parsed(str::parse::<DeviceIdStrategy>),
-                    naming.device_id_strategy, "--device-id-strategy", "DEVICE_ID_STRATEGY";
+                    naming.device_id_strategy, "--device-id-strategy";
                 "cdiAnnotationPrefix" => cdi_annotation_prefix: string,
-                    cdi_annotation_prefix, "--cdi-annotation-prefix", "CDI_ANNOTATION_PREFIX";
+                    cdi_annotation_prefix, "--cdi-annotation-prefix";
                 "nvidiaCTKPath" => nvidia_ctk_path: string,
-                    nvidia_cdi_hook_path, "--nvidia-cdi-hook-path", "NVIDIA_CDI_HOOK_PATH";
+                    nvidia_cdi_hook_path, "--nvidia-cdi-hook-path";
                 "containerDriverRoot" => container_driver_root: string,
-                    driver_root_ctr_path, "--driver-root-ctr-path", "DRIVER_ROOT_CTR_PATH";
+                    driver_root_ctr_path, "--driver-root-ctr-path";
                 "sharedDevicesAllocationPolicy" => shared_devices_allocation_policy:
                     parsed(str::parse::<AllocationPolicy>),
-                    shared_devices_allocation_policy, "--shared-devices-allocation-policy",
-                    "SHARED_DEVICES_ALLOCATION_POLICY";
+                    shared_devices_allocation_policy, "--shared-devices-allocation-policy";
             }
         }
     };
@@ -67,19 +65,18 @@ macro_rules! with_override_keys {
 
 pub(crate) use with_override_keys;
 
-/// `(YAML path, flag, environment variable)` of every key in the table.
+/// `(YAML path, flag)` of every key in the table.
 macro_rules! override_list {
     (
         flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
-                   $($facc:ident).+, $fflag:literal, $fenv:literal; )* }
+                   $($facc:ident).+, $fflag:literal; )* }
         plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
-                    $($pacc:ident).+, $pflag:literal, $penv:literal; )* }
+                    $($pacc:ident).+, $pflag:literal; )* }
     ) => {
-        /// `(YAML path, flag, environment variable)` of every key a flag
-        /// overrides.
-        pub const OVERRIDES: &[(&str, &str, &str)] = &[
-            $( (concat!("flags.", $fkey), $fflag, $fenv), )*
-            $( (concat!("flags.plugin.", $pkey), $pflag, $penv), )*
+        /// `(YAML path, flag)` of every key a flag overrides.
+        pub const OVERRIDES: &[(&str, &str)] = &[
+            $( (concat!("flags.", $fkey), $fflag), )*
+            $( (concat!("flags.plugin.", $pkey), $pflag), )*
         ];
     };
 }

@@ -145,9 +145,9 @@ macro_rules! read_key {
 macro_rules! schema_and_walker {
     (
         flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
-                   $($facc:ident).+, $fflag:literal, $fenv:literal; )* }
+                   $($facc:ident).+, $fflag:literal; )* }
         plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
-                    $($pacc:ident).+, $pflag:literal, $penv:literal; )* }
+                    $($pacc:ident).+, $pflag:literal; )* }
     ) => {
         const PLUGIN: &[Field] = &[ $( leaf($pkey), )* ];
 
