@@ -32,7 +32,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::keys::with_override_keys;
+use super::keys::{
+    FLAGS, Field, GFD, HEALTH, IMEX, MPS, MPS_RESOURCE, PATTERN, PLUGIN, REPLICATED,
+    REPLICATED_RESOURCE, RESOURCES, ROOT, SHARING, unknown_key_hint, with_override_keys,
+};
 
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
@@ -75,42 +78,6 @@ pub enum ConfigError {
     Cross { message: String },
 }
 
-// ---------------------------------------------------------------------------
-// Known keys
-
-/// One known key and what it holds.
-#[derive(Debug)]
-pub(crate) struct Field {
-    pub key: &'static str,
-    pub kind: Kind,
-}
-
-#[derive(Debug)]
-pub(crate) enum Kind {
-    /// A scalar (or list of scalars): no keys below.
-    Leaf,
-    /// A mapping with these keys.
-    Map(&'static [Field]),
-    /// A list of mappings with these keys.
-    List(&'static [Field]),
-}
-
-const fn leaf(key: &'static str) -> Field {
-    Field {
-        key,
-        kind: Kind::Leaf,
-    }
-}
-
-/// GPU Feature Discovery keys: accepted and discarded.
-const GFD: &[Field] = &[
-    leaf("oneshot"),
-    leaf("noTimestamp"),
-    leaf("sleepInterval"),
-    leaf("outputFile"),
-    leaf("machineTypeFile"),
-];
-
 /// Reads one key of [`with_override_keys`]'s table into its field.
 macro_rules! read_key {
     ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, bool) => {
@@ -140,31 +107,14 @@ macro_rules! read_key {
     };
 }
 
-/// From the table: the known keys of `flags` and `flags.plugin`, and the
-/// loader's walk of those a flag overrides.
-macro_rules! schema_and_walker {
+/// From the table: the loader's walk of the keys a flag overrides.
+macro_rules! walker {
     (
         flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
                    $($facc:ident).+, $fflag:literal; )* }
         plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
                     $($pacc:ident).+, $pflag:literal; )* }
     ) => {
-        const PLUGIN: &[Field] = &[ $( leaf($pkey), )* ];
-
-        const FLAGS: &[Field] = &[
-            $( leaf($fkey), )*
-            // GPU Feature Discovery's: type-checked, then discarded.
-            leaf("useNodeFeatureAPI"),
-            Field {
-                key: "plugin",
-                kind: Kind::Map(PLUGIN),
-            },
-            Field {
-                key: "gfd",
-                kind: Kind::Map(GFD),
-            },
-        ];
-
         impl Cx<'_> {
             /// The keys of `flags` a flag overrides.
             fn overridable_flags(
@@ -191,198 +141,9 @@ macro_rules! schema_and_walker {
     };
 }
 
-with_override_keys!(schema_and_walker);
-
-const PATTERN: &[Field] = &[leaf("pattern"), leaf("name")];
-
-const RESOURCES: &[Field] = &[
-    Field {
-        key: "gpus",
-        kind: Kind::List(PATTERN),
-    },
-    Field {
-        key: "mig",
-        kind: Kind::List(PATTERN),
-    },
-];
-
-const REPLICATED_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-];
-
-const REPLICATED: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(REPLICATED_RESOURCE),
-    },
-];
-
-/// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica limits
-/// (NVIDIA's non-strict parser ignores them).
-const MPS_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-    leaf("memoryPerReplica"),
-    leaf("activeThreadPercentage"),
-    leaf("maxReplicasPerContainer"),
-];
-
-const MPS: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(MPS_RESOURCE),
-    },
-];
-
+with_override_keys!(walker);
 /// The most MPS clients one GPU serves (Volta and newer), as NVIDIA checks.
 pub const MAX_MPS_REPLICAS: u32 = 48;
-
-const SHARING: &[Field] = &[
-    Field {
-        key: "timeSlicing",
-        kind: Kind::Map(REPLICATED),
-    },
-    Field {
-        key: "mps",
-        kind: Kind::Map(MPS),
-    },
-];
-
-const IMEX: &[Field] = &[leaf("channelIDs"), leaf("required")];
-
-/// gpu-slicer's extension (NVIDIA's non-strict parser ignores it, so a
-/// config with it still loads there). `xids` maps XID numbers to actions.
-const HEALTH: &[Field] = &[leaf("recoverAfter"), leaf("xids")];
-
-/// The whole v1 schema: every key the loader accepts, per level.
-pub(crate) const ROOT: &[Field] = &[
-    leaf("version"),
-    Field {
-        key: "flags",
-        kind: Kind::Map(FLAGS),
-    },
-    Field {
-        key: "resources",
-        kind: Kind::Map(RESOURCES),
-    },
-    Field {
-        key: "sharing",
-        kind: Kind::Map(SHARING),
-    },
-    Field {
-        key: "imex",
-        kind: Kind::Map(IMEX),
-    },
-    Field {
-        key: "health",
-        kind: Kind::Map(HEALTH),
-    },
-];
-
-/// Every schema location (parent path, `""` = top level, `[]` = list item)
-/// that has `key`.
-fn locations_of(key: &str) -> Vec<String> {
-    fn walk(fields: &[Field], parent: &str, key: &str, out: &mut Vec<String>) {
-        for field in fields {
-            if field.key == key {
-                out.push(parent.to_string());
-            }
-            let child = join(parent, field.key);
-            match field.kind {
-                Kind::Leaf => {}
-                Kind::Map(sub) => walk(sub, &child, key, out),
-                Kind::List(sub) => walk(sub, &format!("{child}[]"), key, out),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(ROOT, "", key, &mut out);
-    out
-}
-
-/// `a.b[3].c` → `a.b[].c`, for comparing a concrete path with schema paths.
-fn generic_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut in_index = false;
-    for c in path.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                out.push('[');
-            }
-            ']' => {
-                in_index = false;
-                out.push(']');
-            }
-            _ if in_index => {}
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-fn common_prefix_len(a: &str, b: &str) -> usize {
-    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
-}
-
-/// The hint for an unknown `key` found in the mapping at `parent`.
-fn unknown_key_hint(parent: &str, key: &str, fields: &[Field]) -> String {
-    let mut places = locations_of(key);
-    if !places.is_empty() {
-        let here = generic_path(parent);
-        places.sort_by_key(|p| std::cmp::Reverse(common_prefix_len(p, &here)));
-        let describe = |p: &String| {
-            if p.is_empty() {
-                "the top level".to_string()
-            } else {
-                p.clone()
-            }
-        };
-        let first = describe(&places[0]);
-        let verb = if places[0].is_empty() {
-            "belongs at"
-        } else {
-            "belongs under"
-        };
-        let mut hint = format!("{key} {verb} {first}");
-        if places.len() > 1 {
-            let rest: Vec<String> = places[1..].iter().map(describe).collect();
-            hint.push_str(&format!(" (or {})", rest.join(", ")));
-        }
-        return hint;
-    }
-    let valid: Vec<&str> = fields.iter().map(|f| f.key).collect();
-    let level = if parent.is_empty() {
-        "valid top-level keys".to_string()
-    } else {
-        format!("valid keys under {parent}")
-    };
-    let closest = fields
-        .iter()
-        .map(|f| {
-            let d = if f.key.eq_ignore_ascii_case(key) {
-                0
-            } else {
-                strsim::levenshtein(&f.key.to_ascii_lowercase(), &key.to_ascii_lowercase()) + 1
-            };
-            (d, f.key)
-        })
-        .min_by_key(|(d, _)| *d)
-        .filter(|(d, _)| *d <= 3 || *d * 3 <= key.len() + 3);
-    match closest {
-        Some((_, best)) => format!("did you mean '{best}'? {level}: {}", valid.join(", ")),
-        None => format!("{level}: {}", valid.join(", ")),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Value parsers shared with the command-line overrides (NVIDIA's messages)
@@ -565,7 +326,7 @@ fn parse_tree(text: &str, source: &str) -> Result<Value, ConfigError> {
     })
 }
 
-fn join(parent: &str, key: &str) -> String {
+pub(super) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -1260,6 +1021,7 @@ pub fn parse_device_ref(s: &str) -> Result<DeviceRef, InvalidValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::keys::{Kind, generic_path};
 
     const SRC: &str = "config.yaml";
 
