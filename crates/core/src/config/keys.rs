@@ -337,3 +337,57 @@ macro_rules! override_list {
 }
 
 with_override_keys!(override_list);
+
+#[cfg(test)]
+mod tests {
+    use super::OVERRIDES;
+
+    /// The README's key table (`| `flags.x` | `--flag` / `ENV` | ...`)
+    /// lists every key a flag overrides, each with the table's flag, and no
+    /// `flags.*` key the table lacks (besides the GFD ones, discarded).
+    #[test]
+    fn the_readme_lists_each_overridable_key_with_its_flag() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        // (keys of the row, its flag cell)
+        let rows: Vec<(Vec<String>, String)> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `flags."))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let names: Vec<&str> = cells[0].split('`').skip(1).step_by(2).collect();
+                let first = names[0];
+                let parent = &first[..first.rfind('.').unwrap_or(0)];
+                let keys = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match i {
+                        0 => n.to_string(),
+                        _ => format!("{parent}.{n}"),
+                    })
+                    .collect();
+                (keys, cells.get(1).unwrap_or(&"").to_string())
+            })
+            .collect();
+        for (key, flag) in OVERRIDES {
+            let Some((keys, flags)) = rows.iter().find(|(keys, _)| keys.iter().any(|k| k == key))
+            else {
+                panic!("README.md's key table has no row for {key} ({flag})");
+            };
+            if keys.len() == 1 {
+                assert!(
+                    flags.starts_with(&format!("`{flag}`")),
+                    "README.md gives {key} the flag {flags}, not {flag}"
+                );
+            }
+        }
+        for (keys, _) in &rows {
+            for key in keys {
+                assert!(
+                    OVERRIDES.iter().any(|(k, _)| k == key),
+                    "README.md lists {key}, which no flag overrides (config/keys.rs)"
+                );
+            }
+        }
+    }
+}
