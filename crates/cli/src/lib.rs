@@ -10,4 +10,5 @@
 //! | [`karpenter`] | NodeOverlays, the NodePool linter, prices and cost ranking |
 
 pub mod commands;
+pub mod error;
 pub mod karpenter;

@@ -9,8 +9,8 @@ use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEn
 use gpu_slicer::commands::karpenter::{self as karpenter_cmd, Output, OverlayOptions};
 use gpu_slicer::commands::plan::PlanOptions;
 use gpu_slicer::commands::{self, demo::DemoOptions};
-use gpu_slicer_core::config::{ConfigFlags, DeviceNamingFlags, MigStrategyFlag, MpsRootFlag};
-use gpu_slicer_daemon::args::RunArgs;
+use gpu_slicer_core::config::ConfigFlags;
+use gpu_slicer_daemon::args::{DeviceNamingArgs, MigStrategyArg, MpsRootArg, RunArgs};
 use gpu_slicer_daemon::host::process::{
     LogFormat, block_on, init_tracing, invoked_as_nvidia_device_plugin,
 };
@@ -141,20 +141,21 @@ enum Command {
 
 /// NVIDIA's flags that change what `plan` computes; the daemon's others
 /// (driver paths, device-list strategies, ...) change nothing it prints.
-/// Each is declared once, in the core's [`ConfigFlags`] groups.
+/// Each is declared once, in the daemon's command-line groups, and mapped
+/// onto the core's plain [`ConfigFlags`].
 #[derive(clap::Args)]
 struct PlanFlags {
     #[command(flatten)]
-    mig: MigStrategyFlag,
+    mig: MigStrategyArg,
     #[command(flatten)]
-    mps: MpsRootFlag,
+    mps: MpsRootArg,
 }
 
 impl From<PlanFlags> for ConfigFlags {
     fn from(f: PlanFlags) -> ConfigFlags {
         ConfigFlags {
-            mig: f.mig,
-            mps: f.mps,
+            mig: f.mig.into(),
+            mps: f.mps.into(),
             ..ConfigFlags::default()
         }
     }
@@ -165,16 +166,16 @@ impl From<PlanFlags> for ConfigFlags {
 #[derive(clap::Args)]
 struct DemoFlags {
     #[command(flatten)]
-    mig: MigStrategyFlag,
+    mig: MigStrategyArg,
     #[command(flatten)]
-    naming: DeviceNamingFlags,
+    naming: DeviceNamingArgs,
 }
 
 impl From<DemoFlags> for ConfigFlags {
     fn from(f: DemoFlags) -> ConfigFlags {
         ConfigFlags {
-            mig: f.mig,
-            naming: f.naming,
+            mig: f.mig.into(),
+            naming: f.naming.into(),
             ..ConfigFlags::default()
         }
     }
@@ -294,6 +295,37 @@ impl From<OutputFormat> for Output {
     }
 }
 
+/// Why a command failed; printed as `error: ...` before exiting 1.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Plan(#[from] commands::plan::PlanError),
+    /// `plan --instance` printed the plan and found errors in it.
+    #[error(
+        "{count} error{} above: this node would not advertise what the configuration asks for",
+        if *count == 1 { "" } else { "s" }
+    )]
+    PlanErrors { count: usize },
+    #[error(transparent)]
+    Workload(#[from] karpenter_cmd::WorkloadError),
+    /// `plan --workload` printed the ranking; these pods fit no type.
+    #[error("{}", .0.join("\nerror: "))]
+    Unplaced(Vec<String>),
+    #[error(transparent)]
+    Overlays(#[from] karpenter_cmd::OverlaysError),
+    #[error(transparent)]
+    Lint(#[from] karpenter_cmd::LintError),
+    #[error(transparent)]
+    Gpus(#[from] commands::gpus::GpusError),
+    #[error(transparent)]
+    Demo(#[from] commands::demo::DemoError),
+    #[error(transparent)]
+    Run(#[from] gpu_slicer_daemon::run::RunError),
+    /// `simulate` keeps its own messages.
+    #[error("{0}")]
+    Simulate(String),
+}
+
 /// `plan --help` and `demo --help`: what they choose when the user did not.
 const ASSUMPTIONS_HELP: &str = "Assumptions, each printed as `# assumed:` (plan) or `assumed:` (demo): \
 where a GPU has MIG enabled and neither --config-file nor --mig-strategy (MIG_STRATEGY) chooses a \
@@ -307,7 +339,7 @@ migStrategy none) is an error.";
 /// subcommand: under that name, `run` is implied.
 /// Every layout argument goes through here, so `none` (documented as "MIG
 /// off") means `all-disabled` in every command and every comparison.
-fn layout_arg(value: &str) -> Result<String, String> {
+fn layout_arg(value: &str) -> Result<String, std::convert::Infallible> {
     Ok(gpu_slicer_core::gpu::catalog::canonical_layout_name(value).to_string())
 }
 
@@ -505,11 +537,12 @@ fn main() -> ExitCode {
                     &nodepool,
                     output.into(),
                 )
+                .map_err(CliError::from)
                 .and_then(|report| {
                     emit(&report.text);
-                    match report.errors.as_slice() {
-                        [] => Ok(()),
-                        errors => Err(errors.join("\nerror: ")),
+                    match report.errors {
+                        errors if errors.is_empty() => Ok(()),
+                        errors => Err(CliError::Unplaced(errors)),
                     }
                 })
             } else {
@@ -522,16 +555,15 @@ fn main() -> ExitCode {
                     json: matches!(output, OutputFormat::Json),
                     flags: flags.into(),
                 };
-                commands::plan::run(&options).and_then(|report| {
-                    emit(&report.text);
-                    match report.errors {
-                        0 => Ok(()),
-                        n => Err(format!(
-                            "{n} error{} above: this node would not advertise what the configuration asks for",
-                            if n == 1 { "" } else { "s" }
-                        )),
-                    }
-                })
+                commands::plan::run(&options)
+                    .map_err(CliError::from)
+                    .and_then(|report| {
+                        emit(&report.text);
+                        match report.errors {
+                            0 => Ok(()),
+                            count => Err(CliError::PlanErrors { count }),
+                        }
+                    })
             }
         }
         Command::Karpenter {
@@ -555,7 +587,9 @@ fn main() -> ExitCode {
                 nodepool_files: nodepool_file,
                 instance_types: instance_type,
             };
-            karpenter_cmd::overlays_command(&options, output.into()).map(|text| emit(&text))
+            karpenter_cmd::overlays_command(&options, output.into())
+                .map(|text| emit(&text))
+                .map_err(CliError::from)
         }
         Command::Lint { files, output } => {
             init_tracing(cli.log_format, "warn");
@@ -567,17 +601,20 @@ fn main() -> ExitCode {
                     }
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             }
         }
         Command::Simulate(args) => {
             init_tracing(cli.log_format, "warn");
-            commands::simulate::run(&args).map(|text| emit(&text))
+            commands::simulate::run(&args)
+                .map(|text| emit(&text))
+                .map_err(CliError::Simulate)
         }
         Command::Gpus { nvml, output } => {
             init_tracing(cli.log_format, "warn");
             commands::gpus::run(&nvml.options(matches!(output, OutputFormat::Json)))
                 .map(|text| emit(&text))
+                .map_err(CliError::from)
         }
         Command::Mig {
             command:
@@ -598,6 +635,7 @@ fn main() -> ExitCode {
                     &layout,
                 )
                 .map(|text| emit(&text))
+                .map_err(CliError::from)
             } else {
                 commands::gpus::mig_apply(
                     &nvml.options(false),
@@ -607,11 +645,12 @@ fn main() -> ExitCode {
                     &pod_resources_socket,
                 )
                 .map(|text| emit(&text))
+                .map_err(CliError::from)
             }
         }
         Command::Run(args) => {
             init_tracing(cli.log_format, "info");
-            block_on(gpu_slicer_daemon::run::run(args.into_options())).map_err(|e| e.to_string())
+            block_on(gpu_slicer_daemon::run::run(args.into_options())).map_err(CliError::from)
         }
         Command::Demo {
             instance,
@@ -628,6 +667,7 @@ fn main() -> ExitCode {
                 config_name,
                 flags: flags.into(),
             }))
+            .map_err(CliError::from)
         }
     };
     match result {

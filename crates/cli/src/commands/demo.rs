@@ -20,12 +20,13 @@ use gpu_slicer_core::config::{
     Config, ConfigFlags, MigStrategy, ReplicatedResource, SharingStrategy,
 };
 use gpu_slicer_core::gpu::Inventory;
+use gpu_slicer_core::gpu::simulated::SimulationError;
 use gpu_slicer_core::plan::plan;
-use gpu_slicer_daemon::daemon::{self, Paths, Setup};
+use gpu_slicer_daemon::daemon::{self, DaemonError, Paths, Setup};
 use gpu_slicer_daemon::gpus::simulate;
-use gpu_slicer_daemon::host::config_file::effective_config;
+use gpu_slicer_daemon::host::config_file::{EffectiveConfigError, effective_config};
 
-use super::node_config::{self, NodeConfig};
+use super::node_config::{self, NodeConfig, NodeConfigError};
 
 /// `println!` that never panics: once stdout is closed (`demo | head`) the
 /// lines go nowhere and the demo still finishes and cleans up after itself.
@@ -69,7 +70,44 @@ fn default_layout(instance: &str) -> &'static str {
     }
 }
 
-pub async fn run(options: DemoOptions) -> Result<(), String> {
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The config file, flags or environment are refused.
+    #[error(transparent)]
+    Config(#[from] NodeConfigError),
+    /// The flags are refused (the time-slicing scene).
+    #[error(transparent)]
+    Flags(#[from] EffectiveConfigError),
+    /// MPS needs NVIDIA's control daemon on a GPU node.
+    #[error(
+        "{file}: the demo cannot show MPS sharing: its replicas need NVIDIA's MPS control \
+         daemon (nvidia-cuda-mps-control) on a GPU node. `gpu-slicer plan --instance {instance} \
+         --config-file {file} --mps-root DIR` prints what the node would advertise"
+    )]
+    Mps { file: String, instance: String },
+    /// The instance or topology cannot be simulated.
+    #[error(transparent)]
+    Simulate(#[from] SimulationError),
+    /// The config advertises devices no workload can use.
+    #[error("the demo would admit pods onto devices they cannot use: {0}")]
+    Unusable(String),
+    #[error("cannot create a temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("stand-in kubelet failed to start: {0}")]
+    Kubelet(#[from] kubelet_sim::SimError),
+    /// The daemon did not advertise what the plan says.
+    #[error("the resources did not all reach the stand-in kubelet within {seconds} s: {missing}")]
+    NotRegistered { seconds: u64, missing: String },
+    #[error("daemon task failed: {0}")]
+    DaemonTask(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Runtime(#[from] gpu_slicer_daemon::host::process::RuntimeError),
+}
+
+pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let mig_config = options
         .mig_config
         .clone()
@@ -77,20 +115,15 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let layout = Some(mig_config.as_str());
     if let Some(path) = &options.config_file {
         let file =
-            node_config::file_config(Some(path), options.config_name.as_deref(), &mut Vec::new())
-                .map_err(|e| e.to_string())?;
+            node_config::file_config(Some(path), options.config_name.as_deref(), &mut Vec::new())?;
         if file.sharing.strategy() == SharingStrategy::Mps {
-            return Err(format!(
-                "{}: the demo cannot show MPS sharing: its replicas need NVIDIA's MPS control \
-                 daemon (nvidia-cuda-mps-control) on a GPU node. `gpu-slicer plan --instance {} \
-                 --config-file {} --mps-root DIR` prints what the node would advertise",
-                path.display(),
-                options.instance,
-                path.display()
-            ));
+            return Err(DemoError::Mps {
+                file: path.display().to_string(),
+                instance: options.instance.clone(),
+            });
         }
     }
-    let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let inventory = simulate::load(&options.instance, layout)?;
     let NodeConfig {
         config,
         assumptions,
@@ -99,12 +132,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         options.config_name.as_deref(),
         &options.flags,
         &inventory,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if let Some(why) = node_config::unusable_devices(&inventory, &config) {
-        return Err(format!(
-            "the demo would admit pods onto devices they cannot use: {why}"
-        ));
+        return Err(DemoError::Unusable(why));
     }
     if options.mig_config.is_none() {
         say!(
@@ -124,9 +154,8 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     // Without a config file of the user's, also show time-slicing: the same
     // instance with MIG off and every GPU shared four ways.
     if options.config_file.is_none() {
-        let inventory =
-            simulate::load(&options.instance, Some("all-disabled")).map_err(|e| e.to_string())?;
-        let mut config = effective_config(None, &options.flags).map_err(|e| e.to_string())?;
+        let inventory = simulate::load(&options.instance, Some("all-disabled"))?;
+        let mut config = effective_config(None, &options.flags)?;
         config.flags.mig_strategy = MigStrategy::None;
         config.sharing.time_slicing.resources =
             vec![ReplicatedResource::every("nvidia.com/gpu", 4)];
@@ -144,11 +173,11 @@ async fn scene_in_temp_dir(
     title: &str,
     inventory: Inventory,
     config: Config,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let dir = tempfile::Builder::new()
         .prefix("gpu-slicer-demo")
         .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        .map_err(DemoError::TempDir)?;
     scene(title, inventory, config, dir.path()).await
 }
 
@@ -162,7 +191,7 @@ async fn scene(
     inventory: Inventory,
     config: Config,
     dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     say!("=== {title}");
     let gpus = inventory.gpus.len();
     let model = inventory
@@ -185,9 +214,7 @@ async fn scene(
         .device_list_strategy
         .iter()
         .any(|s| s.is_cdi());
-    let kubelet = Kubelet::start(Options::new(dir))
-        .await
-        .map_err(|e| format!("stand-in kubelet failed to start: {e}"))?;
+    let kubelet = Kubelet::start(Options::new(dir)).await?;
     say!(
         "stand-in kubelet listening on {}",
         kubelet.socket_path().display()
@@ -251,11 +278,10 @@ async fn scene(
                 format!("{name} {got} of {want} allocatable")
             })
             .collect();
-        return Err(format!(
-            "the resources did not all reach the stand-in kubelet within {} s: {}",
-            REGISTRATION_TIMEOUT.as_secs(),
-            missing.join(", ")
-        ));
+        return Err(DemoError::NotRegistered {
+            seconds: REGISTRATION_TIMEOUT.as_secs(),
+            missing: missing.join(", "),
+        });
     }
     say!(
         "{} registered and listed in {:.1} ms",
@@ -323,10 +349,7 @@ async fn scene(
     say!();
 
     shutdown.cancel();
-    daemon
-        .await
-        .map_err(|e| format!("daemon task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    daemon.await??;
     kubelet.shutdown().await;
     Ok(())
 }

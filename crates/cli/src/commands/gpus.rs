@@ -5,10 +5,13 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use gpu_slicer_core::mig_parted::LayoutError;
 use gpu_slicer_daemon::gpus::mig_apply::{self, ApplyRequest};
+use gpu_slicer_daemon::gpus::nvml::NvmlError;
 use gpu_slicer_daemon::gpus::nvml::NvmlOptions;
 use gpu_slicer_daemon::gpus::report::{GpuReport, report};
-use gpu_slicer_daemon::kubelet::pod_resources;
+use gpu_slicer_daemon::host::config_file::MigConfigFileError;
+use gpu_slicer_daemon::kubelet::pod_resources::{self, PodResourcesError};
 
 pub struct GpusOptions {
     pub nvml_lib: Option<PathBuf>,
@@ -25,20 +28,19 @@ impl GpusOptions {
         }
     }
 
-    fn report(&self) -> Result<Vec<GpuReport>, String> {
-        report(&self.nvml()).map_err(|e| for_a_person(&e.into()))
+    fn report(&self) -> Result<Vec<GpuReport>, GpusError> {
+        report(&self.nvml()).map_err(|e| for_a_person(e.into()))
     }
 }
 
 /// The NVML errors a person at a node meets, with advice for them (the
 /// daemon's own messages advise about its pod: runtime class, node
 /// selector).
-fn for_a_person(error: &mig_apply::ApplyError) -> String {
-    use gpu_slicer_daemon::gpus::nvml::NvmlError;
+fn for_a_person(error: mig_apply::ApplyError) -> GpusError {
     use gpu_slicer_daemon::gpus::report::ReportError;
     let nvml = match error {
         mig_apply::ApplyError::Nvml(e) | mig_apply::ApplyError::Report(ReportError::Nvml(e)) => e,
-        other => return other.to_string(),
+        other => return GpusError::Apply(other),
     };
     match nvml {
         NvmlError::LibraryNotFound {
@@ -46,19 +48,69 @@ fn for_a_person(error: &mig_apply::ApplyError) -> String {
             driver_root,
             tried,
             detail,
-        } => format!(
-            "cannot load the NVML library {library}: {detail}. Looked under the driver root {driver_root} in \
-             [{tried}], then asked the dynamic loader. This command reads the GPUs of the machine it runs on: \
-             run it on a GPU node whose NVIDIA driver works (nvidia-smi lists the GPUs), or point --nvml-lib at \
-             that driver's libnvidia-ml.so.1 (--driver-root-ctr-path where its root is mounted). Without a GPU, \
-             `gpu-slicer plan --instance TYPE --mig-config LAYOUT` shows what a node would advertise"
-        ),
-        NvmlError::NoPermission { call, context } => format!(
-            "NVML {call}{context} failed: no permission to the GPUs' device files (/dev/nvidiactl, /dev/nvidia*): \
-             run the command as root on the node"
-        ),
-        other => other.to_string(),
+        } => GpusError::NoNvml {
+            library,
+            driver_root,
+            tried,
+            detail,
+        },
+        NvmlError::NoPermission { call, context } => GpusError::NoPermission { call, context },
+        other => GpusError::Nvml(other),
     }
+}
+
+/// Why `gpus` or `mig apply` failed, with advice for a person at the node
+/// (the daemon's own messages advise about its pod: runtime class, node
+/// selector).
+#[derive(Debug, thiserror::Error)]
+pub enum GpusError {
+    /// No NVML library: not a GPU node, or the driver is elsewhere.
+    #[error(
+        "cannot load the NVML library {library}: {detail}. Looked under the driver root {driver_root} in \
+         [{tried}], then asked the dynamic loader. This command reads the GPUs of the machine it runs on: \
+         run it on a GPU node whose NVIDIA driver works (nvidia-smi lists the GPUs), or point --nvml-lib at \
+         that driver's libnvidia-ml.so.1 (--driver-root-ctr-path where its root is mounted). Without a GPU, \
+         `gpu-slicer plan --instance TYPE --mig-config LAYOUT` shows what a node would advertise"
+    )]
+    NoNvml {
+        library: String,
+        driver_root: String,
+        tried: String,
+        detail: String,
+    },
+    /// The device files are not open to this user.
+    #[error(
+        "NVML {call}{context} failed: no permission to the GPUs' device files (/dev/nvidiactl, /dev/nvidia*): \
+         run the command as root on the node"
+    )]
+    NoPermission { call: String, context: String },
+    #[error(transparent)]
+    Nvml(NvmlError),
+    #[error(transparent)]
+    Apply(mig_apply::ApplyError),
+    /// `--config-file` (mig-parted) cannot be read or used.
+    #[error(transparent)]
+    MigConfigFile(#[from] MigConfigFileError),
+    /// The layout is not in the mig-parted file.
+    #[error(transparent)]
+    UnknownLayout(LayoutError),
+    /// The layout exists on no MIG-capable GPU.
+    #[error(
+        "MIG layout '{layout}' exists on no MIG-capable GPU gpu-slicer knows (checked before reading this \
+         node's GPUs): the named layouts are {names}; or give a custom list of profile=count such as \
+         '1g.5gb=2,3g.20gb=1'"
+    )]
+    UnknownBuiltinLayout { layout: String, names: String },
+    /// The kubelet's PodResources socket exists but does not answer.
+    #[error(transparent)]
+    PodResources(#[from] PodResourcesError),
+    #[error(transparent)]
+    Runtime(#[from] gpu_slicer_daemon::host::process::RuntimeError),
+    #[error("cannot encode the report: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Some GPU does not hold the layout: the report says which and why.
+    #[error("{report}")]
+    NotApplied { report: String },
 }
 
 /// Checks the layout name before any GPU is read, so that a typo is
@@ -67,7 +119,7 @@ fn for_a_person(error: &mig_apply::ApplyError) -> String {
 fn check_layout_name(
     layouts: &gpu_slicer_core::mig_parted::MigLayouts,
     layout: &str,
-) -> Result<(), String> {
+) -> Result<(), GpusError> {
     use gpu_slicer_core::gpu::catalog;
     use gpu_slicer_core::mig_parted::{GpuIdentity, MigLayouts};
     let mig_models = catalog::models().iter().filter(|m| m.mig_capable());
@@ -84,9 +136,7 @@ fn check_layout_name(
                 model,
             };
             match layouts.resolve(layout, gpu) {
-                Err(e @ gpu_slicer_core::mig_parted::LayoutError::UnknownConfig { .. }) => {
-                    Err(e.to_string())
-                }
+                Err(e @ LayoutError::UnknownConfig { .. }) => Err(GpusError::UnknownLayout(e)),
                 _ => Ok(()),
             }
         }
@@ -101,25 +151,18 @@ fn check_layout_name(
                 .collect();
             names.sort();
             names.dedup();
-            Err(format!(
-                "MIG layout '{layout}' exists on no MIG-capable GPU gpu-slicer knows (checked before reading this \
-                 node's GPUs): the named layouts are {}; or give a custom list of profile=count such as \
-                 '1g.5gb=2,3g.20gb=1'",
-                names.join(", ")
-            ))
+            Err(GpusError::UnknownBuiltinLayout {
+                layout: layout.to_string(),
+                names: names.join(", "),
+            })
         }
     }
 }
 
-pub fn run(options: &GpusOptions) -> Result<String, String> {
+pub fn run(options: &GpusOptions) -> Result<String, GpusError> {
     let gpus = options.report()?;
     if options.json {
-        return serde_json::to_string_pretty(&gpus)
-            .map(|mut s| {
-                s.push('\n');
-                s
-            })
-            .map_err(|e| format!("cannot encode the report: {e}"));
+        return Ok(serde_json::to_string_pretty(&gpus)? + "\n");
     }
     Ok(text(&gpus))
 }
@@ -223,9 +266,8 @@ pub fn mig_apply_dry_run(
     options: &GpusOptions,
     config_file: Option<&std::path::Path>,
     layout: &str,
-) -> Result<String, String> {
-    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)
-        .map_err(|e| e.to_string())?;
+) -> Result<String, GpusError> {
+    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)?;
     check_layout_name(&layouts, layout)?;
     let request = ApplyRequest {
         layouts: &layouts,
@@ -233,7 +275,7 @@ pub fn mig_apply_dry_run(
         force: false,
         pod_devices: Vec::new(),
     };
-    let changes = mig_apply::plan(&options.nvml(), &request).map_err(|e| for_a_person(&e))?;
+    let changes = mig_apply::plan(&options.nvml(), &request).map_err(for_a_person)?;
     Ok(gpu_slicer_core::mig_change::render(&changes, layout))
 }
 
@@ -246,10 +288,9 @@ pub fn mig_apply(
     layout: &str,
     force: bool,
     pod_resources_socket: &std::path::Path,
-) -> Result<String, String> {
+) -> Result<String, GpusError> {
     use gpu_slicer_core::mig_change::{ConfigState, Outcome, summarize};
-    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)
-        .map_err(|e| e.to_string())?;
+    let layouts = gpu_slicer_daemon::host::config_file::mig_layouts(config_file)?;
     check_layout_name(&layouts, layout)?;
     let mut out = String::new();
     // On a Kubernetes node the kubelet says which pods hold devices; a host
@@ -258,10 +299,8 @@ pub fn mig_apply(
     if !force {
         if pod_resources_socket.exists() {
             gpu_slicer_daemon::host::process::block_on(async {
-                pod_devices = pod_resources::list(pod_resources_socket)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<(), String>(())
+                pod_devices = pod_resources::list(pod_resources_socket).await?;
+                Ok::<(), GpusError>(())
             })?;
         } else {
             let _ = writeln!(
@@ -277,7 +316,7 @@ pub fn mig_apply(
         force,
         pod_devices,
     };
-    let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(|e| for_a_person(&e))?;
+    let outcomes = mig_apply::apply(&options.nvml(), &request).map_err(for_a_person)?;
     for g in &outcomes {
         let what = match &g.outcome {
             Outcome::Unchanged => "unchanged",
@@ -292,6 +331,8 @@ pub fn mig_apply(
     let _ = writeln!(out, "{message}");
     match state {
         ConfigState::Success => Ok(out),
-        _ => Err(out.trim_end().to_string()),
+        _ => Err(GpusError::NotApplied {
+            report: out.trim_end().to_string(),
+        }),
     }
 }

@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::InputError;
+use crate::karpenter::cost::CostError;
+use crate::karpenter::overlays::{PlanInstanceError, RenderError};
 use crate::karpenter::{
     self, CONFIG_LABEL, Document, MIG_CONFIG_LABEL, cost, lint, overlays, prices::PriceTable,
 };
-use gpu_slicer_core::config::Config;
+use gpu_slicer_core::config::{Config, ConfigError};
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 
 /// Output format of the Karpenter commands.
@@ -15,6 +18,82 @@ use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 pub enum Output {
     Text,
     Json,
+}
+
+/// Why `karpenter overlays` printed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlaysError {
+    /// A file given cannot be read or used.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// `--config-file` is neither a config nor a ConfigMap holding one.
+    #[error(
+        "{0}; --config-file takes a gpu-slicer config (version: v1) or a ConfigMap holding one"
+    )]
+    NotAConfig(#[source] ConfigError),
+    /// `--instance-type` names no preset.
+    #[error("unknown instance type '{name}'; known: {known}")]
+    UnknownInstance { name: String, known: String },
+    /// Neither `--nodepool` nor a NodePool in `--nodepool-file`.
+    #[error("name the NodePool(s) the overlays are for: --nodepool NAME (or --nodepool-file FILE)")]
+    NoNodePool,
+    /// The NodePool itself is invalid: its overlays would be too.
+    #[error(
+        "NodePool {pool} would be rejected by the API server, so no overlay is generated for it: {reasons}"
+    )]
+    PoolRejected { pool: String, reasons: String },
+    /// `--nodepool` names a pool that `--nodepool-file` lacks.
+    #[error("NodePool {pool} is not in {files}; check --nodepool")]
+    PoolNotInFiles { pool: String, files: String },
+    /// The pool launches types that cannot have the MIG layout.
+    #[error(
+        "NodePool {pool} can launch {dropped}, whose GPUs have no MIG layout '{layout}' (no MIG, or not those \
+         profiles): MIG Manager fails there and no overlay can say what they advertise. Narrow the pool's \
+         instance types (`gpu-slicer lint` names the rule), or pass --instance-type for the types to cover"
+    )]
+    LayoutMissing {
+        pool: String,
+        layout: String,
+        dropped: String,
+    },
+    /// No preset fits the pool and layout.
+    #[error(
+        "no instance preset fits NodePool {pool} with MIG layout {layout}; pass --instance-type"
+    )]
+    NoInstance { pool: String, layout: String },
+    /// A preset's plan has an error.
+    #[error(transparent)]
+    Plan(#[from] PlanInstanceError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("cannot render JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Why `lint` checked nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LintError {
+    #[error("name the files to lint: gpu-slicer lint FILE...")]
+    NoFiles,
+    /// A file cannot be read or is not YAML.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot render JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Why `plan --workload` ranked nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// The workload or price file cannot be read or used.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Cost(#[from] CostError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("cannot render JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Options of `gpu-slicer karpenter overlays`.
@@ -34,38 +113,33 @@ pub struct OverlayOptions {
 
 /// The configs of a `--config-file`: a ConfigMap (several keys allowed) or
 /// a bare `version: v1` file.
-pub fn load_configs(path: &Path) -> Result<BTreeMap<String, Config>, String> {
+pub fn load_configs(path: &Path) -> Result<BTreeMap<String, Config>, OverlaysError> {
     let docs = karpenter::load_documents(path)?;
     for doc in &docs {
         if doc.kind() == "ConfigMap"
             && let Some(configs) = karpenter::configs_of(doc)
         {
-            return configs;
+            return Ok(configs?);
         }
     }
-    let config = gpu_slicer_daemon::host::config_file::load_file(path).map_err(|e| {
-        format!(
-            "{e}; --config-file takes a gpu-slicer config (version: v1) or a ConfigMap holding one"
-        )
-    })?;
+    let config =
+        gpu_slicer_daemon::host::config_file::load_file(path).map_err(OverlaysError::NotAConfig)?;
     Ok(BTreeMap::from([("config.yaml".to_string(), config)]))
 }
 
-fn instance_preset(name: &str) -> Result<&'static InstanceType, String> {
-    catalog::instance(name).ok_or_else(|| {
-        format!(
-            "unknown instance type '{name}'; known: {}",
-            catalog::instances()
-                .iter()
-                .map(|i| i.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+fn instance_preset(name: &str) -> Result<&'static InstanceType, OverlaysError> {
+    catalog::instance(name).ok_or_else(|| OverlaysError::UnknownInstance {
+        name: name.to_string(),
+        known: catalog::instances()
+            .iter()
+            .map(|i| i.name)
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
 /// Generates the overlays and renders them as YAML (or JSON).
-pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String, String> {
+pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String, OverlaysError> {
     let mut pool_docs: Vec<Document> = Vec::new();
     for f in &opts.nodepool_files {
         pool_docs.extend(
@@ -79,10 +153,7 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
         nodepools = pool_docs.iter().map(|d| d.name().to_string()).collect();
     }
     if nodepools.is_empty() {
-        return Err(
-            "name the NodePool(s) the overlays are for: --nodepool NAME (or --nodepool-file FILE)"
-                .into(),
-        );
+        return Err(OverlaysError::NoNodePool);
     }
     let configs = match &opts.config_file {
         Some(path) => Some((path.display().to_string(), load_configs(path)?)),
@@ -101,24 +172,25 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
                 .unwrap_or_default(),
         };
         if !rejections.is_empty() {
-            return Err(format!(
-                "NodePool {pool} would be rejected by the API server, so no overlay is generated for it: {}",
-                rejections
+            return Err(OverlaysError::PoolRejected {
+                pool: pool.clone(),
+                reasons: rejections
                     .iter()
                     .map(|(path, why)| format!("{path}: {why}"))
                     .collect::<Vec<_>>()
-                    .join("; ")
-            ));
+                    .join("; "),
+            });
         }
         if doc.is_none() && !opts.nodepool_files.is_empty() {
-            return Err(format!(
-                "NodePool {pool} is not in {}; check --nodepool",
-                opts.nodepool_files
+            return Err(OverlaysError::PoolNotInFiles {
+                pool: pool.clone(),
+                files: opts
+                    .nodepool_files
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    .join(", "),
+            });
         }
         let layout = opts.mig_config.clone().or_else(|| {
             doc.and_then(|d| karpenter::nodepool_label(&d.value, MIG_CONFIG_LABEL))
@@ -148,12 +220,11 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
                     .map(|i| i.name)
                     .collect();
                 if !dropped.is_empty() {
-                    return Err(format!(
-                        "NodePool {pool} can launch {}, whose GPUs have no MIG layout '{layout}' (no MIG, or not those \
-                         profiles): MIG Manager fails there and no overlay can say what they advertise. Narrow the pool's \
-                         instance types (`gpu-slicer lint` names the rule), or pass --instance-type for the types to cover",
-                        dropped.join(", ")
-                    ));
+                    return Err(OverlaysError::LayoutMissing {
+                        pool: pool.clone(),
+                        layout: layout.to_string(),
+                        dropped: dropped.join(", "),
+                    });
                 }
             }
             fitting
@@ -164,10 +235,10 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
                 .collect::<Result<_, _>>()?
         };
         if instances.is_empty() {
-            return Err(format!(
-                "no instance preset fits NodePool {pool} with MIG layout {}; pass --instance-type",
-                layout.unwrap_or("all-disabled")
-            ));
+            return Err(OverlaysError::NoInstance {
+                pool: pool.clone(),
+                layout: layout.unwrap_or("all-disabled").to_string(),
+            });
         }
         let request = overlays::Request {
             nodepools: vec![pool.clone()],
@@ -182,31 +253,27 @@ pub fn overlays_command(opts: &OverlayOptions, output: Output) -> Result<String,
         }
     }
     match output {
-        Output::Json => serde_json::to_string_pretty(&all)
-            .map(|s| s + "\n")
-            .map_err(|e| format!("cannot render JSON: {e}")),
-        Output::Text => overlays::to_yaml(&all, &header),
+        Output::Json => Ok(serde_json::to_string_pretty(&all)? + "\n"),
+        Output::Text => Ok(overlays::to_yaml(&all, &header)?),
     }
 }
 
 /// Lints files; returns the rendering and whether any error was found.
-pub fn lint_command(files: &[PathBuf], output: Output) -> Result<(String, bool), String> {
+pub fn lint_command(files: &[PathBuf], output: Output) -> Result<(String, bool), LintError> {
     if files.is_empty() {
-        return Err("name the files to lint: gpu-slicer lint FILE...".into());
+        return Err(LintError::NoFiles);
     }
     let findings = lint::lint_files(files)?;
     let failed = findings.iter().any(|f| f.severity == lint::Severity::Error);
     let text = match output {
-        Output::Json => serde_json::to_string_pretty(&findings)
-            .map(|s| s + "\n")
-            .map_err(|e| format!("cannot render JSON: {e}"))?,
+        Output::Json => serde_json::to_string_pretty(&findings)? + "\n",
         Output::Text => lint::render(&findings),
     };
     Ok((text, failed))
 }
 
 /// The price table: `--prices FILE` or the built-in one.
-pub fn price_table(prices: Option<&Path>) -> Result<PriceTable, String> {
+pub fn price_table(prices: Option<&Path>) -> Result<PriceTable, InputError> {
     match prices {
         Some(p) => PriceTable::load(p),
         None => Ok(karpenter::prices::builtin()),
@@ -219,21 +286,18 @@ pub fn workload_command(
     prices: Option<&Path>,
     nodepool: &str,
     output: Output,
-) -> Result<WorkloadReport, String> {
+) -> Result<WorkloadReport, WorkloadError> {
     let table = price_table(prices)?;
     let source = workload.display().to_string();
-    let text = std::fs::read_to_string(workload).map_err(|e| {
-        format!(
-            "cannot read the workload file {source}: {}; check --workload",
-            gpu_slicer_core::messages::io_error(&e)
-        )
+    let text = std::fs::read_to_string(workload).map_err(|e| InputError::Unreadable {
+        what: format!("the workload file {source}"),
+        reason: gpu_slicer_core::messages::io_error(&e),
+        hint: Some("check --workload".to_string()),
     })?;
     let workload = cost::parse_workload(&text, &source)?;
     let ranking = cost::rank(&workload, &table, nodepool)?;
     let text = match output {
-        Output::Json => serde_json::to_string_pretty(&ranking)
-            .map(|s| s + "\n")
-            .map_err(|e| format!("cannot render JSON: {e}"))?,
+        Output::Json => serde_json::to_string_pretty(&ranking)? + "\n",
         Output::Text => cost::render_ranking(&ranking, 10)?,
     };
     let errors = ranking

@@ -10,6 +10,7 @@ use gpu_slicer_core::config::{Config, ConfigError, ConfigFlags, MigStrategy};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_daemon::host::config_file::{load_file, process_env};
 
+use crate::error::InputError;
 use crate::karpenter::{Document, configs_of, parse_documents, pick_config};
 
 /// The config a simulated node runs, and every choice made for the user.
@@ -25,7 +26,7 @@ pub enum NodeConfigError {
     /// The file cannot be read or holds no valid config, or a ConfigMap
     /// holds several and none was chosen.
     #[error("unable to load config: {0}")]
-    Load(String),
+    Load(#[from] InputError),
     /// A flag or environment variable has a value the config refuses.
     #[error("{0}")]
     Flags(#[source] ConfigError),
@@ -77,24 +78,20 @@ pub fn file_config(
         return Ok(Config::default());
     };
     let configs = match configmap(path) {
-        Some(doc) => configs_of(&doc)
-            .unwrap_or_else(|| {
-                Err(format!(
-                    "{} (ConfigMap {}) holds no gpu-slicer config (no data value with version: v1)",
-                    doc.file,
-                    doc.name()
-                ))
+        Some(doc) => configs_of(&doc).unwrap_or_else(|| {
+            Err(InputError::NoConfigInConfigMap {
+                file: doc.file.clone(),
+                name: doc.name().to_string(),
             })
-            .map_err(NodeConfigError::Load)?,
+        })?,
         // Not a ConfigMap: read as the daemon reads its config file.
         None => BTreeMap::from([(
             "config.yaml".to_string(),
-            load_file(path).map_err(|e| NodeConfigError::Load(e.to_string()))?,
+            load_file(path).map_err(InputError::from)?,
         )]),
     };
     let source = path.display().to_string();
-    let (key, config) =
-        pick_config(&configs, config_name, &source).map_err(NodeConfigError::Load)?;
+    let (key, config) = pick_config(&configs, config_name, &source)?;
     if config_name.is_none() && configs.len() > 1 {
         assumptions.push(format!(
             "config '{key}' of {source} (it holds {}); choose another with --config-name",

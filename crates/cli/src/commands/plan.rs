@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use gpu_slicer_core::config::ConfigFlags;
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog;
+use gpu_slicer_core::gpu::simulated::SimulationError;
 use gpu_slicer_core::plan::{Plan, Resource, Severity, plan};
 use gpu_slicer_daemon::gpus::simulate;
 
 use super::karpenter::price_table;
-use super::node_config::{self, NodeConfig};
+use super::node_config::{self, NodeConfig, NodeConfigError};
+use crate::error::InputError;
 use crate::karpenter::cost::render_costs;
 
 /// `plan --instance`: what to plan and how to print it.
@@ -37,9 +39,35 @@ pub struct PlanReport {
     pub errors: usize,
 }
 
+/// Why `plan --instance` printed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--prices` cannot be read or used.
+    #[error(transparent)]
+    Prices(#[from] InputError),
+    /// The instance's GPUs are fractions of a GPU, which have no MIG.
+    #[error(
+        "MIG layout '{layout}' cannot be applied: {note}. Drop --mig-config, or pick an instance with {families} GPUs"
+    )]
+    FractionalMig {
+        layout: String,
+        note: String,
+        families: String,
+    },
+    /// The instance or topology cannot be simulated.
+    #[error(transparent)]
+    Simulate(#[from] SimulationError),
+    /// The config file, flags or environment are refused.
+    #[error(transparent)]
+    Config(#[from] NodeConfigError),
+    /// The daemon would refuse the configuration on this node.
+    #[error("the configuration cannot be applied on {instance}: {reason}")]
+    Refused { instance: String, reason: String },
+}
+
 /// The resources (and prices) a node would advertise. Diagnostics of the
 /// plan go to stderr as they are found.
-pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
+pub fn run(options: &PlanOptions) -> Result<PlanReport, PlanError> {
     let layout = options.mig_config.as_deref();
     let table = price_table(options.prices.as_deref())?;
     let preset = catalog::instance(&options.instance);
@@ -47,13 +75,13 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
     if let Some(note) = &fractional
         && layout.is_some_and(|l| catalog::canonical_layout_name(l) != "all-disabled")
     {
-        return Err(format!(
-            "MIG layout '{}' cannot be applied: {note}. Drop --mig-config, or pick an instance with {} GPUs",
-            layout.unwrap_or_default(),
-            catalog::mig_families()
-        ));
+        return Err(PlanError::FractionalMig {
+            layout: layout.unwrap_or_default().to_string(),
+            note: note.clone(),
+            families: catalog::mig_families(),
+        });
     }
-    let inventory = simulate::load(&options.instance, layout).map_err(|e| e.to_string())?;
+    let inventory = simulate::load(&options.instance, layout)?;
     let NodeConfig {
         config,
         assumptions,
@@ -62,14 +90,13 @@ pub fn run(options: &PlanOptions) -> Result<PlanReport, String> {
         options.config_name.as_deref(),
         &options.flags,
         &inventory,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let plan = plan(&inventory, &config);
     if let Some(reason) = plan.refusal() {
-        return Err(format!(
-            "the configuration cannot be applied on {}: {reason}",
-            options.instance
-        ));
+        return Err(PlanError::Refused {
+            instance: options.instance.clone(),
+            reason,
+        });
     }
     for d in &plan.diagnostics {
         eprintln!("{d}");

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use gpu_slicer_core::config::{self, Config};
+use gpu_slicer_core::config::{self, Config, ConfigError};
 use gpu_slicer_core::gpu::Inventory;
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::gpu::simulated;
@@ -261,15 +261,25 @@ pub struct Ranking {
     pub groups: Vec<Group>,
 }
 
-fn mixed_config() -> Result<Config, String> {
+/// Why no ranking could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CostError {
+    /// A built-in config the ranking simulates is refused (a defect).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The cheapest overlay cannot be printed.
+    #[error(transparent)]
+    Render(#[from] overlays::RenderError),
+}
+
+fn mixed_config() -> Result<Config, ConfigError> {
     config::parse(
         "version: v1\nflags:\n  migStrategy: mixed\n",
         "built-in mixed config",
     )
-    .map_err(|e| e.to_string())
 }
 
-fn time_slicing_config(replicas: u32, rename: bool) -> Result<Config, String> {
+fn time_slicing_config(replicas: u32, rename: bool) -> Result<Config, ConfigError> {
     let text = if replicas >= 2 {
         format!(
             "version: v1\nflags:\n  migStrategy: none\nsharing:\n  timeSlicing:\n    renameByDefault: {rename}\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}\n"
@@ -277,15 +287,15 @@ fn time_slicing_config(replicas: u32, rename: bool) -> Result<Config, String> {
     } else {
         "version: v1\nflags:\n  migStrategy: none\n".to_string()
     };
-    config::parse(&text, "built-in time-slicing config").map_err(|e| e.to_string())
+    config::parse(&text, "built-in time-slicing config")
 }
 
 /// The resource a time-shared pod asks for.
 fn shared_resource(workload: &Workload) -> &'static str {
     if workload.rename_by_default {
-        "nvidia.com/gpu.shared"
+        config::SHARED_GPU_RESOURCE
     } else {
-        "nvidia.com/gpu"
+        config::GPU_RESOURCE
     }
 }
 
@@ -358,7 +368,7 @@ fn show_amount(resource: &str, n: u64) -> String {
 /// Ranks instance/layout choices for a workload, cheapest first, in one
 /// group per pool kind (MIG slices; time-shared GPUs). `nodepool` prefixes
 /// the NodePool names of the overlays (`<nodepool>-mig`, `<nodepool>-shared`).
-pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<Ranking, String> {
+pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<Ranking, CostError> {
     let mut groups = Vec::new();
     let items = &workload.items;
     let slices: Vec<usize> = (0..items.len())
@@ -388,7 +398,7 @@ pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<R
                 candidates.push((instance, layout, 1, config.clone()));
             }
         }
-        groups.push(group("mig", &pool, workload, &slices, candidates, table)?);
+        groups.push(group("mig", &pool, workload, &slices, candidates, table));
     }
     if !shared.is_empty() {
         let pool = format!("{nodepool}-shared");
@@ -424,7 +434,7 @@ pub fn rank(workload: &Workload, table: &PriceTable, nodepool: &str) -> Result<R
             &shared,
             candidates,
             table,
-        )?);
+        ));
     }
     Ok(Ranking {
         price_table: table.origin.clone(),
@@ -452,7 +462,7 @@ fn pod_asks(workload: &Workload, members: &[usize]) -> Vec<PodAsk> {
         let item = &workload.items[i];
         let (resource, n) = match (&item.slice, item.shared_gpu) {
             (Some(slice), _) => (
-                format!("nvidia.com/mig-{}", slice.trim_start_matches("mig-")),
+                config::mig_resource(slice),
                 u64::from(item.slices_per_pod.max(1)),
             ),
             (None, n) => (
@@ -494,7 +504,7 @@ fn group(
     members: &[usize],
     candidates: Vec<(&'static InstanceType, String, u32, Config)>,
     table: &PriceTable,
-) -> Result<Group, String> {
+) -> Group {
     let items: Vec<&WorkloadItem> = members.iter().map(|&i| &workload.items[i]).collect();
     let pods = pod_asks(workload, members);
     let mut demand: BTreeMap<String, u64> = BTreeMap::new();
@@ -537,7 +547,7 @@ fn group(
             continue;
         };
         let exotic = instance.name.contains("metal")
-            || cap.counts.get("nvidia.com/gpu").copied().unwrap_or(0) > 0;
+            || cap.counts.get(config::GPU_RESOURCE).copied().unwrap_or(0) > 0;
         pool_types.push(Choice {
             instance: instance.name.to_string(),
             layout: layout.clone(),
@@ -609,7 +619,7 @@ fn group(
         let range = order_range(&launch_pool, &pods, &overhead);
         (Some(canonical), range)
     };
-    Ok(Group {
+    Group {
         kind: kind.to_string(),
         nodepool: pool.to_string(),
         pods: items
@@ -646,7 +656,7 @@ fn group(
         pod_requests: pods,
         karpenter,
         karpenter_orders,
-    })
+    }
 }
 
 /// What Karpenter launches for pods that are pending together, taken in
@@ -1062,7 +1072,7 @@ fn dedup<'a>(names: &[&'a str]) -> Vec<&'a str> {
 
 /// The ranking as terminal tables: the best `top` choices per group, then
 /// the NodePool limits and overlay of the cheapest.
-pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, String> {
+pub fn render_ranking(ranking: &Ranking, top: usize) -> Result<String, overlays::RenderError> {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1516,6 +1526,7 @@ mod tests {
                 "w"
             )
             .unwrap_err()
+            .to_string()
             .contains("write amd64 or arm64")
         );
     }

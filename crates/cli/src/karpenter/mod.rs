@@ -24,6 +24,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::error::InputError;
+
 use gpu_slicer_core::config::{self, Config};
 use gpu_slicer_core::gpu::catalog::{self, InstanceType};
 use gpu_slicer_core::messages::{io_error, yaml_error};
@@ -61,14 +63,15 @@ impl Document {
 
 /// Parses every YAML document of `text` (`---` separated); empty documents
 /// are skipped. `file` names the source in errors.
-pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, String> {
+pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Document>, InputError> {
     parse_documents_from(text, file, 0)
 }
 
-fn parse_documents_from(text: &str, file: &str, first: usize) -> Result<Vec<Document>, String> {
+fn parse_documents_from(text: &str, file: &str, first: usize) -> Result<Vec<Document>, InputError> {
     let values: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        format!(
-            "{file}: not valid YAML: {}; fix the YAML (or pass only Kubernetes manifests)",
+        crate::invalid!(
+            file,
+            "not valid YAML: {}; fix the YAML (or pass only Kubernetes manifests)",
             yaml_error(&e)
         )
     })?;
@@ -114,7 +117,7 @@ pub fn markdown_yaml_blocks(text: &str) -> Vec<(usize, String)> {
 
 /// Reads a manifest file: YAML (several documents allowed) or Markdown, whose
 /// ```yaml blocks are read in order.
-pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
+pub fn load_documents(path: &Path) -> Result<Vec<Document>, InputError> {
     if path == Path::new("-") {
         return parse_documents(&read_stdin()?, "(standard input)");
     }
@@ -125,7 +128,11 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
         } else {
             "check the path and permissions".to_string()
         };
-        format!("cannot read {file}: {}; {hint}", io_error(&e))
+        InputError::Unreadable {
+            what: file.clone(),
+            reason: io_error(&e),
+            hint: Some(hint),
+        }
     })?;
     let is_markdown = path
         .extension()
@@ -136,8 +143,12 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
     }
     let mut docs = Vec::new();
     for (line, block) in markdown_yaml_blocks(&text) {
-        let more = parse_documents_from(&block, &file, docs.len())
-            .map_err(|e| format!("{e} (in the ```yaml block starting on line {line})"))?;
+        let more = parse_documents_from(&block, &file, docs.len()).map_err(|e| {
+            InputError::InMarkdownBlock {
+                line,
+                inner: Box::new(e),
+            }
+        })?;
         docs.extend(more);
     }
     Ok(docs)
@@ -148,26 +159,29 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>, String> {
 pub const MAX_STDIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Standard input as text, at most [`MAX_STDIN_BYTES`].
-fn read_stdin() -> Result<String, String> {
+fn read_stdin() -> Result<String, InputError> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     std::io::stdin()
         .take(MAX_STDIN_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read standard input: {}", io_error(&e)))?;
+        .map_err(|e| InputError::Unreadable {
+            what: "standard input".to_string(),
+            reason: io_error(&e),
+            hint: None,
+        })?;
     if bytes.len() as u64 > MAX_STDIN_BYTES {
-        return Err(format!(
-            "standard input holds more than {} MiB; save it to files and lint those",
-            MAX_STDIN_BYTES / (1024 * 1024)
-        ));
+        return Err(InputError::StdinTooLarge {
+            limit_mib: MAX_STDIN_BYTES / (1024 * 1024),
+        });
     }
-    String::from_utf8(bytes).map_err(|_| "standard input is not UTF-8 text".to_string())
+    String::from_utf8(bytes).map_err(|_| InputError::StdinNotText)
 }
 
 /// The gpu-slicer configs held by a document: a ConfigMap whose data values
 /// are NVIDIA `version: v1` configs (key → config), or a bare config.
 /// `None` when the document is neither.
-pub fn configs_of(doc: &Document) -> Option<Result<BTreeMap<String, Config>, String>> {
+pub fn configs_of(doc: &Document) -> Option<Result<BTreeMap<String, Config>, InputError>> {
     if doc.kind() == "ConfigMap" {
         let data = doc.value["data"].as_object()?;
         let looks_like_config = data.values().any(|v| {
@@ -188,7 +202,7 @@ pub fn configs_of(doc: &Document) -> Option<Result<BTreeMap<String, Config>, Str
                 Ok(c) => {
                     out.insert(key.clone(), c);
                 }
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => return Some(Err(e.into())),
             }
         }
         return Some(Ok(out));
@@ -199,7 +213,7 @@ pub fn configs_of(doc: &Document) -> Option<Result<BTreeMap<String, Config>, Str
         return Some(
             config::parse(&text, &source)
                 .map(|c| BTreeMap::from([("config.yaml".to_string(), c)]))
-                .map_err(|e| e.to_string()),
+                .map_err(InputError::from),
         );
     }
     None
@@ -211,17 +225,16 @@ pub fn pick_config<'a>(
     configs: &'a BTreeMap<String, Config>,
     wanted: Option<&str>,
     source: &str,
-) -> Result<(&'a str, &'a Config), String> {
+) -> Result<(&'a str, &'a Config), InputError> {
     let names = || configs.keys().cloned().collect::<Vec<_>>().join(", ");
     if let Some(w) = wanted {
         return configs
             .get_key_value(w)
             .map(|(k, c)| (k.as_str(), c))
-            .ok_or_else(|| {
-                format!(
-                    "{source} has no config named '{w}' (it has: {}); pass one of those names",
-                    names()
-                )
+            .ok_or_else(|| InputError::NoSuchConfig {
+                file: source.to_string(),
+                wanted: w.to_string(),
+                names: names(),
             });
     }
     if configs.len() == 1
@@ -234,10 +247,11 @@ pub fn pick_config<'a>(
             return Ok((k.as_str(), c));
         }
     }
-    Err(format!(
-        "{source} holds several configs ({}); choose one with --config-name (or the NodePool label {CONFIG_LABEL})",
-        names()
-    ))
+    Err(InputError::SeveralConfigs {
+        file: source.to_string(),
+        names: names(),
+        label: CONFIG_LABEL,
+    })
 }
 
 /// NVIDIA's defaults, with the `mixed` strategy when a MIG layout is in use
@@ -620,9 +634,9 @@ pub fn quantity(v: &Value) -> Option<u64> {
 /// Whether a name is a device-plugin (extended) resource name that users
 /// confuse with labels.
 pub fn is_resource_name(key: &str) -> bool {
-    key == "nvidia.com/gpu"
-        || key == "nvidia.com/gpu.shared"
-        || key.starts_with("nvidia.com/mig-")
+    key == config::GPU_RESOURCE
+        || key == config::SHARED_GPU_RESOURCE
+        || config::mig_profile_of(key).is_some()
         || key == "amd.com/gpu"
         || key.starts_with("aws.amazon.com/neuron")
         || key == "habana.ai/gaudi"
@@ -632,8 +646,8 @@ pub fn is_resource_name(key: &str) -> bool {
 /// A slice resource: a MIG profile or shared replicas, unknown to Karpenter
 /// without an overlay.
 pub fn is_slice_resource(key: &str) -> bool {
-    key.starts_with("nvidia.com/mig-")
-        || (key.starts_with("nvidia.com/") && key.ends_with(".shared"))
+    config::mig_profile_of(key).is_some()
+        || (key.starts_with("nvidia.com/") && key.ends_with(config::SHARED_SUFFIX))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! eviction threshold (kubernetes-sigs/karpenter
 //! `pkg/cloudprovider/types.go`, `InstanceType.Allocatable`).
 
+use crate::error::InputError;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -236,7 +237,7 @@ impl NodeSettings {
     /// Reads an EC2NodeClass (`spec.amiFamily` or the `amiSelectorTerms`
     /// alias, `spec.kubelet`, `spec.blockDeviceMappings`). Settings the
     /// model cannot follow are refused, never ignored.
-    pub fn from_node_class(class: &Value, source: &str) -> Result<NodeSettings, String> {
+    pub fn from_node_class(class: &Value, source: &str) -> Result<NodeSettings, InputError> {
         let spec = &class["spec"];
         let family = spec["amiFamily"].as_str().map(str::to_string).or_else(|| {
             spec["amiSelectorTerms"].as_array().and_then(|terms| {
@@ -252,16 +253,18 @@ impl NodeSettings {
             Some("al2") => AmiFamily::Al2,
             Some("bottlerocket") => AmiFamily::Bottlerocket,
             Some(_) => {
-                return Err(format!(
-                    "{source}: EC2NodeClass AMI family '{}' is not modelled by plan --workload \
+                return Err(crate::invalid!(
+                    source,
+                    "EC2NodeClass AMI family '{}' is not modelled by plan --workload \
                      (AL2023, AL2 and Bottlerocket are): its node capacity is unknown",
                     family.unwrap_or_default()
                 ));
             }
         };
         if spec["instanceStorePolicy"].as_str() == Some("RAID0") {
-            return Err(format!(
-                "{source}: EC2NodeClass instanceStorePolicy RAID0 (ephemeral storage on the \
+            return Err(crate::invalid!(
+                source,
+                "EC2NodeClass instanceStorePolicy RAID0 (ephemeral storage on the \
                  instance store) is not modelled by plan --workload; remove it from the file given"
             ));
         }
@@ -302,23 +305,28 @@ impl NodeSettings {
     }
 
     /// Reads a `spec.kubelet` mapping (the EC2NodeClass's shape).
-    pub fn read_kubelet(&mut self, kubelet: &Value, at: &str) -> Result<(), String> {
+    pub fn read_kubelet(&mut self, kubelet: &Value, at: &str) -> Result<(), InputError> {
         if kubelet.is_null() {
             return Ok(());
         }
         if !kubelet.is_object() {
-            return Err(format!(
-                "{at}: expected a mapping (maxPods, kubeReserved, ...)"
+            return Err(crate::invalid!(
+                at,
+                "expected a mapping (maxPods, kubeReserved, ...)"
             ));
         }
-        let whole = |v: &Value, key: &str| -> Result<Option<u64>, String> {
+        let whole = |v: &Value, key: &str| -> Result<Option<u64>, InputError> {
             match v {
                 Value::Null => Ok(None),
                 Value::Number(n) => n.as_u64().map(Some).ok_or_else(|| {
-                    format!("{at}.{key}: expected a whole number of at least 0, not {n}")
+                    crate::invalid!(
+                        format!("{at}.{key}"),
+                        "expected a whole number of at least 0, not {n}"
+                    )
                 }),
-                other => Err(format!(
-                    "{at}.{key}: expected a whole number, not {other} (expressions need Karpenter's \
+                other => Err(crate::invalid!(
+                    format!("{at}.{key}"),
+                    "expected a whole number, not {other} (expressions need Karpenter's \
                      NodeClassCEL gate and are not modelled by plan --workload)"
                 )),
             }
@@ -338,8 +346,9 @@ impl NodeSettings {
                     MEMORY | EPHEMERAL_STORAGE => bytes(v, &format!("{at}.{key}.{resource}"))?,
                     "pid" => continue,
                     other => {
-                        return Err(format!(
-                            "{at}.{key}: '{other}' is no resource the kubelet reserves; use cpu, \
+                        return Err(crate::invalid!(
+                            format!("{at}.{key}"),
+                            "'{other}' is no resource the kubelet reserves; use cpu, \
                              memory, ephemeral-storage or pid"
                         ));
                     }
@@ -355,7 +364,10 @@ impl NodeSettings {
                 let text = v.as_str().unwrap_or_default().trim();
                 let threshold = match text.strip_suffix('%') {
                     Some(p) => Threshold::Percent(p.trim().parse().map_err(|_| {
-                        format!("{at}.evictionHard.{signal}: '{text}' is no percentage")
+                        crate::invalid!(
+                            format!("{at}.evictionHard.{signal}"),
+                            "'{text}' is no percentage"
+                        )
                     })?),
                     None => Threshold::Bytes(bytes(v, &format!("{at}.evictionHard.{signal}"))?),
                 };
@@ -449,10 +461,11 @@ fn kube_reserved_cpu(millicores: u64) -> u64 {
 }
 
 /// A CPU quantity (`"500m"`, `2`, `"1.5"`) in millicores, rounded up.
-pub fn millis(v: &Value, at: &str) -> Result<u64, String> {
+pub fn millis(v: &Value, at: &str) -> Result<u64, InputError> {
     scaled(v, 3).ok_or_else(|| {
-        format!(
-            "{at}: {} is no CPU quantity; write cores (2, \"0.5\") or millicores (\"500m\")",
+        crate::invalid!(
+            at,
+            "{} is no CPU quantity; write cores (2, \"0.5\") or millicores (\"500m\")",
             shown(v)
         )
     })
@@ -460,10 +473,10 @@ pub fn millis(v: &Value, at: &str) -> Result<u64, String> {
 
 /// A memory or storage quantity (`"12Gi"`, `"500M"`, `1073741824`) in bytes,
 /// rounded up.
-pub fn bytes(v: &Value, at: &str) -> Result<u64, String> {
+pub fn bytes(v: &Value, at: &str) -> Result<u64, InputError> {
     scaled(v, 0).ok_or_else(|| {
-        format!(
-            "{at}: {} is no memory quantity; write bytes or a Kubernetes suffix (\"12Gi\", \"500Mi\", \"2G\")",
+        crate::invalid!(at,
+            "{} is no memory quantity; write bytes or a Kubernetes suffix (\"12Gi\", \"500Mi\", \"2G\")",
             shown(v)
         )
     })
@@ -617,7 +630,9 @@ mod tests {
                 "'lots' is no memory quantity",
             ),
         ] {
-            let err = NodeSettings::from_node_class(&class, "nc.yaml").unwrap_err();
+            let err = NodeSettings::from_node_class(&class, "nc.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err}");
         }
     }
@@ -625,17 +640,18 @@ mod tests {
     #[test]
     fn quantities_are_exact() {
         let q = |s: &str| Value::String(s.into());
-        assert_eq!(millis(&q("0.1"), "x"), Ok(100));
-        assert_eq!(millis(&q("500m"), "x"), Ok(500));
-        assert_eq!(millis(&serde_json::json!(3), "x"), Ok(3000));
-        assert_eq!(millis(&q("1.0005"), "x"), Ok(1001));
-        assert_eq!(bytes(&q("12Gi"), "x"), Ok(12 * GIB));
-        assert_eq!(bytes(&q("1.5Gi"), "x"), Ok(3 * GIB / 2));
-        assert_eq!(bytes(&q("2G"), "x"), Ok(2_000_000_000));
-        assert_eq!(bytes(&q("1e3"), "x"), Ok(1000));
+        assert_eq!(millis(&q("0.1"), "x").ok(), Some(100));
+        assert_eq!(millis(&q("500m"), "x").ok(), Some(500));
+        assert_eq!(millis(&serde_json::json!(3), "x").ok(), Some(3000));
+        assert_eq!(millis(&q("1.0005"), "x").ok(), Some(1001));
+        assert_eq!(bytes(&q("12Gi"), "x").ok(), Some(12 * GIB));
+        assert_eq!(bytes(&q("1.5Gi"), "x").ok(), Some(3 * GIB / 2));
+        assert_eq!(bytes(&q("2G"), "x").ok(), Some(2_000_000_000));
+        assert_eq!(bytes(&q("1e3"), "x").ok(), Some(1000));
         assert!(
             bytes(&q("12GB"), "x")
                 .unwrap_err()
+                .to_string()
                 .contains("'12GB' is no memory quantity")
         );
         assert!(millis(&q("-1"), "x").is_err());

@@ -65,6 +65,12 @@ pub enum PlanInstanceError {
     },
 }
 
+/// The overlays cannot be written as YAML (a defect: every value is a
+/// string, number or mapping).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render the overlays as YAML: {0}")]
+pub struct RenderError(#[from] serde_saphyr::SerializeError);
+
 /// Overlay capacity of a plan: every advertised resource with its count, and
 /// `nvidia.com/gpu: 0` when whole GPUs are not advertised.
 pub fn capacity_of(plan: &Plan) -> Capacity {
@@ -73,7 +79,9 @@ pub fn capacity_of(plan: &Plan) -> Capacity {
         .into_iter()
         .map(|(name, n)| (name, n as u64))
         .collect();
-    counts.entry("nvidia.com/gpu".to_string()).or_insert(0);
+    counts
+        .entry(gpu_slicer_core::config::GPU_RESOURCE.to_string())
+        .or_insert(0);
     Capacity {
         counts,
         config_hash: labels::config_hash(plan),
@@ -81,10 +89,12 @@ pub fn capacity_of(plan: &Plan) -> Capacity {
 }
 
 /// [`capacity_of`] the plan of a preset.
-pub fn capacity(instance: &str, layout: Option<&str>, config: &Config) -> Result<Capacity, String> {
-    plan_instance(instance, layout, config)
-        .map(|p| capacity_of(&p))
-        .map_err(|e| e.to_string())
+pub fn capacity(
+    instance: &str,
+    layout: Option<&str>,
+    config: &Config,
+) -> Result<Capacity, PlanInstanceError> {
+    plan_instance(instance, layout, config).map(|p| capacity_of(&p))
 }
 
 /// Whether a named layout exists for the preset's GPU (`all-disabled`
@@ -117,7 +127,7 @@ pub fn overlay_name(nodepool: &str, instance: &str) -> String {
 }
 
 /// The `NodeOverlay` objects, one per NodePool and instance type, sorted.
-pub fn overlays(request: &Request<'_>) -> Result<Vec<Value>, String> {
+pub fn overlays(request: &Request<'_>) -> Result<Vec<Value>, PlanInstanceError> {
     let mut out = Vec::new();
     for pool in &request.nodepools {
         for instance in &request.instances {
@@ -196,7 +206,7 @@ pub fn default_instances(
 }
 
 /// YAML for a list of objects, `---` separated, after a header comment.
-pub fn to_yaml(objects: &[Value], header: &str) -> Result<String, String> {
+pub fn to_yaml(objects: &[Value], header: &str) -> Result<String, RenderError> {
     let mut out = String::new();
     for line in header.lines() {
         out.push_str("# ");
@@ -207,8 +217,7 @@ pub fn to_yaml(objects: &[Value], header: &str) -> Result<String, String> {
         if i > 0 || !header.is_empty() {
             out.push_str("---\n");
         }
-        let text = serde_saphyr::to_string(object)
-            .map_err(|e| format!("cannot render the overlays as YAML: {e}"))?;
+        let text = serde_saphyr::to_string(object)?;
         out.push_str(&text);
         if !text.ends_with('\n') {
             out.push('\n');

@@ -24,6 +24,7 @@
 //!     date: 2026-09-01
 //! ```
 
+use crate::error::InputError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -173,19 +174,22 @@ impl PriceTable {
     }
 
     /// Parses a price file; `source` names it in errors.
-    pub fn parse(text: &str, source: &str) -> Result<PriceTable, String> {
+    pub fn parse(text: &str, source: &str) -> Result<PriceTable, InputError> {
         let mut table: PriceTable = serde_saphyr::from_str(text).map_err(|e| {
-            format!(
-                "{source}: not a price table: {}; expected `date:` and `prices:` with \
+            crate::invalid!(
+                source,
+                "not a price table: {}; expected `date:` and `prices:` with \
                  `instance`, `usdPerHour`, `source` and `date` per entry",
                 gpu_slicer_core::messages::yaml_error(&e)
             )
         })?;
         for entry in &table.prices {
             if !(entry.usd_per_hour.is_finite() && entry.usd_per_hour > 0.0) {
-                return Err(format!(
-                    "{source}: {}: usdPerHour must be a positive number, not {}",
-                    entry.instance, entry.usd_per_hour
+                return Err(crate::invalid!(
+                    source,
+                    "{}: usdPerHour must be a positive number, not {}",
+                    entry.instance,
+                    entry.usd_per_hour
                 ));
             }
         }
@@ -194,13 +198,12 @@ impl PriceTable {
     }
 
     /// Reads a price file.
-    pub fn load(path: &Path) -> Result<PriceTable, String> {
+    pub fn load(path: &Path) -> Result<PriceTable, InputError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "cannot read the price file {source}: {}; check --prices",
-                gpu_slicer_core::messages::io_error(&e)
-            )
+        let text = std::fs::read_to_string(path).map_err(|e| InputError::Unreadable {
+            what: format!("the price file {source}"),
+            reason: gpu_slicer_core::messages::io_error(&e),
+            hint: Some("check --prices".to_string()),
         })?;
         Self::parse(&text, &source)
     }
@@ -281,6 +284,7 @@ mod tests {
         assert!(
             PriceTable::parse("prices: []", "x")
                 .unwrap_err()
+                .to_string()
                 .contains("date")
         );
         assert!(
@@ -289,6 +293,7 @@ mod tests {
                 "x"
             )
             .unwrap_err()
+            .to_string()
             .contains("positive")
         );
     }

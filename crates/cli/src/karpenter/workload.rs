@@ -11,11 +11,13 @@
 //! containers' `resources`; DaemonSets are overhead on every node; a NodePool
 //! restricts the instance types; an EC2NodeClass gives the kubelet settings.
 
+use crate::error::InputError;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use gpu_slicer_core::config;
 use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::messages::{types_in_words, yaml_error};
 
@@ -167,7 +169,7 @@ fn mig_profile_names() -> Vec<String> {
 
 /// Parses a workload file: the list form (a YAML list, or `pods:` holding
 /// one) or Kubernetes objects.
-pub fn parse_workload(text: &str, source: &str) -> Result<Workload, String> {
+pub fn parse_workload(text: &str, source: &str) -> Result<Workload, InputError> {
     if let Ok(documents) = serde_saphyr::from_multiple::<Value>(text) {
         let documents: Vec<Value> = documents.into_iter().filter(|d| !d.is_null()).collect();
         // Kubernetes objects when any document has a kind; otherwise the
@@ -177,12 +179,13 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Workload, String> {
         }
     }
     let value: Value = serde_saphyr::from_str(text)
-        .map_err(|e| format!("{source}: {}; {HINT}", yaml_error(&e)))?;
+        .map_err(|e| crate::invalid!(source, "{}; {HINT}", yaml_error(&e)))?;
     let mut workload = Workload::default();
     let list = if value.get("pods").is_some() {
         let file: WorkloadFile = serde_json::from_value(value).map_err(|e| {
-            format!(
-                "{source}: {}; the file's keys are pods, instanceTypes, renameByDefault, kubelet, \
+            crate::invalid!(
+                source,
+                "{}; the file's keys are pods, instanceTypes, renameByDefault, kubelet, \
                  amiFamily and daemonSets",
                 types_in_words(&e.to_string())
             )
@@ -206,29 +209,32 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Workload, String> {
         value
     };
     let Value::Array(entries) = list else {
-        return Err(format!(
-            "{source}: {} is not a list; {HINT}",
+        return Err(crate::invalid!(
+            source,
+            "{} is not a list; {HINT}",
             describe(&list)
         ));
     };
     let mut items = Vec::with_capacity(entries.len());
     for (i, entry) in entries.into_iter().enumerate() {
         if !entry.is_object() {
-            return Err(format!(
-                "{source}: pods[{i}] is {}, not a pod; {HINT}",
+            return Err(crate::invalid!(
+                source,
+                "pods[{i}] is {}, not a pod; {HINT}",
                 describe(&entry)
             ));
         }
         let item: WorkloadItem = serde_json::from_value(entry).map_err(|e| {
-            format!(
-                "{source}: pods[{i}]: {}; {HINT}",
+            crate::invalid!(
+                source,
+                "pods[{i}]: {}; {HINT}",
                 types_in_words(&e.to_string())
             )
         })?;
         items.push(item);
     }
     if items.is_empty() {
-        return Err(format!("{source}: no pods; {HINT}"));
+        return Err(crate::invalid!(source, "no pods; {HINT}"));
     }
     workload.items = items;
     validate(&mut workload, source)?;
@@ -240,15 +246,16 @@ pub fn parse_workload(text: &str, source: &str) -> Result<Workload, String> {
 fn host_requests(
     requests: &BTreeMap<String, Value>,
     at: &str,
-) -> Result<BTreeMap<String, u64>, String> {
+) -> Result<BTreeMap<String, u64>, InputError> {
     let mut out = BTreeMap::new();
     for (resource, v) in requests {
         let amount = match resource.as_str() {
             CPU => nodes::millis(v, &format!("{at}: requests.cpu"))?,
             MEMORY | EPHEMERAL_STORAGE => nodes::bytes(v, &format!("{at}: requests.{resource}"))?,
             other => {
-                return Err(format!(
-                    "{at}: requests.{other}: requests takes cpu, memory and ephemeral-storage; \
+                return Err(crate::invalid!(
+                    at,
+                    "requests.{other}: requests takes cpu, memory and ephemeral-storage; \
                      ask for GPUs with slice or sharedGpu (or give the container's resources)"
                 ));
             }
@@ -274,13 +281,14 @@ fn effective_requests(resources: &Value) -> BTreeMap<String, Value> {
 /// Applies a `resources` block to an entry: host requests, and the GPU
 /// resource as `slice` or `sharedGpu`. For shared GPUs, says whether the
 /// resource is `nvidia.com/gpu.shared`.
-fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, String> {
+fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, InputError> {
     let Some(resources) = &item.resources else {
         return Ok(None);
     };
     if !resources.is_object() {
-        return Err(format!(
-            "{at}: resources is {}; expected a container's resources (requests, limits)",
+        return Err(crate::invalid!(
+            at,
+            "resources is {}; expected a container's resources (requests, limits)",
             describe(resources)
         ));
     }
@@ -293,7 +301,7 @@ fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, St
             }
             r if r.starts_with("nvidia.com/") => {
                 let n = super::quantity(&v).ok_or_else(|| {
-                    format!("{at}: resources {r}: expected a whole number, not {v}")
+                    crate::invalid!(at, "resources {r}: expected a whole number, not {v}")
                 })?;
                 if n > 0 {
                     gpu.push((resource, n));
@@ -304,36 +312,40 @@ fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, St
     }
     item.host = host_requests(&host, at)?;
     if item.slice.is_some() || item.shared_gpu.is_some() {
-        return Err(format!(
-            "{at}: give the GPU either in resources or as slice/sharedGpu, not both"
+        return Err(crate::invalid!(
+            at,
+            "give the GPU either in resources or as slice/sharedGpu, not both"
         ));
     }
     let mut renamed = None;
     match gpu.as_slice() {
-        [(r, n)] if r.starts_with("nvidia.com/mig-") => {
-            item.slice = Some(r.trim_start_matches("nvidia.com/mig-").to_string());
+        [(r, n)] if let Some(profile) = config::mig_profile_of(r) => {
+            item.slice = Some(profile.to_string());
             item.slices_per_pod = u32::try_from(*n).unwrap_or(u32::MAX);
         }
-        [(r, n)] if r == "nvidia.com/gpu" || r == "nvidia.com/gpu.shared" => {
-            renamed = Some(r == "nvidia.com/gpu.shared");
+        [(r, n)] if r == config::GPU_RESOURCE || r == config::SHARED_GPU_RESOURCE => {
+            renamed = Some(r == config::SHARED_GPU_RESOURCE);
             item.shared_gpu = Some(u32::try_from(*n).unwrap_or(u32::MAX));
         }
         [] => {
-            return Err(format!(
-                "{at}: resources ask for no NVIDIA GPU resource; plan --workload sizes GPU pools \
+            return Err(crate::invalid!(
+                at,
+                "resources ask for no NVIDIA GPU resource; plan --workload sizes GPU pools \
                  (nvidia.com/gpu, nvidia.com/gpu.shared, nvidia.com/mig-<profile>)"
             ));
         }
         [(r, _)] => {
-            return Err(format!(
-                "{at}: resources ask for {r}, which gpu-slicer does not advertise; use \
+            return Err(crate::invalid!(
+                at,
+                "resources ask for {r}, which gpu-slicer does not advertise; use \
                  nvidia.com/gpu, nvidia.com/gpu.shared or nvidia.com/mig-<profile>"
             ));
         }
         _ => {
             let names: Vec<&str> = gpu.iter().map(|(r, _)| r.as_str()).collect();
-            return Err(format!(
-                "{at}: resources ask for {}: plan --workload places pods of one GPU resource each",
+            return Err(crate::invalid!(
+                at,
+                "resources ask for {}: plan --workload places pods of one GPU resource each",
                 names.join(" and ")
             ));
         }
@@ -341,7 +353,7 @@ fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, St
     Ok(renamed)
 }
 
-fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
+fn validate(workload: &mut Workload, source: &str) -> Result<(), InputError> {
     let mut renamed = Vec::new();
     for (i, item) in workload.items.iter_mut().enumerate() {
         let at = format!("{source}: pod '{}'", item.name);
@@ -352,8 +364,9 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
             item.host = host_requests(&item.requests, &at)?;
         }
         if item.resources.is_some() && !item.requests.is_empty() {
-            return Err(format!(
-                "{at}: give requests or resources, not both (pods[{i}])"
+            return Err(crate::invalid!(
+                at,
+                "give requests or resources, not both (pods[{i}])"
             ));
         }
         if let Some(slice) = &item.slice {
@@ -362,8 +375,9 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
                 .iter()
                 .any(|m| m.mig_profile(profile).is_some())
             {
-                return Err(format!(
-                    "{source}: pod '{}' asks for slice '{slice}', which is no MIG profile of any \
+                return Err(crate::invalid!(
+                    source,
+                    "pod '{}' asks for slice '{slice}', which is no MIG profile of any \
                      GPU; MIG profiles: {}",
                     item.name,
                     mig_profile_names().join(", ")
@@ -371,8 +385,9 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
             }
         }
         if !matches!(item.arch(), "amd64" | "arm64") {
-            return Err(format!(
-                "{source}: pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
+            return Err(crate::invalid!(
+                source,
+                "pod '{}' has arch '{}': write amd64 or arm64 (kubernetes.io/arch of its images)",
                 item.name,
                 item.arch()
             ));
@@ -381,23 +396,26 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
             (Some(_), None) => {}
             (None, Some(n)) if n >= 1 => {
                 if item.memory_gib.is_none_or(|m| m.is_nan() || m <= 0.0) {
-                    return Err(format!(
-                        "{source}: pod '{}' shares GPUs but has no memoryGiB: say how much GPU memory each pod needs",
+                    return Err(crate::invalid!(
+                        source,
+                        "pod '{}' shares GPUs but has no memoryGiB: say how much GPU memory each pod needs",
                         item.name
                     ));
                 }
             }
             _ => {
-                return Err(format!(
-                    "{source}: pod '{}' needs exactly one of `slice` (a MIG profile such as 1g.10gb) or `sharedGpu` (replicas, at least 1)",
+                return Err(crate::invalid!(
+                    source,
+                    "pod '{}' needs exactly one of `slice` (a MIG profile such as 1g.10gb) or `sharedGpu` (replicas, at least 1)",
                     item.name
                 ));
             }
         }
     }
     if renamed.contains(&Some(true)) && renamed.contains(&Some(false)) {
-        return Err(format!(
-            "{source}: some pods ask for nvidia.com/gpu and others for nvidia.com/gpu.shared; one \
+        return Err(crate::invalid!(
+            source,
+            "some pods ask for nvidia.com/gpu and others for nvidia.com/gpu.shared; one \
              gpu-slicer config advertises one of them (renameByDefault): size them in separate files"
         ));
     }
@@ -406,16 +424,18 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
     }
     let total: u64 = workload.items.iter().map(|i| u64::from(i.count)).sum();
     if total > MAX_PODS {
-        return Err(format!(
-            "{source}: {total} pods; plan --workload simulates at most {MAX_PODS} pods per file: split it \
+        return Err(crate::invalid!(
+            source,
+            "{total} pods; plan --workload simulates at most {MAX_PODS} pods per file: split it \
              into separate files or scale the counts down"
         ));
     }
     if let Some(types) = &workload.instance_types {
         for t in types {
             if catalog::instance(t).is_none() {
-                return Err(format!(
-                    "{source}: instanceTypes: '{t}' is no GPU instance type gpu-slicer has a preset for"
+                return Err(crate::invalid!(
+                    source,
+                    "instanceTypes: '{t}' is no GPU instance type gpu-slicer has a preset for"
                 ));
             }
         }
@@ -424,7 +444,7 @@ fn validate(workload: &mut Workload, source: &str) -> Result<(), String> {
 }
 
 /// Kubernetes objects, each document (or each item of a `List`).
-fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> {
+fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, InputError> {
     let mut objects: Vec<&Value> = Vec::new();
     for d in documents {
         if d["kind"].as_str() == Some("List") {
@@ -478,8 +498,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             }
             "NodePool" => {
                 if workload.instance_types.is_some() {
-                    return Err(format!(
-                        "{at}: a second NodePool; plan --workload models one pool per file"
+                    return Err(crate::invalid!(
+                        at,
+                        "a second NodePool; plan --workload models one pool per file"
                     ));
                 }
                 taints = object["spec"]["template"]["spec"]["taints"]
@@ -497,8 +518,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             }
             "EC2NodeClass" => {
                 if node_class_seen {
-                    return Err(format!(
-                        "{at}: a second EC2NodeClass; plan --workload models one node class per file"
+                    return Err(crate::invalid!(
+                        at,
+                        "a second EC2NodeClass; plan --workload models one node class per file"
                     ));
                 }
                 node_class_seen = true;
@@ -506,14 +528,16 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
                 continue;
             }
             "" => {
-                return Err(format!(
-                    "{source}: a document without kind; give Kubernetes objects (Pod, Deployment, \
+                return Err(crate::invalid!(
+                    source,
+                    "a document without kind; give Kubernetes objects (Pod, Deployment, \
                      StatefulSet, ReplicaSet, Job, DaemonSet, NodePool, EC2NodeClass) or the list form"
                 ));
             }
             other => {
-                return Err(format!(
-                    "{at}: plan --workload does not read {other} objects; give Pods, Deployments, \
+                return Err(crate::invalid!(
+                    at,
+                    "plan --workload does not read {other} objects; give Pods, Deployments, \
                      StatefulSets, ReplicaSets, Jobs, DaemonSets, a NodePool and an EC2NodeClass"
                 ));
             }
@@ -525,8 +549,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             .as_str()
             .filter(|_| kind == "Pod")
         {
-            return Err(format!(
-                "{at}: already runs on node {node}; plan --workload sizes new nodes for pending \
+            return Err(crate::invalid!(
+                at,
+                "already runs on node {node}; plan --workload sizes new nodes for pending \
                  pods (existing nodes are not modelled): leave it out"
             ));
         }
@@ -534,8 +559,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
             && count > 1
             && object["spec"]["podManagementPolicy"].as_str() != Some("Parallel")
         {
-            return Err(format!(
-                "{at}: creates its pods one at a time, each after the previous is Ready \
+            return Err(crate::invalid!(
+                at,
+                "creates its pods one at a time, each after the previous is Ready \
                  (podManagementPolicy OrderedReady, the default): Karpenter sees them in separate \
                  batches, which plan --workload does not model; set podManagementPolicy: Parallel \
                  in the file to size them pending together"
@@ -554,18 +580,20 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
                     / f64::from(1u32 << 30),
             ),
         };
-        let shared = requests.contains_key("nvidia.com/gpu")
-            || requests.contains_key("nvidia.com/gpu.shared");
+        let shared = requests.contains_key(config::GPU_RESOURCE)
+            || requests.contains_key(config::SHARED_GPU_RESOURCE);
         if shared && memory_gib.is_none() {
-            return Err(format!(
-                "{at}: asks for a shared GPU; annotate its pod template with \
+            return Err(crate::invalid!(
+                at,
+                "asks for a shared GPU; annotate its pod template with \
                  {GPU_MEMORY_ANNOTATION}: <the GPU memory each pod needs, e.g. 8Gi>"
             ));
         }
         let created = match (kind, object["metadata"]["creationTimestamp"].as_str()) {
             ("Pod", Some(stamp)) => Some(unix_seconds(stamp).ok_or_else(|| {
-                format!(
-                    "{at}: metadata.creationTimestamp '{stamp}' is not a time as Kubernetes writes \
+                crate::invalid!(
+                    at,
+                    "metadata.creationTimestamp '{stamp}' is not a time as Kubernetes writes \
                      it (2026-12-07T05:00:00Z)"
                 )
             })?),
@@ -598,8 +626,9 @@ fn parse_objects(documents: &[Value], source: &str) -> Result<Workload, String> 
         }
     }
     if workload.items.is_empty() {
-        return Err(format!(
-            "{source}: no pods (no Pod, Deployment, StatefulSet, ReplicaSet or Job with replicas)"
+        return Err(crate::invalid!(
+            source,
+            "no pods (no Pod, Deployment, StatefulSet, ReplicaSet or Job with replicas)"
         ));
     }
     validate(&mut workload, source)?;
@@ -679,16 +708,16 @@ fn tolerates_all(tolerations: &[Value], taints: &[Value]) -> bool {
 /// init container's (plus the sidecars started before it), sidecars (init
 /// containers with `restartPolicy: Always`) added to the sum, plus
 /// `overhead`.
-fn pod_requests(spec: &Value, at: &str) -> Result<BTreeMap<String, Value>, String> {
+fn pod_requests(spec: &Value, at: &str) -> Result<BTreeMap<String, Value>, InputError> {
     // Amounts as exact integers: millicores for cpu, bytes or counts else.
-    let amount = |resource: &str, v: &Value| -> Result<u64, String> {
+    let amount = |resource: &str, v: &Value| -> Result<u64, InputError> {
         if resource == CPU {
             nodes::millis(v, &format!("{at}: {resource}"))
         } else {
             nodes::bytes(v, &format!("{at}: {resource}"))
         }
     };
-    let container = |c: &Value| -> Result<BTreeMap<String, u64>, String> {
+    let container = |c: &Value| -> Result<BTreeMap<String, u64>, InputError> {
         effective_requests(&c["resources"])
             .iter()
             .map(|(r, v)| Ok((r.clone(), amount(r, v)?)))
@@ -756,18 +785,21 @@ mod tests {
         assert!(
             parse_workload("- {name: a}", "w")
                 .unwrap_err()
+                .to_string()
                 .contains("exactly one")
         );
         assert!(
             parse_workload("- {name: a, sharedGpu: 1}", "w")
                 .unwrap_err()
+                .to_string()
                 .contains("memoryGiB")
         );
         let err = parse_workload(
             "- {name: a, sharedGpu: 1, memoryGiB: 4, requests: {cpu: lots}}",
             "w",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "w: pod 'a': requests.cpu: 'lots' is no CPU quantity; write cores (2, \"0.5\") or millicores (\"500m\")"
@@ -776,7 +808,8 @@ mod tests {
             "- {name: a, sharedGpu: 1, memoryGiB: 4, requests: {nvidia.com/gpu: 1}}",
             "w",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("requests takes cpu, memory and ephemeral-storage"),
             "{err}"
@@ -785,16 +818,20 @@ mod tests {
             "pods: [{name: a, slice: 1g.5gb}]\ninstanceTypes: [m5.large]\n",
             "w",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("'m5.large' is no GPU instance type"), "{err}");
-        let err =
-            parse_workload("- {name: a, count: 4000000000, slice: 1g.5gb}\n", "w").unwrap_err();
+        let err = parse_workload("- {name: a, count: 4000000000, slice: 1g.5gb}\n", "w")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "w: 4000000000 pods; plan --workload simulates at most 2000 pods per file: split it \
              into separate files or scale the counts down"
         );
-        let err = parse_workload("pods: [{name: a, slice: 1g.5gb}]\nnodes: 3\n", "w").unwrap_err();
+        let err = parse_workload("pods: [{name: a, slice: 1g.5gb}]\nnodes: 3\n", "w")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `nodes`"), "{err}");
     }
 
@@ -875,7 +912,7 @@ spec:
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - resources: {limits: {nvidia.com/gpu: 1}}\n",
             "p.yaml",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             err.contains("annotate its pod template with gpu-slicer.io/gpu-memory"),
             "{err}"
@@ -884,7 +921,8 @@ spec:
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
             "s.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("does not read Service objects"), "{err}");
     }
 
@@ -980,12 +1018,14 @@ spec:
         assert_eq!(created, [("pod/late", 5 * 3600 + 3), ("pod/early", 0)]);
         let bound =
             pod("p", "2026-12-07T05:00:00Z").replace("spec:\n", "spec:\n  nodeName: ip-10-0-0-1\n");
-        let err = parse_workload(&bound, "p.yaml").unwrap_err();
+        let err = parse_workload(&bound, "p.yaml").unwrap_err().to_string();
         assert!(
             err.contains("Pod p: already runs on node ip-10-0-0-1"),
             "{err}"
         );
-        let err = parse_workload(&pod("p", "yesterday"), "p.yaml").unwrap_err();
+        let err = parse_workload(&pod("p", "yesterday"), "p.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("creationTimestamp 'yesterday' is not a time"),
             "{err}"

@@ -251,7 +251,7 @@ fn bad_inputs_are_refused_with_a_clear_message() {
         ),
         (
             "version: v1\nflags:\n  migstrategy: mixed\n",
-            "unknown key 'flags.migstrategy': did you mean 'migStrategy'? valid keys under flags: migStrategy, failOnInitError, mpsRoot, nvidiaDriverRoot, nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, useNodeFeatureAPI, deviceDiscoveryStrategy, plugin, gfd",
+            "unknown key 'flags.migstrategy': did you mean 'migStrategy'? valid keys under flags: migStrategy, failOnInitError, mpsRoot, nvidiaDriverRoot, nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, deviceDiscoveryStrategy, useNodeFeatureAPI, plugin, gfd",
         ),
         (
             "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 1\n",

@@ -285,3 +285,30 @@ fn gpu_only_cases_stay_exact() {
         assert!(g["karpenterOrders"].is_null(), "{text}");
     }
 }
+
+/// Defect: a `1g.10gb+me` slice was asked for as `nvidia.com/mig-1g.10gb+me`
+/// (not a resource name; the plugin advertises `nvidia.com/mig-1g.10gb.me`),
+/// so no instance type held it. The name now comes from the core, whichever
+/// way the workload writes the slice.
+#[test]
+fn a_media_extension_slice_is_not_lost() {
+    for text in [
+        "- {name: me, count: 2, slice: \"1g.10gb+me\"}\n",
+        "- {name: me, count: 2, slice: mig-1g.10gb+me}\n",
+        "pods:\n  - name: me\n    count: 2\n    resources: {limits: {nvidia.com/mig-1g.10gb.me: 1}}\n",
+    ] {
+        let r = ranking_of(text);
+        let group = &r["groups"][0];
+        assert_eq!(
+            group["demand"],
+            serde_json::json!({"nvidia.com/mig-1g.10gb.me": 2}),
+            "{text}"
+        );
+        let choices = group["choices"].as_array().expect("choices");
+        assert!(!choices.is_empty(), "{text}: no instance type holds it");
+        assert!(
+            choices.iter().all(|c| c["layout"] == "all-1g.10gb.me"),
+            "{text}: {choices:?}"
+        );
+    }
+}

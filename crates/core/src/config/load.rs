@@ -32,6 +32,11 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use super::keys::{
+    FLAGS, Field, GFD, HEALTH, IMEX, MPS, MPS_RESOURCE, PATTERN, PLUGIN, REPLICATED,
+    REPLICATED_RESOURCE, RESOURCES, ROOT, SHARING, join, unknown_key_hint, with_override_keys,
+};
+
 use super::schema::{
     AllocationPolicy, Config, DeviceIdStrategy, DeviceListStrategy, DeviceRef, DeviceSelection,
     Flags, InvalidValue, MigStrategy, MpsLimits, PluginFlags, ReplicatedResource,
@@ -73,263 +78,72 @@ pub enum ConfigError {
     Cross { message: String },
 }
 
-// ---------------------------------------------------------------------------
-// Known keys
-
-/// One known key and what it holds.
-#[derive(Debug)]
-pub(crate) struct Field {
-    pub key: &'static str,
-    pub kind: Kind,
+/// Reads one key of [`with_override_keys`]'s table into its field.
+macro_rules! read_key {
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, bool) => {
+        if let Some(v) = $cx.bool($m, $key, $path)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, string) => {
+        if let Some(v) = $cx.string($m, $key, $path)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, optional) => {
+        if let Some(v) = $cx.string($m, $key, $path)? {
+            $target = Some(v);
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, parsed($parse:expr)) => {
+        if let Some(v) = $cx.parsed($m, $key, $path, $parse)? {
+            $target = v;
+        }
+    };
+    ($cx:ident, $m:ident, $path:expr, $key:literal, $target:expr, list($parse:expr)) => {
+        if let Some(v) = $cx.string_list($m, $key, $path, $parse)? {
+            $target = v;
+        }
+    };
 }
 
-#[derive(Debug)]
-pub(crate) enum Kind {
-    /// A scalar (or list of scalars): no keys below.
-    Leaf,
-    /// A mapping with these keys.
-    Map(&'static [Field]),
-    /// A list of mappings with these keys.
-    List(&'static [Field]),
+/// From the table: the loader's walk of the keys a flag overrides.
+macro_rules! walker {
+    (
+        flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
+                   $($facc:ident).+, $fflag:literal; )* }
+        plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
+                    $($pacc:ident).+, $pflag:literal; )* }
+    ) => {
+        impl Cx<'_> {
+            /// The keys of `flags` a flag overrides.
+            fn overridable_flags(
+                &self,
+                m: &Map<String, Value>,
+                flags: &mut Flags,
+            ) -> Result<(), ConfigError> {
+                let cx = self;
+                $( read_key!(cx, m, "flags", $fkey, flags.$ffield, $fkind $(($fparse))?); )*
+                Ok(())
+            }
+
+            /// The keys of `flags.plugin` (a flag overrides each).
+            fn overridable_plugin(
+                &self,
+                m: &Map<String, Value>,
+                plugin: &mut PluginFlags,
+            ) -> Result<(), ConfigError> {
+                let cx = self;
+                $( read_key!(cx, m, "flags.plugin", $pkey, plugin.$pfield, $pkind $(($pparse))?); )*
+                Ok(())
+            }
+        }
+    };
 }
 
-const fn leaf(key: &'static str) -> Field {
-    Field {
-        key,
-        kind: Kind::Leaf,
-    }
-}
-
-const PLUGIN: &[Field] = &[
-    leaf("passDeviceSpecs"),
-    leaf("deviceListStrategy"),
-    leaf("deviceIDStrategy"),
-    leaf("cdiAnnotationPrefix"),
-    leaf("nvidiaCTKPath"),
-    leaf("containerDriverRoot"),
-    leaf("sharedDevicesAllocationPolicy"),
-];
-
-/// GPU Feature Discovery keys: accepted and discarded.
-const GFD: &[Field] = &[
-    leaf("oneshot"),
-    leaf("noTimestamp"),
-    leaf("sleepInterval"),
-    leaf("outputFile"),
-    leaf("machineTypeFile"),
-];
-
-const FLAGS: &[Field] = &[
-    leaf("migStrategy"),
-    leaf("failOnInitError"),
-    leaf("mpsRoot"),
-    leaf("nvidiaDriverRoot"),
-    leaf("nvidiaDevRoot"),
-    leaf("gdrcopyEnabled"),
-    leaf("gdsEnabled"),
-    leaf("mofedEnabled"),
-    leaf("useNodeFeatureAPI"),
-    leaf("deviceDiscoveryStrategy"),
-    Field {
-        key: "plugin",
-        kind: Kind::Map(PLUGIN),
-    },
-    Field {
-        key: "gfd",
-        kind: Kind::Map(GFD),
-    },
-];
-
-const PATTERN: &[Field] = &[leaf("pattern"), leaf("name")];
-
-const RESOURCES: &[Field] = &[
-    Field {
-        key: "gpus",
-        kind: Kind::List(PATTERN),
-    },
-    Field {
-        key: "mig",
-        kind: Kind::List(PATTERN),
-    },
-];
-
-const REPLICATED_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-];
-
-const REPLICATED: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(REPLICATED_RESOURCE),
-    },
-];
-
-/// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica limits
-/// (NVIDIA's non-strict parser ignores them).
-const MPS_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-    leaf("memoryPerReplica"),
-    leaf("activeThreadPercentage"),
-    leaf("maxReplicasPerContainer"),
-];
-
-const MPS: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(MPS_RESOURCE),
-    },
-];
-
+with_override_keys!(walker);
 /// The most MPS clients one GPU serves (Volta and newer), as NVIDIA checks.
 pub const MAX_MPS_REPLICAS: u32 = 48;
-
-const SHARING: &[Field] = &[
-    Field {
-        key: "timeSlicing",
-        kind: Kind::Map(REPLICATED),
-    },
-    Field {
-        key: "mps",
-        kind: Kind::Map(MPS),
-    },
-];
-
-const IMEX: &[Field] = &[leaf("channelIDs"), leaf("required")];
-
-/// gpu-slicer's extension (NVIDIA's non-strict parser ignores it, so a
-/// config with it still loads there). `xids` maps XID numbers to actions.
-const HEALTH: &[Field] = &[leaf("recoverAfter"), leaf("xids")];
-
-/// The whole v1 schema: every key the loader accepts, per level.
-pub(crate) const ROOT: &[Field] = &[
-    leaf("version"),
-    Field {
-        key: "flags",
-        kind: Kind::Map(FLAGS),
-    },
-    Field {
-        key: "resources",
-        kind: Kind::Map(RESOURCES),
-    },
-    Field {
-        key: "sharing",
-        kind: Kind::Map(SHARING),
-    },
-    Field {
-        key: "imex",
-        kind: Kind::Map(IMEX),
-    },
-    Field {
-        key: "health",
-        kind: Kind::Map(HEALTH),
-    },
-];
-
-/// Every schema location (parent path, `""` = top level, `[]` = list item)
-/// that has `key`.
-fn locations_of(key: &str) -> Vec<String> {
-    fn walk(fields: &[Field], parent: &str, key: &str, out: &mut Vec<String>) {
-        for field in fields {
-            if field.key == key {
-                out.push(parent.to_string());
-            }
-            let child = join(parent, field.key);
-            match field.kind {
-                Kind::Leaf => {}
-                Kind::Map(sub) => walk(sub, &child, key, out),
-                Kind::List(sub) => walk(sub, &format!("{child}[]"), key, out),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(ROOT, "", key, &mut out);
-    out
-}
-
-/// `a.b[3].c` → `a.b[].c`, for comparing a concrete path with schema paths.
-fn generic_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut in_index = false;
-    for c in path.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                out.push('[');
-            }
-            ']' => {
-                in_index = false;
-                out.push(']');
-            }
-            _ if in_index => {}
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-fn common_prefix_len(a: &str, b: &str) -> usize {
-    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
-}
-
-/// The hint for an unknown `key` found in the mapping at `parent`.
-fn unknown_key_hint(parent: &str, key: &str, fields: &[Field]) -> String {
-    let mut places = locations_of(key);
-    if !places.is_empty() {
-        let here = generic_path(parent);
-        places.sort_by_key(|p| std::cmp::Reverse(common_prefix_len(p, &here)));
-        let describe = |p: &String| {
-            if p.is_empty() {
-                "the top level".to_string()
-            } else {
-                p.clone()
-            }
-        };
-        let first = describe(&places[0]);
-        let verb = if places[0].is_empty() {
-            "belongs at"
-        } else {
-            "belongs under"
-        };
-        let mut hint = format!("{key} {verb} {first}");
-        if places.len() > 1 {
-            let rest: Vec<String> = places[1..].iter().map(describe).collect();
-            hint.push_str(&format!(" (or {})", rest.join(", ")));
-        }
-        return hint;
-    }
-    let valid: Vec<&str> = fields.iter().map(|f| f.key).collect();
-    let level = if parent.is_empty() {
-        "valid top-level keys".to_string()
-    } else {
-        format!("valid keys under {parent}")
-    };
-    let closest = fields
-        .iter()
-        .map(|f| {
-            let d = if f.key.eq_ignore_ascii_case(key) {
-                0
-            } else {
-                strsim::levenshtein(&f.key.to_ascii_lowercase(), &key.to_ascii_lowercase()) + 1
-            };
-            (d, f.key)
-        })
-        .min_by_key(|(d, _)| *d)
-        .filter(|(d, _)| *d <= 3 || *d * 3 <= key.len() + 3);
-    match closest {
-        Some((_, best)) => format!("did you mean '{best}'? {level}: {}", valid.join(", ")),
-        None => format!("{level}: {}", valid.join(", ")),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Value parsers shared with the command-line overrides (NVIDIA's messages)
@@ -391,11 +205,20 @@ pub fn validate_imex_channel_ids(ids: &[i64]) -> Result<(), InvalidValue> {
     )))
 }
 
+/// Why a `memoryPerReplica` size is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("'{0}' is not a size: write it as 10Gi or 4096Mi")]
+    NotASize(String),
+    #[error("'{0}' is no memory: give at least 1Mi")]
+    Zero(String),
+}
+
 /// `memoryPerReplica`: a size in Mi or Gi (binary, as Kubernetes writes
 /// them); the result in MiB.
-pub fn parse_mebibytes(text: &str) -> Result<u64, String> {
+pub fn parse_mebibytes(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
-    let bad = || format!("'{text}' is not a size: write it as 10Gi or 4096Mi");
+    let bad = || SizeError::NotASize(text.to_string());
     let (digits, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map_or((text, ""), |at| text.split_at(at));
@@ -407,7 +230,7 @@ pub fn parse_mebibytes(text: &str) -> Result<u64, String> {
     }
     .ok_or_else(bad)?;
     if mib == 0 {
-        return Err(format!("'{text}' is no memory: give at least 1Mi"));
+        return Err(SizeError::Zero(text.to_string()));
     }
     Ok(mib)
 }
@@ -501,14 +324,6 @@ fn parse_tree(text: &str, source: &str) -> Result<Value, ConfigError> {
             message,
         })
     })
-}
-
-fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_string()
-    } else {
-        format!("{parent}.{key}")
-    }
 }
 
 /// A value as Go's JSON decoding would name its type in a message.
@@ -727,99 +542,51 @@ impl Cx<'_> {
     fn flags(&self, m: &Map<String, Value>) -> Result<Flags, ConfigError> {
         let p = "flags";
         let mut flags = Flags::default();
-        if let Some(v) = self.parsed(m, "migStrategy", p, str::parse::<MigStrategy>)? {
-            flags.mig_strategy = v;
-        }
-        if let Some(v) = self.bool(m, "failOnInitError", p)? {
-            flags.fail_on_init_error = v;
-        }
-        if let Some(v) = self.string(m, "mpsRoot", p)? {
-            flags.mps_root = v;
-        }
-        if let Some(v) = self.string(m, "nvidiaDriverRoot", p)? {
-            flags.nvidia_driver_root = v;
-        }
-        flags.nvidia_dev_root = self.string(m, "nvidiaDevRoot", p)?;
-        if let Some(v) = self.bool(m, "gdrcopyEnabled", p)? {
-            flags.gdrcopy_enabled = v;
-        }
-        if let Some(v) = self.bool(m, "gdsEnabled", p)? {
-            flags.gds_enabled = v;
-        }
-        if let Some(v) = self.bool(m, "mofedEnabled", p)? {
-            flags.mofed_enabled = v;
-        }
+        self.overridable_flags(m, &mut flags)?;
         // GFD only: type-checked, then discarded.
         self.bool(m, "useNodeFeatureAPI", p)?;
         self.map(m, "gfd", p, GFD)?;
-        if let Some(v) = self.parsed(
-            m,
-            "deviceDiscoveryStrategy",
-            p,
-            parse_device_discovery_strategy,
-        )? {
-            flags.device_discovery_strategy = v;
-        }
         if let Some(plugin) = self.map(m, "plugin", p, PLUGIN)? {
-            flags.plugin = self.plugin(plugin)?;
+            self.overridable_plugin(plugin, &mut flags.plugin)?;
         }
         Ok(flags)
     }
 
-    fn plugin(&self, m: &Map<String, Value>) -> Result<PluginFlags, ConfigError> {
-        let p = "flags.plugin";
-        let mut plugin = PluginFlags::default();
-        if let Some(v) = self.bool(m, "passDeviceSpecs", p)? {
-            plugin.pass_device_specs = v;
-        }
-        let dls_path = join(p, "deviceListStrategy");
-        match m.get("deviceListStrategy") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => {
-                plugin.device_list_strategy =
-                    parse_device_list_strategies(&[s]).map_err(|e| self.invalid(&dls_path, e))?;
-            }
+    /// A string or a list of strings (NVIDIA's `deviceListStrategy`),
+    /// checked by `parse`.
+    fn string_list<T, E: std::fmt::Display>(
+        &self,
+        map: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        parse: impl Fn(&[String]) -> Result<T, E>,
+    ) -> Result<Option<T>, ConfigError> {
+        let at = join(path, key);
+        let names: Vec<String> = match map.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => {
                 let mut names = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::String(s) => names.push(s.as_str()),
+                        Value::String(s) => names.push(s.clone()),
                         other => {
                             return Err(self.invalid(
-                                &format!("{dls_path}[{i}]"),
-                                format!("invalid deviceListStrategy: {other}"),
+                                &format!("{at}[{i}]"),
+                                format!("invalid {key}: {other}"),
                             ));
                         }
                     }
                 }
-                plugin.device_list_strategy =
-                    parse_device_list_strategies(&names).map_err(|e| self.invalid(&dls_path, e))?;
+                names
             }
             Some(other) => {
-                return Err(self.invalid(&dls_path, format!("invalid deviceListStrategy: {other}")));
+                return Err(self.invalid(&at, format!("invalid {key}: {other}")));
             }
-        }
-        if let Some(v) = self.parsed(m, "deviceIDStrategy", p, str::parse::<DeviceIdStrategy>)? {
-            plugin.device_id_strategy = v;
-        }
-        if let Some(v) = self.string(m, "cdiAnnotationPrefix", p)? {
-            plugin.cdi_annotation_prefix = v;
-        }
-        if let Some(v) = self.string(m, "nvidiaCTKPath", p)? {
-            plugin.nvidia_ctk_path = v;
-        }
-        if let Some(v) = self.string(m, "containerDriverRoot", p)? {
-            plugin.container_driver_root = v;
-        }
-        if let Some(v) = self.parsed(
-            m,
-            "sharedDevicesAllocationPolicy",
-            p,
-            str::parse::<AllocationPolicy>,
-        )? {
-            plugin.shared_devices_allocation_policy = v;
-        }
-        Ok(plugin)
+        };
+        parse(&names)
+            .map(Some)
+            .map_err(|e| self.invalid(&at, e.to_string()))
     }
 
     /// The list of mappings under `key`, each checked against `fields`.
@@ -1013,7 +780,7 @@ impl Cx<'_> {
         let memory_per_replica_mib = match m.get("memoryPerReplica") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => {
-                Some(parse_mebibytes(text).map_err(|e| self.invalid(&memory_path, e))?)
+                Some(parse_mebibytes(text).map_err(|e| self.invalid(&memory_path, e.to_string()))?)
             }
             Some(other) => {
                 return Err(self.invalid(
@@ -1246,6 +1013,7 @@ pub fn parse_device_ref(s: &str) -> Result<DeviceRef, InvalidValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::keys::{Kind, generic_path};
 
     const SRC: &str = "config.yaml";
 
@@ -1268,8 +1036,8 @@ mod tests {
     }
 
     const FLAGS_KEYS: &str = "migStrategy, failOnInitError, mpsRoot, nvidiaDriverRoot, \
-        nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, useNodeFeatureAPI, \
-        deviceDiscoveryStrategy, plugin, gfd";
+        nvidiaDevRoot, gdrcopyEnabled, gdsEnabled, mofedEnabled, deviceDiscoveryStrategy, \
+        useNodeFeatureAPI, plugin, gfd";
 
     #[test]
     fn unknown_and_misplaced_keys() {

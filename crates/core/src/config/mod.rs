@@ -2,6 +2,7 @@
 //! and the command-line/environment overrides.
 
 pub mod flags;
+pub mod keys;
 pub mod load;
 pub mod names;
 pub mod schema;

@@ -6,6 +6,35 @@ use super::schema::{InvalidValue, ResourceName};
 /// Prefix NVIDIA prepends to a resource name that has none.
 pub const DEFAULT_PREFIX: &str = "nvidia.com";
 
+/// The whole-GPU resource (and what time-slicing and MPS replicas are
+/// advertised as without `renameByDefault`).
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// What `renameByDefault: true` appends to a shared resource's name.
+pub const SHARED_SUFFIX: &str = ".shared";
+
+/// `nvidia.com/gpu` shared under `renameByDefault: true`.
+pub const SHARED_GPU_RESOURCE: &str = "nvidia.com/gpu.shared";
+
+/// Prefix of the resources MIG devices are advertised as under
+/// `migStrategy: mixed`.
+pub const MIG_RESOURCE_PREFIX: &str = "nvidia.com/mig-";
+
+/// The resource a MIG profile is advertised as under `migStrategy: mixed`,
+/// as NVIDIA's plugin names it: `+` becomes `.` (`1g.10gb+me` →
+/// `nvidia.com/mig-1g.10gb.me`). A `mig-` prefix on `profile` is ignored.
+pub fn mig_resource(profile: &str) -> String {
+    let profile = profile.trim().trim_start_matches("mig-");
+    format!("{MIG_RESOURCE_PREFIX}{}", profile.replace('+', "."))
+}
+
+/// The profile a MIG resource stands for, as the name writes it
+/// (`nvidia.com/mig-1g.10gb.me` → `1g.10gb.me`); `None` for other
+/// resources.
+pub fn mig_profile_of(resource: &str) -> Option<&str> {
+    resource.strip_prefix(MIG_RESOURCE_PREFIX)
+}
+
 /// NVIDIA's limit on the fully-qualified resource name.
 pub const MAX_RESOURCE_NAME_LENGTH: usize = 63;
 
@@ -127,6 +156,29 @@ impl ResourceName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mig_resources_are_named_as_nvidia_names_them() {
+        for (profile, resource) in [
+            ("1g.10gb", "nvidia.com/mig-1g.10gb"),
+            ("1g.10gb+me", "nvidia.com/mig-1g.10gb.me"),
+            ("mig-1g.10gb+me", "nvidia.com/mig-1g.10gb.me"),
+            ("1g.10gb.me", "nvidia.com/mig-1g.10gb.me"),
+            ("1c.3g.20gb", "nvidia.com/mig-1c.3g.20gb"),
+        ] {
+            assert_eq!(mig_resource(profile), resource, "{profile}");
+            assert_eq!(validate_resource_name(resource), Ok(()), "{resource}");
+        }
+        assert_eq!(
+            mig_profile_of("nvidia.com/mig-1g.10gb.me"),
+            Some("1g.10gb.me")
+        );
+        assert_eq!(mig_profile_of(GPU_RESOURCE), None);
+        assert_eq!(
+            format!("{GPU_RESOURCE}{SHARED_SUFFIX}"),
+            SHARED_GPU_RESOURCE
+        );
+    }
 
     #[test]
     fn valid_names() {

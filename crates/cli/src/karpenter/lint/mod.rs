@@ -203,7 +203,7 @@ impl Pool<'_> {
 }
 
 /// Reads the files and lints them together.
-pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, String> {
+pub fn lint_files(paths: &[impl AsRef<Path>]) -> Result<Vec<Finding>, crate::error::InputError> {
     let mut docs = Vec::new();
     let mut empty_files = Vec::new();
     for path in paths {
@@ -257,7 +257,13 @@ pub fn lint(docs: &[Document]) -> Vec<Finding> {
                     configs.entry(k).or_insert(c);
                 }
             }
-            Some(Err(e)) => sink.add(doc, "data", Severity::Error, "config-invalid", e),
+            Some(Err(e)) => sink.add(
+                doc,
+                "data",
+                Severity::Error,
+                "config-invalid",
+                e.to_string(),
+            ),
             None => {}
         }
     }

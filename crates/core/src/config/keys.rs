@@ -1,0 +1,400 @@
+//! The config's known keys: `ROOT`, the table of every key the loader
+//! accepts per path, with the unknown-key hints drawn from it; and the keys
+//! of `flags` and `flags.plugin` that a command-line flag overrides, each
+//! declared once in `with_override_keys!`: its YAML key, the field of
+//! [`Flags`](super::Flags) / [`PluginFlags`](super::PluginFlags) it sets,
+//! how its value is read, the override field of
+//! [`ConfigFlags`](super::ConfigFlags) that replaces it, and its flag (the
+//! shell's command line declares the flag with its environment variable).
+//!
+//! From that one table come: the known keys (unknown-key hints) of both
+//! sections, the loader's walk of them (`load.rs`), the flag overlay
+//! (`flags.rs`), and [`OVERRIDES`], which the daemon's test checks its
+//! command line against (each flag declared, and no other flag that sets a
+//! key). A new key of these sections is one line here plus its command-line
+//! field, which that test checks.
+//!
+//! Kinds: `bool` (YAML boolean; Go-style on the command line), `string`,
+//! `optional` (a string whose absence means "derived", as `nvidiaDevRoot`),
+//! `parsed(f)` (a string checked by `f`, whose error is NVIDIA's message),
+//! `list(f)` (a string or a list of strings, checked by `f`).
+
+/// Calls `$generate!` with the table. Each line:
+/// `"yamlKey" => config_field: kind, override.path, "--flag";`
+macro_rules! with_override_keys {
+    ($generate:ident) => {
+        $generate! {
+            flags {
+                "migStrategy" => mig_strategy: parsed(str::parse::<MigStrategy>),
+                    mig.mig_strategy, "--mig-strategy";
+                "failOnInitError" => fail_on_init_error: bool,
+                    fail_on_init_error, "--fail-on-init-error";
+                "mpsRoot" => mps_root: string,
+                    mps.mps_root, "--mps-root";
+                "nvidiaDriverRoot" => nvidia_driver_root: string,
+                    nvidia_driver_root, "--driver-root";
+                "nvidiaDevRoot" => nvidia_dev_root: optional,
+                    nvidia_dev_root, "--dev-root";
+                "gdrcopyEnabled" => gdrcopy_enabled: bool,
+                    gdrcopy_enabled, "--gdrcopy-enabled";
+                "gdsEnabled" => gds_enabled: bool,
+                    gds_enabled, "--gds-enabled";
+                "mofedEnabled" => mofed_enabled: bool,
+                    mofed_enabled, "--mofed-enabled";
+                "deviceDiscoveryStrategy" => device_discovery_strategy:
+                    parsed(parse_device_discovery_strategy),
+                    device_discovery_strategy, "--device-discovery-strategy";
+            }
+            plugin {
+                "passDeviceSpecs" => pass_device_specs: bool,
+                    pass_device_specs, "--pass-device-specs";
+                "deviceListStrategy" => device_list_strategy: list(parse_device_list_strategies),
+                    naming.device_list_strategy, "--device-list-strategy";
+                "deviceIDStrategy" => device_id_strategy: parsed(str::parse::<DeviceIdStrategy>),
+                    naming.device_id_strategy, "--device-id-strategy";
+                "cdiAnnotationPrefix" => cdi_annotation_prefix: string,
+                    cdi_annotation_prefix, "--cdi-annotation-prefix";
+                "nvidiaCTKPath" => nvidia_ctk_path: string,
+                    nvidia_cdi_hook_path, "--nvidia-cdi-hook-path";
+                "containerDriverRoot" => container_driver_root: string,
+                    driver_root_ctr_path, "--driver-root-ctr-path";
+                "sharedDevicesAllocationPolicy" => shared_devices_allocation_policy:
+                    parsed(str::parse::<AllocationPolicy>),
+                    shared_devices_allocation_policy, "--shared-devices-allocation-policy";
+            }
+        }
+    };
+}
+
+pub(crate) use with_override_keys;
+
+/// One known key and what it holds.
+#[derive(Debug)]
+pub(crate) struct Field {
+    pub key: &'static str,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A scalar (or list of scalars): no keys below.
+    Leaf,
+    /// A mapping with these keys.
+    Map(&'static [Field]),
+    /// A list of mappings with these keys.
+    List(&'static [Field]),
+}
+
+pub(crate) const fn leaf(key: &'static str) -> Field {
+    Field {
+        key,
+        kind: Kind::Leaf,
+    }
+}
+
+/// GPU Feature Discovery keys: accepted and discarded.
+pub(crate) const GFD: &[Field] = &[
+    leaf("oneshot"),
+    leaf("noTimestamp"),
+    leaf("sleepInterval"),
+    leaf("outputFile"),
+    leaf("machineTypeFile"),
+];
+
+/// From the table: the known keys of `flags` and `flags.plugin`.
+macro_rules! known_keys {
+    (
+        flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
+                   $($facc:ident).+, $fflag:literal; )* }
+        plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
+                    $($pacc:ident).+, $pflag:literal; )* }
+    ) => {
+        pub(crate) const PLUGIN: &[Field] = &[ $( leaf($pkey), )* ];
+
+        pub(crate) const FLAGS: &[Field] = &[
+            $( leaf($fkey), )*
+            // GPU Feature Discovery's: type-checked, then discarded.
+            leaf("useNodeFeatureAPI"),
+            Field {
+                key: "plugin",
+                kind: Kind::Map(PLUGIN),
+            },
+            Field {
+                key: "gfd",
+                kind: Kind::Map(GFD),
+            },
+        ];
+
+    };
+}
+
+with_override_keys!(known_keys);
+
+pub(crate) const PATTERN: &[Field] = &[leaf("pattern"), leaf("name")];
+
+pub(crate) const RESOURCES: &[Field] = &[
+    Field {
+        key: "gpus",
+        kind: Kind::List(PATTERN),
+    },
+    Field {
+        key: "mig",
+        kind: Kind::List(PATTERN),
+    },
+];
+
+pub(crate) const REPLICATED_RESOURCE: &[Field] = &[
+    leaf("name"),
+    leaf("rename"),
+    leaf("devices"),
+    leaf("replicas"),
+];
+
+pub(crate) const REPLICATED: &[Field] = &[
+    leaf("renameByDefault"),
+    leaf("failRequestsGreaterThanOne"),
+    Field {
+        key: "resources",
+        kind: Kind::List(REPLICATED_RESOURCE),
+    },
+];
+
+/// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica limits
+/// (NVIDIA's non-strict parser ignores them).
+pub(crate) const MPS_RESOURCE: &[Field] = &[
+    leaf("name"),
+    leaf("rename"),
+    leaf("devices"),
+    leaf("replicas"),
+    leaf("memoryPerReplica"),
+    leaf("activeThreadPercentage"),
+    leaf("maxReplicasPerContainer"),
+];
+
+pub(crate) const MPS: &[Field] = &[
+    leaf("renameByDefault"),
+    leaf("failRequestsGreaterThanOne"),
+    Field {
+        key: "resources",
+        kind: Kind::List(MPS_RESOURCE),
+    },
+];
+
+pub(crate) const SHARING: &[Field] = &[
+    Field {
+        key: "timeSlicing",
+        kind: Kind::Map(REPLICATED),
+    },
+    Field {
+        key: "mps",
+        kind: Kind::Map(MPS),
+    },
+];
+
+pub(crate) const IMEX: &[Field] = &[leaf("channelIDs"), leaf("required")];
+
+/// gpu-slicer's extension (NVIDIA's non-strict parser ignores it, so a
+/// config with it still loads there). `xids` maps XID numbers to actions.
+pub(crate) const HEALTH: &[Field] = &[leaf("recoverAfter"), leaf("xids")];
+
+/// The whole v1 schema: every key the loader accepts, per level.
+pub(crate) const ROOT: &[Field] = &[
+    leaf("version"),
+    Field {
+        key: "flags",
+        kind: Kind::Map(FLAGS),
+    },
+    Field {
+        key: "resources",
+        kind: Kind::Map(RESOURCES),
+    },
+    Field {
+        key: "sharing",
+        kind: Kind::Map(SHARING),
+    },
+    Field {
+        key: "imex",
+        kind: Kind::Map(IMEX),
+    },
+    Field {
+        key: "health",
+        kind: Kind::Map(HEALTH),
+    },
+];
+
+/// Every schema location (parent path, `""` = top level, `[]` = list item)
+/// that has `key`.
+pub(crate) fn locations_of(key: &str) -> Vec<String> {
+    fn walk(fields: &[Field], parent: &str, key: &str, out: &mut Vec<String>) {
+        for field in fields {
+            if field.key == key {
+                out.push(parent.to_string());
+            }
+            let child = join(parent, field.key);
+            match field.kind {
+                Kind::Leaf => {}
+                Kind::Map(sub) => walk(sub, &child, key, out),
+                Kind::List(sub) => walk(sub, &format!("{child}[]"), key, out),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(ROOT, "", key, &mut out);
+    out
+}
+
+/// `a.b[3].c` → `a.b[].c`, for comparing a concrete path with schema paths.
+pub(crate) fn generic_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn common_prefix_len(a: &str, b: &str) -> usize {
+    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
+}
+
+/// The hint for an unknown `key` found in the mapping at `parent`.
+pub(crate) fn unknown_key_hint(parent: &str, key: &str, fields: &[Field]) -> String {
+    let mut places = locations_of(key);
+    if !places.is_empty() {
+        let here = generic_path(parent);
+        places.sort_by_key(|p| std::cmp::Reverse(common_prefix_len(p, &here)));
+        let describe = |p: &String| {
+            if p.is_empty() {
+                "the top level".to_string()
+            } else {
+                p.clone()
+            }
+        };
+        let first = describe(&places[0]);
+        let verb = if places[0].is_empty() {
+            "belongs at"
+        } else {
+            "belongs under"
+        };
+        let mut hint = format!("{key} {verb} {first}");
+        if places.len() > 1 {
+            let rest: Vec<String> = places[1..].iter().map(describe).collect();
+            hint.push_str(&format!(" (or {})", rest.join(", ")));
+        }
+        return hint;
+    }
+    let valid: Vec<&str> = fields.iter().map(|f| f.key).collect();
+    let level = if parent.is_empty() {
+        "valid top-level keys".to_string()
+    } else {
+        format!("valid keys under {parent}")
+    };
+    let closest = fields
+        .iter()
+        .map(|f| {
+            let d = if f.key.eq_ignore_ascii_case(key) {
+                0
+            } else {
+                strsim::levenshtein(&f.key.to_ascii_lowercase(), &key.to_ascii_lowercase()) + 1
+            };
+            (d, f.key)
+        })
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, _)| *d <= 3 || *d * 3 <= key.len() + 3);
+    match closest {
+        Some((_, best)) => format!("did you mean '{best}'? {level}: {}", valid.join(", ")),
+        None => format!("{level}: {}", valid.join(", ")),
+    }
+}
+
+/// `(YAML path, flag)` of every key in the table.
+macro_rules! override_list {
+    (
+        flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
+                   $($facc:ident).+, $fflag:literal; )* }
+        plugin { $( $pkey:literal => $pfield:ident : $pkind:ident $(($pparse:expr))?,
+                    $($pacc:ident).+, $pflag:literal; )* }
+    ) => {
+        /// `(YAML path, flag)` of every key a flag overrides.
+        pub const OVERRIDES: &[(&str, &str)] = &[
+            $( (concat!("flags.", $fkey), $fflag), )*
+            $( (concat!("flags.plugin.", $pkey), $pflag), )*
+        ];
+    };
+}
+
+with_override_keys!(override_list);
+
+/// A key's dotted path under `parent` (the root is "").
+pub(super) fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OVERRIDES;
+
+    /// The README's key table (`| `flags.x` | `--flag` / `ENV` | ...`)
+    /// lists every key a flag overrides, each with the table's flag, and no
+    /// `flags.*` key the table lacks (besides the GFD ones, discarded).
+    #[test]
+    fn the_readme_lists_each_overridable_key_with_its_flag() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        // (keys of the row, its flag cell)
+        let rows: Vec<(Vec<String>, String)> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `flags."))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let names: Vec<&str> = cells[0].split('`').skip(1).step_by(2).collect();
+                let first = names[0];
+                let parent = &first[..first.rfind('.').unwrap_or(0)];
+                let keys = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match i {
+                        0 => n.to_string(),
+                        _ => format!("{parent}.{n}"),
+                    })
+                    .collect();
+                (keys, cells.get(1).unwrap_or(&"").to_string())
+            })
+            .collect();
+        for (key, flag) in OVERRIDES {
+            let Some((keys, flags)) = rows.iter().find(|(keys, _)| keys.iter().any(|k| k == key))
+            else {
+                panic!("README.md's key table has no row for {key} ({flag})");
+            };
+            if keys.len() == 1 {
+                assert!(
+                    flags.starts_with(&format!("`{flag}`")),
+                    "README.md gives {key} the flag {flags}, not {flag}"
+                );
+            }
+        }
+        for (keys, _) in &rows {
+            for key in keys {
+                assert!(
+                    OVERRIDES.iter().any(|(k, _)| k == key),
+                    "README.md lists {key}, which no flag overrides (config/keys.rs)"
+                );
+            }
+        }
+    }
+}
