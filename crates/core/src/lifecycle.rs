@@ -471,6 +471,12 @@ impl Machine {
             .collect()
     }
 
+    /// Whether `name` is still the machine's: planned, draining, or waiting
+    /// to bind its socket again.
+    pub fn knows(&self, name: &ResourceName) -> bool {
+        self.resources.contains_key(name)
+    }
+
     /// The kubelet the machine sees.
     pub fn kubelet(&self) -> Option<KubeletId> {
         self.kubelet

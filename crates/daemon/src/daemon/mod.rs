@@ -532,7 +532,13 @@ impl Daemon {
                     .paths
                     .device_plugin_dir
                     .join(resource.socket_file_name());
-                let served = self.served.get_mut(&resource)?;
+                let Some(served) = self.served.get_mut(&resource) else {
+                    // Never expected: said, and retried like a failed bind.
+                    return Some(Event::ServeFailed {
+                        server,
+                        error: format!("no device list is held for '{resource}'"),
+                    });
+                };
                 match serve(
                     &socket,
                     resource.clone(),
@@ -556,7 +562,10 @@ impl Daemon {
                 }
             }
             Action::Stop { resource, server } => {
-                let planned = self.machine.servers().any(|(name, _)| *name == resource);
+                // The resource's state goes only with the resource itself: a
+                // resource whose socket cannot be bound right now has no
+                // live server but is still served (its retry rebinds).
+                let known = self.machine.knows(&resource);
                 let served = self.served.get_mut(&resource)?;
                 if let Some(i) = served.servers.iter().position(|b| b.id == server) {
                     let bound = served.servers.remove(i);
@@ -566,7 +575,7 @@ impl Daemon {
                     );
                     bound.server.stop().await;
                 }
-                if !planned && served.servers.is_empty() {
+                if !known && served.servers.is_empty() {
                     self.served.remove(&resource);
                 }
                 None
