@@ -58,7 +58,7 @@ async fn kubelet(dir: &Path) -> Kubelet {
 }
 
 fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::common::Daemon {
-    start_with(dir, topology, stub, metrics, &[])
+    start_with(dir, topology, stub, metrics, &[], &[])
 }
 
 fn start_with(
@@ -67,6 +67,7 @@ fn start_with(
     stub: &KubeStub,
     metrics: &str,
     more: &[&str],
+    env: &[(&str, &str)],
 ) -> crate::common::Daemon {
     let lib = fake_nvml();
     let pods = pod_resources_socket(dir);
@@ -95,7 +96,11 @@ fn start_with(
         .chain(more)
         .copied()
         .collect::<Vec<_>>(),
-        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))]
+            .iter()
+            .chain(env)
+            .copied()
+            .collect::<Vec<_>>(),
     );
     daemon
 }
@@ -419,6 +424,7 @@ async fn layouts_come_from_a_mig_parted_file_read_at_every_change() {
         &stub,
         &metrics,
         &["--mig-parted-config", layouts.to_str().expect("utf-8")],
+        &[],
     );
     wait_for_state(&stub, "failed").await;
     let message = events(&stub, "MigLayoutFailed")[0].clone();
@@ -498,30 +504,14 @@ async fn sigterm_during_an_apply_waits_for_its_safe_point_and_reports_it() {
     let stub = KubeStub::start("n1", &[(CONFIG, "all-1g.5gb")], json!([])).await;
     let _kubelet = kubelet(dir.path()).await;
     let metrics = format!("127.0.0.1:{}", free_port());
-    let lib = fake_nvml();
-    let pods = pod_resources_socket(dir.path());
-    let (mut daemon, _log) = start_logged(
+    let mut daemon = start_with(
         dir.path(),
-        &[
-            "--nvml-lib",
-            lib.to_str().expect("utf-8"),
-            "--mig-strategy",
-            "mixed",
-            "--node-name",
-            "n1",
-            "--kube-api-url",
-            &stub.url,
-            "--apply-mig-layouts",
-            "--metrics-address",
-            &metrics,
-            "--pod-resources-socket",
-            pods.to_str().expect("utf-8"),
-        ],
-        &[
-            ("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8")),
-            // 14 GPU instances to create: seconds of apply to interrupt.
-            ("FAKE_NVML_GPU_INSTANCE_CREATE_MS", "300"),
-        ],
+        &topology,
+        &stub,
+        &metrics,
+        &[],
+        // 14 GPU instances to create: seconds of apply to interrupt.
+        &[("FAKE_NVML_GPU_INSTANCE_CREATE_MS", "300")],
     );
     // The fake driver's state changes with the apply's first operation.
     let deadline = std::time::Instant::now() + TIMEOUT;
