@@ -39,6 +39,7 @@ pub mod mig_change;
 pub mod mig_demand;
 pub mod mig_parted;
 pub mod mps;
+pub mod node;
 pub mod node_labels;
 pub mod placement;
 pub mod plan;

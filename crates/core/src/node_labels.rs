@@ -80,6 +80,27 @@ pub fn mig_withdrawn(state: Option<&str>, config: Option<&str>) -> bool {
     }
 }
 
+/// The two MIG labels as last seen (`nvidia.com/mig.config` and
+/// `nvidia.com/mig.config.state`), whether MIG Manager or
+/// `--apply-mig-layouts` sets them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigLevels {
+    /// `nvidia.com/mig.config`: the layout asked for.
+    pub config: Option<String>,
+    /// `nvidia.com/mig.config.state`: pending, rebooting, success, failed.
+    pub state: Option<String>,
+    /// Grows whenever the two labels may have changed (each change seen,
+    /// each gap in watching them); equal revisions mean nothing changed.
+    pub revision: u64,
+}
+
+impl MigLevels {
+    /// Whether these levels withdraw the MIG-capable GPUs ([`mig_withdrawn`]).
+    pub fn withdrawn(&self) -> bool {
+        mig_withdrawn(self.state.as_deref(), self.config.as_deref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,545 @@
+//! Deterministic simulation: the node machine against a modelled node (two
+//! MIG GPUs and one without MIG, MIG Manager, the Node's labels as the
+//! daemon's watcher delivers them, loads that fail, the XID watcher, an MPS
+//! control daemon), over random interleavings, with the module's
+//! invariants checked after every step.
+//!
+//! The world executes actions as the shell does: a load reads what the GPUs
+//! hold *now* (so a rediscovery during a change reads the old or the new
+//! layout, whichever is there), and its outcome is fed back at once. MIG
+//! Manager sets `pending`, changes the hardware later, and then sets
+//! `success` or `failed`; each label change reaches the machine only while
+//! the API server answers, and a watch that comes back relists (the
+//! revision grows, as the daemon's Node watcher does after a gap).
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+
+use super::tests::{applied, inventory};
+use super::*;
+use crate::health::{DEFAULT_RECOVER_AFTER, affected};
+
+const LAYOUTS: [&str; 3] = ["all-1g.5gb", "all-3g.20gb", "all-balanced"];
+/// The XIDs thrown at it: timed (94), reset (79, 48), ignored (43, 13).
+const XIDS: [u64; 5] = [94, 79, 48, 43, 13];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Time passes (ms); due timers fire on the way.
+    Advance(u32),
+    /// MIG Manager begins a change to `LAYOUTS[layout]`: `pending`;
+    /// `seen: false`: the watcher sees it only together with the next
+    /// change (two updates read as one).
+    MigBegin {
+        layout: usize,
+        seen: bool,
+    },
+    /// MIG Manager has changed the hardware (if a change is under way).
+    MigHardware,
+    /// MIG Manager ends the change: `success`, or `failed`.
+    MigEnd {
+        success: bool,
+    },
+    /// The API server stops (true) or starts (false) answering: label
+    /// changes are not delivered while it is down; its return relists.
+    ApiDown(bool),
+    /// The Node watcher's connection drops and relists.
+    WatchGap,
+    /// Loads from now on: succeed (`None`), find no driver, or are refused.
+    Loads(Option<bool>),
+    Reload,
+    Xid {
+        gpu: usize,
+        xid: usize,
+        instance: Option<usize>,
+    },
+    Watched {
+        gpu: usize,
+    },
+    Unwatched {
+        gpu: usize,
+    },
+    MpsExited,
+    MpsReady,
+    Registered(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop_oneof![0u32..50, 0u32..5_000, 0u32..400_000].prop_map(Op::Advance),
+        3 => (0usize..LAYOUTS.len(), any::<bool>())
+            .prop_map(|(layout, seen)| Op::MigBegin { layout, seen }),
+        2 => Just(Op::MigHardware),
+        2 => proptest::bool::weighted(0.8).prop_map(|success| Op::MigEnd { success }),
+        2 => any::<bool>().prop_map(Op::ApiDown),
+        1 => Just(Op::WatchGap),
+        1 => proptest::option::weighted(0.3, any::<bool>()).prop_map(Op::Loads),
+        2 => Just(Op::Reload),
+        2 => (0usize..3, 0usize..XIDS.len(), proptest::option::of(0usize..7))
+            .prop_map(|(gpu, xid, instance)| Op::Xid { gpu, xid, instance }),
+        1 => (0usize..3).prop_map(|gpu| Op::Watched { gpu }),
+        1 => (0usize..3).prop_map(|gpu| Op::Unwatched { gpu }),
+        1 => Just(Op::MpsExited),
+        1 => Just(Op::MpsReady),
+        1 => proptest::bool::weighted(0.8).prop_map(Op::Registered),
+    ]
+}
+
+/// An XID the machine was handed on a device it advertised.
+struct Hit {
+    device: String,
+    at: Instant,
+    /// Needs a reset: never recovers.
+    reset: bool,
+}
+
+struct World {
+    start: Instant,
+    now: Instant,
+    machine: NodeMachine,
+    /// What the MIG GPUs hold now.
+    hardware: &'static str,
+    /// The layout MIG Manager is moving to, while a change is under way.
+    target: Option<&'static str>,
+    /// The Node's labels (the truth) and the last ones delivered.
+    labels: MigLevels,
+    delivered: MigLevels,
+    api_down: bool,
+    loads: Option<bool>,
+    mps_ready: bool,
+    registered: bool,
+    applied_once: bool,
+    hits: Vec<Hit>,
+    log: Vec<String>,
+}
+
+impl World {
+    fn new() -> World {
+        let labels = MigLevels {
+            config: Some(LAYOUTS[0].to_owned()),
+            state: Some("success".to_owned()),
+            revision: 1,
+        };
+        let (machine, _) = NodeMachine::new(
+            NodeSettings {
+                health_watched: true,
+            },
+            Some(labels.clone()),
+        );
+        let start = Instant::now();
+        let mut world = World {
+            start,
+            now: start,
+            machine,
+            hardware: LAYOUTS[0],
+            target: None,
+            delivered: labels.clone(),
+            labels,
+            api_down: false,
+            loads: None,
+            mps_ready: true,
+            registered: false,
+            applied_once: false,
+            hits: Vec::new(),
+            log: Vec::new(),
+        };
+        world.applied_once = true;
+        world.feed(NodeEvent::Loaded {
+            cause: LoadCause::Start,
+            outcome: world.load(),
+        });
+        world
+    }
+
+    fn mps_resource() -> ResourceName {
+        ResourceName::parse("nvidia.com/gpu").expect("a valid name")
+    }
+
+    /// A load as the shell makes it, of what the hardware holds now.
+    fn load(&self) -> LoadOutcome {
+        match self.loads {
+            Some(true) => LoadOutcome::NotReady("NVML: driver not loaded".into()),
+            Some(false) => LoadOutcome::Refused("config: unknown key".into()),
+            None => {
+                let inventory = inventory(self.hardware);
+                let mut applied = applied(&inventory);
+                applied.mps.insert(
+                    Self::mps_resource(),
+                    MpsReadiness {
+                        gpus: vec![inventory.gpus[2].uuid.clone()],
+                        not_ready: (!self.mps_ready).then(|| "not started".to_owned()),
+                    },
+                );
+                LoadOutcome::Applied(Box::new(applied))
+            }
+        }
+    }
+
+    /// Feeds an event and executes what follows, as the shell does.
+    fn feed(&mut self, event: NodeEvent) {
+        let mut queue = std::collections::VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            self.log.push(format!("{:?} {event:?}", self.elapsed()));
+            for action in self.machine.handle(event, self.now) {
+                match action {
+                    NodeAction::Load(cause) => {
+                        let outcome = self.load();
+                        if matches!(outcome, LoadOutcome::Applied(_)) {
+                            self.applied_once = true;
+                        }
+                        queue.push_back(NodeEvent::Loaded { cause, outcome });
+                    }
+                    NodeAction::Exit(reason) => panic!("exited after start: {reason}"),
+                    NodeAction::Advertise
+                    | NodeAction::PushHealth
+                    | NodeAction::SetReady(_)
+                    | NodeAction::TellWithdrawn(_)
+                    | NodeAction::Notify(_) => {}
+                }
+            }
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now.saturating_duration_since(self.start)
+    }
+
+    fn set_labels(&mut self, config: Option<&str>, state: &str) {
+        self.labels = MigLevels {
+            config: config.map(str::to_owned),
+            state: Some(state.to_owned()),
+            revision: self.labels.revision + 1,
+        };
+        if !self.api_down {
+            self.deliver();
+        }
+    }
+
+    fn deliver(&mut self) {
+        self.delivered = self.labels.clone();
+        self.feed(NodeEvent::MigLabels(self.labels.clone()));
+    }
+
+    /// A relist: whatever happened in the gap counts as a change.
+    fn relist(&mut self) {
+        self.labels.revision += 1;
+        self.deliver();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        let mut ticks = 0;
+        while let Some(due) = self.machine.next_deadline().filter(|d| *d <= until) {
+            self.now = self.now.max(due);
+            self.feed(NodeEvent::Tick);
+            ticks += 1;
+            assert!(ticks < 10_000, "the machine spins");
+        }
+        self.now = until;
+    }
+
+    fn gpu_uuid(&self, gpu: usize) -> String {
+        inventory(self.hardware).gpus[gpu].uuid.clone()
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Advance(ms) => self.advance(Duration::from_millis(u64::from(*ms))),
+            Op::MigBegin { layout, seen } => {
+                let target = LAYOUTS[*layout];
+                self.target = Some(target);
+                let down = self.api_down;
+                self.api_down = down || !seen;
+                self.set_labels(Some(target), "pending");
+                self.api_down = down;
+            }
+            Op::MigHardware => {
+                if let Some(target) = self.target {
+                    self.hardware = target;
+                }
+            }
+            Op::MigEnd { success } => {
+                if self.target.take().is_some() {
+                    let config = self.labels.config.clone();
+                    self.set_labels(
+                        config.as_deref(),
+                        if *success { "success" } else { "failed" },
+                    );
+                }
+            }
+            Op::ApiDown(down) => {
+                let was = std::mem::replace(&mut self.api_down, *down);
+                if was && !down {
+                    self.relist();
+                }
+            }
+            Op::WatchGap => {
+                if !self.api_down {
+                    self.relist();
+                }
+            }
+            Op::Loads(loads) => self.loads = *loads,
+            Op::Reload => {
+                let before = self.snapshot();
+                let refused = self.loads.is_some();
+                self.feed(NodeEvent::ReloadAsked);
+                if refused {
+                    assert!(
+                        self.snapshot() == before,
+                        "invariant 2: a refused reload changed what is advertised"
+                    );
+                }
+            }
+            Op::Xid { gpu, xid, instance } => {
+                let uuid = self.gpu_uuid(*gpu);
+                let inv = inventory(self.hardware);
+                let mig = instance.and_then(|i| inv.gpus[*gpu].mig_devices.get(i));
+                let event = XidEvent {
+                    gpu_uuid: uuid,
+                    xid: XIDS[*xid],
+                    gpu_instance: mig.map(|m| m.gpu_instance_id),
+                    compute_instance: mig.map(|m| m.compute_instance_id),
+                };
+                let action = HealthPolicy::new(&Default::default(), None, None).action(event.xid);
+                if action != XidAction::Ignore {
+                    for resource in self.machine.resources() {
+                        for device in affected(&event, resource) {
+                            self.hits.push(Hit {
+                                device: device.to_owned(),
+                                at: self.now,
+                                reset: action == XidAction::Reset,
+                            });
+                        }
+                    }
+                }
+                self.feed(NodeEvent::Xid(event));
+            }
+            Op::Watched { gpu } => {
+                let gpu_uuid = self.gpu_uuid(*gpu);
+                self.feed(NodeEvent::Watched { gpu_uuid });
+            }
+            Op::Unwatched { gpu } => {
+                let gpu_uuid = self.gpu_uuid(*gpu);
+                self.feed(NodeEvent::Unwatched {
+                    gpu_uuid,
+                    reason: "nvmlEventSetWait: unknown error".into(),
+                });
+            }
+            Op::MpsExited => {
+                self.mps_ready = false;
+                self.feed(NodeEvent::MpsExited {
+                    resource: Self::mps_resource(),
+                });
+            }
+            Op::MpsReady => {
+                if !self.mps_ready {
+                    self.mps_ready = true;
+                    self.feed(NodeEvent::MpsReady {
+                        resource: Self::mps_resource(),
+                    });
+                }
+            }
+            Op::Registered(yes) => {
+                self.registered = *yes;
+                self.feed(NodeEvent::Registration {
+                    all_registered: *yes,
+                });
+            }
+        }
+    }
+
+    /// What the kubelet is told: (resource, device, Healthy), and readiness.
+    fn snapshot(&self) -> (Vec<(String, String, bool)>, bool) {
+        (self.advertised(), self.machine.ready())
+    }
+
+    fn advertised(&self) -> Vec<(String, String, bool)> {
+        let health = self.machine.health();
+        self.machine
+            .resources()
+            .iter()
+            .flat_map(|r| {
+                r.devices.iter().map(move |d| {
+                    (
+                        r.name.to_string(),
+                        d.id.clone(),
+                        health.is_healthy(&d.physical.uuid)
+                            && health.is_healthy(&d.physical.gpu_uuid),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn check(&self) {
+        let health = self.machine.health();
+        let mig_gpus: BTreeSet<String> = (0..2).map(|g| self.gpu_uuid(g)).collect();
+        // 1. A GPU being repartitioned is never advertised Healthy.
+        if self.delivered.withdrawn() {
+            for resource in self.machine.resources() {
+                for d in &resource.devices {
+                    assert!(
+                        !(mig_gpus.contains(&d.physical.gpu_uuid)
+                            && health.is_healthy(&d.physical.uuid)
+                            && health.is_healthy(&d.physical.gpu_uuid)),
+                        "invariant 1: {} advertised Healthy while the labels say {:?}",
+                        d.id,
+                        self.delivered
+                    );
+                }
+            }
+        }
+        // 3. Ready exactly when applied, registered and not withdrawn; a
+        //    node that is not ready for MIG alone has a rediscovery armed.
+        let ready = self.machine.ready();
+        assert_eq!(
+            ready,
+            self.applied_once && self.registered && !self.machine.withdrawn(),
+            "invariant 3"
+        );
+        if self.machine.withdrawn() && !self.delivered.withdrawn() {
+            assert!(
+                self.machine.next_deadline().is_some(),
+                "invariant 3: withdrawn under labels that are not, with no retry armed"
+            );
+        }
+        // 4. An XID holds.
+        for hit in &self.hits {
+            let holds = hit.reset || self.now < hit.at + DEFAULT_RECOVER_AFTER;
+            if holds {
+                assert!(
+                    !health.is_healthy(&hit.device),
+                    "invariant 4: {} Healthy {:?} after an XID",
+                    hit.device,
+                    self.now - hit.at
+                );
+            }
+        }
+        // 5. Never spins.
+        if let Some(due) = self.machine.next_deadline() {
+            assert!(due > self.now, "invariant 5: a deadline already due");
+        }
+    }
+
+    /// Everything settles: the API answers, MIG Manager finishes, loads
+    /// succeed, the MPS daemon and the watcher are fine, time passes.
+    fn settle(&mut self) {
+        self.loads = None;
+        if self.target.is_some() {
+            self.step(&Op::MigHardware);
+            self.step(&Op::MigEnd { success: true });
+        }
+        if self.api_down {
+            self.step(&Op::ApiDown(false));
+        }
+        self.step(&Op::MpsReady);
+        self.step(&Op::Registered(true));
+        for gpu in 0..3 {
+            self.step(&Op::Watched { gpu });
+        }
+        // Long enough for every back-off and every timed XID.
+        self.advance(Duration::from_secs(3_600));
+        self.check();
+    }
+
+    /// 6. Converged: what is advertised is what the hardware holds, nothing
+    ///    is withdrawn, and only XID recoveries may be armed.
+    fn check_settled(&self) {
+        let want: BTreeSet<String> = applied(&inventory(self.hardware))
+            .resources
+            .iter()
+            .flat_map(|r| r.devices.iter().map(|d| d.id.clone()))
+            .collect();
+        let have: BTreeSet<String> = self
+            .machine
+            .resources()
+            .iter()
+            .flat_map(|r| r.devices.iter().map(|d| d.id.clone()))
+            .collect();
+        assert_eq!(have, want, "invariant 6: not what the GPUs hold");
+        assert!(!self.machine.withdrawn(), "invariant 6: still withdrawn");
+        assert!(self.machine.ready(), "invariant 6: not ready");
+        assert_eq!(
+            self.machine.next_deadline(),
+            self.machine.health().next_recovery(),
+            "invariant 6: a timer other than an XID recovery is armed"
+        );
+        let health = self.machine.health();
+        for resource in self.machine.resources() {
+            for d in &resource.devices {
+                let healthy =
+                    health.is_healthy(&d.physical.uuid) && health.is_healthy(&d.physical.gpu_uuid);
+                let held = self.hits.iter().any(|h| {
+                    h.reset && (h.device == d.physical.uuid || h.device == d.physical.gpu_uuid)
+                });
+                assert!(
+                    healthy || held,
+                    "invariant 6: {} {} Unhealthy after settling",
+                    resource.name,
+                    d.id
+                );
+            }
+        }
+    }
+}
+
+fn run(ops: &[Op]) {
+    let mut world = World::new();
+    world.feed(NodeEvent::Registration {
+        all_registered: false,
+    });
+    world.check();
+    for op in ops {
+        world.log.push(format!("op {op:?}"));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            world.step(op);
+            world.check();
+        }));
+        if let Err(panic) = outcome {
+            eprintln!("{}", world.log.join("\n"));
+            std::panic::resume_unwind(panic);
+        }
+    }
+    world.settle();
+    world.check_settled();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_node_machine_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..80)) {
+        run(&ops);
+    }
+}
+
+/// The case, replayed as written: the API server fails while MIG
+/// Manager goes pending → repartition → success, so the daemon never sees
+/// `pending`; when the watch comes back the vanished devices must go.
+#[test]
+fn a_change_hidden_by_an_api_outage_is_rediscovered_when_the_watch_returns() {
+    let mut world = World::new();
+    world.step(&Op::Registered(true));
+    for gpu in 0..3 {
+        world.step(&Op::Watched { gpu });
+    }
+    let old: Vec<_> = world.advertised();
+    world.step(&Op::ApiDown(true));
+    world.step(&Op::MigBegin {
+        layout: 1,
+        seen: true,
+    });
+    world.step(&Op::MigHardware);
+    world.step(&Op::MigEnd { success: true });
+    world.check();
+    assert_eq!(world.advertised(), old, "nothing seen yet");
+    world.step(&Op::ApiDown(false));
+    world.check();
+    world.check_settled();
+}
