@@ -425,8 +425,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         // The view is read already: the first levels are there before the
         // first advertisement, so a node whose layout is not applied yet
         // never offers its GPUs whole.
-        let (tx, levels) = tokio::sync::watch::channel(daemon::MigLevels::of_node(&view.borrow()));
-        node::follow(view, tx, daemon::MigLevels::of_node);
+        let (tx, levels) = tokio::sync::watch::channel(node::mig_levels(&view.borrow()));
+        node::follow(view, tx, node::mig_levels);
         paths.mig_manager = Some(daemon::MigManagerLabels {
             levels,
             withdrawn: None,
@@ -452,9 +452,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         node::follow(view.clone(), config_tx, layout);
         // Nothing is reported until the applier has looked: a node with a
         // layout asked for starts withdrawn.
-        let (levels_tx, levels) = tokio::sync::watch::channel(daemon::MigLevels {
+        let (levels_tx, levels) = tokio::sync::watch::channel(node::MigLevels {
             config: config.borrow().clone(),
-            ..daemon::MigLevels::default()
+            ..node::MigLevels::default()
         });
         let (withdrawn_tx, withdrawn) = tokio::sync::watch::channel(false);
         paths.mig_manager = Some(daemon::MigManagerLabels {

@@ -32,6 +32,7 @@
 //! field-selected watch, so `list`/`watch` apply to all nodes; the daemon
 //! only ever asks for its own (`fieldSelector=metadata.name=<node>`).
 
+pub use gpu_slicer_core::node_labels::MigLevels;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -775,37 +776,19 @@ pub async fn remove_taint_when_ready(
     }
 }
 
-/// What MIG Manager's labels ask, as the daemon follows them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MigLevels {
-    /// `nvidia.com/mig.config`: the layout asked for.
-    pub config: Option<String>,
-    /// `nvidia.com/mig.config.state`: pending, rebooting, success, failed.
-    pub state: Option<String>,
-    /// Grows whenever the two labels may have changed (each change seen,
-    /// each gap in watching them); equal revisions mean nothing changed.
-    pub revision: u64,
-}
-
-impl MigLevels {
-    /// The levels in a view of the Node (`--follow-mig-manager`).
-    pub fn of_node(view: &NodeView) -> MigLevels {
-        MigLevels {
-            config: view
-                .label(gpu_slicer_core::node_labels::MIG_CONFIG)
-                .map(str::to_owned),
-            state: view
-                .label(gpu_slicer_core::node_labels::MIG_CONFIG_STATE)
-                .map(str::to_owned),
-            revision: view.revision(&[
-                gpu_slicer_core::node_labels::MIG_CONFIG,
-                gpu_slicer_core::node_labels::MIG_CONFIG_STATE,
-            ]),
-        }
-    }
-
-    pub fn withdrawn(&self) -> bool {
-        gpu_slicer_core::node_labels::mig_withdrawn(self.state.as_deref(), self.config.as_deref())
+/// The MIG labels' levels in a view of the Node (`--follow-mig-manager`).
+pub fn mig_levels(view: &NodeView) -> MigLevels {
+    MigLevels {
+        config: view
+            .label(gpu_slicer_core::node_labels::MIG_CONFIG)
+            .map(str::to_owned),
+        state: view
+            .label(gpu_slicer_core::node_labels::MIG_CONFIG_STATE)
+            .map(str::to_owned),
+        revision: view.revision(&[
+            gpu_slicer_core::node_labels::MIG_CONFIG,
+            gpu_slicer_core::node_labels::MIG_CONFIG_STATE,
+        ]),
     }
 }
 

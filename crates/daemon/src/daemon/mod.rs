@@ -1,15 +1,20 @@
-//! The daemon: the shell that executes the life cycle.
+//! The daemon: the shell that executes the two machines of the core.
 //!
-//! [`gpu_slicer_core::lifecycle::Machine`] decides when to serve, stop and register;
-//! this module does the I/O it asks for (bind sockets, call Register, write
-//! files, update the device lists) and feeds it what happens (directory
-//! changes, streams, Register answers, deadlines, signals). Before every
-//! event it reports what the device-plugin directory holds now, so a late or
-//! repeated inotify event cannot start a second registration. Loading the
-//! config and device discovery are handled here as well; they only tell the
-//! machine which resources to serve. Beside it: device health
-//! ([`health`]), MIG Manager's labels ([`mig_manager`]), the CDI specs
-//! ([`cdi`]) and the device-plugin directory's watch ([`dir_watch`]).
+//! [`gpu_slicer_core::lifecycle::Machine`] decides when to serve, stop and
+//! register; [`gpu_slicer_core::node::NodeMachine`] decides what is served
+//! and in which health: loads applied or refused, discovery retries, MIG
+//! withdrawal and rediscovery, XIDs, watcher reports, MPS readiness and
+//! readiness. This module gathers what happens (directory changes, streams,
+//! Register answers, the NVML watcher's reports, MPS exits, MIG labels,
+//! SIGHUP, deadlines, signals), feeds it to the machine it concerns, and
+//! executes the actions they return (bind sockets, call Register, load and
+//! apply a setup, write files, update the device lists); it decides
+//! nothing itself. Before every registration event it reports what the
+//! device-plugin directory holds now, so a late or repeated inotify event
+//! cannot start a second registration. Beside it: the health push
+//! ([`health`]), the notices' words ([`notices`]), MIG Manager's labels
+//! ([`mig_manager`]), the CDI specs ([`cdi`]) and the device-plugin
+//! directory's watch ([`dir_watch`]).
 //!
 //! One task owns all state; there is no polling and no shared mutable
 //! global state. Stream changes arrive as counts plus a wake-up, XIDs on a
@@ -27,17 +32,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadline::sleep_until_if;
 use crate::gpus::health::HealthReport;
-use crate::gpus::nvml::UnreachableGpu;
 use crate::host::files::{READABLE_FILE_MODE, write_atomically};
 use crate::kubelet::plugin::{ResourceHandle, ResourceState, RunningServer, serve};
 use crate::kubelet::{kubelet_identity, register};
 use crate::metrics::Metrics;
 use gpu_slicer_core::allocate::NodeDeviceFiles;
-use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::config::{Config, ResourceName};
 use gpu_slicer_core::gpu::Inventory;
-use gpu_slicer_core::health::{Condition, HealthPolicy, HealthState};
+use gpu_slicer_core::health::{AdvertisedGpu, HealthPolicy};
 use gpu_slicer_core::lifecycle::{self, Action, AttemptId, Event, Machine, Notice, ServerId};
+use gpu_slicer_core::node::{
+    Applied, LoadCause, LoadOutcome, MpsReadiness, NodeAction, NodeEvent, NodeMachine, NodeSettings,
+};
 use gpu_slicer_core::placement::LinkScores;
 use gpu_slicer_core::plan::{Plan, Severity, plan};
 
@@ -45,9 +51,11 @@ mod cdi;
 mod dir_watch;
 mod health;
 mod mig_manager;
+mod notices;
 
 use dir_watch::DirectoryWatch;
-use mig_manager::{MigFollow, REPARTITIONING, mig_wake};
+use health::health_event;
+use mig_manager::mig_changed;
 pub use mig_manager::{MigLevels, MigManagerLabels, mig_withdrawn};
 
 /// What the daemon serves: discovered devices plus the effective config.
@@ -58,7 +66,7 @@ pub struct Setup {
     pub files: NodeDeviceFiles,
     /// GPUs NVML counts that discovery could not read: not in `inventory`;
     /// discovery is retried on a back-off until they answer.
-    pub unreachable: Vec<UnreachableGpu>,
+    pub unreachable: Vec<crate::gpus::nvml::UnreachableGpu>,
 }
 
 /// Produces a fresh [`Setup`] (at start and on every reload). It may block
@@ -176,6 +184,10 @@ pub enum DaemonError {
     Apply(ApplyError),
     #[error("{0}")]
     Setup(SetupError),
+    /// The first load was refused after discovery (a CDI spec that cannot
+    /// be written).
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "cannot watch the device-plugin directory {dir}: {source}; check that it exists and is mounted into the pod"
     )]
@@ -215,7 +227,18 @@ struct Registered {
 
 struct Daemon {
     paths: Paths,
+    source: SetupSource,
+    /// Where and when to serve and register ([`gpu_slicer_core::lifecycle`]).
     machine: Machine,
+    /// What to serve, in which health, and when to load
+    /// ([`gpu_slicer_core::node`]).
+    node: NodeMachine,
+    /// What the node machine was last told of registration.
+    registered_told: Option<bool>,
+    /// The parts of the load being applied that the device lists need
+    /// besides the node machine's resources and health; taken by
+    /// [`NodeAction::Advertise`].
+    pending: Option<PendingLists>,
     served: BTreeMap<ResourceName, Served>,
     /// Register calls run here, off the event loop: a kubelet may take up to
     /// its 10 s dial timeout to answer, and nothing else should wait on that.
@@ -224,29 +247,16 @@ struct Daemon {
     /// Woken by any server whose stream counts changed.
     streams: Arc<Notify>,
     metrics: Metrics,
-    /// When to retry device discovery (`None`: it succeeded for every GPU).
-    discovery: Option<Instant>,
-    /// A setup was applied: something is being served.
-    applied: bool,
-    /// NVML indices of the GPUs the last discovery could not read.
-    undiscovered: BTreeSet<u32>,
-    discovery_backoff: Backoff,
-    health: HealthState,
-    policy: HealthPolicy,
     mps: crate::host::mps::Supervisor,
-    /// The GPUs behind each MPS resource's control daemon.
-    mps_gpus: BTreeMap<ResourceName, Vec<String>>,
-    /// UUIDs of the MIG-capable GPUs of the last setup (what MIG Manager
-    /// may repartition).
-    mig_capable: Vec<String>,
-    /// MIG Manager is repartitioning: those GPUs' devices are withdrawn.
-    repartitioning: bool,
-    /// What the MIG labels were last acted on at ([`mig_manager`]).
-    mig: MigFollow,
 }
 
-/// Device discovery retries while the driver is not ready: 1 s doubling to 5 min.
-const DISCOVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// What every device list of a load shares.
+struct PendingLists {
+    flags: gpu_slicer_core::config::Flags,
+    files: Arc<NodeDeviceFiles>,
+    links: Arc<LinkScores>,
+    owners: Arc<HashMap<String, ResourceName>>,
+}
 
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT in `main`). `reload`
 /// fires a configuration reload (SIGHUP in `main`).
@@ -262,15 +272,13 @@ pub async fn run(
     let mig_at_start = paths
         .mig_manager
         .as_ref()
-        .map(|labels| labels.levels.borrow().revision);
+        .map(|labels| labels.levels.borrow().clone());
+    // The first load is read before anything else starts: a bad config
+    // ends the daemon before it touches the device-plugin directory.
     let first = match load(&source).await {
-        Ok(loaded) => Some(loaded),
+        Ok(loaded) => Ok(loaded),
         Err(e @ SetupError::Fatal(_)) => return Err(DaemonError::Setup(e)),
-        Err(SetupError::NotReady(e)) => {
-            tracing::warn!("{e}");
-            tracing::warn!("No devices found. Waiting indefinitely.");
-            None
-        }
+        Err(SetupError::NotReady(e)) => Err(e),
     };
     if !paths.device_plugin_dir.is_dir() {
         // A kubelet always has this directory: its absence means a wrong
@@ -310,51 +318,53 @@ pub async fn run(
         metrics.clone(),
         mps_exits_tx,
     );
+    let (node, at_start) = NodeMachine::new(
+        NodeSettings {
+            health_watched: paths.health_watched,
+        },
+        mig_at_start,
+    );
     let mut daemon = Daemon {
         mps,
-        mps_gpus: BTreeMap::new(),
-        mig_capable: Vec::new(),
-        repartitioning: false,
-        mig: MigFollow::new(mig_at_start),
+        node,
+        registered_told: None,
+        pending: None,
         machine: Machine::new(lifecycle::Timings {
             stream_grace: paths.timings.stream_grace,
         }),
         paths,
+        source,
         served: BTreeMap::new(),
         registrations: JoinSet::new(),
         in_flight: HashMap::new(),
         streams: Arc::new(Notify::new()),
         metrics,
-        discovery: None,
-        applied: false,
-        undiscovered: BTreeSet::new(),
-        discovery_backoff: DISCOVERY_BACKOFF,
-        health: HealthState::default(),
-        policy: HealthPolicy::new(&Default::default(), None, None),
     };
-    daemon.start_following_mig();
-    match first {
-        // Refused at start (exit 1): a CDI strategy whose spec cannot be
-        // written would hand out names no runtime resolves.
-        Some((setup, plan)) => daemon
-            .apply(&setup, plan)
-            .await
-            .map_err(DaemonError::Apply)?,
-        None => {
-            daemon.schedule_discovery();
-            daemon.feed(Event::Tick).await;
-        }
+    for action in at_start {
+        daemon.execute_node(action).await?;
     }
+    // Refused at start (exit 1): a CDI strategy whose spec cannot be
+    // written would hand out names no runtime resolves.
+    let outcome = match first {
+        Ok((setup, plan)) => daemon.prepare(&setup, plan).await,
+        Err(e) => LoadOutcome::NotReady(e),
+    };
+    daemon
+        .feed_node(NodeEvent::Loaded {
+            cause: LoadCause::Start,
+            outcome,
+        })
+        .await?;
+    daemon.feed(Event::Tick).await;
+    daemon.sync_registration().await?;
 
     // The loop's one receiver of the MIG labels: a change is marked seen
     // on it, so it wakes the loop once.
     let mut mig_levels = daemon.paths.mig_manager.as_ref().map(|l| l.levels.clone());
     loop {
         let deadline = daemon.machine.next_deadline().map(Instant::from_std);
-        let rediscover = daemon.discovery;
-        let recovery = daemon.health.next_recovery();
+        let node_deadline = daemon.node.next_deadline().map(Instant::from_std);
         let mps_restart = daemon.mps.next_restart();
-        let mig_retry = daemon.mig.next_retry();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -381,34 +391,30 @@ pub async fn run(
                 dir_watch.rearm_if_replaced();
                 daemon.feed(Event::Tick).await;
             }
-            Some(report) = health.recv() => daemon.on_health(report),
-            Some(exit) = mps_exits.recv() => daemon.on_mps_exit(exit),
-            () = mig_wake(&mut mig_levels, mig_retry) => daemon.reconcile_mig(&source).await,
-            _ = sleep_until_if(mps_restart) => daemon.on_mps_restart_due().await,
-            _ = sleep_until_if(recovery.map(Instant::from_std)) => daemon.on_recovery_due(),
+            _ = sleep_until_if(node_deadline) => daemon.feed_node(NodeEvent::Tick).await?,
+            Some(report) = health.recv() => daemon.feed_node(health_event(report)).await?,
+            Some(exit) = mps_exits.recv() => {
+                if let Some(resource) = daemon.mps.on_exit(exit) {
+                    daemon.feed_node(NodeEvent::MpsExited { resource }).await?;
+                }
+            }
+            () = mig_changed(&mut mig_levels) => {
+                let levels = mig_levels.as_ref().map(|l| l.borrow().clone());
+                if let Some(levels) = levels {
+                    daemon.feed_node(NodeEvent::MigLabels(levels)).await?;
+                }
+            }
+            _ = sleep_until_if(mps_restart) => {
+                for resource in daemon.mps.restart_due().await {
+                    daemon.feed_node(NodeEvent::MpsReady { resource }).await?;
+                }
+            }
             Some(()) = reload.recv() => {
                 tracing::info!("Reloading configuration.");
-                let outcome = daemon.load_and_apply(&source).await;
-                daemon.metrics.count_reload(outcome.is_ok());
-                if let Err(e) = outcome {
-                    tracing::error!("configuration reload refused, keeping the running configuration: {e}");
-                }
-            }
-            _ = sleep_until_if(rediscover) => {
-                match daemon.load_and_apply(&source).await {
-                    Ok(Discovered::Every) => tracing::info!("device discovery succeeded"),
-                    Ok(Discovered::Some) => {}
-                    Err(e @ NotApplied::Apply(_)) => {
-                        tracing::error!("{e}; retrying");
-                        daemon.schedule_discovery();
-                    }
-                    Err(e @ NotApplied::Load(_)) => {
-                        tracing::warn!("device discovery failed again: {e}");
-                        daemon.schedule_discovery();
-                    }
-                }
+                daemon.feed_node(NodeEvent::ReloadAsked).await?;
             }
         }
+        daemon.sync_registration().await?;
     }
     daemon.feed(Event::Shutdown).await;
     daemon.mps.stop_all().await;
@@ -419,40 +425,6 @@ async fn recv_if<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What a successful [`Daemon::load_and_apply`] discovered.
-enum Discovered {
-    /// Every GPU NVML counts.
-    Every,
-    /// Some GPUs could not be read: they are left out, discovery is retried.
-    Some,
-}
-
-/// Why a [`Daemon::load_and_apply`] changed nothing.
-#[derive(Debug, thiserror::Error)]
-enum NotApplied {
-    #[error("{0}")]
-    Load(SetupError),
-    #[error("{0}")]
-    Apply(ApplyError),
-}
-
-impl Daemon {
-    /// The one load-and-apply (a reload, a discovery retry, a rediscovery
-    /// after a MIG layout change): a fresh setup read off the runtime,
-    /// planned, and the running plugins brought in line with it. A refusal
-    /// changes nothing.
-    async fn load_and_apply(&mut self, source: &SetupSource) -> Result<Discovered, NotApplied> {
-        let (setup, plan) = load(source).await.map_err(NotApplied::Load)?;
-        let discovered = if setup.unreachable.is_empty() {
-            Discovered::Every
-        } else {
-            Discovered::Some
-        };
-        self.apply(&setup, plan).await.map_err(NotApplied::Apply)?;
-        Ok(discovered)
     }
 }
 
@@ -503,7 +475,6 @@ impl Daemon {
                 }
             }
         }
-        self.update_readiness();
     }
 
     /// What the device-plugin directory holds now: `kubelet.sock`'s identity
@@ -721,29 +692,75 @@ impl Daemon {
         }
     }
 
-    /// Brings the running plugins in line with a new setup: unchanged
-    /// resources keep serving, changed ones re-send their list, new ones
-    /// start, removed ones send an empty list and stop.
-    async fn apply(&mut self, setup: &Setup, plan: Plan) -> Result<(), ApplyError> {
-        // First, so that a refusal changes nothing.
-        self.write_cdi_spec(setup)?;
-        log_plan(&plan);
-        self.applied = true;
-        self.mig_capable = setup
-            .inventory
-            .gpus
-            .iter()
-            .filter(|g| g.mig_capable)
-            .map(|g| g.uuid.clone())
-            .collect();
-        if self.repartitioning {
-            // Still withdrawn: the setup of a reload during the change.
-            for gpu in self.mig_capable.clone() {
-                self.health
-                    .set_condition(&gpu, Condition::Repartitioning, Some(REPARTITIONING));
+    /// Feeds the node machine `event` and executes every action (and the
+    /// events they cause) in order; tells it when registration changed.
+    async fn feed_node(&mut self, event: NodeEvent) -> Result<(), DaemonError> {
+        let mut queue = std::collections::VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            for action in self.node.handle(event, std::time::Instant::now()) {
+                if let Some(caused) = self.execute_node(action).await? {
+                    queue.push_back(caused);
+                }
+            }
+            if let Some(registration) = self.registration_changed() {
+                queue.push_back(registration);
             }
         }
-        self.follow_discovery(&setup.unreachable);
+        Ok(())
+    }
+
+    /// Tells the node machine whether every resource is registered, when
+    /// that changed since it was last told.
+    async fn sync_registration(&mut self) -> Result<(), DaemonError> {
+        match self.registration_changed() {
+            Some(event) => self.feed_node(event).await,
+            None => Ok(()),
+        }
+    }
+
+    fn registration_changed(&mut self) -> Option<NodeEvent> {
+        let all_registered = self.paths.kubelet_socket.is_none() || self.machine.all_registered();
+        if self.registered_told == Some(all_registered) {
+            return None;
+        }
+        self.registered_told = Some(all_registered);
+        Some(NodeEvent::Registration { all_registered })
+    }
+
+    async fn execute_node(&mut self, action: NodeAction) -> Result<Option<NodeEvent>, DaemonError> {
+        match action {
+            NodeAction::Load(cause) => {
+                let outcome = match load(&self.source).await {
+                    Ok((setup, plan)) => self.prepare(&setup, plan).await,
+                    Err(SetupError::NotReady(e)) => LoadOutcome::NotReady(e),
+                    Err(SetupError::Fatal(e)) => LoadOutcome::Refused(e),
+                };
+                return Ok(Some(NodeEvent::Loaded { cause, outcome }));
+            }
+            NodeAction::Advertise => self.advertise().await,
+            NodeAction::PushHealth => self.push_health(),
+            NodeAction::SetReady(ready) => self.metrics.set_ready(ready),
+            NodeAction::TellWithdrawn(withdrawn) => {
+                if let Some(labels) = &self.paths.mig_manager {
+                    labels.tell_withdrawn(withdrawn);
+                }
+            }
+            NodeAction::Exit(reason) => return Err(DaemonError::Refused(reason)),
+            NodeAction::Notify(notice) => self.report_node(notice),
+        }
+        Ok(None)
+    }
+
+    /// Applies what a load needs outside the node machine, before the
+    /// machine takes it: the CDI spec first (so that a refusal changes
+    /// nothing), the node labels, the MPS control daemons (a replica is
+    /// advertised Healthy only with a ready daemon behind it). The device
+    /// lists follow at [`NodeAction::Advertise`].
+    async fn prepare(&mut self, setup: &Setup, plan: Plan) -> LoadOutcome {
+        if let Err(e) = self.write_cdi_spec(setup) {
+            return LoadOutcome::Refused(e.to_string());
+        }
+        log_plan(&plan);
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
             let text = gpu_slicer_core::labels::feature_file_text(&labels);
@@ -751,60 +768,84 @@ impl Daemon {
                 tracing::warn!("cannot write node labels: {e}");
             }
         }
-        let files = Arc::new(setup.files.clone());
-        let links = Arc::new(LinkScores::from_inventory(&setup.inventory));
         let mut owners = HashMap::new();
         for resource in &plan.resources {
             for device in &resource.devices {
                 owners.insert(device.id.clone(), resource.name.clone());
             }
         }
-        let owners = Arc::new(owners);
-        self.policy = HealthPolicy::new(
-            &setup.config.health,
-            self.paths.health_env.disable.as_deref(),
-            self.paths.health_env.enable.as_deref(),
-        );
-        for message in &self.policy.malformed {
-            tracing::warn!("{message}");
-        }
-        self.advertise_gpus(&setup.inventory);
-        // MPS daemons first: a replica is advertised Healthy only with a
-        // ready daemon behind it.
+        self.pending = Some(PendingLists {
+            flags: setup.config.flags.clone(),
+            files: Arc::new(setup.files.clone()),
+            links: Arc::new(LinkScores::from_inventory(&setup.inventory)),
+            owners: Arc::new(owners),
+        });
         self.mps.set_driver_root(PathBuf::from(
             &setup.config.flags.plugin.container_driver_root,
         ));
         let daemons = gpu_slicer_core::mps::control_daemons(&plan);
-        for gpus in std::mem::take(&mut self.mps_gpus).into_values() {
-            for gpu in gpus {
-                self.health
-                    .set_condition(&gpu, Condition::MpsNotReady, None);
+        let mut mps: BTreeMap<ResourceName, MpsReadiness> = daemons
+            .iter()
+            .map(|d| {
+                (
+                    d.resource().clone(),
+                    MpsReadiness {
+                        gpus: d.gpus.iter().map(|g| g.uuid.clone()).collect(),
+                        not_ready: None,
+                    },
+                )
+            })
+            .collect();
+        for (name, not_ready) in self.mps.apply(daemons).await {
+            if let Some(daemon) = mps.get_mut(&name) {
+                daemon.not_ready = not_ready;
             }
         }
-        for d in &daemons {
-            self.mps_gpus.insert(
-                d.resource().clone(),
-                d.gpus.iter().map(|g| g.uuid.clone()).collect(),
-            );
-        }
-        let readiness = self.mps.apply(daemons).await;
-        for (name, not_ready) in &readiness {
-            self.set_mps_health(name, not_ready.as_deref());
-        }
-        let health = Arc::new(self.health.clone());
+        LoadOutcome::Applied(Box::new(Applied {
+            resources: plan.resources.into_iter().map(Arc::new).collect(),
+            gpus: setup.inventory.gpus.iter().map(AdvertisedGpu::of).collect(),
+            mig_capable: setup
+                .inventory
+                .gpus
+                .iter()
+                .filter(|g| g.mig_capable)
+                .map(|g| g.uuid.clone())
+                .collect(),
+            unreachable: setup
+                .unreachable
+                .iter()
+                .map(|g| (g.index, g.reason.clone()))
+                .collect(),
+            policy: HealthPolicy::new(
+                &setup.config.health,
+                self.paths.health_env.disable.as_deref(),
+                self.paths.health_env.enable.as_deref(),
+            ),
+            mps,
+        }))
+    }
+
+    /// Brings the running plugins in line with the load just applied:
+    /// unchanged resources keep serving, changed ones re-send their list,
+    /// new ones start, removed ones send an empty list and stop.
+    async fn advertise(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let health = Arc::new(self.node.health().clone());
         let mut names = BTreeSet::new();
-        for resource in plan.resources {
+        for resource in self.node.resources().to_vec() {
             let name = resource.name.clone();
             let label = self.metrics.resource(name.as_str());
             let count = i64::try_from(resource.devices.len()).unwrap_or(i64::MAX);
             self.metrics.devices.get_or_create(&label).set(count);
             let state = ResourceState {
-                resource: Arc::new(resource),
+                resource,
                 health: health.clone(),
-                flags: setup.config.flags.clone(),
-                files: files.clone(),
-                links: links.clone(),
-                owners: owners.clone(),
+                flags: pending.flags.clone(),
+                files: pending.files.clone(),
+                links: pending.links.clone(),
+                owners: pending.owners.clone(),
             };
             match self.served.get(&name) {
                 Some(served) => served.handle.update(state),
@@ -822,51 +863,5 @@ impl Daemon {
         }
         self.feed(Event::Apply(names)).await;
         self.update_health_gauges();
-        Ok(())
-    }
-
-    /// GPUs discovery could not read stay unadvertised and discovery is
-    /// retried on a back-off until every GPU answers; the rest serve.
-    fn follow_discovery(&mut self, unreachable: &[UnreachableGpu]) {
-        let now: BTreeSet<u32> = unreachable.iter().map(|g| g.index).collect();
-        for index in self.undiscovered.difference(&now) {
-            tracing::info!("GPU {index} answers again; its devices are advertised");
-        }
-        for gpu in unreachable {
-            if !self.undiscovered.contains(&gpu.index) {
-                tracing::error!(
-                    "GPU {} cannot be read and is not advertised: {}. The other GPUs are served; check the GPU \
-                     with `nvidia-smi -i {}` and the kernel log (XID messages)",
-                    gpu.index,
-                    gpu.reason,
-                    gpu.index
-                );
-            }
-        }
-        self.metrics
-            .gpus_undiscovered
-            .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
-        self.undiscovered = now;
-        if self.undiscovered.is_empty() {
-            self.discovery = None;
-            self.discovery_backoff.reset();
-            self.update_readiness();
-        } else {
-            self.schedule_discovery();
-        }
-    }
-
-    fn update_readiness(&self) {
-        let registered = self.paths.kubelet_socket.is_none() || self.machine.all_registered();
-        self.metrics
-            .set_ready(self.applied && registered && !self.repartitioning);
-    }
-
-    /// Arms (or backs off) the next discovery attempt.
-    fn schedule_discovery(&mut self) {
-        let delay = self.discovery_backoff.next_delay();
-        tracing::info!("retrying device discovery in {delay:?}");
-        self.discovery = Some(Instant::now() + delay);
-        self.update_readiness();
     }
 }
