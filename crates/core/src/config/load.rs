@@ -152,13 +152,10 @@ pub const MAX_MPS_REPLICAS: u32 = 48;
 /// (an empty list means the default, `envvar`).
 pub fn parse_device_list_strategies<S: AsRef<str>>(
     values: &[S],
-) -> Result<Vec<DeviceListStrategy>, String> {
+) -> Result<Vec<DeviceListStrategy>, UnknownValue> {
     let mut out = Vec::new();
     for v in values {
-        let s: DeviceListStrategy = v
-            .as_ref()
-            .parse()
-            .map_err(|e: UnknownValue| e.to_string())?;
+        let s: DeviceListStrategy = v.as_ref().parse()?;
         if !out.contains(&s) {
             out.push(s);
         }
