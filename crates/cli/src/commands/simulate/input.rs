@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use gpu_slicer_core::config;
 use gpu_slicer_core::gpu::catalog::{self, CatalogError, GpuModel, MigLayout};
 use gpu_slicer_core::messages::{io_error, yaml_error};
 use gpu_slicer_core::mig_demand::{
@@ -40,7 +41,6 @@ const INSTANCE_TYPE_LABELS: [&str; 2] = [
     "beta.kubernetes.io/instance-type",
 ];
 const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
-const RESOURCE_PREFIX: &str = "nvidia.com/mig-";
 /// Largest input file read.
 const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Most objects read.
@@ -140,7 +140,10 @@ pub enum MigStateError {
 /// What is wrong with one Pod of the trace.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("{count} × {RESOURCE_PREFIX}{profile}: more than {MAX_SLICES}, which no node holds")]
+    #[error(
+        "{count} × {}: more than {MAX_SLICES}, which no node holds",
+        config::mig_resource(profile)
+    )]
     TooManySlices { count: u32, profile: String },
     #[error("spec.nodeName {0} is not a Node of the input")]
     UnknownNode(String),
@@ -297,7 +300,7 @@ fn object_name(object: &Value, file: &str, index: usize) -> Result<String, Trace
 fn render_slices(slices: &[(String, u32)]) -> String {
     slices
         .iter()
-        .map(|(r, n)| format!("{n} × {RESOURCE_PREFIX}{r}"))
+        .map(|(r, n)| format!("{n} × {}", config::mig_resource(r)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -543,7 +546,7 @@ fn add(slices: &mut Vec<(String, u32)>, r: String, n: u32, merge: fn(u32, u32) -
 fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, PodError> {
     let resources = &container["resources"];
     let table = match resources["limits"].as_object() {
-        Some(l) if l.keys().any(|k| k.starts_with(RESOURCE_PREFIX)) => l,
+        Some(l) if l.keys().any(|k| config::mig_profile_of(k).is_some()) => l,
         _ => match resources["requests"].as_object() {
             Some(r) => r,
             None => return Ok(Vec::new()),
@@ -551,7 +554,7 @@ fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, PodError> {
     };
     let mut out = Vec::new();
     for (key, value) in table {
-        let Some(profile) = key.strip_prefix(RESOURCE_PREFIX) else {
+        let Some(profile) = config::mig_profile_of(key) else {
             continue;
         };
         let n = value
