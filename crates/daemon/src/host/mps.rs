@@ -458,15 +458,12 @@ impl Supervisor {
             tokio::time::sleep(poll.next_delay()).await;
         }
         for command in spec.limit_commands() {
-            let answer = client.call(&command).await.map_err(|e| call_failed(e))?;
+            let answer = client.call(&command).await.map_err(&call_failed)?;
             if !mps::answer_accepts(&command, &answer) {
                 return Err(fail(format!("refused '{command}': {}", answer.trim())));
             }
         }
-        let answer = client
-            .call(mps::READY_QUERY)
-            .await
-            .map_err(|e| call_failed(e))?;
+        let answer = client.call(mps::READY_QUERY).await.map_err(call_failed)?;
         if !mps::answer_shows_percentage(&answer, spec.active_thread_percentage) {
             return Err(fail(format!(
                 "reports an active thread percentage of '{}' after being set to {}",

@@ -74,11 +74,13 @@ pub enum TraceError {
     },
     #[error("{file}: Node {name} appears twice")]
     NodeTwice { file: String, name: String },
+    /// Boxed: the catalog's layout errors are large, and this is returned
+    /// on every success path too.
     #[error("{file}: Node {name}: {problem}")]
     Node {
         file: String,
         name: String,
-        problem: NodeError,
+        problem: Box<NodeError>,
     },
     #[error("{file}: Pod {name}: {problem}")]
     Pod {
@@ -112,8 +114,9 @@ pub enum NodeError {
     BadGpuCount,
     #[error("annotation {MIG_STATE_ANNOTATION}: {0}")]
     MigState(#[from] MigStateError),
+    /// Boxed: the catalog's errors carry several strings.
     #[error(transparent)]
-    Layout(#[from] CatalogError),
+    Layout(#[from] Box<CatalogError>),
 }
 
 /// What is wrong with a Node's `gpu-slicer.io/mig-state` annotation.
@@ -238,7 +241,7 @@ pub fn parse(text: &str, file: &str) -> Result<Workload, TraceError> {
             let node = node(object, &name).map_err(|problem| TraceError::Node {
                 file: file.to_owned(),
                 name: name.clone(),
-                problem,
+                problem: Box::new(problem),
             })?;
             cluster.nodes.push(node);
             node_names.push(name);
@@ -322,13 +325,13 @@ fn node(object: &Value, name: &str) -> Result<Node, NodeError> {
         Some(state) => mig_state(model, count, state)?,
         None => {
             let layout = match label(object, MIG_CONFIG_LABEL) {
-                Some(l) => {
-                    catalog::layout(model, l).map_err(|e| e.in_context("this node's GPUs"))?
-                }
+                Some(l) => catalog::layout(model, l)
+                    .map_err(|e| Box::new(e.in_context("this node's GPUs")))?,
                 None => MigLayout::Disabled,
             };
             let instances = match &layout {
-                MigLayout::Instances(profiles) => catalog::place(model, profiles)?
+                MigLayout::Instances(profiles) => catalog::place(model, profiles)
+                    .map_err(Box::new)?
                     .into_iter()
                     .map(|p| Instance {
                         profile: p.profile,
