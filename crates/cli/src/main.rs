@@ -321,9 +321,8 @@ enum CliError {
     Demo(#[from] commands::demo::DemoError),
     #[error(transparent)]
     Run(#[from] gpu_slicer_daemon::run::RunError),
-    /// `simulate` keeps its own messages.
-    #[error("{0}")]
-    Simulate(String),
+    #[error(transparent)]
+    Simulate(#[from] commands::simulate::SimulateError),
 }
 
 /// `plan --help` and `demo --help`: what they choose when the user did not.
@@ -608,7 +607,7 @@ fn main() -> ExitCode {
             init_tracing(cli.log_format, "warn");
             commands::simulate::run(&args)
                 .map(|text| emit(&text))
-                .map_err(CliError::Simulate)
+                .map_err(CliError::from)
         }
         Command::Gpus { nvml, output } => {
             init_tracing(cli.log_format, "warn");

@@ -565,6 +565,29 @@ impl SetWatch {
     }
 }
 
+/// Why the driver says a GPU may not be advertised Healthy (the message
+/// names the NVML call, so a user can look it up or rerun it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuFault {
+    /// The probe failed: the GPU does not answer.
+    #[error("{call} failed: {reason}")]
+    NoAnswer { call: &'static str, reason: String },
+    #[error(
+        "has pages pending retirement (nvmlDeviceGetRetiredPagesPendingStatus): an ECC fault that needs a GPU reset"
+    )]
+    PagesPendingRetirement,
+    #[error("reports a failed row remapping (nvmlDeviceGetRemappedRows): its memory needs service")]
+    RowRemappingFailed,
+    #[error(
+        "has a row remapping pending (nvmlDeviceGetRemappedRows): an ECC fault that needs a GPU reset"
+    )]
+    RowRemappingPending,
+    /// A check failed for a reason other than "not supported": the GPU's
+    /// state is unknown.
+    #[error("cannot be checked: {call} failed: {reason}")]
+    Unchecked { call: &'static str, reason: String },
+}
+
 /// What the NVML watcher knows of one GPU; [`WatchFacts::verdict`] decides
 /// whether it may be advertised Healthy.
 ///
@@ -574,12 +597,12 @@ impl SetWatch {
 /// either seen by that check or caught by the set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchFacts {
-    /// The last probe: `Err(reason)` when the GPU does not answer.
-    pub answers: Result<(), String>,
+    /// The last probe: `Err(fault)` when the GPU does not answer.
+    pub answers: Result<(), GpuFault>,
     registration: Registration,
     /// The last check made since the registration (`None`: none yet):
-    /// `Err(reason)` when the driver says the GPU needs a reset.
-    checked: Option<Result<(), String>>,
+    /// `Err(fault)` when the driver says the GPU needs a reset.
+    checked: Option<Result<(), GpuFault>>,
 }
 
 impl Default for WatchFacts {
@@ -607,7 +630,7 @@ impl WatchFacts {
 
     /// The result of a check (pending retirements, row remapping) made
     /// now, after the current registration.
-    pub fn set_checked(&mut self, result: Result<(), String>) {
+    pub fn set_checked(&mut self, result: Result<(), GpuFault>) {
         self.checked = Some(result);
     }
 
@@ -615,8 +638,8 @@ impl WatchFacts {
     /// not, and why (the first cause that holds, in the order a user would
     /// fix them).
     pub fn verdict(&self, set: &SetState) -> Option<String> {
-        if let Err(reason) = &self.answers {
-            return Some(reason.clone());
+        if let Err(fault) = &self.answers {
+            return Some(fault.to_string());
         }
         match &self.registration {
             Registration::Failed(reason) => {
@@ -648,7 +671,7 @@ impl WatchFacts {
         }
         match &self.checked {
             None => Some(NOT_WATCHED_YET.to_owned()),
-            Some(Err(reason)) => Some(reason.clone()),
+            Some(Err(fault)) => Some(fault.to_string()),
             Some(Ok(())) => None,
         }
     }
@@ -1063,10 +1086,12 @@ mod tests {
                 "needs a reset",
                 |f| {
                     f.set_registration(Registration::Registered);
-                    f.set_checked(Err("a row remapping is pending".into()));
+                    f.set_checked(Err(GpuFault::RowRemappingPending));
                 },
                 SetState::Working,
-                Some("a row remapping is pending"),
+                Some(
+                    "has a row remapping pending (nvmlDeviceGetRemappedRows): an ECC fault that needs a GPU reset",
+                ),
             ),
             (
                 "registration failed",
@@ -1083,10 +1108,13 @@ mod tests {
                 |f| {
                     f.set_registration(Registration::Registered);
                     f.set_checked(Ok(()));
-                    f.answers = Err("GPU is lost".into());
+                    f.answers = Err(GpuFault::NoAnswer {
+                        call: "nvmlDeviceGetMemoryInfo",
+                        reason: "GPU is lost".into(),
+                    });
                 },
                 SetState::Working,
-                Some("GPU is lost"),
+                Some("nvmlDeviceGetMemoryInfo failed: GPU is lost"),
             ),
             (
                 "no XID events to watch: no set needed",

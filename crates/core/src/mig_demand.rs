@@ -226,43 +226,76 @@ impl BatchWindow {
 }
 
 /// Why a GPU's instances are not a layout its model allows.
-pub fn layout_valid(model: &GpuModel, instances: &[InstanceAt]) -> Result<(), String> {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutInvalid {
+    #[error("{product} has no MIG")]
+    NoMig { product: &'static str },
+    #[error("{profile} is not a profile of {model}")]
+    UnknownProfile {
+        profile: &'static str,
+        model: &'static str,
+    },
+    #[error("{profile} cannot start at memory slice {start}")]
+    BadStart { profile: &'static str, start: u32 },
+    #[error("{profile} at {start} overlaps another instance")]
+    Overlap { profile: &'static str, start: u32 },
+    #[error("{count} × {profile} (at most {max})")]
+    TooMany {
+        count: u32,
+        profile: &'static str,
+        max: u32,
+    },
+    #[error("{used} compute slices (the GPU has {has})")]
+    TooMuchCompute { used: u32, has: u32 },
+}
+
+/// Whether a GPU's instances are a layout its model allows.
+pub fn layout_valid(model: &GpuModel, instances: &[InstanceAt]) -> Result<(), LayoutInvalid> {
     let Some(geo) = &model.mig else {
-        return Err(format!("{} has no MIG", model.product_name));
+        return Err(LayoutInvalid::NoMig {
+            product: model.product_name,
+        });
     };
     let mut used = 0u64;
     let mut compute = 0u32;
     for i in instances {
         let p = i.profile;
         if geo.profile(p.name) != Some(p) {
-            return Err(format!("{} is not a profile of {}", p.name, model.key));
+            return Err(LayoutInvalid::UnknownProfile {
+                profile: p.name,
+                model: model.key,
+            });
         }
         if !p.placement_starts.contains(&i.start) || i.start + p.placement_size > geo.memory_slices
         {
-            return Err(format!(
-                "{} cannot start at memory slice {}",
-                p.name, i.start
-            ));
+            return Err(LayoutInvalid::BadStart {
+                profile: p.name,
+                start: i.start,
+            });
         }
         let mask = slice_mask(i.start, p.placement_size);
         if used & mask != 0 {
-            return Err(format!(
-                "{} at {} overlaps another instance",
-                p.name, i.start
-            ));
+            return Err(LayoutInvalid::Overlap {
+                profile: p.name,
+                start: i.start,
+            });
         }
         used |= mask;
         compute += p.compute_slices;
         let count = instances.iter().filter(|j| j.profile == p).count() as u32;
         if count > p.max_count {
-            return Err(format!("{count} × {} (at most {})", p.name, p.max_count));
+            return Err(LayoutInvalid::TooMany {
+                count,
+                profile: p.name,
+                max: p.max_count,
+            });
         }
     }
     if compute > geo.compute_slices {
-        return Err(format!(
-            "{compute} compute slices (the GPU has {})",
-            geo.compute_slices
-        ));
+        return Err(LayoutInvalid::TooMuchCompute {
+            used: compute,
+            has: geo.compute_slices,
+        });
     }
     Ok(())
 }

@@ -315,8 +315,10 @@ fn valid_label_value(s: &str) -> bool {
 fn check_entry(raw: RawEntry, key: &str) -> Result<Entry, (String, String)> {
     let mut device_filter = Vec::new();
     for id in raw.device_filter.map(|f| f.0).unwrap_or_default() {
-        device_filter
-            .push(parse_pci_device_id(&id).map_err(|m| (format!("{key}.device-filter"), m))?);
+        device_filter.push(
+            parse_pci_device_id(&id)
+                .map_err(|e| (format!("{key}.device-filter"), e.to_string()))?,
+        );
     }
     let devices = match raw.devices {
         RawDevices::All => Devices::All,
@@ -399,17 +401,24 @@ fn check_entry(raw: RawEntry, key: &str) -> Result<Entry, (String, String)> {
     })
 }
 
+/// Why a `device-filter` entry is not a PCI device id gpu-slicer matches.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PciDeviceIdError {
+    #[error(
+        "'{0}' is not a PCI device id; write device and vendor as 0xDDDDVVVV, e.g. \"0x20B010DE\" for an A100-SXM4-40GB"
+    )]
+    NotAnId(String),
+    #[error(
+        "'{0}' has a subsystem id, which gpu-slicer does not match on; write the device and vendor only (the part before ':')"
+    )]
+    HasSubsystem(String),
+}
+
 /// `0xDDDDVVVV` (hex, as mig-parted writes device and vendor).
-fn parse_pci_device_id(s: &str) -> Result<u32, String> {
-    let bad = || {
-        format!(
-            "'{s}' is not a PCI device id; write device and vendor as 0xDDDDVVVV, e.g. \"0x20B010DE\" for an A100-SXM4-40GB"
-        )
-    };
+fn parse_pci_device_id(s: &str) -> Result<u32, PciDeviceIdError> {
+    let bad = || PciDeviceIdError::NotAnId(s.to_owned());
     if s.contains(':') {
-        return Err(format!(
-            "'{s}' has a subsystem id, which gpu-slicer does not match on; write the device and vendor only (the part before ':')"
-        ));
+        return Err(PciDeviceIdError::HasSubsystem(s.to_owned()));
     }
     let hex = s
         .strip_prefix("0x")

@@ -345,13 +345,14 @@ fn the_max_count_of_a_profile_holds() {
 #[test]
 fn layout_valid_names_what_is_wrong() {
     let m = model(A100);
-    assert!(
+    assert_eq!(
         layout_valid(m, &[at(m, "3g.20gb", 0), at(m, "1g.5gb", 2)])
             .unwrap_err()
-            .contains("overlaps")
+            .to_string(),
+        "1g.5gb at 2 overlaps another instance"
     );
     let p = profile(m, "3g.20gb");
-    assert!(
+    assert_eq!(
         layout_valid(
             m,
             &[InstanceAt {
@@ -360,17 +361,24 @@ fn layout_valid_names_what_is_wrong() {
             }]
         )
         .unwrap_err()
-        .contains("cannot start")
+        .to_string(),
+        "3g.20gb cannot start at memory slice 2"
     );
     let three_2g: Vec<InstanceAt> = [0, 2, 4].iter().map(|&s| at(m, "2g.10gb", s)).collect();
     let mut full = three_2g.clone();
     full.push(at(m, "1g.10gb", 6));
     assert_eq!(layout_valid(m, &full), Ok(()));
     full.push(at(m, "1g.5gb", 6));
-    assert!(layout_valid(m, &full).unwrap_err().contains("overlaps"));
+    assert_eq!(
+        layout_valid(m, &full).unwrap_err().to_string(),
+        "1g.5gb at 6 overlaps another instance"
+    );
     let mut too_many = three_2g;
     too_many.push(at(m, "2g.10gb", 4));
-    assert!(layout_valid(m, &too_many).is_err());
+    assert_eq!(
+        layout_valid(m, &too_many).unwrap_err().to_string(),
+        "4 × 2g.10gb (at most 3)"
+    );
 }
 
 #[test]

@@ -208,39 +208,66 @@ pub struct RunArgs {
     pub flags: ConfigFlagArgs,
 }
 
+/// Why `--metrics-address` cannot be served; each says what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsAddressError {
+    #[error("no port; {WRITE_METRICS_ADDRESS}")]
+    NoPort,
+    #[error("'{port}' is not a port number (0 to 65535); {WRITE_METRICS_ADDRESS}")]
+    BadPort { port: String },
+    #[error("no host before ':{port}'; {WRITE_METRICS_ADDRESS}")]
+    NoHost { port: u16 },
+    #[error(
+        "an IPv6 address takes brackets ([{host}]:{port}), or the address is not valid; {WRITE_METRICS_ADDRESS}"
+    )]
+    BareIpv6 { host: String, port: u16 },
+    #[error(
+        "cannot resolve the host name '{host}': {reason}; write an IP address, or a name this node resolves"
+    )]
+    Unresolved { host: String, reason: String },
+    #[error("the host name '{host}' resolves to no address; write an IP address")]
+    NoAddress { host: String },
+}
+
+const WRITE_METRICS_ADDRESS: &str =
+    "write HOST:PORT, e.g. 0.0.0.0:9401 (every address), localhost:9401 or [::1]:9401";
+
 /// `--metrics-address`: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`, the host
 /// name resolved once, here, at start (its first address is served).
-fn metrics_address(value: &str) -> Result<SocketAddr, String> {
+fn metrics_address(value: &str) -> Result<SocketAddr, MetricsAddressError> {
     if let Ok(address) = value.parse::<SocketAddr>() {
         return Ok(address);
     }
-    let write = "write HOST:PORT, e.g. 0.0.0.0:9401 (every address), localhost:9401 or [::1]:9401";
     let no_port = value.ends_with(']') || !value.contains(':');
     let (host, port) = match value.rsplit_once(':') {
         Some(split) if !no_port => split,
-        _ => return Err(format!("no port; {write}")),
+        _ => return Err(MetricsAddressError::NoPort),
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("'{port}' is not a port number (0 to 65535); {write}"))?;
+    let port: u16 = port.parse().map_err(|_| MetricsAddressError::BadPort {
+        port: port.to_owned(),
+    })?;
     if host.is_empty() {
-        return Err(format!("no host before ':{port}'; {write}"));
+        return Err(MetricsAddressError::NoHost { port });
     }
     if host.contains(':') {
-        return Err(format!(
-            "an IPv6 address takes brackets ([{host}]:{port}), or the address is not valid; {write}"
-        ));
+        return Err(MetricsAddressError::BareIpv6 {
+            host: host.to_owned(),
+            port,
+        });
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let resolved = (host, port).to_socket_addrs().map_err(|e| {
-        format!(
-            "cannot resolve the host name '{host}': {}; write an IP address, or a name this node resolves",
-            gpu_slicer_core::messages::io_error(&e)
-        )
-    })?;
-    resolved.into_iter().next().ok_or_else(|| {
-        format!("the host name '{host}' resolves to no address; write an IP address")
-    })
+    let resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| MetricsAddressError::Unresolved {
+            host: host.to_owned(),
+            reason: gpu_slicer_core::messages::io_error(&e),
+        })?;
+    resolved
+        .into_iter()
+        .next()
+        .ok_or_else(|| MetricsAddressError::NoAddress {
+            host: host.to_owned(),
+        })
 }
 
 impl RunArgs {

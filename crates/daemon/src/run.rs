@@ -165,7 +165,9 @@ pub fn setup_source(
     Arc::new(move || {
         let config_file = match &config {
             ConfigChoice::File(file) => file.clone(),
-            ConfigChoice::Selected(selector) => selector.resolve().map_err(SetupError::Fatal)?,
+            ConfigChoice::Selected(selector) => selector
+                .resolve()
+                .map_err(|e| SetupError::Fatal(e.to_string()))?,
         };
         if loaded.load(Ordering::Relaxed)
             && let Some(path) = &config_file

@@ -510,7 +510,7 @@ fn group(
     let mut demand: BTreeMap<String, u64> = BTreeMap::new();
     for pod in &pods {
         for (r, n) in &pod.requests {
-            if r.starts_with("nvidia.com/") {
+            if config::is_nvidia_resource(r) {
                 let e = demand.entry(r.clone()).or_insert(0);
                 *e = (*e).saturating_add(*n);
             }

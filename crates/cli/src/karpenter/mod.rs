@@ -647,7 +647,7 @@ pub fn is_resource_name(key: &str) -> bool {
 /// without an overlay.
 pub fn is_slice_resource(key: &str) -> bool {
     config::mig_profile_of(key).is_some()
-        || (key.starts_with("nvidia.com/") && key.ends_with(config::SHARED_SUFFIX))
+        || (config::is_nvidia_resource(key) && key.ends_with(config::SHARED_SUFFIX))
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ fn apply_resources(item: &mut WorkloadItem, at: &str) -> Result<Option<bool>, In
             CPU | MEMORY | EPHEMERAL_STORAGE => {
                 host.insert(resource, v);
             }
-            r if r.starts_with("nvidia.com/") => {
+            r if config::is_nvidia_resource(r) => {
                 let n = super::quantity(&v).ok_or_else(|| {
                     crate::invalid!(at, "resources {r}: expected a whole number, not {v}")
                 })?;

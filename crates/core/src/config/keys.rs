@@ -1,23 +1,36 @@
-//! The config's known keys: `ROOT`, the table of every key the loader
-//! accepts per path, with the unknown-key hints drawn from it; and the keys
-//! of `flags` and `flags.plugin` that a command-line flag overrides, each
-//! declared once in `with_override_keys!`: its YAML key, the field of
-//! [`Flags`](super::Flags) / [`PluginFlags`](super::PluginFlags) it sets,
-//! how its value is read, the override field of
-//! [`ConfigFlags`](super::ConfigFlags) that replaces it, and its flag (the
-//! shell's command line declares the flag with its environment variable).
+//! The config's known keys, each declared once. Two tables:
 //!
-//! From that one table come: the known keys (unknown-key hints) of both
-//! sections, the loader's walk of them (`load.rs`), the flag overlay
-//! (`flags.rs`), and [`OVERRIDES`], which the daemon's test checks its
-//! command line against (each flag declared, and no other flag that sets a
-//! key). A new key of these sections is one line here plus its command-line
-//! field, which that test checks.
+//! - `with_override_keys!`: the keys of `flags` and `flags.plugin` that a
+//!   command-line flag overrides: its YAML key, the field of
+//!   [`Flags`](super::Flags) / [`PluginFlags`](super::PluginFlags) it sets,
+//!   how its value is read, the override field of
+//!   [`ConfigFlags`](super::ConfigFlags) that replaces it, and its flag (the
+//!   shell's command line declares the flag with its environment variable).
+//!   From it come the known keys of both sections, the loader's walk of them
+//!   (`load.rs`), the flag overlay (`flags.rs`), and [`OVERRIDES`], which
+//!   the daemon's test checks its command line against (each flag declared,
+//!   and no other flag that sets a key).
+//! - `with_sections!`: every other key, per section (`NAME(walk): Target`):
+//!   its YAML key, what it holds (`leaf`, `map(SECTION)` or
+//!   `list(SECTION)`) and the loader's reader that reads it into the
+//!   section's target (a method in `load/sections.rs`). From it come the
+//!   section's known keys ([`ROOT`] and below: the unknown-key hints) and the
+//!   walk, which calls the readers in the table's order (so the first error
+//!   of a file is the first in that order).
 //!
-//! Kinds: `bool` (YAML boolean; Go-style on the command line), `string`,
-//! `optional` (a string whose absence means "derived", as `nvidiaDevRoot`),
-//! `parsed(f)` (a string checked by `f`, whose error is NVIDIA's message),
-//! `list(f)` (a string or a list of strings, checked by `f`).
+//! Adding a key: one line in the table of its section, with its reader in
+//! `load/sections.rs` (a flag's key instead: its line in the override table
+//! and its command-line field, which the daemon's test checks), and its line
+//! in the `EVERY_KEY` document of `load/tests.rs`, which the test
+//! `each_declared_key_is_read_at_its_own_path` requires (it fails for a
+//! declared key missing from the document, a document key missing from the
+//! tables, or a key whose reader reads another key).
+//!
+//! Kinds of the override table: `bool` (YAML boolean; Go-style on the
+//! command line), `string`, `optional` (a string whose absence means
+//! "derived", as `nvidiaDevRoot`), `parsed(f)` (a string checked by `f`,
+//! whose error is NVIDIA's message), `list(f)` (a string or a list of
+//! strings, checked by `f`).
 
 /// Calls `$generate!` with the table. Each line:
 /// `"yamlKey" => config_field: kind, override.path, "--flag";`
@@ -69,13 +82,13 @@ macro_rules! with_override_keys {
 pub(crate) use with_override_keys;
 
 /// One known key and what it holds.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Field {
     pub key: &'static str,
     pub kind: Kind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
     /// A scalar (or list of scalars): no keys below.
     Leaf,
@@ -92,16 +105,23 @@ pub(crate) const fn leaf(key: &'static str) -> Field {
     }
 }
 
-/// GPU Feature Discovery keys: accepted and discarded.
-pub(crate) const GFD: &[Field] = &[
-    leaf("oneshot"),
-    leaf("noTimestamp"),
-    leaf("sleepInterval"),
-    leaf("outputFile"),
-    leaf("machineTypeFile"),
-];
+/// `a` then `b`, as one array (`N` is their combined length).
+const fn concat<const N: usize>(a: &[Field], b: &[Field]) -> [Field; N] {
+    let mut out = [leaf(""); N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
+}
 
-/// From the table: the known keys of `flags` and `flags.plugin`.
+/// From the override table: the known keys of `flags.plugin`, and those of
+/// `flags` a flag overrides (the rest of `flags` is in `with_sections!`).
 macro_rules! known_keys {
     (
         flags { $( $fkey:literal => $ffield:ident : $fkind:ident $(($fparse:expr))?,
@@ -111,116 +131,136 @@ macro_rules! known_keys {
     ) => {
         pub(crate) const PLUGIN: &[Field] = &[ $( leaf($pkey), )* ];
 
-        pub(crate) const FLAGS: &[Field] = &[
-            $( leaf($fkey), )*
-            // GPU Feature Discovery's: type-checked, then discarded.
-            leaf("useNodeFeatureAPI"),
-            Field {
-                key: "plugin",
-                kind: Kind::Map(PLUGIN),
-            },
-            Field {
-                key: "gfd",
-                kind: Kind::Map(GFD),
-            },
-        ];
-
+        const OVERRIDDEN_FLAGS: &[Field] = &[ $( leaf($fkey), )* ];
     };
 }
 
 with_override_keys!(known_keys);
 
-pub(crate) const PATTERN: &[Field] = &[leaf("pattern"), leaf("name")];
+/// Every key of `flags`: those a flag overrides, then the section's own.
+pub(crate) const FLAGS: &[Field] = &{
+    const N: usize = OVERRIDDEN_FLAGS.len() + FLAGS_OWN.len();
+    concat::<N>(OVERRIDDEN_FLAGS, FLAGS_OWN)
+};
 
-pub(crate) const RESOURCES: &[Field] = &[
-    Field {
-        key: "gpus",
-        kind: Kind::List(PATTERN),
-    },
-    Field {
-        key: "mig",
-        kind: Kind::List(PATTERN),
-    },
-];
+/// Calls `$generate!` with the sections. Each section:
+/// `NAME(walk): Target { "yamlKey" => kind, reader; ... }`, where `kind` is
+/// `leaf`, `map(SECTION)` or `list(SECTION)` and `reader` is the method in
+/// `load/sections.rs` that reads the key into `Target`.
+macro_rules! with_sections {
+    ($generate:ident) => {
+        $generate! {
+            /// The whole v1 schema: every top-level key.
+            ROOT(walk_root): Config {
+                "version" => leaf, version_checked_first;
+                "flags" => map(FLAGS), flags;
+                "resources" => map(RESOURCES), resources;
+                "sharing" => map(SHARING), sharing;
+                "imex" => map(IMEX), imex;
+                "health" => map(HEALTH), health;
+            }
+            /// The keys of `flags` no flag overrides (GPU Feature
+            /// Discovery's are type-checked, then discarded).
+            FLAGS_OWN(walk_flags_own): Flags {
+                "useNodeFeatureAPI" => leaf, gfd_only_bool;
+                "plugin" => map(PLUGIN), plugin;
+                "gfd" => map(GFD), gfd;
+            }
+            /// GPU Feature Discovery keys: accepted and discarded.
+            GFD(walk_gfd): () {
+                "oneshot" => leaf, discarded;
+                "noTimestamp" => leaf, discarded;
+                "sleepInterval" => leaf, discarded;
+                "outputFile" => leaf, discarded;
+                "machineTypeFile" => leaf, discarded;
+            }
+            RESOURCES(walk_resources): ResourcePatterns {
+                "gpus" => list(PATTERN), gpu_patterns;
+                "mig" => list(PATTERN), mig_patterns;
+            }
+            PATTERN(walk_pattern): PatternDraft {
+                "pattern" => leaf, pattern;
+                "name" => leaf, pattern_name;
+            }
+            SHARING(walk_sharing): Sharing {
+                "timeSlicing" => map(REPLICATED), time_slicing;
+                "mps" => map(MPS), mps;
+            }
+            REPLICATED(walk_replicated): ReplicatedResources {
+                "renameByDefault" => leaf, rename_by_default;
+                "failRequestsGreaterThanOne" => leaf, fail_requests_greater_than_one;
+                "resources" => list(REPLICATED_RESOURCE), replicated_resources;
+            }
+            REPLICATED_RESOURCE(walk_replicated_resource): ResourceDraft {
+                "name" => leaf, resource_name;
+                "rename" => leaf, rename;
+                "devices" => leaf, devices;
+                "replicas" => leaf, replicas;
+            }
+            MPS(walk_mps): ReplicatedResources {
+                "renameByDefault" => leaf, rename_by_default;
+                "failRequestsGreaterThanOne" => leaf, fail_requests_greater_than_one;
+                "resources" => list(MPS_RESOURCE), mps_resources;
+            }
+            /// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica
+            /// limits (NVIDIA's non-strict parser ignores them).
+            MPS_RESOURCE(walk_mps_resource): ResourceDraft {
+                "name" => leaf, resource_name;
+                "rename" => leaf, rename;
+                "devices" => leaf, devices;
+                "replicas" => leaf, mps_replicas;
+                "memoryPerReplica" => leaf, memory_per_replica;
+                "activeThreadPercentage" => leaf, active_thread_percentage;
+                "maxReplicasPerContainer" => leaf, max_replicas_per_container;
+            }
+            IMEX(walk_imex): () {
+                "channelIDs" => leaf, imex_channel_ids;
+                "required" => leaf, imex_required;
+            }
+            /// gpu-slicer's extension (NVIDIA's non-strict parser ignores
+            /// it, so a config with it still loads there). `xids` maps XID
+            /// numbers to actions.
+            HEALTH(walk_health): HealthConfig {
+                "recoverAfter" => leaf, recover_after;
+                "xids" => leaf, xids;
+            }
+        }
+    };
+}
 
-pub(crate) const REPLICATED_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-];
+pub(crate) use with_sections;
 
-pub(crate) const REPLICATED: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(REPLICATED_RESOURCE),
-    },
-];
+/// One [`Field`] of a section's line.
+macro_rules! field {
+    ($key:literal, leaf) => {
+        leaf($key)
+    };
+    ($key:literal, map($sub:ident)) => {
+        Field {
+            key: $key,
+            kind: Kind::Map($sub),
+        }
+    };
+    ($key:literal, list($sub:ident)) => {
+        Field {
+            key: $key,
+            kind: Kind::List($sub),
+        }
+    };
+}
 
-/// An MPS resource: NVIDIA's keys plus gpu-slicer's per-replica limits
-/// (NVIDIA's non-strict parser ignores them).
-pub(crate) const MPS_RESOURCE: &[Field] = &[
-    leaf("name"),
-    leaf("rename"),
-    leaf("devices"),
-    leaf("replicas"),
-    leaf("memoryPerReplica"),
-    leaf("activeThreadPercentage"),
-    leaf("maxReplicasPerContainer"),
-];
+/// From the sections: each section's known keys.
+macro_rules! section_fields {
+    (
+        $( $(#[$doc:meta])* $name:ident($walk:ident): $target:ty {
+            $( $key:literal => $kind:ident $(($sub:ident))?, $read:ident; )*
+        } )*
+    ) => {
+        $( $(#[$doc])* pub(crate) const $name: &[Field] = &[ $( field!($key, $kind $(($sub))?), )* ]; )*
+    };
+}
 
-pub(crate) const MPS: &[Field] = &[
-    leaf("renameByDefault"),
-    leaf("failRequestsGreaterThanOne"),
-    Field {
-        key: "resources",
-        kind: Kind::List(MPS_RESOURCE),
-    },
-];
-
-pub(crate) const SHARING: &[Field] = &[
-    Field {
-        key: "timeSlicing",
-        kind: Kind::Map(REPLICATED),
-    },
-    Field {
-        key: "mps",
-        kind: Kind::Map(MPS),
-    },
-];
-
-pub(crate) const IMEX: &[Field] = &[leaf("channelIDs"), leaf("required")];
-
-/// gpu-slicer's extension (NVIDIA's non-strict parser ignores it, so a
-/// config with it still loads there). `xids` maps XID numbers to actions.
-pub(crate) const HEALTH: &[Field] = &[leaf("recoverAfter"), leaf("xids")];
-
-/// The whole v1 schema: every key the loader accepts, per level.
-pub(crate) const ROOT: &[Field] = &[
-    leaf("version"),
-    Field {
-        key: "flags",
-        kind: Kind::Map(FLAGS),
-    },
-    Field {
-        key: "resources",
-        kind: Kind::Map(RESOURCES),
-    },
-    Field {
-        key: "sharing",
-        kind: Kind::Map(SHARING),
-    },
-    Field {
-        key: "imex",
-        kind: Kind::Map(IMEX),
-    },
-    Field {
-        key: "health",
-        kind: Kind::Map(HEALTH),
-    },
-];
+with_sections!(section_fields);
 
 /// Every schema location (parent path, `""` = top level, `[]` = list item)
 /// that has `key`.

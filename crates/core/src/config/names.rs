@@ -35,6 +35,14 @@ pub fn mig_profile_of(resource: &str) -> Option<&str> {
     resource.strip_prefix(MIG_RESOURCE_PREFIX)
 }
 
+/// Whether a resource is NVIDIA's (`nvidia.com/…`): whole, shared or MIG
+/// GPUs, or any other device NVIDIA's plugins advertise.
+pub fn is_nvidia_resource(resource: &str) -> bool {
+    resource
+        .strip_prefix(DEFAULT_PREFIX)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// NVIDIA's limit on the fully-qualified resource name.
 pub const MAX_RESOURCE_NAME_LENGTH: usize = 63;
 
@@ -156,6 +164,20 @@ impl ResourceName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvidia_resources_are_those_under_nvidia_com() {
+        for r in [
+            "nvidia.com/gpu",
+            "nvidia.com/gpu.shared",
+            "nvidia.com/mig-1g.10gb.me",
+        ] {
+            assert!(is_nvidia_resource(r), "{r}");
+        }
+        for r in ["nvidia.comx/gpu", "amd.com/gpu", "nvidia.com", "cpu"] {
+            assert!(!is_nvidia_resource(r), "{r}");
+        }
+    }
 
     #[test]
     fn mig_resources_are_named_as_nvidia_names_them() {

@@ -532,8 +532,8 @@ fn mig_instances(slot: &Slot<'_>, src: &str) -> Result<Option<Vec<SimInstance>>,
                 .iter()
                 .enumerate()
                 .map(|(j, d)| {
-                    resolve_profile(model, geo, d).map_err(|message| {
-                        invalid(src, format!("{}.migDevices[{j}]", slot.key), message)
+                    resolve_profile(model, geo, d).map_err(|e| {
+                        invalid(src, format!("{}.migDevices[{j}]", slot.key), e.to_string())
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -587,7 +587,38 @@ fn parse_profile(name: &str) -> Option<(Option<u32>, u32, u64, &str)> {
     Some((ci, gi, gb, suffix))
 }
 
-fn resolve_profile(model: &GpuModel, geo: &MigGeometry, name: &str) -> Result<SimInstance, String> {
+/// Why a `migDevices` entry of a topology file is not an instance its
+/// GPU can hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ProfileError {
+    #[error(
+        "'{name}' is not a MIG profile of {product} ({profiles}) and does not read as <G>g.<N>gb or <C>c.<G>g.<N>gb"
+    )]
+    Unreadable {
+        name: String,
+        product: &'static str,
+        profiles: String,
+    },
+    #[error(
+        "'{name}': a profile needs at least one slice and its compute instance (<C>c) no more slices than its GPU instance (<G>g)"
+    )]
+    NoSlices { name: String },
+    #[error(
+        "'{name}' needs more than the {compute_slices} compute / {memory_slices} memory slices of {product}"
+    )]
+    TooLarge {
+        name: String,
+        compute_slices: u32,
+        memory_slices: u32,
+        product: &'static str,
+    },
+}
+
+fn resolve_profile(
+    model: &GpuModel,
+    geo: &MigGeometry,
+    name: &str,
+) -> Result<SimInstance, ProfileError> {
     let name = name.trim();
     if let Some(p) = geo.profile(name) {
         return Ok(SimInstance::from_catalog(p, None));
@@ -599,15 +630,16 @@ fn resolve_profile(model: &GpuModel, geo: &MigGeometry, name: &str) -> Result<Si
         .collect::<Vec<_>>()
         .join(", ");
     let Some((ci, gi, gb, suffix)) = parse_profile(name) else {
-        return Err(format!(
-            "'{name}' is not a MIG profile of {} ({profiles}) and does not read as <G>g.<N>gb or <C>c.<G>g.<N>gb",
-            model.product_name
-        ));
+        return Err(ProfileError::Unreadable {
+            name: name.to_owned(),
+            product: model.product_name,
+            profiles,
+        });
     };
     if gi == 0 || ci.is_some_and(|c| c == 0 || c > gi) {
-        return Err(format!(
-            "'{name}': a profile needs at least one slice and its compute instance (<C>c) no more slices than its GPU instance (<G>g)"
-        ));
+        return Err(ProfileError::NoSlices {
+            name: name.to_owned(),
+        });
     }
     if let Some(p) = geo.profile(&format!("{gi}g.{gb}gb{suffix}")) {
         return Ok(SimInstance::from_catalog(p, ci));
@@ -621,10 +653,12 @@ fn resolve_profile(model: &GpuModel, geo: &MigGeometry, name: &str) -> Result<Si
         .checked_next_power_of_two()
         .unwrap_or(u32::MAX);
     if gi > geo.compute_slices || size > geo.memory_slices {
-        return Err(format!(
-            "'{name}' needs more than the {} compute / {} memory slices of {}",
-            geo.compute_slices, geo.memory_slices, model.product_name
-        ));
+        return Err(ProfileError::TooLarge {
+            name: name.to_owned(),
+            compute_slices: geo.compute_slices,
+            memory_slices: geo.memory_slices,
+            product: model.product_name,
+        });
     }
     let starts = (0..geo.memory_slices)
         .step_by(size as usize)

@@ -50,6 +50,20 @@ use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::mig_change::{ConfigState, summarize};
 use gpu_slicer_core::node_labels::MIG_CONFIG_STATE;
 
+/// Why a layout change was not applied at all (per-GPU failures are
+/// outcomes); the message follows "MIG layout '<name>' not applied: ".
+#[derive(Debug, thiserror::Error)]
+enum ChangeError {
+    #[error(transparent)]
+    PodResources(#[from] crate::kubelet::pod_resources::PodResourcesError),
+    #[error(transparent)]
+    Layouts(#[from] crate::host::config_file::MigConfigFileError),
+    #[error(transparent)]
+    Apply(#[from] crate::gpus::mig_apply::ApplyError),
+    #[error("the MIG apply task ended: {0}")]
+    Task(tokio::task::JoinError),
+}
+
 /// Retries of a failed change: soon (a process may just be ending), then
 /// doubling up to every [`RETRY_MAX`] (a reset or reboot is someone's
 /// manual step).
@@ -236,24 +250,21 @@ impl Task {
         let pod_devices = if force {
             Ok(Vec::new())
         } else {
-            crate::kubelet::pod_resources::list(&self.pod_resources_socket)
-                .await
-                .map_err(|e| e.to_string())
+            crate::kubelet::pod_resources::list(&self.pod_resources_socket).await
         };
         let result = tokio::task::spawn_blocking(move || {
             let pod_devices = pod_devices?;
-            let layouts = crate::host::config_file::mig_layouts(layouts_file.as_deref())
-                .map_err(|e| e.to_string())?;
+            let layouts = crate::host::config_file::mig_layouts(layouts_file.as_deref())?;
             let request = ApplyRequest {
                 layouts: &layouts,
                 layout: &name,
                 force,
                 pod_devices,
             };
-            apply(&nvml, &request).map_err(|e| e.to_string())
+            Ok(apply(&nvml, &request)?)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the MIG apply task ended: {e}")));
+        .unwrap_or_else(|e| Err(ChangeError::Task(e)));
         let (state, message) = match result {
             Ok(outcomes) => summarize(&outcomes, layout),
             Err(e) => (

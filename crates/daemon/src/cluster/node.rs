@@ -269,6 +269,19 @@ pub fn list_configs(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Why no config file could be chosen from `--config-dir`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot read the config directory {dir}: {reason}")]
+    Unreadable { dir: String, reason: String },
+    /// A thread panicked while choosing; the daemon cannot tell what it
+    /// runs with.
+    #[error("selection lock poisoned")]
+    Poisoned,
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+}
+
 /// The daemon's view of `--config-dir`: the directory, the label's latest
 /// value (from the [`NodeWatcher`], through [`follow`]) and the default; [`Self::resolve`] is
 /// called from the `SetupSource` on every (re)load.
@@ -305,15 +318,13 @@ impl LabelSelectedConfig {
     /// A label value that names no config is an error, except at the very
     /// first load, where there is no running config to keep: then the
     /// label is ignored (logged as an error) and the fallbacks apply.
-    pub fn resolve(&self) -> Result<Option<PathBuf>, String> {
-        let available = list_configs(&self.dir).map_err(|e| {
-            format!(
-                "cannot read the config directory {}: {e}",
-                self.dir.display()
-            )
+    pub fn resolve(&self) -> Result<Option<PathBuf>, ResolveError> {
+        let available = list_configs(&self.dir).map_err(|e| ResolveError::Unreadable {
+            dir: self.dir.display().to_string(),
+            reason: e.to_string(),
         })?;
         let label = self.label.borrow().clone();
-        let mut last = self.last.lock().map_err(|_| "selection lock poisoned")?;
+        let mut last = self.last.lock().map_err(|_| ResolveError::Poisoned)?;
         let selection = match select_config(
             &available,
             &self.label_key,
@@ -330,10 +341,9 @@ impl LabelSelectedConfig {
                     None,
                     self.default.as_deref(),
                     &self.fallbacks,
-                )
-                .map_err(|e| e.to_string())?
+                )?
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if last.as_ref() != Some(&selection) {
             tracing::info!("Using {selection} from {}", self.dir.display());
@@ -995,7 +1005,7 @@ mod tests {
         tx.send_replace(Some("ts-4".into()));
         assert_eq!(selector.resolve(), Ok(Some(dir.path().join("ts-4"))));
         tx.send_replace(Some("nope".into()));
-        let e = selector.resolve().unwrap_err();
+        let e = selector.resolve().unwrap_err().to_string();
         assert!(e.contains("names no config; available: ts-2, ts-4"), "{e}");
         tx.send_replace(None);
         assert_eq!(selector.resolve(), Ok(None));

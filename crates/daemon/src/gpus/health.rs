@@ -79,7 +79,7 @@ use nvml_wrapper::error::{NvmlError as RawError, nvml_try};
 use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings::{
     nvmlEventData_t, nvmlEventSet_t, nvmlEventTypeXidCriticalError,
-    nvmlReturn_enum_NVML_ERROR_TIMEOUT, nvmlReturn_enum_NVML_SUCCESS,
+    nvmlReturn_enum_NVML_ERROR_TIMEOUT, nvmlReturn_enum_NVML_SUCCESS, nvmlReturn_t,
 };
 use tokio::sync::mpsc;
 
@@ -87,7 +87,7 @@ use crate::gpus::nvml::{NvmlOptions, nvml};
 use crate::metrics::{CallLabel, Metrics};
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::health::{
-    NextWait, Registration, SetState, SetWatch, WaitEnd, WaitPacer, WatchFacts, XidEvent,
+    GpuFault, NextWait, Registration, SetState, SetWatch, WaitEnd, WaitPacer, WatchFacts, XidEvent,
 };
 
 /// Reports waiting for the daemon. A full queue makes the watcher thread
@@ -113,6 +113,18 @@ const DRAIN_LIMIT: usize = 256;
 const PROBE_CALL: &str = "nvmlDeviceGetMemoryInfo_v2";
 /// More GPUs than any node has; NVML's count is bounded by it before use.
 const MAX_GPUS: usize = 256;
+
+/// Why one wait for NVML events failed.
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    #[error("nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {0}")]
+    MissingCall(String),
+    #[error(transparent)]
+    Nvml(RawError),
+    /// A return code nvml_wrapper does not map to an error.
+    #[error("NVML error {0}")]
+    Code(nvmlReturn_t),
+}
 
 /// What the watcher tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,7 +456,10 @@ impl<'a> Watcher<'a> {
         }
         let answer = match self.gpus[index].as_ref().map(|g| g.device.memory_info()) {
             Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("{PROBE_CALL} failed: {e}")),
+            Some(Err(e)) => Err(GpuFault::NoAnswer {
+                call: PROBE_CALL,
+                reason: e.to_string(),
+            }),
             None => return,
         };
         let Some(gpu) = self.gpus[index].as_mut() else {
@@ -542,21 +557,15 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// What the driver says of a GPU now: `Err(reason)` when it needs a
+    /// What the driver says of a GPU now: `Err(fault)` when it needs a
     /// reset (pages pending retirement, a row remapping pending or failed).
-    fn check(&mut self, index: usize) -> Result<(), String> {
+    fn check(&mut self, index: usize) -> Result<(), GpuFault> {
         let Some(gpu) = self.gpus[index].as_ref() else {
             return Ok(());
         };
         match gpu.device.are_pages_pending_retired() {
             Ok(false) => {}
-            Ok(true) => {
-                return Err(
-                    "has pages pending retirement (nvmlDeviceGetRetiredPagesPendingStatus): an ECC fault \
-                     that needs a GPU reset"
-                        .into(),
-                );
-            }
+            Ok(true) => return Err(GpuFault::PagesPendingRetirement),
             Err(e) => self.unchecked("nvmlDeviceGetRetiredPagesPendingStatus", &e)?,
         }
         let Some(gpu) = self.gpus[index].as_ref() else {
@@ -579,13 +588,8 @@ impl<'a> Watcher<'a> {
             )
         };
         match nvml_try(ret) {
-            Ok(()) if failure != 0 => Err(
-                "reports a failed row remapping (nvmlDeviceGetRemappedRows): its memory needs service".into(),
-            ),
-            Ok(()) if pending != 0 => Err(
-                "has a row remapping pending (nvmlDeviceGetRemappedRows): an ECC fault that needs a GPU reset"
-                    .into(),
-            ),
+            Ok(()) if failure != 0 => Err(GpuFault::RowRemappingFailed),
+            Ok(()) if pending != 0 => Err(GpuFault::RowRemappingPending),
             Ok(()) => Ok(()),
             Err(e) => self.unchecked("nvmlDeviceGetRemappedRows", &e),
         }
@@ -594,7 +598,7 @@ impl<'a> Watcher<'a> {
     /// A check that failed: one the GPU does not support (or this process
     /// may not make) proves nothing and holds nothing; any other error
     /// holds the GPU (its state is unknown).
-    fn unchecked(&mut self, call: &'static str, error: &RawError) -> Result<(), String> {
+    fn unchecked(&mut self, call: &'static str, error: &RawError) -> Result<(), GpuFault> {
         match error {
             RawError::NotSupported | RawError::NoPermission | RawError::FailedToLoadSymbol(_) => {
                 if self.unsupported_logged.insert(call) {
@@ -604,20 +608,19 @@ impl<'a> Watcher<'a> {
             }
             _ => {
                 self.failed(call);
-                Err(format!("cannot be checked: {call} failed: {error}"))
+                Err(GpuFault::Unchecked {
+                    call,
+                    reason: error.to_string(),
+                })
             }
         }
     }
 
     /// One raw wait on `set`: an event, `None` on a timeout, or the error.
-    fn raw_wait(&self, set: nvmlEventSet_t, ms: u32) -> Result<Option<nvmlEventData_t>, String> {
+    fn raw_wait(&self, set: nvmlEventSet_t, ms: u32) -> Result<Option<nvmlEventData_t>, WaitError> {
         let wait = match self.nvml.lib().nvmlEventSetWait_v2.as_ref() {
             Ok(wait) => wait,
-            Err(e) => {
-                return Err(format!(
-                    "nvmlEventSetWait_v2 is missing from the NVML library (driver too old?): {e}"
-                ));
-            }
+            Err(e) => return Err(WaitError::MissingCall(e.to_string())),
         };
         // SAFETY: all-zero is a valid nvmlEventData_t (a null pointer and integers).
         let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
@@ -631,7 +634,7 @@ impl<'a> Watcher<'a> {
         } else {
             Err(nvml_try(ret)
                 .err()
-                .map_or_else(|| format!("NVML error {ret}"), |e| e.to_string()))
+                .map_or(WaitError::Code(ret), WaitError::Nvml))
         }
     }
 
@@ -696,9 +699,9 @@ impl<'a> Watcher<'a> {
     /// rebuilt (at once the first time, then on a back-off); every GPU is
     /// checked now (the failure may be one lost GPU's). Until a new set is
     /// confirmed, no GPU of it is watched.
-    fn wait_failed(&mut self, error: &str) {
+    fn wait_failed(&mut self, error: &WaitError) {
         self.failed("nvmlEventSetWait_v2");
-        let first = self.set_watch.failed(error.to_owned());
+        let first = self.set_watch.failed(error.to_string());
         let delay = if first {
             Duration::ZERO
         } else {
@@ -717,7 +720,10 @@ impl<'a> Watcher<'a> {
                 gpu.facts.set_registration(Registration::NotYet);
             }
             if let Err(e) = gpu.device.memory_info() {
-                gpu.facts.answers = Err(format!("{PROBE_CALL} failed: {e}"));
+                gpu.facts.answers = Err(GpuFault::NoAnswer {
+                    call: PROBE_CALL,
+                    reason: e.to_string(),
+                });
                 self.metrics
                     .health_check_errors
                     .get_or_create(&CallLabel {

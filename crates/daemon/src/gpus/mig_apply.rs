@@ -202,7 +202,7 @@ fn apply_gpu(
                     created.undo(device);
                     return Ok(Outcome::Failed {
                         operation: op.to_string(),
-                        error,
+                        error: error.to_string(),
                     });
                 }
             }
@@ -283,26 +283,50 @@ impl Created {
     }
 }
 
+/// Why one operation of the plan failed on a GPU (reported as that GPU's
+/// [`Outcome::Failed`]).
+#[derive(Debug, thiserror::Error)]
+enum OpError {
+    #[error(
+        "{call} is missing from the NVML library ({reason}): the driver is too old for MIG changes"
+    )]
+    MissingCall { call: &'static str, reason: String },
+    #[error(transparent)]
+    Nvml(#[from] RawError),
+    #[error(
+        "NVML accepted the change but reports MIG mode current {current} and pending {pending} (activation status {status})"
+    )]
+    ModeUnchanged {
+        current: c_uint,
+        pending: c_uint,
+        status: String,
+    },
+    #[error("GPU instance {0} was not created by this apply")]
+    NotCreated(u32),
+    #[error("no compute-instance profile has {0} slices")]
+    NoComputeProfile(u32),
+}
+
 /// A function of NVML's table, or the error naming it.
 macro_rules! sym {
     ($lib:expr, $name:ident) => {
         match $lib.$name.as_ref() {
             Ok(f) => *f,
             Err(e) => {
-                return Err(format!(
-                    "{} is missing from the NVML library ({e}): the driver is too old for MIG changes",
-                    stringify!($name)
-                ));
+                return Err(OpError::MissingCall {
+                    call: stringify!($name),
+                    reason: e.to_string(),
+                });
             }
         }
     };
 }
 
-fn check(ret: nvmlReturn_t) -> Result<(), String> {
-    nvml_try(ret).map_err(|e: RawError| e.to_string())
+fn check(ret: nvmlReturn_t) -> Result<(), OpError> {
+    Ok(nvml_try(ret)?)
 }
 
-fn gpu_instance(device: &Device<'static>, id: u32) -> Result<nvmlGpuInstance_t, String> {
+fn gpu_instance(device: &Device<'static>, id: u32) -> Result<nvmlGpuInstance_t, OpError> {
     let by_id = sym!(device.nvml().lib(), nvmlDeviceGetGpuInstanceById);
     let mut gi: nvmlGpuInstance_t = std::ptr::null_mut();
     // SAFETY: the device handle is live (its Nvml is 'static); `gi` is a
@@ -311,12 +335,12 @@ fn gpu_instance(device: &Device<'static>, id: u32) -> Result<nvmlGpuInstance_t, 
     Ok(gi)
 }
 
-fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<Step, String> {
+fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<Step, OpError> {
     let lib = device.nvml().lib();
     match *op {
         Op::SetMigMode { enable } => {
-            let status = device.set_mig_mode(enable).map_err(|e| e.to_string())?;
-            let mode = device.mig_mode().map_err(|e| e.to_string())?;
+            let status = device.set_mig_mode(enable)?;
+            let mode = device.mig_mode()?;
             let wanted = c_uint::from(enable);
             if mode.current == wanted {
                 Ok(Step::ModeActive)
@@ -327,10 +351,11 @@ fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<St
                 );
                 Ok(Step::ModePending { enable })
             } else {
-                Err(format!(
-                    "NVML accepted the change but reports MIG mode current {} and pending {} (activation status {status})",
-                    mode.current, mode.pending
-                ))
+                Err(OpError::ModeUnchanged {
+                    current: mode.current,
+                    pending: mode.pending,
+                    status: status.to_string(),
+                })
             }
         }
         Op::DestroyComputeInstance {
@@ -377,9 +402,9 @@ fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<St
             let gi = *created
                 .gpu_instances
                 .get(&planned)
-                .ok_or_else(|| format!("GPU instance {planned} was not created by this apply"))?;
-            let profile = compute_instance_profile(slices)
-                .ok_or_else(|| format!("no compute-instance profile has {slices} slices"))?;
+                .ok_or(OpError::NotCreated(planned))?;
+            let profile =
+                compute_instance_profile(slices).ok_or(OpError::NoComputeProfile(slices))?;
             let info_of = sym!(lib, nvmlGpuInstanceGetComputeInstanceProfileInfo);
             let create = sym!(lib, nvmlGpuInstanceCreateComputeInstance);
             // SAFETY: plain C struct; zero is a valid bit pattern.

@@ -83,6 +83,11 @@ pub enum MpsError {
     NoBinary { tried: String },
     #[error("the MPS control daemon of '{resource}' {what}")]
     Daemon { resource: String, what: String },
+    #[error("the MPS control daemon of '{resource}' {source}")]
+    Call {
+        resource: String,
+        source: ClientError,
+    },
 }
 
 /// A daemon exited: sent by its watcher task.
@@ -388,6 +393,10 @@ impl Supervisor {
             resource: resource.clone(),
             what,
         };
+        let call_failed = |source: ClientError| MpsError::Call {
+            resource: resource.clone(),
+            source,
+        };
         let binary = find_control_binary(&self.options)?;
         let root = self.options.container_root.to_string_lossy().into_owned();
         let pipe = PathBuf::from(spec.pipe_dir(&root));
@@ -449,12 +458,12 @@ impl Supervisor {
             tokio::time::sleep(poll.next_delay()).await;
         }
         for command in spec.limit_commands() {
-            let answer = client.call(&command).await.map_err(&fail)?;
+            let answer = client.call(&command).await.map_err(&call_failed)?;
             if !mps::answer_accepts(&command, &answer) {
                 return Err(fail(format!("refused '{command}': {}", answer.trim())));
             }
         }
-        let answer = client.call(mps::READY_QUERY).await.map_err(&fail)?;
+        let answer = client.call(mps::READY_QUERY).await.map_err(call_failed)?;
         if !mps::answer_shows_percentage(&answer, spec.active_thread_percentage) {
             return Err(fail(format!(
                 "reports an active thread percentage of '{}' after being set to {}",
@@ -559,6 +568,23 @@ fn forward_lines(
     });
 }
 
+/// Why one command sent to a control daemon got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot run {binary}: {reason}")]
+    Spawn { binary: String, reason: String },
+    #[error("'{command}' got no answer within {CALL_TIMEOUT:?}")]
+    NoAnswer { command: String },
+    #[error("'{command}' failed ({status}): {stderr}")]
+    Refused {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("'{command}' failed: {reason}")]
+    Wait { command: String, reason: String },
+}
+
 /// The control program in client mode, on one daemon's pipe.
 #[derive(Debug, Clone)]
 struct Client {
@@ -568,7 +594,7 @@ struct Client {
 
 impl Client {
     /// Sends one command; returns what the daemon printed.
-    async fn call(&self, command: &str) -> Result<String, String> {
+    async fn call(&self, command: &str) -> Result<String, ClientError> {
         let mut child = Command::new(&self.binary)
             .env_clear()
             .envs(inherited_env())
@@ -578,7 +604,10 @@ impl Client {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+            .map_err(|e| ClientError::Spawn {
+                binary: self.binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(format!("{command}\n").as_bytes()).await;
         }
@@ -598,11 +627,20 @@ impl Client {
         };
         let (out, err, status) = tokio::time::timeout(CALL_TIMEOUT, work)
             .await
-            .map_err(|_| format!("'{command}' got no answer within {CALL_TIMEOUT:?}"))?;
+            .map_err(|_| ClientError::NoAnswer {
+                command: command.to_owned(),
+            })?;
         match status {
             Ok(s) if s.success() => Ok(out),
-            Ok(s) => Err(format!("'{command}' failed ({s}): {}", err.trim())),
-            Err(e) => Err(format!("'{command}' failed: {e}")),
+            Ok(status) => Err(ClientError::Refused {
+                command: command.to_owned(),
+                status,
+                stderr: err.trim().to_owned(),
+            }),
+            Err(e) => Err(ClientError::Wait {
+                command: command.to_owned(),
+                reason: e.to_string(),
+            }),
         }
     }
 }

@@ -14,9 +14,12 @@
 
 use std::path::Path;
 
-use gpu_slicer_core::gpu::catalog::{self, GpuModel, MigLayout};
+use gpu_slicer_core::config;
+use gpu_slicer_core::gpu::catalog::{self, CatalogError, GpuModel, MigLayout};
 use gpu_slicer_core::messages::{io_error, yaml_error};
-use gpu_slicer_core::mig_demand::{Cluster, Gpu, Instance, InstanceAt, Node, layout_valid};
+use gpu_slicer_core::mig_demand::{
+    Cluster, Gpu, Instance, InstanceAt, LayoutInvalid, Node, layout_valid,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -38,7 +41,6 @@ const INSTANCE_TYPE_LABELS: [&str; 2] = [
     "beta.kubernetes.io/instance-type",
 ];
 const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
-const RESOURCE_PREFIX: &str = "nvidia.com/mig-";
 /// Largest input file read.
 const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Most objects read.
@@ -48,6 +50,111 @@ const MAX_SECONDS: u64 = 366 * 24 * 3600;
 /// Most slices of one profile a pod may ask for (a node has at most 8 GPUs
 /// of 7 instances).
 const MAX_SLICES: u32 = 64;
+
+/// Why a trace cannot be replayed; each names the file and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{file}: {reason}")]
+    Unreadable { file: String, reason: String },
+    #[error(
+        "{file}: {size} bytes, more than the {MAX_FILE_BYTES} this command reads; split the trace"
+    )]
+    TooLarge { file: String, size: u64 },
+    #[error("{file}: not valid YAML: {reason}")]
+    NotYaml { file: String, reason: String },
+    #[error("{file}: a List's items must be a list")]
+    ItemsNotAList { file: String },
+    #[error("{file}: more than {MAX_OBJECTS} objects; split the trace")]
+    TooManyObjects { file: String },
+    #[error("{file}: object {index} ({kind}) has no metadata.name (of at most 253 characters)")]
+    NoName {
+        file: String,
+        index: usize,
+        kind: String,
+    },
+    #[error("{file}: Node {name} appears twice")]
+    NodeTwice { file: String, name: String },
+    /// Boxed: the catalog's layout errors are large, and this is returned
+    /// on every success path too.
+    #[error("{file}: Node {name}: {problem}")]
+    Node {
+        file: String,
+        name: String,
+        problem: Box<NodeError>,
+    },
+    #[error("{file}: Pod {name}: {problem}")]
+    Pod {
+        file: String,
+        name: String,
+        problem: PodError,
+    },
+    #[error(
+        "{file}: Pod {pod} runs on {node} but that node has no free instances left for {slices}; \
+         fix the Node's {MIG_CONFIG_LABEL} label or {MIG_STATE_ANNOTATION} annotation"
+    )]
+    NoRoomAtStart {
+        file: String,
+        pod: String,
+        node: String,
+        slices: String,
+    },
+}
+
+/// What is wrong with one Node of the trace.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "label {key}={value}: not an instance type gpu-slicer's catalog knows; \
+         label the node with nvidia.com/gpu.product and nvidia.com/gpu.count instead"
+    )]
+    UnknownInstanceType { key: &'static str, value: String },
+    #[error("label nvidia.com/gpu.product={0}: not a GPU model gpu-slicer's catalog knows")]
+    UnknownProduct(String),
+    #[error("label nvidia.com/gpu.count: not a whole number from 1 to 16")]
+    BadGpuCount,
+    #[error("annotation {MIG_STATE_ANNOTATION}: {0}")]
+    MigState(#[from] MigStateError),
+    /// Boxed: the catalog's errors carry several strings.
+    #[error(transparent)]
+    Layout(#[from] Box<CatalogError>),
+}
+
+/// What is wrong with a Node's `gpu-slicer.io/mig-state` annotation.
+#[derive(Debug, thiserror::Error)]
+pub enum MigStateError {
+    #[error("not the expected JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("{entries} GPU entries for a node of {count} GPUs")]
+    WrongCount { entries: usize, count: u32 },
+    #[error("GPU {gpu}: {product} has no MIG")]
+    NoMig { gpu: usize, product: &'static str },
+    #[error("GPU {gpu}: {model} has no MIG profile {profile}")]
+    UnknownProfile {
+        gpu: usize,
+        model: &'static str,
+        profile: String,
+    },
+    #[error("GPU {gpu}: {problem}")]
+    Layout { gpu: usize, problem: LayoutInvalid },
+    #[error("GPU {gpu}: instances listed with MIG off")]
+    InstancesWithMigOff { gpu: usize },
+}
+
+/// What is wrong with one Pod of the trace.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(
+        "{count} × {}: more than {MAX_SLICES}, which no node holds",
+        config::mig_resource(profile)
+    )]
+    TooManySlices { count: u32, profile: String },
+    #[error("spec.nodeName {0} is not a Node of the input")]
+    UnknownNode(String),
+    #[error("annotation {0}: not a whole number of seconds from 0 to {MAX_SECONDS}")]
+    BadSeconds(String),
+    #[error("{0}: not a whole number of slices")]
+    BadSliceCount(String),
+}
 
 /// The cluster at the start of the trace and the pods that come.
 #[derive(Debug, Clone)]
@@ -78,39 +185,46 @@ impl Workload {
     }
 }
 
-pub fn load(path: &Path) -> Result<Workload, String> {
+pub fn load(path: &Path) -> Result<Workload, TraceError> {
     let file = path.display().to_string();
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{file}: {}", io_error(&e)))?
-        .len();
+    let unreadable = |e: std::io::Error| TraceError::Unreadable {
+        file: file.clone(),
+        reason: io_error(&e),
+    };
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
     if size > MAX_FILE_BYTES {
-        return Err(format!(
-            "{file}: {size} bytes, more than the {MAX_FILE_BYTES} this command reads; split the trace"
-        ));
+        return Err(TraceError::TooLarge { file, size });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {}", io_error(&e)))?;
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
     parse(&text, &file)
 }
 
 /// Parses the objects of `text`; `file` names it in messages.
-pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
-    let documents: Vec<Value> = serde_saphyr::from_multiple(text)
-        .map_err(|e| format!("{file}: not valid YAML: {}", yaml_error(&e)))?;
+pub fn parse(text: &str, file: &str) -> Result<Workload, TraceError> {
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| TraceError::NotYaml {
+            file: file.to_owned(),
+            reason: yaml_error(&e),
+        })?;
     let mut objects: Vec<Value> = Vec::new();
     for doc in documents.into_iter().filter(|d| !d.is_null()) {
         if doc["kind"] == "List" {
             match doc.get("items") {
                 Some(Value::Array(items)) => objects.extend(items.iter().cloned()),
                 Some(Value::Null) | None => {}
-                Some(_) => return Err(format!("{file}: a List's items must be a list")),
+                Some(_) => {
+                    return Err(TraceError::ItemsNotAList {
+                        file: file.to_owned(),
+                    });
+                }
             }
         } else {
             objects.push(doc);
         }
         if objects.len() > MAX_OBJECTS {
-            return Err(format!(
-                "{file}: more than {MAX_OBJECTS} objects; split the trace"
-            ));
+            return Err(TraceError::TooManyObjects {
+                file: file.to_owned(),
+            });
         }
     }
     let mut cluster = Cluster::default();
@@ -119,9 +233,16 @@ pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
         if object["kind"] == "Node" {
             let name = object_name(object, file, i)?;
             if node_names.contains(&name) {
-                return Err(format!("{file}: Node {name} appears twice"));
+                return Err(TraceError::NodeTwice {
+                    file: file.to_owned(),
+                    name,
+                });
             }
-            let node = node(object, &name).map_err(|e| format!("{file}: Node {name}: {e}"))?;
+            let node = node(object, &name).map_err(|problem| TraceError::Node {
+                file: file.to_owned(),
+                name: name.clone(),
+                problem: Box::new(problem),
+            })?;
             cluster.nodes.push(node);
             node_names.push(name);
         }
@@ -135,7 +256,12 @@ pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
                 .as_str()
                 .unwrap_or("default");
             let full = format!("{namespace}/{name}");
-            match pod(object, &full, &node_names).map_err(|e| format!("{file}: Pod {full}: {e}"))? {
+            let found = pod(object, &full, &node_names).map_err(|problem| TraceError::Pod {
+                file: file.to_owned(),
+                name: full.clone(),
+                problem,
+            })?;
+            match found {
                 Some(p) => pods.push(p),
                 None => ignored_pods += 1,
             }
@@ -147,13 +273,12 @@ pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
         if let Some(node) = p.running_on
             && super::bind_on(&mut start, node, &p.slices).is_none()
         {
-            return Err(format!(
-                "{file}: Pod {} runs on {} but that node has no free instances left for {}; \
-                 fix the Node's {MIG_CONFIG_LABEL} label or {MIG_STATE_ANNOTATION} annotation",
-                p.name,
-                node_names[node],
-                render_slices(&p.slices)
-            ));
+            return Err(TraceError::NoRoomAtStart {
+                file: file.to_owned(),
+                pod: p.name.clone(),
+                node: node_names[node].clone(),
+                slices: render_slices(&p.slices),
+            });
         }
     }
     Ok(Workload {
@@ -164,20 +289,21 @@ pub fn parse(text: &str, file: &str) -> Result<Workload, String> {
     })
 }
 
-fn object_name(object: &Value, file: &str, index: usize) -> Result<String, String> {
+fn object_name(object: &Value, file: &str, index: usize) -> Result<String, TraceError> {
     match object["metadata"]["name"].as_str() {
         Some(n) if !n.is_empty() && n.len() <= 253 => Ok(n.to_string()),
-        _ => Err(format!(
-            "{file}: object {index} ({}) has no metadata.name (of at most 253 characters)",
-            object["kind"].as_str().unwrap_or("?")
-        )),
+        _ => Err(TraceError::NoName {
+            file: file.to_owned(),
+            index,
+            kind: object["kind"].as_str().unwrap_or("?").to_owned(),
+        }),
     }
 }
 
 fn render_slices(slices: &[(String, u32)]) -> String {
     slices
         .iter()
-        .map(|(r, n)| format!("{n} × {RESOURCE_PREFIX}{r}"))
+        .map(|(r, n)| format!("{n} × {}", config::mig_resource(r)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -186,7 +312,7 @@ fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     object["metadata"]["labels"][key].as_str()
 }
 
-fn node(object: &Value, name: &str) -> Result<Node, String> {
+fn node(object: &Value, name: &str) -> Result<Node, NodeError> {
     let (model, count) = node_gpus(object)?;
     let Some((model, count)) = model.zip(Some(count)) else {
         return Ok(Node {
@@ -196,17 +322,16 @@ fn node(object: &Value, name: &str) -> Result<Node, String> {
         });
     };
     let gpus = match object["metadata"]["annotations"][MIG_STATE_ANNOTATION].as_str() {
-        Some(state) => mig_state(model, count, state)
-            .map_err(|e| format!("annotation {MIG_STATE_ANNOTATION}: {e}"))?,
+        Some(state) => mig_state(model, count, state)?,
         None => {
             let layout = match label(object, MIG_CONFIG_LABEL) {
                 Some(l) => catalog::layout(model, l)
-                    .map_err(|e| e.in_context("this node's GPUs").to_string())?,
+                    .map_err(|e| Box::new(e.in_context("this node's GPUs")))?,
                 None => MigLayout::Disabled,
             };
             let instances = match &layout {
                 MigLayout::Instances(profiles) => catalog::place(model, profiles)
-                    .map_err(|e| e.to_string())?
+                    .map_err(Box::new)?
                     .into_iter()
                     .map(|p| Instance {
                         profile: p.profile,
@@ -234,7 +359,7 @@ fn node(object: &Value, name: &str) -> Result<Node, String> {
 }
 
 /// The GPU model and count a Node's labels name.
-fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), String> {
+fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), NodeError> {
     if let Some((key, value)) = INSTANCE_TYPE_LABELS
         .iter()
         .find_map(|k| label(object, k).map(|v| (*k, v)))
@@ -242,10 +367,12 @@ fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), String>
         return match catalog::instance(value) {
             Some(it) if !it.is_fractional() => Ok((it.gpu_model(), it.gpus)),
             Some(_) => Ok((None, 0)),
-            None if value.starts_with('p') || value.starts_with('g') => Err(format!(
-                "label {key}={value}: not an instance type gpu-slicer's catalog knows; \
-                 label the node with nvidia.com/gpu.product and nvidia.com/gpu.count instead"
-            )),
+            None if value.starts_with('p') || value.starts_with('g') => {
+                Err(NodeError::UnknownInstanceType {
+                    key,
+                    value: value.to_owned(),
+                })
+            }
             // A CPU-only instance type.
             None => Ok((None, 0)),
         };
@@ -259,15 +386,13 @@ fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), String>
                 .iter()
                 .find(|m| m.product_name.replace(' ', "-").eq_ignore_ascii_case(bare))
                 .or_else(|| catalog::model(bare))
-                .ok_or_else(|| {
-                    format!("label nvidia.com/gpu.product={product}: not a GPU model gpu-slicer's catalog knows")
-                })?;
+                .ok_or_else(|| NodeError::UnknownProduct(product.to_owned()))?;
             let count: u32 = label(object, "nvidia.com/gpu.count")
                 .unwrap_or("1")
                 .parse()
                 .ok()
                 .filter(|c| (1..=16).contains(c))
-                .ok_or("label nvidia.com/gpu.count: not a whole number from 1 to 16")?;
+                .ok_or(NodeError::BadGpuCount)?;
             Ok((Some(model), count))
         }
         None => Ok((None, 0)),
@@ -289,36 +414,44 @@ struct InstanceState {
     start: u32,
 }
 
-fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, String> {
-    let states: Vec<GpuState> =
-        serde_json::from_str(text).map_err(|e| format!("not the expected JSON: {e}"))?;
+fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, MigStateError> {
+    let states: Vec<GpuState> = serde_json::from_str(text)?;
     if states.len() != count as usize {
-        return Err(format!(
-            "{} GPU entries for a node of {count} GPUs",
-            states.len()
-        ));
+        return Err(MigStateError::WrongCount {
+            entries: states.len(),
+            count,
+        });
     }
     states
         .into_iter()
         .enumerate()
         .map(|(g, s)| {
             if s.mig && !model.mig_capable() {
-                return Err(format!("GPU {g}: {} has no MIG", model.product_name));
+                return Err(MigStateError::NoMig {
+                    gpu: g,
+                    product: model.product_name,
+                });
             }
             let mut at = Vec::new();
             for i in &s.instances {
-                let profile = model.mig_profile(&i.profile).ok_or_else(|| {
-                    format!("GPU {g}: {} has no MIG profile {}", model.key, i.profile)
-                })?;
+                let profile =
+                    model
+                        .mig_profile(&i.profile)
+                        .ok_or_else(|| MigStateError::UnknownProfile {
+                            gpu: g,
+                            model: model.key,
+                            profile: i.profile.clone(),
+                        })?;
                 at.push(InstanceAt {
                     profile,
                     start: i.start,
                 });
             }
             if s.mig {
-                layout_valid(model, &at).map_err(|e| format!("GPU {g}: {e}"))?;
+                layout_valid(model, &at)
+                    .map_err(|problem| MigStateError::Layout { gpu: g, problem })?;
             } else if !at.is_empty() {
-                return Err(format!("GPU {g}: instances listed with MIG off"));
+                return Err(MigStateError::InstancesWithMigOff { gpu: g });
             }
             Ok(Gpu {
                 model,
@@ -337,7 +470,7 @@ fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu
         .collect()
 }
 
-fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<TracePod>, String> {
+fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<TracePod>, PodError> {
     if matches!(
         object["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
@@ -368,21 +501,22 @@ fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<Trace
         return Ok(None);
     }
     if let Some((r, n)) = slices.iter().find(|(_, n)| *n > MAX_SLICES) {
-        return Err(format!(
-            "{n} × {RESOURCE_PREFIX}{r}: more than {MAX_SLICES}, which no node holds"
-        ));
+        return Err(PodError::TooManySlices {
+            count: *n,
+            profile: r.clone(),
+        });
     }
     let running_on = match spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
         Some(node) => Some(
             node_names
                 .iter()
                 .position(|n| n == node)
-                .ok_or_else(|| format!("spec.nodeName {node} is not a Node of the input"))?,
+                .ok_or_else(|| PodError::UnknownNode(node.to_owned()))?,
         ),
         None => None,
     };
     let annotations = &object["metadata"]["annotations"];
-    let seconds = |key: &str| -> Result<Option<u64>, String> {
+    let seconds = |key: &str| -> Result<Option<u64>, PodError> {
         match &annotations[key] {
             Value::Null => Ok(None),
             v => v
@@ -391,11 +525,7 @@ fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<Trace
                 .or_else(|| v.as_u64())
                 .filter(|s| *s <= MAX_SECONDS)
                 .map(Some)
-                .ok_or_else(|| {
-                    format!(
-                        "annotation {key}: not a whole number of seconds from 0 to {MAX_SECONDS}"
-                    )
-                }),
+                .ok_or_else(|| PodError::BadSeconds(key.to_owned())),
         }
     };
     Ok(Some(TracePod {
@@ -416,10 +546,10 @@ fn add(slices: &mut Vec<(String, u32)>, r: String, n: u32, merge: fn(u32, u32) -
 
 /// `nvidia.com/mig-*` of one container: limits, else requests (extended
 /// resources must have both equal when both are set).
-fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, String> {
+fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, PodError> {
     let resources = &container["resources"];
     let table = match resources["limits"].as_object() {
-        Some(l) if l.keys().any(|k| k.starts_with(RESOURCE_PREFIX)) => l,
+        Some(l) if l.keys().any(|k| config::mig_profile_of(k).is_some()) => l,
         _ => match resources["requests"].as_object() {
             Some(r) => r,
             None => return Ok(Vec::new()),
@@ -427,14 +557,14 @@ fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, String> {
     };
     let mut out = Vec::new();
     for (key, value) in table {
-        let Some(profile) = key.strip_prefix(RESOURCE_PREFIX) else {
+        let Some(profile) = config::mig_profile_of(key) else {
             continue;
         };
         let n = value
             .as_u64()
             .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| format!("{key}: not a whole number of slices"))?;
+            .ok_or_else(|| PodError::BadSliceCount(key.clone()))?;
         out.push((profile.to_string(), n));
     }
     Ok(out)

@@ -23,7 +23,31 @@ use gpu_slicer_core::mig_demand::{
 };
 use serde::Serialize;
 
-pub use input::{ARRIVAL_ANNOTATION, MIG_STATE_ANNOTATION, RUN_ANNOTATION, Workload};
+pub use input::{
+    ARRIVAL_ANNOTATION, MIG_STATE_ANNOTATION, MigStateError, NodeError, PodError, RUN_ANNOTATION,
+    TraceError, Workload,
+};
+pub use svg::SvgError;
+
+/// Why `simulate` replayed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error(
+        "the replay would take {steps} steps of {step_s} s (at most {MAX_STEPS}); raise --step-seconds or lower --horizon-seconds"
+    )]
+    TooManySteps { steps: u64, step_s: u64 },
+    #[error(
+        "{pods} pods over {steps} steps is more than this command replays ({MAX_POD_STEPS} pod-steps); \
+         raise --step-seconds, lower --horizon-seconds or split the trace"
+    )]
+    TooMuchWork { pods: usize, steps: u64 },
+    #[error(transparent)]
+    Svg(#[from] SvgError),
+    #[error("cannot encode the report: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SimulateOutput {
@@ -86,7 +110,7 @@ const MAX_STEPS: u64 = 1_000_000;
 const MAX_POD_STEPS: u64 = 2_000_000_000;
 
 /// Runs the command: the report as text or JSON.
-pub fn run(args: &SimulateArgs) -> Result<String, String> {
+pub fn run(args: &SimulateArgs) -> Result<String, SimulateError> {
     let workload = input::load(&args.file)?;
     let policies: Vec<Policy> = if args.policy.is_empty() {
         Policy::ALL.to_vec()
@@ -110,19 +134,18 @@ pub fn run(args: &SimulateArgs) -> Result<String, String> {
     };
     let steps = options.horizon_s / options.step_s;
     if steps > MAX_STEPS {
-        return Err(format!(
-            "the replay would take {steps} steps of {} s (at most {MAX_STEPS}); raise --step-seconds or lower --horizon-seconds",
-            options.step_s
-        ));
+        return Err(SimulateError::TooManySteps {
+            steps,
+            step_s: options.step_s,
+        });
     }
     // Every step looks at every pod: bound the work as well as the steps.
     let work = steps.saturating_mul(workload.pods.len() as u64);
     if work > MAX_POD_STEPS {
-        return Err(format!(
-            "{} pods over {steps} steps is more than this command replays ({MAX_POD_STEPS} pod-steps); \
-             raise --step-seconds, lower --horizon-seconds or split the trace",
-            workload.pods.len()
-        ));
+        return Err(SimulateError::TooMuchWork {
+            pods: workload.pods.len(),
+            steps,
+        });
     }
     let runs: Vec<Run> = policies
         .iter()
@@ -142,7 +165,7 @@ pub fn run(args: &SimulateArgs) -> Result<String, String> {
                 horizon_seconds: options.horizon_s,
                 policies: &runs,
             };
-            let mut text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            let mut text = serde_json::to_string_pretty(&report)?;
             text.push('\n');
             text
         }

@@ -14,9 +14,21 @@ const COLORS: [RGBColor; 3] = [
     RGBColor(30, 150, 70),
 ];
 
-pub fn draw(path: &Path, runs: &[Run], title: &str) -> Result<(), String> {
+/// The SVG could not be drawn or written (plotters' error, as text: its
+/// error type is generic over the backend).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: cannot draw the SVG: {reason}")]
+pub struct SvgError {
+    file: String,
+    reason: String,
+}
+
+pub fn draw(path: &Path, runs: &[Run], title: &str) -> Result<(), SvgError> {
     let file = path.display().to_string();
-    let fail = |e: &dyn std::fmt::Display| format!("{file}: cannot draw the SVG: {e}");
+    let fail = |e: &dyn std::fmt::Display| SvgError {
+        file: file.clone(),
+        reason: e.to_string(),
+    };
     let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let (top, bottom) = root.split_vertically(360);

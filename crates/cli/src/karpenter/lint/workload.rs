@@ -98,7 +98,9 @@ pub(super) fn lint_workload(
                     continue;
                 };
                 for (key, value) in map {
-                    if !key.starts_with("nvidia.com/") || !seen.insert(key.clone()) {
+                    if !gpu_slicer_core::config::is_nvidia_resource(key)
+                        || !seen.insert(key.clone())
+                    {
                         continue;
                     }
                     let path =
