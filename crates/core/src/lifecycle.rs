@@ -147,6 +147,19 @@ impl Default for Timings {
     }
 }
 
+/// Why a Register call failed, as the shell words it (the kubelet's
+/// answer, the dial, or `kubelet.sock` replaced while connecting): the
+/// machine only reports it and retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RegisterFailed(pub String);
+
+impl From<&str> for RegisterFailed {
+    fn from(reason: &str) -> Self {
+        RegisterFailed(reason.to_owned())
+    }
+}
+
 /// What happens to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -169,7 +182,7 @@ pub enum Event {
     /// A Register call ended.
     Registered {
         attempt: AttemptId,
-        result: Result<(), String>,
+        result: Result<(), RegisterFailed>,
     },
     /// Nothing happened but time passed: due timers fire.
     Tick,
@@ -695,7 +708,7 @@ impl Machine {
     fn on_registered(
         &mut self,
         attempt: AttemptId,
-        result: Result<(), String>,
+        result: Result<(), RegisterFailed>,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
@@ -728,7 +741,7 @@ impl Machine {
                 r.register_retry_at = Some(now + retry_in);
                 out.push(Action::Notify(Notice::RegisterFailed {
                     resource: name.clone(),
-                    error,
+                    error: error.0,
                     failures: r.register_failures,
                     retry_in,
                 }));

@@ -129,7 +129,7 @@ struct Pending {
     /// The kubelet the call reached (by path), if any.
     reached: Option<KubeletId>,
     due: Instant,
-    result: Result<(), String>,
+    result: Result<(), RegisterFailed>,
 }
 
 struct World {

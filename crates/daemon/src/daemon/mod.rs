@@ -222,7 +222,7 @@ struct Bound {
 /// The answer to one Register call.
 struct Registered {
     attempt: AttemptId,
-    result: Result<(), String>,
+    result: Result<(), lifecycle::RegisterFailed>,
 }
 
 struct Daemon {
@@ -582,7 +582,7 @@ impl Daemon {
                 let handle = self.registrations.spawn(async move {
                     let result = register(&kubelet, meant, &resource.socket_file_name(), &resource)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| lifecycle::RegisterFailed(e.to_string()));
                     Registered { attempt, result }
                 });
                 self.in_flight.insert(attempt, handle);
