@@ -387,7 +387,56 @@ pub(super) fn join(parent: &str, key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::OVERRIDES;
+    use super::{Field, Kind, OVERRIDES, ROOT};
+
+    /// Every key the loader accepts, as a dotted path (lists as `[]`).
+    fn every_path(fields: &[Field], parent: &str, out: &mut Vec<String>) {
+        for field in fields {
+            let path = super::join(parent, field.key);
+            match field.kind {
+                Kind::Leaf => out.push(path),
+                Kind::Map(below) => every_path(below, &path, out),
+                Kind::List(below) => every_path(below, &format!("{path}[]"), out),
+            }
+        }
+    }
+
+    /// The README's Configuration section documents every key the loader
+    /// accepts: by its path in backticks, or, in an entry table or the
+    /// example, by its own name. A key added to the tables without a word
+    /// in the README fails here.
+    #[test]
+    fn the_readme_documents_every_declared_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let start = readme
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let section = &readme[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let mut paths = Vec::new();
+        every_path(ROOT, "", &mut paths);
+        assert!(paths.len() > 30, "the walk found {} keys", paths.len());
+        let mut missing = Vec::new();
+        for path in &paths {
+            let name = path.rsplit('.').next().unwrap_or(path);
+            let documented = section.contains(&format!("`{path}`"))
+                || section.contains(&format!("`{}`", path.replace("[]", "")))
+                || section.lines().any(|l| {
+                    (l.starts_with('|') && l.contains(&format!("`{name}`")))
+                        || l.trim_start()
+                            .trim_start_matches("- ")
+                            .starts_with(&format!("{name}:"))
+                });
+            if !documented {
+                missing.push(path.clone());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README.md's Configuration section does not document: {missing:?}"
+        );
+    }
 
     /// The README's key table (`| `flags.x` | `--flag` / `ENV` | ...`)
     /// lists every key a flag overrides, each with the table's flag, and no
