@@ -24,7 +24,9 @@
 //! in the `EVERY_KEY` document of `load/tests.rs`, which the test
 //! `each_declared_key_is_read_at_its_own_path` requires (it fails for a
 //! declared key missing from the document, a document key missing from the
-//! tables, or a key whose reader reads another key).
+//! tables, or a key whose reader reads another key), and its words in the
+//! README's Configuration section, which `the_readme_documents_every_declared_key`
+//! requires.
 //!
 //! Kinds of the override table: `bool` (YAML boolean; Go-style on the
 //! command line), `string`, `optional` (a string whose absence means
