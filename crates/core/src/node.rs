@@ -79,6 +79,8 @@
 //! 6. **Converges and idles**: once the labels stop changing and loads
 //!    succeed, the devices advertised are those the GPUs hold now, nothing
 //!    is withdrawn, and no timer is left but XID recoveries.
+//! 7. **No blind window**: with a watcher, a GPU it does not watch (or has
+//!    not reported on yet) has no device advertised Healthy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

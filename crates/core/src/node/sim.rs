@@ -111,6 +111,9 @@ struct World {
     mps_ready: bool,
     registered: bool,
     applied_once: bool,
+    /// The watcher's last word per GPU index: watched or not (none yet:
+    /// not watched).
+    watched: [bool; 3],
     hits: Vec<Hit>,
     log: Vec<String>,
 }
@@ -142,6 +145,7 @@ impl World {
             mps_ready: true,
             registered: false,
             applied_once: false,
+            watched: [false; 3],
             hits: Vec::new(),
             log: Vec::new(),
         };
@@ -317,10 +321,12 @@ impl World {
                 self.feed(NodeEvent::Xid(event));
             }
             Op::Watched { gpu } => {
+                self.watched[*gpu] = true;
                 let gpu_uuid = self.gpu_uuid(*gpu);
                 self.feed(NodeEvent::Watched { gpu_uuid });
             }
             Op::Unwatched { gpu } => {
+                self.watched[*gpu] = false;
                 let gpu_uuid = self.gpu_uuid(*gpu);
                 self.feed(NodeEvent::Unwatched {
                     gpu_uuid,
@@ -415,6 +421,26 @@ impl World {
                     hit.device,
                     self.now - hit.at
                 );
+            }
+        }
+        // 7. No blind window: a GPU the watcher does not watch (or has not
+        //    reported on yet) has no device advertised Healthy.
+        for (index, watched) in self.watched.iter().enumerate() {
+            let gpu = self.gpu_uuid(index);
+            if !watched {
+                for resource in self.machine.resources() {
+                    for d in resource
+                        .devices
+                        .iter()
+                        .filter(|d| d.physical.gpu_uuid == gpu)
+                    {
+                        assert!(
+                            !(health.is_healthy(&d.physical.uuid) && health.is_healthy(&gpu)),
+                            "invariant 7: {} Healthy on GPU {index}, which is not watched",
+                            d.id
+                        );
+                    }
+                }
             }
         }
         // 5. Never spins.
