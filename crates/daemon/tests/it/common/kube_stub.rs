@@ -582,15 +582,23 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
     }
     let mut sent = from;
     loop {
-        let pending: Vec<(u64, String)> = state
-            .inner
-            .lock()
-            .expect("stub")
-            .events
-            .iter()
-            .filter(|(v, _)| *v > sent)
-            .cloned()
-            .collect();
+        // An ended watch, or a server that fails every request, reports
+        // nothing more: checked before each send, since a label set just
+        // after `fail_requests` wakes this loop as well as the end does.
+        let (failing, pending): (bool, Vec<(u64, String)>) = {
+            let inner = state.inner.lock().expect("stub");
+            let pending = inner
+                .events
+                .iter()
+                .filter(|(v, _)| *v > sent)
+                .cloned()
+                .collect();
+            (inner.failing, pending)
+        };
+        if failing || ends.has_changed().unwrap_or(true) {
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+            return;
+        }
         for (version, event) in pending {
             let line = format!("{event}\n");
             let chunk = format!("{:x}\r\n{line}\r\n", line.len());
@@ -601,6 +609,7 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
         }
         let _ = stream.flush().await;
         tokio::select! {
+            biased;
             _ = stop.cancelled() => {
                 let _ = stream.write_all(b"0\r\n\r\n").await;
                 return;
