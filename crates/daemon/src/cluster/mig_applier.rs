@@ -20,6 +20,17 @@
 //!
 //! Each outcome is also a Kubernetes Event on the Node and a metric.
 //!
+//! A per-GPU target (the Node annotation `gpu-slicer.io/mig-target`,
+//! [`gpu_slicer_core::mig_target`]) is applied in place of the layout while
+//! it is set, changing only free instances: it is first checked against the
+//! GPUs and the pods as they are, without withdrawing anything (a target
+//! that is invalid, already held, or that needs a held instance destroyed
+//! ends there); otherwise the steps above run, one GPU at a time, the
+//! PodResources read again before each. After a failure the GPUs are served
+//! as they are (each holds its target or its former layout), not kept
+//! withdrawn. The withdrawal itself is still per node: every MIG-capable
+//! GPU's devices are Unhealthy during the change, held ones included.
+//!
 //! The Node's state label is kept level-triggered: one writer task holds
 //! the latest outcome and compares it with the label as the Node watcher
 //! sees it ([`crate::cluster::node::NodeView`]); while they differ it patches the
