@@ -23,6 +23,7 @@
 //! | [`mig_change`] | a MIG layout change as NVML operations, from what the GPUs hold now |
 //! | [`mig_demand`] | MIG capacity that follows demand: which free instances to destroy and create for pending pods |
 //! | [`mig_parted`] | mig-parted's config file (`mig-configs:`) and which layout each GPU gets from it |
+//! | [`mig_target`] | a node's per-GPU MIG target (`gpu-slicer.io/mig-target`) and the fewest operations that reach it without touching held instances |
 
 pub mod allocate;
 pub mod backoff;
@@ -38,6 +39,7 @@ pub mod messages;
 pub mod mig_change;
 pub mod mig_demand;
 pub mod mig_parted;
+pub mod mig_target;
 pub mod mps;
 pub mod node;
 pub mod node_labels;

@@ -282,6 +282,10 @@ pub enum Outcome {
     Applied,
     /// Refused: processes run on it (pids), or pods hold its devices.
     Busy { holders: Vec<String> },
+    /// Refused: a per-GPU target does not keep instances something holds
+    /// (one reason per held instance, from
+    /// [`crate::mig_target::Blocked::reasons`]); nothing was changed.
+    Blocked { reasons: Vec<String> },
     /// Its MIG mode change is pending: it takes effect after a GPU reset
     /// or a reboot, which gpu-slicer never does itself.
     ResetRequired { enable: bool },
@@ -305,6 +309,13 @@ pub use crate::node_labels::MigConfigState as ConfigState;
 /// The state to report and, for `failed`, why (one clause per GPU that
 /// did not get the layout): `success` only when every GPU holds it.
 pub fn summarize(outcomes: &[GpuOutcome], layout: &str) -> (ConfigState, String) {
+    summarize_change(outcomes, &format!("MIG layout '{layout}'"))
+}
+
+/// [`summarize`] for any change, named by `subject` (`MIG layout
+/// 'all-balanced'`, `MIG target`): `<subject> applied (…)` or
+/// `<subject> not applied: …`.
+pub fn summarize_change(outcomes: &[GpuOutcome], subject: &str) -> (ConfigState, String) {
     let problems: Vec<String> = outcomes
         .iter()
         .filter_map(|g| {
@@ -313,6 +324,10 @@ pub fn summarize(outcomes: &[GpuOutcome], layout: &str) -> (ConfigState, String)
                 Outcome::Busy { holders } => format!(
                     "is in use ({}); stop that work, or apply with force",
                     holders.join(", ")
+                ),
+                Outcome::Blocked { reasons } => format!(
+                    "cannot get its target: {}; stop that work, or keep those instances in the target",
+                    reasons.join("; ")
                 ),
                 Outcome::ResetRequired { enable } => format!(
                     "has MIG mode {} pending: it takes effect after a GPU reset (`nvidia-smi -r -i {}`, with nothing running on it) or a reboot, which gpu-slicer never does itself; the layout is applied once the mode is active",
@@ -331,12 +346,12 @@ pub fn summarize(outcomes: &[GpuOutcome], layout: &str) -> (ConfigState, String)
             .count();
         (
             ConfigState::Success,
-            format!("MIG layout '{layout}' applied ({changed} GPU(s) changed)"),
+            format!("{subject} applied ({changed} GPU(s) changed)"),
         )
     } else {
         (
             ConfigState::Failed,
-            format!("MIG layout '{layout}' not applied: {}", problems.join("; ")),
+            format!("{subject} not applied: {}", problems.join("; ")),
         )
     }
 }

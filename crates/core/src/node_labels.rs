@@ -30,6 +30,13 @@ pub const OVERLAY_MIG_CONFIG: &str = "gpu-slicer.io/mig-config";
 /// NodeOverlay annotation: the named config an overlay's capacity assumes.
 pub const OVERLAY_CONFIG_NAME: &str = "gpu-slicer.io/config-name";
 
+/// Node annotation: the per-GPU MIG target (the GPU instances each named
+/// GPU should hold, with their placements) that `--apply-mig-layouts`
+/// applies by changing only free instances; its format and the plan are
+/// [`crate::mig_target`]. Written by a controller (or a person), read by the
+/// node daemon.
+pub const MIG_TARGET: &str = "gpu-slicer.io/mig-target";
+
 /// The values of [`MIG_CONFIG_STATE`], as MIG Manager writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigConfigState {

@@ -16,7 +16,7 @@ use crate::host::reload;
 use crate::metrics::{self, Metrics};
 use gpu_slicer_core::allocate::NodeDeviceFiles;
 use gpu_slicer_core::config::{Config, ConfigFlags};
-use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE};
+use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MIG_TARGET};
 
 pub struct RunOptions {
     /// Life-cycle waits (defaults, or shortened by tests).
@@ -452,6 +452,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         let layout = |v: &NodeView| v.label(MIG_CONFIG).map(str::to_owned);
         let (config_tx, config) = tokio::sync::watch::channel(layout(&view.borrow()));
         node::follow(view.clone(), config_tx, layout);
+        let target_of = |v: &NodeView| v.annotation(MIG_TARGET).map(str::to_owned);
+        let (target_tx, target) = tokio::sync::watch::channel(target_of(&view.borrow()));
+        node::follow(view.clone(), target_tx, target_of);
         // Nothing is reported until the applier has looked: a node with a
         // layout asked for starts withdrawn.
         let (levels_tx, levels) = tokio::sync::watch::channel(node::MigLevels {
@@ -478,6 +481,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             force: apply.force,
             pod_resources_socket: apply.pod_resources_socket,
             config,
+            target,
             node_view: view,
             levels: levels_tx,
             withdrawn,

@@ -322,6 +322,7 @@ pub fn mig_apply(
             Outcome::Unchanged => "unchanged",
             Outcome::Applied => "applied",
             Outcome::Busy { .. } => "refused: in use",
+            Outcome::Blocked { .. } => "refused: the target does not keep a held instance",
             Outcome::ResetRequired { .. } => "MIG mode pending: needs a GPU reset",
             Outcome::Failed { .. } => "failed",
         };

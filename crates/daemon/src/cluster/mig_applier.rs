@@ -20,6 +20,17 @@
 //!
 //! Each outcome is also a Kubernetes Event on the Node and a metric.
 //!
+//! A per-GPU target (the Node annotation `gpu-slicer.io/mig-target`,
+//! [`gpu_slicer_core::mig_target`]) is applied in place of the layout while
+//! it is set, changing only free instances: it is first checked against the
+//! GPUs and the pods as they are, without withdrawing anything (a target
+//! that is invalid, already held, or that needs a held instance destroyed
+//! ends there); otherwise the steps above run, one GPU at a time, the
+//! PodResources read again before each. After a failure the GPUs are served
+//! as they are (each holds its target or its former layout), not kept
+//! withdrawn. The withdrawal itself is still per node: every MIG-capable
+//! GPU's devices are Unhealthy during the change, held ones included.
+//!
 //! The Node's state label is kept level-triggered: one writer task holds
 //! the latest outcome and compares it with the label as the Node watcher
 //! sees it ([`crate::cluster::node::NodeView`]); while they differ it patches the
@@ -43,12 +54,14 @@ use crate::cluster::api::{EventKind, KubeClient};
 use crate::cluster::node::MigLevels;
 use crate::cluster::node::NodeView;
 use crate::deadline::sleep_until_if;
-use crate::gpus::mig_apply::{ApplyRequest, apply};
+use crate::gpus::mig_apply::{ApplyRequest, TargetOutcome, apply, apply_target_gpu, target_state};
 use crate::gpus::nvml::NvmlOptions;
+use crate::kubelet::pod_resources::PodDevice;
 use crate::metrics::Metrics;
 use gpu_slicer_core::backoff::Backoff;
-use gpu_slicer_core::mig_change::{ConfigState, summarize};
-use gpu_slicer_core::node_labels::MIG_CONFIG_STATE;
+use gpu_slicer_core::mig_change::{ConfigState, GpuOutcome, Outcome, summarize, summarize_change};
+use gpu_slicer_core::mig_target::{self, ResolvedTarget};
+use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MIG_TARGET};
 
 /// Why a layout change was not applied at all (per-GPU failures are
 /// outcomes); the message follows "MIG layout '<name>' not applied: ".
@@ -62,6 +75,30 @@ enum ChangeError {
     Apply(#[from] crate::gpus::mig_apply::ApplyError),
     #[error("the MIG apply task ended: {0}")]
     Task(tokio::task::JoinError),
+}
+
+/// Why a target was not applied at all (per-GPU refusals are outcomes);
+/// the message follows "MIG target not applied: ".
+#[derive(Debug, thiserror::Error)]
+enum TargetCheckError {
+    #[error("{MIG_TARGET}: {0}")]
+    Target(#[from] gpu_slicer_core::mig_target::TargetError),
+    #[error(transparent)]
+    PodResources(#[from] crate::kubelet::pod_resources::PodResourcesError),
+    #[error(transparent)]
+    Apply(#[from] crate::gpus::mig_apply::ApplyError),
+    #[error("the MIG apply task ended: {0}")]
+    Task(tokio::task::JoinError),
+}
+
+/// A target's GPU as checked before anything changes.
+enum Check {
+    /// It holds its target already.
+    Holds,
+    /// Its target needs operations, none on a held instance.
+    Change,
+    /// Its target would need a held instance destroyed.
+    Refused(GpuOutcome),
 }
 
 /// Retries of a failed change: soon (a process may just be ending), then
@@ -94,6 +131,9 @@ pub struct Applier {
     pub pod_resources_socket: PathBuf,
     /// The Node's `nvidia.com/mig.config`.
     pub config: watch::Receiver<Option<String>>,
+    /// The Node's `gpu-slicer.io/mig-target` annotation (its text); while
+    /// present it is applied in place of the layout `config` names.
+    pub target: watch::Receiver<Option<String>>,
     /// The Node as its watcher sees it: the state label as it is now.
     pub node_view: watch::Receiver<NodeView>,
     /// The levels the daemon follows: the layout being applied and this
@@ -172,14 +212,35 @@ impl Task {
         let mut backoff = Backoff::new(self.retry_first, RETRY_MAX.max(self.retry_first));
         let mut retry_at: Option<tokio::time::Instant>;
         let mut layout = self.config.borrow_and_update().clone();
+        let mut target = self.target.borrow_and_update().clone();
         loop {
-            match layout.clone() {
-                None => {
+            match (target.clone(), layout.clone()) {
+                (Some(text), _) => {
+                    if layout.is_some() {
+                        tracing::info!(
+                            "node {}: {MIG_TARGET} is set; it is applied in place of {MIG_CONFIG}",
+                            self.node
+                        );
+                    }
+                    let applied = self.change_target(&text, &shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    retry_at = if applied {
+                        backoff.reset();
+                        None
+                    } else {
+                        let delay = backoff.next_delay();
+                        tracing::warn!("retrying the MIG target in {delay:?}");
+                        Some(tokio::time::Instant::now() + delay)
+                    };
+                }
+                (None, None) => {
                     // Nothing asked for: the GPUs are served as they are.
                     self.publish(None, None);
                     retry_at = None;
                 }
-                Some(name) => {
+                (None, Some(name)) => {
                     // Not raced against SIGTERM: `change` stops early only
                     // before NVML is touched, and otherwise runs to its
                     // safe point (every GPU done or undone, the outcome on
@@ -200,11 +261,18 @@ impl Task {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = self.config.changed() => {
+                changed = self.applier.config.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     layout = self.config.borrow_and_update().clone();
+                    backoff.reset();
+                }
+                changed = self.applier.target.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    target = self.target.borrow_and_update().clone();
                     backoff.reset();
                 }
                 _ = sleep_until_if(retry_at) => {}
@@ -292,6 +360,204 @@ impl Task {
             self.set_node_state(ConfigState::Failed).await;
             false
         }
+    }
+
+    /// One attempt at the per-GPU target `text`; true when every GPU it
+    /// names holds its target. Checked first against the GPUs as they are,
+    /// without withdrawing anything: a target that is invalid, already
+    /// held, or that would need a held instance destroyed changes nothing
+    /// and disturbs no device. Otherwise the handshake of a named layout
+    /// (`pending`, the daemon withdraws the MIG-capable GPUs, the change,
+    /// the daemon rediscovers), with the change made one GPU at a time, the
+    /// kubelet's PodResources read again right before each GPU's destroys.
+    async fn change_target(&mut self, text: &str, shutdown: &CancellationToken) -> bool {
+        const SUBJECT: &str = "MIG target";
+        let started = std::time::Instant::now();
+        // The check: what the GPUs and pods hold now, every GPU planned.
+        let checked = match self.target_check(text).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                let message = format!("{SUBJECT} not applied: {e}");
+                return self.target_failed(&message, shutdown).await;
+            }
+        };
+        let refused: Vec<GpuOutcome> = checked
+            .iter()
+            .filter_map(|(_, check)| match check {
+                Check::Refused(outcome) => Some(outcome.clone()),
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            let (_, message) = summarize_change(&refused, SUBJECT);
+            return self.target_failed(&message, shutdown).await;
+        }
+        let changing: Vec<ResolvedTarget> = checked
+            .iter()
+            .filter(|(_, check)| matches!(check, Check::Change))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut outcomes: Vec<GpuOutcome> = Vec::new();
+        let mut changes: Vec<String> = Vec::new();
+        let needs_change = !changing.is_empty();
+        if needs_change {
+            self.publish(Some(MIG_TARGET), Some(ConfigState::Pending));
+            self.set_node_state(ConfigState::Pending).await;
+            self.wait_daemon(true, shutdown).await;
+            if shutdown.is_cancelled() {
+                return false;
+            }
+        }
+        for target in changing {
+            // Between GPUs is a safe point: SIGTERM leaves the rest as they are.
+            if shutdown.is_cancelled() {
+                outcomes.push(GpuOutcome {
+                    index: target.index,
+                    uuid: target.uuid.clone(),
+                    outcome: Outcome::Failed {
+                        operation: "the change".into(),
+                        error: "the daemon is shutting down; the next start applies it".into(),
+                    },
+                });
+                continue;
+            }
+            let result = self.target_gpu(target.clone()).await;
+            match result {
+                Ok(done) => {
+                    if !done.changes.is_empty() && done.outcome.outcome == Outcome::Applied {
+                        tracing::info!(
+                            "GPU {} ({}): MIG target applied: {}",
+                            done.outcome.index,
+                            done.outcome.uuid,
+                            done.changes
+                        );
+                        changes.push(format!("GPU {}: {}", done.outcome.index, done.changes));
+                    }
+                    outcomes.push(done.outcome);
+                }
+                Err(e) => outcomes.push(GpuOutcome {
+                    index: target.index,
+                    uuid: target.uuid.clone(),
+                    outcome: Outcome::Failed {
+                        operation: "reading the GPUs".into(),
+                        error: e.to_string(),
+                    },
+                }),
+            }
+        }
+        for (target, check) in &checked {
+            if matches!(check, Check::Holds) {
+                outcomes.push(GpuOutcome {
+                    index: target.index,
+                    uuid: target.uuid.clone(),
+                    outcome: Outcome::Unchanged,
+                });
+            }
+        }
+        let (state, message) = summarize_change(&outcomes, SUBJECT);
+        let changed = changes.join("; ");
+        if state != ConfigState::Success {
+            let message = if changed.is_empty() {
+                message
+            } else {
+                format!("{message}; changed meanwhile: {changed}")
+            };
+            return self.target_failed(&message, shutdown).await;
+        }
+        let message = if changed.is_empty() {
+            message
+        } else {
+            format!("{message}: {changed}")
+        };
+        self.metrics.count_mig_apply(true);
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "{message}");
+        self.publish(Some(MIG_TARGET), Some(ConfigState::Success));
+        if needs_change {
+            self.wait_daemon(false, shutdown).await;
+        }
+        self.event(EventKind::Normal, "MigTargetApplied", &message)
+            .await;
+        self.set_node_state(ConfigState::Success).await;
+        true
+    }
+
+    /// The target parsed and checked against the GPUs and pods as they
+    /// are, per GPU it names.
+    async fn target_check(
+        &self,
+        text: &str,
+    ) -> Result<Vec<(ResolvedTarget, Check)>, TargetCheckError> {
+        let entries = mig_target::parse(text)?;
+        let pod_devices = self.pod_devices().await?;
+        let nvml = self.nvml.clone();
+        let force = self.force;
+        tokio::task::spawn_blocking(move || {
+            let gpus = target_state(&nvml, &pod_devices, force)?;
+            let resolved = mig_target::resolve(&entries, &gpus)?;
+            Ok(resolved
+                .into_iter()
+                .map(|t| {
+                    // `resolve` found every GPU among `gpus`.
+                    let plan = gpus
+                        .iter()
+                        .find(|g| g.index == t.index)
+                        .map(|g| mig_target::plan_gpu(t.model, g, &t.wanted));
+                    let check = match plan {
+                        Some(Ok(plan)) if plan.ops.is_empty() => Check::Holds,
+                        Some(Err(blocked)) => Check::Refused(GpuOutcome {
+                            index: t.index,
+                            uuid: t.uuid.clone(),
+                            outcome: Outcome::Blocked {
+                                reasons: blocked.reasons(),
+                            },
+                        }),
+                        _ => Check::Change,
+                    };
+                    (t, check)
+                })
+                .collect())
+        })
+        .await
+        .unwrap_or_else(|e| Err(TargetCheckError::Task(e)))
+    }
+
+    /// One GPU's change, with the pods' devices read right before it.
+    async fn target_gpu(&self, target: ResolvedTarget) -> Result<TargetOutcome, TargetCheckError> {
+        let pod_devices = self.pod_devices().await?;
+        let nvml = self.nvml.clone();
+        let force = self.force;
+        tokio::task::spawn_blocking(move || {
+            Ok(apply_target_gpu(&nvml, &target, force, &pod_devices)?)
+        })
+        .await
+        .unwrap_or_else(|e| Err(TargetCheckError::Task(e)))
+    }
+
+    /// The devices pods hold (none when forced: nothing counts as held).
+    async fn pod_devices(
+        &self,
+    ) -> Result<Vec<PodDevice>, crate::kubelet::pod_resources::PodResourcesError> {
+        if self.force {
+            Ok(Vec::new())
+        } else {
+            crate::kubelet::pod_resources::list(&self.pod_resources_socket).await
+        }
+    }
+
+    /// A target that did not (fully) apply: every GPU holds a whole layout
+    /// (its target, or its former one: each GPU's change is undone on
+    /// failure), so the daemon serves what they hold rather than keeping
+    /// them withdrawn; `failed` with the reason, and a retry.
+    async fn target_failed(&mut self, message: &str, shutdown: &CancellationToken) -> bool {
+        tracing::error!("{message}");
+        self.metrics.count_mig_apply(false);
+        self.publish(Some(MIG_TARGET), Some(ConfigState::Failed));
+        // Whoever sees `failed` finds the devices served again.
+        self.wait_daemon(false, shutdown).await;
+        self.event(EventKind::Warning, "MigTargetFailed", message)
+            .await;
+        self.set_node_state(ConfigState::Failed).await;
+        false
     }
 
     /// Waits until the daemon reports `withdrawn`, bounded by [`DAEMON_WAIT`].

@@ -412,11 +412,18 @@ pub struct NodeView {
     /// (an error, an expired resourceVersion): what changed in a gap is not
     /// seen one change at a time, so any label may have changed meanwhile.
     pub relists: u64,
+    /// The Node's annotations as last read (the MIG target's among them);
+    /// followers compare values, so no change counts are kept.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl NodeView {
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).map(String::as_str)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.get(key).map(String::as_str)
     }
 
     /// Grows whenever one of `keys` may have changed: each change seen, and
@@ -613,17 +620,17 @@ impl NodeWatcher {
                 stepped = step(&self.client, &self.node, state) => stepped,
             };
             state = next;
-            let labels = match event {
+            let read = match event {
                 None => continue,
                 Some(WatcherEvent::Listed { node, relist }) => {
                     if relist {
                         tracing::info!("read node {} again after a gap in watching it", self.node);
                     }
-                    Some((node.metadata.labels, relist))
+                    Some((node.metadata.labels, node.metadata.annotations, relist))
                 }
                 Some(WatcherEvent::Applied(node)) => {
                     backoff.reset();
-                    Some((node.metadata.labels, false))
+                    Some((node.metadata.labels, node.metadata.annotations, false))
                 }
                 Some(WatcherEvent::Deleted(_)) => {
                     // Keep the labels: a re-created Node is read on the next gap.
@@ -644,11 +651,12 @@ impl NodeWatcher {
                     None
                 }
             };
-            if let Some((labels, relist)) = labels {
+            if let Some((labels, annotations, relist)) = read {
                 tx.send_if_modified(|view| {
                     let first = !view.synced;
                     let before = view.clone();
                     let changed = view.observe(&labels, relist);
+                    view.annotations = annotations;
                     for (key, old) in changed {
                         if !self.logged.contains(&key) {
                             continue;

@@ -23,16 +23,19 @@ use nvml_wrapper::Device;
 use nvml_wrapper::error::{NvmlError as RawError, nvml_try};
 use nvml_wrapper_sys::bindings::{
     NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, nvmlComputeInstance_t,
-    nvmlComputeInstanceProfileInfo_t, nvmlGpuInstance_t, nvmlGpuInstancePlacement_t, nvmlReturn_t,
+    nvmlComputeInstanceProfileInfo_t, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t,
+    nvmlGpuInstancePlacement_t, nvmlReturn_t,
 };
 
 use crate::gpus::nvml::{NvmlError, NvmlOptions, nvml};
 use crate::gpus::report::{GpuReport, ReportError, report};
 use crate::kubelet::pod_resources::PodDevice;
+use gpu_slicer_core::gpu::MigDevice;
 use gpu_slicer_core::mig_change::{
     self, GpuChange, GpuNow, GpuOutcome, Op, Outcome, compute_instance_profile,
 };
 use gpu_slicer_core::mig_parted::{LayoutError, MigLayouts};
+use gpu_slicer_core::mig_target::{self, GpuState, InstanceNow, ResolvedTarget};
 
 /// Why nothing could be applied at all (per-GPU failures are [`Outcome`]s).
 #[derive(Debug, thiserror::Error)]
@@ -424,6 +427,308 @@ fn run_op(device: &Device<'static>, op: &Op, created: &mut Created) -> Result<St
             created.compute_instances.push(ci);
             Ok(Step::Done)
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-GPU targets (`gpu-slicer.io/mig-target`): only free instances change.
+
+/// The GPUs as a target's plan sees them: every GPU instance of a MIG GPU
+/// (with or without compute instances: `nvmlDeviceGetGpuInstances` per
+/// profile, so an empty one left by an interrupted change is seen and can
+/// be destroyed), its placement (`nvmlGpuInstanceGetInfo`), and who holds
+/// it: the pods whose devices are on it (the kubelet's PodResources), the
+/// processes NVML places on it, and every process NVML does not place
+/// (it may run on any instance). With `force` nothing counts as held.
+pub fn target_state(
+    options: &NvmlOptions,
+    pod_devices: &[PodDevice],
+    force: bool,
+) -> Result<Vec<GpuState>, ApplyError> {
+    let (nvml, _) = nvml(options)?;
+    let gpus = report(options)?;
+    let mut out = Vec::new();
+    for gpu in &gpus {
+        let mig_current = gpu.mig.as_ref().is_some_and(|m| m.current);
+        let geometry = gpu_slicer_core::gpu::catalog::model(&gpu.model).and_then(|m| m.mig);
+        let mut instances = Vec::new();
+        if let (true, Some(geometry), Some(mig)) = (mig_current, geometry, gpu.mig.as_ref()) {
+            let call = |call: &'static str| {
+                let index = gpu.index;
+                move |source| ReportError::Call {
+                    call,
+                    gpu: index,
+                    source,
+                }
+            };
+            let device = nvml
+                .device_by_index(gpu.index)
+                .map_err(call("nvmlDeviceGetHandleByIndex_v2"))?;
+            let processes = if force {
+                Vec::new()
+            } else {
+                device
+                    .running_compute_processes()
+                    .map_err(call("nvmlDeviceGetComputeRunningProcesses_v3"))?
+            };
+            for profile in geometry.profiles {
+                for (id, start) in gpu_instances_of(&device, profile.id, profile.max_count)
+                    .map_err(call("nvmlDeviceGetGpuInstances"))?
+                {
+                    let devices: Vec<&MigDevice> = mig
+                        .devices
+                        .iter()
+                        .filter(|d| d.gpu_instance_id == id)
+                        .collect();
+                    let mut holders: Vec<String> = processes
+                        .iter()
+                        .filter(|p| p.gpu_instance_id.is_none_or(|gi| gi == id))
+                        .map(|p| format!("process {}", p.pid))
+                        .collect();
+                    if !force {
+                        holders.extend(
+                            pod_devices
+                                .iter()
+                                .filter(|p| {
+                                    mig_device_of_id(&p.device_id, gpu)
+                                        .is_some_and(|d| d.gpu_instance_id == id)
+                                })
+                                .map(|p| format!("pod {} ({})", p.pod, p.resource)),
+                        );
+                    }
+                    holders.sort();
+                    holders.dedup();
+                    instances.push(InstanceNow {
+                        gpu_instance: id,
+                        profile,
+                        start,
+                        compute_instances: devices.iter().map(|d| d.compute_instance_id).collect(),
+                        holders,
+                    });
+                }
+            }
+            instances.sort_by_key(|i| i.start);
+        }
+        out.push(GpuState {
+            index: gpu.index,
+            uuid: gpu.uuid.clone(),
+            product: gpu.model.clone(),
+            mig_current,
+            instances,
+        });
+    }
+    Ok(out)
+}
+
+/// The MIG device a device id names on `gpu`: its MIG UUID
+/// (`deviceIDStrategy: uuid`) or `<gpu>:<mig>` (`index`), each maybe with a
+/// replica suffix `::<n>`.
+fn mig_device_of_id<'a>(id: &str, gpu: &'a GpuReport) -> Option<&'a MigDevice> {
+    let base = id.split_once("::").map_or(id, |(base, _)| base);
+    let devices = &gpu.mig.as_ref()?.devices;
+    if base.starts_with("MIG-") {
+        return devices.iter().find(|d| d.uuid == base);
+    }
+    let (parent, slot) = base.split_once(':')?;
+    if parent.parse::<u32>().ok()? != gpu.index {
+        return None;
+    }
+    let slot: u32 = slot.parse().ok()?;
+    devices.iter().find(|d| d.index == slot)
+}
+
+/// GPU instances of one profile: (id, placement start).
+fn gpu_instances_of(
+    device: &Device<'static>,
+    profile_id: u32,
+    max_count: u32,
+) -> Result<Vec<(u32, u32)>, RawError> {
+    let lib = device.nvml().lib();
+    let symbol = |e: &dyn std::fmt::Display| RawError::FailedToLoadSymbol(e.to_string());
+    let list = *lib
+        .nvmlDeviceGetGpuInstances
+        .as_ref()
+        .map_err(|e| symbol(e))?;
+    let info_of = *lib.nvmlGpuInstanceGetInfo.as_ref().map_err(|e| symbol(e))?;
+    // NVML's contract: the buffer holds the profile's most instances.
+    let mut handles: Vec<nvmlGpuInstance_t> = vec![std::ptr::null_mut(); max_count.max(1) as usize];
+    let mut count: c_uint = 0;
+    // SAFETY: the device handle is live; `handles` has room for the
+    // profile's most instances; `count` is a valid out pointer.
+    let ret = unsafe {
+        list(
+            device.handle(),
+            profile_id,
+            handles.as_mut_ptr(),
+            &mut count,
+        )
+    };
+    match nvml_try(ret) {
+        Ok(()) => {}
+        // A profile this GPU does not offer has no instances.
+        Err(RawError::NotSupported | RawError::InvalidArg | RawError::NotFound) => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    }
+    let mut out = Vec::new();
+    for &gi in handles.iter().take((count as usize).min(handles.len())) {
+        // SAFETY: plain C struct; zero is a valid bit pattern.
+        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `gi` was just returned by NVML; `info` a valid out pointer.
+        nvml_try(unsafe { info_of(gi, &mut info) })?;
+        out.push((info.id, info.placement.start));
+    }
+    Ok(out)
+}
+
+/// What a target did to one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetOutcome {
+    pub outcome: GpuOutcome,
+    /// What changed (`destroyed …; created …`), for the Event and the log.
+    pub changes: String,
+}
+
+/// Gives one GPU its target: reads what it holds and who holds what (right
+/// before any destroy), plans, runs the operations, and reads back. A
+/// failed operation undoes the instances this apply created and creates
+/// again the free ones it destroyed, at their placements (new UUIDs: a
+/// destroyed instance cannot come back as itself), so the GPU holds its
+/// former layout.
+pub fn apply_target_gpu(
+    options: &NvmlOptions,
+    target: &ResolvedTarget,
+    force: bool,
+    pod_devices: &[PodDevice],
+) -> Result<TargetOutcome, ApplyError> {
+    let done = |outcome: Outcome, changes: String| TargetOutcome {
+        outcome: GpuOutcome {
+            index: target.index,
+            uuid: target.uuid.clone(),
+            outcome,
+        },
+        changes,
+    };
+    let state = target_state(options, pod_devices, force)?;
+    let Some(gpu) = state.iter().find(|g| g.uuid == target.uuid) else {
+        return Ok(done(
+            Outcome::Failed {
+                operation: "finding the GPU".into(),
+                error: "NVML no longer lists it".into(),
+            },
+            String::new(),
+        ));
+    };
+    let plan = match mig_target::plan_gpu(target.model, gpu, &target.wanted) {
+        Ok(plan) => plan,
+        Err(blocked) => {
+            return Ok(done(
+                Outcome::Blocked {
+                    reasons: blocked.reasons(),
+                },
+                String::new(),
+            ));
+        }
+    };
+    if plan.ops.is_empty() {
+        return Ok(done(Outcome::Unchanged, plan.summary()));
+    }
+    let (nvml, _) = nvml(options)?;
+    let device = match nvml.device_by_index(gpu.index) {
+        Ok(device) => device,
+        Err(e) => {
+            return Ok(done(
+                Outcome::Failed {
+                    operation: "nvmlDeviceGetHandleByIndex_v2".into(),
+                    error: e.to_string(),
+                },
+                String::new(),
+            ));
+        }
+    };
+    let before: Vec<_> = gpu.instances.iter().map(InstanceNow::at).collect();
+    let mut created = Created::default();
+    for op in &plan.ops {
+        if let Err(error) = run_op(&device, op, &mut created) {
+            created.undo(&device);
+            let restored = restore(options, target, &device, &before);
+            return Ok(done(
+                Outcome::Failed {
+                    operation: op.to_string(),
+                    error: format!("{error}; {restored}"),
+                },
+                String::new(),
+            ));
+        }
+    }
+    // Read back: the GPU must now hold its target.
+    let after = target_state(options, &[], true)?;
+    let left = after
+        .iter()
+        .find(|g| g.uuid == target.uuid)
+        .map(|g| mig_target::plan_gpu(target.model, g, &target.wanted));
+    Ok(match left {
+        Some(Ok(p)) if p.ops.is_empty() => done(Outcome::Applied, plan.summary()),
+        Some(Ok(p)) => done(
+            Outcome::Failed {
+                operation: "reading the instances back".into(),
+                error: format!("the GPU still needs: {}", describe(&p.ops)),
+            },
+            plan.summary(),
+        ),
+        _ => done(
+            Outcome::Failed {
+                operation: "reading the instances back".into(),
+                error: "the GPU is no longer listed".into(),
+            },
+            plan.summary(),
+        ),
+    })
+}
+
+/// After a failed target: creates again the instances `before` had that
+/// the GPU no longer holds. Best effort; says what it came to.
+fn restore(
+    options: &NvmlOptions,
+    target: &ResolvedTarget,
+    device: &Device<'static>,
+    before: &[gpu_slicer_core::mig_demand::InstanceAt],
+) -> String {
+    let now = match target_state(options, &[], true) {
+        Ok(now) => now,
+        Err(e) => {
+            return format!("the former layout was not restored: reading the GPU failed: {e}");
+        }
+    };
+    let Some(gpu) = now.iter().find(|g| g.uuid == target.uuid) else {
+        return "the former layout was not restored: the GPU is no longer listed".into();
+    };
+    let Ok(back) = mig_target::plan_gpu(target.model, gpu, before) else {
+        return "the former layout was not restored".into();
+    };
+    let mut created = Created::default();
+    for op in back.ops.iter().filter(|op| {
+        matches!(
+            op,
+            Op::CreateGpuInstance { .. } | Op::CreateComputeInstance { .. }
+        )
+    }) {
+        if let Err(e) = run_op(device, op, &mut created) {
+            return format!("the former layout was not fully restored: {op} failed: {e}");
+        }
+    }
+    if back.create.is_empty() {
+        "nothing was changed".into()
+    } else {
+        format!(
+            "the former layout was restored ({} created again)",
+            back.create
+                .iter()
+                .map(mig_target::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 

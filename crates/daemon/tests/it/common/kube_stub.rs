@@ -143,6 +143,21 @@ impl KubeStub {
         });
     }
 
+    /// Sets (`Some`) or removes (`None`) an annotation: a MODIFIED event.
+    pub fn set_annotation(&self, key: &str, value: Option<&str>) {
+        self.modify(|node| {
+            let annotations = &mut node["metadata"]["annotations"];
+            if !annotations.is_object() {
+                *annotations = json!({});
+            }
+            let annotations = annotations.as_object_mut().expect("object");
+            match value {
+                Some(v) => annotations.insert(key.into(), v.into()),
+                None => annotations.remove(key),
+            };
+        });
+    }
+
     /// Ends every open watch cleanly (the server's watch timeout).
     pub fn end_watches(&self) {
         self.state.ends.send_modify(|n| *n += 1);
