@@ -229,6 +229,7 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
         compute_instance_id: ci,
         memory_mib,
         attributes: None,
+        placement_start: None,
     }
 }
 

@@ -17,7 +17,6 @@ use std::path::Path;
 use gpu_slicer_core::gpu::catalog::{self, GpuModel, MigLayout};
 use gpu_slicer_core::messages::{io_error, yaml_error};
 use gpu_slicer_core::mig_demand::{Cluster, Gpu, Instance, InstanceAt, Node, layout_valid};
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::TracePod;
@@ -28,10 +27,9 @@ pub const ARRIVAL_ANNOTATION: &str = "gpu-slicer.io/simulate-arrival-seconds";
 /// How long the pod runs once bound, in seconds (for a pod running at the
 /// start: how long it still runs). Default: to the end of the replay.
 pub const RUN_ANNOTATION: &str = "gpu-slicer.io/simulate-run-seconds";
-/// A Node's per-GPU MIG state, JSON: `[{"mig": true, "instances":
-/// [{"profile": "3g.20gb", "start": 4}]}, ...]`, one entry per GPU in index
-/// order.
-pub const MIG_STATE_ANNOTATION: &str = "gpu-slicer.io/mig-state";
+/// A Node's per-GPU MIG state, as the node daemon publishes it (format:
+/// [`gpu_slicer_core::mig_state`]).
+pub use gpu_slicer_core::node_labels::MIG_STATE as MIG_STATE_ANNOTATION;
 
 const INSTANCE_TYPE_LABELS: [&str; 2] = [
     "node.kubernetes.io/instance-type",
@@ -274,24 +272,12 @@ fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), String>
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GpuState {
-    mig: bool,
-    #[serde(default)]
-    instances: Vec<InstanceState>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InstanceState {
-    profile: String,
-    start: u32,
-}
-
+/// The GPUs of a Node from its published state ([`gpu_slicer_core::mig_state`],
+/// read by the core's one parser). Who holds an instance comes from the
+/// Pods of the input (their `spec.nodeName`), not from the state's `held`:
+/// a trace replays those pods, and counting both would hold an instance twice.
 fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, String> {
-    let states: Vec<GpuState> =
-        serde_json::from_str(text).map_err(|e| format!("not the expected JSON: {e}"))?;
+    let states = gpu_slicer_core::mig_state::parse(text).map_err(|e| e.to_string())?;
     if states.len() != count as usize {
         return Err(format!(
             "{} GPU entries for a node of {count} GPUs",
@@ -299,9 +285,16 @@ fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu
         ));
     }
     states
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(g, s)| {
+        .map(|(position, s)| {
+            let g = gpu_slicer_core::mig_state::gpu_index(&states, position);
+            if g as usize != position {
+                return Err(format!(
+                    "entry {position} is GPU {g}: GPU {position} has no entry (the node could not read it); \
+                     the simulator needs every GPU"
+                ));
+            }
             if s.mig && !model.mig_capable() {
                 return Err(format!("GPU {g}: {} has no MIG", model.product_name));
             }
@@ -317,8 +310,6 @@ fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu
             }
             if s.mig {
                 layout_valid(model, &at).map_err(|e| format!("GPU {g}: {e}"))?;
-            } else if !at.is_empty() {
-                return Err(format!("GPU {g}: instances listed with MIG off"));
             }
             Ok(Gpu {
                 model,
