@@ -486,7 +486,7 @@ mod tests {
                 ("3g.20gb", 4, Some(true)),
             ]
         );
-        assert_eq!(g0.instances[3].devices, [held_3g.uuid.clone()]);
+        assert_eq!(g0.instances[3].devices, std::slice::from_ref(&held_3g.uuid));
         let mig1_0 = &inventory.gpus[1].mig_devices[0];
         let g1 = &state[1];
         let held1: Vec<&InstanceState> = g1
@@ -495,7 +495,7 @@ mod tests {
             .filter(|i| i.held == Some(true))
             .collect();
         assert_eq!(held1.len(), 1);
-        assert_eq!(held1[0].devices, [mig1_0.uuid.clone()]);
+        assert_eq!(held1[0].devices, std::slice::from_ref(&mig1_0.uuid));
         assert_eq!(
             state[2],
             GpuMigState {
