@@ -22,6 +22,10 @@ NAMESPACE = "gpu-slicer"
 KUBERNETES = [f"1.{minor}.0" for minor in range(26, 38)]
 # Custom resources without a schema in the validator.
 CRD_KINDS = {"ServiceMonitor"}
+# admissionregistration.k8s.io/v1 since 1.30; the chart leaves them out
+# below (checked after the cases).
+POLICY_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+POLICY_SINCE = 30
 
 failures = []
 
@@ -65,10 +69,20 @@ def plugin(docs):
 
 
 def validate(case, text):
+    docs = objects(text)
+    policies = [d for d in docs if d["kind"] in POLICY_KINDS]
+    others = [d for d in docs if d["kind"] not in POLICY_KINDS]
+    validate_at(case, yaml.safe_dump_all(others), KUBERNETES)
+    if policies:
+        since = [v for v in KUBERNETES if int(v.split(".")[1]) >= POLICY_SINCE]
+        validate_at(case, yaml.safe_dump_all(policies), since)
+
+
+def validate_at(case, text, versions):
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(text)
     args = [VALIDATOR, "--strict", "--quiet"]
-    for v in KUBERNETES:
+    for v in versions:
         args += ["-k", v]
     out = subprocess.run(args + [f.name], capture_output=True, text=True)
     report = out.stdout + out.stderr
@@ -169,8 +183,14 @@ def check_karpenter(docs):
     assert {"key": "gpu-slicer.io/slicing-pending", "operator": "Exists"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.deploy.device-plugin": "true"}
     (role,) = by_kind(docs, "ClusterRole")
-    verbs = sorted(v for r in role["rules"] for v in r["verbs"])
-    assert verbs == ["get", "list", "patch", "watch"], verbs
+    rules = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
+    assert rules == {
+        ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("nodes", "patch"),
+        ("pods", "list"), ("pods", "watch"),
+    }, rules
+    # followState publishes the MIG state: the kubelet's PodResources.
+    assert mounts["/var/lib/kubelet/pod-resources"] == "pod-resources"
+    check_node_restriction(docs, "gpu-slicer.io/slicing-pending")
     # An external ConfigMap may use MPS: mounted as NVIDIA's chart does.
     assert mounts["/mps"] == "mps-root" and mounts["/dev/shm"] == "mps-shm"
     assert "hostPID" not in pod
@@ -220,8 +240,24 @@ def check_mig_apply(docs):
     (role,) = by_kind(docs, "ClusterRole")
     rules = {(r["resources"][0], v) for r in role["rules"] for v in r["verbs"]}
     assert rules == {
-        ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("nodes", "patch"), ("events", "create")
+        ("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("nodes", "patch"), ("events", "create"),
+        ("pods", "list"), ("pods", "watch"),
     }, rules
+    assert "PUBLISH_MIG_STATE" not in env
+    check_node_restriction(docs, "gpu-slicer.io/slicing-pending")
+
+
+def check_node_restriction(docs, taint):
+    """The policy keys on this release's ServiceAccount and start-up taint."""
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (condition,) = policy["spec"]["matchConditions"]
+    want = f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:t-gpu-slicer'"
+    assert condition["expression"] == want, condition
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["startupTaint"] == f"'{taint}'", variables["startupTaint"]
 
 
 CASES = {
@@ -252,6 +288,28 @@ for name, check in CASES.items():
 unused = {p.name for p in (CHART / "ci").glob("*.yaml")} - set(CASES)
 if unused:
     fail("ci/", f"values files no case checks: {sorted(unused)}")
+
+# The node restriction: left out before Kubernetes 1.30 and when turned
+# off; the MIG state is not published when turned off.
+APPLY = CHART / "ci" / "mig-apply-values.yaml"
+for label, args in [
+    ("Kubernetes 1.29", ["template", "t", str(CHART), "-f", str(APPLY), "--kube-version", "1.29.0"]),
+    ("nodeRestriction.enabled=false", ["template", "t", str(CHART), "-f", str(APPLY), "--set", "nodeRestriction.enabled=false"]),
+]:
+    out = helm(*args)
+    if out.returncode != 0:
+        fail(label, f"does not render:\n{out.stderr}")
+    elif any(d["kind"] in POLICY_KINDS for d in objects(out.stdout)):
+        fail(label, "renders the node restriction policy")
+out = helm("template", "t", str(CHART), "-f", str(APPLY), "--set", "migManager.publishState=false")
+if out.returncode != 0:
+    fail("migManager.publishState=false", out.stderr)
+else:
+    docs = objects(out.stdout)
+    _, _, _, env, _ = plugin(docs)
+    (role,) = by_kind(docs, "ClusterRole")
+    if env.get("PUBLISH_MIG_STATE") != "false" or any("pods" in r["resources"] for r in role["rules"]):
+        fail("migManager.publishState=false", "still publishes, or still may watch pods")
 
 MAP2 = ["config.map.a=version: v1", "config.map.b=version: v1"]
 # Template checks (templates/validation.yaml) and values.schema.json's

@@ -343,6 +343,7 @@ mod tests {
                     compute_instance_id: 0,
                     memory_mib: 20000,
                     attributes: None,
+                    placement_start: None,
                 }]
             } else {
                 vec![]

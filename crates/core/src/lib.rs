@@ -22,6 +22,7 @@
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
 //! | [`mig_change`] | a MIG layout change as NVML operations, from what the GPUs hold now |
 //! | [`mig_demand`] | MIG capacity that follows demand: which free instances to destroy and create for pending pods |
+//! | [`mig_state`] | the per-GPU MIG state a node publishes on its Node (annotation `gpu-slicer.io/mig-state`): format, bounds, and how it is made from an inventory |
 //! | [`mig_parted`] | mig-parted's config file (`mig-configs:`) and which layout each GPU gets from it |
 //! | [`mig_target`] | a node's per-GPU MIG target (`gpu-slicer.io/mig-target`) and the fewest operations that reach it without touching held instances |
 
@@ -39,6 +40,7 @@ pub mod messages;
 pub mod mig_change;
 pub mod mig_demand;
 pub mod mig_parted;
+pub mod mig_state;
 pub mod mig_target;
 pub mod mps;
 pub mod node;

@@ -24,6 +24,12 @@ pub const MIG_CONFIG_STATE: &str = "nvidia.com/mig.config.state";
 /// compared with the configuration meant for it.
 pub const CONFIG_HASH: &str = "gpu-slicer.io/config-hash";
 
+/// Node annotation: the node's per-GPU MIG state (MIG mode, the GPU
+/// instances with their placements and devices, which of them pods hold),
+/// written by the node daemon and read by `gpu-slicer simulate`; its format
+/// is [`crate::mig_state`].
+pub const MIG_STATE: &str = "gpu-slicer.io/mig-state";
+
 /// NodeOverlay annotation: the MIG layout an overlay's capacity assumes.
 pub const OVERLAY_MIG_CONFIG: &str = "gpu-slicer.io/mig-config";
 

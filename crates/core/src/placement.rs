@@ -365,6 +365,7 @@ mod tests {
                         compute_instance_id: 0,
                         memory_mib: 4864,
                         attributes: None,
+                        placement_start: None,
                     })
                     .collect(),
                 nvlinks: (0..8u32)

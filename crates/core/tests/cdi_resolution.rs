@@ -36,6 +36,7 @@ fn gpu(index: u32, mig: bool) -> Gpu {
                 compute_instance_id: 0,
                 memory_mib: 20000,
                 attributes: None,
+                placement_start: None,
             }]
         } else {
             vec![]

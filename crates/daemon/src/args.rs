@@ -91,8 +91,23 @@ pub struct RunArgs {
     /// run on them (their work is lost).
     #[arg(long, env = "MIG_APPLY_FORCE", requires = "apply_mig_layouts")]
     pub mig_apply_force: bool,
-    /// With --apply-mig-layouts: the kubelet's PodResources socket, asked
-    /// which pods hold devices before a GPU is changed.
+    /// Publish the node's MIG state (per GPU: MIG mode, the GPU instances
+    /// with their placements and MIG device UUIDs, and which of them pods
+    /// hold) as its annotation gpu-slicer.io/mig-state, kept current as
+    /// pods come and go. On by default with --follow-mig-manager or
+    /// --apply-mig-layouts (which talk to the API server already); `false`
+    /// turns it off. Needs `patch` on nodes and `list`, `watch` on pods.
+    #[arg(
+        long,
+        env = "PUBLISH_MIG_STATE",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub publish_mig_state: bool,
+    /// The kubelet's PodResources socket, asked which pods hold devices:
+    /// before --apply-mig-layouts changes a GPU, and for the published MIG
+    /// state.
     #[arg(
         long,
         env = "POD_RESOURCES_SOCKET",
@@ -304,6 +319,11 @@ impl RunArgs {
                 kube_api_url: self.kube_api_url,
                 startup_taint: self.startup_taint,
                 follow_mig_manager: self.follow_mig_manager,
+                publish_mig_state: (self.publish_mig_state
+                    && (self.follow_mig_manager || self.apply_mig_layouts))
+                    .then(|| crate::run::MigStateOptions {
+                        pod_resources_socket: self.pod_resources_socket.clone(),
+                    }),
                 apply_mig_layouts: self
                     .apply_mig_layouts
                     .then_some(crate::run::MigApplyOptions {
@@ -514,6 +534,8 @@ impl From<ConfigFlagArgs> for ConfigFlags {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use clap::Parser;
 
     use super::RunArgs;
@@ -536,6 +558,39 @@ mod tests {
         Cli::try_parse_from(["daemon", "--metrics-address", value])
             .map(|cli| cli.run.metrics_address)
             .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+    }
+
+    #[test]
+    fn the_mig_state_is_published_with_either_mig_option_unless_turned_off() {
+        let published = |args: &[&str]| -> Result<Option<PathBuf>, String> {
+            let argv = std::iter::once("daemon").chain(args.iter().copied());
+            Cli::try_parse_from(argv)
+                .map(|cli| {
+                    cli.run
+                        .into_options()
+                        .node
+                        .publish_mig_state
+                        .map(|p| p.pod_resources_socket)
+                })
+                .map_err(|e| e.to_string())
+        };
+        let socket = Some(PathBuf::from(crate::kubelet::pod_resources::DEFAULT_SOCKET));
+        assert_eq!(published(&[]), Ok(None), "no MIG option: no API writes");
+        assert_eq!(published(&["--follow-mig-manager"]), Ok(socket.clone()));
+        assert_eq!(published(&["--apply-mig-layouts"]), Ok(socket));
+        assert_eq!(
+            published(&["--apply-mig-layouts", "--publish-mig-state", "false"]),
+            Ok(None)
+        );
+        assert_eq!(
+            published(&["--follow-mig-manager", "--pod-resources-socket", "/p.sock"]),
+            Ok(Some(PathBuf::from("/p.sock")))
+        );
+        let e = published(&["--publish-mig-state", "no"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'no' for '--publish-mig-state <BOOL>'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub struct NodeOptions {
     pub follow_mig_manager: bool,
     /// Apply `nvidia.com/mig.config` layouts ourselves (`--apply-mig-layouts`).
     pub apply_mig_layouts: Option<MigApplyOptions>,
+    /// Publish the node's MIG state (`--publish-mig-state`, on with either
+    /// MIG option).
+    pub publish_mig_state: Option<MigStateOptions>,
+}
+
+/// Publishing the node's MIG state ([`crate::cluster::mig_state`]).
+#[derive(Debug, Clone)]
+pub struct MigStateOptions {
+    /// `--pod-resources-socket`.
+    pub pod_resources_socket: PathBuf,
 }
 
 /// `--apply-mig-layouts` and its options.
@@ -289,6 +299,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         mps_control_bin: options.mps_control_bin.clone(),
         mps_container_root: options.mps_container_root.clone(),
         mig_manager: None,
+        mig_state: None,
     };
 
     let shutdown = CancellationToken::new();
@@ -489,6 +500,23 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             retry_first: options.timings.mig_apply_retry,
         };
         background.spawn(applier.run(shutdown.clone()));
+    }
+    if let (Some(publish), Some(name), Some(client)) = (
+        node_options.publish_mig_state.clone(),
+        node_options.node_name.clone(),
+        client.clone(),
+    ) {
+        let feed = crate::cluster::mig_state::MigStateFeed::default();
+        paths.mig_state = Some(feed.clone());
+        tokio::spawn(
+            crate::cluster::mig_state::Publisher {
+                client,
+                node: name,
+                pod_resources_socket: publish.pod_resources_socket,
+                feed,
+            }
+            .run(shutdown.clone()),
+        );
     }
     if let (Some(taint), Some(name), Some(client)) =
         (node_options.startup_taint, node_options.node_name, client)

@@ -543,6 +543,7 @@ pub unsafe extern "C" fn nvmlGpuInstanceCreateComputeInstance(
             memory_mib: profile.memory_mib,
             // Not stored: nvmlDeviceGetAttributes_v2 derives them from the profile.
             attributes: None,
+            placement_start: None,
         };
         s.extra[i].gpu_instances.retain(|g| g.id != gi.id);
         let gpu = &mut s.inventory.gpus[i];

@@ -241,6 +241,7 @@ async fn scene(
         mps_control_bin: None,
         mps_container_root: "/mps".into(),
         mig_manager: None,
+        mig_state: None,
     };
     let shutdown = CancellationToken::new();
     let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);

@@ -34,6 +34,7 @@ mod common;
 mod gpus;
 mod karpenter;
 mod manifests;
+mod node_restriction;
 mod plan;
 mod simulate;
 mod truth;

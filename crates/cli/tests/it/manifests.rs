@@ -71,6 +71,14 @@ fn of_kind(kind: &str) -> Vec<(PathBuf, Value)> {
         .collect()
 }
 
+fn mounts_pod_resources(container: &Value) -> bool {
+    container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| m["mountPath"] == "/var/lib/kubelet/pod-resources")
+}
+
 fn name(doc: &Value) -> &str {
     doc["metadata"]["name"].as_str().unwrap_or("?")
 }
@@ -227,7 +235,8 @@ fn every_daemonset_is_hardened() {
                 })
                 .collect();
             // Least RBAC, exactly: read the Node; `patch` it only to remove
-            // the start-up taint (a merge patch); nothing else.
+            // the start-up taint or publish the MIG state (merge patches);
+            // list and watch pods only to publish the MIG state; nothing else.
             let mut granted: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = Vec::new();
             let roles = same_file("ClusterRole");
             for role in roles
@@ -242,9 +251,22 @@ fn every_daemonset_is_hardened() {
                     ));
                 }
             }
+            let flag = |key: &str| env.get(key).and_then(|e| e["value"].as_str()) == Some("true");
+            let publishes = (flag("FOLLOW_MIG_MANAGER") || flag("APPLY_MIG_LAYOUTS"))
+                && env
+                    .get("PUBLISH_MIG_STATE")
+                    .and_then(|e| e["value"].as_str())
+                    != Some("false");
             let mut wanted = vec![(vec![""], vec!["nodes"], vec!["get", "list", "watch"])];
-            if startup_taint.is_some() {
+            if startup_taint.is_some() || publishes {
                 wanted.push((vec![""], vec!["nodes"], vec!["patch"]));
+            }
+            if publishes {
+                wanted.push((vec![""], vec!["pods"], vec!["list", "watch"]));
+                assert!(
+                    mounts_pod_resources(plugin),
+                    "{at}: publishes the MIG state without the kubelet's PodResources"
+                );
             }
             assert_eq!(
                 granted, wanted,

@@ -141,6 +141,12 @@ pub struct MigDevice {
     /// GFD's per-profile labels; `None`: unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attributes: Option<MigAttributes>,
+    /// The memory slice its GPU instance's placement starts at
+    /// (`nvmlGpuInstanceGetInfo`'s `placement.start`): where the instance
+    /// sits, which a MIG change must know to plan around it. `None`:
+    /// unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_start: Option<u32>,
 }
 
 /// A MIG device's size and engines, as `nvmlDeviceGetAttributes_v2` reports them.

@@ -734,21 +734,22 @@ fn place_devices(
             ),
         )
     })?;
-    let mut placed: Vec<(u32, &SimInstance)> = instances
+    let mut placed: Vec<(u32, u32, &SimInstance)> = instances
         .iter()
         .zip(starts)
         .map(|(inst, start)| {
             (
                 catalog::gpu_instance_id(geo.memory_slices, start, inst.size),
+                start,
                 inst,
             )
         })
         .collect();
-    placed.sort_by_key(|(gi, _)| *gi);
+    placed.sort_by_key(|(gi, _, _)| *gi);
     Ok(placed
         .into_iter()
         .enumerate()
-        .map(|(j, (gi, inst))| MigDevice {
+        .map(|(j, (gi, start, inst))| MigDevice {
             index: j as u32,
             profile: inst.name.clone(),
             uuid: format!("MIG-{}", stable_uuid(&format!("{gpu_uuid}/gi/{gi}/ci/0"))),
@@ -756,6 +757,7 @@ fn place_devices(
             compute_instance_id: 0,
             memory_mib: inst.memory_mib,
             attributes: catalog_attributes(slot.model, &inst.name),
+            placement_start: Some(start),
         })
         .collect())
 }

@@ -1,6 +1,7 @@
 //! The daemon's Kubernetes client: exactly what it needs of `/api/v1/nodes`
-//! (get its own Node, watch it, merge-patch it), over hyper (already linked
-//! through tonic) and rustls.
+//! (get its own Node, watch it, merge-patch it) and of `/api/v1/pods` (watch
+//! the pods of its node, for [`crate::cluster::mig_state`]), over hyper
+//! (already linked through tonic) and rustls.
 //!
 //! Why not kube-rs: measured on the release daemon (docs/benchmarks.md),
 //! kube-client and what only it pulls in (jsonpath-rust, regex, pest, jiff,
@@ -122,12 +123,68 @@ pub struct NodeSpec {
     pub taints: Vec<Value>,
 }
 
+/// The parts of a Pod the daemon reads: who it is and whether it ended.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: PodMetadata,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMetadata {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub resource_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    #[serde(default)]
+    pub phase: String,
+}
+
+impl Pod {
+    /// `namespace/name`, as the PodResources API names a pod.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+
+    /// Its containers will not run again: the kubelet releases its devices.
+    pub fn ended(&self) -> bool {
+        matches!(self.status.phase.as_str(), "Succeeded" | "Failed")
+    }
+}
+
+/// An object a watch reports, with its resourceVersion.
+pub trait Watched: serde::de::DeserializeOwned {
+    fn resource_version(&self) -> &str;
+}
+
+impl Watched for Node {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
+impl Watched for Pod {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WatchEvent {
-    Added(Node),
-    Modified(Node),
-    Deleted(Node),
+pub enum WatchEvent<T = Node> {
+    Added(T),
+    Modified(T),
+    Deleted(T),
     /// Only a newer resourceVersion to resume from.
     Bookmark(String),
     /// The server's `Status` (410 Gone: the version is too old).
@@ -346,7 +403,32 @@ impl KubeClient {
             WATCH_TIMEOUT.as_secs(),
             encode(resource_version),
         );
-        let request = self.request(Method::GET, &path, None, Bytes::new())?;
+        self.watch(what, &path).await
+    }
+
+    /// Watches the pods bound to node `node` (field-selected on
+    /// `spec.nodeName`; bookmarks on; the server ends it after
+    /// [`WATCH_TIMEOUT`]). Without `resource_version` the server first sends
+    /// every such pod as added, then the changes.
+    pub async fn watch_pods(
+        &self,
+        node: &str,
+        resource_version: Option<&str>,
+    ) -> Result<PodWatch, KubeError> {
+        let what = format!("watch the pods of node {node}");
+        let mut path = format!(
+            "/api/v1/pods?fieldSelector={}&watch=true&allowWatchBookmarks=true&timeoutSeconds={}",
+            encode(&format!("spec.nodeName={node}")),
+            WATCH_TIMEOUT.as_secs(),
+        );
+        if let Some(version) = resource_version {
+            path.push_str(&format!("&resourceVersion={}", encode(version)));
+        }
+        self.watch(what, &path).await
+    }
+
+    async fn watch<T: Watched>(&self, what: String, path: &str) -> Result<Watch<T>, KubeError> {
+        let request = self.request(Method::GET, path, None, Bytes::new())?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
             .await
             .map_err(|_| KubeError::Timeout {
@@ -362,24 +444,31 @@ impl KubeClient {
             let body = read_bounded(&what, response.into_body()).await?;
             return Err(status_error(&what, status, &body));
         }
-        Ok(NodeWatch {
+        Ok(Watch {
             what,
             body: response.into_body(),
             buffer: BytesMut::new(),
+            objects: std::marker::PhantomData,
         })
     }
 }
 
-/// An open watch: newline-delimited JSON events.
-pub struct NodeWatch {
+/// An open watch: newline-delimited JSON events about `T`s.
+pub struct Watch<T> {
     what: String,
     body: Incoming,
     buffer: BytesMut,
+    objects: std::marker::PhantomData<fn() -> T>,
 }
 
-impl NodeWatch {
+/// A watch of the daemon's own Node.
+pub type NodeWatch = Watch<Node>;
+/// A watch of the pods of the daemon's node.
+pub type PodWatch = Watch<Pod>;
+
+impl<T: Watched> Watch<T> {
     /// The next event; `None` when the server ended the watch.
-    pub async fn next(&mut self) -> Option<Result<WatchEvent, KubeError>> {
+    pub async fn next(&mut self) -> Option<Result<WatchEvent<T>, KubeError>> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line = self.buffer.split_to(end + 1);
@@ -439,7 +528,7 @@ impl EventKind {
     }
 }
 
-fn decode_event(what: &str, line: &[u8]) -> Result<WatchEvent, KubeError> {
+fn decode_event<T: Watched>(what: &str, line: &[u8]) -> Result<WatchEvent<T>, KubeError> {
     #[derive(Deserialize)]
     struct Raw {
         #[serde(rename = "type")]
@@ -451,12 +540,12 @@ fn decode_event(what: &str, line: &[u8]) -> Result<WatchEvent, KubeError> {
         source,
     };
     let raw: Raw = serde_json::from_slice(line).map_err(decode)?;
-    let node = || serde_json::from_value::<Node>(raw.object.clone()).map_err(decode);
+    let object = || serde_json::from_value::<T>(raw.object.clone()).map_err(decode);
     Ok(match raw.kind.as_str() {
-        "ADDED" => WatchEvent::Added(node()?),
-        "MODIFIED" => WatchEvent::Modified(node()?),
-        "DELETED" => WatchEvent::Deleted(node()?),
-        "BOOKMARK" => WatchEvent::Bookmark(node()?.metadata.resource_version),
+        "ADDED" => WatchEvent::Added(object()?),
+        "MODIFIED" => WatchEvent::Modified(object()?),
+        "DELETED" => WatchEvent::Deleted(object()?),
+        "BOOKMARK" => WatchEvent::Bookmark(object()?.resource_version().to_string()),
         _ => {
             let status: ApiStatus = serde_json::from_value(raw.object).map_err(decode)?;
             WatchEvent::Error {
@@ -563,7 +652,7 @@ mod tests {
     #[test]
     fn events_decode_and_errors_carry_the_status() {
         let line = br#"{"type":"MODIFIED","object":{"kind":"Node","metadata":{"name":"n1","resourceVersion":"7","labels":{"a":"b"}},"spec":{"taints":[{"key":"k","effect":"NoSchedule"}]}}}"#;
-        match decode_event("w", line).unwrap() {
+        match decode_event::<Node>("w", line).unwrap() {
             WatchEvent::Modified(node) => {
                 assert_eq!(node.metadata.resource_version, "7");
                 assert_eq!(node.metadata.labels["a"], "b");
@@ -573,7 +662,7 @@ mod tests {
         }
         let gone = br#"{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old resource version"}}"#;
         assert_eq!(
-            decode_event("w", gone).unwrap(),
+            decode_event::<Node>("w", gone).unwrap(),
             WatchEvent::Error {
                 code: 410,
                 message: "too old resource version".into()
@@ -582,10 +671,19 @@ mod tests {
         let bookmark =
             br#"{"type":"BOOKMARK","object":{"kind":"Node","metadata":{"resourceVersion":"12"}}}"#;
         assert_eq!(
-            decode_event("w", bookmark).unwrap(),
+            decode_event::<Node>("w", bookmark).unwrap(),
             WatchEvent::Bookmark("12".into())
         );
-        assert!(decode_event("w", b"not json").is_err());
+        assert!(decode_event::<Node>("w", b"not json").is_err());
+        let ended = br#"{"type":"MODIFIED","object":{"kind":"Pod","metadata":{"name":"p","namespace":"ns","resourceVersion":"9"},"status":{"phase":"Succeeded"}}}"#;
+        match decode_event::<Pod>("w", ended).unwrap() {
+            WatchEvent::Modified(pod) => {
+                assert_eq!(pod.key(), "ns/p");
+                assert!(pod.ended());
+                assert_eq!(pod.resource_version(), "9");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

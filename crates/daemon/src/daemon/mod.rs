@@ -112,6 +112,9 @@ pub struct Paths {
     pub mps_container_root: PathBuf,
     /// This node's MIG Manager labels, when followed (`--follow-mig-manager`).
     pub mig_manager: Option<MigManagerLabels>,
+    /// Told every discovery applied and every Allocate granted, when the
+    /// node's MIG state is published ([`crate::cluster::mig_state`]).
+    pub mig_state: Option<crate::cluster::mig_state::MigStateFeed>,
 }
 
 /// The life-cycle waits, injectable so tests need not sit them out.
@@ -516,6 +519,7 @@ impl Daemon {
                     served.handle.clone(),
                     self.metrics.clone(),
                     self.streams.clone(),
+                    self.paths.mig_state.as_ref().map(|f| f.on_allocated()),
                 ) {
                     Ok(running) => {
                         tracing::info!("Starting to serve '{resource}' on {}", socket.display());
@@ -761,6 +765,9 @@ impl Daemon {
             return LoadOutcome::Refused(e.to_string());
         }
         log_plan(&plan);
+        if let Some(feed) = &self.paths.mig_state {
+            feed.discovered(&setup.inventory);
+        }
         if let Some(path) = &self.paths.feature_file {
             let labels = gpu_slicer_core::labels::labels(&setup.inventory, &setup.config, &plan);
             let text = gpu_slicer_core::labels::feature_file_text(&labels);

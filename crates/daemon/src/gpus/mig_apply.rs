@@ -760,6 +760,7 @@ mod tests {
                         compute_instance_id: 0,
                         memory_mib: 4864,
                         attributes: None,
+                        placement_start: None,
                     })
                     .collect(),
             }),

@@ -25,6 +25,7 @@
 //! | MIG capable / enabled | `nvmlDeviceGetMigMode`: `NotSupported` → not capable; `current == 1` → enabled |
 //! | MIG devices | handles `0..nvmlDeviceGetMaxMigDeviceCount`, empty slots skipped |
 //! | GI / CI ids | raw `nvmlDeviceGetGpuInstanceId` / `nvmlDeviceGetComputeInstanceId` |
+//! | GI placement start | `nvmlGpuInstanceGetInfo` (the call that names the profile) |
 //! | profile name | GI profile (raw `nvmlDeviceGetGpuInstanceById` + `nvmlGpuInstanceGetInfo`, matched against `nvmlDeviceGetGpuInstanceProfileInfo` for every profile enum), CI slices from `nvmlDeviceGetAttributes_v2`, named by [`profile_name`] |
 //! | control nodes | `nvidiactl`, `nvidia-uvm`, `nvidia-uvm-tools`, `nvidia-modeset` present under the dev root |
 //! | MIG capability minors | `/proc/driver/nvidia-caps/mig-minors` |
@@ -707,6 +708,7 @@ fn mig_device(
         compute_instance_id,
         memory_mib: memory.total / MIB,
         attributes,
+        placement_start: Some(info.placement.start),
     })
 }
 

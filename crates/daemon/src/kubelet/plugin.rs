@@ -185,6 +185,18 @@ impl StreamReport {
     }
 }
 
+/// Told the device ids of every container request Allocate granted: a pod
+/// now holds them (what the MIG state publisher shows at once, before the
+/// kubelet's PodResources lists them).
+#[derive(Clone)]
+pub struct OnAllocated(pub Arc<dyn Fn(&[String]) + Send + Sync>);
+
+impl std::fmt::Debug for OnAllocated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnAllocated")
+    }
+}
+
 /// The gRPC service of one resource on one server.
 #[derive(Debug, Clone)]
 pub struct PluginService {
@@ -193,6 +205,7 @@ pub struct PluginService {
     metrics: Metrics,
     streams: StreamReport,
     responses: Arc<AtomicU64>,
+    on_allocated: Option<OnAllocated>,
 }
 
 /// Reports the end of a ListAndWatch stream when the stream is dropped,
@@ -212,6 +225,7 @@ impl PluginService {
         handle: ResourceHandle,
         metrics: Metrics,
         streams: StreamReport,
+        on_allocated: Option<OnAllocated>,
     ) -> Self {
         PluginService {
             name,
@@ -219,6 +233,7 @@ impl PluginService {
             metrics,
             streams,
             responses: Arc::new(AtomicU64::new(0)),
+            on_allocated,
         }
     }
 
@@ -326,6 +341,9 @@ impl DevicePlugin for PluginService {
             })?;
             self.metrics.count_allocation(self.name.as_str(), true);
             tracing::debug!(resource = %state.resource.name, devices = ?req.devices_ids, "allocated");
+            if let Some(OnAllocated(tell)) = &self.on_allocated {
+                tell(&req.devices_ids);
+            }
             container_responses.push(crate::kubelet::wire::container_response(response));
         }
         Ok(Response::new(AllocateResponse {
@@ -372,6 +390,7 @@ pub fn serve(
     handle: ResourceHandle,
     metrics: Metrics,
     wake: Arc<Notify>,
+    on_allocated: Option<OnAllocated>,
 ) -> std::io::Result<RunningServer> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
@@ -393,6 +412,7 @@ pub fn serve(
             counts: counts.clone(),
             wake,
         },
+        on_allocated,
     );
     let closer = stop.clone();
     let incoming =

@@ -22,6 +22,7 @@ mod fail_closed;
 mod lifecycle;
 mod mig_apply;
 mod mig_manager;
+mod mig_state;
 mod mig_target;
 mod mps;
 mod node_config;

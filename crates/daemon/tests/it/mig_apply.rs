@@ -24,7 +24,7 @@ const STATE: &str = "nvidia.com/mig.config.state";
 const TAINT: &str = "example.com/gpu-slicing-pending";
 
 /// Two A100s of a p4d.24xlarge under `layout`, as the fake's driver state.
-fn write_topology(path: &Path, layout: &str) {
+pub(crate) fn write_topology(path: &Path, layout: &str) {
     let mut inventory = simulated::from_instance("p4d.24xlarge", Some(layout)).expect("p4d");
     inventory.gpus.truncate(2);
     std::fs::write(path, serde_json::to_string(&inventory).expect("json")).expect("write");
@@ -43,12 +43,12 @@ fn edit_driver(path: &Path, change: impl FnOnce(&mut Value)) {
 
 /// The kubelet's PodResources socket, beside the device-plugin directory
 /// (as `/var/lib/kubelet/pod-resources/kubelet.sock` is).
-fn pod_resources_socket(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn pod_resources_socket(dir: &Path) -> std::path::PathBuf {
     aside(dir).join("pod-resources").join("kubelet.sock")
 }
 
 /// A stand-in kubelet that also serves PodResources.
-async fn kubelet(dir: &Path) -> Kubelet {
+pub(crate) async fn kubelet(dir: &Path) -> Kubelet {
     Kubelet::start(Options {
         pod_resources_socket: Some(pod_resources_socket(dir)),
         ..Options::new(dir)
@@ -57,11 +57,16 @@ async fn kubelet(dir: &Path) -> Kubelet {
     .expect("stand-in kubelet")
 }
 
-fn start(dir: &Path, topology: &Path, stub: &KubeStub, metrics: &str) -> crate::common::Daemon {
+pub(crate) fn start(
+    dir: &Path,
+    topology: &Path,
+    stub: &KubeStub,
+    metrics: &str,
+) -> crate::common::Daemon {
     start_with(dir, topology, stub, metrics, &[], &[])
 }
 
-fn start_with(
+pub(crate) fn start_with(
     dir: &Path,
     topology: &Path,
     stub: &KubeStub,

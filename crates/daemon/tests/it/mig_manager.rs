@@ -314,8 +314,9 @@ async fn a_layout_not_applied_yet_is_never_offered_whole_and_keeps_the_startup_t
     );
     wait_for_log(&log, "MIG Manager has not applied the MIG layout yet").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // (The published MIG state may be written meanwhile: only the taint counts.)
     assert!(
-        stub.patches().is_empty(),
+        stub.patches().iter().all(|p| p.body.get("spec").is_none()),
         "the start-up taint went before the layout"
     );
 

@@ -220,6 +220,18 @@ fn gpu(index: u32, model: &str, memory_mib: u64) -> Gpu {
     }
 }
 
+/// The memory slice a GPU instance of an 8-slice GPU starts at, from its id
+/// (the driver's numbering, see `catalog::gpu_instance_id`): what
+/// `nvmlGpuInstanceGetInfo` reports and discovery records.
+fn start_of(gi: u32) -> u32 {
+    match gi {
+        0 => 0,
+        1..=2 => (gi - 1) * 4,
+        3..=6 => (gi - 3) * 2,
+        _ => gi - 7,
+    }
+}
+
 fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -> MigDevice {
     MigDevice {
         index,
@@ -229,6 +241,7 @@ fn mig(gpu: u32, index: u32, profile: &str, gi: u32, ci: u32, memory_mib: u64) -
         compute_instance_id: ci,
         memory_mib,
         attributes: None,
+        placement_start: Some(start_of(gi)),
     }
 }
 

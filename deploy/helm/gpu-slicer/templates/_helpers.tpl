@@ -95,6 +95,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- or (ne (include "gpu-slicer.configMapName" . | trim) "") (ne .Values.startupTaint "") .Values.migManager.followState .Values.migManager.apply }}
 {{- end }}
 
+{{/* The daemon publishes its node's MIG state (gpu-slicer.io/mig-state): on
+with either MIG option unless migManager.publishState is false. */}}
+{{- define "gpu-slicer.publishesMigState" -}}
+{{- and (or .Values.migManager.followState .Values.migManager.apply) .Values.migManager.publishState }}
+{{- end }}
+
+{{/* The daemon patches its own Node: the start-up taint, the MIG state label, the published MIG state. */}}
+{{- define "gpu-slicer.patchesNode" -}}
+{{- or (ne .Values.startupTaint "") .Values.migManager.apply (eq (include "gpu-slicer.publishesMigState" . | trim) "true") }}
+{{- end }}
+
 {{/* The Service for the metrics endpoint: asked for, or needed by the ServiceMonitor. */}}
 {{- define "gpu-slicer.metricsService" -}}
 {{- and .Values.metrics.enabled (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) }}

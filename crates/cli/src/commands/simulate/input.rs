@@ -20,7 +20,6 @@ use gpu_slicer_core::messages::{io_error, yaml_error};
 use gpu_slicer_core::mig_demand::{
     Cluster, Gpu, Instance, InstanceAt, LayoutInvalid, Node, layout_valid,
 };
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::TracePod;
@@ -31,10 +30,9 @@ pub const ARRIVAL_ANNOTATION: &str = "gpu-slicer.io/simulate-arrival-seconds";
 /// How long the pod runs once bound, in seconds (for a pod running at the
 /// start: how long it still runs). Default: to the end of the replay.
 pub const RUN_ANNOTATION: &str = "gpu-slicer.io/simulate-run-seconds";
-/// A Node's per-GPU MIG state, JSON: `[{"mig": true, "instances":
-/// [{"profile": "3g.20gb", "start": 4}]}, ...]`, one entry per GPU in index
-/// order.
-pub const MIG_STATE_ANNOTATION: &str = "gpu-slicer.io/mig-state";
+/// A Node's per-GPU MIG state, as the node daemon publishes it (format:
+/// [`gpu_slicer_core::mig_state`]).
+pub use gpu_slicer_core::node_labels::MIG_STATE as MIG_STATE_ANNOTATION;
 
 const INSTANCE_TYPE_LABELS: [&str; 2] = [
     "node.kubernetes.io/instance-type",
@@ -122,22 +120,26 @@ pub enum NodeError {
 /// What is wrong with a Node's `gpu-slicer.io/mig-state` annotation.
 #[derive(Debug, thiserror::Error)]
 pub enum MigStateError {
-    #[error("not the expected JSON: {0}")]
-    NotJson(#[from] serde_json::Error),
+    #[error("{0}")]
+    Published(#[from] gpu_slicer_core::mig_state::MigStateError),
+    #[error(
+        "entry {position} is GPU {gpu}: GPU {position} has no entry (the node could not read it); the simulator needs every GPU"
+    )]
+    MissingGpu { position: usize, gpu: u32 },
     #[error("{entries} GPU entries for a node of {count} GPUs")]
     WrongCount { entries: usize, count: u32 },
     #[error("GPU {gpu}: {product} has no MIG")]
-    NoMig { gpu: usize, product: &'static str },
+    NoMig { gpu: u32, product: &'static str },
     #[error("GPU {gpu}: {model} has no MIG profile {profile}")]
     UnknownProfile {
-        gpu: usize,
+        gpu: u32,
         model: &'static str,
         profile: String,
     },
     #[error("GPU {gpu}: {problem}")]
-    Layout { gpu: usize, problem: LayoutInvalid },
+    Layout { gpu: u32, problem: LayoutInvalid },
     #[error("GPU {gpu}: instances listed with MIG off")]
-    InstancesWithMigOff { gpu: usize },
+    InstancesWithMigOff { gpu: u32 },
 }
 
 /// What is wrong with one Pod of the trace.
@@ -399,23 +401,12 @@ fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), NodeErr
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GpuState {
-    mig: bool,
-    #[serde(default)]
-    instances: Vec<InstanceState>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InstanceState {
-    profile: String,
-    start: u32,
-}
-
+/// The GPUs of a Node from its published state ([`gpu_slicer_core::mig_state`],
+/// read by the core's one parser). Who holds an instance comes from the
+/// Pods of the input (their `spec.nodeName`), not from the state's `held`:
+/// a trace replays those pods, and counting both would hold an instance twice.
 fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, MigStateError> {
-    let states: Vec<GpuState> = serde_json::from_str(text)?;
+    let states = gpu_slicer_core::mig_state::parse(text)?;
     if states.len() != count as usize {
         return Err(MigStateError::WrongCount {
             entries: states.len(),
@@ -423,9 +414,13 @@ fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu
         });
     }
     states
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(g, s)| {
+        .map(|(position, s)| {
+            let g = gpu_slicer_core::mig_state::gpu_index(&states, position);
+            if g as usize != position {
+                return Err(MigStateError::MissingGpu { position, gpu: g });
+            }
             if s.mig && !model.mig_capable() {
                 return Err(MigStateError::NoMig {
                     gpu: g,

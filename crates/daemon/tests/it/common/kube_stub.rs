@@ -8,6 +8,10 @@
 //! chunked stream (like the real server, so no change is lost between a get
 //! and a watch). PATCH applies a JSON merge patch, honours a
 //! `metadata.resourceVersion` precondition (409 when stale), and is recorded.
+//! Pods bound to the Node can be added and deleted ([`KubeStub::add_pod`],
+//! [`KubeStub::delete_pod`]); a watch of them (`fieldSelector=spec.nodeName=`)
+//! works like the Node's, and without a resourceVersion first lists them as
+//! added.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +43,9 @@ struct Inner {
     version: u64,
     /// (resourceVersion, one watch-event JSON line)
     events: Vec<(u64, String)>,
+    /// The Pods bound to the Node, and their watch events, as for the Node.
+    pods: Vec<Value>,
+    pod_events: Vec<(u64, String)>,
     patches: Vec<RecordedPatch>,
     /// Request lines, in order ("GET /api/v1/nodes/n1").
     requests: Vec<String>,
@@ -96,6 +103,8 @@ impl KubeStub {
                 node,
                 version: 1,
                 events: Vec::new(),
+                pods: Vec::new(),
+                pod_events: Vec::new(),
                 patches: Vec::new(),
                 requests: Vec::new(),
                 created_events: Vec::new(),
@@ -156,6 +165,51 @@ impl KubeStub {
                 None => annotations.remove(key),
             };
         });
+    }
+
+    /// A Pod `namespace/name` bound to the Node, running: an ADDED event.
+    pub fn add_pod(&self, namespace: &str, name: &str) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        inner.version += 1;
+        let version = inner.version;
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace, "resourceVersion": version.to_string() },
+            "spec": { "nodeName": self.state.name },
+            "status": { "phase": "Running" },
+        });
+        let event = json!({ "type": "ADDED", "object": pod }).to_string();
+        inner.pods.push(pod);
+        inner.pod_events.push((version, event));
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// Deletes the Pod `namespace/name`: a DELETED event.
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        let Some(at) = inner
+            .pods
+            .iter()
+            .position(|p| p["metadata"]["name"] == name && p["metadata"]["namespace"] == namespace)
+        else {
+            panic!("stub: no pod {namespace}/{name}");
+        };
+        let mut pod = inner.pods.remove(at);
+        inner.version += 1;
+        let version = inner.version;
+        pod["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        let event = json!({ "type": "DELETED", "object": pod }).to_string();
+        inner.pod_events.push((version, event));
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// A Node annotation's value now.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        self.node()["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Ends every open watch cleanly (the server's watch timeout).
@@ -484,7 +538,33 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
             let from: u64 = param("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            watch(stream, state, stop, from).await;
+            watch(stream, state, stop, from, Vec::new(), |i| &i.events).await;
+        }
+        ("GET", "/api/v1/pods") if param("watch").as_deref() == Some("true") => {
+            let selector = param("fieldSelector").unwrap_or_default();
+            if selector != format!("spec.nodeName={}", state.name) {
+                let body = status(
+                    400,
+                    "BadRequest",
+                    &format!("unexpected fieldSelector {selector:?}"),
+                );
+                respond(&mut stream, "400 Bad Request", &body).await;
+                return;
+            }
+            // No resourceVersion: the pods as they are, as ADDED, then changes.
+            let (from, initial) = match param("resourceVersion").and_then(|v| v.parse().ok()) {
+                Some(from) => (from, Vec::new()),
+                None => {
+                    let inner = state.inner.lock().expect("stub");
+                    let initial = inner
+                        .pods
+                        .iter()
+                        .map(|p| json!({ "type": "ADDED", "object": p }).to_string())
+                        .collect();
+                    (inner.version, initial)
+                }
+            };
+            watch(stream, state, stop, from, initial, |i| &i.pod_events).await;
         }
         ("POST", "/api/v1/namespaces/default/events") => {
             // As the API server: an Event needs its involved object and reason.
@@ -578,9 +658,17 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
     }
 }
 
-/// A chunked stream of the events after `from`, then live ones, until the
-/// client goes away or the stub stops.
-async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken, from: u64) {
+/// A chunked stream of `initial`, then the events (of the list `events`
+/// picks) after `from`, then live ones, until the client goes away or the
+/// stub stops.
+async fn watch(
+    mut stream: TcpStream,
+    state: Arc<State>,
+    stop: CancellationToken,
+    from: u64,
+    initial: Vec<String>,
+    events: fn(&Inner) -> &Vec<(u64, String)>,
+) {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).await.is_err() {
         return;
@@ -595,6 +683,13 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
         let _ = stream.write_all(chunk.as_bytes()).await;
         return;
     }
+    for event in initial {
+        let line = format!("{event}\n");
+        let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            return;
+        }
+    }
     let mut sent = from;
     loop {
         // An ended watch, or a server that fails every request, reports
@@ -602,8 +697,7 @@ async fn watch(mut stream: TcpStream, state: Arc<State>, stop: CancellationToken
         // after `fail_requests` wakes this loop as well as the end does.
         let (failing, pending): (bool, Vec<(u64, String)>) = {
             let inner = state.inner.lock().expect("stub");
-            let pending = inner
-                .events
+            let pending = events(&inner)
                 .iter()
                 .filter(|(v, _)| *v > sent)
                 .cloned()
