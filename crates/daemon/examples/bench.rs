@@ -9,11 +9,21 @@
 //! ```
 //!
 //! Options: `--quick` (small iteration counts, 1 s idle window: proves the
-//! program works, numbers are indicative only), `--json FILE`, `--binary
+//! program works, numbers are indicative only), `--json [FILE]` (without
+//! FILE, or with `-`: the JSON on stdout and the table on stderr), `--binary
 //! PATH` (default: `gpu-slicer-daemon` next to this example's `examples/` folder),
 //! `--simulate SPEC` (instance preset or topology file; default
 //! `p4d.24xlarge`) or `--nvml` (the node's real GPUs: MIG scenarios are
 //! skipped and device counts are whatever the node advertises).
+//!
+//! With `--nvml` the daemon's idle resident memory is compared with the NVML
+//! floor (the `nvml_floor` example beside this one, held alive after
+//! enumeration): both are read from outside, from `/proc/<pid>/status`,
+//! `smaps_rollup` and `smaps`, and the JSON's `nvml_idle.rss_above_floor_kib`
+//! is the difference of the medians, with the breakdown (anonymous,
+//! file-backed, private) and, for one run each, the resident KiB per mapping.
+//! The fake NVML of `testing/fake-nvml` stands in for the driver when
+//! `LD_LIBRARY_PATH` finds it as `libnvidia-ml.so.1` (docs/benchmarks.md).
 //!
 //! The exit status is 0 whenever the measurements ran: targets are reported,
 //! never enforced (benchmarks are not tests).
@@ -45,8 +55,9 @@ struct Args {
     /// Small iteration counts and a 1 s idle window (for CI: proves it runs).
     #[arg(long)]
     quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
+    /// Also write the results as JSON to this file; without FILE (or `-`),
+    /// print the JSON on stdout and the table on stderr.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     json: Option<PathBuf>,
     /// The daemon binary (default: target/release/gpu-slicer-daemon next to this example).
     #[arg(long, value_name = "PATH")]
@@ -96,6 +107,11 @@ impl Sizes {
 const WAIT: Duration = Duration::from_secs(30);
 /// How long a daemon idles after start-up before its memory is read.
 const SETTLE_BEFORE_RSS: Duration = Duration::from_millis(300);
+/// With NVML, the last daemon is read once more this long after the first
+/// reading: past tokio's 10 s keep-alive, so the blocking-pool thread that
+/// ran NVML discovery (and whatever NVML keeps per thread) has gone, and a
+/// health probe (every 5 s) has run.
+const LATE_IDLE: Duration = Duration::from_secs(12);
 /// The lean-daemon targets: binary size, idle RSS of the 56-device node,
 /// and RSS with NVML above a bare NVML process.
 const BINARY_TARGET_MIB: f64 = 5.0;
@@ -393,6 +409,7 @@ struct Memory {
     rss_kib: u64,
     hwm_kib: u64,
     threads: u64,
+    resident: Resident,
 }
 
 fn memory(pid: u32) -> Result<Memory, String> {
@@ -409,7 +426,96 @@ fn memory(pid: u32) -> Result<Memory, String> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
         threads: field("Threads:")?,
+        resident: resident(pid)?,
     })
+}
+
+/// Resident memory by kind, KiB, from `/proc/<pid>/smaps_rollup`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Resident {
+    rss: u64,
+    /// Pages only this process maps (`Private_Clean + Private_Dirty`).
+    private: u64,
+    /// Heap, thread stacks, `.bss`, libraries' own allocations.
+    anonymous: u64,
+}
+
+impl Resident {
+    /// Pages of files: the program's and the libraries' code and data.
+    fn file_backed(&self) -> u64 {
+        self.rss.saturating_sub(self.anonymous)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "rss_kib": self.rss,
+            "private_kib": self.private,
+            "anonymous_kib": self.anonymous,
+            "file_backed_kib": self.file_backed(),
+        })
+    }
+}
+
+fn resident(pid: u32) -> Result<Resident, String> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let field = |key: &str| -> Result<u64, String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path} has no {key} field"))
+    };
+    Ok(Resident {
+        rss: field("Rss:")?,
+        private: field("Private_Clean:")? + field("Private_Dirty:")?,
+        anonymous: field("Anonymous:")?,
+    })
+}
+
+/// Resident KiB per mapping from `/proc/<pid>/smaps`, summed by what is
+/// mapped and its permissions: a file's path (the process's own executable
+/// as `[program]`, so the daemon's and the floor's compare), `[heap]`,
+/// `[stack]`, or `[anon]` (thread stacks, `.bss`, what libraries map for
+/// themselves).
+fn resident_by_mapping(pid: u32) -> Result<BTreeMap<String, u64>, String> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let program = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut by_name = BTreeMap::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            *by_name.entry(name.clone()).or_insert(0) += kib;
+        } else if line.split_whitespace().next().is_some_and(|range| {
+            range.contains('-') && range.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        }) {
+            // `start-end perms offset dev inode [name]`: the name may hold
+            // spaces. Keyed with the permissions, so code (`r-xp`),
+            // read-only data (`r--p`) and relocated or written data (`rw-p`)
+            // show apart.
+            let fields: Vec<&str> = line.splitn(6, char::is_whitespace).collect();
+            let perms = fields.get(1).copied().unwrap_or("");
+            let mapped = fields.get(5).copied().unwrap_or("").trim();
+            let mapped = if mapped.is_empty() {
+                "[anon]"
+            } else if mapped == program {
+                "[program]"
+            } else {
+                mapped
+            };
+            name = format!("{mapped} {perms}");
+        }
+    }
+    by_name.retain(|_, kib| *kib > 0);
+    Ok(by_name)
 }
 
 /// utime + stime in clock ticks, all threads.
@@ -627,16 +733,18 @@ fn median_memory(v: &[Memory]) -> Memory {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
 
-fn median_u64(v: &[u64]) -> u64 {
-    let mut sorted = v.to_vec();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+/// One run of the NVML floor, read from outside while it holds.
+struct FloorRun {
+    memory: Memory,
+    by_mapping: BTreeMap<String, u64>,
 }
 
-/// VmRSS (KiB) of `nvml_floor` runs: a bare process that initialises NVML
-/// and enumerates the GPUs, the least any NVML-based plugin can hold. The
-/// program is the example beside this one.
-fn nvml_floor(runs: usize) -> Result<Vec<u64>, String> {
+/// `runs` runs of `nvml_floor --hold`: a bare process that initialises
+/// NVML and enumerates the GPUs, the least any NVML-based plugin can hold
+/// (the example beside this one). Each is read from `/proc` by this
+/// process, as the daemon is, then let go by closing its stdin.
+fn nvml_floor(runs: usize) -> Result<Vec<FloorRun>, String> {
+    use std::io::BufRead as _;
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
     let floor = exe.with_file_name("nvml_floor");
     if !floor.is_file() {
@@ -647,22 +755,47 @@ fn nvml_floor(runs: usize) -> Result<Vec<u64>, String> {
     }
     let mut out = Vec::new();
     for _ in 0..runs.max(1) {
-        let run = Command::new(&floor)
-            .output()
+        let mut child = Command::new(&floor)
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", floor.display()))?;
-        let text = String::from_utf8_lossy(&run.stdout);
-        let kib = text
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS_kib="))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "nvml_floor printed no VmRSS: {}{}",
-                    text,
-                    String::from_utf8_lossy(&run.stderr)
-                )
-            })?;
-        out.push(kib);
+        let stdout = child.stdout.take().ok_or("nvml_floor: no stdout")?;
+        let mut printed = String::new();
+        let mut ready = false;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| format!("cannot read nvml_floor's output: {e}"))?;
+            if line == "ready" {
+                ready = true;
+                break;
+            }
+            printed += &line;
+            printed.push('\n');
+        }
+        let pid = child.id();
+        let reading = ready.then(|| {
+            Ok::<_, String>(FloorRun {
+                memory: memory(pid)?,
+                by_mapping: resident_by_mapping(pid)?,
+            })
+        });
+        // Closing stdin lets it exit.
+        drop(child.stdin.take());
+        let finished = child
+            .wait_with_output()
+            .map_err(|e| format!("cannot wait for nvml_floor: {e}"))?;
+        match reading {
+            Some(run) => out.push(run?),
+            None => {
+                return Err(format!(
+                    "nvml_floor ended before it was ready ({}): {printed}{}",
+                    finished.status,
+                    String::from_utf8_lossy(&finished.stderr)
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -795,35 +928,120 @@ async fn run(args: Args) -> Result<(), String> {
     // --- With NVML: the daemon's idle RSS over a bare NVML process's.
     if simulate.is_none() {
         progress("nvml: the floor (a bare process after nvmlInit and enumeration)");
-        let floor = nvml_floor(sizes.startups)?;
+        let floors = nvml_floor(sizes.startups)?;
         let scenario = Scenario {
             name: "nvml-idle",
             layout: None,
             config: "version: v1\n".into(),
         };
         progress("nvml: daemon start-ups");
-        let (_node, first, _, idles) = bench.start_many(&scenario, sizes.startups).await?;
+        let (node, first, _, idles) = bench.start_many(&scenario, sizes.startups).await?;
+        let daemon_mappings = resident_by_mapping(node.daemon.pid())?;
+        progress(&format!("nvml: the last daemon, {LATE_IDLE:?} later"));
+        tokio::time::sleep(LATE_IDLE).await;
+        let late = memory(node.daemon.pid())?;
+        let late_mappings = resident_by_mapping(node.daemon.pid())?;
+        drop(node);
         let idle = median_memory(&idles);
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        let floor_kib = median_u64(&floor);
-        let over = mib(idle.rss_kib) - mib(floor_kib);
+        let floor_memory: Vec<Memory> = floors.iter().map(|f| f.memory).collect();
+        let floor = median_memory(&floor_memory);
+        let above_kib = idle.rss_kib as i64 - floor.rss_kib as i64;
+        let mib = |kib: i64| kib as f64 / 1024.0;
+        let target_kib = (NVML_OVER_FLOOR_TARGET_MIB * 1024.0) as i64;
+        let kind = |r: &Resident| {
+            format!(
+                "{} anonymous + {} file-backed, {} private",
+                r.anonymous,
+                r.file_backed(),
+                r.private
+            )
+        };
         report.row(
             format!("idle RSS with NVML: ≤ floor + {NVML_OVER_FLOOR_TARGET_MIB} MiB (medians)"),
             format!(
-                "{:.1} MiB, floor {:.1} MiB (+{over:.1} MiB); medians of {} and {} runs; start → first registration {:.1} ms",
-                mib(idle.rss_kib),
-                mib(floor_kib),
+                "{:.1} MiB, floor {:.1} MiB: +{above_kib} KiB (+{:.2} MiB); medians of {} and {} runs; \
+                 KiB daemon {}, floor {}; {} threads; start → first registration {:.1} ms",
+                mib(idle.rss_kib as i64),
+                mib(floor.rss_kib as i64),
+                mib(above_kib),
                 idles.len(),
-                floor.len(),
+                floors.len(),
+                kind(&idle.resident),
+                kind(&floor.resident),
+                idle.threads,
                 ms(median(&first)),
             ),
-            Some(over <= NVML_OVER_FLOOR_TARGET_MIB),
+            Some(above_kib <= target_kib),
         );
+        let settled = idles.last().copied().unwrap_or_default();
+        report.row(
+            format!(
+                "idle RSS with NVML, {} s later (last run)",
+                LATE_IDLE.as_secs()
+            ),
+            format!(
+                "{} KiB, was {} KiB; {} threads, was {}; KiB {}",
+                late.rss_kib,
+                settled.rss_kib,
+                late.threads,
+                settled.threads,
+                kind(&late.resident),
+            ),
+            None,
+        );
+        // Per mapping: the last daemon (at both readings) and the last floor run.
+        let floor_mappings = floors
+            .last()
+            .map(|f| f.by_mapping.clone())
+            .unwrap_or_default();
+        let names: BTreeSet<&String> = daemon_mappings
+            .keys()
+            .chain(floor_mappings.keys())
+            .chain(late_mappings.keys())
+            .collect();
+        let per_mapping: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                let daemon = daemon_mappings.get(name).copied().unwrap_or(0);
+                let floor = floor_mappings.get(name).copied().unwrap_or(0);
+                let later = late_mappings.get(name).copied().unwrap_or(0);
+                json!({
+                    "mapping": name,
+                    "daemon_kib": daemon,
+                    "floor_kib": floor,
+                    "difference_kib": daemon as i64 - floor as i64,
+                    "daemon_later_kib": later,
+                })
+            })
+            .collect();
         report.record(
             "nvml_idle",
             json!({
-                "floor_vmrss_kib": floor,
+                "rss_above_floor_kib": above_kib,
+                "rss_above_floor_mib": mib(above_kib),
+                "target_above_floor_kib": target_kib,
+                "met": above_kib <= target_kib,
+                "daemon_median": {
+                    "vmrss_kib": idle.rss_kib,
+                    "threads": idle.threads,
+                    "smaps_rollup": idle.resident.json(),
+                },
+                "floor_median": {
+                    "vmrss_kib": floor.rss_kib,
+                    "threads": floor.threads,
+                    "smaps_rollup": floor.resident.json(),
+                },
+                "floor_vmrss_kib": floor_memory.iter().map(|m| m.rss_kib).collect::<Vec<_>>(),
                 "daemon_idle_vmrss_kib": idles.iter().map(|m| m.rss_kib).collect::<Vec<_>>(),
+                "daemon_idle_threads": idles.iter().map(|m| m.threads).collect::<Vec<_>>(),
+                "resident_by_mapping_last_run": per_mapping,
+                "last_run_later": {
+                    "seconds_after_first_reading": LATE_IDLE.as_secs(),
+                    "vmrss_kib": late.rss_kib,
+                    "threads": late.threads,
+                    "smaps_rollup": late.resident.json(),
+                    "rss_above_floor_kib": late.rss_kib as i64 - floor.rss_kib as i64,
+                },
                 "start_to_first_registration_ms": first.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             }),
         );
@@ -1091,19 +1309,25 @@ async fn run(args: Args) -> Result<(), String> {
         restarts(&bench, node, &mut report).await?;
     }
 
-    println!("\ngpu-slicer end-to-end benchmark ({backend}, {})", {
-        if args.quick {
-            "quick mode: indicative only"
-        } else {
-            "full"
-        }
-    });
-    println!("machine: {} ({} cores)\n", cpu_model(), {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    });
-    print!("{}", report.table());
+    let mode = if args.quick {
+        "quick mode: indicative only"
+    } else {
+        "full"
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let table = format!(
+        "\ngpu-slicer end-to-end benchmark ({backend}, {mode})\nmachine: {} ({cores} cores)\n\n{}",
+        cpu_model(),
+        report.table()
+    );
+    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
+    if json_to_stdout {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
 
     if let Some(path) = args.json {
         let rows: Vec<Value> = report
@@ -1114,9 +1338,13 @@ async fn run(args: Args) -> Result<(), String> {
         report.record("table", Value::Array(rows));
         let text = serde_json::to_string_pretty(&Value::Object(report.json))
             .map_err(|e| format!("cannot encode the results: {e}"))?;
-        std::fs::write(&path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("\nresults written to {}", path.display());
+        if json_to_stdout {
+            println!("{text}");
+        } else {
+            std::fs::write(&path, text + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("\nresults written to {}", path.display());
+        }
     }
     Ok(())
 }

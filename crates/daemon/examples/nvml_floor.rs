@@ -5,12 +5,18 @@
 //!
 //! ```sh
 //! cargo build --release -p gpu-slicer-daemon --example nvml_floor
-//! target/release/examples/nvml_floor        # VmRSS_kib=<n>
+//! target/release/examples/nvml_floor          # VmRSS_kib=<n>
+//! target/release/examples/nvml_floor --hold   # prints `ready`, waits for stdin to close
 //! ```
+//!
+//! `--hold` keeps the process alive after enumeration until its standard
+//! input is closed, so that the benchmark reads the floor's `/proc/<pid>`
+//! from outside, exactly as it reads the daemon's.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let hold = std::env::args().skip(1).any(|a| a == "--hold");
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(nvml) => nvml,
         Err(e) => {
@@ -42,6 +48,12 @@ fn main() -> ExitCode {
         .unwrap_or("0");
     println!("gpus={count}");
     println!("VmRSS_kib={rss}");
+    if hold {
+        println!("ready");
+        // Until the reader closes stdin; what it reads does not matter.
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        return ExitCode::SUCCESS;
+    }
     // NVML_FLOOR_SMAPS=1: resident KiB per mapping, to compare with the daemon's.
     if std::env::var_os("NVML_FLOOR_SMAPS").is_some() {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
