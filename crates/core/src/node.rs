@@ -424,7 +424,7 @@ impl NodeMachine {
         let mut out = Vec::new();
         match event {
             NodeEvent::Loaded { cause, outcome } => self.on_loaded(cause, outcome, now, &mut out),
-            NodeEvent::ReloadAsked => self.ask_load(LoadCause::Reload, &mut out),
+            NodeEvent::ReloadAsked => out.push(NodeAction::Load(LoadCause::Reload)),
             NodeEvent::MigLabels(levels) => {
                 if let Some(mig) = &mut self.mig {
                     mig.levels = levels;
@@ -481,10 +481,6 @@ impl NodeMachine {
         out
     }
 
-    fn ask_load(&mut self, cause: LoadCause, out: &mut Vec<NodeAction>) {
-        out.push(NodeAction::Load(cause));
-    }
-
     fn on_tick(&mut self, now: Instant, out: &mut Vec<NodeAction>) {
         let recovered = self.health.recover(now);
         if !recovered.is_empty() {
@@ -493,7 +489,7 @@ impl NodeMachine {
         }
         if self.discovery_at.is_some_and(|at| at <= now) {
             self.discovery_at = None;
-            self.ask_load(LoadCause::Discovery, out);
+            out.push(NodeAction::Load(LoadCause::Discovery));
         }
         if let Some(mig) = &mut self.mig
             && mig.retry_at.is_some_and(|at| at <= now)
@@ -712,7 +708,7 @@ impl NodeMachine {
             withdrawn: mig.withdrawn,
         }));
         let revision = mig.levels.revision;
-        self.ask_load(LoadCause::MigLayout { revision }, out);
+        out.push(NodeAction::Load(LoadCause::MigLayout { revision }));
     }
 
     /// A rediscovery at `revision` was applied: the GPUs hold what it found.
