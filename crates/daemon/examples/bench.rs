@@ -415,19 +415,22 @@ struct Memory {
 fn memory(pid: u32) -> Result<Memory, String> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let field = |key: &str| -> Result<u64, String> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{path} has no {key} field"))
-    };
+    let field = |key: &str| proc_field(&text, &path, key);
     Ok(Memory {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
         threads: field("Threads:")?,
         resident: resident(pid)?,
     })
+}
+
+/// The number after `key` in a `/proc` file's text (`VmRSS:   1234 kB`).
+fn proc_field(text: &str, path: &str, key: &str) -> Result<u64, String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{path} has no {key} field"))
 }
 
 /// Resident memory by kind, KiB, from `/proc/<pid>/smaps_rollup`.
@@ -459,13 +462,7 @@ impl Resident {
 fn resident(pid: u32) -> Result<Resident, String> {
     let path = format!("/proc/{pid}/smaps_rollup");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let field = |key: &str| -> Result<u64, String> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{path} has no {key} field"))
-    };
+    let field = |key: &str| proc_field(&text, &path, key);
     Ok(Resident {
         rss: field("Rss:")?,
         private: field("Private_Clean:")? + field("Private_Dirty:")?,

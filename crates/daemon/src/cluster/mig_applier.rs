@@ -226,14 +226,7 @@ impl Task {
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    retry_at = if applied {
-                        backoff.reset();
-                        None
-                    } else {
-                        let delay = backoff.next_delay();
-                        tracing::warn!("retrying the MIG target in {delay:?}");
-                        Some(tokio::time::Instant::now() + delay)
-                    };
+                    retry_at = retry_after(applied, &mut backoff, "the MIG target");
                 }
                 (None, None) => {
                     // Nothing asked for: the GPUs are served as they are.
@@ -249,14 +242,7 @@ impl Task {
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    retry_at = if applied {
-                        backoff.reset();
-                        None
-                    } else {
-                        let delay = backoff.next_delay();
-                        tracing::warn!("retrying MIG layout '{name}' in {delay:?}");
-                        Some(tokio::time::Instant::now() + delay)
-                    };
+                    retry_at = retry_after(applied, &mut backoff, &format!("MIG layout '{name}'"));
                 }
             }
             tokio::select! {
@@ -680,4 +666,16 @@ async fn keep_node_state(
             changed = view.changed(), if view_alive => view_alive = changed.is_ok(),
         }
     }
+}
+
+/// After an attempt: none to retry when it applied (the back-off starts
+/// over), else the instant of the next, on the back-off.
+fn retry_after(applied: bool, backoff: &mut Backoff, what: &str) -> Option<tokio::time::Instant> {
+    if applied {
+        backoff.reset();
+        return None;
+    }
+    let delay = backoff.next_delay();
+    tracing::warn!("retrying {what} in {delay:?}");
+    Some(tokio::time::Instant::now() + delay)
 }

@@ -199,6 +199,23 @@ impl Cx<'_> {
         }
     }
 
+    /// A resource name that must be there and not empty; `missing` is
+    /// NVIDIA's message when it is not.
+    fn required_name(
+        &self,
+        m: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        missing: &str,
+    ) -> Result<ResourceName, ConfigError> {
+        match self.string(m, key, path)? {
+            Some(n) if !n.is_empty() => {
+                ResourceName::parse(&n).map_err(|e| self.invalid(&join(path, key), e))
+            }
+            _ => Err(self.invalid(path, missing)),
+        }
+    }
+
     pub(super) fn pattern_name(
         &self,
         m: &Map<String, Value>,
@@ -206,14 +223,9 @@ impl Cx<'_> {
         path: &str,
         draft: &mut PatternDraft,
     ) -> Result<(), ConfigError> {
-        match self.string(m, key, path)? {
-            Some(n) if !n.is_empty() => {
-                draft.name =
-                    Some(ResourceName::parse(&n).map_err(|e| self.invalid(&join(path, key), e))?);
-                Ok(())
-            }
-            _ => Err(self.invalid(path, "resources must have a 'name' field set")),
-        }
+        draft.name =
+            Some(self.required_name(m, key, path, "resources must have a 'name' field set")?);
+        Ok(())
     }
 
     // --- SHARING, REPLICATED, MPS
@@ -338,14 +350,8 @@ impl Cx<'_> {
         path: &str,
         draft: &mut ResourceDraft,
     ) -> Result<(), ConfigError> {
-        match self.string(m, key, path)? {
-            Some(n) if !n.is_empty() => {
-                draft.name =
-                    Some(ResourceName::parse(&n).map_err(|e| self.invalid(&join(path, key), e))?);
-                Ok(())
-            }
-            _ => Err(self.invalid(path, "no resource name specified")),
-        }
+        draft.name = Some(self.required_name(m, key, path, "no resource name specified")?);
+        Ok(())
     }
 
     pub(super) fn rename(
