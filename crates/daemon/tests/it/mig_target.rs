@@ -143,7 +143,13 @@ async fn free_instances_make_room_for_a_3g_and_the_held_one_is_never_touched() {
         )
         .await;
         wait_for(&kubelet, &expect(&[(ONE_G, 1), (THREE_G, 1)])).await;
-        assert_eq!(stub.label(STATE).as_deref(), Some("success"));
+        // The applier writes the Event, then the state label: wait for it.
+        stub.wait_until(
+            "state success",
+            |s| s.label(STATE).as_deref() == Some("success"),
+            TIMEOUT,
+        )
+        .await;
         let applied = events(&stub, "MigTargetApplied")[0].clone();
         assert!(
             applied.starts_with(
