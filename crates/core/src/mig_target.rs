@@ -414,6 +414,9 @@ pub fn describe(instance: &InstanceAt) -> String {
 pub struct GpuPlan {
     pub destroy: Vec<InstanceAt>,
     pub create: Vec<InstanceAt>,
+    /// The GPU instances kept, by id: what the node keeps serving while the
+    /// change runs ([`crate::node_labels::MigScope::Gpus`]).
+    pub keep: Vec<u32>,
     /// The NVML operations, in order: destroys first (compute instances,
     /// then their GPU instance), then creations, largest first.
     pub ops: Vec<Op>,
@@ -487,7 +490,13 @@ pub fn plan_gpu(
     if !held.is_empty() {
         return Err(Blocked { held });
     }
-    let mut plan = GpuPlan::default();
+    let mut plan = GpuPlan {
+        keep: kept
+            .iter()
+            .map(|&i| gpu.instances[i].gpu_instance)
+            .collect(),
+        ..GpuPlan::default()
+    };
     for n in &going {
         for &ci in &n.compute_instances {
             plan.ops.push(Op::DestroyComputeInstance {
