@@ -83,8 +83,8 @@
 //! together, or not at all; hardware that changes under a `pending` the
 //! daemon never saw), the applier's per-GPU targets (one GPU re-cut,
 //! keeping the instances both layouts share; success or failure), loads
-//! that fail or are refused, reloads, XIDs, watcher reports, MPS exits and
-//! time:
+//! that fail or are refused, reloads, XIDs, watcher reports, MPS exits,
+//! daemon restarts (mid-change included) and time:
 //!
 //! 1. **A GPU being repartitioned is never advertised Healthy**: while the
 //!    last labels seen withdraw the whole node, no device of a MIG-capable

@@ -16,7 +16,10 @@
 //! that scope directly (its levels never go through the API server), the
 //! GPU changes later, and the change ends in `success` or `failed` (the GPU
 //! then holds its target or its former layout). A node does one kind of
-//! change at a time, as a real one does.
+//! change at a time, as a real one does. The daemon may restart at any
+//! point, a change under way included: the new machine starts from the
+//! levels it reads then (the applier starts over and checks its target
+//! again), and must converge all the same.
 
 use std::collections::BTreeSet;
 
@@ -78,6 +81,9 @@ enum Op {
     MpsExited,
     MpsReady,
     Registered(bool),
+    /// The daemon restarts (a crash, an upgrade): a new machine that knows
+    /// nothing but the levels it reads at start, mid-change or not.
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -100,6 +106,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::MpsExited),
         1 => Just(Op::MpsReady),
         1 => proptest::bool::weighted(0.8).prop_map(Op::Registered),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -406,6 +413,70 @@ impl World {
                     all_registered: *yes,
                 });
             }
+            Op::Restart => self.restart(),
+        }
+    }
+
+    /// The daemon starts again. Following MIG Manager, it reads the Node's
+    /// labels (a relist: a new revision); the API server must answer for
+    /// that (the start waits for it). Applying a target, the applier starts
+    /// over too: its first levels ask for nothing (a node with a target and
+    /// no layout label), then it checks the target against the GPUs as they
+    /// are: held already (the change finished before the restart) ends in
+    /// `success`, otherwise the change runs again with the scope planned
+    /// from the GPU now. A config the daemon refuses would end it at start
+    /// (restarted until fixed): not modelled.
+    fn restart(&mut self) {
+        if self.api_down || self.loads == Some(false) {
+            return;
+        }
+        let revision = self.labels.revision + 1;
+        self.labels = match self.applying {
+            Some(_) => MigLevels {
+                revision,
+                ..MigLevels::default()
+            },
+            None => MigLevels {
+                revision,
+                ..self.labels.clone()
+            },
+        };
+        self.delivered = self.labels.clone();
+        // The new machine knows nothing of what the old one withdrew, nor
+        // of the XIDs it saw (a restarted daemon forgets them: see the
+        // health module).
+        self.last_scope = self.labels.withdrawn().then(|| self.labels.scope.clone());
+        self.hits.clear();
+        self.registered = false;
+        self.watched = [false; 3];
+        let (machine, _) = NodeMachine::new(
+            NodeSettings {
+                health_watched: true,
+            },
+            Some(self.labels.clone()),
+        );
+        self.machine = machine;
+        let outcome = self.load();
+        self.applied_once = matches!(outcome, LoadOutcome::Applied(_));
+        self.feed(NodeEvent::Loaded {
+            cause: LoadCause::Start,
+            outcome,
+        });
+        self.feed(NodeEvent::Registration {
+            all_registered: false,
+        });
+        if let Some((gpu, to)) = self.applying {
+            if self.hardware[gpu] == to {
+                self.applying = None;
+                let scope = self.labels.scope.clone();
+                self.set_labels(Some(MIG_TARGET), "success", scope, true);
+            } else {
+                self.applying = None;
+                self.step(&Op::TargetBegin {
+                    gpu,
+                    layout: LAYOUTS.iter().position(|l| *l == to).unwrap_or(0),
+                });
+            }
         }
     }
 
@@ -679,4 +750,36 @@ fn a_change_hidden_by_an_api_outage_is_rediscovered_when_the_watch_returns() {
     world.step(&Op::ApiDown(false));
     world.check();
     world.check_settled();
+}
+
+/// A restart in the middle of a target's change, before and after the GPU
+/// changed: the new machine knows nothing of the old one's withdrawal,
+/// follows the levels it is handed, and converges to what the GPUs hold.
+#[test]
+fn a_restart_mid_target_converges_whether_or_not_the_gpu_changed() {
+    for hardware_first in [false, true] {
+        let mut world = World::new();
+        world.step(&Op::Registered(true));
+        for gpu in 0..3 {
+            world.step(&Op::Watched { gpu });
+        }
+        world.step(&Op::TargetBegin { gpu: 0, layout: 2 });
+        world.check();
+        assert!(world.machine.withdrawn() && world.machine.ready());
+        if hardware_first {
+            world.step(&Op::MigHardware);
+        }
+        world.step(&Op::Restart);
+        world.check();
+        // Before the GPU changed, the applier runs the change again (its
+        // GPU withdrawn as before); after, it reports success.
+        assert_eq!(world.applying.is_some(), !hardware_first);
+        assert_eq!(world.machine.withdrawn(), !hardware_first);
+        world.step(&Op::MigHardware);
+        world.step(&Op::MigEnd { success: true });
+        world.check();
+        world.settle();
+        world.check_settled();
+        assert_eq!(world.hardware, [LAYOUTS[2], LAYOUTS[0]]);
+    }
 }
