@@ -640,13 +640,7 @@ pub fn apply_target_gpu(
     if plan.ops.is_empty() {
         return Ok(done(Outcome::Unchanged, plan.summary()));
     }
-    let destroys_served = plan.ops.iter().find_map(|op| match op {
-        Op::DestroyGpuInstance { gpu_instance } if serving.contains(gpu_instance) => {
-            Some(*gpu_instance)
-        }
-        _ => None,
-    });
-    if let Some(gpu_instance) = destroys_served {
+    if let Some(gpu_instance) = plan.destroys_any_of(serving) {
         return Ok(done(
             Outcome::Failed {
                 operation: "planning".into(),
