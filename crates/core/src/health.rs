@@ -41,7 +41,7 @@
 //!   ([`HealthState::count_advertised`]): a GPU that is not advertised is the
 //!   daemon's "undiscovered", never "unreachable".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::config::InvalidValue;
@@ -221,7 +221,10 @@ pub enum Condition {
     Unreachable,
     /// Its MPS control daemon is not ready (MPS resources).
     MpsNotReady,
-    /// MIG Manager is repartitioning it (`nvidia.com/mig.config.state`).
+    /// A MIG change is under way (`nvidia.com/mig.config.state`): held by
+    /// every MIG-capable GPU while MIG Manager or a named layout changes
+    /// the node, by single MIG devices while a per-GPU target destroys
+    /// their instances.
     Repartitioning,
 }
 
@@ -362,6 +365,15 @@ impl HealthState {
             .values()
             .filter(|held| held.contains_key(&condition))
             .count()
+    }
+
+    /// The UUIDs (GPUs or MIG devices) that hold `condition`.
+    pub fn holding(&self, condition: Condition) -> BTreeSet<String> {
+        self.conditions
+            .iter()
+            .filter(|(_, held)| held.contains_key(&condition))
+            .map(|(uuid, _)| uuid.clone())
+            .collect()
     }
 
     pub fn get(&self, physical_uuid: &str) -> Option<&Unhealthy> {

@@ -414,12 +414,30 @@ pub fn describe(instance: &InstanceAt) -> String {
 pub struct GpuPlan {
     pub destroy: Vec<InstanceAt>,
     pub create: Vec<InstanceAt>,
+    /// The GPU instances kept, by id: what the node keeps serving while the
+    /// change runs ([`crate::node_labels::MigScope::Gpus`]).
+    pub keep: Vec<u32>,
     /// The NVML operations, in order: destroys first (compute instances,
     /// then their GPU instance), then creations, largest first.
     pub ops: Vec<Op>,
 }
 
 impl GpuPlan {
+    /// The first GPU instance of `serving` (instances the node offers to
+    /// pods while the change runs) that this plan would destroy; `None`
+    /// when it destroys none of them. A plan made when a GPU's turn comes
+    /// is checked with it against the instances its earlier check kept: a
+    /// GPU that changed in between must not lose an instance a pod may be
+    /// admitted onto at any moment.
+    pub fn destroys_any_of(&self, serving: &BTreeSet<u32>) -> Option<u32> {
+        self.ops.iter().find_map(|op| match op {
+            Op::DestroyGpuInstance { gpu_instance } if serving.contains(gpu_instance) => {
+                Some(*gpu_instance)
+            }
+            _ => None,
+        })
+    }
+
     /// `destroyed 1g.5gb at memory slice 4, …; created 3g.20gb at memory
     /// slice 4`, or `unchanged`.
     pub fn summary(&self) -> String {
@@ -487,7 +505,13 @@ pub fn plan_gpu(
     if !held.is_empty() {
         return Err(Blocked { held });
     }
-    let mut plan = GpuPlan::default();
+    let mut plan = GpuPlan {
+        keep: kept
+            .iter()
+            .map(|&i| gpu.instances[i].gpu_instance)
+            .collect(),
+        ..GpuPlan::default()
+    };
     for n in &going {
         for &ci in &n.compute_instances {
             plan.ops.push(Op::DestroyComputeInstance {
@@ -566,6 +590,27 @@ mod tests {
 
     fn target(text: &str, gpus: &[GpuState]) -> Result<Vec<ResolvedTarget>, TargetError> {
         resolve(&parse(text)?, gpus)
+    }
+
+    #[test]
+    fn a_plan_keeps_what_it_does_not_destroy_and_says_which_served_instance_it_would_destroy() {
+        let gpu = all_1g(Some(1));
+        let t = target(
+            r#"[{"index": 0, "instances": [{"profile": "1g.5gb", "start": 1}, {"profile": "1g.5gb", "start": 3}, {"profile": "3g.20gb", "start": 4}]}]"#,
+            std::slice::from_ref(&gpu),
+        )
+        .expect("valid");
+        let plan = plan_gpu(t[0].model, &gpu, &t[0].wanted).expect("not blocked");
+        // Kept: the 1g at slices 1 and 3 (GPU instances 8 and 10).
+        assert_eq!(
+            plan.keep.iter().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([8, 10])
+        );
+        assert_eq!(plan.destroys_any_of(&BTreeSet::from([8, 10])), None);
+        // The GPU changed since the check kept the 1g at slice 2 (GPU
+        // instance 9): this plan would destroy it.
+        assert_eq!(plan.destroys_any_of(&BTreeSet::from([8, 9, 10])), Some(9));
+        assert_eq!(plan.destroys_any_of(&BTreeSet::new()), None);
     }
 
     #[test]

@@ -20,9 +20,11 @@
 //!   control daemons, and reports either what it applied or why nothing was.
 //! - **Discovery**: the NVML indices of GPUs that could not be read, and
 //!   the deadline of the next attempt (a back-off, 1 s doubling to 5 min).
-//! - **MIG**: the last MIG labels seen, whether the MIG-capable GPUs are
-//!   withdrawn, the label revision the last rediscovery reflects, and the
-//!   deadline of a retry (1 s doubling to 1 min).
+//! - **MIG**: the last MIG labels seen, what is withdrawn (nothing; every
+//!   MIG-capable GPU, for MIG Manager and named layouts; or, for a per-GPU
+//!   target, the devices of the GPUs it changes but those of the instances
+//!   it keeps: [`MigScope`]), the label revision the last rediscovery
+//!   reflects, and the deadline of a retry (1 s doubling to 1 min).
 //! - **Health**: [`HealthState`] (XIDs and their recovery deadlines, GPU
 //!   conditions, what the NVML watcher last said) and the MPS resources'
 //!   GPUs.
@@ -31,13 +33,15 @@
 //! # Events and actions
 //!
 //! Events: a load's outcome, a reload asked for (SIGHUP), the MIG labels'
-//! levels, an XID, a GPU watched or not, an MPS control daemon that exited
-//! or is ready again, the registration machine's "every resource
-//! registered", and [`NodeEvent::Tick`] (time passed; due timers fire).
+//! levels (with the scope of a change under way), an XID, a GPU watched or
+//! not, an MPS control daemon that exited or is ready again, the
+//! registration machine's "every resource registered", and
+//! [`NodeEvent::Tick`] (time passed; due timers fire).
 //! Actions: load (with its cause), advertise the load just applied, push
-//! the health to the kubelet, set readiness, tell the MIG applier whether
-//! the GPUs are withdrawn, exit (a refused first load), and notices for
-//! the log and the metrics.
+//! the health to the kubelet, set readiness, tell the MIG applier what is
+//! withdrawn (so it changes a GPU only once exactly its withdrawal is in
+//! place), exit (a refused first load), and notices for the log and the
+//! metrics.
 //!
 //! # Rules
 //!
@@ -47,32 +51,50 @@
 //!   daemon; one that finds no driver waits for it on the back-off.
 //! - **MIG by level** ([`crate::node_labels::mig_withdrawn`]): on every
 //!   label change, and when a retry comes due, the machine compares what
-//!   the labels ask with what it did last: withdrawn labels withdraw
-//!   (idempotent); otherwise the GPUs are rediscovered whenever the labels'
-//!   revision differs from the one the last rediscovery reflects, or the
-//!   GPUs are still withdrawn. A `pending` never seen cannot leave vanished
-//!   devices advertised, and a failed rediscovery is retried, not left
-//!   until the next label change.
-//! - **Fail closed**: a GPU being repartitioned, not watched, or whose MPS
-//!   daemon is not ready, is advertised Unhealthy; a device hit by an XID
-//!   stays Unhealthy until its quiet period ends (or for good, for XIDs
-//!   that need a reset).
+//!   the labels ask with what it did last: withdrawn labels withdraw their
+//!   scope (idempotent; a scope that changes replaces the last one);
+//!   otherwise the GPUs are rediscovered whenever the labels' revision
+//!   differs from the one the last rediscovery reflects, or something is
+//!   still withdrawn. A `pending` never seen cannot leave vanished devices
+//!   advertised, and a failed rediscovery is retried, not left until the
+//!   next label change. What is withdrawn is recomputed from the scope and
+//!   the devices advertised now, whatever was withdrawn before: a load
+//!   applied during a change (a reload) withdraws its devices the same way.
+//! - **Withdraw what changes, nothing else**: MIG Manager's labels (and a
+//!   named layout) cannot tell which GPUs change, so every MIG-capable
+//!   GPU's devices are withdrawn, as NVIDIA's plugin does. A per-GPU target
+//!   names them: only the devices of the instances it destroys stop being
+//!   offered (no pod is admitted onto one about to vanish), along with any
+//!   device that appears on those GPUs before the rediscovery; the
+//!   instances it keeps, held or free, and every other GPU stay Healthy,
+//!   and the new devices come with the rediscovery, in one update.
+//! - **Fail closed**: a device being repartitioned, a GPU not watched, or
+//!   whose MPS daemon is not ready, is advertised Unhealthy; a device hit
+//!   by an XID stays Unhealthy until its quiet period ends (or for good,
+//!   for XIDs that need a reset).
 //! - **Ready** exactly when a load was applied, every resource is
-//!   registered, and no MIG change is under way.
+//!   registered, and no whole-node MIG change is under way (a per-GPU
+//!   target leaves the rest of the node serving).
 //!
 //! # Invariants
 //!
 //! Checked after every step by the simulation (`node::sim`), over random
 //! interleavings of MIG Manager's changes (labels that arrive late,
 //! together, or not at all; hardware that changes under a `pending` the
-//! daemon never saw), loads that fail or are refused, reloads, XIDs,
-//! watcher reports, MPS exits and time:
+//! daemon never saw), the applier's per-GPU targets (one GPU re-cut,
+//! keeping the instances both layouts share; success or failure), loads
+//! that fail or are refused, reloads, XIDs, watcher reports, MPS exits,
+//! daemon restarts (mid-change included) and time:
 //!
 //! 1. **A GPU being repartitioned is never advertised Healthy**: while the
-//!    last labels seen say withdrawn, no device of a MIG-capable GPU is.
+//!    last labels seen withdraw the whole node, no device of a MIG-capable
+//!    GPU is; while they withdraw for a per-GPU target (1b, **a device
+//!    being destroyed is never advertised Healthy**), no device of a GPU it
+//!    changes is, but those of the instances it keeps.
 //! 2. **A refused load changes nothing**: what is advertised, its health
 //!    and readiness are as before.
-//! 3. **Ready** is exactly (a load applied, registered, not withdrawn).
+//! 3. **Ready** is exactly (a load applied, registered, the whole node not
+//!    withdrawn).
 //! 4. **An XID holds**: a device hit by an XID the policy acts on is not
 //!    Healthy before its quiet period ends.
 //! 5. **Never spins**: after any event, no deadline is already due.
@@ -81,6 +103,9 @@
 //!    is withdrawn, and no timer is left but XID recoveries.
 //! 7. **No blind window**: with a watcher, a GPU it does not watch (or has
 //!    not reported on yet) has no device advertised Healthy.
+//! 8. **No collateral withdrawal**: a device is Unhealthy because of a MIG
+//!    change only inside the scope of the last change asked for (a held
+//!    slice on a GPU a target does not change never is).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -92,7 +117,7 @@ use crate::health::{
     AdvertisedGpu, Condition, HealthPolicy, HealthState, NOT_WATCHED_YET, XidAction, XidEvent,
     affected,
 };
-use crate::node_labels::MigLevels;
+use crate::node_labels::{MigLevels, MigScope};
 use crate::plan::Resource;
 
 #[cfg(test)]
@@ -110,6 +135,10 @@ pub const MIG_REDISCOVERY_BACKOFF: Backoff =
 
 /// Why the devices of a GPU being repartitioned are Unhealthy.
 pub const REPARTITIONING: &str = "MIG Manager is changing its MIG layout";
+/// Why a MIG device a per-GPU target is changing is Unhealthy: its GPU
+/// instance is being destroyed (or was created by the change and is not
+/// rediscovered yet).
+pub const TARGET_CHANGING: &str = "a MIG target is changing its GPU instance";
 /// Why an MPS resource's devices are Unhealthy before its control daemon
 /// answered.
 pub const MPS_EXITED: &str = "its MPS control daemon exited";
@@ -209,8 +238,10 @@ pub enum NodeAction {
     PushHealth,
     /// Readiness changed.
     SetReady(bool),
-    /// Tell the MIG applier whether the MIG-capable GPUs are withdrawn.
-    TellWithdrawn(bool),
+    /// Tell the MIG applier what is withdrawn now (`None`: nothing; the
+    /// scope of the change it withdrew otherwise), so it can wait for
+    /// exactly the withdrawal it asked for.
+    TellWithdrawn(Option<MigScope>),
     /// The first load was refused: exit with this reason.
     Exit(String),
     /// Something to log or count.
@@ -252,11 +283,13 @@ pub enum NodeNotice {
     WaitingForWatcher {
         gpus: Vec<String>,
     },
-    /// The MIG labels ask for a withdrawal; `at_start`: before anything
-    /// was advertised.
+    /// The MIG labels ask for a withdrawal (its scope is `levels.scope`):
+    /// `gpus` GPUs touched, `devices` advertised devices withdrawn;
+    /// `at_start`: before anything was advertised.
     MigWithdrawn {
         levels: MigLevels,
         gpus: usize,
+        devices: usize,
         at_start: bool,
     },
     /// A MIG change is (1) or is not (0) under way.
@@ -336,8 +369,9 @@ pub struct NodeMachine {
 #[derive(Debug)]
 struct MigFollow {
     levels: MigLevels,
-    /// The MIG-capable GPUs' devices are withdrawn.
-    withdrawn: bool,
+    /// What is withdrawn: the scope of the change last acted on, until a
+    /// rediscovery after it is applied.
+    withdrawn: Option<MigScope>,
     /// The revision the last rediscovery (or the first load) reflects.
     discovered: Option<u64>,
     retry_at: Option<Instant>,
@@ -362,7 +396,7 @@ impl NodeMachine {
             mig_capable: Vec::new(),
             mig: mig.map(|levels| MigFollow {
                 discovered: Some(levels.revision),
-                withdrawn: false,
+                withdrawn: None,
                 levels,
                 retry_at: None,
                 backoff: MIG_REDISCOVERY_BACKOFF,
@@ -374,12 +408,14 @@ impl NodeMachine {
         if let Some(mig) = &mut machine.mig
             && mig.levels.withdrawn()
         {
-            mig.withdrawn = true;
-            out.push(NodeAction::TellWithdrawn(true));
+            // Nothing is advertised yet: the first load takes it in.
+            mig.withdrawn = Some(mig.levels.scope.clone());
+            out.push(NodeAction::TellWithdrawn(mig.withdrawn.clone()));
             out.push(NodeAction::Notify(NodeNotice::MigRepartitioning(true)));
             out.push(NodeAction::Notify(NodeNotice::MigWithdrawn {
                 levels: mig.levels.clone(),
                 gpus: 0,
+                devices: 0,
                 at_start: true,
             }));
         }
@@ -396,9 +432,16 @@ impl NodeMachine {
         &self.resources
     }
 
-    /// The MIG-capable GPUs are withdrawn (a MIG change is under way).
+    /// Something is withdrawn (a MIG change is under way, or its
+    /// rediscovery has not been applied yet).
     pub fn withdrawn(&self) -> bool {
-        self.mig.as_ref().is_some_and(|m| m.withdrawn)
+        self.withdrawal().is_some()
+    }
+
+    /// What is withdrawn: the whole node's MIG-capable GPUs, or the
+    /// devices a per-GPU target changes; `None`: nothing.
+    pub fn withdrawal(&self) -> Option<&MigScope> {
+        self.mig.as_ref().and_then(|m| m.withdrawn.as_ref())
     }
 
     /// Whether the daemon is ready (what `/readyz` says).
@@ -545,7 +588,7 @@ impl NodeMachine {
                     out.push(notice(NodeNotice::MigRediscoveryFailed {
                         error,
                         retry_in,
-                        withdrawn: mig.withdrawn,
+                        withdrawn: mig.withdrawn.is_some(),
                     }));
                 }
             }
@@ -564,13 +607,6 @@ impl NodeMachine {
         } = applied;
         self.applied = true;
         self.mig_capable = mig_capable;
-        if self.withdrawn() {
-            // Still withdrawn: the load of a reload during the change.
-            for gpu in &self.mig_capable {
-                self.health
-                    .set_condition(gpu, Condition::Repartitioning, Some(REPARTITIONING));
-            }
-        }
         self.follow_discovery(&unreachable, now, out);
         for message in &policy.malformed {
             out.push(notice(NodeNotice::HealthPolicyMalformed(message.clone())));
@@ -588,6 +624,10 @@ impl NodeMachine {
             self.set_mps_health(&name, daemon.not_ready.as_deref());
         }
         self.resources = resources;
+        // Still withdrawn (a reload during a change, or the first load
+        // under labels that withdraw): the new devices are withdrawn as the
+        // change asks, before they are advertised.
+        self.sync_withdrawal();
         out.push(NodeAction::Advertise);
     }
 
@@ -672,30 +712,32 @@ impl NodeMachine {
         if mig.levels.withdrawn() {
             mig.retry_at = None;
             out.push(notice(NodeNotice::MigRepartitioning(true)));
-            if !mig.withdrawn {
-                mig.withdrawn = true;
+            let scope = mig.levels.scope.clone();
+            if mig.withdrawn.as_ref() != Some(&scope) {
+                // A new change, or the same change asking for another
+                // scope: what is withdrawn follows the labels' level.
+                mig.withdrawn = Some(scope.clone());
+                let levels = mig.levels.clone();
+                let changed = self.sync_withdrawal();
+                let gpus = match &scope {
+                    MigScope::Node => self.mig_capable.len(),
+                    MigScope::Gpus(gpus) => gpus.len(),
+                };
                 out.push(notice(NodeNotice::MigWithdrawn {
-                    levels: mig.levels.clone(),
-                    gpus: self.mig_capable.len(),
+                    levels,
+                    gpus,
+                    devices: self.withdrawn_devices(),
                     at_start: false,
                 }));
-                let mut changed = false;
-                for gpu in &self.mig_capable {
-                    changed |= self.health.set_condition(
-                        gpu,
-                        Condition::Repartitioning,
-                        Some(REPARTITIONING),
-                    );
-                }
                 if changed {
                     out.push(NodeAction::PushHealth);
                 }
             }
-            out.push(NodeAction::TellWithdrawn(true));
+            out.push(NodeAction::TellWithdrawn(Some(scope)));
             return;
         }
         out.push(notice(NodeNotice::MigRepartitioning(false)));
-        if !mig.withdrawn && mig.discovered == Some(mig.levels.revision) {
+        if mig.withdrawn.is_none() && mig.discovered == Some(mig.levels.revision) {
             // Acted on already: nothing to do, nothing to retry.
             mig.retry_at = None;
             return;
@@ -705,7 +747,7 @@ impl NodeMachine {
         mig.retry_at = None;
         out.push(notice(NodeNotice::MigRediscovering {
             levels: mig.levels.clone(),
-            withdrawn: mig.withdrawn,
+            withdrawn: mig.withdrawn.is_some(),
         }));
         let revision = mig.levels.revision;
         out.push(NodeAction::Load(LoadCause::MigLayout { revision }));
@@ -723,21 +765,85 @@ impl NodeMachine {
             // The labels moved on to a new change while it ran: stay out.
             return;
         }
-        let was = std::mem::replace(&mut mig.withdrawn, false);
-        out.push(NodeAction::TellWithdrawn(false));
-        if was {
-            let mut changed = false;
-            for gpu in &self.mig_capable {
-                changed |= self
-                    .health
-                    .set_condition(gpu, Condition::Repartitioning, None);
-            }
-            if changed {
-                out.push(NodeAction::PushHealth);
-            }
+        let was = mig.withdrawn.take();
+        out.push(NodeAction::TellWithdrawn(None));
+        if was.is_some() && self.sync_withdrawal() {
+            out.push(NodeAction::PushHealth);
         }
         // Labels that changed again while it ran are looked at now.
         self.reconcile_mig(out);
+    }
+
+    /// The UUIDs that must hold [`Condition::Repartitioning`] under the
+    /// withdrawal now, for the devices advertised now: every MIG-capable
+    /// GPU for the whole node; for a per-GPU target, each device of a GPU
+    /// it changes but those of the GPU instances it keeps (a device that is
+    /// not a MIG device of a kept instance is withdrawn: fail closed).
+    fn withdrawn_uuids(&self) -> BTreeSet<String> {
+        match self.withdrawal() {
+            None => BTreeSet::new(),
+            Some(MigScope::Node) => self.mig_capable.iter().cloned().collect(),
+            Some(MigScope::Gpus(gpus)) => self
+                .resources
+                .iter()
+                .flat_map(|r| &r.devices)
+                .filter(|d| {
+                    gpus.get(&d.physical.gpu_uuid).is_some_and(|kept| {
+                        !d.physical
+                            .mig
+                            .is_some_and(|ids| kept.contains(&ids.gpu_instance))
+                    })
+                })
+                .map(|d| d.physical.uuid.clone())
+                .collect(),
+        }
+    }
+
+    /// Sets [`Condition::Repartitioning`] on exactly
+    /// [`Self::withdrawn_uuids`], clearing it everywhere else (devices gone
+    /// with a load included); returns true if any health changed. By
+    /// level: whatever was withdrawn before, the result is the same.
+    fn sync_withdrawal(&mut self) -> bool {
+        let want = self.withdrawn_uuids();
+        let have = self.health.holding(Condition::Repartitioning);
+        let reason = match self.withdrawal() {
+            Some(MigScope::Gpus(_)) => TARGET_CHANGING,
+            _ => REPARTITIONING,
+        };
+        let mut changed = false;
+        for uuid in have.difference(&want) {
+            changed |= self
+                .health
+                .set_condition(uuid, Condition::Repartitioning, None);
+        }
+        for uuid in &want {
+            // A scope that changed kind changes the reason too.
+            if self.health.condition(uuid, Condition::Repartitioning) != Some(reason) {
+                self.health
+                    .set_condition(uuid, Condition::Repartitioning, None);
+                changed |= self
+                    .health
+                    .set_condition(uuid, Condition::Repartitioning, Some(reason));
+            }
+        }
+        changed
+    }
+
+    /// How many advertised devices the withdrawal makes Unhealthy.
+    fn withdrawn_devices(&self) -> usize {
+        let health = &self.health;
+        self.resources
+            .iter()
+            .flat_map(|r| &r.devices)
+            .filter(|d| {
+                health
+                    .condition(&d.physical.uuid, Condition::Repartitioning)
+                    .is_some()
+                    || health
+                        .condition(&d.physical.gpu_uuid, Condition::Repartitioning)
+                        .is_some()
+            })
+            .count()
     }
 
     fn on_xid(&mut self, event: XidEvent, now: Instant, out: &mut Vec<NodeAction>) {
@@ -785,7 +891,10 @@ impl NodeMachine {
     }
 
     fn update_ready(&mut self, out: &mut Vec<NodeAction>) {
-        let ready = self.applied && self.registered && !self.withdrawn();
+        // A per-GPU target leaves the rest of the node serving: only a
+        // whole-node withdrawal makes it not ready.
+        let whole = matches!(self.withdrawal(), Some(MigScope::Node));
+        let ready = self.applied && self.registered && !whole;
         if ready != self.ready {
             self.ready = ready;
             out.push(NodeAction::SetReady(ready));

@@ -7,6 +7,8 @@
 //! built in [`crate::labels`]; this module holds the ones with a protocol
 //! behind them: who sets them, who reads them, what their values mean.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 /// NVIDIA's config-manager label: names the config, among the keys of a
 /// ConfigMap mounted as `--config-dir`, this node uses.
 pub const DEVICE_PLUGIN_CONFIG: &str = "nvidia.com/device-plugin.config";
@@ -93,9 +95,30 @@ pub fn mig_withdrawn(state: Option<&str>, config: Option<&str>) -> bool {
     }
 }
 
+/// Which devices a MIG change under way withdraws (advertises Unhealthy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MigScope {
+    /// Every MIG-capable GPU's devices: a change MIG Manager makes, or a
+    /// named layout `--apply-mig-layouts` applies. Which GPUs change is not
+    /// known from the labels (MIG Manager may re-cut any of them), so none
+    /// may admit a pod meanwhile: NVIDIA's behaviour.
+    #[default]
+    Node,
+    /// A per-GPU target ([`MIG_TARGET`]): per GPU being changed (by UUID),
+    /// the GPU instances the change keeps (by GPU-instance id). Every
+    /// device of such a GPU is withdrawn except those of the instances
+    /// kept: the instances destroyed stop being offered (no pod is admitted
+    /// onto one about to vanish), an instance that appears before the
+    /// change ends is not offered until it is rediscovered, and the kept
+    /// ones (held or free) stay Healthy. GPUs not named are not touched.
+    /// A kept instance is never destroyed, so its id stays its own for the
+    /// whole change.
+    Gpus(BTreeMap<String, BTreeSet<u32>>),
+}
+
 /// The two MIG labels as last seen (`nvidia.com/mig.config` and
 /// `nvidia.com/mig.config.state`), whether MIG Manager or
-/// `--apply-mig-layouts` sets them.
+/// `--apply-mig-layouts` sets them, and what a change under way withdraws.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigLevels {
     /// `nvidia.com/mig.config`: the layout asked for.
@@ -105,6 +128,10 @@ pub struct MigLevels {
     /// Grows whenever the two labels may have changed (each change seen,
     /// each gap in watching them); equal revisions mean nothing changed.
     pub revision: u64,
+    /// What is withdrawn while [`MigLevels::withdrawn`]: the whole node for
+    /// MIG Manager's labels (the Node carries no more), the GPUs a target
+    /// changes for the applier's.
+    pub scope: MigScope,
 }
 
 impl MigLevels {

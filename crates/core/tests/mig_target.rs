@@ -211,6 +211,20 @@ proptest! {
                 for gi in &held {
                     prop_assert_eq!(driver.get(gi), before.get(gi));
                 }
+                // `keep` (what the node keeps serving during the change) is
+                // exactly the instances no operation touches: every one is
+                // still there as it was, and every other one is destroyed.
+                let keep: BTreeSet<u32> = plan.keep.iter().copied().collect();
+                prop_assert_eq!(keep.len(), plan.keep.len());
+                for i in &gpu.instances {
+                    let destroyed = plan.ops.iter().any(|op| {
+                        matches!(op, Op::DestroyGpuInstance { gpu_instance } if *gpu_instance == i.gpu_instance)
+                    });
+                    prop_assert_eq!(keep.contains(&i.gpu_instance), !destroyed, "GI {}", i.gpu_instance);
+                    if keep.contains(&i.gpu_instance) {
+                        prop_assert_eq!(driver.get(&i.gpu_instance), before.get(&i.gpu_instance));
+                    }
+                }
                 // Fewest operations: nothing kept is touched, nothing
                 // destroyed is wanted where it was.
                 for d in &plan.destroy {

@@ -472,7 +472,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             config: config.borrow().clone(),
             ..node::MigLevels::default()
         });
-        let (withdrawn_tx, withdrawn) = tokio::sync::watch::channel(false);
+        let (withdrawn_tx, withdrawn) = tokio::sync::watch::channel(None);
         paths.mig_manager = Some(daemon::MigManagerLabels {
             levels,
             withdrawn: Some(Arc::new(withdrawn_tx)),

@@ -153,6 +153,17 @@ impl Kubelet {
             .unwrap_or_default()
     }
 
+    /// Every ListAndWatch message of `resource` the kubelet took in, oldest first, each as
+    /// the device list it left (sorted by id); empty unless [`Options::record_updates`].
+    pub fn device_updates(&self, resource: &str) -> Vec<Vec<DeviceState>> {
+        self.shared
+            .lock()
+            .updates
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The current endpoint of `resource`, if any.
     pub fn endpoint(&self, resource: &str) -> Option<EndpointInfo> {
         self.shared.lock().endpoint_info(resource)

@@ -126,6 +126,9 @@ pub(crate) struct State {
     pub allocations: Vec<Allocation>,
     /// Admitted pods by name.
     pub pods: BTreeMap<String, Pod>,
+    /// Every ListAndWatch message taken in, per resource, in order (with
+    /// [`Options::record_updates`]).
+    pub updates: BTreeMap<String, Vec<Vec<DeviceState>>>,
 }
 
 impl State {
@@ -627,11 +630,18 @@ impl Shared {
                 })
                 .collect();
             res.in_status = true;
-            tracing::debug!(
-                resource,
-                total = res.devices.len(),
-                "processed device updates"
-            );
+            let total = res.devices.len();
+            let list: Option<Vec<DeviceState>> = self
+                .opts
+                .record_updates
+                .then(|| res.devices.values().cloned().collect());
+            if let Some(list) = list {
+                st.updates
+                    .entry(resource.to_owned())
+                    .or_default()
+                    .push(list);
+            }
+            tracing::debug!(resource, total, "processed device updates");
         }
         self.notify();
     }

@@ -117,6 +117,12 @@ pub struct Options {
     /// `/var/lib/kubelet/pod-resources/kubelet.sock`; `None` (the default): not served.
     /// Keep it outside [`dir`](Self::dir), whose clean-up would delete it.
     pub pod_resources_socket: Option<PathBuf>,
+    /// Keep every ListAndWatch message received, per resource, for
+    /// [`Kubelet::device_updates`](crate::Kubelet::device_updates): a test
+    /// can then assert over every list the kubelet was sent, not only the
+    /// last one it happened to look at. Default false (a long run would
+    /// hold every message).
+    pub record_updates: bool,
 }
 
 impl Options {
@@ -133,6 +139,7 @@ impl Options {
             cleanup: Cleanup::default(),
             fit_check: true,
             pod_resources_socket: None,
+            record_updates: false,
         }
     }
 }

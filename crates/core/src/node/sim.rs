@@ -1,8 +1,8 @@
 //! Deterministic simulation: the node machine against a modelled node (two
 //! MIG GPUs and one without MIG, MIG Manager, the Node's labels as the
-//! daemon's watcher delivers them, loads that fail, the XID watcher, an MPS
-//! control daemon), over random interleavings, with the module's
-//! invariants checked after every step.
+//! daemon's watcher delivers them, the MIG applier's per-GPU targets, loads
+//! that fail, the XID watcher, an MPS control daemon), over random
+//! interleavings, with the module's invariants checked after every step.
 //!
 //! The world executes actions as the shell does: a load reads what the GPUs
 //! hold *now* (so a rediscovery during a change reads the old or the new
@@ -10,16 +10,26 @@
 //! Manager sets `pending`, changes the hardware later, and then sets
 //! `success` or `failed`; each label change reaches the machine only while
 //! the API server answers, and a watch that comes back relists (the
-//! revision grows, as the daemon's Node watcher does after a gap).
+//! revision grows, as the daemon's Node watcher does after a gap). The
+//! applier changes one GPU to a new layout, keeping the instances both
+//! layouts have at the same placement: it hands the machine `pending` with
+//! that scope directly (its levels never go through the API server), the
+//! GPU changes later, and the change ends in `success` or `failed` (the GPU
+//! then holds its target or its former layout). A node does one kind of
+//! change at a time, as a real one does. The daemon may restart at any
+//! point, a change under way included: the new machine starts from the
+//! levels it reads then (the applier starts over and checks its target
+//! again), and must converge all the same.
 
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-use super::tests::{applied, inventory};
+use super::tests::{applied, inventory_of, kept};
 use super::*;
 use crate::health::{DEFAULT_RECOVER_AFTER, affected};
+use crate::node_labels::MIG_TARGET;
 
 const LAYOUTS: [&str; 3] = ["all-1g.5gb", "all-3g.20gb", "all-balanced"];
 /// The XIDs thrown at it: timed (94), reset (79, 48), ignored (43, 13).
@@ -38,9 +48,16 @@ enum Op {
     },
     /// MIG Manager has changed the hardware (if a change is under way).
     MigHardware,
-    /// MIG Manager ends the change: `success`, or `failed`.
+    /// MIG Manager, or the applier, ends the change: `success`, or
+    /// `failed`.
     MigEnd {
         success: bool,
+    },
+    /// The applier begins a per-GPU target: MIG GPU `gpu` to
+    /// `LAYOUTS[layout]`, keeping the instances both layouts share.
+    TargetBegin {
+        gpu: usize,
+        layout: usize,
     },
     /// The API server stops (true) or starts (false) answering: label
     /// changes are not delivered while it is down; its return relists.
@@ -64,6 +81,9 @@ enum Op {
     MpsExited,
     MpsReady,
     Registered(bool),
+    /// The daemon restarts (a crash, an upgrade): a new machine that knows
+    /// nothing but the levels it reads at start, mid-change or not.
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -72,6 +92,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..LAYOUTS.len(), any::<bool>())
             .prop_map(|(layout, seen)| Op::MigBegin { layout, seen }),
         2 => Just(Op::MigHardware),
+        3 => (0usize..2, 0usize..LAYOUTS.len())
+            .prop_map(|(gpu, layout)| Op::TargetBegin { gpu, layout }),
         2 => proptest::bool::weighted(0.8).prop_map(|success| Op::MigEnd { success }),
         2 => any::<bool>().prop_map(Op::ApiDown),
         1 => Just(Op::WatchGap),
@@ -84,6 +106,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::MpsExited),
         1 => Just(Op::MpsReady),
         1 => proptest::bool::weighted(0.8).prop_map(Op::Registered),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -99,10 +122,15 @@ struct World {
     start: Instant,
     now: Instant,
     machine: NodeMachine,
-    /// What the MIG GPUs hold now.
-    hardware: &'static str,
+    /// What each MIG GPU holds now.
+    hardware: [&'static str; 2],
     /// The layout MIG Manager is moving to, while a change is under way.
     target: Option<&'static str>,
+    /// The applier's change under way: the GPU and the layout it moves to.
+    applying: Option<(usize, &'static str)>,
+    /// The scope of the last levels delivered that withdraw: what a MIG
+    /// change may have made Unhealthy.
+    last_scope: Option<MigScope>,
     /// The Node's labels (the truth) and the last ones delivered.
     labels: MigLevels,
     delivered: MigLevels,
@@ -124,6 +152,7 @@ impl World {
             config: Some(LAYOUTS[0].to_owned()),
             state: Some("success".to_owned()),
             revision: 1,
+            scope: MigScope::Node,
         };
         let (machine, _) = NodeMachine::new(
             NodeSettings {
@@ -136,8 +165,10 @@ impl World {
             start,
             now: start,
             machine,
-            hardware: LAYOUTS[0],
+            hardware: [LAYOUTS[0]; 2],
             target: None,
+            applying: None,
+            last_scope: None,
             delivered: labels.clone(),
             labels,
             api_down: false,
@@ -167,7 +198,7 @@ impl World {
             Some(true) => LoadOutcome::NotReady("NVML: driver not loaded".into()),
             Some(false) => LoadOutcome::Refused("config: unknown key".into()),
             None => {
-                let inventory = inventory(self.hardware);
+                let inventory = inventory_of(self.hardware);
                 let mut applied = applied(&inventory);
                 applied.mps.insert(
                     Self::mps_resource(),
@@ -210,19 +241,25 @@ impl World {
         self.now.saturating_duration_since(self.start)
     }
 
-    fn set_labels(&mut self, config: Option<&str>, state: &str) {
+    /// New levels: MIG Manager's reach the machine through the API server
+    /// (`direct: false`), the applier's directly.
+    fn set_labels(&mut self, config: Option<&str>, state: &str, scope: MigScope, direct: bool) {
         self.labels = MigLevels {
             config: config.map(str::to_owned),
             state: Some(state.to_owned()),
             revision: self.labels.revision + 1,
+            scope,
         };
-        if !self.api_down {
+        if direct || !self.api_down {
             self.deliver();
         }
     }
 
     fn deliver(&mut self) {
         self.delivered = self.labels.clone();
+        if self.labels.withdrawn() {
+            self.last_scope = Some(self.labels.scope.clone());
+        }
         self.feed(NodeEvent::MigLabels(self.labels.clone()));
     }
 
@@ -245,32 +282,55 @@ impl World {
     }
 
     fn gpu_uuid(&self, gpu: usize) -> String {
-        inventory(self.hardware).gpus[gpu].uuid.clone()
+        inventory_of(self.hardware).gpus[gpu].uuid.clone()
     }
 
     fn step(&mut self, op: &Op) {
         match op {
             Op::Advance(ms) => self.advance(Duration::from_millis(u64::from(*ms))),
             Op::MigBegin { layout, seen } => {
+                if self.applying.is_some() {
+                    return;
+                }
                 let target = LAYOUTS[*layout];
                 self.target = Some(target);
                 let down = self.api_down;
                 self.api_down = down || !seen;
-                self.set_labels(Some(target), "pending");
+                self.set_labels(Some(target), "pending", MigScope::Node, false);
                 self.api_down = down;
+            }
+            Op::TargetBegin { gpu, layout } => {
+                if self.target.is_some() || self.applying.is_some() {
+                    return;
+                }
+                let to = LAYOUTS[*layout];
+                let mut after = self.hardware;
+                after[*gpu] = to;
+                let keep = kept(
+                    &inventory_of(self.hardware).gpus[*gpu],
+                    &inventory_of(after).gpus[*gpu],
+                );
+                self.applying = Some((*gpu, to));
+                let scope = MigScope::Gpus(BTreeMap::from([(self.gpu_uuid(*gpu), keep)]));
+                self.set_labels(Some(MIG_TARGET), "pending", scope, true);
             }
             Op::MigHardware => {
                 if let Some(target) = self.target {
-                    self.hardware = target;
+                    self.hardware = [target; 2];
+                }
+                if let Some((gpu, to)) = self.applying {
+                    self.hardware[gpu] = to;
                 }
             }
             Op::MigEnd { success } => {
+                let state = if *success { "success" } else { "failed" };
                 if self.target.take().is_some() {
                     let config = self.labels.config.clone();
-                    self.set_labels(
-                        config.as_deref(),
-                        if *success { "success" } else { "failed" },
-                    );
+                    self.set_labels(config.as_deref(), state, MigScope::Node, false);
+                }
+                if self.applying.take().is_some() {
+                    let scope = self.labels.scope.clone();
+                    self.set_labels(Some(MIG_TARGET), state, scope, true);
                 }
             }
             Op::ApiDown(down) => {
@@ -298,7 +358,7 @@ impl World {
             }
             Op::Xid { gpu, xid, instance } => {
                 let uuid = self.gpu_uuid(*gpu);
-                let inv = inventory(self.hardware);
+                let inv = inventory_of(self.hardware);
                 let mig = instance.and_then(|i| inv.gpus[*gpu].mig_devices.get(i));
                 let event = XidEvent {
                     gpu_uuid: uuid,
@@ -353,6 +413,70 @@ impl World {
                     all_registered: *yes,
                 });
             }
+            Op::Restart => self.restart(),
+        }
+    }
+
+    /// The daemon starts again. Following MIG Manager, it reads the Node's
+    /// labels (a relist: a new revision); the API server must answer for
+    /// that (the start waits for it). Applying a target, the applier starts
+    /// over too: its first levels ask for nothing (a node with a target and
+    /// no layout label), then it checks the target against the GPUs as they
+    /// are: held already (the change finished before the restart) ends in
+    /// `success`, otherwise the change runs again with the scope planned
+    /// from the GPU now. A config the daemon refuses would end it at start
+    /// (restarted until fixed): not modelled.
+    fn restart(&mut self) {
+        if self.api_down || self.loads == Some(false) {
+            return;
+        }
+        let revision = self.labels.revision + 1;
+        self.labels = match self.applying {
+            Some(_) => MigLevels {
+                revision,
+                ..MigLevels::default()
+            },
+            None => MigLevels {
+                revision,
+                ..self.labels.clone()
+            },
+        };
+        self.delivered = self.labels.clone();
+        // The new machine knows nothing of what the old one withdrew, nor
+        // of the XIDs it saw (a restarted daemon forgets them: see the
+        // health module).
+        self.last_scope = self.labels.withdrawn().then(|| self.labels.scope.clone());
+        self.hits.clear();
+        self.registered = false;
+        self.watched = [false; 3];
+        let (machine, _) = NodeMachine::new(
+            NodeSettings {
+                health_watched: true,
+            },
+            Some(self.labels.clone()),
+        );
+        self.machine = machine;
+        let outcome = self.load();
+        self.applied_once = matches!(outcome, LoadOutcome::Applied(_));
+        self.feed(NodeEvent::Loaded {
+            cause: LoadCause::Start,
+            outcome,
+        });
+        self.feed(NodeEvent::Registration {
+            all_registered: false,
+        });
+        if let Some((gpu, to)) = self.applying {
+            if self.hardware[gpu] == to {
+                self.applying = None;
+                let scope = self.labels.scope.clone();
+                self.set_labels(Some(MIG_TARGET), "success", scope, true);
+            } else {
+                self.applying = None;
+                self.step(&Op::TargetBegin {
+                    gpu,
+                    layout: LAYOUTS.iter().position(|l| *l == to).unwrap_or(0),
+                });
+            }
         }
     }
 
@@ -379,11 +503,27 @@ impl World {
             .collect()
     }
 
+    /// Every device advertised (its physical device) and whether it is
+    /// Healthy.
+    fn devices(&self) -> Vec<(crate::plan::Physical, bool)> {
+        let health = self.machine.health();
+        self.machine
+            .resources()
+            .iter()
+            .flat_map(|r| &r.devices)
+            .map(|d| {
+                let healthy =
+                    health.is_healthy(&d.physical.uuid) && health.is_healthy(&d.physical.gpu_uuid);
+                (d.physical.clone(), healthy)
+            })
+            .collect()
+    }
+
     fn check(&self) {
         let health = self.machine.health();
         let mig_gpus: BTreeSet<String> = (0..2).map(|g| self.gpu_uuid(g)).collect();
         // 1. A GPU being repartitioned is never advertised Healthy.
-        if self.delivered.withdrawn() {
+        if self.delivered.withdrawn() && self.delivered.scope == MigScope::Node {
             for resource in self.machine.resources() {
                 for d in &resource.devices {
                     assert!(
@@ -397,12 +537,54 @@ impl World {
                 }
             }
         }
-        // 3. Ready exactly when applied, registered and not withdrawn; a
-        //    node that is not ready for MIG alone has a rediscovery armed.
+        // 1b. A device being destroyed is never advertised Healthy: while
+        //     a target changes a GPU, no device of it but the kept
+        //     instances' is.
+        if let (true, MigScope::Gpus(gpus)) = (self.delivered.withdrawn(), &self.delivered.scope) {
+            for (device, healthy) in self.devices() {
+                let going = gpus.get(&device.gpu_uuid).is_some_and(|keep| {
+                    !device.mig.is_some_and(|m| keep.contains(&m.gpu_instance))
+                });
+                assert!(
+                    !(going && healthy),
+                    "invariant 1b: {} (GI {:?}) advertised Healthy while a target destroys it",
+                    device.uuid,
+                    device.mig
+                );
+            }
+        }
+        // 8. No collateral withdrawal: a device is Unhealthy because of a
+        //    MIG change only inside the scope of the last change asked
+        //    for: a whole-node change, any MIG GPU's; a target, the
+        //    instances it does not keep on the GPUs it names.
+        for (device, _) in self.devices() {
+            let repartitioning = [&device.uuid, &device.gpu_uuid]
+                .iter()
+                .any(|u| health.condition(u, Condition::Repartitioning).is_some());
+            if !repartitioning {
+                continue;
+            }
+            let inside = match &self.last_scope {
+                None => false,
+                Some(MigScope::Node) => mig_gpus.contains(&device.gpu_uuid),
+                Some(MigScope::Gpus(gpus)) => gpus.get(&device.gpu_uuid).is_some_and(|keep| {
+                    !device.mig.is_some_and(|m| keep.contains(&m.gpu_instance))
+                }),
+            };
+            assert!(
+                inside,
+                "invariant 8: {} (GPU {}, GI {:?}) withdrawn outside the change asked for: {:?}",
+                device.uuid, device.gpu_uuid, device.mig, self.last_scope
+            );
+        }
+        // 3. Ready exactly when applied, registered and the whole node is
+        //    not withdrawn (a target leaves the rest serving); a node
+        //    that is withdrawn for MIG alone has a rediscovery armed.
         let ready = self.machine.ready();
+        let whole = matches!(self.machine.withdrawal(), Some(MigScope::Node));
         assert_eq!(
             ready,
-            self.applied_once && self.registered && !self.machine.withdrawn(),
+            self.applied_once && self.registered && !whole,
             "invariant 3"
         );
         if self.machine.withdrawn() && !self.delivered.withdrawn() {
@@ -453,7 +635,7 @@ impl World {
     /// succeed, the MPS daemon and the watcher are fine, time passes.
     fn settle(&mut self) {
         self.loads = None;
-        if self.target.is_some() {
+        if self.target.is_some() || self.applying.is_some() {
             self.step(&Op::MigHardware);
             self.step(&Op::MigEnd { success: true });
         }
@@ -473,7 +655,7 @@ impl World {
     /// 6. Converged: what is advertised is what the hardware holds, nothing
     ///    is withdrawn, and only XID recoveries may be armed.
     fn check_settled(&self) {
-        let want: BTreeSet<String> = applied(&inventory(self.hardware))
+        let want: BTreeSet<String> = applied(&inventory_of(self.hardware))
             .resources
             .iter()
             .flat_map(|r| r.devices.iter().map(|d| d.id.clone()))
@@ -568,4 +750,36 @@ fn a_change_hidden_by_an_api_outage_is_rediscovered_when_the_watch_returns() {
     world.step(&Op::ApiDown(false));
     world.check();
     world.check_settled();
+}
+
+/// A restart in the middle of a target's change, before and after the GPU
+/// changed: the new machine knows nothing of the old one's withdrawal,
+/// follows the levels it is handed, and converges to what the GPUs hold.
+#[test]
+fn a_restart_mid_target_converges_whether_or_not_the_gpu_changed() {
+    for hardware_first in [false, true] {
+        let mut world = World::new();
+        world.step(&Op::Registered(true));
+        for gpu in 0..3 {
+            world.step(&Op::Watched { gpu });
+        }
+        world.step(&Op::TargetBegin { gpu: 0, layout: 2 });
+        world.check();
+        assert!(world.machine.withdrawn() && world.machine.ready());
+        if hardware_first {
+            world.step(&Op::MigHardware);
+        }
+        world.step(&Op::Restart);
+        world.check();
+        // Before the GPU changed, the applier runs the change again (its
+        // GPU withdrawn as before); after, it reports success.
+        assert_eq!(world.applying.is_some(), !hardware_first);
+        assert_eq!(world.machine.withdrawn(), !hardware_first);
+        world.step(&Op::MigHardware);
+        world.step(&Op::MigEnd { success: true });
+        world.check();
+        world.settle();
+        world.check_settled();
+        assert_eq!(world.hardware, [LAYOUTS[2], LAYOUTS[0]]);
+    }
 }

@@ -8,14 +8,23 @@ use crate::health::HealthConfig;
 
 /// Two A100-40GB (MIG, `layout`) and one A10G (no MIG).
 pub(super) fn inventory(layout: &str) -> Inventory {
+    inventory_of([layout, layout])
+}
+
+/// Two A100-40GB (MIG, each in its own layout) and one A10G (no MIG). A
+/// GPU's UUIDs depend only on its index and, for a MIG device, on its GPU
+/// instance: an instance at the same placement in two layouts is the same
+/// device, as a kept instance is on hardware.
+pub(super) fn inventory_of(layouts: [&str; 2]) -> Inventory {
+    let a100 = |layout: &str| TopologyGpu {
+        model: "A100-40GB".into(),
+        mig_layout: Some(layout.into()),
+        ..TopologyGpu::default()
+    };
     let topology = Topology {
         gpus: Some(vec![
-            TopologyGpu {
-                model: "A100-40GB".into(),
-                count: Some(2),
-                mig_layout: Some(layout.into()),
-                ..TopologyGpu::default()
-            },
+            a100(layouts[0]),
+            a100(layouts[1]),
             TopologyGpu {
                 model: "A10G".into(),
                 ..TopologyGpu::default()
@@ -25,6 +34,15 @@ pub(super) fn inventory(layout: &str) -> Inventory {
         ..Topology::default()
     };
     build(&topology, "node-machine test").expect("a valid topology")
+}
+
+/// The GPU instances a change from `before` to `after` keeps: those at the
+/// same placement in both (the same GPU-instance id).
+pub(super) fn kept(before: &crate::gpu::Gpu, after: &crate::gpu::Gpu) -> BTreeSet<u32> {
+    let ids = |gpu: &crate::gpu::Gpu| -> BTreeSet<u32> {
+        gpu.mig_devices.iter().map(|d| d.gpu_instance_id).collect()
+    };
+    ids(before).intersection(&ids(after)).copied().collect()
 }
 
 /// What the shell would report after applying `inventory` (mixed strategy).
@@ -60,6 +78,7 @@ fn levels(config: Option<&str>, state: Option<&str>, revision: u64) -> MigLevels
         config: config.map(str::to_owned),
         state: state.map(str::to_owned),
         revision,
+        scope: MigScope::Node,
     }
 }
 
@@ -257,7 +276,7 @@ fn a_mig_change_withdraws_the_mig_gpus_only_and_its_success_rediscovers() {
         acts(out),
         vec![
             NodeAction::PushHealth,
-            NodeAction::TellWithdrawn(true),
+            NodeAction::TellWithdrawn(Some(MigScope::Node)),
             NodeAction::SetReady(false)
         ]
     );
@@ -270,7 +289,10 @@ fn a_mig_change_withdraws_the_mig_gpus_only_and_its_success_rediscovers() {
         NodeEvent::MigLabels(levels(Some("all-3g.20gb"), Some("pending"), 1)),
         t0,
     );
-    assert_eq!(acts(out), vec![NodeAction::TellWithdrawn(true)]);
+    assert_eq!(
+        acts(out),
+        vec![NodeAction::TellWithdrawn(Some(MigScope::Node))]
+    );
     let out = machine.handle(
         NodeEvent::MigLabels(levels(Some("all-3g.20gb"), Some("success"), 2)),
         t0,
@@ -288,7 +310,7 @@ fn a_mig_change_withdraws_the_mig_gpus_only_and_its_success_rediscovers() {
         acts(out),
         vec![
             NodeAction::Advertise,
-            NodeAction::TellWithdrawn(false),
+            NodeAction::TellWithdrawn(None),
             NodeAction::PushHealth,
             NodeAction::SetReady(true)
         ]
@@ -376,7 +398,7 @@ fn labels_that_withdraw_at_start_hold_the_first_load_unhealthy() {
     let t0 = Instant::now();
     let (mut machine, before) =
         NodeMachine::new(unwatched(), Some(levels(Some("all-1g.5gb"), None, 1)));
-    assert!(before.contains(&NodeAction::TellWithdrawn(true)));
+    assert!(before.contains(&NodeAction::TellWithdrawn(Some(MigScope::Node))));
     let inventory = inventory("all-1g.5gb");
     machine.handle(loaded(LoadCause::Start, applied(&inventory)), t0);
     machine.handle(
@@ -549,4 +571,134 @@ fn an_mps_daemon_that_exits_holds_its_gpus_until_it_is_ready_again() {
     );
     machine.handle(loaded(LoadCause::Reload, applied(&inventory)), t0);
     assert!(gpu_healthy(&machine, &a10g));
+}
+
+/// Every device advertised, with whether it is Healthy: (device UUID, GPU
+/// UUID, GPU instance, Healthy).
+fn devices(machine: &NodeMachine) -> Vec<(String, String, Option<u32>, bool)> {
+    let health = machine.health();
+    machine
+        .resources()
+        .iter()
+        .flat_map(|r| &r.devices)
+        .map(|d| {
+            (
+                d.physical.uuid.clone(),
+                d.physical.gpu_uuid.clone(),
+                d.physical.mig.map(|m| m.gpu_instance),
+                health.is_healthy(&d.physical.uuid) && health.is_healthy(&d.physical.gpu_uuid),
+            )
+        })
+        .collect()
+}
+
+fn target_levels(state: &str, revision: u64, scope: MigScope) -> MigLevels {
+    MigLevels {
+        config: Some(crate::node_labels::MIG_TARGET.to_owned()),
+        state: Some(state.to_owned()),
+        revision,
+        scope,
+    }
+}
+
+#[test]
+fn a_target_withdraws_only_the_instances_it_destroys_and_the_node_keeps_serving() {
+    let t0 = Instant::now();
+    let before = inventory("all-1g.5gb");
+    let after = inventory_of(["all-balanced", "all-1g.5gb"]);
+    let gpu0 = before.gpus[0].uuid.clone();
+    let keep = kept(&before.gpus[0], &after.gpus[0]);
+    assert!(
+        !keep.is_empty() && keep.len() < before.gpus[0].mig_devices.len(),
+        "the change keeps some instances and destroys others: {keep:?}"
+    );
+    let scope = MigScope::Gpus(BTreeMap::from([(gpu0.clone(), keep.clone())]));
+    let mut machine = running(&before, Some(levels(None, None, 0)), t0);
+    let out = machine.handle(
+        NodeEvent::MigLabels(target_levels("pending", 1, scope.clone())),
+        t0,
+    );
+    let destroyed = 7 - keep.len();
+    assert!(notices(&out).iter().any(|n| matches!(
+        n,
+        NodeNotice::MigWithdrawn { gpus: 1, devices, at_start: false, .. } if *devices == destroyed
+    )));
+    // Withdrawn, told, and still ready: the rest of the node serves.
+    assert_eq!(
+        acts(out),
+        vec![
+            NodeAction::PushHealth,
+            NodeAction::TellWithdrawn(Some(scope.clone()))
+        ]
+    );
+    assert!(machine.ready());
+    for (uuid, gpu, instance, healthy) in devices(&machine) {
+        let going = gpu == gpu0 && !instance.is_some_and(|gi| keep.contains(&gi));
+        assert_eq!(healthy, !going, "{uuid} on {gpu} (GI {instance:?})");
+    }
+    // A reload during the change withdraws the same devices (and any the
+    // change created meanwhile, which are not rediscovered yet).
+    machine.handle(loaded(LoadCause::Reload, applied(&after)), t0);
+    for (uuid, gpu, instance, healthy) in devices(&machine) {
+        let kept_here = instance.is_some_and(|gi| keep.contains(&gi));
+        assert_eq!(healthy, gpu != gpu0 || kept_here, "{uuid} after a reload");
+    }
+    // Success: one rediscovery, the new devices advertised Healthy with
+    // the rest, and the applier told nothing is withdrawn.
+    let out = machine.handle(
+        NodeEvent::MigLabels(target_levels("success", 2, scope.clone())),
+        t0,
+    );
+    assert_eq!(
+        acts(out),
+        vec![NodeAction::Load(LoadCause::MigLayout { revision: 2 })]
+    );
+    let out = machine.handle(
+        loaded(LoadCause::MigLayout { revision: 2 }, applied(&after)),
+        t0,
+    );
+    assert_eq!(
+        acts(out),
+        vec![
+            NodeAction::Advertise,
+            NodeAction::TellWithdrawn(None),
+            NodeAction::PushHealth
+        ]
+    );
+    assert!(
+        devices(&machine).iter().all(|d| d.3),
+        "{:?}",
+        devices(&machine)
+    );
+    assert!(
+        machine
+            .health()
+            .holding(Condition::Repartitioning)
+            .is_empty()
+    );
+    assert!(machine.ready());
+}
+
+#[test]
+fn a_whole_node_change_after_a_target_withdraws_every_mig_gpu_and_back() {
+    let t0 = Instant::now();
+    let before = inventory("all-1g.5gb");
+    let gpu0 = before.gpus[0].uuid.clone();
+    let scope = MigScope::Gpus(BTreeMap::from([(gpu0, BTreeSet::new())]));
+    let mut machine = running(&before, Some(levels(None, None, 0)), t0);
+    machine.handle(NodeEvent::MigLabels(target_levels("pending", 1, scope)), t0);
+    assert!(machine.ready());
+    assert!(gpu_healthy(&machine, &before.gpus[1].uuid));
+    // The levels now ask for the whole node (a named layout): by level,
+    // every MIG-capable GPU is withdrawn, whatever the last scope was.
+    let out = machine.handle(
+        NodeEvent::MigLabels(levels(Some("all-3g.20gb"), Some("pending"), 2)),
+        t0,
+    );
+    assert!(acts(out).contains(&NodeAction::TellWithdrawn(Some(MigScope::Node))));
+    assert!(!machine.ready());
+    for gpu in &before.gpus[..2] {
+        assert!(!gpu_healthy(&machine, &gpu.uuid));
+    }
+    assert!(gpu_healthy(&machine, &before.gpus[2].uuid));
 }

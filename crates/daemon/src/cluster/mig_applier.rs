@@ -28,8 +28,12 @@
 //! ends there); otherwise the steps above run, one GPU at a time, the
 //! PodResources read again before each. After a failure the GPUs are served
 //! as they are (each holds its target or its former layout), not kept
-//! withdrawn. The withdrawal itself is still per node: every MIG-capable
-//! GPU's devices are Unhealthy during the change, held ones included.
+//! withdrawn. The withdrawal is per instance
+//! ([`MigScope::Gpus`]): on the GPUs the target changes, only the devices of
+//! the instances it destroys (and any that appear before the rediscovery)
+//! are Unhealthy; the instances it keeps, held or free, and every other GPU
+//! keep serving. A GPU whose plan would destroy a kept instance when its
+//! turn comes (it changed since the check) is refused, not changed.
 //!
 //! The Node's state label is kept level-triggered: one writer task holds
 //! the latest outcome and compares it with the label as the Node watcher
@@ -43,6 +47,7 @@
 //! ([`crate::daemon::MigManagerLabels`]): the levels it follows are this
 //! task's, not the Node's (which this task writes), so the two never race.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +66,7 @@ use crate::metrics::Metrics;
 use gpu_slicer_core::backoff::Backoff;
 use gpu_slicer_core::mig_change::{ConfigState, GpuOutcome, Outcome, summarize, summarize_change};
 use gpu_slicer_core::mig_target::{self, ResolvedTarget};
-use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MIG_TARGET};
+use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MIG_TARGET, MigScope};
 
 /// Why a layout change was not applied at all (per-GPU failures are
 /// outcomes); the message follows "MIG layout '<name>' not applied: ".
@@ -95,8 +100,9 @@ enum TargetCheckError {
 enum Check {
     /// It holds its target already.
     Holds,
-    /// Its target needs operations, none on a held instance.
-    Change,
+    /// Its target needs operations, none on a held instance; `keep`: the
+    /// GPU instances it keeps (they stay advertised during the change).
+    Change { keep: BTreeSet<u32> },
     /// Its target would need a held instance destroyed.
     Refused(GpuOutcome),
 }
@@ -139,9 +145,9 @@ pub struct Applier {
     /// The levels the daemon follows: the layout being applied and this
     /// task's state.
     pub levels: watch::Sender<MigLevels>,
-    /// The daemon's answer: MIG-capable GPUs withdrawn (`true`) or
-    /// advertised again (`false`).
-    pub withdrawn: watch::Receiver<bool>,
+    /// The daemon's answer: what it withdrew (the scope of the levels
+    /// published), or `None` once it advertises what the GPUs hold again.
+    pub withdrawn: watch::Receiver<Option<MigScope>>,
     pub metrics: Metrics,
     /// The first retry after a failure ([`RETRY_FIRST`] but in tests).
     pub retry_first: Duration,
@@ -230,7 +236,7 @@ impl Task {
                 }
                 (None, None) => {
                     // Nothing asked for: the GPUs are served as they are.
-                    self.publish(None, None);
+                    self.publish(None, None, MigScope::Node);
                     retry_at = None;
                 }
                 (None, Some(name)) => {
@@ -266,17 +272,24 @@ impl Task {
         }
     }
 
-    /// What the daemon follows: the layout and this task's state (a new
-    /// revision with each step, so the daemon acts on every one).
-    fn publish(&self, layout: Option<&str>, state: Option<ConfigState>) {
+    /// What the daemon follows: the layout, this task's state, and what a
+    /// change withdraws (a new revision with each step, so the daemon acts
+    /// on every one; a scope matters only while the state withdraws).
+    fn publish(&self, layout: Option<&str>, state: Option<ConfigState>, scope: MigScope) {
         let config = layout.map(str::to_owned);
         let state = state.map(|s| s.as_str().to_owned());
         self.levels.send_if_modified(|levels| {
-            if levels.config == config && levels.state == state {
+            let withdraws =
+                gpu_slicer_core::node_labels::mig_withdrawn(state.as_deref(), config.as_deref());
+            if levels.config == config
+                && levels.state == state
+                && (!withdraws || levels.scope == scope)
+            {
                 return false;
             }
             levels.config = config;
             levels.state = state;
+            levels.scope = scope;
             levels.revision += 1;
             true
         });
@@ -287,9 +300,10 @@ impl Task {
     /// `pending` and the next start applies it); after, the apply finishes
     /// and its outcome is reported.
     async fn change(&mut self, layout: &str, shutdown: &CancellationToken) -> bool {
-        self.publish(Some(layout), Some(ConfigState::Pending));
+        // A named layout may re-cut any GPU: the whole node is withdrawn.
+        self.publish(Some(layout), Some(ConfigState::Pending), MigScope::Node);
         self.set_node_state(ConfigState::Pending).await;
-        self.wait_daemon(true, shutdown).await;
+        self.wait_daemon(Some(MigScope::Node), shutdown).await;
         if shutdown.is_cancelled() {
             return false;
         }
@@ -331,8 +345,8 @@ impl Task {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "{message}");
             // The daemon rediscovers, then the Node says success: by then
             // the new devices are advertised.
-            self.publish(Some(layout), Some(ConfigState::Success));
-            self.wait_daemon(false, shutdown).await;
+            self.publish(Some(layout), Some(ConfigState::Success), MigScope::Node);
+            self.wait_daemon(None, shutdown).await;
             // The Event first: whoever sees the state finds the why.
             self.event(EventKind::Normal, "MigLayoutApplied", &message)
                 .await;
@@ -353,9 +367,13 @@ impl Task {
     /// without withdrawing anything: a target that is invalid, already
     /// held, or that would need a held instance destroyed changes nothing
     /// and disturbs no device. Otherwise the handshake of a named layout
-    /// (`pending`, the daemon withdraws the MIG-capable GPUs, the change,
-    /// the daemon rediscovers), with the change made one GPU at a time, the
-    /// kubelet's PodResources read again right before each GPU's destroys.
+    /// (`pending`, the daemon withdraws, the change, the daemon
+    /// rediscovers), with the change made one GPU at a time, the kubelet's
+    /// PodResources read again right before each GPU's destroys. What is
+    /// withdrawn is only what the change does not keep: per GPU changed,
+    /// every device but those of the instances its plan keeps; so the
+    /// PodResources read after the withdrawal is final for every instance
+    /// destroyed (no pod can be admitted onto one any more).
     async fn change_target(&mut self, text: &str, shutdown: &CancellationToken) -> bool {
         const SUBJECT: &str = "MIG target";
         let started = std::time::Instant::now();
@@ -364,7 +382,9 @@ impl Task {
             Ok(checked) => checked,
             Err(e) => {
                 let message = format!("{SUBJECT} not applied: {e}");
-                return self.target_failed(&message, shutdown).await;
+                return self
+                    .target_failed(&message, MigScope::default(), shutdown)
+                    .await;
             }
         };
         let refused: Vec<GpuOutcome> = checked
@@ -376,25 +396,35 @@ impl Task {
             .collect();
         if !refused.is_empty() {
             let (_, message) = summarize_change(&refused, SUBJECT);
-            return self.target_failed(&message, shutdown).await;
+            return self
+                .target_failed(&message, MigScope::default(), shutdown)
+                .await;
         }
-        let changing: Vec<ResolvedTarget> = checked
+        let changing: Vec<(ResolvedTarget, BTreeSet<u32>)> = checked
             .iter()
-            .filter(|(_, check)| matches!(check, Check::Change))
-            .map(|(t, _)| t.clone())
+            .filter_map(|(t, check)| match check {
+                Check::Change { keep } => Some((t.clone(), keep.clone())),
+                _ => None,
+            })
             .collect();
+        let scope = MigScope::Gpus(
+            changing
+                .iter()
+                .map(|(t, keep)| (t.uuid.clone(), keep.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        );
         let mut outcomes: Vec<GpuOutcome> = Vec::new();
         let mut changes: Vec<String> = Vec::new();
         let needs_change = !changing.is_empty();
         if needs_change {
-            self.publish(Some(MIG_TARGET), Some(ConfigState::Pending));
+            self.publish(Some(MIG_TARGET), Some(ConfigState::Pending), scope.clone());
             self.set_node_state(ConfigState::Pending).await;
-            self.wait_daemon(true, shutdown).await;
+            self.wait_daemon(Some(scope.clone()), shutdown).await;
             if shutdown.is_cancelled() {
                 return false;
             }
         }
-        for target in changing {
+        for (target, keep) in changing {
             // Between GPUs is a safe point: SIGTERM leaves the rest as they are.
             if shutdown.is_cancelled() {
                 outcomes.push(GpuOutcome {
@@ -407,7 +437,7 @@ impl Task {
                 });
                 continue;
             }
-            let result = self.target_gpu(target.clone()).await;
+            let result = self.target_gpu(target.clone(), keep).await;
             match result {
                 Ok(done) => {
                     if !done.changes.is_empty() && done.outcome.outcome == Outcome::Applied {
@@ -448,7 +478,7 @@ impl Task {
             } else {
                 format!("{message}; changed meanwhile: {changed}")
             };
-            return self.target_failed(&message, shutdown).await;
+            return self.target_failed(&message, scope, shutdown).await;
         }
         let message = if changed.is_empty() {
             message
@@ -457,9 +487,9 @@ impl Task {
         };
         self.metrics.count_mig_apply(true);
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "{message}");
-        self.publish(Some(MIG_TARGET), Some(ConfigState::Success));
+        self.publish(Some(MIG_TARGET), Some(ConfigState::Success), scope);
         if needs_change {
-            self.wait_daemon(false, shutdown).await;
+            self.wait_daemon(None, shutdown).await;
         }
         self.event(EventKind::Normal, "MigTargetApplied", &message)
             .await;
@@ -490,6 +520,9 @@ impl Task {
                         .map(|g| mig_target::plan_gpu(t.model, g, &t.wanted));
                     let check = match plan {
                         Some(Ok(plan)) if plan.ops.is_empty() => Check::Holds,
+                        Some(Ok(plan)) => Check::Change {
+                            keep: plan.keep.into_iter().collect(),
+                        },
                         Some(Err(blocked)) => Check::Refused(GpuOutcome {
                             index: t.index,
                             uuid: t.uuid.clone(),
@@ -497,7 +530,12 @@ impl Task {
                                 reasons: blocked.reasons(),
                             },
                         }),
-                        _ => Check::Change,
+                        // Not found among the GPUs `resolve` found it in:
+                        // unreachable; planned when its turn comes, with
+                        // nothing kept (every device of it withdrawn).
+                        None => Check::Change {
+                            keep: BTreeSet::new(),
+                        },
                     };
                     (t, check)
                 })
@@ -507,13 +545,24 @@ impl Task {
         .unwrap_or_else(|e| Err(TargetCheckError::Task(e)))
     }
 
-    /// One GPU's change, with the pods' devices read right before it.
-    async fn target_gpu(&self, target: ResolvedTarget) -> Result<TargetOutcome, TargetCheckError> {
+    /// One GPU's change, with the pods' devices read right before it;
+    /// `keep`: the instances it keeps serving meanwhile (never destroyed).
+    async fn target_gpu(
+        &self,
+        target: ResolvedTarget,
+        keep: BTreeSet<u32>,
+    ) -> Result<TargetOutcome, TargetCheckError> {
         let pod_devices = self.pod_devices().await?;
         let nvml = self.nvml.clone();
         let force = self.force;
         tokio::task::spawn_blocking(move || {
-            Ok(apply_target_gpu(&nvml, &target, force, &pod_devices)?)
+            Ok(apply_target_gpu(
+                &nvml,
+                &target,
+                force,
+                &pod_devices,
+                &keep,
+            )?)
         })
         .await
         .unwrap_or_else(|e| Err(TargetCheckError::Task(e)))
@@ -534,20 +583,26 @@ impl Task {
     /// (its target, or its former one: each GPU's change is undone on
     /// failure), so the daemon serves what they hold rather than keeping
     /// them withdrawn; `failed` with the reason, and a retry.
-    async fn target_failed(&mut self, message: &str, shutdown: &CancellationToken) -> bool {
+    async fn target_failed(
+        &mut self,
+        message: &str,
+        scope: MigScope,
+        shutdown: &CancellationToken,
+    ) -> bool {
         tracing::error!("{message}");
         self.metrics.count_mig_apply(false);
-        self.publish(Some(MIG_TARGET), Some(ConfigState::Failed));
+        self.publish(Some(MIG_TARGET), Some(ConfigState::Failed), scope);
         // Whoever sees `failed` finds the devices served again.
-        self.wait_daemon(false, shutdown).await;
+        self.wait_daemon(None, shutdown).await;
         self.event(EventKind::Warning, "MigTargetFailed", message)
             .await;
         self.set_node_state(ConfigState::Failed).await;
         false
     }
 
-    /// Waits until the daemon reports `withdrawn`, bounded by [`DAEMON_WAIT`].
-    async fn wait_daemon(&mut self, withdrawn: bool, shutdown: &CancellationToken) {
+    /// Waits until the daemon reports `withdrawn` (exactly the scope asked
+    /// for, or nothing), bounded by [`DAEMON_WAIT`].
+    async fn wait_daemon(&mut self, withdrawn: Option<MigScope>, shutdown: &CancellationToken) {
         let wait = self.withdrawn.wait_for(|w| *w == withdrawn);
         let bounded = tokio::time::timeout(DAEMON_WAIT, wait);
         // A daemon shutting down withdraws and advertises nothing more.
@@ -557,8 +612,12 @@ impl Task {
         };
         if timed_out {
             tracing::warn!(
-                "the daemon did not {} the MIG-capable GPUs within {DAEMON_WAIT:?}; going on",
-                if withdrawn { "withdraw" } else { "advertise" }
+                "the daemon did not {} within {DAEMON_WAIT:?}; going on",
+                match withdrawn {
+                    Some(MigScope::Node) => "withdraw the MIG-capable GPUs",
+                    Some(MigScope::Gpus(_)) => "withdraw the instances the target changes",
+                    None => "advertise the GPUs again",
+                }
             );
         }
     }

@@ -807,6 +807,8 @@ pub fn mig_levels(view: &NodeView) -> MigLevels {
             gpu_slicer_core::node_labels::MIG_CONFIG,
             gpu_slicer_core::node_labels::MIG_CONFIG_STATE,
         ]),
+        // MIG Manager may re-cut any GPU: the labels say no more.
+        scope: gpu_slicer_core::node_labels::MigScope::Node,
     }
 }
 

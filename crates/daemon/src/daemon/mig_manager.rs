@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use crate::cluster::node::MigLevels;
+use gpu_slicer_core::node_labels::MigScope;
 pub use gpu_slicer_core::node_labels::mig_withdrawn;
 
 /// The MIG labels the daemon follows, and whom it tells when it withdrew.
@@ -18,14 +19,15 @@ pub struct MigManagerLabels {
     /// The labels' levels: the Node's (following MIG Manager) or the
     /// applier's (`--apply-mig-layouts`).
     pub levels: watch::Receiver<MigLevels>,
-    /// Told whether the MIG-capable GPUs are withdrawn now (`true`) or
-    /// advertised again (`false`): what `--apply-mig-layouts` waits for
-    /// before it changes a GPU, and before it reports success.
-    pub withdrawn: Option<Arc<watch::Sender<bool>>>,
+    /// Told what is withdrawn now (the scope of the change the levels
+    /// asked for) or that nothing is (`None`: advertised again): what
+    /// `--apply-mig-layouts` waits for before it changes a GPU, and before
+    /// it reports the outcome.
+    pub withdrawn: Option<Arc<watch::Sender<Option<MigScope>>>>,
 }
 
 impl MigManagerLabels {
-    pub(super) fn tell_withdrawn(&self, withdrawn: bool) {
+    pub(super) fn tell_withdrawn(&self, withdrawn: Option<MigScope>) {
         if let Some(tx) = &self.withdrawn {
             tx.send_replace(withdrawn);
         }

@@ -6,7 +6,9 @@ use super::Daemon;
 use super::mig_manager::shown;
 use crate::metrics::XidLabel;
 use gpu_slicer_core::node::NodeNotice;
-use gpu_slicer_core::node_labels::{MIG_CONFIG, MIG_CONFIG_STATE, MigConfigState};
+use gpu_slicer_core::node_labels::{
+    MIG_CONFIG, MIG_CONFIG_STATE, MIG_TARGET, MigConfigState, MigScope,
+};
 
 impl Daemon {
     pub(super) fn report_node(&self, notice: NodeNotice) {
@@ -55,9 +57,16 @@ impl Daemon {
             NodeNotice::MigWithdrawn {
                 levels,
                 gpus,
+                devices,
                 at_start,
             } => {
-                if at_start {
+                if let MigScope::Gpus(_) = levels.scope {
+                    tracing::info!(
+                        "a MIG target ({MIG_TARGET}) is changing {gpus} GPU(s): the {devices} device(s) of the \
+                         GPU instances it destroys are Unhealthy until the new layout is rediscovered; \
+                         every other device, the kept instances' included, keeps serving"
+                    );
+                } else if at_start {
                     tracing::warn!(
                         "MIG Manager has not applied the MIG layout yet ({MIG_CONFIG}={}, {MIG_CONFIG_STATE}={}): \
                          the devices of MIG-capable GPUs are Unhealthy until it reports success or failure",

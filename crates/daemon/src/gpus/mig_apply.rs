@@ -16,7 +16,7 @@
 //! nvml-wrapper 0.13 has no calls for GPU and compute instances: they are
 //! made through its `-sys` function table, in this one module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_uint;
 
 use nvml_wrapper::Device;
@@ -596,11 +596,17 @@ pub struct TargetOutcome {
 /// again the free ones it destroyed, at their placements (new UUIDs: a
 /// destroyed instance cannot come back as itself), so the GPU holds its
 /// former layout.
+///
+/// `serving`: the GPU instances the node keeps advertising Healthy during
+/// this change (the plan's [`mig_target::GpuPlan::keep`] when the change
+/// was checked). A pod may be admitted onto them at any moment, so a plan
+/// that would destroy one (the GPU changed since the check) is refused.
 pub fn apply_target_gpu(
     options: &NvmlOptions,
     target: &ResolvedTarget,
     force: bool,
     pod_devices: &[PodDevice],
+    serving: &BTreeSet<u32>,
 ) -> Result<TargetOutcome, ApplyError> {
     let done = |outcome: Outcome, changes: String| TargetOutcome {
         outcome: GpuOutcome {
@@ -633,6 +639,18 @@ pub fn apply_target_gpu(
     };
     if plan.ops.is_empty() {
         return Ok(done(Outcome::Unchanged, plan.summary()));
+    }
+    if let Some(gpu_instance) = plan.destroys_any_of(serving) {
+        return Ok(done(
+            Outcome::Failed {
+                operation: "planning".into(),
+                error: format!(
+                    "the GPU changed since the target was checked: GPU instance {gpu_instance} is still \
+                     offered to pods and would be destroyed; nothing changed, the target is retried"
+                ),
+            },
+            String::new(),
+        ));
     }
     let (nvml, _) = nvml(options)?;
     let device = match nvml.device_by_index(gpu.index) {
