@@ -26,22 +26,23 @@
 //!   it keeps: [`MigScope`]), the label revision the last rediscovery
 //!   reflects, and the deadline of a retry (1 s doubling to 1 min).
 //! - **Health**: [`HealthState`] (XIDs and their recovery deadlines, GPU
-//!   conditions, what the NVML watcher last said) and the MPS resources'
-//!   GPUs.
+//!   conditions, what the NVML watcher last said), the MPS resources'
+//!   GPUs, and per MPS resource whose control daemon is not ready the
+//!   deadline of its next start (a back-off, 1 s doubling to 1 min).
 //! - **Ready**: the last readiness told to the shell.
 //!
 //! # Events and actions
 //!
 //! Events: a load's outcome, a reload asked for (SIGHUP), the MIG labels'
 //! levels (with the scope of a change under way), an XID, a GPU watched or
-//! not, an MPS control daemon that exited or is ready again, the
+//! not, an MPS control daemon that exited or a restart's outcome, the
 //! registration machine's "every resource registered", and
 //! [`NodeEvent::Tick`] (time passed; due timers fire).
 //! Actions: load (with its cause), advertise the load just applied, push
 //! the health to the kubelet, set readiness, tell the MIG applier what is
 //! withdrawn (so it changes a GPU only once exactly its withdrawal is in
-//! place), exit (a refused first load), and notices for the log and the
-//! metrics.
+//! place), restart an MPS resource's control daemons, exit (a refused
+//! first load), and notices for the log and the metrics.
 //!
 //! # Rules
 //!
@@ -72,6 +73,11 @@
 //!   whose MPS daemon is not ready, is advertised Unhealthy; a device hit
 //!   by an XID stays Unhealthy until its quiet period ends (or for good,
 //!   for XIDs that need a reset).
+//! - **MPS daemons are restarted, never forgotten**: a control daemon
+//!   that exits, or that a load or a restart could not make ready, is
+//!   started again when its back-off ends ([`MPS_RESTART_BACKOFF`]); the
+//!   back-off is reset once it is ready, and dropped with a load that no
+//!   longer has the resource.
 //! - **Ready** exactly when a load was applied, every resource is
 //!   registered, and no whole-node MIG change is under way (a per-GPU
 //!   target leaves the rest of the node serving).
@@ -106,6 +112,11 @@
 //! 8. **No collateral withdrawal**: a device is Unhealthy because of a MIG
 //!    change only inside the scope of the last change asked for (a held
 //!    slice on a GPU a target does not change never is).
+//! 9. **MPS fails closed**: an MPS resource's GPU is not Healthy while its
+//!    control daemon is not ready.
+//! 10. **A daemon not ready is being restarted**: while the load applied
+//!     has an MPS resource whose daemon is not ready, its next start is
+//!     scheduled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -142,6 +153,10 @@ pub const TARGET_CHANGING: &str = "a MIG target is changing its GPU instance";
 /// Why an MPS resource's devices are Unhealthy before its control daemon
 /// answered.
 pub const MPS_EXITED: &str = "its MPS control daemon exited";
+/// Restarts of an MPS control daemon that exited or did not become ready:
+/// 1 s doubling to 1 min, reset once it is ready.
+pub const MPS_RESTART_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// Why a load was asked for; it decides what a refusal means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,8 +231,12 @@ pub enum NodeEvent {
     Watched { gpu_uuid: String },
     /// The MPS control daemon of `resource` exited.
     MpsExited { resource: ResourceName },
-    /// The MPS control daemon of `resource` was restarted and is ready.
-    MpsReady { resource: ResourceName },
+    /// A [`NodeAction::RestartMps`] ended: the resource's control daemons
+    /// are all ready (`None`), or why not.
+    MpsRestarted {
+        resource: ResourceName,
+        not_ready: Option<String>,
+    },
     /// The registration machine's word: every served resource is
     /// registered (or registration is off).
     Registration { all_registered: bool },
@@ -242,6 +261,9 @@ pub enum NodeAction {
     /// scope of the change it withdrew otherwise), so it can wait for
     /// exactly the withdrawal it asked for.
     TellWithdrawn(Option<MigScope>),
+    /// Start the control daemons of this MPS resource that are not ready;
+    /// feed [`NodeEvent::MpsRestarted`].
+    RestartMps(ResourceName),
     /// The first load was refused: exit with this reason.
     Exit(String),
     /// Something to log or count.
@@ -333,6 +355,12 @@ pub enum NodeNotice {
     WatchedAgain {
         gpu_uuid: String,
     },
+    /// An MPS resource's control daemon is not ready (it exited, or did
+    /// not start): it is started again after `delay`.
+    MpsRestartIn {
+        resource: ResourceName,
+        delay: Duration,
+    },
     MpsReadyAgain {
         resource: ResourceName,
     },
@@ -359,10 +387,20 @@ pub struct NodeMachine {
     health: HealthState,
     policy: HealthPolicy,
     mps_gpus: BTreeMap<ResourceName, Vec<String>>,
+    /// Per MPS resource whose control daemon is not ready: its restart.
+    mps_restarts: BTreeMap<ResourceName, MpsRestart>,
     mig_capable: Vec<String>,
     mig: Option<MigFollow>,
     registered: bool,
     ready: bool,
+}
+
+/// The restart of an MPS resource's control daemon that is not ready.
+#[derive(Debug)]
+struct MpsRestart {
+    backoff: Backoff,
+    /// When the next start is due; `None` while one is under way.
+    at: Option<Instant>,
 }
 
 /// Following the MIG labels: what was seen and what was acted on.
@@ -393,6 +431,7 @@ impl NodeMachine {
             health: HealthState::default(),
             policy: HealthPolicy::new(&Default::default(), None, None),
             mps_gpus: BTreeMap::new(),
+            mps_restarts: BTreeMap::new(),
             mig_capable: Vec::new(),
             mig: mig.map(|levels| MigFollow {
                 discovered: Some(levels.revision),
@@ -449,12 +488,14 @@ impl NodeMachine {
         self.ready
     }
 
-    /// The earliest timer: a discovery retry, a MIG rediscovery retry, or
-    /// an XID recovery. The shell feeds [`NodeEvent::Tick`] then.
+    /// The earliest timer: a discovery retry, a MIG rediscovery retry, an
+    /// MPS control daemon's restart, or an XID recovery. The shell feeds
+    /// [`NodeEvent::Tick`] then.
     pub fn next_deadline(&self) -> Option<Instant> {
         [
             self.discovery_at,
             self.mig.as_ref().and_then(|m| m.retry_at),
+            self.mps_restarts.values().filter_map(|r| r.at).min(),
             self.health.next_recovery(),
         ]
         .into_iter()
@@ -505,18 +546,19 @@ impl NodeMachine {
                 }
             }
             NodeEvent::MpsExited { resource } => {
-                if self.set_mps_health(&resource, Some(MPS_EXITED)) {
-                    out.push(NodeAction::PushHealth);
+                // An exit of a resource the last load no longer has is old
+                // news: its daemons were stopped.
+                if self.mps_gpus.contains_key(&resource) {
+                    if self.set_mps_health(&resource, Some(MPS_EXITED)) {
+                        out.push(NodeAction::PushHealth);
+                    }
+                    self.schedule_mps_restart(&resource, now, &mut out);
                 }
             }
-            NodeEvent::MpsReady { resource } => {
-                out.push(notice(NodeNotice::MpsReadyAgain {
-                    resource: resource.clone(),
-                }));
-                if self.set_mps_health(&resource, None) {
-                    out.push(NodeAction::PushHealth);
-                }
-            }
+            NodeEvent::MpsRestarted {
+                resource,
+                not_ready,
+            } => self.on_mps_restarted(resource, not_ready, now, &mut out),
             NodeEvent::Registration { all_registered } => self.registered = all_registered,
             NodeEvent::Tick => self.on_tick(now, &mut out),
         }
@@ -539,6 +581,67 @@ impl NodeMachine {
         {
             mig.retry_at = None;
             self.reconcile_mig(out);
+        }
+        for (resource, restart) in &mut self.mps_restarts {
+            if restart.at.is_some_and(|at| at <= now) {
+                restart.at = None;
+                out.push(NodeAction::RestartMps(resource.clone()));
+            }
+        }
+    }
+
+    /// A resource's control daemon is not ready: its next start is due
+    /// after the back-off, unless one is already scheduled or under way.
+    fn schedule_mps_restart(
+        &mut self,
+        resource: &ResourceName,
+        now: Instant,
+        out: &mut Vec<NodeAction>,
+    ) {
+        let restart = self
+            .mps_restarts
+            .entry(resource.clone())
+            .or_insert(MpsRestart {
+                backoff: MPS_RESTART_BACKOFF,
+                at: None,
+            });
+        if restart.at.is_none() {
+            let delay = restart.backoff.next_delay();
+            restart.at = Some(now + delay);
+            out.push(notice(NodeNotice::MpsRestartIn {
+                resource: resource.clone(),
+                delay,
+            }));
+        }
+    }
+
+    fn on_mps_restarted(
+        &mut self,
+        resource: ResourceName,
+        not_ready: Option<String>,
+        now: Instant,
+        out: &mut Vec<NodeAction>,
+    ) {
+        if !self.mps_gpus.contains_key(&resource) {
+            self.mps_restarts.remove(&resource);
+            return;
+        }
+        match not_ready {
+            Some(why) => {
+                if self.set_mps_health(&resource, Some(&why)) {
+                    out.push(NodeAction::PushHealth);
+                }
+                self.schedule_mps_restart(&resource, now, out);
+            }
+            None => {
+                self.mps_restarts.remove(&resource);
+                out.push(notice(NodeNotice::MpsReadyAgain {
+                    resource: resource.clone(),
+                }));
+                if self.set_mps_health(&resource, None) {
+                    out.push(NodeAction::PushHealth);
+                }
+            }
         }
     }
 
@@ -619,9 +722,18 @@ impl NodeMachine {
                     .set_condition(&gpu, Condition::MpsNotReady, None);
             }
         }
+        // A restart keeps its back-off across loads while its daemon stays
+        // not ready; a resource gone or ready needs none.
+        self.mps_restarts.retain(|name, _| {
+            mps.get(name)
+                .is_some_and(|daemon| daemon.not_ready.is_some())
+        });
         for (name, daemon) in mps {
             self.mps_gpus.insert(name.clone(), daemon.gpus);
             self.set_mps_health(&name, daemon.not_ready.as_deref());
+            if daemon.not_ready.is_some() {
+                self.schedule_mps_restart(&name, now, out);
+            }
         }
         self.resources = resources;
         // Still withdrawn (a reload during a change, or the first load

@@ -78,8 +78,10 @@ enum Op {
     Unwatched {
         gpu: usize,
     },
+    /// The MPS control daemon exits.
     MpsExited,
-    MpsReady,
+    /// Starts of the MPS control daemon succeed (true) or fail from now on.
+    MpsStarts(bool),
     Registered(bool),
     /// The daemon restarts (a crash, an upgrade): a new machine that knows
     /// nothing but the levels it reads at start, mid-change or not.
@@ -104,7 +106,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..3).prop_map(|gpu| Op::Watched { gpu }),
         1 => (0usize..3).prop_map(|gpu| Op::Unwatched { gpu }),
         1 => Just(Op::MpsExited),
-        1 => Just(Op::MpsReady),
+        1 => proptest::bool::weighted(0.7).prop_map(Op::MpsStarts),
         1 => proptest::bool::weighted(0.8).prop_map(Op::Registered),
         1 => Just(Op::Restart),
     ]
@@ -136,7 +138,10 @@ struct World {
     delivered: MigLevels,
     api_down: bool,
     loads: Option<bool>,
+    /// The MPS control daemon runs and is ready.
     mps_ready: bool,
+    /// Whether starting it succeeds now.
+    mps_starts: bool,
     registered: bool,
     applied_once: bool,
     /// The watcher's last word per GPU index: watched or not (none yet:
@@ -174,6 +179,7 @@ impl World {
             api_down: false,
             loads: None,
             mps_ready: true,
+            mps_starts: true,
             registered: false,
             applied_once: false,
             watched: [false; 3],
@@ -225,6 +231,14 @@ impl World {
                             self.applied_once = true;
                         }
                         queue.push_back(NodeEvent::Loaded { cause, outcome });
+                    }
+                    NodeAction::RestartMps(resource) => {
+                        self.mps_ready = self.mps_starts;
+                        let not_ready = (!self.mps_ready).then(|| "did not answer".to_owned());
+                        queue.push_back(NodeEvent::MpsRestarted {
+                            resource,
+                            not_ready,
+                        });
                     }
                     NodeAction::Exit(reason) => panic!("exited after start: {reason}"),
                     NodeAction::Advertise
@@ -393,20 +407,15 @@ impl World {
                     reason: "nvmlEventSetWait: unknown error".into(),
                 });
             }
-            Op::MpsExited => {
+            // Only a running daemon can exit.
+            Op::MpsExited if self.mps_ready => {
                 self.mps_ready = false;
                 self.feed(NodeEvent::MpsExited {
                     resource: Self::mps_resource(),
                 });
             }
-            Op::MpsReady => {
-                if !self.mps_ready {
-                    self.mps_ready = true;
-                    self.feed(NodeEvent::MpsReady {
-                        resource: Self::mps_resource(),
-                    });
-                }
-            }
+            Op::MpsExited => {}
+            Op::MpsStarts(yes) => self.mps_starts = *yes,
             Op::Registered(yes) => {
                 self.registered = *yes;
                 self.feed(NodeEvent::Registration {
@@ -456,6 +465,8 @@ impl World {
             Some(self.labels.clone()),
         );
         self.machine = machine;
+        // A new process starts its MPS control daemons afresh.
+        self.mps_ready = self.mps_starts;
         let outcome = self.load();
         self.applied_once = matches!(outcome, LoadOutcome::Applied(_));
         self.feed(NodeEvent::Loaded {
@@ -625,6 +636,25 @@ impl World {
                 }
             }
         }
+        // 9. MPS fails closed; 10. a daemon not ready is being restarted.
+        let mps = Self::mps_resource();
+        if !self.mps_ready
+            && let Some(gpus) = self.machine.mps_gpus.get(&mps)
+        {
+            for gpu in gpus {
+                assert!(
+                    !health.is_healthy(gpu),
+                    "invariant 9: {gpu} Healthy while its MPS control daemon is not ready"
+                );
+            }
+            assert!(
+                self.machine
+                    .mps_restarts
+                    .get(&mps)
+                    .is_some_and(|r| r.at.is_some()),
+                "invariant 10: the MPS control daemon is not ready and no restart is scheduled"
+            );
+        }
         // 5. Never spins.
         if let Some(due) = self.machine.next_deadline() {
             assert!(due > self.now, "invariant 5: a deadline already due");
@@ -642,7 +672,7 @@ impl World {
         if self.api_down {
             self.step(&Op::ApiDown(false));
         }
-        self.step(&Op::MpsReady);
+        self.step(&Op::MpsStarts(true));
         self.step(&Op::Registered(true));
         for gpu in 0..3 {
             self.step(&Op::Watched { gpu });

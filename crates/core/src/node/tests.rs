@@ -546,31 +546,76 @@ fn an_mps_daemon_that_exits_holds_its_gpus_until_it_is_ready_again() {
         },
     );
     let (mut machine, _) = NodeMachine::new(unwatched(), None);
-    machine.handle(loaded(LoadCause::Start, with_mps.clone()), t0);
+    let out = machine.handle(loaded(LoadCause::Start, with_mps.clone()), t0);
     assert!(!gpu_healthy(&machine, &a10g), "not ready at start");
+    assert!(notices(&out).contains(&&NodeNotice::MpsRestartIn {
+        resource: resource.clone(),
+        delay: Duration::from_secs(1),
+    }));
+    assert_eq!(machine.next_deadline(), Some(t0 + Duration::from_secs(1)));
+    // Ready with a reload: no restart is left.
     with_mps.mps.get_mut(&resource).expect("mps").not_ready = None;
     machine.handle(loaded(LoadCause::Reload, with_mps), t0);
     assert!(gpu_healthy(&machine, &a10g));
-    let out = machine.handle(
-        NodeEvent::MpsExited {
-            resource: resource.clone(),
-        },
-        t0,
-    );
+    assert_eq!(machine.next_deadline(), None);
+
+    let exited = NodeEvent::MpsExited {
+        resource: resource.clone(),
+    };
+    let out = machine.handle(exited.clone(), t0);
     assert_eq!(acts(out), vec![NodeAction::PushHealth]);
     assert!(!gpu_healthy(&machine, &a10g));
-    let out = machine.handle(NodeEvent::MpsReady { resource }, t0);
-    assert_eq!(acts(out), vec![NodeAction::PushHealth]);
-    assert!(gpu_healthy(&machine, &a10g));
-    // A load without the MPS resource clears its condition.
-    machine.handle(
-        NodeEvent::MpsExited {
-            resource: ResourceName::parse("nvidia.com/gpu").expect("name"),
-        },
-        t0,
+    // Restarted when the back-off ends, not before.
+    assert!(acts(machine.handle(NodeEvent::Tick, t0 + Duration::from_millis(999))).is_empty());
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(
+        acts(machine.handle(NodeEvent::Tick, t1)),
+        vec![NodeAction::RestartMps(resource.clone())]
     );
-    machine.handle(loaded(LoadCause::Reload, applied(&inventory)), t0);
+    assert_eq!(machine.next_deadline(), None, "one start at a time");
+    // It does not answer: the next start waits twice as long.
+    let out = machine.handle(
+        NodeEvent::MpsRestarted {
+            resource: resource.clone(),
+            not_ready: Some("did not answer".into()),
+        },
+        t1,
+    );
+    assert!(notices(&out).contains(&&NodeNotice::MpsRestartIn {
+        resource: resource.clone(),
+        delay: Duration::from_secs(2),
+    }));
+    assert!(!gpu_healthy(&machine, &a10g));
+    let t2 = t1 + Duration::from_secs(2);
+    assert_eq!(
+        acts(machine.handle(NodeEvent::Tick, t2)),
+        vec![NodeAction::RestartMps(resource.clone())]
+    );
+    let out = machine.handle(
+        NodeEvent::MpsRestarted {
+            resource: resource.clone(),
+            not_ready: None,
+        },
+        t2,
+    );
+    assert_eq!(acts(out.clone()), vec![NodeAction::PushHealth]);
+    assert!(notices(&out).contains(&&NodeNotice::MpsReadyAgain {
+        resource: resource.clone(),
+    }));
     assert!(gpu_healthy(&machine, &a10g));
+    assert_eq!(machine.next_deadline(), None);
+    // Ready again resets the back-off: the next exit waits 1 s.
+    let out = machine.handle(exited.clone(), t2);
+    assert!(notices(&out).contains(&&NodeNotice::MpsRestartIn {
+        resource: resource.clone(),
+        delay: Duration::from_secs(1),
+    }));
+    // A load without the MPS resource clears its condition and its restart;
+    // a late exit of its stopped daemon changes nothing.
+    machine.handle(loaded(LoadCause::Reload, applied(&inventory)), t2);
+    assert!(gpu_healthy(&machine, &a10g));
+    assert_eq!(machine.next_deadline(), None);
+    assert!(machine.handle(exited, t2).is_empty());
 }
 
 /// Every device advertised, with whether it is Healthy: (device UUID, GPU

@@ -367,7 +367,6 @@ pub async fn run(
     loop {
         let deadline = daemon.machine.next_deadline().map(Instant::from_std);
         let node_deadline = daemon.node.next_deadline().map(Instant::from_std);
-        let mps_restart = daemon.mps.next_restart();
         let streams = daemon.streams.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -405,11 +404,6 @@ pub async fn run(
                 let levels = mig_levels.as_ref().map(|l| l.borrow().clone());
                 if let Some(levels) = levels {
                     daemon.feed_node(NodeEvent::MigLabels(levels)).await?;
-                }
-            }
-            _ = sleep_until_if(mps_restart) => {
-                for resource in daemon.mps.restart_due().await {
-                    daemon.feed_node(NodeEvent::MpsReady { resource }).await?;
                 }
             }
             Some(()) = reload.recv() => {
@@ -748,6 +742,13 @@ impl Daemon {
                 if let Some(labels) = &self.paths.mig_manager {
                     labels.tell_withdrawn(withdrawn);
                 }
+            }
+            NodeAction::RestartMps(resource) => {
+                let not_ready = self.mps.restart(&resource).await;
+                return Ok(Some(NodeEvent::MpsRestarted {
+                    resource,
+                    not_ready,
+                }));
             }
             NodeAction::Exit(reason) => return Err(DaemonError::Refused(reason)),
             NodeAction::Notify(notice) => self.report_node(notice),

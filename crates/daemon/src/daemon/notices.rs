@@ -169,6 +169,9 @@ impl Daemon {
             NodeNotice::WatchedAgain { gpu_uuid } => tracing::info!(
                 "GPU {gpu_uuid} is watched again; its devices are healthy unless an XID holds them"
             ),
+            NodeNotice::MpsRestartIn { resource, delay } => tracing::warn!(
+                "the MPS control daemon of '{resource}' is not ready; starting it again in {delay:?}"
+            ),
             NodeNotice::MpsReadyAgain { resource } => tracing::info!(
                 "the MPS control daemon of '{resource}' is ready again; its devices are Healthy"
             ),

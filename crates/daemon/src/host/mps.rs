@@ -11,9 +11,10 @@
 //!
 //! - start (and reload): a daemon is started and made ready before the
 //!   resource is advertised, so no replica is ever offered without one;
-//! - it exits: [`MpsExit`] arrives at once, its devices turn Unhealthy and a
-//!   restart is scheduled with back-off ([`RESTART_BACKOFF`]); ready again,
-//!   they turn Healthy;
+//! - it exits: [`MpsExit`] arrives at once and its devices turn Unhealthy;
+//!   the node machine decides when it is started again
+//!   ([`gpu_slicer_core::node::MPS_RESTART_BACKOFF`]) and the shell then
+//!   calls [`Supervisor::restart`]; ready again, they turn Healthy;
 //! - the resource goes away, its limits change, or SIGTERM: `quit` on its
 //!   pipe, then the child is killed if it has not exited within
 //!   [`STOP_GRACE`].
@@ -57,8 +58,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a daemon may take to exit after `quit` before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Restarts of a daemon that exited or failed to become ready.
-pub const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 /// The longest answer read from one control-client call.
 const MAX_ANSWER: u64 = 64 * 1024;
 
@@ -148,8 +147,6 @@ struct Managed {
     child: Option<tokio::sync::oneshot::Sender<()>>,
     pid: Option<u32>,
     ready: bool,
-    backoff: Backoff,
-    restart_at: Option<Instant>,
     restarts: u64,
 }
 
@@ -212,8 +209,6 @@ impl Supervisor {
                         child: None,
                         pid: None,
                         ready: false,
-                        backoff: RESTART_BACKOFF,
-                        restart_at: None,
                         restarts: 0,
                     },
                 );
@@ -264,25 +259,17 @@ impl Supervisor {
         self.options.driver_root = root;
     }
 
-    /// The earliest scheduled restart.
-    pub fn next_restart(&self) -> Option<Instant> {
-        self.daemons.values().filter_map(|m| m.restart_at).min()
-    }
-
-    /// Restarts the daemons whose back-off is over; returns the resources
-    /// whose daemons are now all ready.
-    pub async fn restart_due(&mut self) -> Vec<ResourceName> {
-        let now = Instant::now();
+    /// Starts again every daemon of `resource` that is not ready (the
+    /// node machine decided it is time); returns why the resource is still
+    /// not ready, `None` once all its daemons are.
+    pub async fn restart(&mut self, resource: &ResourceName) -> Option<String> {
         let due: Vec<DaemonKey> = self
-            .daemons
-            .iter()
-            .filter(|(_, m)| m.restart_at.is_some_and(|t| t <= now))
-            .map(|(n, _)| n.clone())
+            .of(resource)
+            .filter(|(_, m)| !m.ready)
+            .map(|(key, _)| key.clone())
             .collect();
-        let mut ready = Vec::new();
         for name in due {
             if let Some(m) = self.daemons.get_mut(&name) {
-                m.restart_at = None;
                 m.restarts += 1;
                 self.metrics
                     .mps_restarts
@@ -290,17 +277,14 @@ impl Supervisor {
                     .inc();
             }
             self.start(&name).await;
-            self.set_ready_metric(&name.resource);
-            if self.not_ready(&name.resource).is_none() && !ready.contains(&name.resource) {
-                ready.push(name.resource);
-            }
         }
-        ready
+        self.set_ready_metric(resource);
+        self.not_ready(resource)
     }
 
     /// A daemon exited. Returns its resource when the exit concerns the
-    /// running daemon (not one already replaced), after scheduling its
-    /// restart.
+    /// running daemon (not one already replaced); the node machine
+    /// schedules its restart.
     pub fn on_exit(&mut self, exit: MpsExit) -> Option<ResourceName> {
         let managed = self.daemons.get_mut(&exit.key)?;
         if managed.generation != exit.generation {
@@ -309,10 +293,8 @@ impl Supervisor {
         managed.child = None;
         managed.pid = None;
         managed.ready = false;
-        let delay = managed.backoff.next_delay();
-        managed.restart_at = Some(Instant::now() + delay);
         tracing::error!(
-            "the MPS control daemon of '{}' exited ({}); its devices are Unhealthy; restarting it in {delay:?}",
+            "the MPS control daemon of '{}' exited ({}); its devices are Unhealthy",
             exit.key,
             exit.status
         );
@@ -362,7 +344,6 @@ impl Supervisor {
                 managed.child = Some(stop);
                 managed.pid = Some(pid);
                 managed.ready = true;
-                managed.backoff.reset();
                 tracing::info!(
                     resource = %name.resource,
                     shares = name.shares,
@@ -374,9 +355,7 @@ impl Supervisor {
             }
             Err(e) => {
                 managed.ready = false;
-                let delay = managed.backoff.next_delay();
-                managed.restart_at = Some(Instant::now() + delay);
-                tracing::error!("{e}; its devices are Unhealthy; trying again in {delay:?}");
+                tracing::error!("{e}; its devices are Unhealthy");
             }
         }
     }

@@ -384,11 +384,20 @@ async fn a_daemon_that_cannot_start_leaves_the_replicas_unhealthy_and_says_why()
         "the MPS control daemon of 'nvidia.com/gpu' exited at start",
     )
     .await;
-    assert!(
-        line.contains("its devices are Unhealthy; trying again in"),
-        "{line}"
-    );
+    assert!(line.contains("its devices are Unhealthy"), "{line}");
     wait_for_log(&log, "An MPS server is already running").await;
+    // The node machine starts it again on its back-off: a second failed
+    // start doubles the wait.
+    wait_for_log(
+        &log,
+        "the MPS control daemon of 'nvidia.com/gpu' is not ready; starting it again in 1s",
+    )
+    .await;
+    wait_for_log(
+        &log,
+        "the MPS control daemon of 'nvidia.com/gpu' is not ready; starting it again in 2s",
+    )
+    .await;
     assert!(
         daemon.child.try_wait().expect("status").is_none(),
         "the daemon exited"
