@@ -14,6 +14,9 @@
 //!   while its last target is not applied yet ([`target_applied`]): that
 //!   is what keeps a controller restarted mid-change from changing a node
 //!   twice;
+//! - the instances a frozen node's unapplied target will create count as
+//!   capacity on the way (the decision's in-flight slices), so the pods it
+//!   was written for drive no second change elsewhere while it applies;
 //! - a cordoned node is left out (no pending pod can go there);
 //! - a free instance counts as free since the pass that first saw it free
 //!   (after a start: that pass), which is what the hysteresis measures.
@@ -135,6 +138,40 @@ pub fn target_applied(target: Option<&str>, state: Option<&str>) -> bool {
     })
 }
 
+/// The instances `target` names that the published `state` does not hold
+/// yet, as (profile with `+` written `.`, count): what applying it will
+/// create. Empty when either cannot be read.
+pub fn pending_creations(target: &str, state: Option<&str>) -> Vec<(String, u32)> {
+    let Ok(entries) = mig_target::parse(target) else {
+        return Vec::new();
+    };
+    let gpus = state
+        .and_then(|s| mig_state::parse(s).ok())
+        .unwrap_or_default();
+    let normal = |profile: &str| profile.replace('+', ".");
+    let mut creations: BTreeMap<String, u32> = BTreeMap::new();
+    for entry in &entries {
+        let have: BTreeSet<(String, u32)> = entry
+            .index
+            .and_then(|index| (0..gpus.len()).find(|p| mig_state::gpu_index(&gpus, *p) == index))
+            .map(|p| {
+                gpus[p]
+                    .instances
+                    .iter()
+                    .map(|i| (normal(&i.profile), i.start))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for i in &entry.instances {
+            let key = (normal(&i.profile), i.start);
+            if !have.contains(&key) {
+                *creations.entry(key.0).or_default() += 1;
+            }
+        }
+    }
+    creations.into_iter().collect()
+}
+
 /// One pass: the cluster the stores describe, the per-instance decision on
 /// the pending pods (longest pending first), the targets of the nodes it
 /// changes.
@@ -153,6 +190,7 @@ pub fn run(
         .collect();
     let mut cluster = Cluster::default();
     let mut seen = HashMap::new();
+    let mut in_flight: Vec<(String, u32)> = Vec::new();
     for (name, node) in nodes {
         if node.cordoned {
             continue;
@@ -200,6 +238,17 @@ pub fn run(
         if let Some(why) = frozen {
             outcome.frozen.push((name.clone(), why));
         }
+        // A target on its way: what it creates serves pending pods.
+        let on_the_way = written
+            .get(name)
+            .filter(|w| w.awaiting_echo(node))
+            .map(|w| w.text.as_str())
+            .or(node.mig_target.as_deref());
+        if frozen.is_some()
+            && let Some(target) = on_the_way
+        {
+            in_flight.extend(pending_creations(target, node.mig_state.as_deref()));
+        }
         cluster.nodes.push(Node {
             name: name.clone(),
             frozen: frozen.is_some(),
@@ -219,7 +268,7 @@ pub fn run(
                 slices: p.slices.clone(),
             })
             .collect(),
-        in_flight: Vec::new(),
+        in_flight,
     };
     outcome.pending = demand.pods.len();
     let plan = mig_demand::decide(
@@ -386,6 +435,53 @@ mod tests {
             out.targets.is_empty(),
             "no second write before the first shows"
         );
+    }
+
+    #[test]
+    fn what_an_unapplied_target_creates_serves_its_pod_so_no_other_node_changes_for_it() {
+        let for_the_3g = r#"[{"index": 0, "instances": [
+            {"profile": "1g.5gb", "start": 0}, {"profile": "1g.5gb", "start": 1},
+            {"profile": "1g.5gb", "start": 2}, {"profile": "1g.5gb", "start": 3},
+            {"profile": "3g.20gb", "start": 4}]}]"#;
+        assert_eq!(
+            pending_creations(for_the_3g, Some(SEVEN_ONES)),
+            [("3g.20gb".to_string(), 1)]
+        );
+        let free = SEVEN_ONES.replace("true", "false");
+        let nodes = BTreeMap::from([
+            ("n1".to_string(), p4d(SEVEN_ONES, Some(for_the_3g))),
+            ("n2".to_string(), p4d(&free, None)),
+        ]);
+        let out = run(
+            &nodes,
+            &wants_3g(),
+            &HashMap::new(),
+            &mut FreeSince::default(),
+            100,
+            0,
+        );
+        assert!(out.targets.is_empty(), "{:?}", out.targets);
+        // The same while the write has not echoed back.
+        let written = HashMap::from([(
+            "n1".to_string(),
+            Written {
+                text: for_the_3g.to_string(),
+                previous: None,
+            },
+        )]);
+        let nodes = BTreeMap::from([
+            ("n1".to_string(), p4d(SEVEN_ONES, None)),
+            ("n2".to_string(), p4d(&free, None)),
+        ]);
+        let out = run(
+            &nodes,
+            &wants_3g(),
+            &written,
+            &mut FreeSince::default(),
+            100,
+            0,
+        );
+        assert!(out.targets.is_empty(), "{:?}", out.targets);
     }
 
     #[test]

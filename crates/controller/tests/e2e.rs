@@ -324,10 +324,18 @@ async fn hold_one_1g(stub: &KubeStub, node: &GpuNode) -> String {
 async fn a_pending_3g_pod_gets_a_3g_cut_from_free_1g_slices_and_a_layout_that_cannot_be_made_changes_nothing()
  {
     let stub = p4d_stub().await;
-    let node = GpuNode::start(&stub, "n1").await;
-    let held = hold_one_1g(&stub, &node).await;
-    let before = node.driver_instances();
-    let held_instance = before
+    stub.add_node(
+        "n2",
+        &[("node.kubernetes.io/instance-type", "p4d.24xlarge")],
+        json!([]),
+    );
+    let nodes = [
+        GpuNode::start(&stub, "n1").await,
+        GpuNode::start(&stub, "n2").await,
+    ];
+    let held = hold_one_1g(&stub, &nodes[0]).await;
+    let before: Vec<_> = nodes.iter().map(GpuNode::driver_instances).collect();
+    let held_instance = before[0]
         .iter()
         .find(|(_, _, uuid)| *uuid == held)
         .cloned()
@@ -338,36 +346,50 @@ async fn a_pending_3g_pod_gets_a_3g_cut_from_free_1g_slices_and_a_layout_that_ca
     let (_controller, metrics) = start_controller(&stub, dir.path(), "a");
 
     // Three free 1g (memory slices 4-6) give way to a 3g at slice 4 on one
-    // GPU; the node daemon applies it and advertises the 3g.
-    node.wait_for(&[(ONE_G, 53), (THREE_G, 1)]).await;
+    // GPU of one node; its daemon applies it and advertises the 3g.
+    stub.wait_until("a target", |s| !target_patches(s).is_empty(), TIMEOUT)
+        .await;
+    let patches = target_patches(&stub);
+    assert_eq!(patches.len(), 1, "one target written: {patches:?}");
+    let changed = nodes
+        .iter()
+        .position(|n| n.name == patches[0].0)
+        .expect("a target for one of the nodes");
+    let other = 1 - changed;
+    nodes[changed].wait_for(&[(ONE_G, 53), (THREE_G, 1)]).await;
     stub.wait_until(
         "state success",
-        |s| s.label(STATE_LABEL).as_deref() == Some("success"),
+        |s| s.label_on(&nodes[changed].name, STATE_LABEL).as_deref() == Some("success"),
         TIMEOUT,
     )
     .await;
-    let after = node.driver_instances();
+    let after: Vec<_> = nodes.iter().map(GpuNode::driver_instances).collect();
     assert!(
-        after.contains(&held_instance),
+        after[0].contains(&held_instance),
         "the held instance is untouched"
     );
-    assert_eq!(
-        before.difference(&after).count(),
-        3,
-        "three free 1g destroyed"
-    );
-    assert_eq!(after.difference(&before).count(), 1, "one 3g created");
-    let changed_gpu = after.difference(&before).next().expect("the 3g").0;
+    let destroyed: Vec<_> = before[changed].difference(&after[changed]).collect();
+    let created: Vec<_> = after[changed].difference(&before[changed]).collect();
+    assert_eq!(destroyed.len(), 3, "three free 1g destroyed: {destroyed:?}");
+    assert_eq!(created.len(), 1, "one 3g created: {created:?}");
     assert!(
-        before.difference(&after).all(|(g, _, _)| *g == changed_gpu),
+        destroyed.iter().all(|(g, _, _)| *g == created[0].0),
         "only the GPU of the 3g changed"
     );
-    assert_eq!(target_patches(&stub).len(), 1, "one target written");
+    assert_eq!(
+        after[other]
+            .symmetric_difference(&before[other])
+            .collect::<Vec<_>>(),
+        Vec::<&(usize, u64, String)>::new(),
+        "the other node is untouched"
+    );
+    nodes[other].wait_for(&[(ONE_G, 56)]).await;
 
     // The scheduler binds the pod; the kubelet admits it onto the 3g.
-    stub.bind_pod("ml", "train", "n1");
+    stub.bind_pod("ml", "train", &nodes[changed].name);
     let train = Pod::new("train").container(Container::new("main").limit(THREE_G, 1));
-    node.kubelet
+    nodes[changed]
+        .kubelet
         .admit(&train)
         .await
         .expect("the 3g pod is admitted");
@@ -377,10 +399,10 @@ async fn a_pending_3g_pod_gets_a_3g_cut_from_free_1g_slices_and_a_layout_that_ca
         Some(1.0)
     );
 
-    // Eight 7g on one node: a GPU has a held instance, so no plan serves
-    // it; passes run, nothing is written or changed.
+    // Nine 7g on one node: no node has nine GPUs, so no plan serves it;
+    // passes run, nothing is written or changed.
     let decided = metric(&metrics, "gpu_slicer_controller_decisions_total").expect("decisions");
-    stub.create_pod(pending_pod("big", SEVEN_G, 8));
+    stub.create_pod(pending_pod("big", SEVEN_G, 9));
     wait_for_metric(
         &metrics,
         "gpu_slicer_controller_decisions_total",
@@ -392,8 +414,10 @@ async fn a_pending_3g_pod_gets_a_3g_cut_from_free_1g_slices_and_a_layout_that_ca
         1,
         "no target for what cannot be made"
     );
-    assert_eq!(node.driver_instances(), after, "nothing changed");
-    node.wait_for(&[(ONE_G, 53), (THREE_G, 1)]).await;
+    let last: Vec<_> = nodes.iter().map(GpuNode::driver_instances).collect();
+    assert_eq!(last, after, "nothing changed");
+    nodes[changed].wait_for(&[(ONE_G, 53), (THREE_G, 1)]).await;
+    nodes[other].wait_for(&[(ONE_G, 56)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
