@@ -62,6 +62,16 @@ pub enum ControllerError {
     Signal(#[source] std::io::Error),
 }
 
+/// Lists in pages of 500 from the latest state: with the default "any"
+/// semantic (`resourceVersion=0`) the API server may answer from its watch
+/// cache in one response whatever the limit, and 10,000 pending pods in one
+/// response would be the controller's largest allocation by far.
+fn list_config() -> watcher::Config {
+    watcher::Config::default()
+        .list_semantic(watcher::ListSemantic::MostRecent)
+        .page_size(500)
+}
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -192,9 +202,7 @@ async fn watch_nodes(
     changed: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut events = watcher(api, list_config()).default_backoff().boxed();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -233,7 +241,7 @@ async fn watch_pods(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let config = watcher::Config::default().fields(PENDING_PODS_SELECTOR);
+    let config = list_config().fields(PENDING_PODS_SELECTOR);
     let mut events = watcher(api, config).default_backoff().boxed();
     let pending = |p: &Pod| match store::read_pod(p) {
         PodRead::Pending(entry) => Some(entry),

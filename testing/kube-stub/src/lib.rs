@@ -9,7 +9,8 @@
 //! one resourceVersion counter and recording the object before and after.
 //! Lists answer with the objects that match the request's `fieldSelector`
 //! (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`;
-//! `=` and `!=`) and the current resourceVersion; every watch gets the
+//! `=` and `!=`) and the current resourceVersion, in pages of `limit` with a
+//! `continue` token; every watch gets the
 //! changes after the resourceVersion it asked for, then live ones, as a
 //! chunked stream, filtered as the API server does: an object that comes
 //! to match is ADDED, one that stops matching is DELETED (so a pending pod
@@ -212,6 +213,17 @@ impl KubeStub {
         let mut inner = self.state.inner.lock().expect("stub");
         let version = inner.bump();
         let node = node_object(name, labels, taints, version);
+        inner.nodes.push(node.clone());
+        inner.record(Kind::Node, None, Some(node));
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// Another Node, as given (its resourceVersion filled in): an ADDED event.
+    pub fn create_node(&self, mut node: Value) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        let version = inner.bump();
+        node["metadata"]["resourceVersion"] = Value::String(version.to_string());
         inner.nodes.push(node.clone());
         inner.record(Kind::Node, None, Some(node));
         drop(inner);
@@ -756,14 +768,27 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     } else {
                         (&inner.pods, "PodList")
                     };
-                    let items: Vec<Value> = objects
+                    // Pages of `limit`, the offset as the continue token
+                    // (the next page reads the objects as they are then).
+                    let offset: usize = param("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let limit: usize = param("limit")
+                        .and_then(|l| l.parse().ok())
+                        .filter(|l| *l > 0)
+                        .unwrap_or(usize::MAX);
+                    let matching: Vec<&Value> =
+                        objects.iter().filter(|o| matches(o, &selector)).collect();
+                    let end = offset.saturating_add(limit).min(matching.len());
+                    let items: Vec<Value> = matching[offset.min(end)..end]
                         .iter()
-                        .filter(|o| matches(o, &selector))
-                        .cloned()
+                        .map(|o| (*o).clone())
                         .collect();
+                    let mut metadata = json!({ "resourceVersion": inner.version.to_string() });
+                    if end < matching.len() {
+                        metadata["continue"] = Value::String(end.to_string());
+                    }
                     json!({
                         "apiVersion": "v1", "kind": list_kind,
-                        "metadata": { "resourceVersion": inner.version.to_string() },
+                        "metadata": metadata,
                         "items": items,
                     })
                 };
