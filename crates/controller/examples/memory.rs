@@ -8,6 +8,12 @@
 //! controller's stores, then dropped. Then one pass decides on it all.
 //! Reports the resident set (VmRSS) after each step and its peak (VmHWM).
 //!
+//! Then the real thing: the release `gpu-slicer-controller` binary (built
+//! first when missing) against the stub API server (testing/kube-stub)
+//! serving the same 1,000 Nodes and 10,000 Pods, listed in pages and
+//! watched as from an API server; once it has decided three times (and
+//! written its targets), its VmRSS and VmHWM are read from /proc.
+//!
 //! ```sh
 //! cargo run --release -p gpu-slicer-controller --example memory
 //! ```
@@ -18,7 +24,9 @@
 //! costs in a cluster; what is kept is the controller's own small entries.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use gpu_slicer_controller::pass::{self, FreeSince};
 use gpu_slicer_controller::store::{self, PodRead, Store};
@@ -60,7 +68,11 @@ impl Rng {
 }
 
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    process_kib("self", field)
+}
+
+fn process_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -222,6 +234,118 @@ fn pod_object(k: usize, rng: &mut Rng) -> Value {
 }
 
 fn main() {
+    in_process();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(real_binary());
+}
+
+/// The release controller binary beside this example (built when missing).
+fn controller_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("this example's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the profile directory");
+    let binary = profile.join("gpu-slicer-controller");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "gpu-slicer-controller", "--bin"])
+        .arg("gpu-slicer-controller")
+        .arg("--target-dir")
+        .arg(profile.parent().expect("target dir"));
+    if profile.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("run cargo").success(),
+        "cargo build failed"
+    );
+    binary
+}
+
+fn metric(address: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn real_binary() {
+    let binary = controller_binary();
+    let mut rng = Rng(0x5EED_2024);
+    let stub = kube_stub::KubeStub::start("unused-cpu-node", &[], json!([])).await;
+    for n in 0..NODES {
+        stub.create_node(node_object(n, &mut rng));
+    }
+    for k in 0..PODS {
+        stub.create_pod(pod_object(k, &mut rng));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "stub", "cluster": {"server": stub.url}}],
+        "users": [{"name": "bench", "user": {}}],
+        "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "bench"}}],
+        "current-context": "stub",
+    });
+    std::fs::write(&kubeconfig, config.to_string()).expect("kubeconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let metrics = format!("127.0.0.1:{port}");
+    let mut child = Command::new(&binary)
+        .args(["--namespace", "bench", "--identity", "bench"])
+        .args(["--batch-timeout-seconds", "0", "--batch-idle-seconds", "0"])
+        .args(["--min-free-age-seconds", "0", "--metrics-address", &metrics])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the controller");
+    let pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while metric(&metrics, "gpu_slicer_controller_decisions_total").unwrap_or(0.0) < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the controller never decided three times"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let targets = stub
+        .patches()
+        .iter()
+        .filter(|p| p.body["metadata"]["annotations"]["gpu-slicer.io/mig-target"].is_string())
+        .count();
+    println!(
+        "{:<44} VmRSS {:>7.1} MiB  VmHWM {:>7.1} MiB",
+        "gpu-slicer-controller, after 3 decisions",
+        process_kib(&pid, "VmRSS:") as f64 / 1024.0,
+        process_kib(&pid, "VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "the binary wrote {targets} targets; reconfigurations_total {}",
+        metric(&metrics, "gpu_slicer_controller_reconfigurations_total").unwrap_or(0.0)
+    );
+    let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+    let _ = child.wait();
+}
+
+/// The controller's stores and one pass, in this process.
+fn in_process() {
     report("start");
     let mut rng = Rng(0x5EED_2024);
     let mut nodes = Store::new(store::MAX_NODES);
