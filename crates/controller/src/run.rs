@@ -314,6 +314,7 @@ async fn reconcile(
     let mut free_since = FreeSince::default();
     let mut written: HashMap<String, Written> = HashMap::new();
     let mut known_pending: HashSet<String> = HashSet::new();
+    let mut dropped_seen = (0, 0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -330,6 +331,15 @@ async fn reconcile(
             // are the store's business from now on.
             let Shared { nodes, .. } = &*s;
             written.retain(|name, w| nodes.items().get(name).is_some_and(|n| w.awaiting_echo(n)));
+            let dropped = (s.nodes.dropped, s.pods.dropped);
+            if dropped != dropped_seen {
+                tracing::warn!(
+                    "left out for want of room: {} Node(s) beyond {MAX_NODES}, {} pending pod(s) beyond {MAX_PENDING_PODS} so far",
+                    dropped.0,
+                    dropped.1
+                );
+                dropped_seen = dropped;
+            }
             let pending = s.pods.items();
             let new = pending
                 .keys()
