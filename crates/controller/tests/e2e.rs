@@ -462,6 +462,23 @@ async fn a_controller_restarted_mid_change_converges_without_a_second_change() {
             .expect("lease")["spec"]["holderIdentity"],
         "second"
     );
+    // A third replica stays standby while the second renews the Lease.
+    let (_third, standby) = start_controller(&stub, dir.path(), "third");
+    wait_for_metric(&standby, "gpu_slicer_controller_leader", 0.0).await;
+    let renewals = stub.lease_writes().len();
+    stub.wait_until(
+        "three renewals by the leader",
+        |s| s.lease_writes().len() >= renewals + 3,
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        stub.lease_writes()[renewals..]
+            .iter()
+            .all(|l| l["spec"]["holderIdentity"] == "second"),
+        "only the leader writes the Lease"
+    );
+    assert_eq!(metric(&standby, "gpu_slicer_controller_leader"), Some(0.0));
 
     // The node daemon comes back and applies the one target.
     node.start_daemon(&stub);
