@@ -260,6 +260,39 @@ def check_node_restriction(docs, taint):
     assert variables["startupTaint"] == f"'{taint}'", variables["startupTaint"]
 
 
+def check_controller(docs):
+    ds, pod, c, env, mounts = plugin(docs)
+    assert "--apply-mig-layouts" in c["args"], c["args"]
+    (deploy,) = by_kind(docs, "Deployment")
+    spec = deploy["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert spec["serviceAccountName"] == "t-gpu-slicer-controller", spec
+    assert args[args.index("--batch-idle-seconds") + 1] == "5", args
+    assert args[args.index("--lease-name") + 1] == "t-gpu-slicer-controller", args
+    assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The controller's pods are not the DaemonSet's.
+    selected = ds["spec"]["selector"]["matchLabels"]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert not all(labels.get(k) == v for k, v in selected.items()), labels
+    # Least RBAC: pods list/watch; nodes get/list/watch/patch; Leases in
+    # the release namespace only.
+    (cluster_role,) = [
+        r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-gpu-slicer-controller"
+    ]
+    rules = {(res, v) for r in cluster_role["rules"] for res in r["resources"] for v in r["verbs"]}
+    want = {("pods", "list"), ("pods", "watch")} | {
+        ("nodes", v) for v in ["get", "list", "watch", "patch"]
+    }
+    assert rules == want, rules
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ], role["rules"]
+
+
 CASES = {
     None: check_defaults,
     "nvidia-values.yaml": check_nvidia,
@@ -267,6 +300,7 @@ CASES = {
     "mps-values.yaml": check_mps,
     "minimal-values.yaml": check_minimal,
     "mig-apply-values.yaml": check_mig_apply,
+    "controller-values.yaml": check_controller,
 }
 
 for name, check in CASES.items():

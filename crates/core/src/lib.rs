@@ -18,6 +18,7 @@
 //! | [`labels`] | node labels (GPU Feature Discovery names) |
 //! | [`node_labels`] | the Node labels with a protocol behind them (config selection, MIG Manager's), declared once |
 //! | [`cdi`] | the CDI spec for the devices Allocate names |
+//! | [`cluster_objects`] | Nodes and Pods as the API server serves them, read into the demand-driven MIG decision's input (shared by `simulate` and the controller) |
 //! | [`device_nodes`] | device-node paths: per device, control nodes, host paths |
 //! | [`driver_files`] | the driver's libraries, binaries, firmware and sockets a CDI spec mounts |
 //! | [`mig_change`] | a MIG layout change as NVML operations, from what the GPUs hold now |
@@ -29,6 +30,7 @@
 pub mod allocate;
 pub mod backoff;
 pub mod cdi;
+pub mod cluster_objects;
 pub mod config;
 pub mod device_nodes;
 pub mod driver_files;

@@ -13,8 +13,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 mod common;
-#[path = "common/kube_stub.rs"]
-mod kube_stub;
+/// The stub API server (testing/kube-stub), shared with the controller's tests.
+mod kube_stub {
+    pub use ::kube_stub::*;
+}
 
 mod allocation;
 mod e2e;

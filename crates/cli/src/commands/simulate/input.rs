@@ -14,12 +14,12 @@
 
 use std::path::Path;
 
+use gpu_slicer_core::cluster_objects::{self, HeldFrom, SlicesError};
+pub use gpu_slicer_core::cluster_objects::{NodeError, PublishedStateError as MigStateError};
 use gpu_slicer_core::config;
-use gpu_slicer_core::gpu::catalog::{self, CatalogError, GpuModel, MigLayout};
+use gpu_slicer_core::gpu::catalog::{self, MigLayout};
 use gpu_slicer_core::messages::{io_error, yaml_error};
-use gpu_slicer_core::mig_demand::{
-    Cluster, Gpu, Instance, InstanceAt, LayoutInvalid, Node, layout_valid,
-};
+use gpu_slicer_core::mig_demand::{Cluster, Gpu, Instance, Node};
 use serde_json::Value;
 
 use super::TracePod;
@@ -34,10 +34,6 @@ pub const RUN_ANNOTATION: &str = "gpu-slicer.io/simulate-run-seconds";
 /// [`gpu_slicer_core::mig_state`]).
 pub use gpu_slicer_core::node_labels::MIG_STATE as MIG_STATE_ANNOTATION;
 
-const INSTANCE_TYPE_LABELS: [&str; 2] = [
-    "node.kubernetes.io/instance-type",
-    "beta.kubernetes.io/instance-type",
-];
 const MIG_CONFIG_LABEL: &str = "nvidia.com/mig.config";
 /// Largest input file read.
 const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -45,9 +41,6 @@ const MAX_FILE_BYTES: u64 = 64 << 20;
 const MAX_OBJECTS: usize = 200_000;
 /// Longest arrival or run time: a year.
 const MAX_SECONDS: u64 = 366 * 24 * 3600;
-/// Most slices of one profile a pod may ask for (a node has at most 8 GPUs
-/// of 7 instances).
-const MAX_SLICES: u32 = 64;
 
 /// Why a trace cannot be replayed; each names the file and the object.
 #[derive(Debug, thiserror::Error)]
@@ -98,64 +91,15 @@ pub enum TraceError {
     },
 }
 
-/// What is wrong with one Node of the trace.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(
-        "label {key}={value}: not an instance type gpu-slicer's catalog knows; \
-         label the node with nvidia.com/gpu.product and nvidia.com/gpu.count instead"
-    )]
-    UnknownInstanceType { key: &'static str, value: String },
-    #[error("label nvidia.com/gpu.product={0}: not a GPU model gpu-slicer's catalog knows")]
-    UnknownProduct(String),
-    #[error("label nvidia.com/gpu.count: not a whole number from 1 to 16")]
-    BadGpuCount,
-    #[error("annotation {MIG_STATE_ANNOTATION}: {0}")]
-    MigState(#[from] MigStateError),
-    /// Boxed: the catalog's errors carry several strings.
-    #[error(transparent)]
-    Layout(#[from] Box<CatalogError>),
-}
-
-/// What is wrong with a Node's `gpu-slicer.io/mig-state` annotation.
-#[derive(Debug, thiserror::Error)]
-pub enum MigStateError {
-    #[error("{0}")]
-    Published(#[from] gpu_slicer_core::mig_state::MigStateError),
-    #[error(
-        "entry {position} is GPU {gpu}: GPU {position} has no entry (the node could not read it); the simulator needs every GPU"
-    )]
-    MissingGpu { position: usize, gpu: u32 },
-    #[error("{entries} GPU entries for a node of {count} GPUs")]
-    WrongCount { entries: usize, count: u32 },
-    #[error("GPU {gpu}: {product} has no MIG")]
-    NoMig { gpu: u32, product: &'static str },
-    #[error("GPU {gpu}: {model} has no MIG profile {profile}")]
-    UnknownProfile {
-        gpu: u32,
-        model: &'static str,
-        profile: String,
-    },
-    #[error("GPU {gpu}: {problem}")]
-    Layout { gpu: u32, problem: LayoutInvalid },
-    #[error("GPU {gpu}: instances listed with MIG off")]
-    InstancesWithMigOff { gpu: u32 },
-}
-
 /// What is wrong with one Pod of the trace.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error(
-        "{count} × {}: more than {MAX_SLICES}, which no node holds",
-        config::mig_resource(profile)
-    )]
-    TooManySlices { count: u32, profile: String },
+    #[error(transparent)]
+    Slices(#[from] SlicesError),
     #[error("spec.nodeName {0} is not a Node of the input")]
     UnknownNode(String),
     #[error("annotation {0}: not a whole number of seconds from 0 to {MAX_SECONDS}")]
     BadSeconds(String),
-    #[error("{0}: not a whole number of slices")]
-    BadSliceCount(String),
 }
 
 /// The cluster at the start of the trace and the pods that come.
@@ -315,8 +259,7 @@ fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn node(object: &Value, name: &str) -> Result<Node, NodeError> {
-    let (model, count) = node_gpus(object)?;
-    let Some((model, count)) = model.zip(Some(count)) else {
+    let Some((model, count)) = cluster_objects::node_gpus(|key| label(object, key))? else {
         return Ok(Node {
             name: name.to_string(),
             frozen: false,
@@ -324,7 +267,11 @@ fn node(object: &Value, name: &str) -> Result<Node, NodeError> {
         });
     };
     let gpus = match object["metadata"]["annotations"][MIG_STATE_ANNOTATION].as_str() {
-        Some(state) => mig_state(model, count, state)?,
+        // Who holds an instance comes from the Pods of the input (their
+        // `spec.nodeName`), not from the state's `held`: a trace replays
+        // those pods, and counting both would hold an instance twice.
+        Some(state) => cluster_objects::gpus_from_state(model, count, state, HeldFrom::Ignored, 0)
+            .map_err(NodeError::MigState)?,
         None => {
             let layout = match label(object, MIG_CONFIG_LABEL) {
                 Some(l) => catalog::layout(model, l)
@@ -360,111 +307,6 @@ fn node(object: &Value, name: &str) -> Result<Node, NodeError> {
     })
 }
 
-/// The GPU model and count a Node's labels name.
-fn node_gpus(object: &Value) -> Result<(Option<&'static GpuModel>, u32), NodeError> {
-    if let Some((key, value)) = INSTANCE_TYPE_LABELS
-        .iter()
-        .find_map(|k| label(object, k).map(|v| (*k, v)))
-    {
-        return match catalog::instance(value) {
-            Some(it) if !it.is_fractional() => Ok((it.gpu_model(), it.gpus)),
-            Some(_) => Ok((None, 0)),
-            None if value.starts_with('p') || value.starts_with('g') => {
-                Err(NodeError::UnknownInstanceType {
-                    key,
-                    value: value.to_owned(),
-                })
-            }
-            // A CPU-only instance type.
-            None => Ok((None, 0)),
-        };
-    }
-    match label(object, "nvidia.com/gpu.product") {
-        Some(product) => {
-            // GFD writes the product name with dashes for spaces, and adds
-            // `-MIG-<profile>` under the single strategy.
-            let bare = product.split("-MIG-").next().unwrap_or(product);
-            let model = catalog::models()
-                .iter()
-                .find(|m| m.product_name.replace(' ', "-").eq_ignore_ascii_case(bare))
-                .or_else(|| catalog::model(bare))
-                .ok_or_else(|| NodeError::UnknownProduct(product.to_owned()))?;
-            let count: u32 = label(object, "nvidia.com/gpu.count")
-                .unwrap_or("1")
-                .parse()
-                .ok()
-                .filter(|c| (1..=16).contains(c))
-                .ok_or(NodeError::BadGpuCount)?;
-            Ok((Some(model), count))
-        }
-        None => Ok((None, 0)),
-    }
-}
-
-/// The GPUs of a Node from its published state ([`gpu_slicer_core::mig_state`],
-/// read by the core's one parser). Who holds an instance comes from the
-/// Pods of the input (their `spec.nodeName`), not from the state's `held`:
-/// a trace replays those pods, and counting both would hold an instance twice.
-fn mig_state(model: &'static GpuModel, count: u32, text: &str) -> Result<Vec<Gpu>, MigStateError> {
-    let states = gpu_slicer_core::mig_state::parse(text)?;
-    if states.len() != count as usize {
-        return Err(MigStateError::WrongCount {
-            entries: states.len(),
-            count,
-        });
-    }
-    states
-        .iter()
-        .enumerate()
-        .map(|(position, s)| {
-            let g = gpu_slicer_core::mig_state::gpu_index(&states, position);
-            if g as usize != position {
-                return Err(MigStateError::MissingGpu { position, gpu: g });
-            }
-            if s.mig && !model.mig_capable() {
-                return Err(MigStateError::NoMig {
-                    gpu: g,
-                    product: model.product_name,
-                });
-            }
-            let mut at = Vec::new();
-            for i in &s.instances {
-                let profile =
-                    model
-                        .mig_profile(&i.profile)
-                        .ok_or_else(|| MigStateError::UnknownProfile {
-                            gpu: g,
-                            model: model.key,
-                            profile: i.profile.clone(),
-                        })?;
-                at.push(InstanceAt {
-                    profile,
-                    start: i.start,
-                });
-            }
-            if s.mig {
-                layout_valid(model, &at)
-                    .map_err(|problem| MigStateError::Layout { gpu: g, problem })?;
-            } else if !at.is_empty() {
-                return Err(MigStateError::InstancesWithMigOff { gpu: g });
-            }
-            Ok(Gpu {
-                model,
-                mig_enabled: s.mig,
-                instances: at
-                    .into_iter()
-                    .map(|a| Instance {
-                        profile: a.profile,
-                        start: a.start,
-                        held: false,
-                        free_since_s: 0,
-                    })
-                    .collect(),
-            })
-        })
-        .collect()
-}
-
 fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<TracePod>, PodError> {
     if matches!(
         object["status"]["phase"].as_str(),
@@ -473,33 +315,18 @@ fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<Trace
         return Ok(None);
     }
     let spec = &object["spec"];
-    let mut slices: Vec<(String, u32)> = Vec::new();
-    let containers = spec["containers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    for c in containers {
-        for (r, n) in container_slices(c)? {
-            add(&mut slices, r, n, |a, b| a + b);
-        }
-    }
-    // Init containers run one at a time: the pod needs the most any asks.
-    if let Some(init) = spec["initContainers"].as_array() {
-        for c in init {
-            for (r, n) in container_slices(c)? {
-                add(&mut slices, r, n, u32::max);
-            }
-        }
-    }
-    slices.retain(|(_, n)| *n > 0);
+    let each = |list: &Value| -> Result<Vec<Vec<(String, u32)>>, PodError> {
+        list.as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(container_slices)
+            .collect()
+    };
+    let slices =
+        cluster_objects::pod_slices(each(&spec["containers"])?, each(&spec["initContainers"])?)?;
     if slices.is_empty() {
         return Ok(None);
-    }
-    if let Some((r, n)) = slices.iter().find(|(_, n)| *n > MAX_SLICES) {
-        return Err(PodError::TooManySlices {
-            count: *n,
-            profile: r.clone(),
-        });
     }
     let running_on = match spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
         Some(node) => Some(
@@ -532,35 +359,37 @@ fn pod(object: &Value, name: &str, node_names: &[String]) -> Result<Option<Trace
     }))
 }
 
-fn add(slices: &mut Vec<(String, u32)>, r: String, n: u32, merge: fn(u32, u32) -> u32) {
-    match slices.iter_mut().find(|(have, _)| *have == r) {
-        Some((_, have)) => *have = merge(*have, n),
-        None => slices.push((r, n)),
-    }
+/// `nvidia.com/mig-*` of one container ([`cluster_objects::container_slices`]),
+/// its quantities as YAML has them: a string or a number.
+fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, PodError> {
+    let pairs = |table: &Value| -> Vec<(String, String)> {
+        table
+            .as_object()
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            Value::String(s) => s.clone(),
+                            Value::Number(n) => n.to_string(),
+                            _ => String::new(),
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let resources = &container["resources"];
+    let (limits, requests) = (pairs(&resources["limits"]), pairs(&resources["requests"]));
+    Ok(cluster_objects::container_slices(
+        &borrowed(&limits),
+        &borrowed(&requests),
+    )?)
 }
 
-/// `nvidia.com/mig-*` of one container: limits, else requests (extended
-/// resources must have both equal when both are set).
-fn container_slices(container: &Value) -> Result<Vec<(String, u32)>, PodError> {
-    let resources = &container["resources"];
-    let table = match resources["limits"].as_object() {
-        Some(l) if l.keys().any(|k| config::mig_profile_of(k).is_some()) => l,
-        _ => match resources["requests"].as_object() {
-            Some(r) => r,
-            None => return Ok(Vec::new()),
-        },
-    };
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let Some(profile) = config::mig_profile_of(key) else {
-            continue;
-        };
-        let n = value
-            .as_u64()
-            .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| PodError::BadSliceCount(key.clone()))?;
-        out.push((profile.to_string(), n));
-    }
-    Ok(out)
+fn borrowed(table: &[(String, String)]) -> Vec<(&str, &str)> {
+    table
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
