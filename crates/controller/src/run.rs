@@ -202,23 +202,15 @@ async fn watch_nodes(
     changed: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let mut events = watcher(api, list_config()).default_backoff().boxed();
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return,
-            event = events.next() => event,
-        };
-        let Some(event) = event else { return };
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("watching Nodes: {e}; retrying");
-                continue;
-            }
-        };
-        let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
-        let Ok(mut s) = shared.lock() else { return };
-        match event {
+    let events = watcher(api, list_config()).default_backoff().boxed();
+    let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+    follow(
+        events,
+        "Nodes",
+        &shared,
+        &changed,
+        &stop,
+        |s, event| match event {
             Event::Init => s.nodes.init(),
             Event::InitApply(n) => s.nodes.init_apply(name(&n), Some(store::read_node(&n))),
             Event::InitDone => s.nodes.init_done(),
@@ -228,10 +220,9 @@ async fn watch_nodes(
             Event::Delete(n) => {
                 s.nodes.delete(&name(&n));
             }
-        }
-        drop(s);
-        changed.notify_one();
-    }
+        },
+    )
+    .await;
 }
 
 async fn watch_pods(
@@ -242,7 +233,7 @@ async fn watch_pods(
     stop: CancellationToken,
 ) {
     let config = list_config().fields(PENDING_PODS_SELECTOR);
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let events = watcher(api, config).default_backoff().boxed();
     let pending = |p: &Pod| match store::read_pod(p) {
         PodRead::Pending(entry) => Some(entry),
         PodRead::NotPending => None,
@@ -251,21 +242,13 @@ async fn watch_pods(
             None
         }
     };
-    loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return,
-            event = events.next() => event,
-        };
-        let Some(event) = event else { return };
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("watching pending Pods: {e}; retrying");
-                continue;
-            }
-        };
-        let Ok(mut s) = shared.lock() else { return };
-        match event {
+    follow(
+        events,
+        "pending Pods",
+        &shared,
+        &changed,
+        &stop,
+        |s, event| match event {
             Event::Init => s.pods.init(),
             Event::InitApply(p) => s.pods.init_apply(store::pod_key(&p), pending(&p)),
             Event::InitDone => s.pods.init_done(),
@@ -275,7 +258,7 @@ async fn watch_pods(
                 let gone = entry.is_none();
                 s.pods.apply(key.clone(), entry);
                 if gone {
-                    left_pending(&mut s, &key, store::pod_bound(&p), &metrics);
+                    left_pending(s, &key, store::pod_bound(&p), &metrics);
                 }
             }
             // A pod leaves the watch of unbound pods when it is bound (the
@@ -283,9 +266,40 @@ async fn watch_pods(
             Event::Delete(p) => {
                 let key = store::pod_key(&p);
                 s.pods.delete(&key);
-                left_pending(&mut s, &key, store::pod_bound(&p), &metrics);
+                left_pending(s, &key, store::pod_bound(&p), &metrics);
             }
-        }
+        },
+    )
+    .await;
+}
+
+/// Runs one watch until `stop` or its end: each event is applied to the
+/// stores under the lock, then the decision loop is woken. The watcher
+/// backs off and relists by itself after an error, so an error is only
+/// logged.
+async fn follow<K>(
+    mut events: impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Unpin,
+    what: &str,
+    shared: &Mutex<Shared>,
+    changed: &Notify,
+    stop: &CancellationToken,
+    mut apply: impl FnMut(&mut Shared, Event<K>),
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = events.next() => event,
+        };
+        let event = match event {
+            None => return,
+            Some(Ok(event)) => event,
+            Some(Err(e)) => {
+                tracing::warn!("watching {what}: {e}; retrying");
+                continue;
+            }
+        };
+        let Ok(mut s) = shared.lock() else { return };
+        apply(&mut s, event);
         drop(s);
         changed.notify_one();
     }
