@@ -8,13 +8,13 @@
 //! Healthy in every list the kubelet is sent.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
 use crate::common::{
-    TIMEOUT, aside, expect, fake_nvml, free_port, start_logged, temp_dir, wait_for,
+    Daemon, TIMEOUT, aside, expect, fake_nvml, free_port, start_logged, temp_dir, wait_for,
 };
 use crate::kube_stub::KubeStub;
 use gpu_slicer_core::gpu::simulated;
@@ -24,6 +24,39 @@ const STATE: &str = "nvidia.com/mig.config.state";
 const TARGET: &str = "gpu-slicer.io/mig-target";
 const ONE_G: &str = "nvidia.com/mig-1g.5gb";
 const THREE_G: &str = "nvidia.com/mig-3g.20gb";
+
+/// The node daemon on the fake NVML in apply mode (mixed strategy, node
+/// `n1`, a short retry), with `extra` arguments; its log goes aside.
+fn start_applier(
+    dir: &Path,
+    stub: &KubeStub,
+    pods: &Path,
+    topology: &Path,
+    extra: &[&str],
+) -> (Daemon, PathBuf) {
+    let lib = fake_nvml();
+    let mut args = vec![
+        "--nvml-lib",
+        lib.to_str().expect("utf-8"),
+        "--mig-strategy",
+        "mixed",
+        "--node-name",
+        "n1",
+        "--kube-api-url",
+        &stub.url,
+        "--apply-mig-layouts",
+        "--mig-apply-retry-ms",
+        "200",
+        "--pod-resources-socket",
+        pods.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    start_logged(
+        dir,
+        &args,
+        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+    )
+}
 
 fn events(stub: &KubeStub, reason: &str) -> Vec<String> {
     stub.created_events()
@@ -79,28 +112,13 @@ async fn free_instances_make_room_for_a_3g_and_the_held_one_is_never_touched() {
     })
     .await
     .expect("stand-in kubelet");
-    let lib = fake_nvml();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _log) = start_logged(
+    let _daemon = start_applier(
         dir.path(),
-        &[
-            "--nvml-lib",
-            lib.to_str().expect("utf-8"),
-            "--mig-strategy",
-            "mixed",
-            "--node-name",
-            "n1",
-            "--kube-api-url",
-            &stub.url,
-            "--apply-mig-layouts",
-            "--metrics-address",
-            &metrics,
-            "--mig-apply-retry-ms",
-            "200",
-            "--pod-resources-socket",
-            pods.to_str().expect("utf-8"),
-        ],
-        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
+        &stub,
+        &pods,
+        &topology,
+        &["--metrics-address", &metrics],
     );
     wait_for(&kubelet, &expect(&[(ONE_G, 7)])).await;
 
@@ -260,26 +278,7 @@ async fn a_target_withdraws_only_the_instances_it_destroys_and_every_other_devic
     })
     .await
     .expect("stand-in kubelet");
-    let lib = fake_nvml();
-    let (_daemon, _log) = start_logged(
-        dir.path(),
-        &[
-            "--nvml-lib",
-            lib.to_str().expect("utf-8"),
-            "--mig-strategy",
-            "mixed",
-            "--node-name",
-            "n1",
-            "--kube-api-url",
-            &stub.url,
-            "--apply-mig-layouts",
-            "--mig-apply-retry-ms",
-            "200",
-            "--pod-resources-socket",
-            pods.to_str().expect("utf-8"),
-        ],
-        &[("FAKE_NVML_TOPOLOGY", topology.to_str().expect("utf-8"))],
-    );
+    let _daemon = start_applier(dir.path(), &stub, &pods, &topology, &[]);
     wait_for(&kubelet, &expect(&[(ONE_G, 14)])).await;
 
     // One pod holding a slice on each GPU: single-slice pods are admitted
