@@ -63,35 +63,45 @@ fn free_port() -> u16 {
 }
 
 /// Builds another package's artifact into this test's target directory
-/// (`cargo test` builds only this package's binaries) and returns it; a
-/// no-op when fresh, as in `cargo test --workspace`.
-fn built(package: &str, artifact: &str) -> PathBuf {
+/// (`cargo test` builds only this package's binaries) and returns it. It
+/// builds `--workspace --all-targets`, the feature set `cargo test
+/// --workspace` resolves, so under the README's test command it is a no-op;
+/// `cargo build -p <package>` resolves other features and would rebuild the
+/// daemon's dependency tree a second time (which filled CI's disk).
+fn built(artifact: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile = exe.parent().and_then(Path::parent).expect("profile dir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--quiet", "-p", package, "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--target-dir",
+        ])
         .arg(profile.parent().expect("target dir"))
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
     let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p {package} failed");
+    assert!(
+        status.success(),
+        "cargo build --workspace --all-targets failed (for {artifact})"
+    );
     profile.join(artifact)
 }
 
 fn daemon_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| built("gpu-slicer-daemon", "gpu-slicer-daemon"))
-        .clone()
+    BIN.get_or_init(|| built("gpu-slicer-daemon")).clone()
 }
 
 fn fake_nvml() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| built("fake-nvml", "libfake_nvml.so"))
-        .clone()
+    LIB.get_or_init(|| built("libfake_nvml.so")).clone()
 }
 
 fn logs() -> Stdio {
