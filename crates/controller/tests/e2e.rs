@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use gpu_slicer_core::gpu::simulated;
@@ -62,46 +61,14 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Builds another package's artifact into this test's target directory
-/// (`cargo test` builds only this package's binaries) and returns it. It
-/// builds `--workspace --all-targets`, the feature set `cargo test
-/// --workspace` resolves, so under the README's test command it is a no-op;
-/// `cargo build -p <package>` resolves other features and would rebuild the
-/// daemon's dependency tree a second time (which filled CI's disk).
-fn built(artifact: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile = exe.parent().and_then(Path::parent).expect("profile dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut build = Command::new(cargo);
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--all-targets",
-            "--target-dir",
-        ])
-        .arg(profile.parent().expect("target dir"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build --workspace --all-targets failed (for {artifact})"
-    );
-    profile.join(artifact)
-}
-
+/// The node daemon's binary (another package's: cargo test builds only
+/// this package's binaries).
 fn daemon_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| built("gpu-slicer-daemon")).clone()
+    test_artifacts::built("gpu-slicer-daemon")
 }
 
 fn fake_nvml() -> PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| built("libfake_nvml.so")).clone()
+    test_artifacts::built("libfake_nvml.so")
 }
 
 fn logs() -> Stdio {

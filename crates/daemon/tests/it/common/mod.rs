@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use kubelet_sim::{Capacity, Kubelet, Options};
@@ -108,55 +107,12 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// The fake NVML library (testing/fake-nvml).
 pub fn fake_nvml() -> PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| build_test_double("libfake_nvml.so"))
-        .clone()
+    test_artifacts::built("libfake_nvml.so")
 }
 
 /// The fake `nvidia-cuda-mps-control` (testing/fake-mps).
 pub fn fake_mps() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_test_double("nvidia-cuda-mps-control"))
-        .clone()
-}
-
-/// Builds a test double into this test's target directory and returns
-/// `artifact` there. `cargo test` does not build artifacts that no test
-/// target depends on (a cdylib, another package's binary), so this runs
-/// `cargo build --workspace --all-targets` once per test process. That is
-/// the feature set `cargo test --workspace` resolves (dev-dependencies
-/// included), so under the README's test command it only adds the doubles;
-/// `cargo build -p <package>` would resolve other features and rebuild half
-/// the dependency tree beside the first, which filled CI's disk.
-fn build_test_double(artifact: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    let profile = deps.parent().expect("profile dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut build = Command::new(cargo);
-    build
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--all-targets",
-            "--target-dir",
-        ])
-        .arg(profile.parent().expect("target dir"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build
-        .status()
-        .unwrap_or_else(|e| panic!("run cargo build for {artifact}: {e}"));
-    assert!(
-        status.success(),
-        "cargo build --workspace --all-targets failed (for {artifact})"
-    );
-    let path = profile.join(artifact);
-    assert!(path.exists(), "{} not found", path.display());
-    path
+    test_artifacts::built("nvidia-cuda-mps-control")
 }
 
 /// The daemon's command line as every test starts it. `prelude`, when set,
