@@ -247,10 +247,15 @@ def check_mig_apply(docs):
     check_node_restriction(docs, "gpu-slicer.io/slicing-pending")
 
 
+def named(docs, kind, name):
+    (found,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    return found
+
+
 def check_node_restriction(docs, taint):
     """The policy keys on this release's ServiceAccount and start-up taint."""
-    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    policy = named(docs, "ValidatingAdmissionPolicy", "t-gpu-slicer-node-restriction")
+    binding = named(docs, "ValidatingAdmissionPolicyBinding", "t-gpu-slicer-node-restriction")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     (condition,) = policy["spec"]["matchConditions"]
@@ -291,6 +296,17 @@ def check_controller(docs):
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ], role["rules"]
+    # Both policies: the daemon's, and the controller's keyed on its own
+    # ServiceAccount (RBAC's node patch narrowed to the target annotation).
+    check_node_restriction(docs, "gpu-slicer.io/slicing-pending")
+    policy = named(docs, "ValidatingAdmissionPolicy", "t-gpu-slicer-controller-restriction")
+    binding = named(docs, "ValidatingAdmissionPolicyBinding", "t-gpu-slicer-controller-restriction")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    (condition,) = policy["spec"]["matchConditions"]
+    want = f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:t-gpu-slicer-controller'"
+    assert condition["expression"] == want, condition
+    assert len(by_kind(docs, "ValidatingAdmissionPolicy")) == 2
 
 
 CASES = {
@@ -326,15 +342,18 @@ if unused:
 # The node restriction: left out before Kubernetes 1.30 and when turned
 # off; the MIG state is not published when turned off.
 APPLY = CHART / "ci" / "mig-apply-values.yaml"
+CONTROLLER = CHART / "ci" / "controller-values.yaml"
 for label, args in [
     ("Kubernetes 1.29", ["template", "t", str(CHART), "-f", str(APPLY), "--kube-version", "1.29.0"]),
     ("nodeRestriction.enabled=false", ["template", "t", str(CHART), "-f", str(APPLY), "--set", "nodeRestriction.enabled=false"]),
+    ("controller on Kubernetes 1.29", ["template", "t", str(CHART), "-f", str(CONTROLLER), "--kube-version", "1.29.0"]),
+    ("controller, nodeRestriction.enabled=false", ["template", "t", str(CHART), "-f", str(CONTROLLER), "--set", "nodeRestriction.enabled=false"]),
 ]:
     out = helm(*args)
     if out.returncode != 0:
         fail(label, f"does not render:\n{out.stderr}")
     elif any(d["kind"] in POLICY_KINDS for d in objects(out.stdout)):
-        fail(label, "renders the node restriction policy")
+        fail(label, "renders a node restriction policy")
 out = helm("template", "t", str(CHART), "-f", str(APPLY), "--set", "migManager.publishState=false")
 if out.returncode != 0:
     fail("migManager.publishState=false", out.stderr)

@@ -1,6 +1,8 @@
-//! The ValidatingAdmissionPolicy that keeps gpu-slicer's node daemon to its
-//! own Node (deploy/static/gpu-slicer-node-restriction.yaml, and the chart's
-//! copy): its CEL expressions evaluated, with a CEL interpreter (the `cel`
+//! The ValidatingAdmissionPolicies that keep gpu-slicer's node daemon to its
+//! own Node (deploy/static/gpu-slicer-node-restriction.yaml) and the
+//! controller to the MIG target annotation
+//! (deploy/static/gpu-slicer-controller-restriction.yaml), and the chart's
+//! copies: their CEL expressions evaluated, with a CEL interpreter (the `cel`
 //! crate), on admission requests shaped as the API server builds them, the
 //! way the API server applies a policy: the match conditions first (a
 //! request they do not match is admitted untouched), then the variables in
@@ -32,15 +34,20 @@ struct Policy {
     validations: Vec<Validation>,
 }
 
-fn static_manifest() -> String {
-    std::fs::read_to_string(
-        crate::repo_root().join("deploy/static/gpu-slicer-node-restriction.yaml"),
-    )
-    .expect("read the policy")
+const DAEMONS_POLICY: &str = "deploy/static/gpu-slicer-node-restriction.yaml";
+const CONTROLLERS_POLICY: &str = "deploy/static/gpu-slicer-controller-restriction.yaml";
+
+fn static_manifest(path: &str) -> String {
+    std::fs::read_to_string(crate::repo_root().join(path)).expect("read the policy")
 }
 
+/// The node daemon's policy.
 fn policy() -> Policy {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&static_manifest()).expect("YAML");
+    policy_in(DAEMONS_POLICY)
+}
+
+fn policy_in(path: &str) -> Policy {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&static_manifest(path)).expect("YAML");
     let vap = docs
         .iter()
         .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
@@ -390,22 +397,196 @@ fn other_users_are_not_matched() {
 }
 
 #[test]
-fn the_charts_policy_holds_the_same_rules() {
-    let chart = std::fs::read_to_string(
-        crate::repo_root().join("deploy/helm/gpu-slicer/templates/node-restriction.yaml"),
-    )
-    .expect("the chart's policy");
-    let text = static_manifest();
-    let start = text.find("  validations:").expect("validations");
-    let end = text[start..].find("\n---").expect("the binding follows") + start;
-    assert!(
-        chart.contains(&text[start..end]),
-        "the chart's validations differ from deploy/static/gpu-slicer-node-restriction.yaml's"
-    );
-    for (name, _) in policy().variables {
+fn the_charts_policies_hold_the_same_rules() {
+    for (template, path) in [
+        ("node-restriction.yaml", DAEMONS_POLICY),
+        ("controller-restriction.yaml", CONTROLLERS_POLICY),
+    ] {
+        let chart = std::fs::read_to_string(
+            crate::repo_root()
+                .join("deploy/helm/gpu-slicer/templates")
+                .join(template),
+        )
+        .expect("the chart's policy");
+        let text = static_manifest(path);
+        let start = text.find("  validations:").expect("validations");
+        let end = text[start..].find("\n---").expect("the binding follows") + start;
         assert!(
-            chart.contains(&format!("- name: {name}\n")),
-            "variable {name}"
+            chart.contains(&text[start..end]),
+            "the chart's {template} validations differ from {path}'s"
+        );
+        for (name, _) in policy_in(path).variables {
+            assert!(
+                chart.contains(&format!("- name: {name}\n")),
+                "{template}: variable {name}"
+            );
+        }
+    }
+}
+
+const CONTROLLER: &str = "system:serviceaccount:kube-system:gpu-slicer-controller";
+const TARGET: &str = "gpu-slicer.io/mig-target";
+
+/// What the controller writes: a per-GPU target on a Node.
+fn with_target(old: &Value, target: &str) -> Value {
+    let mut new = old.clone();
+    new["metadata"]["annotations"][TARGET] = json!(target);
+    new
+}
+
+#[test]
+fn the_controller_may_write_change_and_remove_a_target_on_any_node() {
+    let policy = policy_in(CONTROLLERS_POLICY);
+    // The controller's token is bound to its own pod, on some other node.
+    let update = request("UPDATE", "n7", CONTROLLER, Some("n1"));
+    let old = node("n7");
+    let first = with_target(&old, r#"{"gpus":[]}"#);
+    assert_eq!(admit(&policy, &update, &first, &old), Ok(()));
+    let second = with_target(&first, r#"{"gpus":[{"uuid":"GPU-1"}]}"#);
+    assert_eq!(admit(&policy, &update, &second, &first), Ok(()));
+    assert_eq!(admit(&policy, &update, &old, &second), Ok(()));
+    // A Node with no labels or annotations at all.
+    let mut bare = old.clone();
+    let metadata = bare["metadata"].as_object_mut().unwrap();
+    metadata.remove("labels");
+    metadata.remove("annotations");
+    assert_eq!(
+        admit(&policy, &update, &with_target(&bare, "{}"), &bare),
+        Ok(())
+    );
+}
+
+#[test]
+fn the_controller_may_change_nothing_else() {
+    let policy = policy_in(CONTROLLERS_POLICY);
+    let old = with_target(&node("n7"), "{}");
+    let update = request("UPDATE", "n7", CONTROLLER, None);
+    let labels = "gpu-slicer-controller may change no label of a Node";
+    let annotations =
+        "gpu-slicer-controller may change no annotation of a Node but gpu-slicer.io/mig-target";
+    let spec =
+        "gpu-slicer-controller may not change a Node's spec (taints, cordon), finalizers or owners";
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "the MIG layout label",
+            Box::new(|n| n["metadata"]["labels"]["nvidia.com/mig.config"] = json!("all-1g.5gb")),
+            labels,
+        ),
+        (
+            "the node daemon's state label",
+            Box::new(|n| n["metadata"]["labels"]["nvidia.com/mig.config.state"] = json!("success")),
+            labels,
+        ),
+        (
+            "a label removed",
+            Box::new(|n| {
+                n["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("kubernetes.io/hostname");
+            }),
+            labels,
+        ),
+        (
+            "the published MIG state",
+            Box::new(|n| n["metadata"]["annotations"]["gpu-slicer.io/mig-state"] = json!("[]")),
+            annotations,
+        ),
+        (
+            "an annotation removed",
+            Box::new(|n| {
+                n["metadata"]["annotations"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("node.alpha.kubernetes.io/ttl");
+            }),
+            annotations,
+        ),
+        (
+            "cordoned",
+            Box::new(|n| n["spec"]["unschedulable"] = json!(true)),
+            spec,
+        ),
+        (
+            "the start-up taint removed",
+            Box::new(|n| {
+                n["spec"]["taints"] =
+                    json!([{ "key": "karpenter.sh/unregistered", "effect": "NoExecute" }])
+            }),
+            spec,
+        ),
+        (
+            "a finalizer",
+            Box::new(|n| n["metadata"]["finalizers"] = json!(["example.com/keep"])),
+            spec,
+        ),
+        (
+            "an owner",
+            Box::new(|n| n["metadata"]["ownerReferences"] = json!([{ "kind": "NodeClaim" }])),
+            spec,
+        ),
+    ];
+    for (what, change, message) in cases {
+        // The target changes alongside, as the controller's own patch would.
+        let mut new = with_target(&old, r#"{"gpus":[]}"#);
+        change(&mut new);
+        assert_eq!(
+            admit(&policy, &update, &new, &old),
+            Err(vec![message.to_string()]),
+            "{what}"
         );
     }
+    let create_or_delete =
+        "gpu-slicer-controller may not create or delete a Node, nor change its status".to_string();
+    let created = admit(
+        &policy,
+        &request("CREATE", "n7", CONTROLLER, None),
+        &old,
+        &Value::Null,
+    );
+    assert_eq!(created, Err(vec![create_or_delete.clone()]));
+    let deleted = admit(
+        &policy,
+        &request("DELETE", "n7", CONTROLLER, None),
+        &Value::Null,
+        &old,
+    );
+    assert_eq!(deleted, Err(vec![create_or_delete.clone()]));
+    let mut status = update.clone();
+    status["subResource"] = json!("status");
+    assert_eq!(
+        admit(&policy, &status, &old, &old),
+        Err(vec![create_or_delete])
+    );
+}
+
+#[test]
+fn the_controllers_policy_matches_no_one_else() {
+    let controllers = policy_in(CONTROLLERS_POLICY);
+    let old = node("n2");
+    let mut anything = old.clone();
+    anything["spec"]["unschedulable"] = json!(true);
+    anything["metadata"]["labels"]["nvidia.com/mig.config"] = json!("all-1g.5gb");
+    for user in [
+        DAEMON,
+        "system:node:n2",
+        "system:serviceaccount:other:gpu-slicer-controller",
+        "alice@example.com",
+    ] {
+        let request = request("UPDATE", "n2", user, Some("n2"));
+        assert_eq!(
+            admit(&controllers, &request, &anything, &old),
+            Ok(()),
+            "{user}"
+        );
+    }
+    // And the node daemon may not write a target: that is the controller's.
+    let own = request("UPDATE", "n2", DAEMON, Some("n2"));
+    let refused = admit(&policy(), &own, &with_target(&old, "{}"), &old).unwrap_err();
+    assert_eq!(
+        refused,
+        vec![
+            "gpu-slicer's node daemon may change no annotation of its Node but gpu-slicer.io/mig-state"
+        ]
+    );
 }
