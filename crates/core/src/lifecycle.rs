@@ -46,8 +46,13 @@
 //! the new server listens at the path (for the next Register, the kubelet's
 //! or ours), the old one is *retired*, not stopped: it keeps serving the
 //! kubelet's connection until that stream ends, and is stopped once it has
-//! no stream and no Register is in flight (one in flight may be dialling
-//! it). A registration is keyed by (kubelet, stream epoch), not by server,
+//! no stream, no Register is in flight (one in flight may be dialling it)
+//! and no dial-back is awaited: the kubelet dials the plugin from a
+//! goroutine after answering Register, so for up to
+//! [`Timings::stream_grace`] after an answer its connection may be to a
+//! server whose socket was deleted since. A registration whose stream has
+//! not opened by then is a lost stream (the kubelet's dial failed, and it
+//! disconnected the plugin). A registration is keyed by (kubelet, stream epoch), not by server,
 //! so the replacement registers nothing. Only a real restart sign
 //! registers: a different `kubelet.sock`, or a stream loss confirmed after
 //! [`Timings::stream_grace`].
@@ -79,7 +84,8 @@
 //!    kubelet other than the one it was meant for.
 //! 4. **No server left running without a purpose.** A resource has one
 //!    server at its socket path, plus retired ones only while they carry a
-//!    stream or a Register is in flight; a removed resource's servers are
+//!    stream, a Register is in flight, or a dial-back is awaited after an
+//!    answer (at most the stream grace); a removed resource's servers are
 //!    stopped, which closes their connections and ends their streams.
 //! 5. **Registered within a bound.** Once a kubelet accepts connections
 //!    and nothing else goes wrong, every resource has a live stream from it
@@ -313,6 +319,11 @@ struct Resource {
     register_retry_at: Option<Instant>,
     /// Removed from the plan: stops at this deadline.
     draining_until: Option<Instant>,
+    /// Registered, and no stream opened since the answer: the kubelet dials
+    /// from a goroutine after answering, maybe through a socket deleted
+    /// since, so retired servers are kept until a stream opens; if none has
+    /// by this deadline, the registration is a lost stream.
+    dial_deadline: Option<Instant>,
 }
 
 impl Resource {
@@ -332,6 +343,7 @@ impl Resource {
             register_failures: 0,
             register_retry_at: None,
             draining_until: None,
+            dial_deadline: None,
         }
     }
 
@@ -354,9 +366,10 @@ impl Resource {
     }
 
     /// Stops every retired server that no connection can need any more: no
-    /// stream on it and no Register in flight (the kubelet may be dialling).
+    /// stream on it, no Register in flight and no dial awaited after one
+    /// (the kubelet may be dialling).
     fn reap_retired(&mut self, name: &ResourceName, out: &mut Vec<Action>) {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.dial_deadline.is_some() {
             return;
         }
         self.retired.retain(|server, streams| {
@@ -416,6 +429,7 @@ impl Machine {
                     }
                     r.stream_opened_at.get_or_insert(now);
                     r.loss_deadline = None;
+                    r.dial_deadline = None;
                 }
             }
             Event::StreamClosed { server } => self.on_stream_closed(server, now, &mut out),
@@ -450,6 +464,7 @@ impl Machine {
         };
         for r in self.resources.values() {
             consider(r.loss_deadline);
+            consider(r.dial_deadline);
             consider(r.draining_until);
             if let Server::RetryAt { at } = r.server {
                 consider(Some(at));
@@ -578,6 +593,7 @@ impl Machine {
             r.register_failures = 0;
             r.register_retry_at = None;
             r.loss_deadline = None;
+            r.dial_deadline = None;
             // Streams lost to a kubelet restart say nothing about ours.
             r.losses_in_a_row = 0;
         }
@@ -608,6 +624,7 @@ impl Machine {
         for (name, r) in &mut self.resources {
             if !names.contains(name) && r.draining_until.is_none() {
                 r.draining_until = Some(now + DRAIN);
+                r.dial_deadline = None;
                 if let Some((attempt, _)) = r.in_flight.take() {
                     out.push(Action::CancelRegister { attempt });
                 }
@@ -731,9 +748,14 @@ impl Machine {
                 out.push(Action::Notify(Notice::Registered {
                     resource: name.clone(),
                 }));
-                if std::mem::take(&mut r.lost_while_registering) && r.all_streams() == 0 {
-                    stream_lost(name, r, self.timings.stream_grace, now, out);
+                if r.all_streams() == 0 {
+                    if std::mem::take(&mut r.lost_while_registering) {
+                        stream_lost(name, r, self.timings.stream_grace, now, out);
+                    } else {
+                        r.dial_deadline = Some(now + self.timings.stream_grace);
+                    }
                 }
+                r.lost_while_registering = false;
             }
             Err(error) => {
                 r.register_failures = r.register_failures.saturating_add(1);
@@ -756,6 +778,12 @@ impl Machine {
             if r.draining_until.is_some_and(|at| at <= now) {
                 drained.push(name.clone());
                 continue;
+            }
+            if r.dial_deadline.is_some_and(|at| at <= now) {
+                r.dial_deadline = None;
+                if r.all_streams() == 0 && r.in_flight.is_none() {
+                    stream_lost(name, r, self.timings.stream_grace, now, out);
+                }
             }
             if r.loss_deadline.is_some_and(|at| at <= now) {
                 r.loss_deadline = None;

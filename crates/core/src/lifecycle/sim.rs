@@ -14,7 +14,10 @@
 //! stale `kubelet.sock`, a start deletes every socket and then binds, and
 //! the stream it opens after accepting a Register (its handler dials the
 //! plugin from a goroutine) may reach the plugin before the Register
-//! answer does, and may even end before it.
+//! answer does, and may even end before it, or only some milliseconds
+//! after it, on the connection it made to whichever server listened at the
+//! path when it dialled (a socket deleted in between must not cost it that
+//! connection).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -132,6 +135,15 @@ struct Pending {
     result: Result<(), RegisterFailed>,
 }
 
+/// A kubelet's dial-back connected to `server` when it answered, whose
+/// ListAndWatch reaches the plugin only at `due`.
+struct Dialback {
+    due: Instant,
+    server: ServerId,
+    kubelet: KubeletId,
+    resource: ResourceName,
+}
+
 struct World {
     machine: Machine,
     start: Instant,
@@ -150,6 +162,8 @@ struct World {
     bind_failing: bool,
     /// [`Op::DropNextStreamEarly`] is armed.
     drop_next_stream_early: bool,
+    /// Dial-backs whose stream has not reached the plugin yet.
+    dialbacks: Vec<Dialback>,
     /// The resource whose Register answer is being delivered: still in
     /// flight for the machine until `Registered` is fed.
     answering: Option<ResourceName>,
@@ -181,6 +195,7 @@ impl World {
             mode: RegisterMode::Normal,
             bind_failing: false,
             drop_next_stream_early: false,
+            dialbacks: Vec::new(),
             answering: None,
             accepted: BTreeMap::new(),
             allowance: BTreeMap::new(),
@@ -411,6 +426,17 @@ impl World {
                         self.feed(Event::StreamClosed { server })?;
                         return self.feed(Event::Registered { attempt, result });
                     }
+                    if attempt % 3 == 2 {
+                        // A slow dial-back: connected now, its stream
+                        // reaches the plugin 1–20 ms after the answer.
+                        self.dialbacks.push(Dialback {
+                            due: self.now + Duration::from_millis(1 + attempt % 20),
+                            server,
+                            kubelet: k,
+                            resource: p.resource.clone(),
+                        });
+                        return self.feed(Event::Registered { attempt, result });
+                    }
                     self.streams.push((server, k));
                     // Which arrives first is the kubelet's race; both occur.
                     if attempt.is_multiple_of(2) {
@@ -427,10 +453,43 @@ impl World {
         self.feed(Event::Registered { attempt, result })
     }
 
-    /// Moves time to `until`, delivering answers and timer ticks on the way.
+    /// Slow dial-backs whose stream is due reach the plugin, on the server
+    /// they connected to. That server stopped meanwhile while the resource
+    /// is still applied and the kubelet still there is a violation of
+    /// invariant 2 (the kubelet's ListAndWatch fails and it disconnects the
+    /// plugin: every device Unhealthy until another registration).
+    fn deliver_dialbacks(&mut self) -> Result<(), TestCaseError> {
+        let now = self.now;
+        let (due, later): (Vec<Dialback>, Vec<Dialback>) = std::mem::take(&mut self.dialbacks)
+            .into_iter()
+            .partition(|d| d.due <= now);
+        self.dialbacks = later;
+        for d in due {
+            if self.kubelet_file != Some(d.kubelet) || !self.listening {
+                continue; // that kubelet is gone: it opens nothing
+            }
+            if self.live_servers.get(&d.server) == Some(&d.resource) {
+                self.streams.push((d.server, d.kubelet));
+                self.feed(Event::StreamOpened { server: d.server })?;
+            } else {
+                prop_assert!(
+                    !self.applied.contains(&d.resource),
+                    "server {} of {}, which the kubelet dialled back after Register's answer, \
+                     was stopped before its stream opened",
+                    d.server,
+                    d.resource
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves time to `until`, delivering answers, dial-backs and timer
+    /// ticks on the way.
     fn run_until(&mut self, until: Instant) -> Result<(), TestCaseError> {
         loop {
             self.dial_pending(false);
+            self.deliver_dialbacks()?;
             let answer = self
                 .pending
                 .iter()
@@ -445,7 +504,8 @@ impl World {
                 .filter(|p| p.undialled)
                 .map(|p| p.issued + DIAL_DELAY)
                 .min();
-            let Some(next) = [answer.map(|(due, _)| due), timer, dial]
+            let dialback = self.dialbacks.iter().map(|d| d.due).min();
+            let Some(next) = [answer.map(|(due, _)| due), timer, dial, dialback]
                 .into_iter()
                 .flatten()
                 .min()
@@ -456,8 +516,8 @@ impl World {
                 break;
             }
             self.now = self.now.max(next);
-            if dial == Some(next) {
-                continue; // dialled at the top
+            if dial == Some(next) || dialback == Some(next) {
+                continue; // dialled or delivered at the top
             }
             match answer {
                 Some((due, attempt)) if due <= next => self.complete(attempt)?,
@@ -477,6 +537,7 @@ impl World {
         }
         self.now = self.now.max(until);
         self.dial_pending(false);
+        self.deliver_dialbacks()?;
         self.feed(Event::Tick)
     }
 
@@ -488,6 +549,7 @@ impl World {
         if remove_file {
             self.kubelet_file = None;
         }
+        self.dialbacks.clear();
         // One at a time, as the machine hears of them.
         while let Some((server, _)) = self.streams.pop() {
             self.feed(Event::StreamClosed { server })?;
@@ -680,7 +742,9 @@ impl World {
         }
         // 4. No server left running without a purpose: the world's live
         //    servers are the machine's, and a retired one (not at the path)
-        //    carries a stream or waits on a Register in flight.
+        //    carries a stream, waits on a Register in flight, or waits on
+        //    the kubelet's dial-back after an answer (the machine gives
+        //    that its stream grace).
         let machine: BTreeMap<ServerId, ResourceName> = self
             .machine
             .servers()
@@ -693,7 +757,13 @@ impl World {
             let awaited = self
                 .pending
                 .values()
-                .any(|p| &p.resource == name && !p.cancelled);
+                .any(|p| &p.resource == name && !p.cancelled)
+                || self.dialbacks.iter().any(|d| d.server == *id)
+                || self
+                    .machine
+                    .resources
+                    .get(name)
+                    .is_some_and(|r| r.dial_deadline.is_some());
             prop_assert!(
                 at_path || carries || awaited || self.answering.as_ref() == Some(name),
                 "retired server {} of {} left running with no stream",

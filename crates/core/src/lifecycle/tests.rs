@@ -369,6 +369,84 @@ fn a_socket_deleted_under_a_live_kubelet_is_served_again_without_registering() {
     assert_eq!(registers(&later), [("nvidia.com/gpu".to_string(), A)]);
 }
 
+/// The kubelet dials the plugin from a goroutine after it answers Register,
+/// so just after the answer its connection may be to a server whose socket
+/// is then deleted. CI caught it (`restarts::a_deleted_socket_under_a_live_kubelet_changes_nothing_the_kubelet_sees`,
+/// the socket deleted 6 ms after the answer): that server was stopped at
+/// once, having no stream yet, so the kubelet's ListAndWatch failed and
+/// nothing registered again. Now every retired server is kept until the
+/// kubelet's stream opens (or the grace after the answer ends).
+#[test]
+fn a_socket_deleted_between_registers_answer_and_the_kubelets_dial_keeps_the_server_it_dialled() {
+    let mut rig = Rig::new();
+    rig.feed(Event::Apply(names(&["nvidia.com/gpu"])));
+    let actions = rig.observe(Some(A));
+    rig.accept_all(&actions);
+    let stops = |actions: &[Action]| -> Vec<ServerId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { server, .. } => Some(*server),
+                _ => None,
+            })
+            .collect()
+    };
+    let dialled = rig.server("nvidia.com/gpu");
+    let deleted = rig.feed(Event::Observed {
+        kubelet: Some(A),
+        sockets: BTreeSet::new(),
+    });
+    assert!(stops(&deleted).is_empty(), "{deleted:?}");
+    let replacement = rig.server("nvidia.com/gpu");
+    let again = rig.feed(Event::Observed {
+        kubelet: Some(A),
+        sockets: BTreeSet::new(),
+    });
+    assert!(stops(&again).is_empty(), "{again:?}");
+    let current = rig.server("nvidia.com/gpu");
+    // The stream opens on the server the kubelet dialled: the streamless
+    // replacement stops, the dialled one and the current one stay.
+    let opened = rig.feed(Event::StreamOpened { server: dialled });
+    assert_eq!(stops(&opened), [replacement], "{opened:?}");
+    assert!(registers(&opened).is_empty());
+    assert!(rig.machine.all_registered());
+    let later = rig.advance(Duration::from_secs(60));
+    assert!(registers(&later).is_empty(), "{later:?}");
+    assert!(stops(&later).is_empty());
+    assert_eq!(rig.server("nvidia.com/gpu"), current);
+}
+
+/// A kubelet that answers Register but whose stream never opens (its dial
+/// failed) has disconnected the plugin: as for a lost stream, the resource
+/// registers again after the grace, and the servers retired meanwhile stop.
+#[test]
+fn a_registration_whose_stream_never_opens_is_registered_again() {
+    let mut rig = Rig::new();
+    rig.feed(Event::Apply(names(&["nvidia.com/gpu"])));
+    let actions = rig.observe(Some(A));
+    rig.accept_all(&actions);
+    let grace = Timings::default().stream_grace;
+    let dialled = rig.server("nvidia.com/gpu");
+    rig.feed(Event::Observed {
+        kubelet: Some(A),
+        sockets: BTreeSet::new(),
+    });
+    assert_eq!(rig.machine.next_deadline(), Some(rig.now + grace));
+    let early = rig.advance(grace - Duration::from_millis(1));
+    assert!(registers(&early).is_empty(), "{early:?}");
+    let at_grace = rig.advance(Duration::from_millis(1));
+    assert!(at_grace.contains(&Action::Stop {
+        resource: name("nvidia.com/gpu"),
+        server: dialled
+    }));
+    assert!(has_notice(&at_grace, |n| matches!(
+        n,
+        Notice::StreamLost { in_a_row: 1, .. }
+    )));
+    let again = rig.advance(grace);
+    assert_eq!(registers(&again), [("nvidia.com/gpu".to_string(), A)]);
+}
+
 /// Issue 23, item 1: a crashed kubelet, a Register retry pending against its
 /// stale socket, then the restart's two signs (the sockets deleted while
 /// the stale `kubelet.sock` is still seen, then the new `kubelet.sock`):
