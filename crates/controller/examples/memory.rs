@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpu_slicer_controller::pass::{self, FreeSince};
+use gpu_slicer_controller::pass::{self, FirstSeen};
 use gpu_slicer_controller::store::{self, PodRead, Store};
 use gpu_slicer_core::gpu::catalog;
 use gpu_slicer_core::mig_state::{self, GpuMigState, InstanceState};
@@ -376,7 +376,7 @@ fn in_process() {
         nodes.items(),
         pods.items(),
         &HashMap::new(),
-        &mut FreeSince::default(),
+        &mut FirstSeen::default(),
         1_796_601_600,
         0,
     );

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub pending_to_schedulable: Histogram,
     /// Pending pods asking for MIG slices, as of the last pass.
     pub pending_pods: Gauge,
+    /// Nodes whose target has not applied for `pass::STALE_TARGET_S`, as of
+    /// the last pass (each is a node refusing its target: its Events say why).
+    pub stale_targets: Gauge,
     /// 1 while this replica holds the Lease.
     pub leader: Gauge,
 }
@@ -53,6 +56,7 @@ impl Default for Metrics {
             // 1 s to about 4.5 hours.
             pending_to_schedulable: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             pending_pods: Gauge::default(),
+            stale_targets: Gauge::default(),
             leader: Gauge::default(),
         }
     }
@@ -85,6 +89,11 @@ impl Metrics {
             "pending_pods",
             "Pending pods asking for MIG slices at the last pass",
             self.pending_pods.clone(),
+        );
+        r.register(
+            "stale_targets",
+            "Nodes whose MIG target has stayed unapplied for 10 minutes or more at the last pass",
+            self.stale_targets.clone(),
         );
         r.register(
             "leader",

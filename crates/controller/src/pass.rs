@@ -16,7 +16,9 @@
 //!   twice;
 //! - the instances a frozen node's unapplied target will create count as
 //!   capacity on the way (the decision's in-flight slices), so the pods it
-//!   was written for drive no second change elsewhere while it applies;
+//!   was written for drive no second change elsewhere while it applies; a
+//!   target unapplied for [`STALE_TARGET_S`] stops counting (its node
+//!   refuses it), so those pods are not held back by it for good;
 //! - a cordoned node is left out (no pending pod can go there);
 //! - a free instance counts as free since the pass that first saw it free
 //!   (after a start: that pass), which is what the hysteresis measures.
@@ -47,9 +49,25 @@ impl Written {
     }
 }
 
-/// When each free instance was first seen free: (node, GPU, profile, start).
+/// How long a node's target may stay unapplied and still count as capacity
+/// on the way. A change takes seconds; a node that refuses one (a pod took
+/// an instance it would destroy) retries it on a back-off doubling from
+/// 15 s to 10 min, so after 10 min it has failed five times. From then on
+/// the pods it was for may be served by another node; the node itself stays
+/// frozen (its target is still its own to apply or to be replaced), so no
+/// node is ever changed twice at once.
+pub const STALE_TARGET_S: u64 = 600;
+
+/// What a pass remembers from earlier ones, as times in seconds: when each
+/// free instance was first seen free (node, GPU, profile, start), which the
+/// hysteresis measures; and when each node's unapplied target was first seen
+/// (node → target text, time), which [`STALE_TARGET_S`] measures. A
+/// restarted controller starts both clocks again: later, never sooner.
 #[derive(Debug, Default)]
-pub struct FreeSince(HashMap<(String, u32, &'static str, u32), u64>);
+pub struct FirstSeen {
+    free: HashMap<(String, u32, &'static str, u32), u64>,
+    unapplied: HashMap<String, (String, u64)>,
+}
 
 /// One node's new target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +90,10 @@ pub struct PassOutcome {
     pub fit_now: usize,
     /// Nodes frozen this pass, and why (for the log).
     pub frozen: Vec<(String, &'static str)>,
+    /// Nodes whose target has stayed unapplied for [`STALE_TARGET_S`] or
+    /// more, with its age in seconds: what it would create no longer counts
+    /// for pending pods.
+    pub stale_targets: Vec<(String, u64)>,
     /// Nodes left out, and why.
     pub left_out: Vec<(String, String)>,
 }
@@ -179,7 +201,7 @@ pub fn run(
     nodes: &BTreeMap<String, NodeEntry>,
     pods: &BTreeMap<String, PendingPod>,
     written: &HashMap<String, Written>,
-    free_since: &mut FreeSince,
+    first_seen: &mut FirstSeen,
     now_s: u64,
     min_free_age_s: u64,
 ) -> PassOutcome {
@@ -191,6 +213,7 @@ pub fn run(
     let mut cluster = Cluster::default();
     let mut seen = HashMap::new();
     let mut in_flight: Vec<(String, u32)> = Vec::new();
+    let mut unapplied = HashMap::new();
     for (name, node) in nodes {
         if node.cordoned {
             continue;
@@ -229,7 +252,7 @@ pub fn run(
                 if instance.held {
                     continue;
                 }
-                let since = *free_since.0.entry(key.clone()).or_insert(now_s);
+                let since = *first_seen.free.entry(key.clone()).or_insert(now_s);
                 instance.free_since_s = since;
                 seen.insert(key, since);
             }
@@ -247,7 +270,20 @@ pub fn run(
         if frozen.is_some()
             && let Some(target) = on_the_way
         {
-            in_flight.extend(pending_creations(target, node.mig_state.as_deref()));
+            let creations = pending_creations(target, node.mig_state.as_deref());
+            if !creations.is_empty() {
+                let since = match first_seen.unapplied.get(name) {
+                    Some((text, since)) if text == target => *since,
+                    _ => now_s,
+                };
+                unapplied.insert(name.clone(), (target.to_string(), since));
+                let age = now_s.saturating_sub(since);
+                if age < STALE_TARGET_S {
+                    in_flight.extend(creations);
+                } else {
+                    outcome.stale_targets.push((name.clone(), age));
+                }
+            }
         }
         cluster.nodes.push(Node {
             name: name.clone(),
@@ -255,8 +291,10 @@ pub fn run(
             gpus,
         });
     }
-    // Instances gone, or held now, start over when next seen free.
-    free_since.0 = seen;
+    // Instances gone, or held now, start over when next seen free; targets
+    // applied, replaced or gone start over when next seen unapplied.
+    first_seen.free = seen;
+    first_seen.unapplied = unapplied;
 
     let mut order: Vec<&PendingPod> = pods.values().collect();
     order.sort_by(|a, b| a.created_s.cmp(&b.created_s).then(a.key.cmp(&b.key)));
@@ -376,7 +414,7 @@ mod tests {
             &one(p4d(SEVEN_ONES, None)),
             &wants_3g(),
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -406,7 +444,7 @@ mod tests {
             &one(p4d(SEVEN_ONES, Some(pending))),
             &wants_3g(),
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -427,7 +465,7 @@ mod tests {
             &one(p4d(SEVEN_ONES, None)),
             &wants_3g(),
             &written,
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -447,7 +485,7 @@ mod tests {
             pending_creations(for_the_3g, Some(SEVEN_ONES)),
             [("3g.20gb".to_string(), 1)]
         );
-        let free = SEVEN_ONES.replace("true", "false");
+        let free = SEVEN_ONES.replace("\"held\": true", "\"held\": false");
         let nodes = BTreeMap::from([
             ("n1".to_string(), p4d(SEVEN_ONES, Some(for_the_3g))),
             ("n2".to_string(), p4d(&free, None)),
@@ -456,7 +494,7 @@ mod tests {
             &nodes,
             &wants_3g(),
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -477,11 +515,47 @@ mod tests {
             &nodes,
             &wants_3g(),
             &written,
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
         assert!(out.targets.is_empty(), "{:?}", out.targets);
+    }
+
+    #[test]
+    fn a_target_unapplied_for_ten_minutes_stops_holding_its_pods_back_but_its_node_stays_frozen() {
+        let for_the_3g = r#"[{"index": 0, "instances": [
+            {"profile": "1g.5gb", "start": 0}, {"profile": "1g.5gb", "start": 1},
+            {"profile": "1g.5gb", "start": 2}, {"profile": "1g.5gb", "start": 3},
+            {"profile": "3g.20gb", "start": 4}]}]"#;
+        let free = SEVEN_ONES.replace("\"held\": true", "\"held\": false");
+        let nodes = |target: &str| {
+            BTreeMap::from([
+                ("n1".to_string(), p4d(SEVEN_ONES, Some(target))),
+                ("n2".to_string(), p4d(&free, None)),
+            ])
+        };
+        let mut seen = FirstSeen::default();
+        let pass = |seen: &mut FirstSeen, target: &str, now: u64| {
+            run(&nodes(target), &wants_3g(), &HashMap::new(), seen, now, 0)
+        };
+        // First seen unapplied at 100: it serves the pod until 100 + 600.
+        for now in [100, 400, 100 + STALE_TARGET_S - 1] {
+            let out = pass(&mut seen, for_the_3g, now);
+            assert!(out.targets.is_empty(), "at {now}: {:?}", out.targets);
+            assert!(out.stale_targets.is_empty(), "at {now}");
+        }
+        let out = pass(&mut seen, for_the_3g, 100 + STALE_TARGET_S);
+        assert_eq!(out.stale_targets, [("n1".to_string(), STALE_TARGET_S)]);
+        assert_eq!(out.unlocked, ["ml/train"]);
+        let nodes_changed: Vec<&str> = out.targets.iter().map(|t| t.node.as_str()).collect();
+        assert_eq!(nodes_changed, ["n2"], "only the other node changes");
+        assert!(out.frozen.iter().any(|(n, _)| n == "n1"));
+        // A target replaced (another text) is young again.
+        let replaced = for_the_3g.replace("\"start\": 4}]", "\"start\": 4}] ");
+        let out = pass(&mut seen, &replaced, 100 + STALE_TARGET_S + 1);
+        assert!(out.targets.is_empty(), "{:?}", out.targets);
+        assert!(out.stale_targets.is_empty());
     }
 
     #[test]
@@ -496,7 +570,7 @@ mod tests {
             &one(p4d(SEVEN_ONES, Some(applied))),
             &wants_3g(),
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -507,7 +581,7 @@ mod tests {
             &one(p4d(SEVEN_ONES, None)),
             &one_g,
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
@@ -528,7 +602,7 @@ mod tests {
                 &one(node),
                 &wants_3g(),
                 &HashMap::new(),
-                &mut FreeSince::default(),
+                &mut FirstSeen::default(),
                 100,
                 0,
             );
@@ -541,13 +615,13 @@ mod tests {
             &one(p4d(SEVEN_ONES, None)),
             &nominated,
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );
         assert!(out.targets.is_empty());
         // Hysteresis: first seen free at 100, so not destroyed before 100 + 60.
-        let mut since = FreeSince::default();
+        let mut since = FirstSeen::default();
         let nodes = one(p4d(SEVEN_ONES, None));
         let young = run(&nodes, &wants_3g(), &HashMap::new(), &mut since, 100, 60);
         assert!(young.targets.is_empty());
@@ -562,7 +636,7 @@ mod tests {
             &one(p4d(&all_held, None)),
             &wants_3g(),
             &HashMap::new(),
-            &mut FreeSince::default(),
+            &mut FirstSeen::default(),
             100,
             0,
         );

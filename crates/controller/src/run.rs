@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lease::{Elector, LeaseSettings};
 use crate::metrics::{self, Metrics};
-use crate::pass::{self, FreeSince, Written};
+use crate::pass::{self, FirstSeen, Written};
 use crate::store::{self, MAX_NODES, MAX_PENDING_PODS, NodeEntry, PendingPod, PodRead, Store};
 
 /// The pods the controller watches: not bound to a node, not finished.
@@ -325,7 +325,7 @@ async fn reconcile(
     stop: CancellationToken,
 ) {
     let mut window = BatchWindow::new(options.batch_timeout_s, options.batch_idle_s);
-    let mut free_since = FreeSince::default();
+    let mut first_seen = FirstSeen::default();
     let mut written: HashMap<String, Written> = HashMap::new();
     let mut known_pending: HashSet<String> = HashSet::new();
     let mut dropped_seen = (0, 0);
@@ -368,7 +368,7 @@ async fn reconcile(
                 s.nodes.items(),
                 s.pods.items(),
                 &written,
-                &mut free_since,
+                &mut first_seen,
                 now,
                 options.min_free_age_s,
             );
@@ -383,6 +383,16 @@ async fn reconcile(
         metrics.decisions.inc();
         for (node, why) in &outcome.left_out {
             tracing::warn!("node {node} left out of the decision: {why}");
+        }
+        metrics
+            .stale_targets
+            .set(outcome.stale_targets.len() as i64);
+        for (node, age_s) in &outcome.stale_targets {
+            tracing::warn!(
+                "node {node}: its MIG target has not applied for {age_s} s (the node's MigTargetFailed Events say why); \
+                 what it would create no longer counts for pending pods, which another node may serve; \
+                 the node stays frozen until the target applies or is replaced"
+            );
         }
         tracing::debug!(
             "decision: {} pending, {} fit now, {} unlocked, {} node(s) frozen",
