@@ -287,9 +287,11 @@ def check_controller(docs):
         r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "t-gpu-slicer-controller"
     ]
     rules = {(res, v) for r in cluster_role["rules"] for res in r["resources"] for v in r["verbs"]}
-    want = {("pods", "list"), ("pods", "watch")} | {
+    want = {("pods", "list"), ("pods", "watch"), ("nodeclaims", "list"), ("nodeclaims", "watch")} | {
         ("nodes", v) for v in ["get", "list", "watch", "patch"]
     }
+    (claims,) = [r for r in cluster_role["rules"] if "nodeclaims" in r["resources"]]
+    assert claims["apiGroups"] == ["karpenter.sh"], claims
     assert rules == want, rules
     (role,) = by_kind(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE

@@ -23,7 +23,7 @@
 //! managedFields, environment and labels), so the decoding costs what it
 //! costs in a cluster; what is kept is the controller's own small entries.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -375,6 +375,7 @@ fn in_process() {
     let outcome = pass::run(
         nodes.items(),
         pods.items(),
+        &BTreeMap::new(),
         &HashMap::new(),
         &mut FirstSeen::default(),
         1_796_601_600,

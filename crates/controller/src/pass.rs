@@ -19,6 +19,9 @@
 //!   was written for drive no second change elsewhere while it applies; a
 //!   target unapplied for [`STALE_TARGET_S`] stops counting (its node
 //!   refuses it), so those pods are not held back by it for good;
+//! - the slices a Karpenter NodeClaim on its way brings (its overlaid
+//!   capacity) count as capacity on the way until its Node publishes what
+//!   it holds, so pods Karpenter launched a node for drive no re-cut;
 //! - a cordoned node is left out (no pending pod can go there);
 //! - a free instance counts as free since the pass that first saw it free
 //!   (after a start: that pass), which is what the hysteresis measures.
@@ -31,7 +34,7 @@ use gpu_slicer_core::mig_state;
 use gpu_slicer_core::mig_target::{self, GpuTarget, TargetInstance};
 use gpu_slicer_core::node_labels::MigConfigState;
 
-use crate::store::{NodeEntry, PendingPod};
+use crate::store::{ClaimEntry, NodeEntry, PendingPod};
 
 /// A target this controller wrote that the node store has not shown yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +93,8 @@ pub struct PassOutcome {
     pub fit_now: usize,
     /// Nodes frozen this pass, and why (for the log).
     pub frozen: Vec<(String, &'static str)>,
+    /// Karpenter NodeClaims whose slices counted as capacity on the way.
+    pub claims_on_the_way: usize,
     /// Nodes whose target has stayed unapplied for [`STALE_TARGET_S`] or
     /// more, with its age in seconds: what it would create no longer counts
     /// for pending pods.
@@ -200,6 +205,7 @@ pub fn pending_creations(target: &str, state: Option<&str>) -> Vec<(String, u32)
 pub fn run(
     nodes: &BTreeMap<String, NodeEntry>,
     pods: &BTreeMap<String, PendingPod>,
+    claims: &BTreeMap<String, ClaimEntry>,
     written: &HashMap<String, Written>,
     first_seen: &mut FirstSeen,
     now_s: u64,
@@ -291,6 +297,21 @@ pub fn run(
             gpus,
         });
     }
+    // What Karpenter is launching serves pending pods once it is up (its
+    // scheduler launched it for them): until its Node publishes its state,
+    // which then counts instead (the node frozen until Karpenter
+    // initializes it).
+    for claim in claims.values() {
+        let published = claim
+            .node
+            .as_ref()
+            .and_then(|n| nodes.get(n))
+            .is_some_and(|n| n.mig_state.is_some());
+        if !published {
+            in_flight.extend(claim.slices.iter().cloned());
+            outcome.claims_on_the_way += 1;
+        }
+    }
     // Instances gone, or held now, start over when next seen free; targets
     // applied, replaced or gone start over when next seen unapplied.
     first_seen.free = seen;
@@ -370,6 +391,26 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pass without Karpenter NodeClaims.
+    fn run(
+        nodes: &BTreeMap<String, NodeEntry>,
+        pods: &BTreeMap<String, PendingPod>,
+        written: &HashMap<String, Written>,
+        first_seen: &mut FirstSeen,
+        now_s: u64,
+        min_free_age_s: u64,
+    ) -> PassOutcome {
+        super::run(
+            nodes,
+            pods,
+            &BTreeMap::new(),
+            written,
+            first_seen,
+            now_s,
+            min_free_age_s,
+        )
+    }
     use gpu_slicer_core::gpu::catalog;
 
     fn p4d(state: &str, target: Option<&str>) -> NodeEntry {
@@ -556,6 +597,45 @@ mod tests {
         let out = pass(&mut seen, &replaced, 100 + STALE_TARGET_S + 1);
         assert!(out.targets.is_empty(), "{:?}", out.targets);
         assert!(out.stale_targets.is_empty());
+    }
+
+    #[test]
+    fn the_slices_of_a_nodeclaim_on_its_way_serve_pending_pods_until_its_node_publishes() {
+        let claim = |node: Option<&str>, profile: &str| {
+            BTreeMap::from([(
+                "gpu-x7k2p".to_string(),
+                ClaimEntry {
+                    node: node.map(str::to_string),
+                    slices: vec![(profile.to_string(), 8)],
+                },
+            )])
+        };
+        let nodes = one(p4d(SEVEN_ONES, None));
+        let pass = |claims: &BTreeMap<String, ClaimEntry>| {
+            super::run(
+                &nodes,
+                &wants_3g(),
+                claims,
+                &HashMap::new(),
+                &mut FirstSeen::default(),
+                100,
+                0,
+            )
+        };
+        // Karpenter launched a node with 3g slices for the pod: no re-cut.
+        let out = pass(&claim(None, "3g.20gb"));
+        assert!(out.targets.is_empty(), "{:?}", out.targets);
+        assert_eq!(out.claims_on_the_way, 1);
+        // Registered but not publishing yet: still on its way.
+        let out = pass(&claim(Some("ip-10-0-1-2"), "3g.20gb"));
+        assert!(out.targets.is_empty(), "{:?}", out.targets);
+        // Slices of another size do not serve it: n1 is re-cut.
+        let out = pass(&claim(None, "1g.5gb"));
+        assert_eq!(out.unlocked, ["ml/train"]);
+        // Its Node publishes (here n1 itself): the claim no longer counts.
+        let out = pass(&claim(Some("n1"), "3g.20gb"));
+        assert_eq!(out.claims_on_the_way, 0);
+        assert_eq!(out.unlocked, ["ml/train"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The controller's shell: the Lease, the two watches feeding the stores,
-//! the batch window, the passes, and the writes of the targets.
+//! The controller's shell: the Lease, the watches feeding the stores
+//! (Nodes, pending Pods, and Karpenter's NodeClaims where the cluster serves
+//! them), the batch window, the passes, and the writes of the targets.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,7 +11,9 @@ use futures_util::StreamExt;
 use gpu_slicer_core::mig_demand::BatchWindow;
 use gpu_slicer_core::node_labels::MIG_TARGET;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::Notify;
@@ -19,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::lease::{Elector, LeaseSettings};
 use crate::metrics::{self, Metrics};
 use crate::pass::{self, FirstSeen, Written};
-use crate::store::{self, MAX_NODES, MAX_PENDING_PODS, NodeEntry, PendingPod, PodRead, Store};
+use crate::store::{
+    self, ClaimEntry, MAX_CLAIMS, MAX_NODES, MAX_PENDING_PODS, NodeEntry, PendingPod, PodRead,
+    Store,
+};
 
 /// The pods the controller watches: not bound to a node, not finished.
 pub const PENDING_PODS_SELECTOR: &str =
@@ -28,6 +34,9 @@ pub const PENDING_PODS_SELECTOR: &str =
 pub const FIELD_MANAGER: &str = "gpu-slicer-controller";
 /// How often the batch window is looked at when nothing changes.
 const TICK: Duration = Duration::from_secs(1);
+/// How long to wait before asking again whether NodeClaims can be listed,
+/// after an answer that was neither yes nor "not served".
+const CLAIMS_PROBE_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -83,6 +92,12 @@ fn now_s() -> u64 {
 struct Shared {
     nodes: Store<NodeEntry>,
     pods: Store<PendingPod>,
+    /// Karpenter's NodeClaims on their way; empty where none are served.
+    claims: Store<ClaimEntry>,
+    /// Passes wait for the NodeClaims' first list while this is set: from
+    /// the start until the API server says it serves none (or refuses), so
+    /// a first pass cannot re-cut for pods Karpenter is launching for.
+    claims_awaited: bool,
     /// Pods a written target was for, until they are bound or gone.
     unlocked: HashMap<String, u64>,
 }
@@ -139,6 +154,8 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
     let shared = Arc::new(Mutex::new(Shared {
         nodes: Store::new(MAX_NODES),
         pods: Store::new(MAX_PENDING_PODS),
+        claims: Store::new(MAX_CLAIMS),
+        claims_awaited: true,
         unlocked: HashMap::new(),
     }));
     let changed = Arc::new(Notify::new());
@@ -154,6 +171,12 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
         shared.clone(),
         changed.clone(),
         metrics.clone(),
+        leading.clone(),
+    ));
+    tokio::spawn(watch_claims(
+        client.clone(),
+        shared.clone(),
+        changed.clone(),
         leading.clone(),
     ));
     let reconcile = tokio::spawn(reconcile(
@@ -273,6 +296,79 @@ async fn watch_pods(
     .await;
 }
 
+/// Watches Karpenter's NodeClaims (`karpenter.sh/v1`) once the API server
+/// answers a list of them: a cluster without Karpenter answers 404, and the
+/// controller then runs without them (said once). Any other refusal (403:
+/// the RBAC rule is missing) is logged with what to do, and asked again
+/// every minute. Passes never wait for this store: a cluster without
+/// Karpenter has nothing on its way.
+async fn watch_claims(
+    client: kube::Client,
+    shared: Arc<Mutex<Shared>>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        store::NODECLAIM_GROUP,
+        store::NODECLAIM_VERSION,
+        store::NODECLAIM_KIND,
+    ));
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let awaited = |awaited: bool| {
+        if let Ok(mut s) = shared.lock() {
+            s.claims_awaited = awaited;
+        }
+        changed.notify_one();
+    };
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::info!(
+                    "Karpenter's NodeClaims (karpenter.sh/v1) are not served here: what Karpenter launches is not counted"
+                );
+                awaited(false);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list Karpenter's NodeClaims: {e} (the controller's ClusterRole needs list and watch on karpenter.sh nodeclaims); \
+                     until then what Karpenter launches is not counted; asking again in {} s",
+                    CLAIMS_PROBE_RETRY.as_secs()
+                );
+                awaited(false);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CLAIMS_PROBE_RETRY) => {}
+        }
+    }
+    awaited(true);
+    tracing::info!("watching Karpenter's NodeClaims: the slices they bring count as on their way");
+    let events = watcher(api, list_config()).default_backoff().boxed();
+    let name = |c: &DynamicObject| c.metadata.name.clone().unwrap_or_default();
+    follow(
+        events,
+        "NodeClaims",
+        &shared,
+        &changed,
+        &stop,
+        |s, event| match event {
+            Event::Init => s.claims.init(),
+            Event::InitApply(c) => s.claims.init_apply(name(&c), store::read_claim(&c)),
+            Event::InitDone => s.claims.init_done(),
+            Event::Apply(c) => {
+                s.claims.apply(name(&c), store::read_claim(&c));
+            }
+            Event::Delete(c) => {
+                s.claims.delete(&name(&c));
+            }
+        },
+    )
+    .await;
+}
+
 /// Runs one watch until `stop` or its end: each event is applied to the
 /// stores under the lock, then the decision loop is woken. The watcher
 /// backs off and relists by itself after an error, so an error is only
@@ -338,7 +434,7 @@ async fn reconcile(
         let now = now_s();
         let outcome = {
             let Ok(mut s) = shared.lock() else { return };
-            if !s.nodes.synced() || !s.pods.synced() {
+            if !s.nodes.synced() || !s.pods.synced() || (s.claims_awaited && !s.claims.synced()) {
                 continue;
             }
             // Writes whose echo came back (or that someone else overwrote)
@@ -367,6 +463,7 @@ async fn reconcile(
             let outcome = pass::run(
                 s.nodes.items(),
                 s.pods.items(),
+                s.claims.items(),
                 &written,
                 &mut first_seen,
                 now,
@@ -395,11 +492,12 @@ async fn reconcile(
             );
         }
         tracing::debug!(
-            "decision: {} pending, {} fit now, {} unlocked, {} node(s) frozen",
+            "decision: {} pending, {} fit now, {} unlocked, {} node(s) frozen, {} NodeClaim(s) on their way",
             outcome.pending,
             outcome.fit_now,
             outcome.unlocked.len(),
-            outcome.frozen.len()
+            outcome.frozen.len(),
+            outcome.claims_on_the_way
         );
         for target in outcome.targets {
             let previous = shared.lock().ok().and_then(|s| {

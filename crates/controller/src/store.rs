@@ -25,6 +25,13 @@ pub const KARPENTER_INITIALIZED_LABEL: &str = "karpenter.sh/initialized";
 /// controller's memory. Kubernetes supports 5,000 nodes and 150,000 pods.
 pub const MAX_PENDING_PODS: usize = 50_000;
 pub const MAX_NODES: usize = 15_000;
+/// NodeClaims on their way (not yet initialized) kept at most.
+pub const MAX_CLAIMS: usize = 5_000;
+
+/// Karpenter's NodeClaim, as its CRD names it.
+pub const NODECLAIM_GROUP: &str = "karpenter.sh";
+pub const NODECLAIM_VERSION: &str = "v1";
+pub const NODECLAIM_KIND: &str = "NodeClaim";
 
 /// A pod waiting to be scheduled that asks for MIG slices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +185,79 @@ pub fn read_node(node: &Node) -> NodeEntry {
     }
 }
 
+/// What the controller keeps of a Karpenter NodeClaim that is on its way:
+/// launched for pending pods and not initialized yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimEntry {
+    /// `status.nodeName`: the Node it registered as, once it has.
+    pub node: Option<String>,
+    /// The `nvidia.com/mig-*` of its `status.capacity` as (profile, count):
+    /// Karpenter writes the instance type's capacity there at launch, with
+    /// the NodeOverlays' slices applied (docs/karpenter.md). Before launch,
+    /// those of `spec.resources.requests`: what the pods Karpenter packed
+    /// onto it asked for, which the node will have at least.
+    pub slices: Vec<(String, u32)>,
+}
+
+/// Reads a NodeClaim: `None` when it brings no MIG slice on the way: it is
+/// initialized (its Node, Ready and registered, publishes what it holds),
+/// being deleted, or neither its capacity nor its requests name a slice; an
+/// unreadable count is left out too.
+pub fn read_claim(claim: &kube::api::DynamicObject) -> Option<ClaimEntry> {
+    if claim.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let empty = serde_json::Value::Null;
+    let status = claim.data.get("status").unwrap_or(&empty);
+    let initialized = status
+        .get("conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|conditions| {
+            conditions.iter().any(|c| {
+                c.get("type").and_then(|t| t.as_str()) == Some("Initialized")
+                    && c.get("status").and_then(|s| s.as_str()) == Some("True")
+            })
+        });
+    if initialized {
+        return None;
+    }
+    let capacity = resource_table(status.get("capacity"));
+    let requests = resource_table(
+        claim
+            .data
+            .get("spec")
+            .and_then(|s| s.get("resources"))
+            .and_then(|r| r.get("requests")),
+    );
+    // Launched: the capacity; before, the requests (read as a container's
+    // limits-else-requests, the capacity in the limits' place).
+    let slices = cluster_objects::container_slices(&capacity, &requests).ok()?;
+    if slices.is_empty() {
+        return None;
+    }
+    Some(ClaimEntry {
+        node: status
+            .get("nodeName")
+            .and_then(|n| n.as_str())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
+        slices,
+    })
+}
+
+/// A resource table of an unstructured object (`status.capacity`,
+/// `spec.resources.requests`) as (resource, quantity text).
+fn resource_table(value: Option<&serde_json::Value>) -> Vec<(&str, &str)> {
+    value
+        .and_then(|c| c.as_object())
+        .map(|c| {
+            c.iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Entries by key, following a watcher: `Init`, `InitApply`... `InitDone`
 /// replace everything at once (a relist), `Apply` and `Delete` change one.
 #[derive(Debug)]
@@ -300,6 +380,72 @@ mod tests {
         let wrong = pod(json!({"metadata": {"name": "c"}, "spec": {"containers": [
             {"name": "c", "resources": {"limits": {"nvidia.com/mig-1g.5gb": "100m"}}}]}}));
         assert!(matches!(read_pod(&wrong), PodRead::Invalid(_)));
+    }
+
+    #[test]
+    fn a_nodeclaim_on_its_way_is_read_with_its_slices_and_an_initialized_one_is_not() {
+        let claim = |status: serde_json::Value| -> kube::api::DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+                "metadata": {"name": "gpu-x7k2p"},
+                "status": status,
+            }))
+            .expect("a NodeClaim")
+        };
+        let launched = claim(json!({
+            "capacity": {"cpu": "96", "nvidia.com/mig-1g.5gb": "16", "nvidia.com/mig-3g.20gb": "8"},
+            "conditions": [{"type": "Launched", "status": "True"}, {"type": "Initialized", "status": "Unknown"}],
+        }));
+        assert_eq!(
+            read_claim(&launched),
+            Some(ClaimEntry {
+                node: None,
+                slices: vec![("1g.5gb".into(), 16), ("3g.20gb".into(), 8)],
+            })
+        );
+        let registered = claim(json!({
+            "nodeName": "ip-10-0-1-2",
+            "capacity": {"nvidia.com/mig-1g.5gb": "16"},
+            "conditions": [{"type": "Registered", "status": "True"}],
+        }));
+        assert_eq!(
+            read_claim(&registered).unwrap().node.as_deref(),
+            Some("ip-10-0-1-2")
+        );
+        // Not launched yet: what its pods asked for.
+        let mut created = claim(json!({"conditions": [{"type": "Launched", "status": "Unknown"}]}));
+        created.data["spec"] =
+            json!({"resources": {"requests": {"cpu": "3", "nvidia.com/mig-3g.20gb": "2"}}});
+        assert_eq!(
+            read_claim(&created).map(|c| c.slices),
+            Some(vec![("3g.20gb".to_string(), 2)])
+        );
+        for (what, other) in [
+            (
+                "initialized",
+                claim(json!({
+                    "capacity": {"nvidia.com/mig-1g.5gb": "16"},
+                    "conditions": [{"type": "Initialized", "status": "True"}],
+                })),
+            ),
+            ("not launched, nothing requested", claim(json!({}))),
+            (
+                "no slices",
+                claim(json!({"capacity": {"cpu": "8", "nvidia.com/gpu": "1"}})),
+            ),
+            (
+                "a count that is no integer",
+                claim(json!({"capacity": {"nvidia.com/mig-1g.5gb": "1.5"}})),
+            ),
+        ] {
+            assert_eq!(read_claim(&other), None, "{what}");
+        }
+        let mut deleting = launched.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-07T00:00:00Z".parse().unwrap(),
+            ));
+        assert_eq!(read_claim(&deleting), None);
     }
 
     #[test]

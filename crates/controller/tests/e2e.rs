@@ -490,3 +490,37 @@ async fn a_controller_restarted_mid_change_converges_without_a_second_change() {
         "converged on the first target"
     );
 }
+
+/// Karpenter is launching a node whose slices serve the pending pod (its
+/// NodeClaim's overlaid capacity names 3g slices): the controller re-cuts
+/// nothing for it, pass after pass, though free 1g could make a 3g. Once
+/// the NodeClaim is gone (the launch given up), the next pass re-cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_karpenter_is_launching_a_node_for_drives_no_recut_until_the_launch_is_gone() {
+    let stub = p4d_stub().await;
+    stub.serve_nodeclaims();
+    stub.put_nodeclaim(json!({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": "gpu-x7k2p"},
+        "spec": {"resources": {"requests": {THREE_G: "1"}}},
+        "status": {
+            "capacity": {"cpu": "96", THREE_G: "16"},
+            "conditions": [{"type": "Launched", "status": "True"}],
+        },
+    }));
+    let node = GpuNode::start(&stub, "n1").await;
+    stub.create_pod(pending_pod("train", THREE_G, 1));
+    let dir = temp_dir();
+    let (_controller, metrics) = start_controller(&stub, dir.path(), "a");
+    wait_for_metric(&metrics, "gpu_slicer_controller_decisions_total", 3.0).await;
+    assert_eq!(
+        target_patches(&stub),
+        Vec::<(String, String)>::new(),
+        "no re-cut for a pod Karpenter is launching a node for"
+    );
+    stub.delete_nodeclaim("gpu-x7k2p");
+    stub.wait_until("a target", |s| !target_patches(s).is_empty(), TIMEOUT)
+        .await;
+    node.wait_for(&[(ONE_G, 53), (THREE_G, 1)]).await;
+    assert_eq!(target_patches(&stub).len(), 1);
+}

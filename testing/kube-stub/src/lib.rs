@@ -19,7 +19,10 @@
 //! precondition (409 when stale), and is recorded. Leases are got, created
 //! and replaced (PUT, 409 on a stale resourceVersion) as the API server
 //! does. A watch of pods without a resourceVersion first lists the matching
-//! pods as ADDED (the node daemon's watch starts that way).
+//! pods as ADDED (the node daemon's watch starts that way). Karpenter's
+//! NodeClaims (`/apis/karpenter.sh/v1/nodeclaims`) are listed and watched
+//! like Nodes once [`KubeStub::serve_nodeclaims`] is called; before, that
+//! path is 404, as on a cluster without Karpenter's CRDs.
 #![allow(clippy::missing_panics_doc)]
 
 use std::sync::{Arc, Mutex};
@@ -53,7 +56,10 @@ pub struct RecordedPatch {
 enum Kind {
     Node,
     Pod,
+    NodeClaim,
 }
+
+const NODECLAIMS: &str = "/apis/karpenter.sh/v1/nodeclaims";
 
 /// One change of one object: what it was and what it became (`None`:
 /// created, deleted).
@@ -69,6 +75,9 @@ struct Inner {
     /// without a node name change.
     nodes: Vec<Value>,
     pods: Vec<Value>,
+    /// Karpenter's NodeClaims, served once `nodeclaims_served`.
+    claims: Vec<Value>,
+    nodeclaims_served: bool,
     leases: Vec<Value>,
     version: u64,
     changes: Vec<Change>,
@@ -106,6 +115,14 @@ impl Inner {
             before,
             after,
         });
+    }
+
+    fn objects(&self, kind: Kind) -> &[Value] {
+        match kind {
+            Kind::Node => &self.nodes,
+            Kind::Pod => &self.pods,
+            Kind::NodeClaim => &self.claims,
+        }
     }
 
     fn node_mut(&mut self, name: &str) -> &mut Value {
@@ -172,6 +189,8 @@ impl KubeStub {
             inner: Mutex::new(Inner {
                 nodes: vec![node_object(name, labels, taints, 1)],
                 pods: Vec::new(),
+                claims: Vec::new(),
+                nodeclaims_served: false,
                 leases: Vec::new(),
                 version: 1,
                 changes: Vec::new(),
@@ -320,6 +339,54 @@ impl KubeStub {
             // A DELETED event carries the object at its last version.
             last.before = Some(gone);
         }
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// Serves `/apis/karpenter.sh/v1/nodeclaims` from now on (the CRD
+    /// installed).
+    pub fn serve_nodeclaims(&self) {
+        self.state.inner.lock().expect("stub").nodeclaims_served = true;
+        self.state.changed.send_modify(|_| {});
+    }
+
+    /// Creates or replaces the NodeClaim named in `claim` (its
+    /// resourceVersion filled in): an ADDED or MODIFIED event.
+    pub fn put_nodeclaim(&self, mut claim: Value) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        let version = inner.bump();
+        claim["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        let name = claim["metadata"]["name"].clone();
+        let before = match inner
+            .claims
+            .iter()
+            .position(|c| c["metadata"]["name"] == name)
+        {
+            Some(at) => Some(std::mem::replace(&mut inner.claims[at], claim.clone())),
+            None => {
+                inner.claims.push(claim.clone());
+                None
+            }
+        };
+        inner.record(Kind::NodeClaim, before, Some(claim));
+        drop(inner);
+        self.state.changed.send_replace(version);
+    }
+
+    /// Deletes the NodeClaim `name`: a DELETED event.
+    pub fn delete_nodeclaim(&self, name: &str) {
+        let mut inner = self.state.inner.lock().expect("stub");
+        let Some(at) = inner
+            .claims
+            .iter()
+            .position(|c| c["metadata"]["name"] == name)
+        else {
+            panic!("stub: no NodeClaim {name}");
+        };
+        let mut before = inner.claims.remove(at);
+        let version = inner.bump();
+        before["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        inner.record(Kind::NodeClaim, Some(before), None);
         drop(inner);
         self.state.changed.send_replace(version);
     }
@@ -731,12 +798,15 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
     };
     let path = request.path.as_str();
     let node_name = path.strip_prefix("/api/v1/nodes/");
+    let nodeclaims_served = state.inner.lock().expect("stub").nodeclaims_served;
     match (request.method.as_str(), path) {
-        ("GET", "/api/v1/nodes" | "/api/v1/pods") => {
-            let kind = if path == "/api/v1/nodes" {
-                Kind::Node
-            } else {
-                Kind::Pod
+        ("GET", "/api/v1/nodes" | "/api/v1/pods") | ("GET", NODECLAIMS)
+            if path != NODECLAIMS || nodeclaims_served =>
+        {
+            let kind = match path {
+                "/api/v1/nodes" => Kind::Node,
+                "/api/v1/pods" => Kind::Pod,
+                _ => Kind::NodeClaim,
             };
             let from: Option<u64> = param("resourceVersion").and_then(|v| v.parse().ok());
             if watching {
@@ -746,12 +816,8 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
                     Some(from) if from > 0 => (from, Vec::new()),
                     _ => {
                         let inner = state.inner.lock().expect("stub");
-                        let objects = if kind == Kind::Node {
-                            &inner.nodes
-                        } else {
-                            &inner.pods
-                        };
-                        let initial = objects
+                        let initial = inner
+                            .objects(kind)
                             .iter()
                             .filter(|o| matches(o, &selector))
                             .map(|o| json!({ "type": "ADDED", "object": o }).to_string())
@@ -763,10 +829,11 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
             } else {
                 let list = {
                     let inner = state.inner.lock().expect("stub");
-                    let (objects, list_kind) = if kind == Kind::Node {
-                        (&inner.nodes, "NodeList")
-                    } else {
-                        (&inner.pods, "PodList")
+                    let objects = inner.objects(kind);
+                    let (api_version, list_kind) = match kind {
+                        Kind::Node => ("v1", "NodeList"),
+                        Kind::Pod => ("v1", "PodList"),
+                        Kind::NodeClaim => ("karpenter.sh/v1", "NodeClaimList"),
                     };
                     // Pages of `limit`, the offset as the continue token
                     // (the next page reads the objects as they are then).
@@ -787,7 +854,7 @@ async fn handle(mut stream: TcpStream, state: Arc<State>, stop: CancellationToke
                         metadata["continue"] = Value::String(end.to_string());
                     }
                     json!({
-                        "apiVersion": "v1", "kind": list_kind,
+                        "apiVersion": api_version, "kind": list_kind,
                         "metadata": metadata,
                         "items": items,
                     })
