@@ -52,10 +52,10 @@
 //! [`Timings::stream_grace`] after an answer its connection may be to a
 //! server whose socket was deleted since. A registration whose stream has
 //! not opened by then is a lost stream (the kubelet's dial failed, and it
-//! disconnected the plugin). A registration is keyed by (kubelet, stream epoch), not by server,
-//! so the replacement registers nothing. Only a real restart sign
-//! registers: a different `kubelet.sock`, or a stream loss confirmed after
-//! [`Timings::stream_grace`].
+//! disconnected the plugin). A registration is keyed by (kubelet, stream
+//! epoch), not by server, so the replacement registers nothing. Only a
+//! real restart sign registers: a different `kubelet.sock`, or a stream
+//! loss confirmed after [`Timings::stream_grace`].
 //!
 //! The shell closes the last gap: a Register names the kubelet it is meant
 //! for ([`Action::Register`]'s `kubelet`), and the shell checks, after
