@@ -392,8 +392,7 @@ pub fn run(
 mod tests {
     use super::*;
 
-    /// A pass without Karpenter NodeClaims. It calls `crate::pass::run`:
-    /// `.ci/check-module-cycles` would read `super::run` as the `run` module.
+    /// A pass without Karpenter NodeClaims.
     fn run(
         nodes: &BTreeMap<String, NodeEntry>,
         pods: &BTreeMap<String, PendingPod>,
@@ -402,7 +401,7 @@ mod tests {
         now_s: u64,
         min_free_age_s: u64,
     ) -> PassOutcome {
-        crate::pass::run(
+        super::run(
             nodes,
             pods,
             &BTreeMap::new(),
@@ -613,7 +612,7 @@ mod tests {
         };
         let nodes = one(p4d(SEVEN_ONES, None));
         let pass = |claims: &BTreeMap<String, ClaimEntry>| {
-            crate::pass::run(
+            super::run(
                 &nodes,
                 &wants_3g(),
                 claims,
