@@ -252,15 +252,22 @@ def named(docs, kind, name):
     return found
 
 
-def check_node_restriction(docs, taint):
-    """The policy keys on this release's ServiceAccount and start-up taint."""
-    policy = named(docs, "ValidatingAdmissionPolicy", "t-gpu-slicer-node-restriction")
-    binding = named(docs, "ValidatingAdmissionPolicyBinding", "t-gpu-slicer-node-restriction")
+def check_policy(docs, name, service_account):
+    """A ValidatingAdmissionPolicy `name`, bound to deny, matching only this
+    release's `service_account`; returns it."""
+    policy = named(docs, "ValidatingAdmissionPolicy", name)
+    binding = named(docs, "ValidatingAdmissionPolicyBinding", name)
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     (condition,) = policy["spec"]["matchConditions"]
-    want = f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:t-gpu-slicer'"
+    want = f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{service_account}'"
     assert condition["expression"] == want, condition
+    return policy
+
+
+def check_node_restriction(docs, taint):
+    """The policy keys on this release's ServiceAccount and start-up taint."""
+    policy = check_policy(docs, "t-gpu-slicer-node-restriction", "t-gpu-slicer")
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     assert variables["startupTaint"] == f"'{taint}'", variables["startupTaint"]
 
@@ -301,13 +308,7 @@ def check_controller(docs):
     # Both policies: the daemon's, and the controller's keyed on its own
     # ServiceAccount (RBAC's node patch narrowed to the target annotation).
     check_node_restriction(docs, "gpu-slicer.io/slicing-pending")
-    policy = named(docs, "ValidatingAdmissionPolicy", "t-gpu-slicer-controller-restriction")
-    binding = named(docs, "ValidatingAdmissionPolicyBinding", "t-gpu-slicer-controller-restriction")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert binding["spec"]["validationActions"] == ["Deny"]
-    (condition,) = policy["spec"]["matchConditions"]
-    want = f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:t-gpu-slicer-controller'"
-    assert condition["expression"] == want, condition
+    check_policy(docs, "t-gpu-slicer-controller-restriction", "t-gpu-slicer-controller")
     assert len(by_kind(docs, "ValidatingAdmissionPolicy")) == 2
 
 
