@@ -360,13 +360,16 @@ fn in_process() {
     nodes.init_done();
     report("1,000 nodes in the store");
     let mut pods = Store::new(store::MAX_PENDING_PODS);
+    let mut placements = store::Placements::default();
     pods.init();
     for k in 0..PODS {
         let text = pod_object(k, &mut rng).to_string();
         let pod: Pod = serde_json::from_str(&text).expect("a Pod");
-        let PodRead::Pending(entry) = store::read_pod(&pod) else {
+        let PodRead::Pending(mut entry) = store::read_pod(&pod) else {
             panic!("every generated pod is pending and asks for MIG slices");
         };
+        // As the pod watch does: one copy of each placement.
+        entry.placement = placements.intern(entry.placement);
         pods.init_apply(store::pod_key(&pod), Some(entry));
     }
     pods.init_done();

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`store`] | what is kept of each watched Pod and Node |
 //! | [`pass`] | one pass, pure: stores in, targets out, and the rules on which nodes may change |
+//! | [`placement`] | which nodes a pending pod may go to (node selector, required affinity, tolerations) |
 //! | [`lease`] | the leader election |
 //! | [`metrics`] | the counters and their HTTP endpoint |
 //! | [`run`] | the shell: Lease, watches, batch window, writes |
@@ -17,5 +18,6 @@
 pub mod lease;
 pub mod metrics;
 pub mod pass;
+pub mod placement;
 pub mod run;
 pub mod store;

@@ -22,11 +22,14 @@
 //! - the slices a Karpenter NodeClaim on its way brings (its overlaid
 //!   capacity) count as capacity on the way until its Node publishes what
 //!   it holds, so pods Karpenter launched a node for drive no re-cut;
+//! - a pending pod is placed only on nodes its node selector, required
+//!   node affinity and tolerations admit ([`crate::placement`]);
 //! - a cordoned node is left out (no pending pod can go there);
 //! - a free instance counts as free since the pass that first saw it free
 //!   (after a start: that pass), which is what the hysteresis measures.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use gpu_slicer_core::cluster_objects::{self, HeldFrom};
 use gpu_slicer_core::mig_demand::{self, Cluster, Demand, Node, PodOutcome, Policy, Settings};
@@ -34,6 +37,7 @@ use gpu_slicer_core::mig_state;
 use gpu_slicer_core::mig_target::{self, GpuTarget, TargetInstance};
 use gpu_slicer_core::node_labels::MigConfigState;
 
+use crate::placement::Placement;
 use crate::store::{ClaimEntry, NodeEntry, PendingPod};
 
 /// A target this controller wrote that the node store has not shown yet.
@@ -319,12 +323,30 @@ pub fn run(
 
     let mut order: Vec<&PendingPod> = pods.values().collect();
     order.sort_by(|a, b| a.created_s.cmp(&b.created_s).then(a.key.cmp(&b.key)));
+    // One eligibility vector per placement among the pending pods.
+    let mut eligibility: BTreeMap<&Placement, Option<Arc<[bool]>>> = BTreeMap::new();
+    for pod in &order {
+        eligibility.entry(&*pod.placement).or_insert_with(|| {
+            let admitted: Vec<bool> = cluster
+                .nodes
+                .iter()
+                .map(|n| {
+                    nodes
+                        .get(&n.name)
+                        .is_some_and(|e| pod.placement.admits(&n.name, &e.facts))
+                })
+                .collect();
+            // Every node (the common case): the decision's fast path.
+            (!admitted.iter().all(|a| *a)).then(|| admitted.into())
+        });
+    }
     let demand = Demand {
         pods: order
             .iter()
             .map(|p| mig_demand::PendingPod {
                 name: p.key.clone(),
                 slices: p.slices.clone(),
+                eligible: eligibility.get(&*p.placement).cloned().flatten(),
             })
             .collect(),
         in_flight,
@@ -391,6 +413,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::NodeFacts;
 
     /// A pass without Karpenter NodeClaims.
     fn run(
@@ -422,6 +445,7 @@ mod tests {
             mig_state: Some(state.to_string()),
             mig_target: target.map(str::to_string),
             config_state: None,
+            facts: NodeFacts::default(),
         }
     }
 
@@ -441,6 +465,7 @@ mod tests {
             created_s: 10,
             slices: vec![("3g.20gb".into(), 1)],
             nominated_node: None,
+            placement: Arc::default(),
         };
         BTreeMap::from([(pod.key.clone(), pod)])
     }
@@ -636,6 +661,49 @@ mod tests {
         let out = pass(&claim(Some("n1"), "3g.20gb"));
         assert_eq!(out.claims_on_the_way, 0);
         assert_eq!(out.unlocked, ["ml/train"]);
+    }
+
+    #[test]
+    fn a_pod_is_cut_for_only_on_a_node_its_selector_and_tolerations_admit() {
+        let with = |pool: &str, taint: Option<&str>| {
+            let mut node = p4d(SEVEN_ONES, None);
+            let taints = taint
+                .map(|key| vec![(key.to_string(), String::new(), "NoSchedule".to_string())])
+                .unwrap_or_default();
+            node.facts = NodeFacts::new([("karpenter.sh/nodepool", pool)], taints);
+            node
+        };
+        let decide = |n1: NodeEntry, placement: Placement| {
+            let nodes =
+                BTreeMap::from([("n1".to_string(), n1), ("n2".to_string(), with("b", None))]);
+            let mut pods = wants_3g();
+            pods.get_mut("ml/train").unwrap().placement = Arc::new(placement);
+            let out = run(
+                &nodes,
+                &pods,
+                &HashMap::new(),
+                &mut FirstSeen::default(),
+                100,
+                0,
+            );
+            out.targets
+                .iter()
+                .map(|t| t.node.clone())
+                .collect::<Vec<_>>()
+        };
+        let to_pool = |pool: &str| Placement {
+            node_selector: BTreeMap::from([("karpenter.sh/nodepool".into(), pool.into())]),
+            ..Placement::default()
+        };
+        // Unconstrained, the lowest node is cut; constrained, the one it may use.
+        assert_eq!(decide(with("a", None), Placement::default()), ["n1"]);
+        assert_eq!(decide(with("a", None), to_pool("b")), ["n2"]);
+        assert_eq!(
+            decide(with("a", Some("dedicated")), Placement::default()),
+            ["n2"]
+        );
+        // A node selector no node matches: nothing is cut for it.
+        assert!(decide(with("a", None), to_pool("c")).is_empty());
     }
 
     #[test]

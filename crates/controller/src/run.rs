@@ -92,6 +92,8 @@ fn now_s() -> u64 {
 struct Shared {
     nodes: Store<NodeEntry>,
     pods: Store<PendingPod>,
+    /// The pending pods' placements, one copy each.
+    placements: store::Placements,
     /// Karpenter's NodeClaims on their way; empty where none are served.
     claims: Store<ClaimEntry>,
     /// Passes wait for the NodeClaims' first list while this is set: from
@@ -155,6 +157,7 @@ pub async fn run(options: Options) -> Result<(), ControllerError> {
         nodes: Store::new(MAX_NODES),
         pods: Store::new(MAX_PENDING_PODS),
         claims: Store::new(MAX_CLAIMS),
+        placements: store::Placements::default(),
         claims_awaited: true,
         unlocked: HashMap::new(),
     }));
@@ -257,8 +260,12 @@ async fn watch_pods(
 ) {
     let config = list_config().fields(PENDING_PODS_SELECTOR);
     let events = watcher(api, config).default_backoff().boxed();
-    let pending = |p: &Pod| match store::read_pod(p) {
-        PodRead::Pending(entry) => Some(entry),
+    // A pending pod's entry, its placement shared with its siblings'.
+    let pending = |placements: &mut store::Placements, p: &Pod| match store::read_pod(p) {
+        PodRead::Pending(mut entry) => {
+            entry.placement = placements.intern(entry.placement);
+            Some(entry)
+        }
         PodRead::NotPending => None,
         PodRead::Invalid(reason) => {
             tracing::warn!("pod {} left out: {reason}", store::pod_key(p));
@@ -273,11 +280,14 @@ async fn watch_pods(
         &stop,
         |s, event| match event {
             Event::Init => s.pods.init(),
-            Event::InitApply(p) => s.pods.init_apply(store::pod_key(&p), pending(&p)),
+            Event::InitApply(p) => {
+                let entry = pending(&mut s.placements, &p);
+                s.pods.init_apply(store::pod_key(&p), entry);
+            }
             Event::InitDone => s.pods.init_done(),
             Event::Apply(p) => {
                 let key = store::pod_key(&p);
-                let entry = pending(&p);
+                let entry = pending(&mut s.placements, &p);
                 let gone = entry.is_none();
                 s.pods.apply(key.clone(), entry);
                 if gone {
@@ -460,6 +470,9 @@ async fn reconcile(
             if !window.observe(now, new, pending.len()) {
                 continue;
             }
+            // Placements no pending pod holds any more are dropped here,
+            // once per pass.
+            s.placements.prune();
             let outcome = pass::run(
                 s.nodes.items(),
                 s.pods.items(),

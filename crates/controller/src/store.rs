@@ -5,12 +5,15 @@
 //! A [`Store`] follows kube-runtime's watcher events, relists included, so
 //! every pass reads the cluster as the watches last saw it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use gpu_slicer_core::cluster_objects::{self, NodeError};
 use gpu_slicer_core::gpu::catalog::GpuModel;
 use gpu_slicer_core::node_labels::{MIG_CONFIG_STATE, MIG_STATE, MIG_TARGET};
 use gpu_slicer_core::{mig_state, mig_target};
+
+use crate::placement::{self, NodeFacts, Placement};
 use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -44,6 +47,39 @@ pub struct PendingPod {
     pub slices: Vec<(String, u32)>,
     /// `status.nominatedNodeName`: the scheduler expects it on that node.
     pub nominated_node: Option<String>,
+    /// Its node selector, required node affinity and tolerations, shared
+    /// with the pending pods of the same placement ([`Placements`]).
+    pub placement: Arc<Placement>,
+}
+
+/// One shared copy of each placement among the pending pods: the pods of
+/// one Deployment or Job carry the same tolerations and selectors, and
+/// 10,000 copies of them would cost megabytes.
+#[derive(Debug, Default)]
+pub struct Placements(HashSet<Arc<Placement>>);
+
+impl Placements {
+    /// The shared copy of `placement`'s value.
+    pub fn intern(&mut self, placement: Arc<Placement>) -> Arc<Placement> {
+        if let Some(shared) = self.0.get(&placement) {
+            return shared.clone();
+        }
+        self.0.insert(placement.clone());
+        placement
+    }
+
+    /// Forgets the placements no pending pod holds any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|p| Arc::strong_count(p) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a watched Pod is to the controller.
@@ -122,6 +158,7 @@ pub fn read_pod(pod: &Pod) -> PodRead {
                 .as_ref()
                 .and_then(|s| s.nominated_node_name.clone())
                 .filter(|n| !n.is_empty()),
+            placement: Arc::new(Placement::of(pod)),
         }),
     }
 }
@@ -152,6 +189,9 @@ pub struct NodeEntry {
     pub mig_target: Option<String>,
     /// Label `nvidia.com/mig.config.state`.
     pub config_state: Option<String>,
+    /// Its labels and schedule-blocking taints, which pending pods'
+    /// placements are checked against.
+    pub facts: NodeFacts,
 }
 
 pub fn read_node(node: &Node) -> NodeEntry {
@@ -182,6 +222,18 @@ pub fn read_node(node: &Node) -> NodeEntry {
         mig_state: annotation(MIG_STATE, mig_state::MAX_BYTES),
         mig_target: annotation(MIG_TARGET, mig_target::MAX_BYTES),
         config_state: label(MIG_CONFIG_STATE).map(str::to_string),
+        facts: NodeFacts::new(
+            labels
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            placement::blocking_taints(
+                node.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_deref())
+                    .unwrap_or(&[]),
+            ),
+        ),
     }
 }
 
@@ -446,6 +498,54 @@ mod tests {
                 "2026-12-07T00:00:00Z".parse().unwrap(),
             ));
         assert_eq!(read_claim(&deleting), None);
+    }
+
+    #[test]
+    fn pods_of_one_placement_share_one_copy_and_unheld_copies_are_pruned() {
+        let gpu_pod = |name: &str| {
+            pod(json!({
+                "metadata": {"name": name, "namespace": "ml"},
+                "spec": {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/mig-1g.5gb": "1"}}}],
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+            }))
+        };
+        let mut placements = Placements::default();
+        let mut read = |name: &str| {
+            let PodRead::Pending(mut entry) = read_pod(&gpu_pod(name)) else {
+                panic!("pending");
+            };
+            entry.placement = placements.intern(entry.placement);
+            entry
+        };
+        let (a, b) = (read("a"), read("b"));
+        assert!(Arc::ptr_eq(&a.placement, &b.placement));
+        assert_eq!(a.placement.tolerations.len(), 1);
+        drop((a, b));
+        placements.prune();
+        assert!(placements.is_empty());
+    }
+
+    #[test]
+    fn a_node_keeps_its_labels_and_only_its_blocking_taints() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n", "labels": {"karpenter.sh/nodepool": "gpu", "zone": "a"}},
+            "spec": {"taints": [
+                {"key": "nvidia.com/gpu", "effect": "NoSchedule"},
+                {"key": "spot", "value": "yes", "effect": "PreferNoSchedule"}]},
+        }))
+        .unwrap();
+        let facts = read_node(&node).facts;
+        assert_eq!(facts.label("karpenter.sh/nodepool"), Some("gpu"));
+        assert_eq!(facts.label("zone"), Some("a"));
+        assert_eq!(facts.label("missing"), None);
+        assert_eq!(
+            facts.taints,
+            vec![(
+                "nvidia.com/gpu".to_string(),
+                String::new(),
+                "NoSchedule".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -116,6 +116,7 @@ static INPUT: LazyLock<(Cluster, Demand)> = LazyLock::new(|| {
             PendingPod {
                 name: format!("pod-{k}"),
                 slices: vec![(profile.to_string(), count)],
+                eligible: None,
             }
         })
         .collect();

@@ -10,6 +10,8 @@
 //! - an instance a pod holds is never destroyed, nor one a pending pod can
 //!   already use (those pods are matched to the existing free instances
 //!   before anything is changed);
+//! - a pod fits or is unlocked only on a node it may run on
+//!   ([`PendingPod::eligible`]);
 //! - only GPUs already in MIG mode change (a mode change needs a GPU reset,
 //!   which gpu-slicer never does); nodes marked frozen (Karpenter launched
 //!   them for pods not yet bound, or they are not ready) never change;
@@ -34,6 +36,7 @@
 //!   created next to running ones (gpu-slicer's).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::gpu::catalog::{GpuModel, MigGeometry, MigProfile};
 
@@ -89,9 +92,21 @@ pub struct PendingPod {
     /// MIG slices the pod needs on one node: profile name with `+` written
     /// as `.` (the resource name `nvidia.com/mig-<this>`), and how many.
     pub slices: Vec<(String, u32)>,
+    /// The nodes it may run on, by index into [`Cluster::nodes`] (its node
+    /// selector, required node affinity and tolerations, as the caller
+    /// reads them); `None`: any node. Shared by the pods of one placement,
+    /// so 10,000 pods of a few placements hold a few vectors.
+    pub eligible: Option<Arc<[bool]>>,
 }
 
 impl PendingPod {
+    /// Whether the pod may run on node `node` (index into the cluster).
+    pub fn may_run_on(&self, node: usize) -> bool {
+        self.eligible
+            .as_ref()
+            .is_none_or(|e| e.get(node).copied().unwrap_or(false))
+    }
+
     /// The pod needs exactly one slice (the common case, decided fast).
     fn single(&self) -> Option<&str> {
         match self.slices.as_slice() {
@@ -623,12 +638,22 @@ pub fn decide(cluster: &Cluster, demand: &Demand, settings: &Settings) -> Plan {
     for (k, pod) in demand.pods.iter().enumerate() {
         if let Some(r) = pod.single() {
             let stack = &mut free[res.id(r)];
-            while let Some((g, i)) = stack.pop() {
-                if !gpus[g].live[i].taken {
-                    gpus[g].live[i].taken = true;
-                    outcomes[k] = PodOutcome::Fits { node: gpus[g].node };
-                    break;
+            if pod.eligible.is_none() {
+                while let Some((g, i)) = stack.pop() {
+                    if !gpus[g].live[i].taken {
+                        gpus[g].live[i].taken = true;
+                        outcomes[k] = PodOutcome::Fits { node: gpus[g].node };
+                        break;
+                    }
                 }
+            } else if let Some(at) = stack
+                .iter()
+                .rposition(|&(g, i)| !gpus[g].live[i].taken && pod.may_run_on(gpus[g].node))
+            {
+                // Lowest eligible node first, as `pop` takes it.
+                let (g, i) = stack.remove(at);
+                gpus[g].live[i].taken = true;
+                outcomes[k] = PodOutcome::Fits { node: gpus[g].node };
             }
         } else if let Some(node) = fits_existing(&mut gpus, &node_gpus, &res, pod) {
             outcomes[k] = PodOutcome::Fits { node };
@@ -678,6 +703,7 @@ pub fn decide(cluster: &Cluster, demand: &Demand, settings: &Settings) -> Plan {
                 let mut pick: Option<(Candidate, usize)> = None;
                 for (g, c) in best[r].iter().enumerate() {
                     if let Some(c) = c
+                        && pod.may_run_on(gpus[g].node)
                         && pick.is_none_or(|(b, _)| (c.destroyed, c.loss) < (b.destroyed, b.loss))
                     {
                         pick = Some((*c, g));
@@ -717,6 +743,9 @@ fn fits_existing(
     pod: &PendingPod,
 ) -> Option<usize> {
     for (node, range) in node_gpus.iter().enumerate() {
+        if !pod.may_run_on(node) {
+            continue;
+        }
         let mut trial: Vec<WorkGpu> = gpus[range.clone()].to_vec();
         let all = pod.slices.iter().all(|(r, n)| {
             let r = res.id(r);
@@ -745,7 +774,7 @@ fn unlock_on_some_node(
 ) -> Option<(usize, Vec<usize>)> {
     let mut pick: Option<((u32, u32), usize, Vec<WorkGpu>)> = None;
     for (node, range) in node_gpus.iter().enumerate() {
-        if !gpus[range.clone()].iter().any(|g| g.changeable) {
+        if !pod.may_run_on(node) || !gpus[range.clone()].iter().any(|g| g.changeable) {
             continue;
         }
         let mut trial: Vec<WorkGpu> = gpus[range.clone()].to_vec();

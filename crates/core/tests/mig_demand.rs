@@ -48,6 +48,7 @@ fn pod(name: &str, slices: &[(&str, u32)]) -> PendingPod {
     PendingPod {
         name: name.into(),
         slices: slices.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        eligible: None,
     }
 }
 
@@ -486,29 +487,42 @@ fn arb_demand(single_only: bool) -> impl Strategy<Value = Demand> {
         .collect();
     let n = names.len();
     let max_count: u32 = if single_only { 1 } else { 3 };
+    // Some pods may run on some nodes only (a node selector, taints): one of
+    // two placements, each a random set of the (at most 4) nodes.
     (
         prop::collection::vec(
-            prop::collection::vec((0..n, 1..=max_count), 1..=(if single_only { 1 } else { 2 })),
+            (
+                prop::collection::vec((0..n, 1..=max_count), 1..=(if single_only { 1 } else { 2 })),
+                prop::option::weighted(0.4, any::<bool>()),
+            ),
             0..14,
         ),
         prop::collection::vec((0..n, 0u32..3), 0..2),
+        prop::collection::vec(any::<bool>(), 4),
+        prop::collection::vec(any::<bool>(), 4),
     )
-        .prop_map(move |(pods, in_flight)| Demand {
-            pods: pods
-                .into_iter()
-                .enumerate()
-                .map(|(i, slices)| PendingPod {
-                    name: format!("p{i}"),
-                    slices: slices
-                        .into_iter()
-                        .map(|(r, c)| (names[r].clone(), c))
-                        .collect(),
-                })
-                .collect(),
-            in_flight: in_flight
-                .into_iter()
-                .map(|(r, c)| (names[r].clone(), c))
-                .collect(),
+        .prop_map(move |(pods, in_flight, first, second)| {
+            let placements: [std::sync::Arc<[bool]>; 2] = [first.into(), second.into()];
+            Demand {
+                pods: pods
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (slices, placement))| PendingPod {
+                        name: format!("p{i}"),
+                        slices: slices
+                            .into_iter()
+                            .map(|(r, c)| (names[r].clone(), c))
+                            .collect(),
+                        eligible: placement
+                            .filter(|_| !single_only)
+                            .map(|which| placements[usize::from(which)].clone()),
+                    })
+                    .collect(),
+                in_flight: in_flight
+                    .into_iter()
+                    .map(|(r, c)| (names[r].clone(), c))
+                    .collect(),
+            }
         })
 }
 
@@ -567,8 +581,14 @@ proptest! {
             }
         }
 
-        // Every pod the plan counts on fits where it says.
+        // Every pod the plan counts on fits where it says, on a node it
+        // may run on.
         check_claims(&cluster, &demand, &plan);
+        for (pod, outcome) in demand.pods.iter().zip(&plan.outcomes) {
+            if let PodOutcome::Fits { node } | PodOutcome::Unlocked { node } = outcome {
+                prop_assert!(pod.may_run_on(*node), "{} placed on node {} it may not run on", pod.name, node);
+            }
+        }
 
         // No plan worse than doing nothing.
         let nothing = decide(&cluster, &demand, &Settings { policy: Policy::Fixed, ..settings });

@@ -348,6 +348,7 @@ pub fn replay(workload: &Workload, policy: Policy, options: &Options) -> Run {
                     .map(|&k| PendingPod {
                         name: workload.pods[k].name.clone(),
                         slices: workload.pods[k].slices.clone(),
+                        eligible: None,
                     })
                     .collect(),
                 in_flight: Vec::new(),
