@@ -73,10 +73,6 @@ impl Placements {
         self.0.retain(|p| Arc::strong_count(p) > 1);
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

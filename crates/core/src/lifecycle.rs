@@ -748,14 +748,14 @@ impl Machine {
                 out.push(Action::Notify(Notice::Registered {
                     resource: name.clone(),
                 }));
+                let lost = std::mem::take(&mut r.lost_while_registering);
                 if r.all_streams() == 0 {
-                    if std::mem::take(&mut r.lost_while_registering) {
+                    if lost {
                         stream_lost(name, r, self.timings.stream_grace, now, out);
                     } else {
                         r.dial_deadline = Some(now + self.timings.stream_grace);
                     }
                 }
-                r.lost_while_registering = false;
             }
             Err(error) => {
                 r.register_failures = r.register_failures.saturating_add(1);
